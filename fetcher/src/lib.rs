@@ -1,0 +1,13 @@
+//! strata's fetcher: references and digests, the registry client, the layer formats and their
+//! tables of contents, the image store and the verified chunk cache.
+
+pub mod chunked;
+pub mod digest;
+pub mod reference;
+pub mod tarsplit;
+pub mod tarwalk;
+pub mod timefmt;
+pub mod toc;
+
+pub use digest::Digest;
+pub use reference::Reference;
