@@ -1,9 +1,12 @@
 //! strata's fetcher: references and digests, the registry client, the layer formats and their
 //! tables of contents, the image store and the verified chunk cache.
 
+pub mod atomic;
 pub mod chunked;
 pub mod digest;
+pub mod index;
 pub mod reference;
+pub mod registry;
 pub mod tarsplit;
 pub mod tarwalk;
 pub mod timefmt;
