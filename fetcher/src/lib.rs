@@ -2,11 +2,15 @@
 //! tables of contents, the image store and the verified chunk cache.
 
 pub mod atomic;
+pub mod cache;
 pub mod chunked;
 pub mod digest;
 pub mod index;
+pub mod lazy;
+pub mod plain;
 pub mod reference;
 pub mod registry;
+pub mod store;
 pub mod tarsplit;
 pub mod tarwalk;
 pub mod timefmt;
