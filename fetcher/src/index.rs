@@ -167,6 +167,8 @@ pub enum Locations {
     Zstd,
     /// strata's local TOC of a plain layer: chunks live only in the cache.
     Local,
+    /// eStargz: offsets are gzip members, `endOffset` filled in from the next member.
+    Gzip,
 }
 
 fn decode_name(s: &str, raw: &Option<String>) -> Vec<u8> {
@@ -274,6 +276,11 @@ impl LayerIndex {
             let chunk_loc = |start: i64, end: i64| match (locs, te.chunk_type.as_deref()) {
                 (_, Some("zeros")) => ChunkLoc::Zeros,
                 (Locations::Local, _) => ChunkLoc::Local,
+                (Locations::Gzip, _) => ChunkLoc::Gzip {
+                    start: start.max(0) as u64,
+                    end: end.max(0) as u64,
+                    inner: te.inner_offset.max(0) as u64,
+                },
                 (Locations::Zstd, _) => ChunkLoc::Zstd {
                     start: start.max(0) as u64,
                     end: end.max(0) as u64,
@@ -294,9 +301,15 @@ impl LayerIndex {
                         *end = (*end).min(start);
                     }
                 }
+                // eStargz: chunkSize 0 means "to the end of the file".
+                let len = if te.chunk_size > 0 {
+                    te.chunk_size as u64
+                } else {
+                    owner.size.saturating_sub(te.chunk_offset.max(0) as u64)
+                };
                 owner.chunks.push(Chunk {
                     file_offset: te.chunk_offset.max(0) as u64,
-                    len: te.chunk_size.max(0) as u64,
+                    len,
                     digest: parse_digest(&te.name, &te.chunk_digest)?,
                     loc: chunk_loc(te.offset, te.end_offset),
                 });

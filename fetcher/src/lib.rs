@@ -4,7 +4,10 @@
 pub mod atomic;
 pub mod cache;
 pub mod chunked;
+pub mod convert;
 pub mod digest;
+pub mod estargz;
+pub mod image;
 pub mod index;
 pub mod lazy;
 pub mod plain;

@@ -142,6 +142,9 @@ pub struct TocEntry {
     /// `zeros` for a hole that needs no fetch.
     #[serde(rename = "chunkType", default, skip_serializing_if = "Option::is_none")]
     pub chunk_type: Option<String>,
+    /// eStargz: where the chunk starts in the decompressed gzip member.
+    #[serde(rename = "innerOffset", default, skip_serializing_if = "is_zero")]
+    pub inner_offset: i64,
 }
 
 fn is_zero(v: &i64) -> bool {

@@ -463,6 +463,45 @@ impl RegistryClient {
         Ok(true)
     }
 
+    /// Uploads a blob from a file (streamed, monolithic PUT); skips it when the registry has it.
+    pub async fn put_blob_file(&self, r: &Reference, digest: &Digest, path: &std::path::Path) -> Result<bool, RegistryError> {
+        if self.blob_exists(r, digest).await?.is_some() {
+            return Ok(false);
+        }
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let location = self.start_upload(r).await?;
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let url = format!("{location}{sep}digest={digest}");
+        let path = path.to_path_buf();
+        let resp = self
+            .send(r, "pull,push", Method::PUT, &url, None, &|b| {
+                let body = match std::fs::File::open(&path) {
+                    Ok(f) => reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(f))),
+                    Err(_) => reqwest::Body::from(Vec::new()),
+                };
+                b.header(CONTENT_TYPE, "application/octet-stream")
+                    .header(reqwest::header::CONTENT_LENGTH, size)
+                    .body(body)
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(status_error("PUT", &url, resp).await);
+        }
+        Ok(true)
+    }
+
+    /// Asks the registry to mount `digest` from repository `from` into `r`'s repository.
+    /// Returns false when the registry started an ordinary upload instead.
+    pub async fn mount_blob(&self, r: &Reference, digest: &Digest, from: &str) -> Result<bool, RegistryError> {
+        let url = format!("{}/blobs/uploads/?mount={digest}&from={from}", self.base(r));
+        let resp = self.send(r, "pull,push", Method::POST, &url, self.small_timeout(), &|b| b).await?;
+        match resp.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => Ok(false),
+            _ => Err(status_error("POST", &url, resp).await),
+        }
+    }
+
     async fn start_upload(&self, r: &Reference) -> Result<String, RegistryError> {
         let url = format!("{}/blobs/uploads/", self.base(r));
         let resp = self.send(r, "pull,push", Method::POST, &url, self.small_timeout(), &|b| b).await?;

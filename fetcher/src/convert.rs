@@ -1,0 +1,214 @@
+//! `convert`: rewrites any image into the native lazy format, registry to registry. Each layer is
+//! streamed from the source, checked against its digest, decompressed and rewritten as
+//! zstd:chunked; the uncompressed tar is byte-identical, so the config and its diff_ids carry
+//! over unchanged. Layers that are already zstd:chunked are copied as they are.
+
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use serde_json::json;
+
+use crate::chunked::write_chunked;
+use crate::digest::Digest;
+use crate::image::{Context, ImageError, Progress, ProgressFn, digest_of};
+use crate::lazy::ChannelReader;
+use crate::plain::{HashingReader, decompress, sniff};
+use crate::reference::Reference;
+use crate::store::Compression;
+use crate::toc::TocAnnotations;
+
+/// Media type of native lazy layers (an ordinary zstd layer to every other client).
+pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+/// Converts `src` into `dst`; returns the new manifest's digest.
+pub async fn convert(ctx: &Context, src: &Reference, dst: &Reference, platform: &str, progress: ProgressFn<'_>) -> Result<Digest, ImageError> {
+    let (manifest, mdigest, _, _) = ctx.resolve_manifest(src, platform).await?;
+    progress(Progress::Resolved {
+        manifest: mdigest,
+        layers: manifest.layers().len(),
+    });
+    let tmp = tempdir_in(&ctx.root.join("tmp")).map_err(|e| ImageError::Layer {
+        layer: mdigest,
+        reason: e.to_string(),
+    })?;
+    let mut layers = Vec::new();
+    for desc in manifest.layers() {
+        let d = digest_of(desc)?;
+        let ann: std::collections::BTreeMap<String, String> = desc
+            .annotations()
+            .as_ref()
+            .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        let native = matches!(TocAnnotations::parse(&ann), Ok(Some(t)) if t.toc_digest.is_some());
+        if native {
+            copy_blob(ctx, src, dst, &d, &tmp.join(d.hex()), progress).await?;
+            layers.push(json!({
+                "mediaType": desc.media_type().to_string(),
+                "digest": d.to_string(),
+                "size": desc.size(),
+                "annotations": ann,
+            }));
+            progress(Progress::LayerDone {
+                layer: d,
+                what: "Already native",
+            });
+            continue;
+        }
+        progress(Progress::LayerStart {
+            layer: d,
+            size: desc.size(),
+            what: "Converting",
+        });
+        let mt = desc.media_type().to_string();
+        let compression = if mt.ends_with("gzip") {
+            Some(Compression::Gzip)
+        } else if mt.ends_with("zstd") {
+            Some(Compression::Zstd)
+        } else if mt.ends_with(".tar") {
+            Some(Compression::None)
+        } else {
+            None
+        };
+        let out_path = tmp.join(format!("{}.zst", d.hex()));
+        let written = rewrite_layer(ctx, src, d, compression, &out_path, progress).await?;
+        ctx.client.put_blob_file(dst, &written.digest, &out_path).await?;
+        let _ = std::fs::remove_file(&out_path);
+        layers.push(json!({
+            "mediaType": LAYER_MEDIA_TYPE,
+            "digest": written.digest.to_string(),
+            "size": written.size,
+            "annotations": written.annotations,
+        }));
+        progress(Progress::LayerDone {
+            layer: d,
+            what: "Converted",
+        });
+    }
+    let config = digest_of(manifest.config())?;
+    let config_bytes = ctx.client.get_blob(src, &config).await?;
+    ctx.client.put_blob(dst, &config, config_bytes.clone()).await?;
+    let new_manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config.to_string(),
+            "size": config_bytes.len(),
+        },
+        "layers": layers,
+    });
+    let bytes = Bytes::from(serde_json::to_vec(&new_manifest).map_err(|e| ImageError::Manifest {
+        what: dst.to_string(),
+        reason: e.to_string(),
+    })?);
+    let digest = ctx
+        .client
+        .put_manifest(dst, bytes, "application/vnd.oci.image.manifest.v1+json")
+        .await?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(digest)
+}
+
+fn tempdir_in(parent: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(parent)?;
+    let p = crate::atomic::temp_path(&parent.join("convert"));
+    std::fs::create_dir(&p)?;
+    Ok(p)
+}
+
+async fn copy_blob(ctx: &Context, src: &Reference, dst: &Reference, d: &Digest, tmp: &std::path::Path, progress: ProgressFn<'_>) -> Result<(), ImageError> {
+    if ctx.client.blob_exists(dst, d).await?.is_some() {
+        return Ok(());
+    }
+    if src.registry == dst.registry && ctx.client.mount_blob(dst, d, &src.repository).await? {
+        return Ok(());
+    }
+    let mut body = Box::pin(ctx.client.blob_stream(src, d).await?);
+    let mut file = std::fs::File::create(tmp).map_err(|e| io_fail(*d, e))?;
+    let mut hasher = crate::digest::Hasher::default();
+    let mut done = 0u64;
+    while let Some(chunk) = body.try_next().await? {
+        hasher.update(&chunk);
+        std::io::Write::write_all(&mut file, &chunk).map_err(|e| io_fail(*d, e))?;
+        done += chunk.len() as u64;
+        progress(Progress::LayerBytes { layer: *d, done });
+    }
+    let got = hasher.finish();
+    if got != *d {
+        return Err(ImageError::Layer {
+            layer: *d,
+            reason: format!("content hashes to {got}"),
+        });
+    }
+    ctx.client.put_blob_file(dst, d, tmp).await?;
+    let _ = std::fs::remove_file(tmp);
+    Ok(())
+}
+
+fn io_fail(layer: Digest, e: std::io::Error) -> ImageError {
+    ImageError::Layer {
+        layer,
+        reason: e.to_string(),
+    }
+}
+
+async fn rewrite_layer(
+    ctx: &Context,
+    src: &Reference,
+    d: Digest,
+    compression: Option<Compression>,
+    out_path: &std::path::Path,
+    progress: ProgressFn<'_>,
+) -> Result<crate::chunked::WrittenLayer, ImageError> {
+    let body = ctx.client.blob_stream(src, &d).await?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
+    let out = std::fs::File::create(out_path).map_err(|e| io_fail(d, e))?;
+    let work = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let mut hashed = HashingReader::new(ChannelReader::new(rx));
+        let c = match compression {
+            Some(c) => c,
+            None => {
+                let mut head = [0u8; 4];
+                let mut n = 0;
+                while n < 4 {
+                    let k = std::io::Read::read(&mut hashed, &mut head[n..]).map_err(|e| e.to_string())?;
+                    if k == 0 {
+                        break;
+                    }
+                    n += k;
+                }
+                return Err(format!("unknown layer media type; content starts as {:?}", sniff(&head[..n])));
+            }
+        };
+        let written = {
+            let tar = decompress(&mut hashed, c).map_err(|e| e.to_string())?;
+            write_chunked(tar, std::io::BufWriter::new(out), 3).map_err(|e| e.to_string())?
+        };
+        let (got, _) = hashed.finish().map_err(|e| e.to_string())?;
+        if got != d {
+            return Err(format!("content hashes to {got}"));
+        }
+        Ok(written)
+    });
+    let pump = async move {
+        let mut done = 0u64;
+        let mut body = Box::pin(body);
+        while let Some(chunk) = body.try_next().await? {
+            done += chunk.len() as u64;
+            progress(Progress::LayerBytes { layer: d, done });
+            if tx.send(chunk).is_err() {
+                break;
+            }
+        }
+        Ok::<(), crate::registry::RegistryError>(())
+    };
+    let (pumped, written) = tokio::join!(pump, work);
+    let written = written
+        .map_err(|e| ImageError::Layer {
+            layer: d,
+            reason: e.to_string(),
+        })?
+        .map_err(|reason| ImageError::Layer { layer: d, reason })?;
+    pumped?;
+    Ok(written)
+}

@@ -1,0 +1,515 @@
+//! Images: the context that ties store, cache and registry together; lazy pull; resolving names;
+//! opening an image's layers for mounting.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
+use tracing::info;
+
+use crate::cache::{CacheError, ChunkCache};
+use crate::digest::Digest;
+use crate::estargz;
+use crate::index::{IndexError, Kind, LayerIndex, Locations};
+use crate::lazy::{ChannelReader, ChunkFetcher, FetchError, LayerSource};
+use crate::plain::{index_plain, sniff};
+use crate::reference::Reference;
+use crate::registry::{ClientOptions, RangeReply, RegistryClient, RegistryError};
+use crate::store::{Compression, ImageRecord, LayerFormat, LayerRecord, Store, StoreError};
+use crate::timefmt::now_secs;
+use crate::toc::{TocAnnotations, TocError, decode_toc};
+
+/// Errors of image operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The cache failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// A TOC or footer is malformed.
+    #[error("layer {layer}: {source}")]
+    Toc {
+        /// The layer blob.
+        layer: Digest,
+        /// The cause.
+        source: TocError,
+    },
+    /// A TOC entry is malformed or escapes the image.
+    #[error("layer {layer}: {source}")]
+    Index {
+        /// The layer blob.
+        layer: Digest,
+        /// The cause.
+        source: IndexError,
+    },
+    /// A manifest or index is malformed or unsupported.
+    #[error("manifest {what}: {reason}")]
+    Manifest {
+        /// Which manifest.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Fetching content failed.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// A layer stream failed.
+    #[error("layer {layer}: {reason}")]
+    Layer {
+        /// The layer blob.
+        layer: Digest,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Progress of long operations, for the CLI to show.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// The manifest was resolved.
+    Resolved {
+        /// Its digest.
+        manifest: Digest,
+        /// Number of layers.
+        layers: usize,
+    },
+    /// A layer started: `what` says what is being done.
+    LayerStart {
+        /// The blob.
+        layer: Digest,
+        /// Size of the blob.
+        size: u64,
+        /// e.g. "Fetching TOC", "Streaming (no TOC)".
+        what: &'static str,
+    },
+    /// Bytes of a layer processed.
+    LayerBytes {
+        /// The blob.
+        layer: Digest,
+        /// Bytes so far.
+        done: u64,
+    },
+    /// A layer is done.
+    LayerDone {
+        /// The blob.
+        layer: Digest,
+        /// e.g. "Pull complete", "Already exists".
+        what: &'static str,
+    },
+}
+
+/// A progress callback.
+pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Send + Sync);
+
+/// Store, cache, registry client and chunk fetcher under one state root.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The state root.
+    pub root: PathBuf,
+    /// The image store.
+    pub store: Store,
+    /// The registry client.
+    pub client: Arc<RegistryClient>,
+    /// The chunk fetcher (and through it the cache).
+    pub fetcher: Arc<ChunkFetcher>,
+}
+
+/// One layer of an opened image.
+#[derive(Debug, Clone)]
+pub struct OpenLayer {
+    /// Where its bytes come from.
+    pub source: LayerSource,
+    /// Its entries.
+    pub index: LayerIndex,
+}
+
+impl Context {
+    /// Opens the state under `root`.
+    pub fn open(root: &Path, opts: ClientOptions, cache_bytes: u64) -> Result<Self, ImageError> {
+        let store = Store::open(&root.join("store"))?;
+        let cache = Arc::new(ChunkCache::open(&root.join("cache"), cache_bytes)?);
+        let client = Arc::new(RegistryClient::new(opts)?);
+        let fetcher = Arc::new(ChunkFetcher::new(client.clone(), cache, root.join("cache/blobs")));
+        Ok(Self {
+            root: root.to_path_buf(),
+            store,
+            client,
+            fetcher,
+        })
+    }
+
+    async fn range(&self, r: &Reference, blob: &Digest, start: u64, end: u64) -> Result<Bytes, ImageError> {
+        Ok(match self.client.get_blob_range(r, blob, start..end).await? {
+            RangeReply::Partial(b) => b,
+            RangeReply::Whole(b) => {
+                if end as usize > b.len() {
+                    return Err(ImageError::Layer {
+                        layer: *blob,
+                        reason: format!("range {start}-{end} past the blob's {} bytes", b.len()),
+                    });
+                }
+                b.slice(start as usize..end as usize)
+            }
+        })
+    }
+
+    /// Fetches the manifest `r` names; an index is resolved to the manifest for `platform`.
+    pub async fn resolve_manifest(&self, r: &Reference, platform: &str) -> Result<(ImageManifest, Digest, Bytes, Option<(Digest, Bytes)>), ImageError> {
+        let m = self.client.get_manifest(r).await?;
+        let what = r.to_string();
+        let bad = |reason: String| ImageError::Manifest {
+            what: what.clone(),
+            reason,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&m.bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+        if v.get("schemaVersion").and_then(|s| s.as_u64()) == Some(1) {
+            return Err(bad("docker schema 1 manifests are not supported".into()));
+        }
+        if v.get("manifests").is_some() {
+            let index = ImageIndex::from_reader(&m.bytes[..]).map_err(|e| bad(e.to_string()))?;
+            let d = select_platform(&index, platform).ok_or_else(|| bad(format!("no manifest for platform {platform}")))?;
+            let inner = self.client.get_manifest_by(r, &d.to_string()).await?;
+            let manifest = ImageManifest::from_reader(&inner.bytes[..]).map_err(|e| bad(e.to_string()))?;
+            return Ok((manifest, inner.digest, Bytes::from(inner.bytes), Some((m.digest, Bytes::from(m.bytes)))));
+        }
+        let manifest = ImageManifest::from_reader(&m.bytes[..]).map_err(|e| bad(e.to_string()))?;
+        Ok((manifest, m.digest, Bytes::from(m.bytes), None))
+    }
+
+    /// Lazy pull: manifest, config and each layer's TOC (a layer without one is streamed once).
+    /// The reference is written last, so an interrupted pull lists nothing.
+    pub async fn pull(&self, r: &Reference, platform: &str, progress: ProgressFn<'_>) -> Result<ImageRecord, ImageError> {
+        let (manifest, mdigest, mbytes, index) = self.resolve_manifest(r, platform).await?;
+        progress(Progress::Resolved {
+            manifest: mdigest,
+            layers: manifest.layers().len(),
+        });
+        let config = digest_of(manifest.config())?;
+        if !self.store.has_blob(&config) {
+            let bytes = self.client.get_blob(r, &config).await?;
+            self.store.put_blob(&config, &bytes)?;
+        }
+        let mut layers = Vec::new();
+        for desc in manifest.layers() {
+            let d = digest_of(desc)?;
+            if self.store.layer(&d)?.is_some() {
+                progress(Progress::LayerDone {
+                    layer: d,
+                    what: "Already exists",
+                });
+            } else {
+                let rec = self.pull_layer(r, desc, d, progress).await?;
+                self.store.put_layer(&rec)?;
+                progress(Progress::LayerDone {
+                    layer: d,
+                    what: "Pull complete",
+                });
+            }
+            layers.push(d);
+        }
+        self.store.put_blob(&mdigest, &mbytes)?;
+        if let Some((idig, ibytes)) = &index {
+            self.store.put_blob(idig, ibytes)?;
+        }
+        let source = r.full_repository();
+        let mut sources = vec![source.clone()];
+        if let Some(old) = self.store.image(&mdigest)? {
+            sources.extend(old.sources.into_iter().filter(|s| *s != source));
+        }
+        let rec = ImageRecord {
+            manifest: mdigest,
+            config,
+            layers,
+            sources,
+            index: index.map(|i| i.0),
+            pulled: now_secs(),
+        };
+        let lock = self.store.lock()?;
+        self.store.put_image(&rec)?;
+        if let Some(tag) = &r.tag {
+            self.store.set_ref(&lock, &format!("{}:{tag}", r.full_repository()), &mdigest)?;
+        }
+        info!(reference = %r, manifest = %mdigest, "pulled");
+        Ok(rec)
+    }
+
+    async fn pull_layer(&self, r: &Reference, desc: &Descriptor, d: Digest, progress: ProgressFn<'_>) -> Result<LayerRecord, ImageError> {
+        let media_type = desc.media_type().to_string();
+        let size = desc.size();
+        let ann: BTreeMap<String, String> = desc
+            .annotations()
+            .as_ref()
+            .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        let toc_err = |source| ImageError::Toc { layer: d, source };
+        let idx_err = |source| ImageError::Index { layer: d, source };
+        if let Some(ta) = TocAnnotations::parse(&ann).map_err(toc_err)? {
+            if let Some(toc_digest) = ta.toc_digest {
+                progress(Progress::LayerStart {
+                    layer: d,
+                    size,
+                    what: "Fetching TOC",
+                });
+                let end = ta.toc.offset + ta.toc.compressed;
+                if end > size {
+                    return Err(toc_err(TocError::Footer("TOC position lies past the end of the blob")));
+                }
+                let bytes = self.range(r, &d, ta.toc.offset, end).await?;
+                toc_digest.verify(&bytes).map_err(StoreError::from)?;
+                let toc = decode_toc(&bytes, ta.toc.uncompressed).map_err(toc_err)?;
+                let index = LayerIndex::from_toc(&toc, Locations::Zstd).map_err(idx_err)?;
+                self.store.put_blob(&toc_digest, &bytes)?;
+                return Ok(LayerRecord {
+                    digest: d,
+                    size,
+                    media_type,
+                    format: LayerFormat::ZstdChunked,
+                    toc: toc_digest,
+                    toc_uncompressed: ta.toc.uncompressed,
+                    toc_offset: ta.toc.offset,
+                    content_bytes: index.content_bytes(),
+                });
+            }
+        }
+        if let Some(tocd) = ann.get(estargz::TOC_DIGEST_ANNOTATION).and_then(|s| s.parse::<Digest>().ok()) {
+            if size > estargz::FOOTER_LEN {
+                progress(Progress::LayerStart {
+                    layer: d,
+                    size,
+                    what: "Fetching TOC",
+                });
+                let footer = self.range(r, &d, size - estargz::FOOTER_LEN, size).await?;
+                let toc_offset = estargz::parse_footer(&footer).map_err(toc_err)?;
+                if toc_offset >= size - estargz::FOOTER_LEN {
+                    return Err(toc_err(TocError::Footer("eStargz TOC offset past the footer")));
+                }
+                let member = self.range(r, &d, toc_offset, size - estargz::FOOTER_LEN).await?;
+                let json = estargz::extract_toc_json(&member).map_err(toc_err)?;
+                tocd.verify(&json).map_err(StoreError::from)?;
+                let index = estargz::index(&json, toc_offset).map_err(idx_err)?;
+                self.store.put_blob(&tocd, &json)?;
+                return Ok(LayerRecord {
+                    digest: d,
+                    size,
+                    media_type,
+                    format: LayerFormat::Estargz,
+                    toc: tocd,
+                    toc_uncompressed: json.len() as u64,
+                    toc_offset,
+                    content_bytes: index.content_bytes(),
+                });
+            }
+        }
+        progress(Progress::LayerStart {
+            layer: d,
+            size,
+            what: "Streaming (no TOC)",
+        });
+        let compression = if media_type.ends_with("gzip") {
+            Compression::Gzip
+        } else if media_type.ends_with("zstd") {
+            Compression::Zstd
+        } else if media_type.ends_with(".tar") {
+            Compression::None
+        } else {
+            let head = self.range(r, &d, 0, size.min(4)).await?;
+            sniff(&head)
+        };
+        let indexed = self.stream_index(r, d, compression, progress).await?;
+        let json = serde_json::to_vec(&indexed).map_err(|e| ImageError::Layer {
+            layer: d,
+            reason: e.to_string(),
+        })?;
+        let compressed = zstd::bulk::compress(&json, 3).map_err(|e| ImageError::Layer {
+            layer: d,
+            reason: e.to_string(),
+        })?;
+        let toc_digest = Digest::of(&compressed);
+        let index = LayerIndex::from_toc(&indexed, Locations::Local).map_err(idx_err)?;
+        self.store.put_blob(&toc_digest, &compressed)?;
+        Ok(LayerRecord {
+            digest: d,
+            size,
+            media_type,
+            format: LayerFormat::Plain { compression },
+            toc: toc_digest,
+            toc_uncompressed: json.len() as u64,
+            toc_offset: 0,
+            content_bytes: index.content_bytes(),
+        })
+    }
+
+    async fn stream_index(&self, r: &Reference, d: Digest, c: Compression, progress: ProgressFn<'_>) -> Result<crate::toc::Toc, ImageError> {
+        let body = self.client.blob_stream(r, &d).await?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
+        let cache = self.fetcher.cache().clone();
+        let work = tokio::task::spawn_blocking(move || index_plain(ChannelReader::new(rx), c, &cache));
+        let pump = async move {
+            let mut done = 0u64;
+            let mut body = Box::pin(body);
+            while let Some(chunk) = body.try_next().await? {
+                done += chunk.len() as u64;
+                progress(Progress::LayerBytes { layer: d, done });
+                if tx.send(chunk).is_err() {
+                    break;
+                }
+            }
+            Ok::<(), RegistryError>(())
+        };
+        let (pumped, indexed) = tokio::join!(pump, work);
+        let fail = |reason: String| ImageError::Layer { layer: d, reason };
+        let indexed = indexed.map_err(|e| fail(e.to_string()))?;
+        pumped?;
+        let indexed = indexed.map_err(|e| fail(e.to_string()))?;
+        if indexed.blob_digest != d {
+            return Err(fail(format!("content hashes to {}", indexed.blob_digest)));
+        }
+        Ok(indexed.toc)
+    }
+
+    /// Finds an image by reference, id prefix or manifest digest.
+    pub fn resolve(&self, name: &str) -> Result<(ImageRecord, Option<String>), ImageError> {
+        let refs = self.store.refs()?;
+        if let Ok(r) = name.parse::<Reference>() {
+            let key = match (&r.tag, &r.digest) {
+                (_, Some(d)) => {
+                    if let Some(rec) = self.store.image(d)? {
+                        return Ok((rec, None));
+                    }
+                    None
+                }
+                (Some(t), None) => Some(format!("{}:{t}", r.full_repository())),
+                _ => None,
+            };
+            if let Some(key) = key {
+                if let Some(d) = refs.get(&key) {
+                    if let Some(rec) = self.store.image(d)? {
+                        return Ok((rec, Some(key)));
+                    }
+                }
+            }
+        }
+        let needle = name.strip_prefix("sha256:").unwrap_or(name);
+        if needle.len() >= 4 && needle.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let found: Vec<ImageRecord> = self
+                .store
+                .images()?
+                .into_iter()
+                .filter(|i| i.config.hex().starts_with(needle) || i.manifest.hex().starts_with(needle))
+                .collect();
+            if found.len() == 1 {
+                return Ok((found[0].clone(), None));
+            }
+        }
+        Err(StoreError::NotFound(name.to_string()).into())
+    }
+
+    /// The layers of a stored image, indexed, with where to fetch each from.
+    pub fn open_layers(&self, rec: &ImageRecord) -> Result<Vec<OpenLayer>, ImageError> {
+        let source = rec
+            .sources
+            .first()
+            .ok_or_else(|| StoreError::NotFound(rec.manifest.to_string()))?;
+        let repo: Reference = format!("{source}@{}", rec.manifest)
+            .parse()
+            .map_err(|e: crate::reference::ReferenceError| ImageError::Manifest {
+                what: source.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut out = Vec::new();
+        for d in &rec.layers {
+            let lr = self.store.layer(d)?.ok_or_else(|| StoreError::NotFound(d.to_string()))?;
+            let toc = self.store.get_blob(&lr.toc)?;
+            let idx_err = |source| ImageError::Index { layer: *d, source };
+            let index = match lr.format {
+                LayerFormat::Estargz => estargz::index(&toc, lr.toc_offset).map_err(idx_err)?,
+                LayerFormat::ZstdChunked | LayerFormat::Plain { .. } => {
+                    let parsed = decode_toc(&toc, lr.toc_uncompressed).map_err(|source| ImageError::Toc { layer: *d, source })?;
+                    let locs = if lr.format == LayerFormat::ZstdChunked {
+                        Locations::Zstd
+                    } else {
+                        Locations::Local
+                    };
+                    LayerIndex::from_toc(&parsed, locs).map_err(idx_err)?
+                }
+            };
+            out.push(OpenLayer {
+                source: LayerSource {
+                    repo: repo.clone(),
+                    blob: *d,
+                    format: lr.format,
+                },
+                index,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Fetches every chunk of every layer (`pull --all`).
+    pub async fn fetch_all(&self, layers: &[OpenLayer]) -> Result<(), ImageError> {
+        for l in layers {
+            let chunks: Vec<_> = l
+                .index
+                .entries
+                .iter()
+                .filter(|e| e.kind == Kind::Reg)
+                .flat_map(|e| e.chunks.iter().copied())
+                .collect();
+            self.fetcher.ensure(&l.source, &chunks).await?;
+        }
+        Ok(())
+    }
+
+    /// The image config as JSON.
+    pub fn config(&self, rec: &ImageRecord) -> Result<serde_json::Value, ImageError> {
+        let bytes = self.store.get_blob(&rec.config)?;
+        serde_json::from_slice(&bytes).map_err(|e| ImageError::Manifest {
+            what: rec.config.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// References that point at each manifest.
+    pub fn tags_by_manifest(&self) -> Result<HashMap<Digest, Vec<String>>, ImageError> {
+        let mut out: HashMap<Digest, Vec<String>> = HashMap::new();
+        for (name, d) in self.store.refs()? {
+            out.entry(d).or_default().push(name);
+        }
+        Ok(out)
+    }
+}
+
+/// Our digest of a descriptor.
+pub fn digest_of(desc: &Descriptor) -> Result<Digest, ImageError> {
+    desc.digest().to_string().parse().map_err(|e: crate::digest::DigestError| ImageError::Manifest {
+        what: desc.digest().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Picks the manifest for `platform` (`os/arch[/variant]`) from an index.
+pub fn select_platform(index: &ImageIndex, platform: &str) -> Option<Digest> {
+    let mut parts = platform.split('/');
+    let os = parts.next().unwrap_or("linux");
+    let arch = parts.next().unwrap_or("amd64");
+    let variant = parts.next();
+    index
+        .manifests()
+        .iter()
+        .find(|m| {
+            m.platform().as_ref().is_some_and(|p| {
+                p.os().to_string() == os
+                    && p.architecture().to_string() == arch
+                    && variant.is_none_or(|v| p.variant().as_deref() == Some(v))
+            })
+        })
+        .and_then(|m| digest_of(m).ok())
+}
