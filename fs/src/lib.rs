@@ -1,1 +1,8 @@
+//! strata's FUSE union filesystem: lower layers merged from their TOCs, content fetched lazily.
 
+pub mod fuse;
+pub mod mount;
+pub mod tree;
+
+pub use fuse::LazyFs;
+pub use tree::Tree;

@@ -1,0 +1,296 @@
+//! The read-only FUSE filesystem over the merged tree. Metadata (lookup, getattr, readdir,
+//! readlink, xattrs) is answered from memory with no network request. `read` is served from the
+//! chunk cache on the FUSE thread when every chunk it needs is cached; otherwise the reply is
+//! handed to a tokio task, so a slow fetch never blocks other requests.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Filesystem, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use strata_fetcher::index::Kind;
+use strata_fetcher::lazy::{ChunkFetcher, LayerSource};
+use tracing::{error, warn};
+
+use crate::tree::{Node, Tree};
+
+/// Lower content never changes: the kernel may cache entries and attributes for long.
+const TTL: Duration = Duration::from_secs(3600);
+
+/// The read-only lazy filesystem of one image.
+#[derive(Debug)]
+pub struct LazyFs {
+    tree: Tree,
+    layers: Vec<LayerSource>,
+    fetcher: Arc<ChunkFetcher>,
+    rt: tokio::runtime::Handle,
+}
+
+impl LazyFs {
+    /// A filesystem over `tree`, whose content indexes refer to `layers`; fetches run on `rt`.
+    pub fn new(tree: Tree, layers: Vec<LayerSource>, fetcher: Arc<ChunkFetcher>, rt: tokio::runtime::Handle) -> Self {
+        Self {
+            tree,
+            layers,
+            fetcher,
+            rt,
+        }
+    }
+
+    fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
+        self.tree.get(ino.0).ok_or(Errno::ENOENT)
+    }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::Dir => FileType::Directory,
+        Kind::Reg | Kind::Hardlink => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Char => FileType::CharDevice,
+        Kind::Block => FileType::BlockDevice,
+        Kind::Fifo => FileType::NamedPipe,
+    }
+}
+
+/// The kernel's `new_encode_dev`.
+fn encode_dev(major: u32, minor: u32) -> u32 {
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+fn time_of((secs, nanos): (i64, u32)) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nanos)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}
+
+/// The attributes the kernel sees for `ino`.
+pub fn attr_of(ino: u64, n: &Node) -> FileAttr {
+    let t = time_of(n.mtime);
+    let blocks = match &n.content {
+        Some(c) => c
+            .chunks
+            .iter()
+            .filter(|c| c.loc != strata_fetcher::index::ChunkLoc::Zeros)
+            .map(|c| c.len)
+            .sum::<u64>()
+            .div_ceil(512),
+        None => 0,
+    };
+    FileAttr {
+        ino: INodeNo(ino),
+        size: n.size,
+        blocks,
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind: file_type(n.kind),
+        perm: (n.mode & 0o7777) as u16,
+        nlink: n.nlink,
+        uid: n.uid,
+        gid: n.gid,
+        rdev: if matches!(n.kind, Kind::Char | Kind::Block) {
+            encode_dev(n.rdev.0, n.rdev.1)
+        } else {
+            0
+        },
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+impl Filesystem for LazyFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        for cap in [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_MAX_PAGES,
+        ] {
+            if config.add_capabilities(cap).is_err() {
+                warn!(?cap, "kernel lacks FUSE capability");
+            }
+        }
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.tree.lookup(parent.0, name.as_bytes()) {
+            Some(ino) => match self.tree.get(ino) {
+                Some(n) => reply.entry(&TTL, &attr_of(ino, n), Generation(0)),
+                None => reply.error(Errno::ENOENT),
+            },
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.node(ino) {
+            Ok(n) => reply.attr(&TTL, &attr_of(ino.0, n)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.node(ino) {
+            Ok(n) if n.kind == Kind::Symlink => reply.data(&n.link),
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.node(ino) {
+            Ok(n) if n.kind == Kind::Dir => reply.error(Errno::EISDIR),
+            Ok(_) if flags.0 & libc::O_ACCMODE != libc::O_RDONLY => reply.error(Errno::EROFS),
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let n = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        if offset >= n.size {
+            return reply.data(&[]);
+        }
+        let len = (size as u64).min(n.size - offset);
+        let Some(content) = n.content.clone() else {
+            return reply.data(&vec![0u8; len as usize]);
+        };
+        match self.fetcher.read_cached(&content.chunks, offset, len) {
+            Ok(Some(data)) => return reply.data(&data),
+            Ok(None) => {}
+            Err(e) => {
+                error!(ino = ino.0, error = %e, "cache read failed");
+                return reply.error(Errno::EIO);
+            }
+        }
+        let Some(layer) = self.layers.get(content.layer).cloned() else {
+            return reply.error(Errno::EIO);
+        };
+        let fetcher = self.fetcher.clone();
+        self.rt.spawn(async move {
+            // Fetch ahead within the file: a file being read is usually read to its end.
+            let ahead = (len.max(1 << 20)).min(n_remaining(&content.chunks, offset));
+            if let Err(e) = fetcher
+                .ensure(&layer, ChunkFetcher::touching(&content.chunks, offset, ahead))
+                .await
+            {
+                error!(ino = ino.0, offset, error = %e, "read failed");
+                return reply.error(Errno::EIO);
+            }
+            match fetcher.read_cached(&content.chunks, offset, len) {
+                Ok(Some(data)) => reply.data(&data),
+                Ok(None) => reply.error(Errno::EIO),
+                Err(e) => {
+                    error!(ino = ino.0, error = %e, "cache read failed");
+                    reply.error(Errno::EIO)
+                }
+            }
+        });
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let n = match self.node(ino) {
+            Ok(n) if n.kind == Kind::Dir => n,
+            Ok(_) => return reply.error(Errno::ENOTDIR),
+            Err(e) => return reply.error(e),
+        };
+        let dots = [(ino.0, FileType::Directory, &b"."[..]), (n.parent, FileType::Directory, &b".."[..])];
+        let children = n.children.iter().map(|(name, c)| {
+            let kind = self.tree.get(*c).map(|cn| file_type(cn.kind)).unwrap_or(FileType::RegularFile);
+            (*c, kind, name.as_slice())
+        });
+        for (i, (child, kind, name)) in dots.into_iter().chain(children).enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), (i + 1) as u64, kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let n = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        match n.xattrs.iter().find(|(k, _)| k.as_slice() == name.as_bytes()) {
+            None => reply.error(Errno::NO_XATTR),
+            Some((_, v)) if size == 0 => reply.size(v.len() as u32),
+            Some((_, v)) if (size as usize) < v.len() => reply.error(Errno::ERANGE),
+            Some((_, v)) => reply.data(v),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let n = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let mut buf = Vec::new();
+        for (k, _) in &n.xattrs {
+            buf.extend_from_slice(k);
+            buf.push(0);
+        }
+        if size == 0 {
+            reply.size(buf.len() as u32)
+        } else if (size as usize) < buf.len() {
+            reply.error(Errno::ERANGE)
+        } else {
+            reply.data(&buf)
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        match self.node(ino) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let files = self.tree.len() as u64;
+        reply.statfs(0, 0, 0, files, 0, 4096, 255, 4096);
+    }
+}
+
+fn n_remaining(chunks: &[strata_fetcher::index::Chunk], offset: u64) -> u64 {
+    chunks
+        .last()
+        .map(|c| (c.file_offset + c.len).saturating_sub(offset))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_numbers_encode_like_the_kernel() {
+        // glibc's makedev agrees with the kernel encoding for 32-bit device numbers.
+        for (ma, mi) in [(1, 3), (8, 0x1234), (259, 70000)] {
+            assert_eq!(encode_dev(ma, mi) as u64, libc::makedev(ma, mi));
+        }
+    }
+}
