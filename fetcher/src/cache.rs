@@ -71,7 +71,12 @@ impl ChunkCache {
     }
 
     /// Reads up to `len` bytes at `offset` of a cached chunk; `None` if it is not cached.
-    pub fn read_at(&self, d: &Digest, offset: u64, len: usize) -> Result<Option<Vec<u8>>, CacheError> {
+    pub fn read_at(
+        &self,
+        d: &Digest,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, CacheError> {
         let path = self.path(d);
         let f = match fs::File::open(&path) {
             Ok(f) => f,
@@ -103,7 +108,9 @@ impl ChunkCache {
             path: path.clone(),
             source,
         })?;
-        let added = self.added_since_check.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let added = self
+            .added_since_check
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if added + bytes.len() as u64 >= CHECK_EVERY_BYTES {
             self.added_since_check.store(0, Ordering::Relaxed);
             self.enforce_limit()?;
@@ -133,7 +140,11 @@ impl ChunkCache {
                 debug!(path = %path.display(), "evicted chunk");
             }
         }
-        info!(freed_bytes = freed, limit_bytes = self.limit_bytes, "chunk cache evicted");
+        info!(
+            freed_bytes = freed,
+            limit_bytes = self.limit_bytes,
+            "chunk cache evicted"
+        );
         Ok(freed)
     }
 
@@ -170,14 +181,20 @@ impl ChunkCache {
         let mut out = Vec::new();
         for shard in fs::read_dir(&root).map_err(|e| io(&root, e))? {
             let shard = shard.map_err(|e| io(&root, e))?.path();
-            let Ok(entries) = fs::read_dir(&shard) else { continue };
+            let Ok(entries) = fs::read_dir(&shard) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let name = e.file_name();
                 if name.to_string_lossy().starts_with(".tmp-") {
                     continue;
                 }
                 if let Ok(m) = e.metadata() {
-                    out.push((e.path(), m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH)));
+                    out.push((
+                        e.path(),
+                        m.len(),
+                        m.modified().unwrap_or(std::time::UNIX_EPOCH),
+                    ));
                 }
             }
         }

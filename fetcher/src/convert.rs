@@ -3,7 +3,6 @@
 //! zstd:chunked; the uncompressed tar is byte-identical, so the config and its diff_ids carry
 //! over unchanged. Layers that are already zstd:chunked are copied as they are.
 
-
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use serde_json::json;
@@ -21,7 +20,13 @@ use crate::toc::TocAnnotations;
 pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
 /// Converts `src` into `dst`; returns the new manifest's digest.
-pub async fn convert(ctx: &Context, src: &Reference, dst: &Reference, platform: &str, progress: ProgressFn<'_>) -> Result<Digest, ImageError> {
+pub async fn convert(
+    ctx: &Context,
+    src: &Reference,
+    dst: &Reference,
+    platform: &str,
+    progress: ProgressFn<'_>,
+) -> Result<Digest, ImageError> {
     let (manifest, mdigest, _, _) = ctx.resolve_manifest(src, platform).await?;
     progress(Progress::Resolved {
         manifest: mdigest,
@@ -71,7 +76,9 @@ pub async fn convert(ctx: &Context, src: &Reference, dst: &Reference, platform: 
         };
         let out_path = tmp.join(format!("{}.zst", d.hex()));
         let written = rewrite_layer(ctx, src, d, compression, &out_path, progress).await?;
-        ctx.client.put_blob_file(dst, &written.digest, &out_path).await?;
+        ctx.client
+            .put_blob_file(dst, &written.digest, &out_path)
+            .await?;
         let _ = std::fs::remove_file(&out_path);
         layers.push(json!({
             "mediaType": LAYER_MEDIA_TYPE,
@@ -86,7 +93,9 @@ pub async fn convert(ctx: &Context, src: &Reference, dst: &Reference, platform: 
     }
     let config = digest_of(manifest.config())?;
     let config_bytes = ctx.client.get_blob(src, &config).await?;
-    ctx.client.put_blob(dst, &config, config_bytes.clone()).await?;
+    ctx.client
+        .put_blob(dst, &config, config_bytes.clone())
+        .await?;
     let new_manifest = json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -97,10 +106,13 @@ pub async fn convert(ctx: &Context, src: &Reference, dst: &Reference, platform: 
         },
         "layers": layers,
     });
-    let bytes = Bytes::from(serde_json::to_vec(&new_manifest).map_err(|e| ImageError::Manifest {
-        what: dst.to_string(),
-        reason: e.to_string(),
-    })?);
+    let bytes =
+        Bytes::from(
+            serde_json::to_vec(&new_manifest).map_err(|e| ImageError::Manifest {
+                what: dst.to_string(),
+                reason: e.to_string(),
+            })?,
+        );
     let digest = ctx
         .client
         .put_manifest(dst, bytes, "application/vnd.oci.image.manifest.v1+json")
@@ -116,7 +128,14 @@ fn tempdir_in(parent: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
     Ok(p)
 }
 
-async fn copy_blob(ctx: &Context, src: &Reference, dst: &Reference, d: &Digest, tmp: &std::path::Path, progress: ProgressFn<'_>) -> Result<(), ImageError> {
+async fn copy_blob(
+    ctx: &Context,
+    src: &Reference,
+    dst: &Reference,
+    d: &Digest,
+    tmp: &std::path::Path,
+    progress: ProgressFn<'_>,
+) -> Result<(), ImageError> {
     if ctx.client.blob_exists(dst, d).await?.is_some() {
         return Ok(());
     }
@@ -171,13 +190,17 @@ async fn rewrite_layer(
                 let mut head = [0u8; 4];
                 let mut n = 0;
                 while n < 4 {
-                    let k = std::io::Read::read(&mut hashed, &mut head[n..]).map_err(|e| e.to_string())?;
+                    let k = std::io::Read::read(&mut hashed, &mut head[n..])
+                        .map_err(|e| e.to_string())?;
                     if k == 0 {
                         break;
                     }
                     n += k;
                 }
-                return Err(format!("unknown layer media type; content starts as {:?}", sniff(&head[..n])));
+                return Err(format!(
+                    "unknown layer media type; content starts as {:?}",
+                    sniff(&head[..n])
+                ));
             }
         };
         let written = {

@@ -34,14 +34,17 @@ pub fn parse_footer(footer: &[u8]) -> Result<u64, TocError> {
     if &payload[16..22] != b"STARGZ" {
         return Err(bad("eStargz footer has no STARGZ magic"));
     }
-    let hex = std::str::from_utf8(&payload[..16]).map_err(|_| bad("eStargz TOC offset is not hex"))?;
+    let hex =
+        std::str::from_utf8(&payload[..16]).map_err(|_| bad("eStargz TOC offset is not hex"))?;
     u64::from_str_radix(hex, 16).map_err(|_| bad("eStargz TOC offset is not hex"))
 }
 
 /// Extracts the TOC JSON from the bytes between the TOC offset and the footer.
 pub fn extract_toc_json(member: &[u8]) -> Result<Vec<u8>, TocError> {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(member));
-    let entries = archive.entries().map_err(|e| TocError::Parse(e.to_string()))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| TocError::Parse(e.to_string()))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| TocError::Parse(e.to_string()))?;
         let is_toc = entry.path_bytes().as_ref() == TOC_NAME.as_bytes();
@@ -119,10 +122,24 @@ mod tests {
         let idx = index(json, 300).unwrap();
         assert_eq!(idx.entries.len(), 3, "landmark hidden");
         let a = &idx.entries[1];
-        assert_eq!(a.chunks[0].loc, ChunkLoc::Gzip { start: 100, end: 200, inner: 0 });
+        assert_eq!(
+            a.chunks[0].loc,
+            ChunkLoc::Gzip {
+                start: 100,
+                end: 200,
+                inner: 0
+            }
+        );
         let b = &idx.entries[2];
         assert_eq!(b.chunks.len(), 2);
         assert_eq!(b.chunks[1].len, 4);
-        assert_eq!(b.chunks[1].loc, ChunkLoc::Gzip { start: 250, end: 300, inner: 0 });
+        assert_eq!(
+            b.chunks[1].loc,
+            ChunkLoc::Gzip {
+                start: 250,
+                end: 300,
+                inner: 0
+            }
+        );
     }
 }

@@ -137,7 +137,11 @@ impl Context {
         let store = Store::open(&root.join("store"))?;
         let cache = Arc::new(ChunkCache::open(&root.join("cache"), cache_bytes)?);
         let client = Arc::new(RegistryClient::new(opts)?);
-        let fetcher = Arc::new(ChunkFetcher::new(client.clone(), cache, root.join("cache/blobs")));
+        let fetcher = Arc::new(ChunkFetcher::new(
+            client.clone(),
+            cache,
+            root.join("cache/blobs"),
+        ));
         Ok(Self {
             root: root.to_path_buf(),
             store,
@@ -146,39 +150,62 @@ impl Context {
         })
     }
 
-    async fn range(&self, r: &Reference, blob: &Digest, start: u64, end: u64) -> Result<Bytes, ImageError> {
-        Ok(match self.client.get_blob_range(r, blob, start..end).await? {
-            RangeReply::Partial(b) => b,
-            RangeReply::Whole(b) => {
-                if end as usize > b.len() {
-                    return Err(ImageError::Layer {
-                        layer: *blob,
-                        reason: format!("range {start}-{end} past the blob's {} bytes", b.len()),
-                    });
+    async fn range(
+        &self,
+        r: &Reference,
+        blob: &Digest,
+        start: u64,
+        end: u64,
+    ) -> Result<Bytes, ImageError> {
+        Ok(
+            match self.client.get_blob_range(r, blob, start..end).await? {
+                RangeReply::Partial(b) => b,
+                RangeReply::Whole(b) => {
+                    if end as usize > b.len() {
+                        return Err(ImageError::Layer {
+                            layer: *blob,
+                            reason: format!(
+                                "range {start}-{end} past the blob's {} bytes",
+                                b.len()
+                            ),
+                        });
+                    }
+                    b.slice(start as usize..end as usize)
                 }
-                b.slice(start as usize..end as usize)
-            }
-        })
+            },
+        )
     }
 
     /// Fetches the manifest `r` names; an index is resolved to the manifest for `platform`.
-    pub async fn resolve_manifest(&self, r: &Reference, platform: &str) -> Result<(ImageManifest, Digest, Bytes, Option<(Digest, Bytes)>), ImageError> {
+    pub async fn resolve_manifest(
+        &self,
+        r: &Reference,
+        platform: &str,
+    ) -> Result<(ImageManifest, Digest, Bytes, Option<(Digest, Bytes)>), ImageError> {
         let m = self.client.get_manifest(r).await?;
         let what = r.to_string();
         let bad = |reason: String| ImageError::Manifest {
             what: what.clone(),
             reason,
         };
-        let v: serde_json::Value = serde_json::from_slice(&m.bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&m.bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
         if v.get("schemaVersion").and_then(|s| s.as_u64()) == Some(1) {
             return Err(bad("docker schema 1 manifests are not supported".into()));
         }
         if v.get("manifests").is_some() {
             let index = ImageIndex::from_reader(&m.bytes[..]).map_err(|e| bad(e.to_string()))?;
-            let d = select_platform(&index, platform).ok_or_else(|| bad(format!("no manifest for platform {platform}")))?;
+            let d = select_platform(&index, platform)
+                .ok_or_else(|| bad(format!("no manifest for platform {platform}")))?;
             let inner = self.client.get_manifest_by(r, &d.to_string()).await?;
-            let manifest = ImageManifest::from_reader(&inner.bytes[..]).map_err(|e| bad(e.to_string()))?;
-            return Ok((manifest, inner.digest, Bytes::from(inner.bytes), Some((m.digest, Bytes::from(m.bytes)))));
+            let manifest =
+                ImageManifest::from_reader(&inner.bytes[..]).map_err(|e| bad(e.to_string()))?;
+            return Ok((
+                manifest,
+                inner.digest,
+                Bytes::from(inner.bytes),
+                Some((m.digest, Bytes::from(m.bytes))),
+            ));
         }
         let manifest = ImageManifest::from_reader(&m.bytes[..]).map_err(|e| bad(e.to_string()))?;
         Ok((manifest, m.digest, Bytes::from(m.bytes), None))
@@ -186,7 +213,12 @@ impl Context {
 
     /// Lazy pull: manifest, config and each layer's TOC (a layer without one is streamed once).
     /// The reference is written last, so an interrupted pull lists nothing.
-    pub async fn pull(&self, r: &Reference, platform: &str, progress: ProgressFn<'_>) -> Result<ImageRecord, ImageError> {
+    pub async fn pull(
+        &self,
+        r: &Reference,
+        platform: &str,
+        progress: ProgressFn<'_>,
+    ) -> Result<ImageRecord, ImageError> {
         let (manifest, mdigest, mbytes, index) = self.resolve_manifest(r, platform).await?;
         progress(Progress::Resolved {
             manifest: mdigest,
@@ -235,13 +267,20 @@ impl Context {
         let lock = self.store.lock()?;
         self.store.put_image(&rec)?;
         if let Some(tag) = &r.tag {
-            self.store.set_ref(&lock, &format!("{}:{tag}", r.full_repository()), &mdigest)?;
+            self.store
+                .set_ref(&lock, &format!("{}:{tag}", r.full_repository()), &mdigest)?;
         }
         info!(reference = %r, manifest = %mdigest, "pulled");
         Ok(rec)
     }
 
-    async fn pull_layer(&self, r: &Reference, desc: &Descriptor, d: Digest, progress: ProgressFn<'_>) -> Result<LayerRecord, ImageError> {
+    async fn pull_layer(
+        &self,
+        r: &Reference,
+        desc: &Descriptor,
+        d: Digest,
+        progress: ProgressFn<'_>,
+    ) -> Result<LayerRecord, ImageError> {
         let media_type = desc.media_type().to_string();
         let size = desc.size();
         let ann: BTreeMap<String, String> = desc
@@ -260,7 +299,9 @@ impl Context {
                 });
                 let end = ta.toc.offset + ta.toc.compressed;
                 if end > size {
-                    return Err(toc_err(TocError::Footer("TOC position lies past the end of the blob")));
+                    return Err(toc_err(TocError::Footer(
+                        "TOC position lies past the end of the blob",
+                    )));
                 }
                 let bytes = self.range(r, &d, ta.toc.offset, end).await?;
                 toc_digest.verify(&bytes).map_err(StoreError::from)?;
@@ -279,7 +320,10 @@ impl Context {
                 });
             }
         }
-        if let Some(tocd) = ann.get(estargz::TOC_DIGEST_ANNOTATION).and_then(|s| s.parse::<Digest>().ok()) {
+        if let Some(tocd) = ann
+            .get(estargz::TOC_DIGEST_ANNOTATION)
+            .and_then(|s| s.parse::<Digest>().ok())
+        {
             if size > estargz::FOOTER_LEN {
                 progress(Progress::LayerStart {
                     layer: d,
@@ -289,9 +333,13 @@ impl Context {
                 let footer = self.range(r, &d, size - estargz::FOOTER_LEN, size).await?;
                 let toc_offset = estargz::parse_footer(&footer).map_err(toc_err)?;
                 if toc_offset >= size - estargz::FOOTER_LEN {
-                    return Err(toc_err(TocError::Footer("eStargz TOC offset past the footer")));
+                    return Err(toc_err(TocError::Footer(
+                        "eStargz TOC offset past the footer",
+                    )));
                 }
-                let member = self.range(r, &d, toc_offset, size - estargz::FOOTER_LEN).await?;
+                let member = self
+                    .range(r, &d, toc_offset, size - estargz::FOOTER_LEN)
+                    .await?;
                 let json = estargz::extract_toc_json(&member).map_err(toc_err)?;
                 tocd.verify(&json).map_err(StoreError::from)?;
                 let index = estargz::index(&json, toc_offset).map_err(idx_err)?;
@@ -347,11 +395,18 @@ impl Context {
         })
     }
 
-    async fn stream_index(&self, r: &Reference, d: Digest, c: Compression, progress: ProgressFn<'_>) -> Result<crate::toc::Toc, ImageError> {
+    async fn stream_index(
+        &self,
+        r: &Reference,
+        d: Digest,
+        c: Compression,
+        progress: ProgressFn<'_>,
+    ) -> Result<crate::toc::Toc, ImageError> {
         let body = self.client.blob_stream(r, &d).await?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
         let cache = self.fetcher.cache().clone();
-        let work = tokio::task::spawn_blocking(move || index_plain(ChannelReader::new(rx), c, &cache));
+        let work =
+            tokio::task::spawn_blocking(move || index_plain(ChannelReader::new(rx), c, &cache));
         let pump = async move {
             let mut done = 0u64;
             let mut body = Box::pin(body);
@@ -403,7 +458,9 @@ impl Context {
                 .store
                 .images()?
                 .into_iter()
-                .filter(|i| i.config.hex().starts_with(needle) || i.manifest.hex().starts_with(needle))
+                .filter(|i| {
+                    i.config.hex().starts_with(needle) || i.manifest.hex().starts_with(needle)
+                })
                 .collect();
             if found.len() == 1 {
                 return Ok((found[0].clone(), None));
@@ -418,21 +475,25 @@ impl Context {
             .sources
             .first()
             .ok_or_else(|| StoreError::NotFound(rec.manifest.to_string()))?;
-        let repo: Reference = format!("{source}@{}", rec.manifest)
-            .parse()
-            .map_err(|e: crate::reference::ReferenceError| ImageError::Manifest {
+        let repo: Reference = format!("{source}@{}", rec.manifest).parse().map_err(
+            |e: crate::reference::ReferenceError| ImageError::Manifest {
                 what: source.clone(),
                 reason: e.to_string(),
-            })?;
+            },
+        )?;
         let mut out = Vec::new();
         for d in &rec.layers {
-            let lr = self.store.layer(d)?.ok_or_else(|| StoreError::NotFound(d.to_string()))?;
+            let lr = self
+                .store
+                .layer(d)?
+                .ok_or_else(|| StoreError::NotFound(d.to_string()))?;
             let toc = self.store.get_blob(&lr.toc)?;
             let idx_err = |source| ImageError::Index { layer: *d, source };
             let index = match lr.format {
                 LayerFormat::Estargz => estargz::index(&toc, lr.toc_offset).map_err(idx_err)?,
                 LayerFormat::ZstdChunked | LayerFormat::Plain { .. } => {
-                    let parsed = decode_toc(&toc, lr.toc_uncompressed).map_err(|source| ImageError::Toc { layer: *d, source })?;
+                    let parsed = decode_toc(&toc, lr.toc_uncompressed)
+                        .map_err(|source| ImageError::Toc { layer: *d, source })?;
                     let locs = if lr.format == LayerFormat::ZstdChunked {
                         Locations::Zstd
                     } else {
@@ -489,10 +550,13 @@ impl Context {
 
 /// Our digest of a descriptor.
 pub fn digest_of(desc: &Descriptor) -> Result<Digest, ImageError> {
-    desc.digest().to_string().parse().map_err(|e: crate::digest::DigestError| ImageError::Manifest {
-        what: desc.digest().to_string(),
-        reason: e.to_string(),
-    })
+    desc.digest()
+        .to_string()
+        .parse()
+        .map_err(|e: crate::digest::DigestError| ImageError::Manifest {
+            what: desc.digest().to_string(),
+            reason: e.to_string(),
+        })
 }
 
 /// Picks the manifest for `platform` (`os/arch[/variant]`) from an index.

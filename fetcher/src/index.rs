@@ -221,14 +221,19 @@ fn entry_of(e: &TocEntry) -> Result<Entry, IndexError> {
             .map_err(|_| bad(format!("xattr {k} is not base64")))?;
         xattrs.push((k.as_bytes().to_vec(), value));
     }
-    let num = |v: i64, what: &str| u32::try_from(v).map_err(|_| bad(format!("{what} {v} out of range")));
+    let num =
+        |v: i64, what: &str| u32::try_from(v).map_err(|_| bad(format!("{what} {v} out of range")));
     Ok(Entry {
         path,
         kind,
         mode: (e.mode & 0o7777) as u32,
         uid: num(e.uid, "uid")?,
         gid: num(e.gid, "gid")?,
-        mtime: e.modtime.as_deref().and_then(parse_rfc3339).unwrap_or((0, 0)),
+        mtime: e
+            .modtime
+            .as_deref()
+            .and_then(parse_rfc3339)
+            .unwrap_or((0, 0)),
         size: if kind == Kind::Reg {
             u64::try_from(e.size).map_err(|_| bad("negative size".into()))?
         } else {
@@ -250,14 +255,20 @@ fn check_chunks(e: &Entry) -> Result<(), IndexError> {
     let mut at = 0u64;
     for c in &e.chunks {
         if c.file_offset != at || c.len == 0 {
-            return Err(bad(format!("chunk at {} does not continue at {at}", c.file_offset)));
+            return Err(bad(format!(
+                "chunk at {} does not continue at {at}",
+                c.file_offset
+            )));
         }
         if c.loc != ChunkLoc::Zeros && c.digest.is_none() {
             return Err(bad(format!("chunk at {} has no digest", c.file_offset)));
         }
         if let ChunkLoc::Zstd { start, end } | ChunkLoc::Gzip { start, end, .. } = c.loc {
             if end <= start {
-                return Err(bad(format!("chunk at {} has an empty blob range", c.file_offset)));
+                return Err(bad(format!(
+                    "chunk at {} has an empty blob range",
+                    c.file_offset
+                )));
             }
         }
         at += c.len;
@@ -320,7 +331,11 @@ impl LayerIndex {
             }
             let mut e = entry_of(te)?;
             if e.kind == Kind::Reg && e.size > 0 {
-                let len = if te.chunk_size > 0 { te.chunk_size as u64 } else { e.size };
+                let len = if te.chunk_size > 0 {
+                    te.chunk_size as u64
+                } else {
+                    e.size
+                };
                 let digest = match parse_digest(&te.name, &te.chunk_digest)? {
                     Some(d) => Some(d),
                     None if len == e.size => parse_digest(&te.name, &te.digest)?,
@@ -349,7 +364,10 @@ mod tests {
 
     #[test]
     fn normalizes_and_rejects_paths() {
-        assert_eq!(normalize_path(b"./etc/os-release").unwrap(), b"etc/os-release");
+        assert_eq!(
+            normalize_path(b"./etc/os-release").unwrap(),
+            b"etc/os-release"
+        );
         assert_eq!(normalize_path(b"etc//x/./y/").unwrap(), b"etc/x/y");
         assert_eq!(normalize_path(b"./").unwrap(), b"");
         assert!(normalize_path(b"../etc/passwd").is_err());
@@ -382,8 +400,12 @@ mod tests {
             let ChunkLoc::Zstd { start, end } = c.loc else {
                 panic!("not zstd")
             };
-            let data = zstd::bulk::decompress(&blob[start as usize..end as usize], CHUNK_BYTES).unwrap();
-            assert_eq!(&data[..], &big[c.file_offset as usize..(c.file_offset + c.len) as usize]);
+            let data =
+                zstd::bulk::decompress(&blob[start as usize..end as usize], CHUNK_BYTES).unwrap();
+            assert_eq!(
+                &data[..],
+                &big[c.file_offset as usize..(c.file_offset + c.len) as usize]
+            );
             assert_eq!(Some(Digest::of(&data)), c.digest);
         }
         assert_eq!(idx.entries[1].kind, Kind::Hardlink);

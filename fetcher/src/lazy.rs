@@ -146,7 +146,12 @@ impl ChunkFetcher {
     }
 
     /// Reads `len` bytes at `offset` of a file from the cache alone; `None` if a chunk is missing.
-    pub fn read_cached(&self, chunks: &[Chunk], offset: u64, len: u64) -> Result<Option<Vec<u8>>, CacheError> {
+    pub fn read_cached(
+        &self,
+        chunks: &[Chunk],
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<u8>>, CacheError> {
         let touched = Self::touching(chunks, offset, len);
         let mut out = Vec::with_capacity(len as usize);
         for c in touched {
@@ -165,11 +170,18 @@ impl ChunkFetcher {
     }
 
     /// Reads `len` bytes at `offset` of a file, fetching what is missing.
-    pub async fn read(&self, layer: &LayerSource, chunks: &[Chunk], offset: u64, len: u64) -> Result<Vec<u8>, FetchError> {
+    pub async fn read(
+        &self,
+        layer: &LayerSource,
+        chunks: &[Chunk],
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, FetchError> {
         if let Some(b) = self.read_cached(chunks, offset, len)? {
             return Ok(b);
         }
-        self.ensure(layer, Self::touching(chunks, offset, len)).await?;
+        self.ensure(layer, Self::touching(chunks, offset, len))
+            .await?;
         match self.read_cached(chunks, offset, len)? {
             Some(b) => Ok(b),
             None => {
@@ -214,7 +226,9 @@ impl ChunkFetcher {
         };
         let result = if mine.is_empty() {
             Ok(())
-        } else if matches!(layer.format, LayerFormat::Plain { .. }) || mine.iter().any(|c| c.loc == ChunkLoc::Local) {
+        } else if matches!(layer.format, LayerFormat::Plain { .. })
+            || mine.iter().any(|c| c.loc == ChunkLoc::Local)
+        {
             self.restream(layer).await
         } else {
             self.fetch_ranges(layer, &mine).await
@@ -242,7 +256,9 @@ impl ChunkFetcher {
         let mut located: Vec<(u64, u64, Chunk)> = chunks
             .iter()
             .filter_map(|c| match c.loc {
-                ChunkLoc::Zstd { start, end } | ChunkLoc::Gzip { start, end, .. } => Some((start, end, *c)),
+                ChunkLoc::Zstd { start, end } | ChunkLoc::Gzip { start, end, .. } => {
+                    Some((start, end, *c))
+                }
                 _ => None,
             })
             .collect();
@@ -250,7 +266,10 @@ impl ChunkFetcher {
         let mut groups: Vec<(u64, u64, Vec<(u64, u64, Chunk)>)> = Vec::new();
         for item in located {
             match groups.last_mut() {
-                Some(g) if item.0 <= g.1 + COALESCE_GAP_BYTES && item.1.max(g.1) - g.0 <= MAX_REQUEST_BYTES => {
+                Some(g)
+                    if item.0 <= g.1 + COALESCE_GAP_BYTES
+                        && item.1.max(g.1) - g.0 <= MAX_REQUEST_BYTES =>
+                {
                     g.1 = g.1.max(item.1);
                     g.2.push(item);
                 }
@@ -358,7 +377,9 @@ impl ChunkFetcher {
                 }
             }
         };
-        let work = tokio::task::spawn_blocking(move || index_plain(ChannelReader::new(rx), compression, &cache));
+        let work = tokio::task::spawn_blocking(move || {
+            index_plain(ChannelReader::new(rx), compression, &cache)
+        });
         let (pumped, indexed) = tokio::join!(pump, work);
         let stream_err = |reason: String| FetchError::Stream { blob, reason };
         pumped.map_err(|e| stream_err(e.to_string()))?;
@@ -366,7 +387,10 @@ impl ChunkFetcher {
             .map_err(|e| stream_err(e.to_string()))?
             .map_err(|e| stream_err(e.to_string()))?;
         if indexed.blob_digest != blob {
-            return Err(stream_err(format!("stream hashed to {}", indexed.blob_digest)));
+            return Err(stream_err(format!(
+                "stream hashed to {}",
+                indexed.blob_digest
+            )));
         }
         Ok(())
     }
@@ -380,10 +404,20 @@ fn read_range_of_file(f: &mut std::fs::File, start: u64, end: u64) -> std::io::R
 }
 
 /// Decompresses and verifies each chunk of a fetched range and stores it in the cache.
-fn store_group(cache: &ChunkCache, blob: Digest, base: u64, data: &[u8], items: &[(u64, u64, Chunk)]) -> Result<(), FetchError> {
+fn store_group(
+    cache: &ChunkCache,
+    blob: Digest,
+    base: u64,
+    data: &[u8],
+    items: &[(u64, u64, Chunk)],
+) -> Result<(), FetchError> {
     for (start, end, c) in items {
         let Some(digest) = c.digest else { continue };
-        let bad = |reason: String| FetchError::BadChunk { blob, digest, reason };
+        let bad = |reason: String| FetchError::BadChunk {
+            blob,
+            digest,
+            reason,
+        };
         let slice = data
             .get((start - base) as usize..(end - base) as usize)
             .ok_or_else(|| bad("range reply too short".into()))?;
@@ -397,15 +431,22 @@ fn store_group(cache: &ChunkCache, blob: Digest, base: u64, data: &[u8], items: 
             }
             ChunkLoc::Gzip { inner, .. } => {
                 let mut d = flate2::read::MultiGzDecoder::new(slice);
-                std::io::copy(&mut (&mut d).take(inner), &mut std::io::sink()).map_err(|e| bad(format!("gzip: {e}")))?;
+                std::io::copy(&mut (&mut d).take(inner), &mut std::io::sink())
+                    .map_err(|e| bad(format!("gzip: {e}")))?;
                 let mut out = Vec::with_capacity(c.len as usize);
-                d.take(c.len).read_to_end(&mut out).map_err(|e| bad(format!("gzip: {e}")))?;
+                d.take(c.len)
+                    .read_to_end(&mut out)
+                    .map_err(|e| bad(format!("gzip: {e}")))?;
                 out
             }
             _ => continue,
         };
         if plain.len() as u64 != c.len {
-            return Err(bad(format!("decompressed to {} bytes, expected {}", plain.len(), c.len)));
+            return Err(bad(format!(
+                "decompressed to {} bytes, expected {}",
+                plain.len(),
+                c.len
+            )));
         }
         cache.put(&digest, &plain).map_err(|e| bad(e.to_string()))?;
     }
@@ -481,12 +522,26 @@ mod tests {
                 end: frame.len() as u64,
             },
         };
-        let err = store_group(&cache, Digest::of(b"blob"), 0, &frame, &[(0, frame.len() as u64, c)]).unwrap_err();
+        let err = store_group(
+            &cache,
+            Digest::of(b"blob"),
+            0,
+            &frame,
+            &[(0, frame.len() as u64, c)],
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("digest mismatch"), "{err}");
         assert!(!cache.contains(&Digest::of(good)));
 
         let frame = zstd::bulk::compress(good, 1).unwrap();
-        store_group(&cache, Digest::of(b"blob"), 0, &frame, &[(0, frame.len() as u64, c)]).unwrap();
+        store_group(
+            &cache,
+            Digest::of(b"blob"),
+            0,
+            &frame,
+            &[(0, frame.len() as u64, c)],
+        )
+        .unwrap();
         assert!(cache.contains(&Digest::of(good)));
     }
 }

@@ -80,7 +80,11 @@ pub struct Indexed {
 }
 
 /// Streams `blob` (compressed with `c`), caching every chunk, and builds the local TOC.
-pub fn index_plain<R: Read>(blob: R, c: Compression, cache: &ChunkCache) -> Result<Indexed, WalkError> {
+pub fn index_plain<R: Read>(
+    blob: R,
+    c: Compression,
+    cache: &ChunkCache,
+) -> Result<Indexed, WalkError> {
     let mut hashing = HashingReader::new(blob);
     let mut v = Indexer {
         cache,
@@ -195,8 +199,14 @@ mod tests {
         assert_eq!(f.chunks.len(), 2);
         for c in &f.chunks {
             assert_eq!(c.loc, ChunkLoc::Local);
-            let got = cache.read_at(&c.digest.unwrap(), 0, c.len as usize).unwrap().unwrap();
-            assert_eq!(got, &data[c.file_offset as usize..(c.file_offset + c.len) as usize]);
+            let got = cache
+                .read_at(&c.digest.unwrap(), 0, c.len as usize)
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                got,
+                &data[c.file_offset as usize..(c.file_offset + c.len) as usize]
+            );
         }
     }
 }

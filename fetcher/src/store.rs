@@ -183,12 +183,17 @@ impl Store {
         Ok(bytes)
     }
 
-    fn read_json<T: for<'de> Deserialize<'de>>(&self, path: &Path) -> Result<Option<T>, StoreError> {
+    fn read_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &Path,
+    ) -> Result<Option<T>, StoreError> {
         match fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| StoreError::Corrupt {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            }),
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(path)(e)),
         }
@@ -209,17 +214,34 @@ impl Store {
 
     /// Stores a layer record (its TOC blob must be stored first).
     pub fn put_layer(&self, rec: &LayerRecord) -> Result<(), StoreError> {
-        self.write_json(&self.root.join("layers").join(format!("{}.json", rec.digest.hex())), rec)
+        self.write_json(
+            &self
+                .root
+                .join("layers")
+                .join(format!("{}.json", rec.digest.hex())),
+            rec,
+        )
     }
 
     /// The record of an image by manifest digest.
     pub fn image(&self, manifest: &Digest) -> Result<Option<ImageRecord>, StoreError> {
-        self.read_json(&self.root.join("images").join(format!("{}.json", manifest.hex())))
+        self.read_json(
+            &self
+                .root
+                .join("images")
+                .join(format!("{}.json", manifest.hex())),
+        )
     }
 
     /// Stores an image record (its manifest, config and layers must be stored first).
     pub fn put_image(&self, rec: &ImageRecord) -> Result<(), StoreError> {
-        self.write_json(&self.root.join("images").join(format!("{}.json", rec.manifest.hex())), rec)
+        self.write_json(
+            &self
+                .root
+                .join("images")
+                .join(format!("{}.json", rec.manifest.hex())),
+            rec,
+        )
     }
 
     /// All image records.
@@ -239,11 +261,18 @@ impl Store {
 
     /// All references: `registry/repo:tag` → manifest digest.
     pub fn refs(&self) -> Result<BTreeMap<String, Digest>, StoreError> {
-        Ok(self.read_json(&self.root.join("refs.json"))?.unwrap_or_default())
+        Ok(self
+            .read_json(&self.root.join("refs.json"))?
+            .unwrap_or_default())
     }
 
     /// Points `name` at `manifest`. Call with the lock held.
-    pub fn set_ref(&self, _lock: &StoreLock, name: &str, manifest: &Digest) -> Result<(), StoreError> {
+    pub fn set_ref(
+        &self,
+        _lock: &StoreLock,
+        name: &str,
+        manifest: &Digest,
+    ) -> Result<(), StoreError> {
         let mut refs = self.refs()?;
         refs.insert(name.to_string(), *manifest);
         self.write_json(&self.root.join("refs.json"), &refs)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Filesystem, Generation, INodeNo, InitFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
@@ -33,7 +33,12 @@ pub struct LazyFs {
 
 impl LazyFs {
     /// A filesystem over `tree`, whose content indexes refer to `layers`; fetches run on `rt`.
-    pub fn new(tree: Tree, layers: Vec<LayerSource>, fetcher: Arc<ChunkFetcher>, rt: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        tree: Tree,
+        layers: Vec<LayerSource>,
+        fetcher: Arc<ChunkFetcher>,
+        rt: tokio::runtime::Handle,
+    ) -> Self {
         Self {
             tree,
             layers,
@@ -194,7 +199,10 @@ impl Filesystem for LazyFs {
             // Fetch ahead within the file: a file being read is usually read to its end.
             let ahead = (len.max(1 << 20)).min(n_remaining(&content.chunks, offset));
             if let Err(e) = fetcher
-                .ensure(&layer, ChunkFetcher::touching(&content.chunks, offset, ahead))
+                .ensure(
+                    &layer,
+                    ChunkFetcher::touching(&content.chunks, offset, ahead),
+                )
                 .await
             {
                 error!(ino = ino.0, offset, error = %e, "read failed");
@@ -211,19 +219,43 @@ impl Filesystem for LazyFs {
         });
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let n = match self.node(ino) {
             Ok(n) if n.kind == Kind::Dir => n,
             Ok(_) => return reply.error(Errno::ENOTDIR),
             Err(e) => return reply.error(e),
         };
-        let dots = [(ino.0, FileType::Directory, &b"."[..]), (n.parent, FileType::Directory, &b".."[..])];
+        let dots = [
+            (ino.0, FileType::Directory, &b"."[..]),
+            (n.parent, FileType::Directory, &b".."[..]),
+        ];
         let children = n.children.iter().map(|(name, c)| {
-            let kind = self.tree.get(*c).map(|cn| file_type(cn.kind)).unwrap_or(FileType::RegularFile);
+            let kind = self
+                .tree
+                .get(*c)
+                .map(|cn| file_type(cn.kind))
+                .unwrap_or(FileType::RegularFile);
             (*c, kind, name.as_slice())
         });
-        for (i, (child, kind, name)) in dots.into_iter().chain(children).enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), (i + 1) as u64, kind, OsStr::from_bytes(name)) {
+        for (i, (child, kind, name)) in dots
+            .into_iter()
+            .chain(children)
+            .enumerate()
+            .skip(offset as usize)
+        {
+            if reply.add(
+                INodeNo(child),
+                (i + 1) as u64,
+                kind,
+                OsStr::from_bytes(name),
+            ) {
                 break;
             }
         }
@@ -235,7 +267,11 @@ impl Filesystem for LazyFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        match n.xattrs.iter().find(|(k, _)| k.as_slice() == name.as_bytes()) {
+        match n
+            .xattrs
+            .iter()
+            .find(|(k, _)| k.as_slice() == name.as_bytes())
+        {
             None => reply.error(Errno::NO_XATTR),
             Some((_, v)) if size == 0 => reply.size(v.len() as u32),
             Some((_, v)) if (size as usize) < v.len() => reply.error(Errno::ERANGE),
@@ -260,6 +296,17 @@ impl Filesystem for LazyFs {
         } else {
             reply.data(&buf)
         }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {

@@ -1,7 +1,6 @@
 //! Mounting: options, the mount itself, unmounting and the kernel readahead setting.
 
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use fuser::{Config, MountOption, SessionACL};
@@ -55,44 +54,68 @@ pub fn serve(fs: LazyFs, dir: &Path, opts: &MountOptions) -> io::Result<()> {
     session.run()
 }
 
-/// Raises the kernel readahead of the FUSE mount at `dir` (best effort).
+/// Raises the kernel readahead of the FUSE mount at `dir` (best effort). The device number
+/// comes from mountinfo: a stat of the mount point would wait for the not-yet-served FUSE.
 pub fn set_read_ahead(dir: &Path) {
-    let Ok(m) = std::fs::metadata(dir) else { return };
-    let dev = m.dev();
-    let (major, minor) = (libc_major(dev), libc_minor(dev));
-    let p = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    let Some(dev) = mount_entry(dir).map(|m| m.dev) else {
+        return;
+    };
+    let p = format!("/sys/class/bdi/{dev}/read_ahead_kb");
     match std::fs::write(&p, READ_AHEAD_KB.to_string()) {
         Ok(()) => debug!(path = p, kb = READ_AHEAD_KB, "readahead raised"),
         Err(e) => warn!(path = p, error = %e, "could not raise readahead"),
     }
 }
 
-fn libc_major(dev: u64) -> u64 {
-    ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)
+/// One line of /proc/self/mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// `major:minor` of the mount.
+    pub dev: String,
+    /// Filesystem type (`fuse`, `fuse.strata`, ...).
+    pub fstype: String,
+    /// Mount source (`strata` for ours).
+    pub source: String,
 }
 
-fn libc_minor(dev: u64) -> u64 {
-    ((dev >> 12) & 0xffff_ff00) | (dev & 0xff)
-}
-
-/// Whether `dir` is the root of a strata FUSE mount (from /proc/self/mountinfo).
-pub fn is_strata_mount(dir: &Path) -> bool {
-    let Ok(canon) = dir.canonicalize() else { return false };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
+/// The last (topmost) mount whose mount point is `dir`, without touching `dir` itself beyond
+/// resolving its parent (so it never waits on a hung FUSE server).
+pub fn mount_entry(dir: &Path) -> Option<MountEntry> {
+    let abs = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir().ok()?.join(dir)
     };
-    info.lines().any(|l| {
-        let fields: Vec<&str> = l.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
-            return false;
-        };
-        fields.get(4).is_some_and(|mp| unescape(mp) == canon.to_string_lossy())
-            && fields.get(sep + 1).is_some_and(|t| t.starts_with("fuse") && t.contains("strata"))
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            let sep = fields.iter().position(|f| *f == "-")?;
+            let mp = unescape(fields.get(4)?);
+            if Path::new(&mp) != abs {
+                return None;
+            }
+            Some(MountEntry {
+                dev: fields.get(2)?.to_string(),
+                fstype: fields.get(sep + 1)?.to_string(),
+                source: fields.get(sep + 2)?.to_string(),
+            })
+        })
+        .last()
+}
+
+/// Whether `dir` is the root of a strata FUSE mount.
+pub fn is_strata_mount(dir: &Path) -> bool {
+    mount_entry(dir).is_some_and(|m| {
+        m.fstype.starts_with("fuse") && (m.source == "strata" || m.fstype == "fuse.strata")
     })
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// Unmounts `dir`.
@@ -100,11 +123,17 @@ pub fn unmount(dir: &Path) -> io::Result<()> {
     match nix::mount::umount2(dir, nix::mount::MntFlags::empty()) {
         Ok(()) => Ok(()),
         Err(nix::errno::Errno::EPERM) => {
-            let st = std::process::Command::new("fusermount3").arg("-u").arg(dir).status()?;
+            let st = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg(dir)
+                .status()?;
             if st.success() {
                 Ok(())
             } else {
-                Err(io::Error::other(format!("fusermount3 -u {} failed", dir.display())))
+                Err(io::Error::other(format!(
+                    "fusermount3 -u {} failed",
+                    dir.display()
+                )))
             }
         }
         Err(e) => Err(io::Error::from(e)),

@@ -108,7 +108,11 @@ impl Node {
                 Kind::Symlink => e.link.len() as u64,
                 _ => 0,
             },
-            link: if e.kind == Kind::Symlink { e.link.clone() } else { Vec::new() },
+            link: if e.kind == Kind::Symlink {
+                e.link.clone()
+            } else {
+                Vec::new()
+            },
             rdev: e.rdev,
             xattrs: e.xattrs.clone(),
             nlink: if e.kind == Kind::Dir { 2 } else { 1 },
@@ -221,9 +225,16 @@ impl Tree {
         for e in &layer.entries {
             let (dir, name) = split_parent(&e.path);
             if name == OPAQUE_MARKER {
-                if let Some(d) = self.resolve(dir).filter(|d| self.nodes[(*d - 1) as usize].kind == Kind::Dir) {
-                    let names: Vec<(Vec<u8>, u64)> =
-                        self.node_mut(d).children.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                if let Some(d) = self
+                    .resolve(dir)
+                    .filter(|d| self.nodes[(*d - 1) as usize].kind == Kind::Dir)
+                {
+                    let names: Vec<(Vec<u8>, u64)> = self
+                        .node_mut(d)
+                        .children
+                        .iter()
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect();
                     for (n, c) in names {
                         self.unlink(d, &n, c);
                     }
@@ -253,11 +264,13 @@ impl Tree {
             let parent = self.ensure_dir(dir);
             let existing = self.lookup(parent, name);
             if e.kind == Kind::Hardlink {
-                let target = self.resolve(&e.link).ok_or_else(|| TreeError::DanglingHardlink {
-                    layer: li,
-                    path: lossy(&e.path),
-                    target: lossy(&e.link),
-                })?;
+                let target = self
+                    .resolve(&e.link)
+                    .ok_or_else(|| TreeError::DanglingHardlink {
+                        layer: li,
+                        path: lossy(&e.path),
+                        target: lossy(&e.link),
+                    })?;
                 if self.nodes[(target - 1) as usize].kind == Kind::Dir {
                     return Err(TreeError::HardlinkToDir {
                         layer: li,
@@ -333,7 +346,12 @@ mod tests {
 
     fn names(t: &Tree, path: &str) -> Vec<String> {
         let d = t.resolve(path.as_bytes()).unwrap();
-        t.get(d).unwrap().children.keys().map(|k| lossy(k)).collect()
+        t.get(d)
+            .unwrap()
+            .children
+            .keys()
+            .map(|k| lossy(k))
+            .collect()
     }
 
     #[test]
@@ -350,7 +368,11 @@ mod tests {
             e("var/lib/.wh..wh..opq", Kind::Reg),
             e("var/lib/y", Kind::Reg),
         ]);
-        let l2 = layer(vec![e("etc/a", Kind::Dir), e("etc/a/new", Kind::Reg), e(".wh.opt", Kind::Reg)]);
+        let l2 = layer(vec![
+            e("etc/a", Kind::Dir),
+            e("etc/a/new", Kind::Reg),
+            e(".wh.opt", Kind::Reg),
+        ]);
         let t = Tree::build([&l0, &l1, &l2]).unwrap();
         assert_eq!(names(&t, "etc"), ["a", "b"]);
         assert_eq!(t.get(t.resolve(b"etc/a").unwrap()).unwrap().kind, Kind::Dir);
@@ -364,7 +386,11 @@ mod tests {
     #[test]
     fn opaque_dir_keeps_its_own_layer_entries() {
         let l0 = layer(vec![e("d/old", Kind::Reg)]);
-        let l1 = layer(vec![e("d", Kind::Dir), e("d/.wh..wh..opq", Kind::Reg), e("d/new", Kind::Reg)]);
+        let l1 = layer(vec![
+            e("d", Kind::Dir),
+            e("d/.wh..wh..opq", Kind::Reg),
+            e("d/new", Kind::Reg),
+        ]);
         let t = Tree::build([&l0, &l1]).unwrap();
         assert_eq!(names(&t, "d"), ["new"]);
     }

@@ -49,7 +49,11 @@ fn parse_params(s: &str) -> HashMap<String, String> {
         let Some((key, after)) = rest.split_once('=') else {
             break;
         };
-        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
         let after = after.trim_start();
         let (value, remaining) = if let Some(q) = after.strip_prefix('"') {
             match q.find('"') {
@@ -86,7 +90,10 @@ impl std::fmt::Debug for Credential {
 impl Credential {
     /// The value of a `Basic` Authorization header.
     pub fn basic_header(&self) -> String {
-        format!("Basic {}", B64.encode(format!("{}:{}", self.username, self.password)))
+        format!(
+            "Basic {}",
+            B64.encode(format!("{}:{}", self.username, self.password))
+        )
     }
 }
 
@@ -179,7 +186,9 @@ impl CredentialStore {
     /// The credential for `registry`, if any file has one.
     pub fn get(&self, registry: &str) -> Option<Credential> {
         for f in &self.files {
-            let Ok(file) = read_auth_file(f) else { continue };
+            let Ok(file) = read_auth_file(f) else {
+                continue;
+            };
             for key in registry_keys(registry) {
                 if let Some(c) = file.auths.get(&key).and_then(decode_entry) {
                     return Some(c);

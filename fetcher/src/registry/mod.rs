@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, LOCATION, RANGE, WWW_AUTHENTICATE};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, LOCATION, RANGE, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use tracing::{debug, warn};
 
@@ -139,7 +141,10 @@ fn is_loopback_host(registry: &str) -> bool {
     let host = if let Some(rest) = registry.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
-        registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(registry)
+        registry
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(registry)
     };
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
@@ -167,7 +172,8 @@ impl RegistryClient {
 
     /// `http` for loopback and `--insecure-registry` hosts, else `https`.
     pub fn scheme(&self, registry: &str) -> &'static str {
-        if is_loopback_host(registry) || self.opts.insecure_registries.iter().any(|r| r == registry) {
+        if is_loopback_host(registry) || self.opts.insecure_registries.iter().any(|r| r == registry)
+        {
             "http"
         } else {
             "https"
@@ -216,7 +222,9 @@ impl RegistryClient {
             if transient && attempt < self.opts.attempts {
                 let wait = Duration::from_millis(100 * (1 << attempt.min(5)));
                 match &result {
-                    Ok(resp) => warn!(%url, status = %resp.status(), attempt, "registry error, retrying"),
+                    Ok(resp) => {
+                        warn!(%url, status = %resp.status(), attempt, "registry error, retrying")
+                    }
                     Err(e) => warn!(%url, error = %e, attempt, "transport error, retrying"),
                 }
                 tokio::time::sleep(wait).await;
@@ -248,13 +256,22 @@ impl RegistryClient {
             return Some(format!("Bearer {t}"));
         }
         if self.basic.lock().ok()?.contains(registry) {
-            return self.opts.credentials.get(registry).map(|c| c.basic_header());
+            return self
+                .opts
+                .credentials
+                .get(registry)
+                .map(|c| c.basic_header());
         }
         None
     }
 
     /// Handles a 401: returns true when a retry may now succeed.
-    async fn authenticate(&self, r: &Reference, scope: &str, headers: &HeaderMap) -> Result<bool, RegistryError> {
+    async fn authenticate(
+        &self,
+        r: &Reference,
+        scope: &str,
+        headers: &HeaderMap,
+    ) -> Result<bool, RegistryError> {
         let challenge = headers
             .get_all(WWW_AUTHENTICATE)
             .iter()
@@ -272,7 +289,10 @@ impl RegistryClient {
                 Ok(true)
             }
             Some(Challenge::Bearer { realm, service, .. }) => {
-                let mut req = self.http.get(&realm).timeout(Duration::from_secs(self.opts.request_timeout_secs));
+                let mut req = self
+                    .http
+                    .get(&realm)
+                    .timeout(Duration::from_secs(self.opts.request_timeout_secs));
                 let mut query = vec![("scope", scope.to_string())];
                 if let Some(s) = service {
                     query.push(("service", s));
@@ -281,11 +301,14 @@ impl RegistryClient {
                 if let Some(c) = &cred {
                     req = req.header(AUTHORIZATION, c.basic_header());
                 }
-                let resp = req.send().await.map_err(|source| RegistryError::Transport {
-                    method: "GET".into(),
-                    url: realm.clone(),
-                    source,
-                })?;
+                let resp = req
+                    .send()
+                    .await
+                    .map_err(|source| RegistryError::Transport {
+                        method: "GET".into(),
+                        url: realm.clone(),
+                        source,
+                    })?;
                 if !resp.status().is_success() {
                     return Err(status_error("GET", &realm, resp).await);
                 }
@@ -294,11 +317,14 @@ impl RegistryClient {
                     token: Option<String>,
                     access_token: Option<String>,
                 }
-                let t: Token = resp.json().await.map_err(|source| RegistryError::Transport {
-                    method: "GET".into(),
-                    url: realm.clone(),
-                    source,
-                })?;
+                let t: Token = resp
+                    .json()
+                    .await
+                    .map_err(|source| RegistryError::Transport {
+                        method: "GET".into(),
+                        url: realm.clone(),
+                        source,
+                    })?;
                 let Some(token) = t.token.or(t.access_token) else {
                     return Err(RegistryError::Protocol {
                         registry: r.registry.clone(),
@@ -325,10 +351,16 @@ impl RegistryClient {
     }
 
     /// Fetches the manifest `reference` (a tag or digest) of `r`'s repository.
-    pub async fn get_manifest_by(&self, r: &Reference, reference: &str) -> Result<FetchedManifest, RegistryError> {
+    pub async fn get_manifest_by(
+        &self,
+        r: &Reference,
+        reference: &str,
+    ) -> Result<FetchedManifest, RegistryError> {
         let url = format!("{}/manifests/{reference}", self.base(r));
         let resp = self
-            .send(r, "pull", Method::GET, &url, self.small_timeout(), &|b| b.header(ACCEPT, MANIFEST_ACCEPT))
+            .send(r, "pull", Method::GET, &url, self.small_timeout(), &|b| {
+                b.header(ACCEPT, MANIFEST_ACCEPT)
+            })
             .await?;
         if !resp.status().is_success() {
             return Err(status_error("GET", &url, resp).await);
@@ -360,15 +392,20 @@ impl RegistryClient {
     /// Fetches a whole blob into memory, verified. For small blobs (configs).
     pub async fn get_blob(&self, r: &Reference, digest: &Digest) -> Result<Bytes, RegistryError> {
         let url = format!("{}/blobs/{digest}", self.base(r));
-        let resp = self.send(r, "pull", Method::GET, &url, None, &|b| b).await?;
+        let resp = self
+            .send(r, "pull", Method::GET, &url, None, &|b| b)
+            .await?;
         if !resp.status().is_success() {
             return Err(status_error("GET", &url, resp).await);
         }
-        let bytes = resp.bytes().await.map_err(|source| RegistryError::Transport {
-            method: "GET".into(),
-            url: url.clone(),
-            source,
-        })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| RegistryError::Transport {
+                method: "GET".into(),
+                url: url.clone(),
+                source,
+            })?;
         digest.verify(&bytes)?;
         Ok(bytes)
     }
@@ -378,9 +415,12 @@ impl RegistryClient {
         &self,
         r: &Reference,
         digest: &Digest,
-    ) -> Result<impl Stream<Item = Result<Bytes, RegistryError>> + Send + use<>, RegistryError> {
+    ) -> Result<impl Stream<Item = Result<Bytes, RegistryError>> + Send + use<>, RegistryError>
+    {
         let url = format!("{}/blobs/{digest}", self.base(r));
-        let resp = self.send(r, "pull", Method::GET, &url, None, &|b| b).await?;
+        let resp = self
+            .send(r, "pull", Method::GET, &url, None, &|b| b)
+            .await?;
         if !resp.status().is_success() {
             return Err(status_error("GET", &url, resp).await);
         }
@@ -395,19 +435,28 @@ impl RegistryClient {
 
     /// Reads `range` of a blob. A registry that ignores ranges sends the whole blob, which is
     /// verified against `digest` and returned as [`RangeReply::Whole`].
-    pub async fn get_blob_range(&self, r: &Reference, digest: &Digest, range: Range<u64>) -> Result<RangeReply, RegistryError> {
+    pub async fn get_blob_range(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        range: Range<u64>,
+    ) -> Result<RangeReply, RegistryError> {
         let url = format!("{}/blobs/{digest}", self.base(r));
         let header = format!("bytes={}-{}", range.start, range.end.saturating_sub(1));
         let resp = self
-            .send(r, "pull", Method::GET, &url, None, &|b| b.header(RANGE, header.as_str()))
+            .send(r, "pull", Method::GET, &url, None, &|b| {
+                b.header(RANGE, header.as_str())
+            })
             .await?;
         let status = resp.status();
         let read = |resp: Response| async {
-            resp.bytes().await.map_err(|source| RegistryError::Transport {
-                method: "GET".into(),
-                url: url.clone(),
-                source,
-            })
+            resp.bytes()
+                .await
+                .map_err(|source| RegistryError::Transport {
+                    method: "GET".into(),
+                    url: url.clone(),
+                    source,
+                })
         };
         match status {
             StatusCode::PARTIAL_CONTENT => {
@@ -434,9 +483,15 @@ impl RegistryClient {
     }
 
     /// The blob's size if the repository has it.
-    pub async fn blob_exists(&self, r: &Reference, digest: &Digest) -> Result<Option<u64>, RegistryError> {
+    pub async fn blob_exists(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+    ) -> Result<Option<u64>, RegistryError> {
         let url = format!("{}/blobs/{digest}", self.base(r));
-        let resp = self.send(r, "pull", Method::HEAD, &url, self.small_timeout(), &|b| b).await?;
+        let resp = self
+            .send(r, "pull", Method::HEAD, &url, self.small_timeout(), &|b| b)
+            .await?;
         match resp.status() {
             s if s.is_success() => Ok(Some(resp.content_length().unwrap_or(0))),
             StatusCode::NOT_FOUND => Ok(None),
@@ -445,7 +500,12 @@ impl RegistryClient {
     }
 
     /// Uploads a blob held in memory (monolithic POST + PUT); skips it when the registry has it.
-    pub async fn put_blob(&self, r: &Reference, digest: &Digest, data: Bytes) -> Result<bool, RegistryError> {
+    pub async fn put_blob(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        data: Bytes,
+    ) -> Result<bool, RegistryError> {
         if self.blob_exists(r, digest).await?.is_some() {
             return Ok(false);
         }
@@ -454,7 +514,8 @@ impl RegistryClient {
         let url = format!("{location}{sep}digest={digest}");
         let resp = self
             .send(r, "pull,push", Method::PUT, &url, None, &|b| {
-                b.header(CONTENT_TYPE, "application/octet-stream").body(data.clone())
+                b.header(CONTENT_TYPE, "application/octet-stream")
+                    .body(data.clone())
             })
             .await?;
         if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
@@ -464,7 +525,12 @@ impl RegistryClient {
     }
 
     /// Uploads a blob from a file (streamed, monolithic PUT); skips it when the registry has it.
-    pub async fn put_blob_file(&self, r: &Reference, digest: &Digest, path: &std::path::Path) -> Result<bool, RegistryError> {
+    pub async fn put_blob_file(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        path: &std::path::Path,
+    ) -> Result<bool, RegistryError> {
         if self.blob_exists(r, digest).await?.is_some() {
             return Ok(false);
         }
@@ -476,7 +542,9 @@ impl RegistryClient {
         let resp = self
             .send(r, "pull,push", Method::PUT, &url, None, &|b| {
                 let body = match std::fs::File::open(&path) {
-                    Ok(f) => reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(f))),
+                    Ok(f) => reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(
+                        tokio::fs::File::from_std(f),
+                    )),
                     Err(_) => reqwest::Body::from(Vec::new()),
                 };
                 b.header(CONTENT_TYPE, "application/octet-stream")
@@ -492,9 +560,23 @@ impl RegistryClient {
 
     /// Asks the registry to mount `digest` from repository `from` into `r`'s repository.
     /// Returns false when the registry started an ordinary upload instead.
-    pub async fn mount_blob(&self, r: &Reference, digest: &Digest, from: &str) -> Result<bool, RegistryError> {
+    pub async fn mount_blob(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        from: &str,
+    ) -> Result<bool, RegistryError> {
         let url = format!("{}/blobs/uploads/?mount={digest}&from={from}", self.base(r));
-        let resp = self.send(r, "pull,push", Method::POST, &url, self.small_timeout(), &|b| b).await?;
+        let resp = self
+            .send(
+                r,
+                "pull,push",
+                Method::POST,
+                &url,
+                self.small_timeout(),
+                &|b| b,
+            )
+            .await?;
         match resp.status() {
             StatusCode::CREATED => Ok(true),
             StatusCode::ACCEPTED => Ok(false),
@@ -504,7 +586,16 @@ impl RegistryClient {
 
     async fn start_upload(&self, r: &Reference) -> Result<String, RegistryError> {
         let url = format!("{}/blobs/uploads/", self.base(r));
-        let resp = self.send(r, "pull,push", Method::POST, &url, self.small_timeout(), &|b| b).await?;
+        let resp = self
+            .send(
+                r,
+                "pull,push",
+                Method::POST,
+                &url,
+                self.small_timeout(),
+                &|b| b,
+            )
+            .await?;
         if resp.status() != StatusCode::ACCEPTED {
             return Err(status_error("POST", &url, resp).await);
         }
@@ -516,26 +607,42 @@ impl RegistryClient {
                 registry: r.registry.clone(),
                 reason: "upload started without a Location header".into(),
             })?;
-        Ok(if loc.starts_with("http://") || loc.starts_with("https://") {
-            loc.to_string()
-        } else {
-            let host = if r.registry == crate::reference::DEFAULT_REGISTRY {
-                "registry-1.docker.io"
+        Ok(
+            if loc.starts_with("http://") || loc.starts_with("https://") {
+                loc.to_string()
             } else {
-                &r.registry
-            };
-            format!("{}://{host}{loc}", self.scheme(&r.registry))
-        })
+                let host = if r.registry == crate::reference::DEFAULT_REGISTRY {
+                    "registry-1.docker.io"
+                } else {
+                    &r.registry
+                };
+                format!("{}://{host}{loc}", self.scheme(&r.registry))
+            },
+        )
     }
 
     /// Uploads a manifest under `r`'s tag (or digest); returns its digest.
-    pub async fn put_manifest(&self, r: &Reference, bytes: Bytes, media_type: &str) -> Result<Digest, RegistryError> {
+    pub async fn put_manifest(
+        &self,
+        r: &Reference,
+        bytes: Bytes,
+        media_type: &str,
+    ) -> Result<Digest, RegistryError> {
         let digest = Digest::of(&bytes);
-        let url = format!("{}/manifests/{}", self.base(r), r.tag.clone().unwrap_or_else(|| digest.to_string()));
+        let url = format!(
+            "{}/manifests/{}",
+            self.base(r),
+            r.tag.clone().unwrap_or_else(|| digest.to_string())
+        );
         let resp = self
-            .send(r, "pull,push", Method::PUT, &url, self.small_timeout(), &|b| {
-                b.header(CONTENT_TYPE, media_type).body(bytes.clone())
-            })
+            .send(
+                r,
+                "pull,push",
+                Method::PUT,
+                &url,
+                self.small_timeout(),
+                &|b| b.header(CONTENT_TYPE, media_type).body(bytes.clone()),
+            )
             .await?;
         if !resp.status().is_success() {
             return Err(status_error("PUT", &url, resp).await);
@@ -546,7 +653,9 @@ impl RegistryClient {
     /// `GET /v2/` — checks that the registry answers and the credentials work.
     pub async fn ping(&self, r: &Reference) -> Result<(), RegistryError> {
         let url = format!("{}://{}/v2/", self.scheme(&r.registry), r.registry);
-        let resp = self.send(r, "pull", Method::GET, &url, self.small_timeout(), &|b| b).await?;
+        let resp = self
+            .send(r, "pull", Method::GET, &url, self.small_timeout(), &|b| b)
+            .await?;
         if resp.status().is_success() {
             Ok(())
         } else {
@@ -562,11 +671,14 @@ async fn read_limited(resp: Response, limit: usize, url: &str) -> Result<Bytes, 
             reason: format!("manifest larger than {limit} bytes"),
         });
     }
-    let b = resp.bytes().await.map_err(|source| RegistryError::Transport {
-        method: "GET".into(),
-        url: url.to_string(),
-        source,
-    })?;
+    let b = resp
+        .bytes()
+        .await
+        .map_err(|source| RegistryError::Transport {
+            method: "GET".into(),
+            url: url.to_string(),
+            source,
+        })?;
     if b.len() > limit {
         return Err(RegistryError::Protocol {
             registry: url.to_string(),

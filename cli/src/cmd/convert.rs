@@ -1,0 +1,44 @@
+//! `strata convert`.
+
+use anyhow::Context as _;
+use strata_fetcher::Reference;
+use strata_fetcher::image::Progress;
+
+use crate::global::{GlobalArgs, runtime};
+use crate::progress::Display;
+
+/// Arguments of `convert`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Source image.
+    pub source: String,
+    /// Destination image (any registry the client can push to).
+    pub target: String,
+    /// Platform to choose from a multi-platform source.
+    #[arg(long, default_value = "linux/amd64")]
+    pub platform: String,
+    /// Print only the new manifest digest.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let src: Reference = a.source.parse()?;
+    let dst: Reference = a.target.parse()?;
+    let ctx = g.context()?;
+    let rt = runtime()?;
+    let display = Display::new(a.quiet);
+    let show = |p: Progress| display.event(p);
+    let digest = rt
+        .block_on(strata_fetcher::convert::convert(
+            &ctx,
+            &src,
+            &dst,
+            &a.platform,
+            &show,
+        ))
+        .with_context(|| format!("converting {src} to {dst}"))?;
+    display.line(&format!("{dst}: converted to the native lazy format"));
+    println!("{digest}");
+    Ok(0)
+}

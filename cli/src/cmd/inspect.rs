@@ -1,0 +1,81 @@
+//! `strata inspect`: docker-like JSON for images.
+
+use serde_json::json;
+use strata_fetcher::Reference;
+
+use crate::global::GlobalArgs;
+
+/// Arguments of `inspect`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Images (reference or ID).
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let ctx = g.context()?;
+    let tags = ctx.tags_by_manifest()?;
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    for name in &a.images {
+        let (img, _) = match ctx.resolve(name) {
+            Ok(x) => x,
+            Err(_) => {
+                missing.push(name.clone());
+                continue;
+            }
+        };
+        let config = ctx.config(&img)?;
+        let repo_tags: Vec<String> = tags
+            .get(&img.manifest)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.parse::<Reference>().ok())
+            .map(|r| format!("{}:{}", r.familiar_repository(), r.tag.unwrap_or_default()))
+            .collect();
+        let repo_digests: Vec<String> = img
+            .sources
+            .iter()
+            .map(|s| format!("{s}@{}", img.manifest))
+            .collect();
+        let mut size = 0u64;
+        let mut layers = Vec::new();
+        for d in &img.layers {
+            if let Some(l) = ctx.store.layer(d)? {
+                size += l.content_bytes;
+                layers.push(json!({
+                    "Digest": l.digest.to_string(),
+                    "MediaType": l.media_type,
+                    "Size": l.size,
+                    "Format": l.format,
+                    "TOC": l.toc.to_string(),
+                    "ContentSize": l.content_bytes,
+                }));
+            }
+        }
+        out.push(json!({
+            "Id": img.config.to_string(),
+            "RepoTags": repo_tags,
+            "RepoDigests": repo_digests,
+            "Created": config.get("created").cloned().unwrap_or(json!(null)),
+            "Author": config.get("author").cloned().unwrap_or(json!("")),
+            "Architecture": config.get("architecture").cloned().unwrap_or(json!("")),
+            "Os": config.get("os").cloned().unwrap_or(json!("")),
+            "Size": size,
+            "Config": config.get("config").cloned().unwrap_or(json!({})),
+            "RootFS": config.get("rootfs").cloned().unwrap_or(json!({})),
+            "Strata": {
+                "Manifest": img.manifest.to_string(),
+                "Index": img.index.map(|d| d.to_string()),
+                "Layers": layers,
+            },
+        }));
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    if !missing.is_empty() {
+        eprintln!("Error: No such image: {}", missing.join(", "));
+        return Ok(1);
+    }
+    Ok(0)
+}

@@ -1,0 +1,48 @@
+//! One file per subcommand.
+
+mod convert;
+mod images;
+mod inspect;
+mod login;
+mod mount;
+mod pull;
+
+use clap::Subcommand;
+
+use crate::global::GlobalArgs;
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Pull an image lazily: manifest, config and tables of contents only.
+    Pull(pull::Args),
+    /// List images.
+    Images(images::Args),
+    /// Show low-level information on images, as JSON.
+    Inspect(inspect::Args),
+    /// Mount an image read-only; file contents are fetched when read.
+    Mount(mount::MountArgs),
+    /// Unmount an image mounted with `strata mount`.
+    #[command(alias = "unmount")]
+    Umount(mount::UmountArgs),
+    /// Convert an image to the native lazy format (registry to registry).
+    Convert(convert::Args),
+    /// Log in to a registry.
+    Login(login::LoginArgs),
+    /// Log out from a registry.
+    Logout(login::LogoutArgs),
+}
+
+/// Runs a subcommand; returns the exit code.
+pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
+    match cmd {
+        Command::Pull(a) => pull::run(a, g),
+        Command::Images(a) => images::run(a, g),
+        Command::Inspect(a) => inspect::run(a, g),
+        Command::Mount(a) => mount::run_mount(a, g),
+        Command::Umount(a) => mount::run_umount(a),
+        Command::Convert(a) => convert::run(a, g),
+        Command::Login(a) => login::run_login(a, g),
+        Command::Logout(a) => login::run_logout(a, g),
+    }
+}

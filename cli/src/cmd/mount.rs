@@ -1,0 +1,192 @@
+//! `strata mount` and `strata umount`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use strata_fetcher::Reference;
+use strata_fetcher::image::Context;
+use strata_fetcher::store::ImageRecord;
+use strata_fs::mount::{MountOptions, is_strata_mount, serve, unmount};
+use strata_fs::{LazyFs, Tree};
+use tracing::info;
+
+use crate::global::{GlobalArgs, runtime};
+use crate::progress::Display;
+
+/// Arguments of `mount`.
+#[derive(Debug, clap::Args)]
+pub struct MountArgs {
+    /// Image reference or ID (pulled lazily if missing).
+    pub image: String,
+    /// Directory to mount on.
+    pub dir: PathBuf,
+    /// Return once the mount is up and keep serving it in the background.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// Platform to choose from a multi-platform image.
+    #[arg(long, default_value = "linux/amd64")]
+    pub platform: String,
+    /// Seconds to wait for a detached mount to come up.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_secs: u64,
+}
+
+/// Arguments of `umount`.
+#[derive(Debug, clap::Args)]
+pub struct UmountArgs {
+    /// The mount point.
+    pub dir: PathBuf,
+}
+
+/// Finds an image locally, pulling it lazily if it is missing (docker's "Unable to find image").
+pub fn find_or_pull(
+    ctx: &Context,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    platform: &str,
+) -> anyhow::Result<ImageRecord> {
+    if let Ok((img, _)) = ctx.resolve(name) {
+        return Ok(img);
+    }
+    let r: Reference = name.parse()?;
+    eprintln!("Unable to find image '{r}' locally");
+    let display = Display::new(false);
+    rt.block_on(crate::cmd::pull::pull(ctx, &r, platform, false, &display))
+}
+
+pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    if !a.dir.is_dir() {
+        bail!("mount point {} is not a directory", a.dir.display());
+    }
+    if a.detach {
+        return detach(&a, g);
+    }
+    let ctx = g.context()?;
+    let rt = runtime()?;
+    let img = find_or_pull(&ctx, &rt, &a.image, &a.platform)?;
+    let layers = ctx.open_layers(&img)?;
+    let started = Instant::now();
+    let tree = Tree::build(layers.iter().map(|l| &l.index)).context("merging layers")?;
+    info!(
+        inodes = tree.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "tree built"
+    );
+    let sources = layers.into_iter().map(|l| l.source).collect();
+    let fs = LazyFs::new(tree, sources, ctx.fetcher.clone(), rt.handle().clone());
+    let dir = a.dir.canonicalize()?;
+    let on_signal = dir.clone();
+    rt.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        let _ = unmount(&on_signal);
+    });
+    serve(fs, &dir, &MountOptions::default())
+        .with_context(|| format!("mounting on {}", dir.display()))?;
+    Ok(0)
+}
+
+fn detach(a: &MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let root = g.root();
+    let logs = root.join("mounts");
+    std::fs::create_dir_all(&logs)?;
+    let dir = a.dir.canonicalize()?;
+    if is_strata_mount(&dir) {
+        bail!("{} is already a strata mount", dir.display());
+    }
+    let log_path = logs.join(format!(
+        "{}.log",
+        strata_fetcher::Digest::of(dir.to_string_lossy().as_bytes()).short()
+    ));
+    let log = std::fs::File::create(&log_path)?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("--root")
+        .arg(&root)
+        .arg("--log-level")
+        .arg(&g.log_level);
+    for r in &g.insecure_registries {
+        cmd.arg("--insecure-registry").arg(r);
+    }
+    if let Some(mb) = g.cache_mb {
+        cmd.arg("--cache-mb").arg(mb.to_string());
+    }
+    cmd.arg("mount")
+        .arg("--platform")
+        .arg(&a.platform)
+        .arg(&a.image)
+        .arg(&dir);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the mount process")?;
+    let deadline = Instant::now() + Duration::from_secs(a.timeout_secs);
+    loop {
+        if is_strata_mount(&dir) {
+            return Ok(0);
+        }
+        if let Some(status) = child.try_wait()? {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            bail!(
+                "mount process exited ({status}): {}",
+                last.trim_start_matches("strata: ")
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "mount of {} did not come up within {}s",
+                dir.display(),
+                a.timeout_secs
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn run_umount(a: UmountArgs) -> anyhow::Result<i32> {
+    // Resolve the parent only: a stat of the mount point itself would wait on a hung server.
+    let name = a
+        .dir
+        .file_name()
+        .with_context(|| format!("{} is not a mount point", a.dir.display()))?;
+    let parent = match a.dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let dir = parent
+        .canonicalize()
+        .with_context(|| format!("{}", a.dir.display()))?
+        .join(name);
+    if !is_strata_mount(&dir) {
+        bail!("{} is not a strata mount", dir.display());
+    }
+    unmount(&dir).with_context(|| format!("unmounting {}", dir.display()))?;
+    wait_gone(&dir);
+    Ok(0)
+}
+
+fn wait_gone(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while is_strata_mount(dir) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

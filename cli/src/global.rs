@@ -1,0 +1,82 @@
+//! Options every subcommand shares, and the context they open.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+use strata_fetcher::cache::DEFAULT_CACHE_BYTES;
+use strata_fetcher::image::Context;
+use strata_fetcher::registry::ClientOptions;
+use strata_fetcher::registry::auth::CredentialStore;
+
+/// Global options.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// State directory (images, cache, containers).
+    #[arg(long, global = true, env = "STRATA_ROOT")]
+    pub root: Option<PathBuf>,
+    /// Registry (host[:port]) to reach over plain HTTP; may be repeated.
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+    /// Chunk cache size limit in MiB.
+    #[arg(long, global = true, env = "STRATA_CACHE_MB")]
+    pub cache_mb: Option<u64>,
+    /// Log level (error, warn, info, debug, trace); STRATA_LOG takes a full filter.
+    #[arg(long, global = true, default_value = "warn")]
+    pub log_level: String,
+}
+
+impl GlobalArgs {
+    /// The state root: --root, STRATA_ROOT, /var/lib/strata for root, else XDG data dir.
+    pub fn root(&self) -> PathBuf {
+        if let Some(r) = &self.root {
+            return r.clone();
+        }
+        if nix::unistd::geteuid().is_root() {
+            return PathBuf::from("/var/lib/strata");
+        }
+        if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+            return PathBuf::from(x).join("strata");
+        }
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        home.join(".local/share/strata")
+    }
+
+    /// Opens the store, cache and registry client.
+    pub fn context(&self) -> anyhow::Result<Context> {
+        let root = self.root();
+        let opts = ClientOptions {
+            insecure_registries: self.insecure_registries.clone(),
+            credentials: CredentialStore::standard(&root),
+            ..ClientOptions::default()
+        };
+        let cache = self
+            .cache_mb
+            .map(|m| m << 20)
+            .unwrap_or(DEFAULT_CACHE_BYTES);
+        Context::open(&root, opts, cache)
+            .with_context(|| format!("opening state root {}", root.display()))
+    }
+}
+
+/// Logs go to stderr; `STRATA_LOG` (an env filter) overrides `--log-level`.
+pub fn init_logging(g: &GlobalArgs) {
+    let filter = std::env::var("STRATA_LOG").unwrap_or_else(|_| g.log_level.clone());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+/// A tokio runtime for one command.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("strata-io")
+        .build()
+        .context("starting the async runtime")
+}

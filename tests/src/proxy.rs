@@ -1,0 +1,200 @@
+//! A counting, fault-injecting HTTP proxy in front of the real registry. Each request is
+//! forwarded on its own upstream connection (`Connection: close`), so requests and bytes are
+//! counted exactly; faults are applied to range responses (206) or to every request.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the proxy does to traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward faithfully.
+    None,
+    /// Flip a byte in the body of every 206 response.
+    CorruptRanges,
+    /// Send only half the body of every 206 response, then close.
+    TruncateRanges,
+    /// Wait this long before forwarding each request.
+    Delay(Duration),
+    /// Answer every request with 503.
+    Refuse,
+}
+
+/// Counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests forwarded.
+    pub requests: AtomicU64,
+    /// Response body bytes forwarded.
+    pub bytes: AtomicU64,
+    /// Request lines seen ("GET /v2/... Range: bytes=a-b").
+    pub log: Mutex<Vec<String>>,
+}
+
+/// A running proxy; stops accepting when dropped.
+pub struct Proxy {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    fault: Arc<Mutex<Fault>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    /// Starts a proxy to `upstream`.
+    pub fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stats = Arc::new(Stats::default());
+        let fault = Arc::new(Mutex::new(Fault::None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, f, st, up) = (
+            stats.clone(),
+            fault.clone(),
+            stop.clone(),
+            upstream.to_string(),
+        );
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (s, f, up) = (s.clone(), f.clone(), up.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &up, &s, &f);
+                });
+            }
+        });
+        Self {
+            addr,
+            stats,
+            fault,
+            stop,
+        }
+    }
+
+    /// Sets the fault mode.
+    pub fn set(&self, f: Fault) {
+        *self.fault.lock().unwrap() = f;
+    }
+
+    /// Resets the counters.
+    pub fn reset(&self) {
+        self.stats.requests.store(0, Ordering::Relaxed);
+        self.stats.bytes.store(0, Ordering::Relaxed);
+        self.stats.log.lock().unwrap().clear();
+    }
+
+    /// (requests, body bytes) since the last reset.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.stats.requests.load(Ordering::Relaxed),
+            self.stats.bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(&self.addr);
+    }
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+fn header_value(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+fn serve(
+    mut client: TcpStream,
+    upstream: &str,
+    stats: &Stats,
+    fault: &Mutex<Fault>,
+) -> std::io::Result<()> {
+    client.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 64 * 1024];
+    let head_end = loop {
+        if let Some(e) = find_head_end(&buf) {
+            break e;
+        }
+        let n = client.read(&mut tmp)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let body_len: usize = header_value(&head, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + body_len {
+        let n = client.read(&mut tmp)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let first = head.lines().next().unwrap_or("").to_string();
+    let range = header_value(&head, "range")
+        .map(|r| format!(" Range: {r}"))
+        .unwrap_or_default();
+    stats.log.lock().unwrap().push(format!("{first}{range}"));
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let f = *fault.lock().unwrap();
+    if let Fault::Delay(d) = f {
+        std::thread::sleep(d);
+    }
+    if f == Fault::Refuse {
+        client.write_all(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )?;
+        return Ok(());
+    }
+    // Forward with Connection: close so the upstream response ends at EOF.
+    let mut new_head: Vec<String> = head
+        .trim_end()
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .map(|l| l.to_string())
+        .collect();
+    new_head.push("Connection: close".into());
+    let mut up = TcpStream::connect(upstream)?;
+    up.write_all(format!("{}\r\n\r\n", new_head.join("\r\n")).as_bytes())?;
+    up.write_all(&buf[head_end..])?;
+    let mut resp = Vec::new();
+    up.read_to_end(&mut resp)?;
+    let Some(rh) = find_head_end(&resp) else {
+        return Ok(());
+    };
+    let status_206 = resp.starts_with(b"HTTP/1.1 206") || resp.starts_with(b"HTTP/1.0 206");
+    let body = resp.len() - rh;
+    stats.bytes.fetch_add(body as u64, Ordering::Relaxed);
+    match f {
+        Fault::CorruptRanges if status_206 && body > 0 => {
+            let i = rh + body / 2;
+            resp[i] ^= 0xff;
+            client.write_all(&resp)?;
+        }
+        Fault::TruncateRanges if status_206 && body > 1 => {
+            client.write_all(&resp[..rh + body / 2])?;
+        }
+        _ => client.write_all(&resp)?,
+    }
+    client.flush()?;
+    Ok(())
+}
