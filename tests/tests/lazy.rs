@@ -1,0 +1,115 @@
+//! Laziness, proven by counting what reaches the registry through a proxy.
+
+use std::sync::Arc;
+
+use strata_tests::fixtures::{BIG_PATH, big, rich_layers};
+use strata_tests::layers::{Comp, push_image};
+use strata_tests::proxy::Proxy;
+use strata_tests::registry::Registry;
+use strata_tests::require_root_fuse;
+use strata_tests::strata::{Mounted, ok};
+
+fn parse_range(line: &str) -> Option<(u64, u64)> {
+    let r = line.split("Range: bytes=").nth(1)?;
+    let (a, b) = r.split_once('-')?;
+    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+}
+
+#[test]
+fn pull_fetches_only_tocs_and_reads_fetch_only_what_they_touch() {
+    if !require_root_fuse("pull_fetches_only_tocs_and_reads_fetch_only_what_they_touch") {
+        return;
+    }
+    let reg = Registry::start();
+    let img = push_image(&reg.addr, "t/lazy", "1", &rich_layers(true), Comp::Native);
+    let proxy = Proxy::start(&reg.addr);
+    let reference = format!("{}/t/lazy:1", proxy.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+
+    ok(&root, &["pull", &reference]);
+    let (reqs, bytes) = proxy.counts();
+    let share = bytes as f64 / img.blob_bytes as f64;
+    eprintln!("lazy pull: {reqs} requests, {bytes} bytes of a {} byte image ({:.3}%)", img.blob_bytes, share * 100.0);
+    assert!(share <= 0.015, "pull fetched {bytes} bytes, {:.2}% of the image", share * 100.0);
+
+    let m = Mounted::new(&root, &reference, &state.path().join("mnt"));
+    proxy.reset();
+    // Metadata never touches the network.
+    let count = walkdir_count(&m.dir);
+    assert!(count > 30);
+    assert_eq!(proxy.counts(), (0, 0), "metadata walk reached the registry");
+
+    let text = std::fs::read_to_string(m.dir.join("etc/os-release")).unwrap();
+    assert_eq!(text, "ID=strata-test\nVERSION_ID=2\n");
+    let (reqs, bytes) = proxy.counts();
+    eprintln!("one small file: {reqs} requests, {bytes} bytes");
+    assert_eq!(reqs, 1, "{:?}", proxy.stats.log.lock().unwrap());
+    assert!(bytes < 1024, "reading a 28-byte file fetched {bytes} bytes");
+
+    // A read in the middle of the 64 MiB file fetches about what it touches.
+    proxy.reset();
+    let f = std::fs::File::open(m.dir.join(BIG_PATH)).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, 10 << 20).unwrap();
+    assert!(buf == big()[10 << 20..11 << 20]);
+    let (reqs, bytes) = proxy.counts();
+    eprintln!("1 MiB in the middle of a 64 MiB file: {reqs} requests, {bytes} bytes");
+    assert!(bytes < 12 << 20, "1 MiB read fetched {bytes} bytes");
+    assert!(bytes >= 1 << 20);
+}
+
+fn walkdir_count(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let _ = std::fs::symlink_metadata(e.path()).unwrap();
+        let _ = xattr::list(e.path()).map(|l| l.count());
+        n += 1;
+        if e.file_type().unwrap().is_dir() {
+            n += walkdir_count(&e.path());
+        }
+    }
+    n
+}
+
+#[test]
+fn concurrent_readers_share_one_request_per_chunk() {
+    if !require_root_fuse("concurrent_readers_share_one_request_per_chunk") {
+        return;
+    }
+    let reg = Registry::start();
+    push_image(&reg.addr, "t/conc", "1", &rich_layers(true), Comp::Native);
+    let proxy = Proxy::start(&reg.addr);
+    proxy.set(strata_tests::proxy::Fault::Delay(std::time::Duration::from_millis(150)));
+    let reference = format!("{}/t/conc:1", proxy.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    let m = Mounted::new(&root, &reference, &state.path().join("mnt"));
+    proxy.reset();
+    let path = Arc::new(m.dir.join(BIG_PATH));
+    let want = Arc::new(big());
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let (path, want) = (path.clone(), want.clone());
+            std::thread::spawn(move || {
+                // Separate file descriptors, overlapping ranges, all cold.
+                let f = std::fs::File::open(&*path).unwrap();
+                let off = (20 << 20) + i * 4096;
+                let mut buf = vec![0u8; 2 << 20];
+                std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, off as u64).unwrap();
+                assert!(buf == want[off..off + (2 << 20)]);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let log = proxy.stats.log.lock().unwrap().clone();
+    let mut ranges: Vec<(u64, u64)> = log.iter().filter_map(|l| parse_range(l)).collect();
+    ranges.sort();
+    for w in ranges.windows(2) {
+        assert!(w[0].1 < w[1].0, "overlapping range requests {:?} and {:?}: {log:?}", w[0], w[1]);
+    }
+    eprintln!("8 concurrent readers: {} range requests", ranges.len());
+}
