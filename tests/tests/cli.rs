@@ -1,0 +1,194 @@
+//! The command line as a user meets it: images/inspect output, and bad input that must give
+//! one clear line, a non-zero exit, and leave the store as it was.
+
+use std::process::Command;
+use std::time::Duration;
+
+use strata_tests::fixtures::rich_layers;
+use strata_tests::layers::{Comp, Item, file, push_blob, push_image, sha};
+use strata_tests::proxy::{Fault, Proxy};
+use strata_tests::registry::Registry;
+use strata_tests::require_root_fuse;
+use strata_tests::strata::{bin, ok, run};
+
+fn stderr_line(out: &std::process::Output) -> String {
+    let s = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(s.lines().count(), 1, "expected one error line, got: {s}");
+    s
+}
+
+#[test]
+fn images_and_inspect_read_like_docker() {
+    if !require_root_fuse("images_and_inspect_read_like_docker") {
+        return;
+    }
+    let reg = Registry::start();
+    push_image(&reg.addr, "t/app", "1", &rich_layers(false), Comp::Gzip);
+    push_image(&reg.addr, "t/other", "2", &[vec![file("x", b"x")]], Comp::Zstd);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    ok(&root, &["pull", &format!("{}/t/app:1", reg.addr)]);
+    ok(&root, &["pull", "-q", &format!("{}/t/other:2", reg.addr)]);
+
+    let out = ok(&root, &["images"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("REPOSITORY") && lines[0].contains("IMAGE ID") && lines[0].ends_with("SIZE"), "{out}");
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(out.contains(&format!("{}/t/app", reg.addr)), "{out}");
+
+    let only = ok(&root, &["images", "app*"]);
+    assert_eq!(only.lines().count(), 2, "{only}");
+    let ids = ok(&root, &["images", "-q"]);
+    assert_eq!(ids.lines().count(), 2);
+    assert!(ids.lines().all(|l| l.len() == 12 && l.bytes().all(|b| b.is_ascii_hexdigit())));
+    let digests = ok(&root, &["images", "--digests"]);
+    assert!(digests.lines().next().unwrap().contains("DIGEST") && digests.contains("sha256:"));
+
+    let json: serde_json::Value = serde_json::from_str(&ok(&root, &["inspect", &format!("{}/t/app:1", reg.addr)])).unwrap();
+    let img = &json[0];
+    assert_eq!(img["Os"], "linux");
+    assert_eq!(img["RootFS"]["diff_ids"].as_array().unwrap().len(), 3);
+    assert_eq!(img["RepoTags"][0], format!("{}/t/app:1", reg.addr));
+    let id = img["Id"].as_str().unwrap().trim_start_matches("sha256:")[..12].to_string();
+    let by_id: serde_json::Value = serde_json::from_str(&ok(&root, &["inspect", &id])).unwrap();
+    assert_eq!(by_id[0]["Id"], img["Id"]);
+    let missing = run(&root, &["inspect", "nope:1"]);
+    assert!(!missing.status.success());
+}
+
+#[test]
+fn bad_references_and_missing_images() {
+    if !require_root_fuse("bad_references_and_missing_images") {
+        return;
+    }
+    let reg = Registry::start();
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    let out = run(&root, &["pull", "UPPER/Case:1"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr_line(&out).contains("invalid reference"));
+    let out = run(&root, &["pull", &format!("{}/t/absent:1", reg.addr)]);
+    assert_eq!(out.status.code(), Some(125));
+    let line = stderr_line(&out);
+    assert!(line.contains("404") && line.contains("t/absent"), "{line}");
+    assert_eq!(ok(&root, &["images", "-q"]), "");
+}
+
+/// A tar with an entry named `../escape`, written header by header (builders refuse such names).
+fn evil_tar() -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    let name = b"../escape";
+    h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+    h.set_size(4);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, &b"evil"[..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+fn push_single_layer(reg: &str, repo: &str, blob: &[u8], tar: &[u8], media_type: &str, annotations: serde_json::Value) -> String {
+    let scratch = tempfile::tempdir().unwrap();
+    let layer = push_blob(reg, repo, blob, scratch.path());
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [sha(tar)]},
+    }))
+    .unwrap();
+    let cd = push_blob(reg, repo, &config, scratch.path());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": [{"mediaType": media_type, "digest": layer, "size": blob.len(), "annotations": annotations}],
+    });
+    let st = Command::new("curl")
+        .args(["-sSf", "-X", "PUT", "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json", "--data-binary"])
+        .arg(manifest.to_string())
+        .arg(format!("http://{reg}/v2/{repo}/manifests/1"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    format!("{reg}/{repo}:1")
+}
+
+#[test]
+fn escaping_entries_and_bad_tocs_are_rejected_and_nothing_is_listed() {
+    if !require_root_fuse("escaping_entries_and_bad_tocs_are_rejected_and_nothing_is_listed") {
+        return;
+    }
+    let reg = Registry::start();
+    let tar = evil_tar();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let gz = gz.finish().unwrap();
+    let plain = push_single_layer(&reg.addr, "t/evil-gz", &gz, &tar, "application/vnd.oci.image.layer.v1.tar+gzip", serde_json::json!({}));
+    let mut native_blob = Vec::new();
+    let w = strata_fetcher::chunked::write_chunked(&tar[..], &mut native_blob, 3).unwrap();
+    let native = push_single_layer(
+        &reg.addr,
+        "t/evil-native",
+        &native_blob,
+        &tar,
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        serde_json::to_value(&w.annotations).unwrap(),
+    );
+    // A TOC position that is off by one: its checksum cannot match.
+    let mut shifted = w.annotations.clone();
+    let key = "io.github.containers.zstd-chunked.manifest-position";
+    let pos: Vec<u64> = shifted[key].split(':').map(|p| p.parse().unwrap()).collect();
+    shifted.insert(key.into(), format!("{}:{}:{}:1", pos[0] + 1, pos[1], pos[2]));
+    let bad_toc = push_single_layer(
+        &reg.addr,
+        "t/bad-toc",
+        &native_blob,
+        &tar,
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        serde_json::to_value(&shifted).unwrap(),
+    );
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    let good = push_image(&reg.addr, "t/good", "1", &[vec![file("ok", b"ok")]], Comp::Gzip);
+    ok(&root, &["pull", &good.reference]);
+    for image in [&plain, &native] {
+        let out = run(&root, &["pull", image]);
+        assert_eq!(out.status.code(), Some(125));
+        let line = stderr_line(&out);
+        assert!(line.contains("../escape") && line.contains(".."), "{line}");
+    }
+    let out = run(&root, &["pull", &bad_toc]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr_line(&out).contains("digest mismatch"));
+    let images = ok(&root, &["images"]);
+    assert_eq!(images.lines().count(), 2, "only the good image is listed:\n{images}");
+    assert!(images.contains("t/good"));
+}
+
+#[test]
+fn killed_pull_lists_nothing() {
+    if !require_root_fuse("killed_pull_lists_nothing") {
+        return;
+    }
+    let reg = Registry::start();
+    // A big plain layer is streamed whole at pull time; slow it down and kill the pull midway.
+    let big: Vec<Item> = vec![file("big", &strata_tests::layers::noise(24 << 20, 3))];
+    push_image(&reg.addr, "t/slow", "1", &[vec![file("a", b"a")], big], Comp::Gzip);
+    let proxy = Proxy::start(&reg.addr);
+    proxy.set(Fault::Delay(Duration::from_millis(400)));
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    let mut child = Command::new(bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["pull", &format!("{}/t/slow:1", proxy.addr)])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(ok(&root, &["images", "-q"]), "", "a killed pull left an image listed");
+    proxy.set(Fault::None);
+    ok(&root, &["pull", &format!("{}/t/slow:1", proxy.addr)]);
+    assert_eq!(ok(&root, &["images", "-q"]).lines().count(), 1);
+}
