@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what strata's demo and tests need from Debian's archive. Idempotent; run as root.
+set -euo pipefail
+pkgs=(docker-registry fuse3 busybox-static zstd curl tar attr skopeo ca-certificates)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The Debian package may start its own registry on :5000; strata's demo and tests start their own.
+command -v cargo >/dev/null || { echo "cargo (Rust) is required: https://rustup.rs" >&2; exit 1; }
