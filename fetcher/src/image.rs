@@ -290,71 +290,70 @@ impl Context {
             .unwrap_or_default();
         let toc_err = |source| ImageError::Toc { layer: d, source };
         let idx_err = |source| ImageError::Index { layer: d, source };
-        if let Some(ta) = TocAnnotations::parse(&ann).map_err(toc_err)? {
-            if let Some(toc_digest) = ta.toc_digest {
-                progress(Progress::LayerStart {
-                    layer: d,
-                    size,
-                    what: "Fetching TOC",
-                });
-                let end = ta.toc.offset + ta.toc.compressed;
-                if end > size {
-                    return Err(toc_err(TocError::Footer(
-                        "TOC position lies past the end of the blob",
-                    )));
-                }
-                let bytes = self.range(r, &d, ta.toc.offset, end).await?;
-                toc_digest.verify(&bytes).map_err(StoreError::from)?;
-                let toc = decode_toc(&bytes, ta.toc.uncompressed).map_err(toc_err)?;
-                let index = LayerIndex::from_toc(&toc, Locations::Zstd).map_err(idx_err)?;
-                self.store.put_blob(&toc_digest, &bytes)?;
-                return Ok(LayerRecord {
-                    digest: d,
-                    size,
-                    media_type,
-                    format: LayerFormat::ZstdChunked,
-                    toc: toc_digest,
-                    toc_uncompressed: ta.toc.uncompressed,
-                    toc_offset: ta.toc.offset,
-                    content_bytes: index.content_bytes(),
-                });
+        if let Some(ta) = TocAnnotations::parse(&ann).map_err(toc_err)?
+            && let Some(toc_digest) = ta.toc_digest
+        {
+            progress(Progress::LayerStart {
+                layer: d,
+                size,
+                what: "Fetching TOC",
+            });
+            let end = ta.toc.offset + ta.toc.compressed;
+            if end > size {
+                return Err(toc_err(TocError::Footer(
+                    "TOC position lies past the end of the blob",
+                )));
             }
+            let bytes = self.range(r, &d, ta.toc.offset, end).await?;
+            toc_digest.verify(&bytes).map_err(StoreError::from)?;
+            let toc = decode_toc(&bytes, ta.toc.uncompressed).map_err(toc_err)?;
+            let index = LayerIndex::from_toc(&toc, Locations::Zstd).map_err(idx_err)?;
+            self.store.put_blob(&toc_digest, &bytes)?;
+            return Ok(LayerRecord {
+                digest: d,
+                size,
+                media_type,
+                format: LayerFormat::ZstdChunked,
+                toc: toc_digest,
+                toc_uncompressed: ta.toc.uncompressed,
+                toc_offset: ta.toc.offset,
+                content_bytes: index.content_bytes(),
+            });
         }
         if let Some(tocd) = ann
             .get(estargz::TOC_DIGEST_ANNOTATION)
             .and_then(|s| s.parse::<Digest>().ok())
+            && size > estargz::FOOTER_LEN
         {
-            if size > estargz::FOOTER_LEN {
-                progress(Progress::LayerStart {
-                    layer: d,
-                    size,
-                    what: "Fetching TOC",
-                });
-                let footer = self.range(r, &d, size - estargz::FOOTER_LEN, size).await?;
-                let toc_offset = estargz::parse_footer(&footer).map_err(toc_err)?;
-                if toc_offset >= size - estargz::FOOTER_LEN {
-                    return Err(toc_err(TocError::Footer(
-                        "eStargz TOC offset past the footer",
-                    )));
-                }
-                let member = self
-                    .range(r, &d, toc_offset, size - estargz::FOOTER_LEN)
-                    .await?;
-                let json = estargz::extract_toc_json(&member).map_err(toc_err)?;
-                tocd.verify(&json).map_err(StoreError::from)?;
-                let index = estargz::index(&json, toc_offset).map_err(idx_err)?;
-                self.store.put_blob(&tocd, &json)?;
-                return Ok(LayerRecord {
-                    digest: d,
-                    size,
-                    media_type,
-                    format: LayerFormat::Estargz,
-                    toc: tocd,
-                    toc_uncompressed: json.len() as u64,
-                    toc_offset,
-                    content_bytes: index.content_bytes(),
-                });
+            progress(Progress::LayerStart {
+                layer: d,
+                size,
+                what: "Fetching TOC",
+            });
+            let footer = self.range(r, &d, size - estargz::FOOTER_LEN, size).await?;
+            let toc_offset = estargz::parse_footer(&footer).map_err(toc_err)?;
+            if toc_offset >= size - estargz::FOOTER_LEN {
+                return Err(toc_err(TocError::Footer(
+                    "eStargz TOC offset past the footer",
+                )));
             }
+            let member = self
+                .range(r, &d, toc_offset, size - estargz::FOOTER_LEN)
+                .await?;
+            let json = estargz::extract_toc_json(&member).map_err(toc_err)?;
+            tocd.verify(&json).map_err(StoreError::from)?;
+            let index = estargz::index(&json, toc_offset).map_err(idx_err)?;
+            self.store.put_blob(&tocd, &json)?;
+            return Ok(LayerRecord {
+                digest: d,
+                size,
+                media_type,
+                format: LayerFormat::Estargz,
+                toc: tocd,
+                toc_uncompressed: json.len() as u64,
+                toc_offset,
+                content_bytes: index.content_bytes(),
+            });
         }
         progress(Progress::LayerStart {
             layer: d,
@@ -444,12 +443,11 @@ impl Context {
                 (Some(t), None) => Some(format!("{}:{t}", r.full_repository())),
                 _ => None,
             };
-            if let Some(key) = key {
-                if let Some(d) = refs.get(&key) {
-                    if let Some(rec) = self.store.image(d)? {
-                        return Ok((rec, Some(key)));
-                    }
-                }
+            if let Some(key) = key
+                && let Some(d) = refs.get(&key)
+                && let Some(rec) = self.store.image(d)?
+            {
+                return Ok((rec, Some(key)));
             }
         }
         let needle = name.strip_prefix("sha256:").unwrap_or(name);

@@ -263,13 +263,13 @@ fn check_chunks(e: &Entry) -> Result<(), IndexError> {
         if c.loc != ChunkLoc::Zeros && c.digest.is_none() {
             return Err(bad(format!("chunk at {} has no digest", c.file_offset)));
         }
-        if let ChunkLoc::Zstd { start, end } | ChunkLoc::Gzip { start, end, .. } = c.loc {
-            if end <= start {
-                return Err(bad(format!(
-                    "chunk at {} has an empty blob range",
-                    c.file_offset
-                )));
-            }
+        if let ChunkLoc::Zstd { start, end } | ChunkLoc::Gzip { start, end, .. } = c.loc
+            && end <= start
+        {
+            return Err(bad(format!(
+                "chunk at {} has an empty blob range",
+                c.file_offset
+            )));
         }
         at += c.len;
     }
@@ -307,10 +307,9 @@ impl LayerIndex {
                 // A file's first frame range may span all its frames: end it where the next begins.
                 if let (Some(prev), ChunkLoc::Zstd { start, .. }) =
                     (owner.chunks.last_mut(), chunk_loc(te.offset, te.end_offset))
+                    && let ChunkLoc::Zstd { end, .. } = &mut prev.loc
                 {
-                    if let ChunkLoc::Zstd { end, .. } = &mut prev.loc {
-                        *end = (*end).min(start);
-                    }
+                    *end = (*end).min(start);
                 }
                 // eStargz: chunkSize 0 means "to the end of the file".
                 let len = if te.chunk_size > 0 {

@@ -253,32 +253,10 @@ impl ChunkFetcher {
     }
 
     async fn fetch_ranges(&self, layer: &LayerSource, chunks: &[Chunk]) -> Result<(), FetchError> {
-        let mut located: Vec<(u64, u64, Chunk)> = chunks
-            .iter()
-            .filter_map(|c| match c.loc {
-                ChunkLoc::Zstd { start, end } | ChunkLoc::Gzip { start, end, .. } => {
-                    Some((start, end, *c))
-                }
-                _ => None,
-            })
-            .collect();
-        located.sort_by_key(|x| x.0);
-        let mut groups: Vec<(u64, u64, Vec<(u64, u64, Chunk)>)> = Vec::new();
-        for item in located {
-            match groups.last_mut() {
-                Some(g)
-                    if item.0 <= g.1 + COALESCE_GAP_BYTES
-                        && item.1.max(g.1) - g.0 <= MAX_REQUEST_BYTES =>
-                {
-                    g.1 = g.1.max(item.1);
-                    g.2.push(item);
-                }
-                _ => groups.push((item.0, item.1, vec![item])),
-            }
-        }
+        let groups = coalesce(chunks);
         let whole = self.whole_blob_path(&layer.blob);
         stream::iter(groups)
-            .map(|(start, end, items)| {
+            .map(|RangeGroup { start, end, items }| {
                 let whole = whole.clone();
                 async move {
                     let data = if let Ok(mut f) = std::fs::File::open(&whole) {
@@ -403,15 +381,70 @@ fn read_range_of_file(f: &mut std::fs::File, start: u64, end: u64) -> std::io::R
     Ok(Bytes::from(buf))
 }
 
+/// A chunk and its byte range in the blob.
+#[derive(Debug, Clone, Copy)]
+struct Located {
+    start: u64,
+    end: u64,
+    chunk: Chunk,
+}
+
+/// Chunks fetched with one range request.
+#[derive(Debug)]
+struct RangeGroup {
+    start: u64,
+    end: u64,
+    items: Vec<Located>,
+}
+
+/// Sorts chunks by blob offset and merges neighbours into range requests.
+fn coalesce(chunks: &[Chunk]) -> Vec<RangeGroup> {
+    let mut located: Vec<Located> = chunks
+        .iter()
+        .filter_map(|c| match c.loc {
+            ChunkLoc::Zstd { start, end } | ChunkLoc::Gzip { start, end, .. } => Some(Located {
+                start,
+                end,
+                chunk: *c,
+            }),
+            _ => None,
+        })
+        .collect();
+    located.sort_by_key(|l| l.start);
+    let mut groups: Vec<RangeGroup> = Vec::new();
+    for item in located {
+        match groups.last_mut() {
+            Some(g)
+                if item.start <= g.end + COALESCE_GAP_BYTES
+                    && item.end.max(g.end) - g.start <= MAX_REQUEST_BYTES =>
+            {
+                g.end = g.end.max(item.end);
+                g.items.push(item);
+            }
+            _ => groups.push(RangeGroup {
+                start: item.start,
+                end: item.end,
+                items: vec![item],
+            }),
+        }
+    }
+    groups
+}
+
 /// Decompresses and verifies each chunk of a fetched range and stores it in the cache.
 fn store_group(
     cache: &ChunkCache,
     blob: Digest,
     base: u64,
     data: &[u8],
-    items: &[(u64, u64, Chunk)],
+    items: &[Located],
 ) -> Result<(), FetchError> {
-    for (start, end, c) in items {
+    for Located {
+        start,
+        end,
+        chunk: c,
+    } in items
+    {
         let Some(digest) = c.digest else { continue };
         let bad = |reason: String| FetchError::BadChunk {
             blob,
@@ -508,6 +541,34 @@ mod tests {
     }
 
     #[test]
+    fn coalesces_neighbours_but_not_distant_chunks() {
+        let at = |start: u64, end: u64| Chunk {
+            file_offset: 0,
+            len: 1,
+            digest: Some(Digest::of(&start.to_le_bytes())),
+            loc: ChunkLoc::Zstd { start, end },
+        };
+        let groups = coalesce(&[
+            at(5000, 6000),
+            at(0, 1000),
+            at(1000, 2000),
+            at(10 << 20, (10 << 20) + 5),
+        ]);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(
+            (groups[0].start, groups[0].end, groups[0].items.len()),
+            (0, 6000, 3)
+        );
+        assert_eq!(groups[1].start, 10 << 20);
+        let big: Vec<Chunk> = (0..40).map(|i| at(i << 20, (i + 1) << 20)).collect();
+        assert!(
+            coalesce(&big)
+                .iter()
+                .all(|g| g.end - g.start <= MAX_REQUEST_BYTES)
+        );
+    }
+
+    #[test]
     fn bad_chunk_is_never_cached() {
         let dir = tempfile::tempdir().unwrap();
         let cache = ChunkCache::open(dir.path(), 1 << 30).unwrap();
@@ -527,7 +588,11 @@ mod tests {
             Digest::of(b"blob"),
             0,
             &frame,
-            &[(0, frame.len() as u64, c)],
+            &[Located {
+                start: 0,
+                end: frame.len() as u64,
+                chunk: c,
+            }],
         )
         .unwrap_err();
         assert!(err.to_string().contains("digest mismatch"), "{err}");
@@ -539,7 +604,11 @@ mod tests {
             Digest::of(b"blob"),
             0,
             &frame,
-            &[(0, frame.len() as u64, c)],
+            &[Located {
+                start: 0,
+                end: frame.len() as u64,
+                chunk: c,
+            }],
         )
         .unwrap();
         assert!(cache.contains(&Digest::of(good)));

@@ -156,13 +156,13 @@ impl FromStr for Reference {
             ),
             None => (rest, None),
         };
-        if let Some(t) = &tag {
-            if !valid_tag(t) {
-                return Err(err(
-                    input,
-                    "tag must be 1-128 of [A-Za-z0-9_.-], not starting with . or -",
-                ));
-            }
+        if let Some(t) = &tag
+            && !valid_tag(t)
+        {
+            return Err(err(
+                input,
+                "tag must be 1-128 of [A-Za-z0-9_.-], not starting with . or -",
+            ));
         }
         let (registry, repository) = match name.split_once('/') {
             Some((first, path))

@@ -250,10 +250,10 @@ impl Store {
         let mut out = Vec::new();
         for e in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
             let p = e.path();
-            if p.extension().is_some_and(|x| x == "json") {
-                if let Some(r) = self.read_json(&p)? {
-                    out.push(r);
-                }
+            if p.extension().is_some_and(|x| x == "json")
+                && let Some(r) = self.read_json(&p)?
+            {
+                out.push(r);
             }
         }
         Ok(out)

@@ -199,13 +199,12 @@ fn toc_entry_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<TocEntr
                     B64.encode(ext.value_bytes()),
                 );
             }
-            if key == b"mtime" {
-                if let Some((s, ns)) = std::str::from_utf8(ext.value_bytes())
+            if key == b"mtime"
+                && let Some((s, ns)) = std::str::from_utf8(ext.value_bytes())
                     .ok()
                     .and_then(parse_pax_time)
-                {
-                    meta.modtime = Some(format_rfc3339(s, ns));
-                }
+            {
+                meta.modtime = Some(format_rfc3339(s, ns));
             }
         }
     }

@@ -101,7 +101,7 @@ pub fn mount_entry(dir: &Path) -> Option<MountEntry> {
                 source: fields.get(sep + 2)?.to_string(),
             })
         })
-        .last()
+        .next_back()
 }
 
 /// Whether `dir` is the root of a strata FUSE mount.

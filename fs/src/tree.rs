@@ -239,12 +239,11 @@ impl Tree {
                         self.unlink(d, &n, c);
                     }
                 }
-            } else if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
-                if let Some(d) = self.resolve(dir) {
-                    if let Some(c) = self.lookup(d, hidden) {
-                        self.unlink(d, hidden, c);
-                    }
-                }
+            } else if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX)
+                && let Some(d) = self.resolve(dir)
+                && let Some(c) = self.lookup(d, hidden)
+            {
+                self.unlink(d, hidden, c);
             }
         }
         for e in &layer.entries {

@@ -19,13 +19,26 @@ fn main() {
     let flag = |f: &str| args.iter().skip(3).any(|a| a == f);
     let mut layers = rich_layers(flag("big"));
     if flag("busybox") {
-        let bb = std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
+        let bb =
+            std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
         layers.push(vec![
             dir("bin"),
-            Item::File { path: b"bin/busybox".to_vec(), mode: 0o755, data: bb, uid: 0, gid: 0, xattrs: vec![] },
+            Item::File {
+                path: b"bin/busybox".to_vec(),
+                mode: 0o755,
+                data: bb,
+                uid: 0,
+                gid: 0,
+                xattrs: vec![],
+            },
             file("etc/motd", b"hello from strata\n"),
         ]);
     }
     let p = push_image(registry, repo, tag, &layers, comp);
-    println!("{} ({} layers, {} bytes compressed)", p.reference, p.tars.len(), p.blob_bytes);
+    println!(
+        "{} ({} layers, {} bytes compressed)",
+        p.reference,
+        p.tars.len(),
+        p.blob_bytes
+    );
 }

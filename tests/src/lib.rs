@@ -2,6 +2,7 @@
 //! images built from files the tests write (pushed with curl, not with strata), a counting and
 //! fault-injecting proxy in front of the registry, the `strata` binary, and an independent
 //! reference extraction (GNU tar + kernel overlayfs) to compare mounts against.
+#![allow(clippy::print_stderr, clippy::print_stdout)]
 
 pub mod fixtures;
 pub mod layers;

@@ -1,5 +1,6 @@
 //! The command line as a user meets it: images/inspect output, and bad input that must give
 //! one clear line, a non-zero exit, and leave the store as it was.
+#![allow(clippy::print_stderr, clippy::print_stdout)]
 
 use std::process::Command;
 use std::time::Duration;
@@ -24,7 +25,13 @@ fn images_and_inspect_read_like_docker() {
     }
     let reg = Registry::start();
     push_image(&reg.addr, "t/app", "1", &rich_layers(false), Comp::Gzip);
-    push_image(&reg.addr, "t/other", "2", &[vec![file("x", b"x")]], Comp::Zstd);
+    push_image(
+        &reg.addr,
+        "t/other",
+        "2",
+        &[vec![file("x", b"x")]],
+        Comp::Zstd,
+    );
     let state = tempfile::tempdir().unwrap();
     let root = state.path().join("root");
     ok(&root, &["pull", &format!("{}/t/app:1", reg.addr)]);
@@ -32,7 +39,12 @@ fn images_and_inspect_read_like_docker() {
 
     let out = ok(&root, &["images"]);
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[0].starts_with("REPOSITORY") && lines[0].contains("IMAGE ID") && lines[0].ends_with("SIZE"), "{out}");
+    assert!(
+        lines[0].starts_with("REPOSITORY")
+            && lines[0].contains("IMAGE ID")
+            && lines[0].ends_with("SIZE"),
+        "{out}"
+    );
     assert_eq!(lines.len(), 3, "{out}");
     assert!(out.contains(&format!("{}/t/app", reg.addr)), "{out}");
 
@@ -40,11 +52,15 @@ fn images_and_inspect_read_like_docker() {
     assert_eq!(only.lines().count(), 2, "{only}");
     let ids = ok(&root, &["images", "-q"]);
     assert_eq!(ids.lines().count(), 2);
-    assert!(ids.lines().all(|l| l.len() == 12 && l.bytes().all(|b| b.is_ascii_hexdigit())));
+    assert!(
+        ids.lines()
+            .all(|l| l.len() == 12 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+    );
     let digests = ok(&root, &["images", "--digests"]);
     assert!(digests.lines().next().unwrap().contains("DIGEST") && digests.contains("sha256:"));
 
-    let json: serde_json::Value = serde_json::from_str(&ok(&root, &["inspect", &format!("{}/t/app:1", reg.addr)])).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&root, &["inspect", &format!("{}/t/app:1", reg.addr)])).unwrap();
     let img = &json[0];
     assert_eq!(img["Os"], "linux");
     assert_eq!(img["RootFS"]["diff_ids"].as_array().unwrap().len(), 3);
@@ -88,7 +104,14 @@ fn evil_tar() -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-fn push_single_layer(reg: &str, repo: &str, blob: &[u8], tar: &[u8], media_type: &str, annotations: serde_json::Value) -> String {
+fn push_single_layer(
+    reg: &str,
+    repo: &str,
+    blob: &[u8],
+    tar: &[u8],
+    media_type: &str,
+    annotations: serde_json::Value,
+) -> String {
     let scratch = tempfile::tempdir().unwrap();
     let layer = push_blob(reg, repo, blob, scratch.path());
     let config = serde_json::to_vec(&serde_json::json!({
@@ -104,7 +127,14 @@ fn push_single_layer(reg: &str, repo: &str, blob: &[u8], tar: &[u8], media_type:
         "layers": [{"mediaType": media_type, "digest": layer, "size": blob.len(), "annotations": annotations}],
     });
     let st = Command::new("curl")
-        .args(["-sSf", "-X", "PUT", "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json", "--data-binary"])
+        .args([
+            "-sSf",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            "--data-binary",
+        ])
         .arg(manifest.to_string())
         .arg(format!("http://{reg}/v2/{repo}/manifests/1"))
         .status()
@@ -123,7 +153,14 @@ fn escaping_entries_and_bad_tocs_are_rejected_and_nothing_is_listed() {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, &tar).unwrap();
     let gz = gz.finish().unwrap();
-    let plain = push_single_layer(&reg.addr, "t/evil-gz", &gz, &tar, "application/vnd.oci.image.layer.v1.tar+gzip", serde_json::json!({}));
+    let plain = push_single_layer(
+        &reg.addr,
+        "t/evil-gz",
+        &gz,
+        &tar,
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        serde_json::json!({}),
+    );
     let mut native_blob = Vec::new();
     let w = strata_fetcher::chunked::write_chunked(&tar[..], &mut native_blob, 3).unwrap();
     let native = push_single_layer(
@@ -137,8 +174,14 @@ fn escaping_entries_and_bad_tocs_are_rejected_and_nothing_is_listed() {
     // A TOC position that is off by one: its checksum cannot match.
     let mut shifted = w.annotations.clone();
     let key = "io.github.containers.zstd-chunked.manifest-position";
-    let pos: Vec<u64> = shifted[key].split(':').map(|p| p.parse().unwrap()).collect();
-    shifted.insert(key.into(), format!("{}:{}:{}:1", pos[0] + 1, pos[1], pos[2]));
+    let pos: Vec<u64> = shifted[key]
+        .split(':')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    shifted.insert(
+        key.into(),
+        format!("{}:{}:{}:1", pos[0] + 1, pos[1], pos[2]),
+    );
     let bad_toc = push_single_layer(
         &reg.addr,
         "t/bad-toc",
@@ -149,7 +192,13 @@ fn escaping_entries_and_bad_tocs_are_rejected_and_nothing_is_listed() {
     );
     let state = tempfile::tempdir().unwrap();
     let root = state.path().join("root");
-    let good = push_image(&reg.addr, "t/good", "1", &[vec![file("ok", b"ok")]], Comp::Gzip);
+    let good = push_image(
+        &reg.addr,
+        "t/good",
+        "1",
+        &[vec![file("ok", b"ok")]],
+        Comp::Gzip,
+    );
     ok(&root, &["pull", &good.reference]);
     for image in [&plain, &native] {
         let out = run(&root, &["pull", image]);
@@ -161,7 +210,11 @@ fn escaping_entries_and_bad_tocs_are_rejected_and_nothing_is_listed() {
     assert_eq!(out.status.code(), Some(125));
     assert!(stderr_line(&out).contains("digest mismatch"));
     let images = ok(&root, &["images"]);
-    assert_eq!(images.lines().count(), 2, "only the good image is listed:\n{images}");
+    assert_eq!(
+        images.lines().count(),
+        2,
+        "only the good image is listed:\n{images}"
+    );
     assert!(images.contains("t/good"));
 }
 
@@ -173,7 +226,13 @@ fn killed_pull_lists_nothing() {
     let reg = Registry::start();
     // A big plain layer is streamed whole at pull time; slow it down and kill the pull midway.
     let big: Vec<Item> = vec![file("big", &strata_tests::layers::noise(24 << 20, 3))];
-    push_image(&reg.addr, "t/slow", "1", &[vec![file("a", b"a")], big], Comp::Gzip);
+    push_image(
+        &reg.addr,
+        "t/slow",
+        "1",
+        &[vec![file("a", b"a")], big],
+        Comp::Gzip,
+    );
     let proxy = Proxy::start(&reg.addr);
     proxy.set(Fault::Delay(Duration::from_millis(400)));
     let state = tempfile::tempdir().unwrap();
@@ -187,7 +246,11 @@ fn killed_pull_lists_nothing() {
     std::thread::sleep(Duration::from_millis(1500));
     child.kill().unwrap();
     let _ = child.wait();
-    assert_eq!(ok(&root, &["images", "-q"]), "", "a killed pull left an image listed");
+    assert_eq!(
+        ok(&root, &["images", "-q"]),
+        "",
+        "a killed pull left an image listed"
+    );
     proxy.set(Fault::None);
     ok(&root, &["pull", &format!("{}/t/slow:1", proxy.addr)]);
     assert_eq!(ok(&root, &["images", "-q"]).lines().count(), 1);

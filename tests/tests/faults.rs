@@ -1,5 +1,6 @@
 //! Faults through a proxy in front of the real registry: corrupt, truncated, delayed and refused
 //! responses. A bad chunk is never served; a later read retries; no remount is needed.
+#![allow(clippy::print_stderr, clippy::print_stdout)]
 
 use std::process::Command;
 use std::time::Duration;
@@ -26,7 +27,13 @@ fn corrupt_truncated_refused_and_slow_registries() {
         return;
     }
     let reg = Registry::start();
-    let img = push_image(&reg.addr, "t/faults", "1", &rich_layers(false), Comp::Native);
+    let img = push_image(
+        &reg.addr,
+        "t/faults",
+        "1",
+        &rich_layers(false),
+        Comp::Native,
+    );
     let _ = img;
     let proxy = Proxy::start(&reg.addr);
     let reference = format!("{}/t/faults:1", proxy.addr);
@@ -39,9 +46,17 @@ fn corrupt_truncated_refused_and_slow_registries() {
     // Corrupt bytes: EIO, logged with the chunk digest; nothing bad is cached.
     proxy.set(Fault::CorruptRanges);
     assert!(is_eio(std::fs::read(&busybox)), "corrupt chunk was served");
-    let logs = std::fs::read_dir(root.join("mounts")).unwrap().next().unwrap().unwrap().path();
+    let logs = std::fs::read_dir(root.join("mounts"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let log = std::fs::read_to_string(logs).unwrap();
-    assert!(log.contains("digest mismatch") && log.contains("sha256:"), "log: {log}");
+    assert!(
+        log.contains("digest mismatch") && log.contains("sha256:"),
+        "log: {log}"
+    );
     // A later read retries and succeeds.
     proxy.set(Fault::None);
     let good = std::fs::read(&busybox).unwrap();
@@ -51,7 +66,10 @@ fn corrupt_truncated_refused_and_slow_registries() {
     proxy.set(Fault::TruncateRanges);
     assert!(is_eio(std::fs::read(m.dir.join("data/sparse"))));
     proxy.set(Fault::None);
-    assert_eq!(std::fs::read(m.dir.join("data/sparse")).unwrap().len(), 300_000 + (4 << 20) + 100_000);
+    assert_eq!(
+        std::fs::read(m.dir.join("data/sparse")).unwrap().len(),
+        300_000 + (4 << 20) + 100_000
+    );
 
     // Registry down: cached content is served, uncached reads fail, and work again later.
     proxy.set(Fault::Refuse);
@@ -59,7 +77,10 @@ fn corrupt_truncated_refused_and_slow_registries() {
     assert_eq!(std::fs::read(&busybox).unwrap(), good);
     assert!(is_eio(std::fs::read(m.dir.join("usr/bin/su"))));
     proxy.set(Fault::None);
-    assert_eq!(std::fs::read(m.dir.join("usr/bin/su")).unwrap(), b"#!/bin/sh\n");
+    assert_eq!(
+        std::fs::read(m.dir.join("usr/bin/su")).unwrap(),
+        b"#!/bin/sh\n"
+    );
 
     // Slow registry: reads just take longer.
     proxy.set(Fault::Delay(Duration::from_millis(300)));

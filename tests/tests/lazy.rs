@@ -1,4 +1,5 @@
 //! Laziness, proven by counting what reaches the registry through a proxy.
+#![allow(clippy::print_stderr, clippy::print_stdout)]
 
 use std::sync::Arc;
 
@@ -30,8 +31,16 @@ fn pull_fetches_only_tocs_and_reads_fetch_only_what_they_touch() {
     ok(&root, &["pull", &reference]);
     let (reqs, bytes) = proxy.counts();
     let share = bytes as f64 / img.blob_bytes as f64;
-    eprintln!("lazy pull: {reqs} requests, {bytes} bytes of a {} byte image ({:.3}%)", img.blob_bytes, share * 100.0);
-    assert!(share <= 0.015, "pull fetched {bytes} bytes, {:.2}% of the image", share * 100.0);
+    eprintln!(
+        "lazy pull: {reqs} requests, {bytes} bytes of a {} byte image ({:.3}%)",
+        img.blob_bytes,
+        share * 100.0
+    );
+    assert!(
+        share <= 0.015,
+        "pull fetched {bytes} bytes, {:.2}% of the image",
+        share * 100.0
+    );
 
     let m = Mounted::new(&root, &reference, &state.path().join("mnt"));
     proxy.reset();
@@ -81,7 +90,9 @@ fn concurrent_readers_share_one_request_per_chunk() {
     let reg = Registry::start();
     push_image(&reg.addr, "t/conc", "1", &rich_layers(true), Comp::Native);
     let proxy = Proxy::start(&reg.addr);
-    proxy.set(strata_tests::proxy::Fault::Delay(std::time::Duration::from_millis(150)));
+    proxy.set(strata_tests::proxy::Fault::Delay(
+        std::time::Duration::from_millis(150),
+    ));
     let reference = format!("{}/t/conc:1", proxy.addr);
     let state = tempfile::tempdir().unwrap();
     let root = state.path().join("root");
@@ -109,7 +120,12 @@ fn concurrent_readers_share_one_request_per_chunk() {
     let mut ranges: Vec<(u64, u64)> = log.iter().filter_map(|l| parse_range(l)).collect();
     ranges.sort();
     for w in ranges.windows(2) {
-        assert!(w[0].1 < w[1].0, "overlapping range requests {:?} and {:?}: {log:?}", w[0], w[1]);
+        assert!(
+            w[0].1 < w[1].0,
+            "overlapping range requests {:?} and {:?}: {log:?}",
+            w[0],
+            w[1]
+        );
     }
     eprintln!("8 concurrent readers: {} range requests", ranges.len());
 }

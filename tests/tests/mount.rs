@@ -1,5 +1,6 @@
 //! The lazy mount end to end: a real registry, real FUSE mounts, compared with an independent
 //! extraction (GNU tar + kernel overlayfs) for every layer format.
+#![allow(clippy::print_stderr, clippy::print_stdout)]
 
 use strata_tests::fixtures::{BIG_BYTES, BIG_PATH, big, rich_layers};
 use strata_tests::layers::{Comp, push_image};
