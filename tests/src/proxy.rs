@@ -21,6 +21,10 @@ pub enum Fault {
     Delay(Duration),
     /// Answer every request with 503.
     Refuse,
+    /// Answer the next N requests with 503, then forward (a transient outage).
+    FailNext(u32),
+    /// Drop the Range header, as a registry without range support would (answers 200).
+    IgnoreRange,
 }
 
 /// Counters.
@@ -155,11 +159,18 @@ fn serve(
         .unwrap_or_default();
     stats.log.lock().unwrap().push(format!("{first}{range}"));
     stats.requests.fetch_add(1, Ordering::Relaxed);
-    let f = *fault.lock().unwrap();
+    let f = {
+        let mut g = fault.lock().unwrap();
+        let f = *g;
+        if let Fault::FailNext(n) = f {
+            *g = if n <= 1 { Fault::None } else { Fault::FailNext(n - 1) };
+        }
+        f
+    };
     if let Fault::Delay(d) = f {
         std::thread::sleep(d);
     }
-    if f == Fault::Refuse {
+    if matches!(f, Fault::Refuse | Fault::FailNext(_)) {
         client.write_all(
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         )?;
@@ -170,6 +181,7 @@ fn serve(
         .trim_end()
         .lines()
         .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .filter(|l| f != Fault::IgnoreRange || !l.to_ascii_lowercase().starts_with("range:"))
         .map(|l| l.to_string())
         .collect();
     new_head.push("Connection: close".into());

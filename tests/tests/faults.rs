@@ -86,3 +86,56 @@ fn corrupt_truncated_refused_and_slow_registries() {
     proxy.set(Fault::Delay(Duration::from_millis(300)));
     assert_eq!(std::fs::read(m.dir.join("data/tagged")).unwrap(), b"tagged");
 }
+
+#[test]
+fn transient_errors_are_retried_and_rangeless_registries_work() {
+    if !require_root_fuse("transient_errors_are_retried_and_rangeless_registries_work") {
+        return;
+    }
+    let reg = Registry::start();
+    push_image(&reg.addr, "t/retry", "1", &rich_layers(false), Comp::Native);
+    let proxy = Proxy::start(&reg.addr);
+    let reference = format!("{}/t/retry:1", proxy.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+
+    // Two 503s in a row: the pull retries with backoff and succeeds.
+    proxy.set(Fault::FailNext(2));
+    ok(&root, &["pull", &reference]);
+    let m = Mounted::new(&root, &reference, &state.path().join("mnt"));
+    proxy.set(Fault::FailNext(2));
+    assert_eq!(std::fs::read(m.dir.join("usr/bin/su")).unwrap(), b"#!/bin/sh\n");
+
+    // A registry that ignores Range: the blob is fetched whole once, then served locally.
+    proxy.set(Fault::IgnoreRange);
+    proxy.reset();
+    assert_eq!(std::fs::read(m.dir.join("bin/busybox")).unwrap(), strata_tests::layers::noise(300_000, 1));
+    assert_eq!(std::fs::read(m.dir.join("data/owned")).unwrap(), b"mine");
+    assert_eq!(std::fs::read(m.dir.join("data/attrs")).unwrap(), b"x");
+    let (reqs, _) = proxy.counts();
+    assert_eq!(reqs, 1, "{:?}", proxy.stats.log.lock().unwrap());
+}
+
+#[test]
+fn pull_all_then_offline() {
+    if !require_root_fuse("pull_all_then_offline") {
+        return;
+    }
+    let reg = Registry::start();
+    let img = push_image(&reg.addr, "t/offline", "1", &rich_layers(false), Comp::Native);
+    let proxy = Proxy::start(&reg.addr);
+    let reference = format!("{}/t/offline:1", proxy.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    ok(&root, &["pull", "--all", &reference]);
+    proxy.set(Fault::Refuse);
+    proxy.reset();
+    let m = Mounted::new(&root, &reference, &state.path().join("mnt"));
+    let reference_tree = strata_tests::walk::ReferenceTree::new(&img.tars);
+    strata_tests::walk::assert_same(
+        "offline",
+        &strata_tests::walk::snapshot(&m.dir),
+        &strata_tests::walk::snapshot(&reference_tree.root),
+    );
+    assert_eq!(proxy.counts().0, 0, "an image pulled with --all read from the registry");
+}

@@ -16,7 +16,7 @@ use reqwest::header::{
     ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, LOCATION, RANGE, WWW_AUTHENTICATE,
 };
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
-use tracing::{debug, warn};
+use tracing::{debug, info};
 
 use self::auth::{Challenge, CredentialStore, parse_challenge};
 use crate::digest::{Digest, DigestError};
@@ -223,9 +223,9 @@ impl RegistryClient {
                 let wait = Duration::from_millis(100 * (1 << attempt.min(5)));
                 match &result {
                     Ok(resp) => {
-                        warn!(%url, status = %resp.status(), attempt, "registry error, retrying")
+                        info!(%url, status = %resp.status(), attempt, "registry error, retrying")
                     }
-                    Err(e) => warn!(%url, error = %e, attempt, "transport error, retrying"),
+                    Err(e) => info!(%url, error = %e, attempt, "transport error, retrying"),
                 }
                 tokio::time::sleep(wait).await;
                 continue;
