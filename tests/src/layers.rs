@@ -202,8 +202,12 @@ fn compress(tar: &[u8], c: Comp) -> Vec<u8> {
     }
 }
 
-fn curl(args: &[&str]) -> String {
-    let out = Command::new("curl")
+fn curl(auth: Option<&str>, args: &[&str]) -> String {
+    let mut cmd = Command::new("curl");
+    if let Some(a) = auth {
+        cmd.arg("-u").arg(a);
+    }
+    let out = cmd
         .arg("-sS")
         .arg("--fail-with-body")
         .args(args)
@@ -220,8 +224,13 @@ fn curl(args: &[&str]) -> String {
 
 /// Uploads a blob with the distribution API (POST, then PUT with the digest).
 pub fn push_blob(registry: &str, repo: &str, data: &[u8], scratch: &Path) -> String {
+    push_blob_auth(registry, None, repo, data, scratch)
+}
+
+/// [`push_blob`] with `user:password` Basic credentials.
+pub fn push_blob_auth(registry: &str, auth: Option<&str>, repo: &str, data: &[u8], scratch: &Path) -> String {
     let digest = sha(data);
-    let headers = curl(&[
+    let headers = curl(auth, &[
         "-D",
         "-",
         "-o",
@@ -247,7 +256,9 @@ pub fn push_blob(registry: &str, repo: &str, data: &[u8], scratch: &Path) -> Str
     let sep = if url.contains('?') { '&' } else { '?' };
     let path = scratch.join(digest.trim_start_matches("sha256:"));
     std::fs::write(&path, data).unwrap();
-    curl(&[
+    curl(
+        auth,
+        &[
         "-X",
         "PUT",
         "-H",
@@ -255,7 +266,8 @@ pub fn push_blob(registry: &str, repo: &str, data: &[u8], scratch: &Path) -> Str
         "--data-binary",
         &format!("@{}", path.display()),
         &format!("{url}{sep}digest={digest}"),
-    ]);
+    ],
+    );
     let _ = std::fs::remove_file(path);
     digest
 }
@@ -271,8 +283,14 @@ pub struct Pushed {
 }
 
 /// Builds an image from `layers`, compresses each with `comp`, and pushes it as `repo:tag`.
-pub fn push_image(
+pub fn push_image(registry: &str, repo: &str, tag: &str, layers: &[Vec<Item>], comp: Comp) -> Pushed {
+    push_image_auth(registry, None, repo, tag, layers, comp)
+}
+
+/// [`push_image`] with `user:password` Basic credentials.
+pub fn push_image_auth(
     registry: &str,
+    auth: Option<&str>,
     repo: &str,
     tag: &str,
     layers: &[Vec<Item>],
@@ -294,7 +312,7 @@ pub fn push_image(
             (compress(&tar, comp), serde_json::json!({}))
         };
         blob_bytes += blob.len() as u64;
-        let digest = push_blob(registry, repo, &blob, scratch.path());
+        let digest = push_blob_auth(registry, auth, repo, &blob, scratch.path());
         let mt = match comp {
             Comp::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
             Comp::Zstd | Comp::Native => "application/vnd.oci.image.layer.v1.tar+zstd",
@@ -311,7 +329,7 @@ pub fn push_image(
         "history": layers.iter().map(|_| serde_json::json!({"created_by": "strata test"})).collect::<Vec<_>>(),
     }))
     .unwrap();
-    let cdigest = push_blob(registry, repo, &config, scratch.path());
+    let cdigest = push_blob_auth(registry, auth, repo, &config, scratch.path());
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -321,7 +339,9 @@ pub fn push_image(
     .unwrap();
     let mpath = scratch.path().join("manifest.json");
     std::fs::write(&mpath, &manifest).unwrap();
-    curl(&[
+    curl(
+        auth,
+        &[
         "-X",
         "PUT",
         "-H",
@@ -329,7 +349,8 @@ pub fn push_image(
         "--data-binary",
         &format!("@{}", mpath.display()),
         &format!("http://{registry}/v2/{repo}/manifests/{tag}"),
-    ]);
+    ],
+    );
     Pushed {
         reference: format!("{registry}/{repo}:{tag}"),
         tars,

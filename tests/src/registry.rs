@@ -30,14 +30,32 @@ pub fn free_port() -> u16 {
 impl Registry {
     /// Starts a registry with an empty storage directory.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts a registry that requires HTTP Basic auth (htpasswd) for `user`:`password`.
+    pub fn start_with_htpasswd(user: &str, password: &str) -> Self {
+        Self::start_with(Some((user, password)))
+    }
+
+    fn start_with(auth: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let auth_config = match auth {
+            Some((user, password)) => {
+                let hash = bcrypt::hash(password, 5).unwrap();
+                let file = dir.path().join("htpasswd");
+                std::fs::write(&file, format!("{user}:{hash}\n")).unwrap();
+                format!("auth:\n  htpasswd:\n    realm: strata-test\n    path: {}\n", file.display())
+            }
+            None => String::new(),
+        };
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth_config}",
                 dir.path().join("data").display()
             ),
         )

@@ -3,6 +3,8 @@
 //! manifest and whole blob it returns.
 
 pub mod auth;
+#[cfg(test)]
+mod fake_tests;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -1,0 +1,107 @@
+//! The client against an in-process fake registry and token service: the bearer-token dance,
+//! token reuse, digest checks of manifests, and retries. (The real registry is exercised by the
+//! end-to-end tests; the distribution registry has no token service to run here.)
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::*;
+
+const MANIFEST: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+
+#[derive(Default)]
+struct Counters {
+    tokens: AtomicU32,
+    manifests: AtomicU32,
+    fail_first: AtomicU32,
+}
+
+/// Serves: /token (bearer tokens), /v2/r/manifests/* (needs `Bearer T1`). `lie` sends a wrong
+/// Docker-Content-Digest.
+async fn fake(lie: bool, counters: Arc<Counters>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let me = addr.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let (c, me) = (counters.clone(), me.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let path = req.split(' ').nth(1).unwrap_or("").to_string();
+                let authed = req.lines().any(|l| l.eq_ignore_ascii_case("authorization: Bearer T1"));
+                let (status, headers, body): (&str, String, Vec<u8>) = if path.starts_with("/token") {
+                    c.tokens.fetch_add(1, Ordering::SeqCst);
+                    assert!(path.contains("scope=repository%3Ar%3Apull"), "{path}");
+                    ("200 OK", "Content-Type: application/json\r\n".into(), br#"{"token":"T1"}"#.to_vec())
+                } else if !authed {
+                    (
+                        "401 Unauthorized",
+                        format!("WWW-Authenticate: Bearer realm=\"http://{me}/token\",service=\"fake\",scope=\"repository:r:pull\"\r\n"),
+                        Vec::new(),
+                    )
+                } else if c.fail_first.load(Ordering::SeqCst) > 0 {
+                    c.fail_first.fetch_sub(1, Ordering::SeqCst);
+                    ("503 Service Unavailable", String::new(), Vec::new())
+                } else {
+                    c.manifests.fetch_add(1, Ordering::SeqCst);
+                    let d = if lie { Digest::of(b"other") } else { Digest::of(MANIFEST) };
+                    (
+                        "200 OK",
+                        format!("Content-Type: application/vnd.oci.image.manifest.v1+json\r\nDocker-Content-Digest: {d}\r\n"),
+                        MANIFEST.to_vec(),
+                    )
+                };
+                let head = format!("HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn bearer_token_is_fetched_once_and_reused() {
+    let c = Arc::new(Counters::default());
+    let addr = fake(false, c.clone()).await;
+    let client = RegistryClient::new(ClientOptions::default()).unwrap();
+    let r: Reference = format!("{addr}/r:1").parse().unwrap();
+    let m = client.get_manifest(&r).await.unwrap();
+    assert_eq!(m.digest, Digest::of(MANIFEST));
+    assert_eq!(m.media_type, "application/vnd.oci.image.manifest.v1+json");
+    client.get_manifest(&r).await.unwrap();
+    assert_eq!(c.tokens.load(Ordering::SeqCst), 1);
+    assert_eq!(c.manifests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn manifest_with_a_lying_digest_is_refused() {
+    let c = Arc::new(Counters::default());
+    let addr = fake(true, c).await;
+    let client = RegistryClient::new(ClientOptions::default()).unwrap();
+    let r: Reference = format!("{addr}/r:1").parse().unwrap();
+    let err = client.get_manifest(&r).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Digest(_)), "{err}");
+    // Pinned by digest: the bytes must hash to it.
+    let pinned = r.with_digest(Digest::of(b"something else"));
+    assert!(client.get_manifest(&pinned).await.is_err());
+}
+
+#[tokio::test]
+async fn server_errors_are_retried() {
+    let c = Arc::new(Counters::default());
+    c.fail_first.store(2, Ordering::SeqCst);
+    let addr = fake(false, c.clone()).await;
+    let client = RegistryClient::new(ClientOptions::default()).unwrap();
+    let r: Reference = format!("{addr}/r:1").parse().unwrap();
+    client.get_manifest(&r).await.unwrap();
+    c.fail_first.store(10, Ordering::SeqCst);
+    let err = client.get_manifest(&r).await.unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+}
