@@ -183,6 +183,8 @@ pub enum Comp {
     Zstd,
     /// zstd:chunked, written by strata's layer writer, with its annotations.
     Native,
+    /// eStargz, written by the test's own writer, with its TOC digest annotation.
+    Estargz,
 }
 
 /// sha256 digest string of bytes.
@@ -198,7 +200,7 @@ fn compress(tar: &[u8], c: Comp) -> Vec<u8> {
             gz.finish().unwrap()
         }
         Comp::Zstd => zstd::bulk::compress(tar, 3).unwrap(),
-        Comp::Native => unreachable!("native layers are written with their annotations"),
+        Comp::Native | Comp::Estargz => unreachable!("lazy layers are written with their annotations"),
     }
 }
 
@@ -304,17 +306,23 @@ pub fn push_image_auth(
     for items in layers {
         let tar = tar_of(items);
         diff_ids.push(sha(&tar));
-        let (blob, annotations) = if comp == Comp::Native {
-            let mut out = Vec::new();
-            let w = strata_fetcher::chunked::write_chunked(&tar[..], &mut out, 3).unwrap();
-            (out, serde_json::to_value(&w.annotations).unwrap())
-        } else {
-            (compress(&tar, comp), serde_json::json!({}))
+        let (blob, annotations) = match comp {
+            Comp::Native => {
+                let mut out = Vec::new();
+                let w = strata_fetcher::chunked::write_chunked(&tar[..], &mut out, 3).unwrap();
+                (out, serde_json::to_value(&w.annotations).unwrap())
+            }
+            Comp::Estargz => {
+                let (blob, toc, diff_id) = crate::estargz::estargz(&tar);
+                *diff_ids.last_mut().unwrap() = diff_id;
+                (blob, serde_json::json!({"containerd.io/snapshot/stargz/toc.digest": toc}))
+            }
+            _ => (compress(&tar, comp), serde_json::json!({})),
         };
         blob_bytes += blob.len() as u64;
         let digest = push_blob_auth(registry, auth, repo, &blob, scratch.path());
         let mt = match comp {
-            Comp::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Comp::Gzip | Comp::Estargz => "application/vnd.oci.image.layer.v1.tar+gzip",
             Comp::Zstd | Comp::Native => "application/vnd.oci.image.layer.v1.tar+zstd",
         };
         descs.push(serde_json::json!({"mediaType": mt, "digest": digest, "size": blob.len(), "annotations": annotations}));

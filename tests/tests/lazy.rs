@@ -129,3 +129,35 @@ fn concurrent_readers_share_one_request_per_chunk() {
     }
     eprintln!("8 concurrent readers: {} range requests", ranges.len());
 }
+
+#[test]
+fn estargz_is_read_lazily_too() {
+    if !require_root_fuse("estargz_is_read_lazily_too") {
+        return;
+    }
+    let reg = Registry::start();
+    let layers = vec![vec![
+        strata_tests::layers::dir("data"),
+        strata_tests::layers::file("data/small", b"small file"),
+        strata_tests::layers::file(BIG_PATH, &big()),
+    ]];
+    let img = push_image(&reg.addr, "t/esgz-lazy", "1", &layers, Comp::Estargz);
+    let proxy = Proxy::start(&reg.addr);
+    let reference = format!("{}/t/esgz-lazy:1", proxy.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    ok(&root, &["pull", &reference]);
+    let (_, pulled) = proxy.counts();
+    eprintln!("estargz lazy pull: {pulled} bytes of {}", img.blob_bytes);
+    assert!((pulled as f64) < img.blob_bytes as f64 * 0.015);
+    let m = Mounted::new(&root, &reference, &state.path().join("mnt"));
+    proxy.reset();
+    assert_eq!(std::fs::read(m.dir.join("data/small")).unwrap(), b"small file");
+    let f = std::fs::File::open(m.dir.join(BIG_PATH)).unwrap();
+    let mut buf = vec![0u8; 100_000];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, 30 << 20).unwrap();
+    assert!(buf == big()[30 << 20..(30 << 20) + 100_000]);
+    let (reqs, bytes) = proxy.counts();
+    eprintln!("estargz: small file + 100 kB of the big one: {reqs} requests, {bytes} bytes");
+    assert!(bytes < 2 << 20, "fetched {bytes}");
+}

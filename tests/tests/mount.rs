@@ -3,7 +3,7 @@
 #![allow(clippy::print_stderr, clippy::print_stdout)]
 
 use strata_tests::fixtures::{BIG_BYTES, BIG_PATH, big, rich_layers};
-use strata_tests::layers::{Comp, push_image};
+use strata_tests::layers::{Comp, Item, push_image};
 use strata_tests::registry::Registry;
 use strata_tests::require_root_fuse;
 use strata_tests::strata::{Mounted, ok};
@@ -33,6 +33,34 @@ fn mount_matches_independent_extraction_for_every_format() {
         let got = snapshot(&m.dir);
         assert_same(image, &got, &want);
     }
+}
+
+#[test]
+fn estargz_mount_matches_independent_extraction() {
+    if !require_root_fuse("estargz_mount_matches_independent_extraction") {
+        return;
+    }
+    let reg = Registry::start();
+    // eStargz TOCs are JSON strings: names that are not UTF-8 cannot be represented.
+    let layers: Vec<Vec<Item>> = rich_layers(false)
+        .into_iter()
+        .map(|l| {
+            l.into_iter()
+                .filter(|i| !matches!(i, Item::File { path, .. } if std::str::from_utf8(path).is_err()))
+                .collect()
+        })
+        .collect();
+    let img = push_image(&reg.addr, "t/esgz", "1", &layers, Comp::Estargz);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    ok(&root, &["pull", &img.reference]);
+    let inspect: serde_json::Value = serde_json::from_str(&ok(&root, &["inspect", &img.reference])).unwrap();
+    for l in inspect[0]["Strata"]["Layers"].as_array().unwrap() {
+        assert_eq!(l["Format"]["kind"], "estargz", "{l}");
+    }
+    let reference = ReferenceTree::new(&img.tars);
+    let m = Mounted::new(&root, &img.reference, &state.path().join("mnt"));
+    assert_same("estargz", &snapshot(&m.dir), &snapshot(&reference.root));
 }
 
 #[test]
