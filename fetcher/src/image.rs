@@ -213,10 +213,13 @@ impl Context {
 
     /// Lazy pull: manifest, config and each layer's TOC (a layer without one is streamed once).
     /// The reference is written last, so an interrupted pull lists nothing.
+    /// With `stream_plain`, layers without a TOC are streamed and indexed now (`pull --all`);
+    /// otherwise that happens when the image is first mounted.
     pub async fn pull(
         &self,
         r: &Reference,
         platform: &str,
+        stream_plain: bool,
         progress: ProgressFn<'_>,
     ) -> Result<ImageRecord, ImageError> {
         let (manifest, mdigest, mbytes, index) = self.resolve_manifest(r, platform).await?;
@@ -232,17 +235,24 @@ impl Context {
         let mut layers = Vec::new();
         for desc in manifest.layers() {
             let d = digest_of(desc)?;
-            if self.store.layer(&d)?.is_some() {
+            if let Some(existing) = self.store.layer(&d)? {
+                if stream_plain && existing.toc.is_none() {
+                    self.index_plain_layer(r, existing, progress).await?;
+                }
                 progress(Progress::LayerDone {
                     layer: d,
                     what: "Already exists",
                 });
             } else {
-                let rec = self.pull_layer(r, desc, d, progress).await?;
+                let rec = self.pull_layer(r, desc, d, stream_plain, progress).await?;
                 self.store.put_layer(&rec)?;
                 progress(Progress::LayerDone {
                     layer: d,
-                    what: "Pull complete",
+                    what: if rec.toc.is_some() {
+                        "Pull complete"
+                    } else {
+                        "Pull complete (no TOC: streams on first mount)"
+                    },
                 });
             }
             layers.push(d);
@@ -279,6 +289,7 @@ impl Context {
         r: &Reference,
         desc: &Descriptor,
         d: Digest,
+        stream_plain: bool,
         progress: ProgressFn<'_>,
     ) -> Result<LayerRecord, ImageError> {
         let media_type = desc.media_type().to_string();
@@ -314,7 +325,7 @@ impl Context {
                 size,
                 media_type,
                 format: LayerFormat::ZstdChunked,
-                toc: toc_digest,
+                toc: Some(toc_digest),
                 toc_uncompressed: ta.toc.uncompressed,
                 toc_offset: ta.toc.offset,
                 content_bytes: index.content_bytes(),
@@ -349,17 +360,12 @@ impl Context {
                 size,
                 media_type,
                 format: LayerFormat::Estargz,
-                toc: tocd,
+                toc: Some(tocd),
                 toc_uncompressed: json.len() as u64,
                 toc_offset,
                 content_bytes: index.content_bytes(),
             });
         }
-        progress(Progress::LayerStart {
-            layer: d,
-            size,
-            what: "Streaming (no TOC)",
-        });
         let compression = if media_type.ends_with("gzip") {
             Compression::Gzip
         } else if media_type.ends_with("zstd") {
@@ -370,28 +376,93 @@ impl Context {
             let head = self.range(r, &d, 0, size.min(4)).await?;
             sniff(&head)
         };
-        let indexed = self.stream_index(r, d, compression, progress).await?;
-        let json = serde_json::to_vec(&indexed).map_err(|e| ImageError::Layer {
-            layer: d,
-            reason: e.to_string(),
-        })?;
-        let compressed = zstd::bulk::compress(&json, 3).map_err(|e| ImageError::Layer {
-            layer: d,
-            reason: e.to_string(),
-        })?;
-        let toc_digest = Digest::of(&compressed);
-        let index = LayerIndex::from_toc(&indexed, Locations::Local).map_err(idx_err)?;
-        self.store.put_blob(&toc_digest, &compressed)?;
-        Ok(LayerRecord {
+        let rec = LayerRecord {
             digest: d,
             size,
             media_type,
             format: LayerFormat::Plain { compression },
-            toc: toc_digest,
-            toc_uncompressed: json.len() as u64,
+            toc: None,
+            toc_uncompressed: 0,
             toc_offset: 0,
-            content_bytes: index.content_bytes(),
-        })
+            content_bytes: 0,
+        };
+        if stream_plain {
+            self.index_plain_layer(r, rec, progress).await
+        } else {
+            Ok(rec)
+        }
+    }
+
+    /// Streams a layer that has no TOC once: every chunk goes into the cache and its local TOC
+    /// into the store. The stream must hash to the layer digest or nothing is recorded.
+    pub async fn index_plain_layer(
+        &self,
+        r: &Reference,
+        mut rec: LayerRecord,
+        progress: ProgressFn<'_>,
+    ) -> Result<LayerRecord, ImageError> {
+        let LayerFormat::Plain { compression } = rec.format else {
+            return Ok(rec);
+        };
+        let d = rec.digest;
+        progress(Progress::LayerStart {
+            layer: d,
+            size: rec.size,
+            what: "Streaming (no TOC)",
+        });
+        let fail = |reason: String| ImageError::Layer { layer: d, reason };
+        let indexed = self.stream_index(r, d, compression, progress).await?;
+        let json = serde_json::to_vec(&indexed).map_err(|e| fail(e.to_string()))?;
+        let compressed = zstd::bulk::compress(&json, 3).map_err(|e| fail(e.to_string()))?;
+        let toc_digest = Digest::of(&compressed);
+        let index = LayerIndex::from_toc(&indexed, Locations::Local)
+            .map_err(|source| ImageError::Index { layer: d, source })?;
+        self.store.put_blob(&toc_digest, &compressed)?;
+        rec.toc = Some(toc_digest);
+        rec.toc_uncompressed = json.len() as u64;
+        rec.content_bytes = index.content_bytes();
+        self.store.put_layer(&rec)?;
+        Ok(rec)
+    }
+
+    /// Streams and indexes, in parallel, every layer of `img` that has no TOC yet.
+    pub async fn ensure_indexed(
+        &self,
+        img: &ImageRecord,
+        progress: ProgressFn<'_>,
+    ) -> Result<(), ImageError> {
+        let repo = self.source_ref(img)?;
+        let mut pending = Vec::new();
+        for d in &img.layers {
+            let lr = self
+                .store
+                .layer(d)?
+                .ok_or_else(|| StoreError::NotFound(d.to_string()))?;
+            if lr.toc.is_none() {
+                pending.push(lr);
+            }
+        }
+        futures_util::future::try_join_all(
+            pending
+                .into_iter()
+                .map(|l| self.index_plain_layer(&repo, l, progress)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A reference to the image in the first repository known to have it.
+    pub fn source_ref(&self, img: &ImageRecord) -> Result<Reference, ImageError> {
+        let source = img
+            .sources
+            .first()
+            .ok_or_else(|| StoreError::NotFound(img.manifest.to_string()))?;
+        format!("{source}@{}", img.manifest).parse().map_err(
+            |e: crate::reference::ReferenceError| ImageError::Manifest {
+                what: source.clone(),
+                reason: e.to_string(),
+            },
+        )
     }
 
     async fn stream_index(
@@ -469,23 +540,18 @@ impl Context {
 
     /// The layers of a stored image, indexed, with where to fetch each from.
     pub fn open_layers(&self, rec: &ImageRecord) -> Result<Vec<OpenLayer>, ImageError> {
-        let source = rec
-            .sources
-            .first()
-            .ok_or_else(|| StoreError::NotFound(rec.manifest.to_string()))?;
-        let repo: Reference = format!("{source}@{}", rec.manifest).parse().map_err(
-            |e: crate::reference::ReferenceError| ImageError::Manifest {
-                what: source.clone(),
-                reason: e.to_string(),
-            },
-        )?;
+        let repo = self.source_ref(rec)?;
         let mut out = Vec::new();
         for d in &rec.layers {
             let lr = self
                 .store
                 .layer(d)?
                 .ok_or_else(|| StoreError::NotFound(d.to_string()))?;
-            let toc = self.store.get_blob(&lr.toc)?;
+            let toc_digest = lr.toc.ok_or_else(|| ImageError::Layer {
+                layer: *d,
+                reason: "layer has no TOC yet (it is streamed on first mount)".into(),
+            })?;
+            let toc = self.store.get_blob(&toc_digest)?;
             let idx_err = |source| ImageError::Index { layer: *d, source };
             let index = match lr.format {
                 LayerFormat::Estargz => estargz::index(&toc, lr.toc_offset).map_err(idx_err)?,

@@ -78,8 +78,9 @@ pub struct LayerRecord {
     /// Format used to read it.
     pub format: LayerFormat,
     /// The stored TOC blob: zstd-compressed zstd:chunked JSON (native and plain layers) or
-    /// eStargz JSON.
-    pub toc: Digest,
+    /// eStargz JSON. `None` for a plain layer not streamed yet (it is on first mount).
+    #[serde(default)]
+    pub toc: Option<Digest>,
     /// Uncompressed length of the TOC.
     pub toc_uncompressed: u64,
     /// eStargz: offset of the TOC member, where the last chunk region ends.
@@ -321,7 +322,7 @@ mod tests {
             format: LayerFormat::Plain {
                 compression: Compression::Gzip,
             },
-            toc: d,
+            toc: Some(d),
             toc_uncompressed: 2,
             toc_offset: 0,
             content_bytes: 0,

@@ -5,7 +5,7 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -22,13 +22,37 @@ use crate::tree::{Node, Tree};
 /// Lower content never changes: the kernel may cache entries and attributes for long.
 const TTL: Duration = Duration::from_secs(3600);
 
+/// What the filesystem serves once its layers are indexed.
+#[derive(Debug)]
+struct Ready {
+    tree: Tree,
+    layers: Vec<LayerSource>,
+}
+
+type ReadyCell = Arc<OnceLock<Result<Ready, String>>>;
+
 /// The read-only lazy filesystem of one image.
 #[derive(Debug)]
 pub struct LazyFs {
-    tree: Tree,
-    layers: Vec<LayerSource>,
+    ready: ReadyCell,
     fetcher: Arc<ChunkFetcher>,
     rt: tokio::runtime::Handle,
+}
+
+/// Completes a [`LazyFs::pending`] filesystem.
+#[derive(Debug)]
+pub struct ReadySetter(ReadyCell);
+
+impl ReadySetter {
+    /// Makes the tree visible (or makes every operation fail with EIO, logging `Err` once).
+    pub fn set(self, result: Result<(Tree, Vec<LayerSource>), String>) {
+        if let Err(e) = &result {
+            error!(error = %e, "image could not be prepared; every operation fails with EIO");
+        }
+        let _ = self
+            .0
+            .set(result.map(|(tree, layers)| Ready { tree, layers }));
+    }
 }
 
 impl LazyFs {
@@ -39,16 +63,31 @@ impl LazyFs {
         fetcher: Arc<ChunkFetcher>,
         rt: tokio::runtime::Handle,
     ) -> Self {
-        Self {
-            tree,
-            layers,
-            fetcher,
-            rt,
-        }
+        let (fs, setter) = Self::pending(fetcher, rt);
+        setter.set(Ok((tree, layers)));
+        fs
+    }
+
+    /// A filesystem that can be mounted before its tree is known (layers without a TOC are
+    /// still streaming): every operation waits until the [`ReadySetter`] is called.
+    pub fn pending(fetcher: Arc<ChunkFetcher>, rt: tokio::runtime::Handle) -> (Self, ReadySetter) {
+        let cell: ReadyCell = Arc::new(OnceLock::new());
+        (
+            Self {
+                ready: cell.clone(),
+                fetcher,
+                rt,
+            },
+            ReadySetter(cell),
+        )
+    }
+
+    fn ready(&self) -> Result<&Ready, Errno> {
+        self.ready.wait().as_ref().map_err(|_| Errno::EIO)
     }
 
     fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
-        self.tree.get(ino.0).ok_or(Errno::ENOENT)
+        self.ready()?.tree.get(ino.0).ok_or(Errno::ENOENT)
     }
 }
 
@@ -128,8 +167,12 @@ impl Filesystem for LazyFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.tree.lookup(parent.0, name.as_bytes()) {
-            Some(ino) => match self.tree.get(ino) {
+        let tree = match self.ready() {
+            Ok(r) => &r.tree,
+            Err(e) => return reply.error(e),
+        };
+        match tree.lookup(parent.0, name.as_bytes()) {
+            Some(ino) => match tree.get(ino) {
                 Some(n) => reply.entry(&TTL, &attr_of(ino, n), Generation(0)),
                 None => reply.error(Errno::ENOENT),
             },
@@ -191,7 +234,12 @@ impl Filesystem for LazyFs {
                 return reply.error(Errno::EIO);
             }
         }
-        let Some(layer) = self.layers.get(content.layer).cloned() else {
+        let Some(layer) = self
+            .ready()
+            .ok()
+            .and_then(|r| r.layers.get(content.layer))
+            .cloned()
+        else {
             return reply.error(Errno::EIO);
         };
         let fetcher = self.fetcher.clone();
@@ -236,8 +284,11 @@ impl Filesystem for LazyFs {
             (ino.0, FileType::Directory, &b"."[..]),
             (n.parent, FileType::Directory, &b".."[..]),
         ];
+        let Ok(ready) = self.ready() else {
+            return reply.error(Errno::EIO);
+        };
         let children = n.children.iter().map(|(name, c)| {
-            let kind = self
+            let kind = ready
                 .tree
                 .get(*c)
                 .map(|cn| file_type(cn.kind))
@@ -317,7 +368,7 @@ impl Filesystem for LazyFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let files = self.tree.len() as u64;
+        let files = self.ready().map(|r| r.tree.len() as u64).unwrap_or(0);
         reply.statfs(0, 0, 0, files, 0, 4096, 255, 4096);
     }
 }

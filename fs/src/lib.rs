@@ -4,5 +4,5 @@ pub mod fuse;
 pub mod mount;
 pub mod tree;
 
-pub use fuse::LazyFs;
+pub use fuse::{LazyFs, ReadySetter};
 pub use tree::Tree;

@@ -72,7 +72,11 @@ impl TarVisitor for Writer {
                     offset,
                     chunk_offset: (i * CHUNK) as i64,
                     // The last chunk says 0: "to the end of the file".
-                    chunk_size: if i + 1 == chunks.len() { 0 } else { c.len() as i64 },
+                    chunk_size: if i + 1 == chunks.len() {
+                        0
+                    } else {
+                        c.len() as i64
+                    },
                     chunk_digest: Some(sha(c)),
                     ..TocEntry::default()
                 });
@@ -95,20 +99,28 @@ pub fn estargz(tar: &[u8]) -> (Vec<u8>, String, String) {
     w.pending.truncate(w.pending.len() - eof);
     w.flush();
     let toc_offset = w.out.len() as u64;
-    let json = serde_json::to_vec(&serde_json::json!({"version": 1, "entries": w.entries})).unwrap();
+    let json =
+        serde_json::to_vec(&serde_json::json!({"version": 1, "entries": w.entries})).unwrap();
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_ustar();
     h.set_size(json.len() as u64);
     h.set_mode(0o644);
-    b.append_data(&mut h, "stargz.index.json", &json[..]).unwrap();
+    b.append_data(&mut h, "stargz.index.json", &json[..])
+        .unwrap();
     w.out.extend_from_slice(&gz(&b.into_inner().unwrap()));
     let mut extra = b"SG".to_vec();
     extra.extend_from_slice(&22u16.to_le_bytes());
     extra.extend_from_slice(format!("{toc_offset:016x}STARGZ").as_bytes());
-    let footer = flate2::GzBuilder::new().extra(extra).write(Vec::new(), flate2::Compression::none()).finish().unwrap();
+    let footer = flate2::GzBuilder::new()
+        .extra(extra)
+        .write(Vec::new(), flate2::Compression::none())
+        .finish()
+        .unwrap();
     assert_eq!(footer.len(), 51);
     w.out.extend_from_slice(&footer);
     let mut plain = Vec::new();
-    flate2::read::MultiGzDecoder::new(&w.out[..]).read_to_end(&mut plain).unwrap();
+    flate2::read::MultiGzDecoder::new(&w.out[..])
+        .read_to_end(&mut plain)
+        .unwrap();
     (w.out, sha(&json), sha(&plain))
 }

@@ -200,7 +200,9 @@ fn compress(tar: &[u8], c: Comp) -> Vec<u8> {
             gz.finish().unwrap()
         }
         Comp::Zstd => zstd::bulk::compress(tar, 3).unwrap(),
-        Comp::Native | Comp::Estargz => unreachable!("lazy layers are written with their annotations"),
+        Comp::Native | Comp::Estargz => {
+            unreachable!("lazy layers are written with their annotations")
+        }
     }
 }
 
@@ -230,17 +232,26 @@ pub fn push_blob(registry: &str, repo: &str, data: &[u8], scratch: &Path) -> Str
 }
 
 /// [`push_blob`] with `user:password` Basic credentials.
-pub fn push_blob_auth(registry: &str, auth: Option<&str>, repo: &str, data: &[u8], scratch: &Path) -> String {
+pub fn push_blob_auth(
+    registry: &str,
+    auth: Option<&str>,
+    repo: &str,
+    data: &[u8],
+    scratch: &Path,
+) -> String {
     let digest = sha(data);
-    let headers = curl(auth, &[
-        "-D",
-        "-",
-        "-o",
-        "/dev/null",
-        "-X",
-        "POST",
-        &format!("http://{registry}/v2/{repo}/blobs/uploads/"),
-    ]);
+    let headers = curl(
+        auth,
+        &[
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            &format!("http://{registry}/v2/{repo}/blobs/uploads/"),
+        ],
+    );
     let loc = headers
         .lines()
         .find_map(|l| {
@@ -261,14 +272,14 @@ pub fn push_blob_auth(registry: &str, auth: Option<&str>, repo: &str, data: &[u8
     curl(
         auth,
         &[
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "--data-binary",
-        &format!("@{}", path.display()),
-        &format!("{url}{sep}digest={digest}"),
-    ],
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &format!("@{}", path.display()),
+            &format!("{url}{sep}digest={digest}"),
+        ],
     );
     let _ = std::fs::remove_file(path);
     digest
@@ -285,7 +296,13 @@ pub struct Pushed {
 }
 
 /// Builds an image from `layers`, compresses each with `comp`, and pushes it as `repo:tag`.
-pub fn push_image(registry: &str, repo: &str, tag: &str, layers: &[Vec<Item>], comp: Comp) -> Pushed {
+pub fn push_image(
+    registry: &str,
+    repo: &str,
+    tag: &str,
+    layers: &[Vec<Item>],
+    comp: Comp,
+) -> Pushed {
     push_image_auth(registry, None, repo, tag, layers, comp)
 }
 
@@ -315,7 +332,10 @@ pub fn push_image_auth(
             Comp::Estargz => {
                 let (blob, toc, diff_id) = crate::estargz::estargz(&tar);
                 *diff_ids.last_mut().unwrap() = diff_id;
-                (blob, serde_json::json!({"containerd.io/snapshot/stargz/toc.digest": toc}))
+                (
+                    blob,
+                    serde_json::json!({"containerd.io/snapshot/stargz/toc.digest": toc}),
+                )
             }
             _ => (compress(&tar, comp), serde_json::json!({})),
         };
@@ -350,14 +370,14 @@ pub fn push_image_auth(
     curl(
         auth,
         &[
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/vnd.oci.image.manifest.v1+json",
-        "--data-binary",
-        &format!("@{}", mpath.display()),
-        &format!("http://{registry}/v2/{repo}/manifests/{tag}"),
-    ],
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            "--data-binary",
+            &format!("@{}", mpath.display()),
+            &format!("http://{registry}/v2/{repo}/manifests/{tag}"),
+        ],
     );
     Pushed {
         reference: format!("{registry}/{repo}:{tag}"),

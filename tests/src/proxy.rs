@@ -163,7 +163,11 @@ fn serve(
         let mut g = fault.lock().unwrap();
         let f = *g;
         if let Fault::FailNext(n) = f {
-            *g = if n <= 1 { Fault::None } else { Fault::FailNext(n - 1) };
+            *g = if n <= 1 {
+                Fault::None
+            } else {
+                Fault::FailNext(n - 1)
+            };
         }
         f
     };

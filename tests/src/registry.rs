@@ -45,7 +45,10 @@ impl Registry {
                 let hash = bcrypt::hash(password, 5).unwrap();
                 let file = dir.path().join("htpasswd");
                 std::fs::write(&file, format!("{user}:{hash}\n")).unwrap();
-                format!("auth:\n  htpasswd:\n    realm: strata-test\n    path: {}\n", file.display())
+                format!(
+                    "auth:\n  htpasswd:\n    realm: strata-test\n    path: {}\n",
+                    file.display()
+                )
             }
             None => String::new(),
         };

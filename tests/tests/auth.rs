@@ -15,7 +15,14 @@ fn basic_auth_login_docker_config_and_logout() {
         return;
     }
     let reg = Registry::start_with_htpasswd("alice", "s3cret:x");
-    let image = push_image_auth(&reg.addr, Some("alice:s3cret:x"), "t/private", "1", &[vec![file("secret.txt", b"hush")]], Comp::Native);
+    let image = push_image_auth(
+        &reg.addr,
+        Some("alice:s3cret:x"),
+        "t/private",
+        "1",
+        &[vec![file("secret.txt", b"hush")]],
+        Comp::Native,
+    );
     let state = tempfile::tempdir().unwrap();
     let root = state.path().join("root");
     let no_docker = state.path().join("no-docker");
@@ -31,17 +38,34 @@ fn basic_auth_login_docker_config_and_logout() {
 
     let out = strata(&["pull", &image.reference]);
     assert_eq!(out.status.code(), Some(125));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let out = strata(&["login", "-u", "alice", "-p", "wrong", &reg.addr]);
     assert_eq!(out.status.code(), Some(125));
-    assert!(!root.join("auth.json").exists() || !std::fs::read_to_string(root.join("auth.json")).unwrap().contains(&reg.addr));
+    assert!(
+        !root.join("auth.json").exists()
+            || !std::fs::read_to_string(root.join("auth.json"))
+                .unwrap()
+                .contains(&reg.addr)
+    );
 
     let out = strata(&["login", "-u", "alice", "-p", "s3cret:x", &reg.addr]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Login Succeeded"));
     let out = strata(&["pull", &image.reference]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     {
         let m = Mounted::new(&root, &image.reference, &state.path().join("mnt"));
         assert_eq!(std::fs::read(m.dir.join("secret.txt")).unwrap(), b"hush");
@@ -54,10 +78,23 @@ fn basic_auth_login_docker_config_and_logout() {
     std::fs::create_dir_all(&docker).unwrap();
     std::fs::write(
         docker.join("config.json"),
-        format!(r#"{{"auths":{{"{}":{{"auth":"YWxpY2U6czNjcmV0Ong="}}}}}}"#, reg.addr),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"YWxpY2U6czNjcmV0Ong="}}}}}}"#,
+            reg.addr
+        ),
     )
     .unwrap();
     let fresh = state.path().join("fresh");
-    let out = Command::new(bin()).arg("--root").arg(&fresh).args(["pull", &image.reference]).env("DOCKER_CONFIG", &docker).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .arg("--root")
+        .arg(&fresh)
+        .args(["pull", &image.reference])
+        .env("DOCKER_CONFIG", &docker)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -200,8 +200,13 @@ fn escaping_entries_and_bad_tocs_are_rejected_and_nothing_is_listed() {
         Comp::Gzip,
     );
     ok(&root, &["pull", &good.reference]);
-    for image in [&plain, &native] {
-        let out = run(&root, &["pull", image]);
+    // A native layer's TOC is checked at pull; a plain layer's entries when it is streamed
+    // (`pull --all`, or the first mount).
+    for args in [
+        vec!["pull", native.as_str()],
+        vec!["pull", "--all", plain.as_str()],
+    ] {
+        let out = run(&root, &args);
         assert_eq!(out.status.code(), Some(125));
         let line = stderr_line(&out);
         assert!(line.contains("../escape") && line.contains(".."), "{line}");
@@ -216,6 +221,23 @@ fn escaping_entries_and_bad_tocs_are_rejected_and_nothing_is_listed() {
         "only the good image is listed:\n{images}"
     );
     assert!(images.contains("t/good"));
+
+    // Pulled lazily, the plain image mounts, but its tree never appears: EIO, and the mount's
+    // log names the entry.
+    ok(&root, &["pull", &plain]);
+    let m = strata_tests::strata::Mounted::new(&root, &plain, &state.path().join("mnt"));
+    let err = std::fs::read_dir(&m.dir)
+        .and_then(|mut d| d.next().transpose())
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    let log = std::fs::read_dir(root.join("mounts"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("../escape"), "{log}");
 }
 
 #[test]
@@ -224,7 +246,8 @@ fn killed_pull_lists_nothing() {
         return;
     }
     let reg = Registry::start();
-    // A big plain layer is streamed whole at pull time; slow it down and kill the pull midway.
+    // `pull --all` streams a plain layer whole before the image is listed; slow it down and
+    // kill the pull midway.
     let big: Vec<Item> = vec![file("big", &strata_tests::layers::noise(24 << 20, 3))];
     push_image(
         &reg.addr,
@@ -240,7 +263,7 @@ fn killed_pull_lists_nothing() {
     let mut child = Command::new(bin())
         .arg("--root")
         .arg(&root)
-        .args(["pull", &format!("{}/t/slow:1", proxy.addr)])
+        .args(["pull", "--all", &format!("{}/t/slow:1", proxy.addr)])
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
@@ -252,6 +275,9 @@ fn killed_pull_lists_nothing() {
         "a killed pull left an image listed"
     );
     proxy.set(Fault::None);
-    ok(&root, &["pull", &format!("{}/t/slow:1", proxy.addr)]);
+    ok(
+        &root,
+        &["pull", "--all", &format!("{}/t/slow:1", proxy.addr)],
+    );
     assert_eq!(ok(&root, &["images", "-q"]).lines().count(), 1);
 }

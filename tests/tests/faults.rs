@@ -104,12 +104,18 @@ fn transient_errors_are_retried_and_rangeless_registries_work() {
     ok(&root, &["pull", &reference]);
     let m = Mounted::new(&root, &reference, &state.path().join("mnt"));
     proxy.set(Fault::FailNext(2));
-    assert_eq!(std::fs::read(m.dir.join("usr/bin/su")).unwrap(), b"#!/bin/sh\n");
+    assert_eq!(
+        std::fs::read(m.dir.join("usr/bin/su")).unwrap(),
+        b"#!/bin/sh\n"
+    );
 
     // A registry that ignores Range: the blob is fetched whole once, then served locally.
     proxy.set(Fault::IgnoreRange);
     proxy.reset();
-    assert_eq!(std::fs::read(m.dir.join("bin/busybox")).unwrap(), strata_tests::layers::noise(300_000, 1));
+    assert_eq!(
+        std::fs::read(m.dir.join("bin/busybox")).unwrap(),
+        strata_tests::layers::noise(300_000, 1)
+    );
     assert_eq!(std::fs::read(m.dir.join("data/owned")).unwrap(), b"mine");
     assert_eq!(std::fs::read(m.dir.join("data/attrs")).unwrap(), b"x");
     let (reqs, _) = proxy.counts();
@@ -122,7 +128,13 @@ fn pull_all_then_offline() {
         return;
     }
     let reg = Registry::start();
-    let img = push_image(&reg.addr, "t/offline", "1", &rich_layers(false), Comp::Native);
+    let img = push_image(
+        &reg.addr,
+        "t/offline",
+        "1",
+        &rich_layers(false),
+        Comp::Native,
+    );
     let proxy = Proxy::start(&reg.addr);
     let reference = format!("{}/t/offline:1", proxy.addr);
     let state = tempfile::tempdir().unwrap();
@@ -137,5 +149,9 @@ fn pull_all_then_offline() {
         &strata_tests::walk::snapshot(&m.dir),
         &strata_tests::walk::snapshot(&reference_tree.root),
     );
-    assert_eq!(proxy.counts().0, 0, "an image pulled with --all read from the registry");
+    assert_eq!(
+        proxy.counts().0,
+        0,
+        "an image pulled with --all read from the registry"
+    );
 }

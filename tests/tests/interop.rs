@@ -13,7 +13,11 @@ use strata_tests::strata::ok;
 
 fn run(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -23,18 +27,34 @@ fn converted_image_is_ordinary_to_skopeo_zstd_and_tar() {
         return;
     }
     let reg = Registry::start();
-    let src = push_image(&reg.addr, "t/interop", "gzip", &rich_layers(false), Comp::Gzip);
+    let src = push_image(
+        &reg.addr,
+        "t/interop",
+        "gzip",
+        &rich_layers(false),
+        Comp::Gzip,
+    );
     let dst = format!("{}/t/interop:lazy", reg.addr);
     let state = tempfile::tempdir().unwrap();
-    ok(&state.path().join("root"), &["convert", &src.reference, &dst]);
+    ok(
+        &state.path().join("root"),
+        &["convert", &src.reference, &dst],
+    );
 
-    let inspect = run(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false"]).arg(format!("docker://{dst}")));
+    let inspect = run(Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{dst}")));
     let manifest: serde_json::Value = serde_json::from_slice(&inspect).unwrap();
     let layers = manifest["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 3);
     for l in layers {
-        assert_eq!(l["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd");
-        assert!(l["annotations"]["io.github.containers.zstd-chunked.manifest-checksum"].is_string());
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
+        assert!(
+            l["annotations"]["io.github.containers.zstd-chunked.manifest-checksum"].is_string()
+        );
     }
 
     let layout = state.path().join("oci");
@@ -46,14 +66,32 @@ fn converted_image_is_ordinary_to_skopeo_zstd_and_tar() {
         let hex = l["digest"].as_str().unwrap().trim_start_matches("sha256:");
         let blob = layout.join("blobs/sha256").join(hex);
         let tar = run(Command::new("zstd").arg("-dc").arg(&blob));
-        assert_eq!(sha(&tar), sha(&src.tars[i]), "layer {i} does not decompress to its diff_id");
-        let list = String::from_utf8(run(Command::new("sh").arg("-c").arg(format!("zstd -dc {} | tar -t", blob.display())))).unwrap();
+        assert_eq!(
+            sha(&tar),
+            sha(&src.tars[i]),
+            "layer {i} does not decompress to its diff_id"
+        );
+        let list = String::from_utf8(run(Command::new("sh")
+            .arg("-c")
+            .arg(format!("zstd -dc {} | tar -t", blob.display()))))
+        .unwrap();
         assert!(list.lines().count() > 3, "layer {i} lists: {list}");
     }
     let first = String::from_utf8(run(Command::new("sh").arg("-c").arg(format!(
         "zstd -dc {} | tar -t",
-        layout.join("blobs/sha256").join(layers[1]["digest"].as_str().unwrap().trim_start_matches("sha256:")).display()
+        layout
+            .join("blobs/sha256")
+            .join(
+                layers[1]["digest"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("sha256:")
+            )
+            .display()
     ))))
     .unwrap();
-    assert!(first.contains("etc/.wh.passwd") && first.contains("var/lib/old/.wh..wh..opq"), "{first}");
+    assert!(
+        first.contains("etc/.wh.passwd") && first.contains("var/lib/old/.wh..wh..opq"),
+        "{first}"
+    );
 }

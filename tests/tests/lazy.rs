@@ -152,7 +152,10 @@ fn estargz_is_read_lazily_too() {
     assert!((pulled as f64) < img.blob_bytes as f64 * 0.015);
     let m = Mounted::new(&root, &reference, &state.path().join("mnt"));
     proxy.reset();
-    assert_eq!(std::fs::read(m.dir.join("data/small")).unwrap(), b"small file");
+    assert_eq!(
+        std::fs::read(m.dir.join("data/small")).unwrap(),
+        b"small file"
+    );
     let f = std::fs::File::open(m.dir.join(BIG_PATH)).unwrap();
     let mut buf = vec![0u8; 100_000];
     std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, 30 << 20).unwrap();
@@ -160,4 +163,48 @@ fn estargz_is_read_lazily_too() {
     let (reqs, bytes) = proxy.counts();
     eprintln!("estargz: small file + 100 kB of the big one: {reqs} requests, {bytes} bytes");
     assert!(bytes < 2 << 20, "fetched {bytes}");
+}
+
+#[test]
+fn plain_layers_pull_lazily_and_stream_on_first_mount() {
+    if !require_root_fuse("plain_layers_pull_lazily_and_stream_on_first_mount") {
+        return;
+    }
+    let reg = Registry::start();
+    let img = push_image(&reg.addr, "t/plain", "1", &rich_layers(false), Comp::Gzip);
+    let proxy = Proxy::start(&reg.addr);
+    proxy.set(strata_tests::proxy::Fault::Delay(
+        std::time::Duration::from_millis(300),
+    ));
+    let reference = format!("{}/t/plain:1", proxy.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    ok(&root, &["pull", &reference]);
+    let (_, pulled) = proxy.counts();
+    assert!(
+        pulled < img.blob_bytes / 20,
+        "a lazy pull of a plain image fetched {pulled} bytes"
+    );
+    // The mount is there at once; the first look waits for the layers to stream.
+    let started = std::time::Instant::now();
+    let m = Mounted::new(&root, &reference, &state.path().join("mnt"));
+    let mounted_in = started.elapsed();
+    let text = std::fs::read_to_string(m.dir.join("etc/os-release")).unwrap();
+    assert_eq!(text, "ID=strata-test\nVERSION_ID=2\n");
+    eprintln!(
+        "plain image: mounted in {mounted_in:?}, first read after {:?}",
+        started.elapsed()
+    );
+    let (_, bytes) = proxy.counts();
+    assert!(
+        bytes >= img.blob_bytes,
+        "plain layers stream whole: {bytes} < {}",
+        img.blob_bytes
+    );
+    drop(m);
+    // Streamed once: a second mount needs nothing from the registry.
+    proxy.reset();
+    let m = Mounted::new(&root, &reference, &state.path().join("mnt"));
+    assert_eq!(std::fs::read(m.dir.join("data/owned")).unwrap(), b"mine");
+    assert_eq!(proxy.counts().0, 0);
 }

@@ -46,7 +46,9 @@ fn estargz_mount_matches_independent_extraction() {
         .into_iter()
         .map(|l| {
             l.into_iter()
-                .filter(|i| !matches!(i, Item::File { path, .. } if std::str::from_utf8(path).is_err()))
+                .filter(
+                    |i| !matches!(i, Item::File { path, .. } if std::str::from_utf8(path).is_err()),
+                )
                 .collect()
         })
         .collect();
@@ -54,7 +56,8 @@ fn estargz_mount_matches_independent_extraction() {
     let state = tempfile::tempdir().unwrap();
     let root = state.path().join("root");
     ok(&root, &["pull", &img.reference]);
-    let inspect: serde_json::Value = serde_json::from_str(&ok(&root, &["inspect", &img.reference])).unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(&root, &["inspect", &img.reference])).unwrap();
     for l in inspect[0]["Strata"]["Layers"].as_array().unwrap() {
         assert_eq!(l["Format"]["kind"], "estargz", "{l}");
     }

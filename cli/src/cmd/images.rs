@@ -150,7 +150,14 @@ fn describe(ctx: &Context, img: &ImageRecord) -> (String, String) {
         .layers
         .iter()
         .filter_map(|l| ctx.store.layer(l).ok().flatten())
-        .map(|l| l.content_bytes)
+        // A layer not streamed yet counts with its compressed size.
+        .map(|l| {
+            if l.toc.is_some() {
+                l.content_bytes
+            } else {
+                l.size
+            }
+        })
         .sum();
     (created, human_size(bytes))
 }

@@ -49,7 +49,7 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
                     "MediaType": l.media_type,
                     "Size": l.size,
                     "Format": l.format,
-                    "TOC": l.toc.to_string(),
+                    "TOC": l.toc.map(|d| d.to_string()),
                     "ContentSize": l.content_bytes,
                 }));
             }

@@ -66,16 +66,26 @@ pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let rt = runtime()?;
     let img = find_or_pull(&ctx, &rt, &a.image, &a.platform)?;
-    let layers = ctx.open_layers(&img)?;
-    let started = Instant::now();
-    let tree = Tree::build(layers.iter().map(|l| &l.index)).context("merging layers")?;
-    info!(
-        inodes = tree.len(),
-        ms = started.elapsed().as_millis() as u64,
-        "tree built"
-    );
-    let sources = layers.into_iter().map(|l| l.source).collect();
-    let fs = LazyFs::new(tree, sources, ctx.fetcher.clone(), rt.handle().clone());
+    // Mount at once; layers without a TOC stream in the background and the tree appears
+    // (operations wait for it) when they are indexed.
+    let (fs, ready) = LazyFs::pending(ctx.fetcher.clone(), rt.handle().clone());
+    let prep = ctx.clone();
+    rt.spawn(async move {
+        let started = Instant::now();
+        let result = async {
+            prep.ensure_indexed(&img, &|_| {}).await?;
+            let layers = prep.open_layers(&img)?;
+            let tree = Tree::build(layers.iter().map(|l| &l.index))?;
+            info!(
+                inodes = tree.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "tree ready"
+            );
+            Ok::<_, anyhow::Error>((tree, layers.into_iter().map(|l| l.source).collect()))
+        }
+        .await;
+        ready.set(result.map_err(|e| format!("{e:#}")));
+    });
     let dir = a.dir.canonicalize()?;
     let on_signal = dir.clone();
     rt.spawn(async move {

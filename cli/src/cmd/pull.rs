@@ -53,7 +53,7 @@ pub async fn pull(
     ));
     let show = |p: Progress| display.event(p);
     let rec = ctx
-        .pull(r, platform, &show)
+        .pull(r, platform, all, &show)
         .await
         .with_context(|| format!("pulling {r}"))?;
     if all {

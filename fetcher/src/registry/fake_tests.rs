@@ -27,22 +27,33 @@ async fn fake(lie: bool, counters: Arc<Counters>) -> String {
     let me = addr.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
             let (c, me) = (counters.clone(), me.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
                 let n = s.read(&mut buf).await.unwrap_or(0);
                 let req = String::from_utf8_lossy(&buf[..n]).to_string();
                 let path = req.split(' ').nth(1).unwrap_or("").to_string();
-                let authed = req.lines().any(|l| l.eq_ignore_ascii_case("authorization: Bearer T1"));
-                let (status, headers, body): (&str, String, Vec<u8>) = if path.starts_with("/token") {
+                let authed = req
+                    .lines()
+                    .any(|l| l.eq_ignore_ascii_case("authorization: Bearer T1"));
+                let (status, headers, body): (&str, String, Vec<u8>) = if path.starts_with("/token")
+                {
                     c.tokens.fetch_add(1, Ordering::SeqCst);
                     assert!(path.contains("scope=repository%3Ar%3Apull"), "{path}");
-                    ("200 OK", "Content-Type: application/json\r\n".into(), br#"{"token":"T1"}"#.to_vec())
+                    (
+                        "200 OK",
+                        "Content-Type: application/json\r\n".into(),
+                        br#"{"token":"T1"}"#.to_vec(),
+                    )
                 } else if !authed {
                     (
                         "401 Unauthorized",
-                        format!("WWW-Authenticate: Bearer realm=\"http://{me}/token\",service=\"fake\",scope=\"repository:r:pull\"\r\n"),
+                        format!(
+                            "WWW-Authenticate: Bearer realm=\"http://{me}/token\",service=\"fake\",scope=\"repository:r:pull\"\r\n"
+                        ),
                         Vec::new(),
                     )
                 } else if c.fail_first.load(Ordering::SeqCst) > 0 {
@@ -50,14 +61,23 @@ async fn fake(lie: bool, counters: Arc<Counters>) -> String {
                     ("503 Service Unavailable", String::new(), Vec::new())
                 } else {
                     c.manifests.fetch_add(1, Ordering::SeqCst);
-                    let d = if lie { Digest::of(b"other") } else { Digest::of(MANIFEST) };
+                    let d = if lie {
+                        Digest::of(b"other")
+                    } else {
+                        Digest::of(MANIFEST)
+                    };
                     (
                         "200 OK",
-                        format!("Content-Type: application/vnd.oci.image.manifest.v1+json\r\nDocker-Content-Digest: {d}\r\n"),
+                        format!(
+                            "Content-Type: application/vnd.oci.image.manifest.v1+json\r\nDocker-Content-Digest: {d}\r\n"
+                        ),
                         MANIFEST.to_vec(),
                     )
                 };
-                let head = format!("HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let head = format!(
+                    "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
                 let _ = s.write_all(head.as_bytes()).await;
                 let _ = s.write_all(&body).await;
             });
