@@ -1,7 +1,10 @@
 //! The chunk cache: verified, uncompressed chunks on local disk keyed by the sha256 of their bytes,
-//! shared by every layer and image. A chunk is hashed on the way in and written by temp + rename,
-//! so a file under `chunks/` is always whole and always matches its name.
+//! shared by every layer and image. A chunk is hashed on the way in and written by temp + rename
+//! (without fsync: chunks are cheap to fetch again), and hashed again the first time this process
+//! reads it, so neither a crash nor a bad disk can serve bytes that do not match their name: a
+//! chunk that fails that check is deleted and reads as missing.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -9,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::atomic;
 use crate::digest::{Digest, DigestError};
@@ -42,21 +45,24 @@ pub struct ChunkCache {
     limit_bytes: u64,
     added_since_check: AtomicU64,
     evicting: Mutex<()>,
+    /// Chunks this process wrote or has checked once.
+    verified: Mutex<HashSet<Digest>>,
 }
 
 impl ChunkCache {
     /// The cache under `dir`, holding at most about `limit_bytes`.
     pub fn open(dir: &Path, limit_bytes: u64) -> Result<Self, CacheError> {
         let chunks = dir.join("chunks");
-        fs::create_dir_all(&chunks).map_err(|source| CacheError::Io {
-            path: chunks.clone(),
-            source,
-        })?;
+        for shard in 0..=255u8 {
+            let d = chunks.join(format!("{shard:02x}"));
+            fs::create_dir_all(&d).map_err(|source| CacheError::Io { path: d, source })?;
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             limit_bytes,
             added_since_check: AtomicU64::new(CHECK_EVERY_BYTES),
             evicting: Mutex::new(()),
+            verified: Mutex::new(HashSet::new()),
         })
     }
 
@@ -70,6 +76,16 @@ impl ChunkCache {
         self.path(d).exists()
     }
 
+    fn is_verified(&self, d: &Digest) -> bool {
+        self.verified.lock().map(|v| v.contains(d)).unwrap_or(false)
+    }
+
+    fn mark_verified(&self, d: &Digest) {
+        if let Ok(mut v) = self.verified.lock() {
+            v.insert(*d);
+        }
+    }
+
     /// Reads up to `len` bytes at `offset` of a cached chunk; `None` if it is not cached.
     pub fn read_at(
         &self,
@@ -78,6 +94,22 @@ impl ChunkCache {
         len: usize,
     ) -> Result<Option<Vec<u8>>, CacheError> {
         let path = self.path(d);
+        if !self.is_verified(d) {
+            let whole = match fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(source) => return Err(CacheError::Io { path, source }),
+            };
+            if d.verify(&whole).is_err() {
+                warn!(digest = %d, path = %path.display(), "cached chunk does not match its digest; dropping it");
+                let _ = fs::remove_file(&path);
+                return Ok(None);
+            }
+            self.mark_verified(d);
+            let start = (offset as usize).min(whole.len());
+            let end = start.saturating_add(len).min(whole.len());
+            return Ok(Some(whole[start..end].to_vec()));
+        }
         let f = match fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -101,13 +133,14 @@ impl ChunkCache {
     pub fn put(&self, d: &Digest, bytes: &[u8]) -> Result<bool, CacheError> {
         d.verify(bytes)?;
         let path = self.path(d);
-        if path.exists() {
+        if self.is_verified(d) && path.exists() {
             return Ok(false);
         }
-        atomic::write_file(&path, bytes).map_err(|source| CacheError::Io {
+        atomic::write_file_fast(&path, bytes).map_err(|source| CacheError::Io {
             path: path.clone(),
             source,
         })?;
+        self.mark_verified(d);
         let added = self
             .added_since_check
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -218,6 +251,26 @@ mod tests {
         assert!(c.put(&d, b"chunk bytes").unwrap());
         assert!(!c.put(&d, b"chunk bytes").unwrap());
         assert_eq!(c.read_at(&d, 6, 100).unwrap().unwrap(), b"bytes");
+    }
+
+    #[test]
+    fn a_chunk_damaged_on_disk_reads_as_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Digest::of(b"precious");
+        {
+            let c = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+            c.put(&d, b"precious").unwrap();
+        }
+        let hex = d.hex();
+        std::fs::write(
+            dir.path().join("chunks").join(&hex[..2]).join(&hex),
+            b"precioux",
+        )
+        .unwrap();
+        // A new process (a new cache) checks the chunk before serving it.
+        let c = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+        assert!(c.read_at(&d, 0, 8).unwrap().is_none());
+        assert!(!c.contains(&d), "the damaged chunk is dropped");
     }
 
     #[test]

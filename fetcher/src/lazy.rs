@@ -27,7 +27,7 @@ use crate::store::LayerFormat;
 /// Two missing chunks closer than this are fetched in one request, gap included.
 const COALESCE_GAP_BYTES: u64 = 256 * 1024;
 /// Largest single range request.
-const MAX_REQUEST_BYTES: u64 = 16 << 20;
+const MAX_REQUEST_BYTES: u64 = 4 << 20;
 /// Range requests in flight at once for one read.
 const PARALLEL_REQUESTS: usize = 8;
 
@@ -104,17 +104,29 @@ pub struct ChunkFetcher {
 /// the senders wakes the waiters.
 struct Claim<'a> {
     map: &'a Mutex<HashMap<Digest, watch::Receiver<()>>>,
-    digests: Vec<Digest>,
-    _senders: Vec<watch::Sender<()>>,
+    senders: Mutex<HashMap<Digest, watch::Sender<()>>>,
+}
+
+impl Claim<'_> {
+    /// Ends the claim on `digests` (their waiters wake and look in the cache).
+    fn release(&self, digests: impl IntoIterator<Item = Digest>) {
+        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        for d in digests {
+            map.remove(&d);
+            senders.remove(&d);
+        }
+    }
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.map.lock() {
-            for d in &self.digests {
-                m.remove(d);
-            }
-        }
+        let all: Vec<Digest> = self
+            .senders
+            .lock()
+            .map(|s| s.keys().copied().collect())
+            .unwrap_or_default();
+        self.release(all);
     }
 }
 
@@ -200,8 +212,7 @@ impl ChunkFetcher {
         let mut waits = Vec::new();
         let claim = {
             let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            let mut senders = Vec::new();
-            let mut digests = Vec::new();
+            let mut senders = HashMap::new();
             let mut seen = HashSet::new();
             for c in chunks {
                 let Some(d) = c.digest else { continue };
@@ -214,14 +225,12 @@ impl ChunkFetcher {
                 }
                 let (tx, rx) = watch::channel(());
                 map.insert(d, rx);
-                senders.push(tx);
-                digests.push(d);
+                senders.insert(d, tx);
                 mine.push(*c);
             }
             Claim {
                 map: &self.inflight,
-                digests,
-                _senders: senders,
+                senders: Mutex::new(senders),
             }
         };
         let result = if mine.is_empty() {
@@ -231,7 +240,7 @@ impl ChunkFetcher {
         {
             self.restream(layer).await
         } else {
-            self.fetch_ranges(layer, &mine).await
+            self.fetch_ranges(layer, &mine, &claim).await
         };
         drop(claim);
         if let Err(e) = &result {
@@ -252,7 +261,14 @@ impl ChunkFetcher {
         self.blobs_dir.join(blob.hex())
     }
 
-    async fn fetch_ranges(&self, layer: &LayerSource, chunks: &[Chunk]) -> Result<(), FetchError> {
+    /// Fetches `chunks` in coalesced range requests; each request's chunks are released to
+    /// their waiters as soon as that request is stored, not when all are.
+    async fn fetch_ranges(
+        &self,
+        layer: &LayerSource,
+        chunks: &[Chunk],
+        claim: &Claim<'_>,
+    ) -> Result<(), FetchError> {
         let groups = coalesce(chunks);
         let whole = self.whole_blob_path(&layer.blob);
         stream::iter(groups)
@@ -295,12 +311,15 @@ impl ChunkFetcher {
                     };
                     let cache = self.cache.clone();
                     let blob = layer.blob;
-                    tokio::task::spawn_blocking(move || store_group(&cache, blob, start, &data, &items))
+                    let digests: Vec<Digest> = items.iter().filter_map(|l| l.chunk.digest).collect();
+                    let stored = tokio::task::spawn_blocking(move || store_group(&cache, blob, start, &data, &items))
                         .await
                         .map_err(|e| FetchError::Stream {
                             blob: layer.blob,
                             reason: e.to_string(),
-                        })?
+                        });
+                    claim.release(digests);
+                    stored?
                 }
             })
             .buffer_unordered(PARALLEL_REQUESTS)

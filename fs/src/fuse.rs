@@ -3,9 +3,10 @@
 //! chunk cache on the FUSE thread when every chunk it needs is cached; otherwise the reply is
 //! handed to a tokio task, so a slow fetch never blocks other requests.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -15,12 +16,14 @@ use fuser::{
 };
 use strata_fetcher::index::Kind;
 use strata_fetcher::lazy::{ChunkFetcher, LayerSource};
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
-use crate::tree::{Node, Tree};
+use crate::tree::{Content, Node, Tree};
 
 /// Lower content never changes: the kernel may cache entries and attributes for long.
 const TTL: Duration = Duration::from_secs(3600);
+/// How far ahead a sequential reader's next bytes are fetched.
+const SEQUENTIAL_WINDOW: u64 = 8 << 20;
 
 /// What the filesystem serves once its layers are indexed.
 #[derive(Debug)]
@@ -37,6 +40,8 @@ pub struct LazyFs {
     ready: ReadyCell,
     fetcher: Arc<ChunkFetcher>,
     rt: tokio::runtime::Handle,
+    /// End of the last read of each file, to recognize sequential reads.
+    last_read: Mutex<HashMap<u64, u64>>,
 }
 
 /// Completes a [`LazyFs::pending`] filesystem.
@@ -77,6 +82,7 @@ impl LazyFs {
                 ready: cell.clone(),
                 fetcher,
                 rt,
+                last_read: Mutex::new(HashMap::new()),
             },
             ReadySetter(cell),
         )
@@ -84,6 +90,45 @@ impl LazyFs {
 
     fn ready(&self) -> Result<&Ready, Errno> {
         self.ready.wait().as_ref().map_err(|_| Errno::EIO)
+    }
+
+    /// Records a read; true when it continues the previous read of the same file.
+    fn is_sequential(&self, ino: u64, offset: u64, len: u64) -> bool {
+        let Ok(mut last) = self.last_read.lock() else {
+            return false;
+        };
+        let seq = offset > 0 && last.get(&ino) == Some(&offset);
+        if last.len() > 4096 {
+            last.clear();
+        }
+        last.insert(ino, offset + len);
+        seq
+    }
+
+    /// During a sequential read, keeps the next [`SEQUENTIAL_WINDOW`] bytes of the file on
+    /// their way, so the network never waits for the reader.
+    fn prefetch_after(&self, content: &Content, from: u64) {
+        let ahead = ChunkFetcher::touching(&content.chunks, from, SEQUENTIAL_WINDOW);
+        let Some(probe) = ahead.get(ahead.len() / 2).and_then(|c| c.digest) else {
+            return;
+        };
+        if self.fetcher.cache().contains(&probe) {
+            return;
+        }
+        let Some(layer) = self
+            .ready()
+            .ok()
+            .and_then(|r| r.layers.get(content.layer))
+            .cloned()
+        else {
+            return;
+        };
+        let (fetcher, chunks) = (self.fetcher.clone(), ahead.to_vec());
+        self.rt.spawn(async move {
+            if let Err(e) = fetcher.ensure(&layer, &chunks).await {
+                debug!(error = %e, "prefetch failed; the read itself will retry");
+            }
+        });
     }
 
     fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
@@ -226,6 +271,9 @@ impl Filesystem for LazyFs {
         let Some(content) = n.content.clone() else {
             return reply.data(&vec![0u8; len as usize]);
         };
+        if self.is_sequential(ino.0, offset, len) {
+            self.prefetch_after(&content, offset + len);
+        }
         match self.fetcher.read_cached(&content.chunks, offset, len) {
             Ok(Some(data)) => return reply.data(&data),
             Ok(None) => {}

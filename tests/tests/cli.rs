@@ -281,3 +281,101 @@ fn killed_pull_lists_nothing() {
     );
     assert_eq!(ok(&root, &["images", "-q"]).lines().count(), 1);
 }
+
+fn put_manifest(
+    reg: &str,
+    repo: &str,
+    tag: &str,
+    media_type: &str,
+    body: &serde_json::Value,
+) -> (String, usize) {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let st = Command::new("curl")
+        .args([
+            "-sSf",
+            "-X",
+            "PUT",
+            "-H",
+            &format!("Content-Type: {media_type}"),
+            "--data-binary",
+        ])
+        .arg(String::from_utf8(bytes.clone()).unwrap())
+        .arg(format!("http://{reg}/v2/{repo}/manifests/{tag}"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    (sha(&bytes), bytes.len())
+}
+
+/// A Docker schema 2 image with one gzip layer holding `arch` = `name`.
+fn docker_image(reg: &str, repo: &str, name: &str) -> (String, usize) {
+    let scratch = tempfile::tempdir().unwrap();
+    let tar = strata_tests::layers::tar_of(&[file("arch", name.as_bytes())]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let gz = gz.finish().unwrap();
+    let layer = push_blob(reg, repo, &gz, scratch.path());
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": name, "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [sha(&tar)]},
+    }))
+    .unwrap();
+    let cd = push_blob(reg, repo, &config, scratch.path());
+    put_manifest(
+        reg,
+        repo,
+        name,
+        "application/vnd.docker.distribution.manifest.v2+json",
+        &serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": cd, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": layer, "size": gz.len()}],
+        }),
+    )
+}
+
+#[test]
+fn docker_schema2_and_manifest_lists_choose_the_platform() {
+    if !require_root_fuse("docker_schema2_and_manifest_lists_choose_the_platform") {
+        return;
+    }
+    let reg = Registry::start();
+    let (amd, amd_len) = docker_image(&reg.addr, "t/multi", "amd64");
+    let (arm, arm_len) = docker_image(&reg.addr, "t/multi", "arm64");
+    let entry = |d: &str, len: usize, arch: &str| {
+        serde_json::json!({
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "digest": d, "size": len, "platform": {"architecture": arch, "os": "linux"},
+        })
+    };
+    put_manifest(
+        &reg.addr,
+        "t/multi",
+        "list",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        &serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+            "manifests": [entry(&arm, arm_len, "arm64"), entry(&amd, amd_len, "amd64")],
+        }),
+    );
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    let list = format!("{}/t/multi:list", reg.addr);
+    ok(&root, &["pull", &list]);
+    let arch = |root: &std::path::Path| {
+        let v: serde_json::Value = serde_json::from_str(&ok(root, &["inspect", &list])).unwrap();
+        v[0]["Architecture"].as_str().unwrap().to_string()
+    };
+    assert_eq!(arch(&root), "amd64");
+    {
+        let m = strata_tests::strata::Mounted::new(&root, &list, &state.path().join("mnt"));
+        assert_eq!(std::fs::read(m.dir.join("arch")).unwrap(), b"amd64");
+    }
+    ok(&root, &["pull", "--platform", "linux/arm64", &list]);
+    assert_eq!(arch(&root), "arm64");
+    let out = run(&root, &["pull", "--platform", "linux/s390x", &list]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr_line(&out).contains("no manifest for platform linux/s390x"));
+}

@@ -156,6 +156,8 @@ impl RegistryClient {
     pub fn new(opts: ClientOptions) -> Result<Self, RegistryError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(opts.connect_timeout_secs))
+            // A stalled transfer (no bytes for this long) fails and is retried.
+            .read_timeout(Duration::from_secs(opts.request_timeout_secs))
             .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
             .build()
