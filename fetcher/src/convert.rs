@@ -9,8 +9,8 @@ use serde_json::json;
 
 use crate::chunked::write_chunked;
 use crate::digest::Digest;
-use crate::image::{Context, ImageError, Progress, ProgressFn, digest_of};
-use crate::lazy::ChannelReader;
+use crate::image::{Context, ImageError, Progress, ProgressFn, digest_of, feed_error};
+use crate::lazy::feed_blocking;
 use crate::plain::{HashingReader, decompress, sniff};
 use crate::reference::Reference;
 use crate::store::Compression;
@@ -180,16 +180,21 @@ async fn rewrite_layer(
     progress: ProgressFn<'_>,
 ) -> Result<crate::chunked::WrittenLayer, ImageError> {
     let body = ctx.client.blob_stream(src, &d).await?;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
     let out = std::fs::File::create(out_path).map_err(|e| io_fail(d, e))?;
-    let work = tokio::task::spawn_blocking(move || -> Result<_, String> {
-        let mut hashed = HashingReader::new(ChannelReader::new(rx));
-        let c = match compression {
-            Some(c) => c,
-            None => {
-                let mut head = [0u8; 4];
-                let mut n = 0;
-                while n < 4 {
+    let mut done = 0u64;
+    let written = feed_blocking(
+        body,
+        |n| {
+            done += n;
+            progress(Progress::LayerBytes { layer: d, done });
+        },
+        move |reader| -> Result<_, String> {
+            let mut hashed = HashingReader::new(reader);
+            // Unknown media type: tell the compression from the first bytes.
+            let mut head = [0u8; 4];
+            let mut n = 0;
+            if compression.is_none() {
+                while n < head.len() {
                     let k = std::io::Read::read(&mut hashed, &mut head[n..])
                         .map_err(|e| e.to_string())?;
                     if k == 0 {
@@ -197,41 +202,22 @@ async fn rewrite_layer(
                     }
                     n += k;
                 }
-                return Err(format!(
-                    "unknown layer media type; content starts as {:?}",
-                    sniff(&head[..n])
-                ));
             }
-        };
-        let written = {
-            let tar = decompress(&mut hashed, c).map_err(|e| e.to_string())?;
-            write_chunked(tar, std::io::BufWriter::new(out), 3).map_err(|e| e.to_string())?
-        };
-        let (got, _) = hashed.finish().map_err(|e| e.to_string())?;
-        if got != d {
-            return Err(format!("content hashes to {got}"));
-        }
-        Ok(written)
-    });
-    let pump = async move {
-        let mut done = 0u64;
-        let mut body = Box::pin(body);
-        while let Some(chunk) = body.try_next().await? {
-            done += chunk.len() as u64;
-            progress(Progress::LayerBytes { layer: d, done });
-            if tx.send(chunk).is_err() {
-                break;
+            let c = compression.unwrap_or_else(|| sniff(&head[..n]));
+            let written = {
+                let input = std::io::Read::chain(&head[..n], &mut hashed);
+                let tar = decompress(input, c).map_err(|e| e.to_string())?;
+                write_chunked(tar, std::io::BufWriter::new(out), 3).map_err(|e| e.to_string())?
+            };
+            let (got, _) = hashed.finish().map_err(|e| e.to_string())?;
+            if got != d {
+                return Err(format!("content hashes to {got}"));
             }
-        }
-        Ok::<(), crate::registry::RegistryError>(())
-    };
-    let (pumped, written) = tokio::join!(pump, work);
-    let written = written
-        .map_err(|e| ImageError::Layer {
-            layer: d,
-            reason: e.to_string(),
-        })?
-        .map_err(|reason| ImageError::Layer { layer: d, reason })?;
-    pumped?;
+            Ok(written)
+        },
+    )
+    .await
+    .map_err(feed_error(d))?
+    .map_err(|reason| ImageError::Layer { layer: d, reason })?;
     Ok(written)
 }

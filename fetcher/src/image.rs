@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use tracing::info;
 
@@ -14,7 +13,7 @@ use crate::cache::{CacheError, ChunkCache};
 use crate::digest::Digest;
 use crate::estargz;
 use crate::index::{IndexError, Kind, LayerIndex, Locations};
-use crate::lazy::{ChannelReader, ChunkFetcher, FetchError, LayerSource};
+use crate::lazy::{ChunkFetcher, FeedError, FetchError, LayerSource, feed_blocking};
 use crate::plain::{index_plain, sniff};
 use crate::reference::Reference;
 use crate::registry::{ClientOptions, RangeReply, RegistryClient, RegistryError};
@@ -473,29 +472,27 @@ impl Context {
         progress: ProgressFn<'_>,
     ) -> Result<crate::toc::Toc, ImageError> {
         let body = self.client.blob_stream(r, &d).await?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
         let cache = self.fetcher.cache().clone();
-        let work =
-            tokio::task::spawn_blocking(move || index_plain(ChannelReader::new(rx), c, &cache));
-        let pump = async move {
-            let mut done = 0u64;
-            let mut body = Box::pin(body);
-            while let Some(chunk) = body.try_next().await? {
-                done += chunk.len() as u64;
+        let mut done = 0u64;
+        let indexed = feed_blocking(
+            body,
+            |n| {
+                done += n;
                 progress(Progress::LayerBytes { layer: d, done });
-                if tx.send(chunk).is_err() {
-                    break;
-                }
-            }
-            Ok::<(), RegistryError>(())
-        };
-        let (pumped, indexed) = tokio::join!(pump, work);
-        let fail = |reason: String| ImageError::Layer { layer: d, reason };
-        let indexed = indexed.map_err(|e| fail(e.to_string()))?;
-        pumped?;
-        let indexed = indexed.map_err(|e| fail(e.to_string()))?;
+            },
+            move |reader| index_plain(reader, c, &cache),
+        )
+        .await
+        .map_err(feed_error(d))?
+        .map_err(|e| ImageError::Layer {
+            layer: d,
+            reason: e.to_string(),
+        })?;
         if indexed.blob_digest != d {
-            return Err(fail(format!("content hashes to {}", indexed.blob_digest)));
+            return Err(ImageError::Layer {
+                layer: d,
+                reason: format!("content hashes to {}", indexed.blob_digest),
+            });
         }
         Ok(indexed.toc)
     }
@@ -609,6 +606,17 @@ impl Context {
             out.entry(d).or_default().push(name);
         }
         Ok(out)
+    }
+}
+
+/// Maps a failed [`feed_blocking`] of `layer` to an image error.
+pub(crate) fn feed_error(layer: Digest) -> impl FnOnce(FeedError) -> ImageError {
+    move |e| match e {
+        FeedError::Registry(r) => ImageError::Registry(r),
+        other => ImageError::Layer {
+            layer,
+            reason: other.to_string(),
+        },
     }
 }
 

@@ -350,37 +350,19 @@ impl ChunkFetcher {
                 blob: layer.blob,
                 source,
             })?;
-        let counted = {
-            let stats = &self.stats;
-            body.inspect_ok(move |b: &Bytes| {
-                stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
-            })
-        };
-        let reader = tokio_util::io::StreamReader::new(counted.map_err(std::io::Error::other));
         let cache = self.cache.clone();
         let blob = layer.blob;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
-        let pump = async move {
-            let mut reader = Box::pin(reader);
-            loop {
-                let mut buf = vec![0u8; 256 * 1024];
-                let n = tokio::io::AsyncReadExt::read(&mut reader, &mut buf).await?;
-                if n == 0 {
-                    return Ok::<(), std::io::Error>(());
-                }
-                buf.truncate(n);
-                if tx.send(Bytes::from(buf)).is_err() {
-                    return Ok(());
-                }
-            }
-        };
-        let work = tokio::task::spawn_blocking(move || {
-            index_plain(ChannelReader::new(rx), compression, &cache)
-        });
-        let (pumped, indexed) = tokio::join!(pump, work);
+        let stats = &self.stats;
+        let result = feed_blocking(
+            body,
+            |n| {
+                stats.bytes.fetch_add(n, Ordering::Relaxed);
+            },
+            move |r| index_plain(r, compression, &cache),
+        )
+        .await;
         let stream_err = |reason: String| FetchError::Stream { blob, reason };
-        pumped.map_err(|e| stream_err(e.to_string()))?;
-        let indexed = indexed
+        let indexed = result
             .map_err(|e| stream_err(e.to_string()))?
             .map_err(|e| stream_err(e.to_string()))?;
         if indexed.blob_digest != blob {
@@ -505,15 +487,15 @@ fn store_group(
     Ok(())
 }
 
-/// A blocking reader over byte buffers sent from an async task.
+/// A blocking reader over byte buffers sent from an async task (use it off the runtime).
 pub struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<Bytes>,
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
     current: Bytes,
 }
 
 impl ChannelReader {
     /// Reads what `rx` receives until its sender is dropped.
-    pub fn new(rx: std::sync::mpsc::Receiver<Bytes>) -> Self {
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
         Self {
             rx,
             current: Bytes::new(),
@@ -521,12 +503,48 @@ impl ChannelReader {
     }
 }
 
+/// Errors of [`feed_blocking`].
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// The byte stream failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The blocking consumer panicked or was cancelled.
+    #[error("stream consumer failed: {0}")]
+    Worker(String),
+}
+
+/// Feeds a blob's byte stream to `consume`, which runs on a blocking thread and reads it as
+/// `std::io::Read`; `on_bytes` sees the size of each piece as it arrives.
+pub async fn feed_blocking<T: Send + 'static>(
+    body: impl futures_util::Stream<Item = Result<Bytes, RegistryError>>,
+    mut on_bytes: impl FnMut(u64),
+    consume: impl FnOnce(ChannelReader) -> T + Send + 'static,
+) -> Result<T, FeedError> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let work = tokio::task::spawn_blocking(move || consume(ChannelReader::new(rx)));
+    let pump = async move {
+        let mut body = std::pin::pin!(body);
+        while let Some(piece) = body.try_next().await? {
+            on_bytes(piece.len() as u64);
+            if tx.send(piece).await.is_err() {
+                break;
+            }
+        }
+        Ok::<(), RegistryError>(())
+    };
+    let (pumped, done) = tokio::join!(pump, work);
+    let done = done.map_err(|e| FeedError::Worker(e.to_string()))?;
+    pumped?;
+    Ok(done)
+}
+
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
-            match self.rx.recv() {
-                Ok(b) => self.current = b,
-                Err(_) => return Ok(0),
+            match self.rx.blocking_recv() {
+                Some(b) => self.current = b,
+                None => return Ok(0),
             }
         }
         let n = buf.len().min(self.current.len());
