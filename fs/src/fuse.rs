@@ -408,6 +408,21 @@ impl Filesystem for LazyFs {
         reply.ok();
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // No inode flags (FS_IOC_GETFLAGS, which overlayfs asks for on copy-up) or other ioctls.
+        reply.error(Errno::ENOTTY);
+    }
+
     fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         match self.node(ino) {
             Ok(_) => reply.ok(),

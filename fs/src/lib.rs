@@ -3,6 +3,7 @@
 pub mod fuse;
 pub mod mount;
 pub mod tree;
+pub mod union;
 
 pub use fuse::{LazyFs, ReadySetter};
 pub use tree::Tree;

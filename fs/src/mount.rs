@@ -54,6 +54,14 @@ pub fn serve(fs: LazyFs, dir: &Path, opts: &MountOptions) -> io::Result<()> {
     session.run()
 }
 
+/// Mounts `fs` on `dir` and serves it from background threads until the returned session is
+/// dropped (which unmounts it).
+pub fn spawn(fs: LazyFs, dir: &Path, opts: &MountOptions) -> io::Result<fuser::BackgroundSession> {
+    let session = fuser::Session::new(fs, dir, &config(opts))?;
+    set_read_ahead(dir);
+    session.spawn()
+}
+
 /// Raises the kernel readahead of the FUSE mount at `dir` (best effort). The device number
 /// comes from mountinfo: a stat of the mount point would wait for the not-yet-served FUSE.
 pub fn set_read_ahead(dir: &Path) {

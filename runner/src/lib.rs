@@ -1,1 +1,225 @@
-pub fn placeholder() {}
+//! strata's container runner: a process in new mount, pid, uts and ipc namespaces (and a new
+//! network namespace with `--network none`), `pivot_root` into a prepared root filesystem, with
+//! `/proc`, a minimal `/dev`, a read-only `/sys`, `/etc/hosts`, `/etc/resolv.conf`,
+//! `/etc/hostname` and bind mounts, then exec of the command as the requested user.
+//!
+//! The calling process (multi-threaded: it serves the FUSE filesystem) never forks itself: it
+//! starts a fresh copy of the program (`<exe> <init-arg> SPEC`) in new namespaces; that
+//! single-threaded helper forks the container's PID 1, forwards signals to it and exits with
+//! its status. Depends on none of strata's other crates.
+
+mod init;
+mod sys;
+pub mod user;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+pub use init::{init_main, secure_join};
+
+pub mod state;
+
+/// Exit status docker uses when the runtime itself fails.
+pub const EXIT_RUNTIME_ERROR: i32 = 125;
+/// Exit status when the command cannot be executed.
+pub const EXIT_CANNOT_EXECUTE: i32 = 126;
+/// Exit status when the command is not found.
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// Errors starting a container.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The spec could not be written or read.
+    #[error("container spec {path}: {reason}")]
+    Spec {
+        /// The spec file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The helper process could not be started or waited for.
+    #[error("starting the container process: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// Network mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The host's network namespace.
+    #[default]
+    Host,
+    /// A new, empty network namespace (loopback only, down).
+    None,
+}
+
+/// A bind mount from the host into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bind {
+    /// Host path.
+    pub source: PathBuf,
+    /// Absolute path in the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub readonly: bool,
+}
+
+/// Everything the helper needs to start the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spec {
+    /// The prepared root filesystem (a mount point).
+    pub rootfs: PathBuf,
+    /// Command and arguments (already combined from entrypoint and cmd).
+    pub args: Vec<String>,
+    /// `KEY=VALUE` environment.
+    pub env: Vec<String>,
+    /// Working directory inside the container (created if missing).
+    pub cwd: String,
+    /// `user[:group]` as given, resolved inside the image's /etc/passwd and /etc/group.
+    pub user: String,
+    /// Host name.
+    pub hostname: String,
+    /// Network mode.
+    pub network: Network,
+    /// Bind mounts.
+    pub binds: Vec<Bind>,
+    /// Directory for the container's generated files (hosts, resolv.conf, hostname).
+    pub state_dir: PathBuf,
+}
+
+/// A started container: the helper process that supervises its PID 1.
+#[derive(Debug)]
+pub struct Started {
+    child: std::process::Child,
+}
+
+impl Started {
+    /// Process id of the helper (signals sent to it reach the container's PID 1).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the container; returns its exit status (128+N for signal N; 125/126/127 when
+    /// it could not start, as docker reports them).
+    pub fn wait(mut self) -> Result<i32, RunError> {
+        let status = self.child.wait().map_err(RunError::Spawn)?;
+        Ok(sys::exit_code(status))
+    }
+}
+
+/// Starts the container described by `spec` by running `exe init_arg SPEC_PATH` in new
+/// namespaces.
+pub fn start(spec: &Spec, exe: &Path, init_arg: &str) -> Result<Started, RunError> {
+    let path = spec.state_dir.join("spec.json");
+    let bytes = serde_json::to_vec_pretty(spec).map_err(|e| RunError::Spec {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    std::fs::create_dir_all(&spec.state_dir)
+        .and_then(|()| std::fs::write(&path, bytes))
+        .map_err(|e| RunError::Spec {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(init_arg).arg(&path);
+    sys::unshare_before_exec(&mut cmd, spec.network == Network::None);
+    // Its own process group: a terminal Ctrl-C reaches strata only, which forwards it once.
+    cmd.process_group(0);
+    let child = cmd.spawn().map_err(RunError::Spawn)?;
+    Ok(Started { child })
+}
+
+/// Combines image config and command line like docker: `--entrypoint` replaces the image's
+/// entrypoint and then drops the image's cmd; arguments after the image replace the cmd.
+pub fn command_line(
+    image_entrypoint: &[String],
+    image_cmd: &[String],
+    entrypoint: Option<&str>,
+    args: &[String],
+) -> Vec<String> {
+    let entry: Vec<String> = match entrypoint {
+        Some("") => Vec::new(),
+        Some(e) => vec![e.to_string()],
+        None => image_entrypoint.to_vec(),
+    };
+    let cmd: Vec<String> = if !args.is_empty() {
+        args.to_vec()
+    } else if entrypoint.is_some() {
+        Vec::new()
+    } else {
+        image_cmd.to_vec()
+    };
+    entry.into_iter().chain(cmd).collect()
+}
+
+/// Image environment overridden by `-e` entries (`KEY=VALUE`, or `KEY` to take the host's).
+pub fn merge_env(image: &[String], overrides: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = image.to_vec();
+    for o in overrides {
+        let kv = if o.contains('=') {
+            o.clone()
+        } else {
+            match std::env::var(o) {
+                Ok(v) => format!("{o}={v}"),
+                Err(_) => continue,
+            }
+        };
+        let key = kv.split('=').next().unwrap_or("").to_string();
+        out.retain(|e| e.split('=').next() != Some(key.as_str()));
+        out.push(kv);
+    }
+    if !out.iter().any(|e| e.starts_with("PATH=")) {
+        out.insert(
+            0,
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn entrypoint_and_cmd_combine_like_docker() {
+        let ep = v(&["/entry", "-x"]);
+        let cmd = v(&["serve"]);
+        assert_eq!(
+            command_line(&ep, &cmd, None, &[]),
+            v(&["/entry", "-x", "serve"])
+        );
+        assert_eq!(
+            command_line(&ep, &cmd, None, &v(&["other"])),
+            v(&["/entry", "-x", "other"])
+        );
+        assert_eq!(
+            command_line(&ep, &cmd, Some("/bin/ls"), &[]),
+            v(&["/bin/ls"])
+        );
+        assert_eq!(
+            command_line(&ep, &cmd, Some("/bin/ls"), &v(&["-l"])),
+            v(&["/bin/ls", "-l"])
+        );
+        assert_eq!(command_line(&[], &v(&["sh"]), None, &[]), v(&["sh"]));
+        assert_eq!(
+            command_line(&ep, &cmd, Some(""), &v(&["echo"])),
+            v(&["echo"])
+        );
+    }
+
+    #[test]
+    fn env_overrides() {
+        let env = merge_env(&v(&["PATH=/bin", "A=1"]), &v(&["A=2", "B=3"]));
+        assert_eq!(env, v(&["PATH=/bin", "A=2", "B=3"]));
+        assert!(merge_env(&[], &[])[0].starts_with("PATH="));
+    }
+}

@@ -1,11 +1,13 @@
 //! One file per subcommand.
 
 mod convert;
-mod images;
+pub mod images;
 mod inspect;
 mod login;
-mod mount;
-mod pull;
+pub mod mount;
+mod ps;
+pub mod pull;
+mod run;
 
 use clap::Subcommand;
 
@@ -31,6 +33,18 @@ pub enum Command {
     Login(login::LoginArgs),
     /// Log out from a registry.
     Logout(login::LogoutArgs),
+    /// Run a command in a new container.
+    Run(Box<run::Args>),
+    /// List containers.
+    Ps(ps::PsArgs),
+    /// Remove containers.
+    Rm(ps::RmArgs),
+    /// Internal: the container helper process.
+    #[command(name = "__container-init", hide = true)]
+    ContainerInit {
+        /// The container spec.
+        spec: std::path::PathBuf,
+    },
 }
 
 /// Runs a subcommand; returns the exit code.
@@ -44,5 +58,9 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::Convert(a) => convert::run(a, g),
         Command::Login(a) => login::run_login(a, g),
         Command::Logout(a) => login::run_logout(a, g),
+        Command::Run(a) => run::run(*a, g),
+        Command::Ps(a) => ps::run_ps(a, g),
+        Command::Rm(a) => ps::run_rm(a, g),
+        Command::ContainerInit { spec } => Ok(strata_runner::init_main(&spec)),
     }
 }

@@ -56,18 +56,9 @@ pub fn find_or_pull(
     rt.block_on(crate::cmd::pull::pull(ctx, &r, platform, false, &display))
 }
 
-pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
-    if !a.dir.is_dir() {
-        bail!("mount point {} is not a directory", a.dir.display());
-    }
-    if a.detach {
-        return detach(&a, g);
-    }
-    let ctx = g.context()?;
-    let rt = runtime()?;
-    let img = find_or_pull(&ctx, &rt, &a.image, &a.platform)?;
-    // Mount at once; layers without a TOC stream in the background and the tree appears
-    // (operations wait for it) when they are indexed.
+/// The lazy filesystem of `img`, mountable at once: layers without a TOC stream in the
+/// background and the tree appears (operations wait for it) when they are indexed.
+pub fn prepare_fs(ctx: &Context, rt: &tokio::runtime::Runtime, img: ImageRecord) -> LazyFs {
     let (fs, ready) = LazyFs::pending(ctx.fetcher.clone(), rt.handle().clone());
     let prep = ctx.clone();
     rt.spawn(async move {
@@ -86,6 +77,20 @@ pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         .await;
         ready.set(result.map_err(|e| format!("{e:#}")));
     });
+    fs
+}
+
+pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    if !a.dir.is_dir() {
+        bail!("mount point {} is not a directory", a.dir.display());
+    }
+    if a.detach {
+        return detach(&a, g);
+    }
+    let ctx = g.context()?;
+    let rt = runtime()?;
+    let img = find_or_pull(&ctx, &rt, &a.image, &a.platform)?;
+    let fs = prepare_fs(&ctx, &rt, img);
     let dir = a.dir.canonicalize()?;
     let on_signal = dir.clone();
     rt.spawn(async move {

@@ -1,0 +1,295 @@
+//! `strata run`: a container on the lazily mounted image, with a private writable layer.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use strata_fetcher::timefmt::now_secs;
+use strata_fs::mount::{MountOptions, spawn};
+use strata_fs::union::{mount_overlay, unmount_detached};
+use strata_runner::state::{Container, Containers, State};
+use strata_runner::{Bind, Network, Spec, command_line, merge_env};
+
+use crate::cmd::mount::{find_or_pull, prepare_fs};
+use crate::global::{GlobalArgs, runtime};
+
+/// The hidden subcommand the container helper runs as.
+pub const INIT_ARG: &str = "__container-init";
+
+/// Arguments of `run`.
+#[derive(Debug, clap::Args)]
+#[command(trailing_var_arg = true)]
+pub struct Args {
+    /// Remove the container when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Name of the container.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set environment variables (KEY=VALUE, or KEY to copy it from here).
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file (KEY=VALUE lines).
+    #[arg(long = "env-file")]
+    pub env_file: Vec<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// user[:group] (names from the image's /etc/passwd and /etc/group, or numbers).
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Overwrite the image's entrypoint.
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Container host name (default: the short container id).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// host (default) or none.
+    #[arg(long, default_value = "host")]
+    pub network: String,
+    /// Bind mount HOST:CONTAINER[:ro].
+    #[arg(short = 'v', long = "volume")]
+    pub volumes: Vec<String>,
+    /// Run in the background (not supported yet).
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Keep standard input open (it is always inherited).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-terminal (not supported yet).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Platform to choose from a multi-platform image.
+    #[arg(long, default_value = "linux/amd64")]
+    pub platform: String,
+    /// Image reference or ID.
+    pub image: String,
+    /// Command and arguments (default: the image's).
+    #[arg(allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+fn strings(v: Option<&serde_json::Value>) -> Vec<String> {
+    v.and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn random_id() -> anyhow::Result<String> {
+    let mut b = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn parse_volume(v: &str) -> anyhow::Result<Bind> {
+    let parts: Vec<&str> = v.split(':').collect();
+    let (src, dst, ro) = match parts.as_slice() {
+        [s, d] => (*s, *d, false),
+        [s, d, "ro"] => (*s, *d, true),
+        [s, d, "rw"] => (*s, *d, false),
+        _ => bail!("invalid volume specification: {v:?} (want HOST:CONTAINER[:ro])"),
+    };
+    if !dst.starts_with('/') {
+        bail!("invalid volume specification: {v:?}: the container path must be absolute");
+    }
+    let source = std::fs::canonicalize(src)
+        .with_context(|| format!("invalid mount config: bind source path does not exist: {src}"))?;
+    Ok(Bind {
+        source,
+        target: dst.to_string(),
+        readonly: ro,
+    })
+}
+
+pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
+    if a.detach || a.tty {
+        bail!("-d and -t are not supported yet");
+    }
+    let network = match a.network.as_str() {
+        "host" => Network::Host,
+        "none" => Network::None,
+        other => bail!("network {other:?} not supported (host or none)"),
+    };
+    let binds = a
+        .volumes
+        .iter()
+        .map(|v| parse_volume(v))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut env_args = Vec::new();
+    for f in &a.env_file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("env file {}", f.display()))?;
+        env_args.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    env_args.extend(a.env.iter().cloned());
+    let root = g.root();
+    let containers = Containers::new(&root);
+    if let Some(n) = &a.name
+        && let Some(c) = containers.find(n).filter(|c| &c.name == n)
+    {
+        bail!(
+            "Conflict. The container name \"/{n}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+            c.id
+        );
+    }
+    let ctx = g.context()?;
+    let rt = runtime()?;
+    let img = find_or_pull(&ctx, &rt, &a.image, &a.platform)?;
+    let config = ctx.config(&img)?;
+    let cfg = config.get("config");
+    let args = command_line(
+        &strings(cfg.and_then(|c| c.get("Entrypoint"))),
+        &strings(cfg.and_then(|c| c.get("Cmd"))),
+        a.entrypoint.as_deref(),
+        &a.command,
+    );
+    if args.is_empty() {
+        bail!("no command specified");
+    }
+    let id = random_id()?;
+    let name = a
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("strata_{}", &id[..8]));
+    let dir = containers.dir_of(&id);
+    let (lower, upper, work, rootfs) = (
+        dir.join("lower"),
+        dir.join("upper"),
+        dir.join("work"),
+        dir.join("rootfs"),
+    );
+    for d in [&lower, &upper, &work, &rootfs] {
+        std::fs::create_dir_all(d)?;
+    }
+    let cleanup_dir = |e: anyhow::Error| {
+        let _ = std::fs::remove_dir_all(&dir);
+        e
+    };
+    let fs = prepare_fs(&ctx, &rt, img.clone());
+    let session = spawn(fs, &lower, &MountOptions::default())
+        .with_context(|| format!("mounting the image on {}", lower.display()))
+        .map_err(cleanup_dir)?;
+    if let Err(e) = mount_overlay(&lower, &upper, &work, &rootfs) {
+        drop(session);
+        return Err(cleanup_dir(
+            anyhow::Error::new(e).context("mounting the writable layer"),
+        ));
+    }
+    let spec = Spec {
+        rootfs: rootfs.clone(),
+        args: args.clone(),
+        env: merge_env(&strings(cfg.and_then(|c| c.get("Env"))), &env_args),
+        cwd: a
+            .workdir
+            .clone()
+            .or_else(|| {
+                cfg.and_then(|c| c.get("WorkingDir"))
+                    .and_then(|v| v.as_str())
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "/".into()),
+        user: a
+            .user
+            .clone()
+            .or_else(|| {
+                cfg.and_then(|c| c.get("User"))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default(),
+        hostname: a.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
+        network,
+        binds,
+        state_dir: dir.clone(),
+    };
+    let finish = |code: Option<i32>| {
+        let _ = unmount_detached(&rootfs);
+        code
+    };
+    if let Err(e) = strata_runner::user::resolve(&rootfs, &spec.user) {
+        finish(None);
+        drop(session);
+        return Err(cleanup_dir(e.into()));
+    }
+    let mut record = Container {
+        id: id.clone(),
+        name,
+        image: a.image.clone(),
+        image_id: img.config.to_string(),
+        command: args,
+        created: now_secs(),
+        state: State::Created,
+        pid: None,
+        exit_code: None,
+        finished: None,
+    };
+    containers.save(&record)?;
+    let started = match strata_runner::start(&spec, &std::env::current_exe()?, INIT_ARG) {
+        Ok(s) => s,
+        Err(e) => {
+            finish(None);
+            drop(session);
+            let _ = containers.remove(&id);
+            return Err(e.into());
+        }
+    };
+    let pid = started.pid();
+    record.state = State::Running;
+    record.pid = Some(pid);
+    containers.save(&record)?;
+    rt.spawn(forward_signals(pid));
+    let code =
+        rt.block_on(async { tokio::task::spawn_blocking(move || started.wait()).await })??;
+    finish(Some(code));
+    drop(session);
+    record.state = State::Exited;
+    record.pid = None;
+    record.exit_code = Some(code);
+    record.finished = Some(now_secs());
+    if a.rm {
+        containers.remove(&id)?;
+    } else {
+        containers.save(&record)?;
+    }
+    Ok(code)
+}
+
+/// Forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the container helper.
+async fn forward_signals(pid: u32) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let kinds = [
+        (SignalKind::interrupt(), nix::sys::signal::Signal::SIGINT),
+        (SignalKind::terminate(), nix::sys::signal::Signal::SIGTERM),
+        (SignalKind::hangup(), nix::sys::signal::Signal::SIGHUP),
+        (SignalKind::quit(), nix::sys::signal::Signal::SIGQUIT),
+        (
+            SignalKind::user_defined1(),
+            nix::sys::signal::Signal::SIGUSR1,
+        ),
+        (
+            SignalKind::user_defined2(),
+            nix::sys::signal::Signal::SIGUSR2,
+        ),
+    ];
+    let mut tasks = Vec::new();
+    for (kind, sig) in kinds {
+        let Ok(mut s) = signal(kind) else { continue };
+        tasks.push(tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}

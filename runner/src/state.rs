@@ -1,0 +1,124 @@
+//! Container records on disk (`<root>/containers/<id>/container.json`), written atomically, so
+//! that `ps -a` is right after any restart of the tool.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Lifecycle state, as docker names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Prepared, not started.
+    Created,
+    /// Its process is running.
+    Running,
+    /// Its process ended.
+    Exited,
+}
+
+/// One container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    /// 64 hex digits.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// The image as the user named it.
+    pub image: String,
+    /// The image's id (config digest).
+    pub image_id: String,
+    /// The command line.
+    pub command: Vec<String>,
+    /// Creation time, seconds since the epoch.
+    pub created: i64,
+    /// State.
+    pub state: State,
+    /// Helper process id while running.
+    pub pid: Option<u32>,
+    /// Exit code once exited.
+    pub exit_code: Option<i32>,
+    /// When it exited.
+    pub finished: Option<i64>,
+}
+
+/// Errors of the container records.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Disk I/O failed.
+    #[error("container state {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Where containers live.
+#[derive(Debug, Clone)]
+pub struct Containers {
+    dir: PathBuf,
+}
+
+impl Containers {
+    /// Containers under `root/containers`.
+    pub fn new(root: &Path) -> Self {
+        Self {
+            dir: root.join("containers"),
+        }
+    }
+
+    /// The directory of container `id` (upper layer, mounts, generated files).
+    pub fn dir_of(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    /// Writes a record atomically.
+    pub fn save(&self, c: &Container) -> Result<(), StateError> {
+        let dir = self.dir_of(&c.id);
+        let path = dir.join("container.json");
+        let io = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let tmp = dir.join(".container.json.tmp");
+        let bytes = serde_json::to_vec_pretty(c).map_err(|e| io(std::io::Error::other(e)))?;
+        std::fs::write(&tmp, bytes).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)
+    }
+
+    /// All records (unreadable ones are skipped).
+    pub fn list(&self) -> Vec<Container> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Container> = entries
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("container.json")).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect();
+        out.sort_by_key(|c| std::cmp::Reverse(c.created));
+        out
+    }
+
+    /// The container with this name, id, or unique id prefix.
+    pub fn find(&self, key: &str) -> Option<Container> {
+        let all = self.list();
+        if let Some(c) = all.iter().find(|c| c.name == key || c.id == key) {
+            return Some(c.clone());
+        }
+        let mut by_prefix = all.into_iter().filter(|c| c.id.starts_with(key));
+        match (by_prefix.next(), by_prefix.next()) {
+            (Some(c), None) if !key.is_empty() => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Removes a container's record and directory.
+    pub fn remove(&self, id: &str) -> Result<(), StateError> {
+        let dir = self.dir_of(id);
+        std::fs::remove_dir_all(&dir).map_err(|source| StateError::Io { path: dir, source })
+    }
+}
