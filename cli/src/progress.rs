@@ -14,6 +14,7 @@ pub struct Display {
     multi: MultiProgress,
     bars: Mutex<HashMap<Digest, ProgressBar>>,
     quiet: bool,
+    to_stderr: bool,
 }
 
 impl Display {
@@ -28,6 +29,15 @@ impl Display {
             multi: MultiProgress::with_draw_target(target),
             bars: Mutex::new(HashMap::new()),
             quiet,
+            to_stderr: false,
+        }
+    }
+
+    /// A display whose lines go to standard error (an implicit pull before `run`, like docker's).
+    pub fn on_stderr() -> Self {
+        Self {
+            to_stderr: true,
+            ..Self::new(false)
         }
     }
 
@@ -37,7 +47,11 @@ impl Display {
             return;
         }
         if self.multi.is_hidden() {
-            println!("{s}");
+            if self.to_stderr {
+                eprintln!("{s}");
+            } else {
+                println!("{s}");
+            }
         } else {
             let _ = self.multi.println(s);
         }

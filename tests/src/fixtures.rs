@@ -176,3 +176,30 @@ pub fn rich_layers(with_big: bool) -> Vec<Vec<Item>> {
     ];
     vec![l0, l1, l2]
 }
+
+/// A layer with the host's static busybox as `bin/busybox` (Debian's busybox-static).
+pub fn busybox_layer() -> Vec<Item> {
+    let bb = std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
+    vec![
+        dir("bin"),
+        Item::File {
+            path: b("bin/busybox"),
+            mode: 0o755,
+            data: bb,
+            uid: 0,
+            gid: 0,
+            xattrs: vec![],
+        },
+        symlink("bin/sleep", "busybox"),
+        symlink("bin/cat", "busybox"),
+        symlink("bin/ls", "busybox"),
+        symlink("bin/id", "busybox"),
+    ]
+}
+
+/// The rich layers plus busybox: an image that can run a shell.
+pub fn runnable_layers() -> Vec<Vec<Item>> {
+    let mut layers = rich_layers(false);
+    layers.push(busybox_layer());
+    layers
+}

@@ -52,7 +52,7 @@ pub fn find_or_pull(
     }
     let r: Reference = name.parse()?;
     eprintln!("Unable to find image '{r}' locally");
-    let display = Display::new(false);
+    let display = Display::on_stderr();
     rt.block_on(crate::cmd::pull::pull(ctx, &r, platform, false, &display))
 }
 
