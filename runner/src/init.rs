@@ -73,6 +73,9 @@ pub fn init_main(spec_path: &Path) -> i32 {
     match unsafe { sys::fork() } {
         Ok(ForkResult::Child) => {
             let _ = set.thread_unblock();
+            // If the helper dies (even by SIGKILL), PID 1 — and with it the whole pid
+            // namespace — dies too: nothing keeps running unsupervised.
+            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
             let f = match container_main(&spec) {
                 Ok(never) => match never {},
                 Err(f) => f,

@@ -304,3 +304,71 @@ fn nix_kill(pid: u32, sig: i32) {
         .unwrap();
     assert!(st.success());
 }
+
+#[test]
+fn detached_logs_stop_kill_diff() {
+    if !require_root_fuse("detached_logs_stop_kill_diff") {
+        return;
+    }
+    let s = Setup::new("t/detach");
+    let img = s.image.as_str();
+    let script = "echo started $PORT $(pwd); echo data > /srv/new; rm /etc/os-release; trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done";
+    let o = s.run(&[
+        "-d",
+        "--name",
+        "web",
+        "-e",
+        "PORT=8080",
+        "-w",
+        "/srv",
+        img,
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let id = text(&o).trim().to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    std::thread::sleep(Duration::from_millis(500));
+    let ps = ok(&s.root(), &["ps"]);
+    assert!(ps.contains("web") && ps.contains("Up"), "{ps}");
+    assert_eq!(ok(&s.root(), &["logs", "web"]), "started 8080 /srv\n");
+    ok(&s.root(), &["stop", "web"]);
+    assert_eq!(ok(&s.root(), &["logs", "web"]), "started 8080 /srv\nbye\n");
+    let ps = ok(&s.root(), &["ps", "-a"]);
+    assert!(ps.contains("Exited (0)"), "{ps}");
+    let diff = ok(&s.root(), &["diff", "web"]);
+    assert_eq!(diff, "C /etc\nD /etc/os-release\nA /srv\nA /srv/new\n");
+    assert_eq!(
+        mounts_under(&s.root()),
+        0,
+        "a stopped container left mounts"
+    );
+
+    // kill: PID 1 without a handler; SIGKILL ends it.
+    let o = s.run(&["-d", "--name", "sleeper", img, "sleep", "60"]);
+    assert_eq!(o.status.code(), Some(0));
+    std::thread::sleep(Duration::from_millis(300));
+    ok(&s.root(), &["kill", "sleeper"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let ps = ok(&s.root(), &["ps", "-a"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.contains("sleeper") && l.contains("Exited (137)")),
+        "{ps}"
+    );
+    // rm refuses a running container without -f.
+    let o = s.run(&["-d", "--name", "busy", img, "sleep", "60"]);
+    assert_eq!(o.status.code(), Some(0));
+    std::thread::sleep(Duration::from_millis(300));
+    let o = run(&s.root(), &["rm", "busy"]);
+    assert_ne!(o.status.code(), Some(0));
+    ok(&s.root(), &["rm", "-f", "busy"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(mounts_under(&s.root()), 0);
+}

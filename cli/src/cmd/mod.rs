@@ -3,6 +3,7 @@
 mod convert;
 pub mod images;
 mod inspect;
+mod lifecycle;
 mod login;
 pub mod mount;
 mod ps;
@@ -39,6 +40,14 @@ pub enum Command {
     Ps(ps::PsArgs),
     /// Remove containers.
     Rm(ps::RmArgs),
+    /// Show the output of a detached container.
+    Logs(lifecycle::LogsArgs),
+    /// Stop containers: SIGTERM, then SIGKILL after a grace period.
+    Stop(lifecycle::StopArgs),
+    /// Send a signal to containers.
+    Kill(lifecycle::KillArgs),
+    /// Show what a container changed: A added, C changed, D deleted.
+    Diff(lifecycle::DiffArgs),
     /// Internal: the container helper process.
     #[command(name = "__container-init", hide = true)]
     ContainerInit {
@@ -61,6 +70,10 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::Run(a) => run::run(*a, g),
         Command::Ps(a) => ps::run_ps(a, g),
         Command::Rm(a) => ps::run_rm(a, g),
+        Command::Logs(a) => lifecycle::run_logs(a, g),
+        Command::Stop(a) => lifecycle::run_stop(a, g),
+        Command::Kill(a) => lifecycle::run_kill(a, g),
+        Command::Diff(a) => lifecycle::run_diff(a, g),
         Command::ContainerInit { spec } => Ok(strata_runner::init_main(&spec)),
     }
 }

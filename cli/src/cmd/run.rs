@@ -49,9 +49,12 @@ pub struct Args {
     /// Bind mount HOST:CONTAINER[:ro].
     #[arg(short = 'v', long = "volume")]
     pub volumes: Vec<String>,
-    /// Run in the background (not supported yet).
+    /// Run in the background; print the container id; output goes to `strata logs`.
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// Internal: the id a detached run chose.
+    #[arg(long, hide = true)]
+    pub cid: Option<String>,
     /// Keep standard input open (it is always inherited).
     #[arg(short = 'i', long)]
     pub interactive: bool,
@@ -105,8 +108,8 @@ fn parse_volume(v: &str) -> anyhow::Result<Bind> {
 }
 
 pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
-    if a.detach || a.tty {
-        bail!("-d and -t are not supported yet");
+    if a.tty {
+        bail!("-t (a pseudo-terminal) is not supported yet");
     }
     let network = match a.network.as_str() {
         "host" => Network::Host,
@@ -143,6 +146,10 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let rt = runtime()?;
     let img = find_or_pull(&ctx, &rt, &a.image, &a.platform)?;
+    // The background half of `run -d` gets `--cid` and runs in the foreground.
+    if a.detach && a.cid.is_none() {
+        return detach(&containers, a.name.as_deref());
+    }
     let config = ctx.config(&img)?;
     let cfg = config.get("config");
     let args = command_line(
@@ -154,7 +161,10 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     if args.is_empty() {
         bail!("no command specified");
     }
-    let id = random_id()?;
+    let id = match &a.cid {
+        Some(id) => id.clone(),
+        None => random_id()?,
+    };
     let name = a
         .name
         .clone()
@@ -261,6 +271,59 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         containers.save(&record)?;
     }
     Ok(code)
+}
+
+/// `run -d`: the same command line without `-d`, in the background with its output in the
+/// container's log; returns once the container has started (or has already finished).
+fn detach(containers: &Containers, name: Option<&str>) -> anyhow::Result<i32> {
+    let id = random_id()?;
+    let dir = containers.dir_of(&id);
+    std::fs::create_dir_all(&dir)?;
+    let log_path = dir.join("container.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let pos = args
+        .iter()
+        .position(|x| x == "run")
+        .context("no run subcommand")?;
+    args.insert(pos + 1, format!("--cid={id}"));
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the container in the background")?;
+    loop {
+        if containers
+            .find(&id)
+            .is_some_and(|c| c.state != State::Created)
+        {
+            println!("{id}");
+            return Ok(0);
+        }
+        if let Some(status) = child.try_wait()? {
+            if containers.find(&id).is_some() {
+                println!("{id}");
+                return Ok(0);
+            }
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let _ = std::fs::remove_dir_all(&dir);
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim_start_matches("strata: ");
+            bail!(
+                "container {} did not start ({status}): {last}",
+                name.unwrap_or(&id[..12])
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the container helper.

@@ -1,0 +1,192 @@
+//! `strata logs`, `stop`, `kill` and `diff`.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use strata_runner::state::{Container, Containers, State};
+
+use crate::global::GlobalArgs;
+
+/// Arguments of `logs`.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// Container (name or id).
+    pub container: String,
+}
+
+/// Arguments of `stop`.
+#[derive(Debug, clap::Args)]
+pub struct StopArgs {
+    /// Seconds to wait after SIGTERM before SIGKILL.
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    pub time: u64,
+    /// Containers (name or id).
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+/// Arguments of `kill`.
+#[derive(Debug, clap::Args)]
+pub struct KillArgs {
+    /// Signal to send (name like TERM or SIGHUP, or number).
+    #[arg(short = 's', long, default_value = "KILL")]
+    pub signal: String,
+    /// Containers (name or id).
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+/// Arguments of `diff`.
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// Container (name or id).
+    pub container: String,
+}
+
+fn find(cs: &Containers, key: &str) -> anyhow::Result<Container> {
+    cs.find(key)
+        .with_context(|| format!("No such container: {key}"))
+}
+
+fn running_pid(c: &Container) -> Option<Pid> {
+    let pid = Pid::from_raw(c.pid? as i32);
+    (c.state == State::Running && kill(pid, None).is_ok()).then_some(pid)
+}
+
+pub fn run_logs(a: LogsArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let cs = Containers::new(&g.root());
+    let c = find(&cs, &a.container)?;
+    let log = cs.dir_of(&c.id).join("container.log");
+    match std::fs::read(&log) {
+        Ok(b) => {
+            std::io::Write::write_all(&mut std::io::stdout(), &b)?;
+            Ok(0)
+        }
+        Err(_) => bail!(
+            "container {} keeps no log (only detached containers do)",
+            a.container
+        ),
+    }
+}
+
+/// Waits until the container's record says it exited (its `strata run` writes that after the
+/// process ends); false on timeout.
+fn wait_exit(cs: &Containers, id: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        match cs.find(id) {
+            Some(c) if c.state == State::Running => std::thread::sleep(Duration::from_millis(20)),
+            _ => return true,
+        }
+    }
+    false
+}
+
+pub fn run_stop(a: StopArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let cs = Containers::new(&g.root());
+    for key in &a.containers {
+        let c = find(&cs, key)?;
+        if let Some(pid) = running_pid(&c) {
+            let _ = kill(pid, Signal::SIGTERM);
+            if !wait_exit(&cs, &c.id, Duration::from_secs(a.time)) {
+                let _ = kill(pid, Signal::SIGKILL);
+                wait_exit(&cs, &c.id, Duration::from_secs(5));
+            }
+        }
+        println!("{key}");
+    }
+    Ok(0)
+}
+
+fn parse_signal(s: &str) -> anyhow::Result<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).with_context(|| format!("invalid signal {s}"));
+    }
+    let name = s.to_ascii_uppercase();
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    name.parse::<Signal>()
+        .with_context(|| format!("invalid signal {s}"))
+}
+
+pub fn run_kill(a: KillArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let sig = parse_signal(&a.signal)?;
+    let cs = Containers::new(&g.root());
+    for key in &a.containers {
+        let c = find(&cs, key)?;
+        let Some(pid) = running_pid(&c) else {
+            bail!("cannot kill container {key}: it is not running");
+        };
+        kill(pid, sig).with_context(|| format!("signalling {key}"))?;
+        println!("{key}");
+    }
+    Ok(0)
+}
+
+/// `A`/`C`/`D` lines like docker's, from the container's upper layer (overlayfs format).
+pub fn run_diff(a: DiffArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let cs = Containers::new(&g.root());
+    let c = find(&cs, &a.container)?;
+    let ctx = g.context()?;
+    let (img, _) = ctx.resolve(&c.image_id)?;
+    let layers = ctx.open_layers(&img)?;
+    let tree = strata_fs::Tree::build(layers.iter().map(|l| &l.index))?;
+    let upper = cs.dir_of(&c.id).join("upper");
+    let mut out = Vec::new();
+    walk(&upper, &upper, &tree, &mut out)?;
+    out.sort_by(|x, y| x.1.cmp(&y.1));
+    for (kind, path) in out {
+        println!("{kind} {path}");
+    }
+    Ok(0)
+}
+
+/// Mount points strata itself creates in a container when the image lacks them.
+const RUNTIME_PATHS: [&str; 6] = [
+    "/proc",
+    "/sys",
+    "/dev",
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+];
+
+fn walk(
+    root: &Path,
+    dir: &Path,
+    tree: &strata_fs::Tree,
+    out: &mut Vec<(char, String)>,
+) -> anyhow::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        let rel = p.strip_prefix(root)?;
+        let shown = format!("/{}", rel.display());
+        let m = std::fs::symlink_metadata(&p)?;
+        let in_image = tree.resolve(rel.as_os_str().as_encoded_bytes()).is_some();
+        let empty = if m.is_dir() {
+            std::fs::read_dir(&p)?.next().is_none()
+        } else {
+            m.len() == 0
+        };
+        if !in_image && empty && RUNTIME_PATHS.contains(&shown.as_str()) {
+            continue;
+        }
+        if m.file_type().is_char_device() && m.rdev() == 0 {
+            out.push(('D', shown));
+            continue;
+        }
+        out.push((if in_image { 'C' } else { 'A' }, shown));
+        if m.is_dir() {
+            walk(root, &p, tree, out)?;
+        }
+    }
+    Ok(())
+}
