@@ -16,9 +16,14 @@ pub fn unshare_before_exec(cmd: &mut Command, new_net: bool) {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
-    // calls are allowed; it makes exactly one system call (unshare) and allocates nothing.
+    // calls are allowed; it makes two system calls (prctl, unshare) and allocates nothing.
     unsafe {
-        cmd.pre_exec(move || nix::sched::unshare(flags).map_err(std::io::Error::from));
+        cmd.pre_exec(move || {
+            // The helper dies with the strata process that serves its filesystem.
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)?;
+            nix::sched::unshare(flags).map_err(std::io::Error::from)
+        });
     }
 }
 

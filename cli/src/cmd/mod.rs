@@ -1,5 +1,6 @@
 //! One file per subcommand.
 
+mod container;
 mod convert;
 pub mod images;
 mod inspect;
@@ -8,7 +9,8 @@ mod login;
 pub mod mount;
 mod ps;
 pub mod pull;
-mod run;
+pub mod run;
+mod start;
 
 use clap::Subcommand;
 
@@ -40,6 +42,8 @@ pub enum Command {
     Ps(ps::PsArgs),
     /// Remove containers.
     Rm(ps::RmArgs),
+    /// Start an exited container again, on its own writable layer.
+    Start(start::StartArgs),
     /// Show the output of a detached container.
     Logs(lifecycle::LogsArgs),
     /// Stop containers: SIGTERM, then SIGKILL after a grace period.
@@ -70,6 +74,7 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::Run(a) => run::run(*a, g),
         Command::Ps(a) => ps::run_ps(a, g),
         Command::Rm(a) => ps::run_rm(a, g),
+        Command::Start(a) => start::run_start(a, g),
         Command::Logs(a) => lifecycle::run_logs(a, g),
         Command::Stop(a) => lifecycle::run_stop(a, g),
         Command::Kill(a) => lifecycle::run_kill(a, g),

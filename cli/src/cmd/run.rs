@@ -4,12 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use strata_fetcher::timefmt::now_secs;
-use strata_fs::mount::{MountOptions, spawn};
-use strata_fs::union::{mount_overlay, unmount_detached};
 use strata_runner::state::{Container, Containers, State};
 use strata_runner::{Bind, Network, Spec, command_line, merge_env};
 
-use crate::cmd::mount::{find_or_pull, prepare_fs};
+use crate::cmd::container::{execute, mount_root};
+use crate::cmd::mount::find_or_pull;
 use crate::global::{GlobalArgs, runtime};
 
 /// The hidden subcommand the container helper runs as.
@@ -170,31 +169,13 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         .clone()
         .unwrap_or_else(|| format!("strata_{}", &id[..8]));
     let dir = containers.dir_of(&id);
-    let (lower, upper, work, rootfs) = (
-        dir.join("lower"),
-        dir.join("upper"),
-        dir.join("work"),
-        dir.join("rootfs"),
-    );
-    for d in [&lower, &upper, &work, &rootfs] {
-        std::fs::create_dir_all(d)?;
-    }
     let cleanup_dir = |e: anyhow::Error| {
         let _ = std::fs::remove_dir_all(&dir);
         e
     };
-    let fs = prepare_fs(&ctx, &rt, img.clone());
-    let session = spawn(fs, &lower, &MountOptions::default())
-        .with_context(|| format!("mounting the image on {}", lower.display()))
-        .map_err(cleanup_dir)?;
-    if let Err(e) = mount_overlay(&lower, &upper, &work, &rootfs) {
-        drop(session);
-        return Err(cleanup_dir(
-            anyhow::Error::new(e).context("mounting the writable layer"),
-        ));
-    }
+    let root_mount = mount_root(&ctx, &rt, &img, &dir).map_err(cleanup_dir)?;
     let spec = Spec {
-        rootfs: rootfs.clone(),
+        rootfs: root_mount.rootfs.clone(),
         args: args.clone(),
         env: merge_env(&strings(cfg.and_then(|c| c.get("Env"))), &env_args),
         cwd: a
@@ -221,16 +202,11 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         binds,
         state_dir: dir.clone(),
     };
-    let finish = |code: Option<i32>| {
-        let _ = unmount_detached(&rootfs);
-        code
-    };
-    if let Err(e) = strata_runner::user::resolve(&rootfs, &spec.user) {
-        finish(None);
-        drop(session);
+    if let Err(e) = strata_runner::user::resolve(&spec.rootfs, &spec.user) {
+        drop(root_mount);
         return Err(cleanup_dir(e.into()));
     }
-    let mut record = Container {
+    let record = Container {
         id: id.clone(),
         name,
         image: a.image.clone(),
@@ -243,32 +219,17 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         finished: None,
     };
     containers.save(&record)?;
-    let started = match strata_runner::start(&spec, &std::env::current_exe()?, INIT_ARG) {
-        Ok(s) => s,
+    let code = match execute(&rt, &containers, &spec, record) {
+        Ok(code) => code,
         Err(e) => {
-            finish(None);
-            drop(session);
+            drop(root_mount);
             let _ = containers.remove(&id);
-            return Err(e.into());
+            return Err(e);
         }
     };
-    let pid = started.pid();
-    record.state = State::Running;
-    record.pid = Some(pid);
-    containers.save(&record)?;
-    rt.spawn(forward_signals(pid));
-    let code =
-        rt.block_on(async { tokio::task::spawn_blocking(move || started.wait()).await })??;
-    finish(Some(code));
-    drop(session);
-    record.state = State::Exited;
-    record.pid = None;
-    record.exit_code = Some(code);
-    record.finished = Some(now_secs());
+    drop(root_mount);
     if a.rm {
         containers.remove(&id)?;
-    } else {
-        containers.save(&record)?;
     }
     Ok(code)
 }
@@ -323,36 +284,5 @@ fn detach(containers: &Containers, name: Option<&str>) -> anyhow::Result<i32> {
             );
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
-/// Forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the container helper.
-async fn forward_signals(pid: u32) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let kinds = [
-        (SignalKind::interrupt(), nix::sys::signal::Signal::SIGINT),
-        (SignalKind::terminate(), nix::sys::signal::Signal::SIGTERM),
-        (SignalKind::hangup(), nix::sys::signal::Signal::SIGHUP),
-        (SignalKind::quit(), nix::sys::signal::Signal::SIGQUIT),
-        (
-            SignalKind::user_defined1(),
-            nix::sys::signal::Signal::SIGUSR1,
-        ),
-        (
-            SignalKind::user_defined2(),
-            nix::sys::signal::Signal::SIGUSR2,
-        ),
-    ];
-    let mut tasks = Vec::new();
-    for (kind, sig) in kinds {
-        let Ok(mut s) = signal(kind) else { continue };
-        tasks.push(tokio::spawn(async move {
-            while s.recv().await.is_some() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
     }
 }

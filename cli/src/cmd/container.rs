@@ -1,0 +1,109 @@
+//! What `run` and `start` share: mounting a container's root (the lazy image under its private
+//! upper layer) and running its spec to the end while keeping its record.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use strata_fetcher::image::Context;
+use strata_fetcher::store::ImageRecord;
+use strata_fetcher::timefmt::now_secs;
+use strata_fs::mount::{MountOptions, spawn};
+use strata_fs::union::{mount_overlay, unmount_detached};
+use strata_runner::Spec;
+use strata_runner::state::{Container, Containers, State};
+
+use crate::cmd::mount::prepare_fs;
+use crate::cmd::run::INIT_ARG;
+
+/// A container's mounted root; unmounted (overlay, then the FUSE lower) when dropped.
+pub struct RootMount {
+    /// The overlay mount point.
+    pub rootfs: PathBuf,
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl Drop for RootMount {
+    fn drop(&mut self) {
+        let _ = unmount_detached(&self.rootfs);
+        drop(self.session.take());
+    }
+}
+
+/// Mounts `img` lazily at `dir/lower` (served by this process) and the overlay of `dir/upper`
+/// over it at `dir/rootfs`. An existing upper layer is reused.
+pub fn mount_root(
+    ctx: &Context,
+    rt: &tokio::runtime::Runtime,
+    img: &ImageRecord,
+    dir: &Path,
+) -> anyhow::Result<RootMount> {
+    let (lower, upper, work, rootfs) = (
+        dir.join("lower"),
+        dir.join("upper"),
+        dir.join("work"),
+        dir.join("rootfs"),
+    );
+    for d in [&lower, &upper, &work, &rootfs] {
+        std::fs::create_dir_all(d)?;
+    }
+    let fs = prepare_fs(ctx, rt, img.clone());
+    let session = spawn(fs, &lower, &MountOptions::default())
+        .with_context(|| format!("mounting the image on {}", lower.display()))?;
+    let mut mounted = RootMount {
+        rootfs: rootfs.clone(),
+        session: Some(session),
+    };
+    if let Err(e) = mount_overlay(&lower, &upper, &work, &rootfs) {
+        drop(mounted.session.take());
+        return Err(anyhow::Error::new(e).context("mounting the writable layer"));
+    }
+    Ok(mounted)
+}
+
+/// Starts `spec`, records the container as running, forwards signals, waits, and records its
+/// exit. Returns the exit code.
+pub fn execute(
+    rt: &tokio::runtime::Runtime,
+    containers: &Containers,
+    spec: &Spec,
+    mut record: Container,
+) -> anyhow::Result<i32> {
+    let started = strata_runner::start(spec, &std::env::current_exe()?, INIT_ARG)?;
+    let pid = started.pid();
+    record.state = State::Running;
+    record.pid = Some(pid);
+    record.exit_code = None;
+    record.finished = None;
+    containers.save(&record)?;
+    rt.spawn(forward_signals(pid));
+    let code =
+        rt.block_on(async { tokio::task::spawn_blocking(move || started.wait()).await })??;
+    record.state = State::Exited;
+    record.pid = None;
+    record.exit_code = Some(code);
+    record.finished = Some(now_secs());
+    containers.save(&record)?;
+    Ok(code)
+}
+
+/// Forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the container helper.
+async fn forward_signals(pid: u32) {
+    use nix::sys::signal::Signal;
+    use tokio::signal::unix::{SignalKind, signal};
+    let kinds = [
+        (SignalKind::interrupt(), Signal::SIGINT),
+        (SignalKind::terminate(), Signal::SIGTERM),
+        (SignalKind::hangup(), Signal::SIGHUP),
+        (SignalKind::quit(), Signal::SIGQUIT),
+        (SignalKind::user_defined1(), Signal::SIGUSR1),
+        (SignalKind::user_defined2(), Signal::SIGUSR2),
+    ];
+    for (kind, sig) in kinds {
+        let Ok(mut s) = signal(kind) else { continue };
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+            }
+        });
+    }
+}

@@ -1,0 +1,94 @@
+//! `strata start`: runs an exited container again on its own upper layer.
+
+use anyhow::{Context as _, bail};
+use strata_runner::Spec;
+use strata_runner::state::{Containers, State};
+
+use crate::cmd::container::{execute, mount_root};
+use crate::global::{GlobalArgs, runtime};
+
+/// Arguments of `start`.
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// Stay attached: wait for the container and exit with its code.
+    #[arg(short = 'a', long)]
+    pub attach: bool,
+    /// Container (name or id).
+    pub container: String,
+}
+
+pub fn run_start(a: StartArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let containers = Containers::new(&g.root());
+    let c = containers
+        .find(&a.container)
+        .with_context(|| format!("No such container: {}", a.container))?;
+    if c.state == State::Running
+        && c.pid.is_some_and(|p| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), None).is_ok()
+        })
+    {
+        println!("{}", a.container);
+        return Ok(0);
+    }
+    let dir = containers.dir_of(&c.id);
+    if !a.attach {
+        return start_in_background(&containers, &c.id, &a.container, &dir);
+    }
+    let spec_path = dir.join("spec.json");
+    let mut spec: Spec = serde_json::from_slice(
+        &std::fs::read(&spec_path).with_context(|| format!("reading {}", spec_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", spec_path.display()))?;
+    let ctx = g.context()?;
+    let rt = runtime()?;
+    let (img, _) = ctx
+        .resolve(&c.image_id)
+        .with_context(|| format!("image {} of container {}", c.image, a.container))?;
+    let root_mount = mount_root(&ctx, &rt, &img, &dir)?;
+    spec.rootfs = root_mount.rootfs.clone();
+    let code = execute(&rt, &containers, &spec, c)?;
+    drop(root_mount);
+    Ok(code)
+}
+
+fn start_in_background(
+    containers: &Containers,
+    id: &str,
+    name: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<i32> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("container.log"))?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let pos = args
+        .iter()
+        .position(|x| x == "start")
+        .context("no start subcommand")?;
+    args.insert(pos + 1, "--attach".into());
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let before = containers.find(id).and_then(|c| c.finished);
+    let mut child = cmd
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the container in the background")?;
+    loop {
+        let now = containers.find(id);
+        if now
+            .as_ref()
+            .is_some_and(|c| c.state == State::Running || c.finished != before)
+        {
+            println!("{name}");
+            return Ok(0);
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("container {name} did not start ({status}); see `strata logs {name}`");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
