@@ -60,6 +60,8 @@ pub fn init_main(spec_path: &Path) -> i32 {
             return EXIT_RUNTIME_ERROR;
         }
     };
+    // Keep the console socket (descriptor 3) when there is a terminal to hand over.
+    sys::close_from(if spec.tty { 4 } else { 3 });
     let mut set = SigSet::empty();
     for s in FORWARDED {
         set.add(s);
@@ -83,7 +85,13 @@ pub fn init_main(spec_path: &Path) -> i32 {
             eprintln_safe(&format!("strata: {}", f.msg));
             std::process::exit(f.code);
         }
-        Ok(ForkResult::Parent { child }) => supervise(child, &set),
+        Ok(ForkResult::Parent { child }) => {
+            if spec.tty {
+                // Only PID 1 holds the console socket now: if it dies early, strata sees EOF.
+                let _ = nix::unistd::close(sys::CONSOLE_FD);
+            }
+            supervise(child, &set)
+        }
         Err(e) => {
             eprintln_safe(&format!("strata: fork: {e}"));
             EXIT_RUNTIME_ERROR
@@ -377,9 +385,55 @@ fn setup_rootfs(spec: &Spec) -> Result<(), Fail> {
     ctx(chdir("/"), || "entering /".into())
 }
 
+/// Opens a terminal from the container's own devpts, makes it PID 1's controlling terminal and
+/// standard streams, and sends the master side to strata over the console socket.
+fn open_console() -> Result<(), Fail> {
+    use nix::fcntl::OFlag;
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::os::fd::AsRawFd;
+    let master = ctx(
+        nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC),
+        || "opening /dev/ptmx".into(),
+    )?;
+    ctx(nix::pty::grantpt(&master), || "grantpt".into())?;
+    ctx(nix::pty::unlockpt(&master), || "unlockpt".into())?;
+    let name = ctx(nix::pty::ptsname_r(&master), || "ptsname".into())?;
+    let slave = ctx(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&name),
+        || format!("opening {name}"),
+    )?;
+    ctx(nix::unistd::setsid(), || "setsid".into())?;
+    for fd in 0..3 {
+        ctx(sys::dup_onto(&slave, fd), || format!("dup2 to {fd}"))?;
+    }
+    drop(slave);
+    ctx(sys::set_controlling_tty(0), || {
+        "making the terminal the controlling terminal".into()
+    })?;
+    let fds = [master.as_raw_fd()];
+    ctx(
+        sendmsg::<()>(
+            sys::CONSOLE_FD,
+            &[std::io::IoSlice::new(b"m")],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        ),
+        || "sending the terminal to strata".into(),
+    )?;
+    let _ = nix::unistd::close(sys::CONSOLE_FD);
+    Ok(())
+}
+
 fn container_main(spec: &Spec) -> Result<std::convert::Infallible, Fail> {
     let user = resolve(&spec.rootfs, &spec.user).map_err(|e| fail(e.to_string()))?;
     setup_rootfs(spec)?;
+    if spec.tty {
+        open_console()?;
+    }
     let cwd = ctx(secure_join(Path::new("/"), &spec.cwd, true), || {
         format!("creating working directory {}", spec.cwd)
     })?;

@@ -9,7 +9,10 @@
 //! its status. Depends on none of strata's other crates.
 
 mod init;
+pub mod pty;
 mod sys;
+
+pub use sys::{set_window_size, window_size};
 pub mod user;
 
 use std::os::unix::process::CommandExt;
@@ -88,6 +91,10 @@ pub struct Spec {
     pub binds: Vec<Bind>,
     /// Directory for the container's generated files (hosts, resolv.conf, hostname).
     pub state_dir: PathBuf,
+    /// Standard input/output/error are a terminal: PID 1 starts a session with it as the
+    /// controlling terminal.
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// A started container: the helper process that supervises its PID 1.
@@ -110,9 +117,32 @@ impl Started {
     }
 }
 
+/// Where the container's standard streams go.
+#[derive(Debug, Default)]
+pub enum Stdio {
+    /// Inherit all three.
+    #[default]
+    Inherit,
+    /// Like [`Stdio::Inherit`] but with standard input from /dev/null.
+    NoStdin,
+    /// A terminal allocated inside the container: its PID 1 opens one from the container's
+    /// own devpts and sends the master side over this socket (see [`pty::receive_master`]).
+    Console(std::os::unix::net::UnixStream),
+}
+
 /// Starts the container described by `spec` by running `exe init_arg SPEC_PATH` in new
 /// namespaces.
 pub fn start(spec: &Spec, exe: &Path, init_arg: &str) -> Result<Started, RunError> {
+    start_with(spec, exe, init_arg, Stdio::Inherit)
+}
+
+/// [`start`] with the container's standard streams set by `stdio`.
+pub fn start_with(
+    spec: &Spec,
+    exe: &Path,
+    init_arg: &str,
+    stdio: Stdio,
+) -> Result<Started, RunError> {
     let path = spec.state_dir.join("spec.json");
     let bytes = serde_json::to_vec_pretty(spec).map_err(|e| RunError::Spec {
         path: path.clone(),
@@ -126,10 +156,24 @@ pub fn start(spec: &Spec, exe: &Path, init_arg: &str) -> Result<Started, RunErro
         })?;
     let mut cmd = Command::new(exe);
     cmd.arg(init_arg).arg(&path);
+    // Our copy of the container's end of the console socket, closed once the helper has it.
+    let mut console = None;
+    match stdio {
+        Stdio::Inherit => {}
+        Stdio::NoStdin => {
+            cmd.stdin(std::process::Stdio::null());
+        }
+        Stdio::Console(sock) => {
+            cmd.stdin(std::process::Stdio::null());
+            sys::pass_as_fd3(&mut cmd, std::os::fd::AsRawFd::as_raw_fd(&sock));
+            console = Some(sock);
+        }
+    }
     sys::unshare_before_exec(&mut cmd, spec.network == Network::None);
     // Its own process group: a terminal Ctrl-C reaches strata only, which forwards it once.
     cmd.process_group(0);
     let child = cmd.spawn().map_err(RunError::Spawn)?;
+    drop(console);
     Ok(Started { child })
 }
 

@@ -73,3 +73,79 @@ pub fn loopback_up() -> std::io::Result<()> {
     unsafe { libc::close(fd) };
     if rc < 0 { Err(err) } else { Ok(()) }
 }
+
+/// Makes `fd` (a terminal) the controlling terminal of the calling session leader.
+pub fn set_controlling_tty(fd: i32) -> std::io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal); no memory is passed.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The window size of terminal `fd`.
+pub fn window_size(fd: i32) -> Option<libc::winsize> {
+    // SAFETY: winsize is plain old data; all-zero is valid.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize into the valid, exclusively borrowed `ws`.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0).then_some(ws)
+}
+
+/// Sets the window size of terminal `fd`.
+pub fn set_window_size(fd: i32, ws: &libc::winsize) -> std::io::Result<()> {
+    // SAFETY: TIOCSWINSZ reads one winsize from the valid `ws`.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, ws) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Closes every descriptor from `first` up, so nothing of strata's leaks into the container.
+pub fn close_from(first: u32) {
+    // SAFETY: close_range(2) only closes descriptors; the helper holds no Rust objects that
+    // own descriptors at or above `first` at this point (the spec was read and closed).
+    unsafe { libc::close_range(first, libc::c_uint::MAX, 0) };
+}
+
+/// The descriptor number the console socket has in the helper and in PID 1.
+pub const CONSOLE_FD: i32 = 3;
+
+/// Makes descriptor `raw` descriptor 3 of the process `cmd` starts (the caller keeps `raw`
+/// open until the process is spawned, then closes its copy).
+pub fn pass_as_fd3(cmd: &mut Command, raw: i32) {
+    // SAFETY: runs between fork and exec; dup2 is async-signal-safe and allocates nothing.
+    // dup2 clears close-on-exec on the new descriptor, so it survives the exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, CONSOLE_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Makes descriptor `target` (0, 1 or 2) a copy of `fd`.
+pub fn dup_onto(fd: &impl std::os::fd::AsRawFd, target: i32) -> std::io::Result<()> {
+    // SAFETY: dup2 only manipulates the descriptor table; `target` is a standard stream that
+    // no Rust object owns in PID 1 (they are the process's inherited stdio).
+    let rc = unsafe { libc::dup2(fd.as_raw_fd(), target) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Takes ownership of a descriptor the kernel just installed by SCM_RIGHTS.
+pub fn owned_from_scm(fd: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: descriptors received with SCM_RIGHTS are new in this process and owned by no
+    // one else; each is wrapped exactly once.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}

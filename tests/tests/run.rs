@@ -372,3 +372,34 @@ fn detached_logs_stop_kill_diff() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(mounts_under(&s.root()), 0);
 }
+
+#[test]
+fn tty_gives_the_container_a_terminal() {
+    if !require_root_fuse("tty_gives_the_container_a_terminal") {
+        return;
+    }
+    let s = Setup::new("t/tty");
+    ok(&s.root(), &["pull", &s.image]);
+    // `script` gives strata a terminal of its own, 40 rows by 100 columns.
+    let inner = format!(
+        "stty rows 40 cols 100; {} --root {} run --rm -it {} /bin/busybox sh -c 'busybox tty; busybox stty size; exit 7'; echo strata-exit=$?",
+        bin().display(),
+        s.root().display(),
+        s.image
+    );
+    let o = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).replace(['\r', '\0'], "");
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("40 100"), "window size not passed on: {out}");
+    assert!(out.contains("strata-exit=7"), "{out}");
+    // Without -t the container has no terminal, and no descriptor of strata's leaks in.
+    let o = s.run(&["--rm", &s.image, "/bin/busybox", "ls", "/proc/self/fd"]);
+    assert_eq!(
+        text(&o).split_whitespace().collect::<Vec<_>>(),
+        ["0", "1", "2", "3"]
+    );
+}

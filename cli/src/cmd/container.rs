@@ -9,8 +9,8 @@ use strata_fetcher::store::ImageRecord;
 use strata_fetcher::timefmt::now_secs;
 use strata_fs::mount::{MountOptions, spawn};
 use strata_fs::union::{mount_overlay, unmount_detached};
-use strata_runner::Spec;
 use strata_runner::state::{Container, Containers, State};
+use strata_runner::{Spec, Stdio};
 
 use crate::cmd::mount::prepare_fs;
 use crate::cmd::run::INIT_ARG;
@@ -60,6 +60,17 @@ pub fn mount_root(
     Ok(mounted)
 }
 
+/// How the container's standard streams are connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streams {
+    /// stdout/stderr inherited, stdin from /dev/null.
+    Output,
+    /// All three inherited (`-i`).
+    Interactive,
+    /// A pseudo-terminal relayed to ours (`-t`).
+    Tty,
+}
+
 /// Starts `spec`, records the container as running, forwards signals, waits, and records its
 /// exit. Returns the exit code.
 pub fn execute(
@@ -67,8 +78,39 @@ pub fn execute(
     containers: &Containers,
     spec: &Spec,
     mut record: Container,
+    streams: Streams,
 ) -> anyhow::Result<i32> {
-    let started = strata_runner::start(spec, &std::env::current_exe()?, INIT_ARG)?;
+    let mut console = None;
+    let stdio = match streams {
+        Streams::Output => Stdio::NoStdin,
+        Streams::Interactive => Stdio::Inherit,
+        Streams::Tty => {
+            let (ours, theirs) =
+                std::os::unix::net::UnixStream::pair().context("creating the console socket")?;
+            console = Some(ours);
+            Stdio::Console(theirs)
+        }
+    };
+    let started = strata_runner::start_with(spec, &std::env::current_exe()?, INIT_ARG, stdio)?;
+    // No terminal arrives when the container fails before its command starts; its error is on
+    // our stderr and its exit code tells the rest.
+    let relay = console
+        .and_then(|sock| strata_runner::pty::receive_master(&sock).ok())
+        .map(|p| p.relay())
+        .transpose()
+        .context("relaying the terminal")?;
+    if let Some(r) = &relay {
+        let master = r.master_fd();
+        rt.spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut winch) = signal(SignalKind::window_change()) else {
+                return;
+            };
+            while winch.recv().await.is_some() {
+                strata_runner::pty::resize_from_stdin(master);
+            }
+        });
+    }
     let pid = started.pid();
     record.state = State::Running;
     record.pid = Some(pid);
@@ -78,6 +120,9 @@ pub fn execute(
     rt.spawn(forward_signals(pid));
     let code =
         rt.block_on(async { tokio::task::spawn_blocking(move || started.wait()).await })??;
+    if let Some(r) = relay {
+        r.finish();
+    }
     record.state = State::Exited;
     record.pid = None;
     record.exit_code = Some(code);

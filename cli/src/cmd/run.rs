@@ -7,7 +7,7 @@ use strata_fetcher::timefmt::now_secs;
 use strata_runner::state::{Container, Containers, State};
 use strata_runner::{Bind, Network, Spec, command_line, merge_env};
 
-use crate::cmd::container::{execute, mount_root};
+use crate::cmd::container::{Streams, execute, mount_root};
 use crate::cmd::mount::find_or_pull;
 use crate::global::{GlobalArgs, runtime};
 
@@ -54,10 +54,10 @@ pub struct Args {
     /// Internal: the id a detached run chose.
     #[arg(long, hide = true)]
     pub cid: Option<String>,
-    /// Keep standard input open (it is always inherited).
+    /// Keep standard input open and attached.
     #[arg(short = 'i', long)]
     pub interactive: bool,
-    /// Allocate a pseudo-terminal (not supported yet).
+    /// Allocate a pseudo-terminal.
     #[arg(short = 't', long)]
     pub tty: bool,
     /// Platform to choose from a multi-platform image.
@@ -107,9 +107,6 @@ fn parse_volume(v: &str) -> anyhow::Result<Bind> {
 }
 
 pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
-    if a.tty {
-        bail!("-t (a pseudo-terminal) is not supported yet");
-    }
     let network = match a.network.as_str() {
         "host" => Network::Host,
         "none" => Network::None,
@@ -201,6 +198,7 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         network,
         binds,
         state_dir: dir.clone(),
+        tty: a.tty,
     };
     if let Err(e) = strata_runner::user::resolve(&spec.rootfs, &spec.user) {
         drop(root_mount);
@@ -219,7 +217,14 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         finished: None,
     };
     containers.save(&record)?;
-    let code = match execute(&rt, &containers, &spec, record) {
+    let streams = if a.tty {
+        Streams::Tty
+    } else if a.interactive {
+        Streams::Interactive
+    } else {
+        Streams::Output
+    };
+    let code = match execute(&rt, &containers, &spec, record, streams) {
         Ok(code) => code,
         Err(e) => {
             drop(root_mount);

@@ -4,7 +4,7 @@ use anyhow::{Context as _, bail};
 use strata_runner::Spec;
 use strata_runner::state::{Containers, State};
 
-use crate::cmd::container::{execute, mount_root};
+use crate::cmd::container::{Streams, execute, mount_root};
 use crate::global::{GlobalArgs, runtime};
 
 /// Arguments of `start`.
@@ -46,7 +46,12 @@ pub fn run_start(a: StartArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("image {} of container {}", c.image, a.container))?;
     let root_mount = mount_root(&ctx, &rt, &img, &dir)?;
     spec.rootfs = root_mount.rootfs.clone();
-    let code = execute(&rt, &containers, &spec, c)?;
+    let streams = if spec.tty {
+        Streams::Tty
+    } else {
+        Streams::Output
+    };
+    let code = execute(&rt, &containers, &spec, c, streams)?;
     drop(root_mount);
     Ok(code)
 }
