@@ -177,31 +177,50 @@ fn sh(cmd: &mut Command) {
     );
 }
 
+/// Layers extracted by GNU tar, with OCI whiteouts turned into overlayfs ones.
+pub struct ExtractedLayers {
+    dir: tempfile::TempDir,
+    lowers: Vec<PathBuf>,
+}
+
+impl ExtractedLayers {
+    /// The layer directories, bottom first.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.lowers
+    }
+}
+
+/// Extracts `tars` (bottom first), each into its own directory.
+pub fn extract_layers(tars: &[Vec<u8>]) -> ExtractedLayers {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lowers = Vec::new();
+    for (i, tar) in tars.iter().enumerate() {
+        let l = dir.path().join(format!("l{i}"));
+        std::fs::create_dir(&l).unwrap();
+        let tf = dir.path().join(format!("l{i}.tar"));
+        std::fs::write(&tf, tar).unwrap();
+        sh(Command::new("tar")
+            .args(["-xpf"])
+            .arg(&tf)
+            .arg("-C")
+            .arg(&l)
+            .args([
+                "--numeric-owner",
+                "--same-owner",
+                "--delay-directory-restore",
+                "--xattrs",
+                "--xattrs-include=*",
+            ]));
+        to_overlay_whiteouts(&l);
+        lowers.push(l);
+    }
+    ExtractedLayers { dir, lowers }
+}
+
 impl ReferenceTree {
     /// Extracts `tars` (bottom first) and merges them.
     pub fn new(tars: &[Vec<u8>]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut lowers = Vec::new();
-        for (i, tar) in tars.iter().enumerate() {
-            let l = dir.path().join(format!("l{i}"));
-            std::fs::create_dir(&l).unwrap();
-            let tf = dir.path().join(format!("l{i}.tar"));
-            std::fs::write(&tf, tar).unwrap();
-            sh(Command::new("tar")
-                .args(["-xpf"])
-                .arg(&tf)
-                .arg("-C")
-                .arg(&l)
-                .args([
-                    "--numeric-owner",
-                    "--same-owner",
-                    "--delay-directory-restore",
-                    "--xattrs",
-                    "--xattrs-include=*",
-                ]));
-            to_overlay_whiteouts(&l);
-            lowers.push(l);
-        }
+        let ExtractedLayers { dir, mut lowers } = extract_layers(tars);
         if lowers.len() == 1 {
             return Self {
                 root: lowers.remove(0),
