@@ -408,6 +408,27 @@ impl Filesystem for LazyFs {
         reply.ok();
     }
 
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        let n = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let chunks: &[strata_fetcher::index::Chunk] =
+            n.content.as_ref().map(|c| &c.chunks[..]).unwrap_or(&[]);
+        match seek_data_hole(chunks, n.size, offset, whence) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn ioctl(
         &self,
         _req: &Request,
@@ -436,6 +457,38 @@ impl Filesystem for LazyFs {
     }
 }
 
+/// SEEK_DATA / SEEK_HOLE over a file's chunks: holes are the `zeros` chunks (and a file
+/// without content is one hole), so copy-up and `cp --sparse` keep them.
+fn seek_data_hole(
+    chunks: &[strata_fetcher::index::Chunk],
+    size: u64,
+    offset: i64,
+    whence: i32,
+) -> Result<i64, Errno> {
+    use strata_fetcher::index::ChunkLoc;
+    let Ok(off) = u64::try_from(offset) else {
+        return Err(Errno::EINVAL);
+    };
+    if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+        return Err(Errno::EINVAL);
+    }
+    if off >= size {
+        return Err(Errno::ENXIO);
+    }
+    let want_data = whence == libc::SEEK_DATA;
+    for c in chunks.iter().filter(|c| c.file_offset + c.len > off) {
+        let is_data = c.loc != ChunkLoc::Zeros;
+        if is_data == want_data {
+            return Ok(off.max(c.file_offset) as i64);
+        }
+    }
+    if want_data {
+        Err(Errno::ENXIO)
+    } else {
+        Ok(size as i64)
+    }
+}
+
 fn n_remaining(chunks: &[strata_fetcher::index::Chunk], offset: u64) -> u64 {
     chunks
         .last()
@@ -446,6 +499,29 @@ fn n_remaining(chunks: &[strata_fetcher::index::Chunk], offset: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seek_data_and_hole_follow_zero_chunks() {
+        use strata_fetcher::index::{Chunk, ChunkLoc};
+        let c = |off, len, zeros: bool| Chunk {
+            file_offset: off,
+            len,
+            digest: None,
+            loc: if zeros {
+                ChunkLoc::Zeros
+            } else {
+                ChunkLoc::Local
+            },
+        };
+        let chunks = [c(0, 10, false), c(10, 10, true), c(20, 5, false)];
+        let (d, h) = (libc::SEEK_DATA, libc::SEEK_HOLE);
+        assert_eq!(seek_data_hole(&chunks, 25, 0, d), Ok(0));
+        assert_eq!(seek_data_hole(&chunks, 25, 0, h), Ok(10));
+        assert_eq!(seek_data_hole(&chunks, 25, 12, d), Ok(20));
+        assert_eq!(seek_data_hole(&chunks, 25, 21, h), Ok(25));
+        assert_eq!(seek_data_hole(&chunks, 25, 25, d), Err(Errno::ENXIO));
+        assert_eq!(seek_data_hole(&[], 0, 0, d), Err(Errno::ENXIO));
+    }
 
     #[test]
     fn device_numbers_encode_like_the_kernel() {

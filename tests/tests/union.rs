@@ -152,6 +152,14 @@ fn file_operations_match_kernel_overlayfs() {
     let got = normalize(snapshot(&ours_upper), &runtime);
     let want = normalize(snapshot(&upper), &[]);
     strata_tests::walk::assert_same("upper layer", &got, &want);
+    // Copy-up kept the holes of the sparse file (SEEK_DATA/SEEK_HOLE through the FUSE mount).
+    let sparse = std::fs::metadata(ours_upper.join("data/sparse")).unwrap();
+    let allocated = std::os::unix::fs::MetadataExt::blocks(&sparse) * 512;
+    assert!(
+        allocated < sparse.len() / 2,
+        "copy-up filled the holes: {allocated} of {}",
+        sparse.len()
+    );
     // Copy-up carried the lower file's extended attribute through the FUSE mount.
     let tagged = &got[&b"data/tagged"[..]];
     assert!(
