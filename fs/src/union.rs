@@ -6,9 +6,10 @@ use std::io;
 use std::path::Path;
 
 /// Mounts overlayfs on `target`: `lower` (read-only) under `upper`, with `work` beside it.
+/// `index=on` keeps hardlinks linked when one of them is copied up.
 pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> io::Result<()> {
     let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={},index=on",
         lower.display(),
         upper.display(),
         work.display()
