@@ -6,31 +6,31 @@ use std::ffi::CString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{
-    ForkResult, Gid, Pid, Uid, chdir, execve, pivot_root, setgid, setgroups, sethostname, setuid,
-};
+use nix::unistd::{ForkResult, Gid, Pid, Uid, chdir, execve, setgid, setgroups, setuid};
 
 use crate::user::resolve;
-use crate::{EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_RUNTIME_ERROR, Network, Spec, sys};
+use crate::{EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_RUNTIME_ERROR, Spec, sys};
 
 /// A failure inside the container setup, with the exit code docker would give it.
 #[derive(Debug)]
-struct Fail {
+pub(crate) struct Fail {
     code: i32,
     msg: String,
 }
 
-fn fail(msg: impl Into<String>) -> Fail {
+pub(crate) fn fail(msg: impl Into<String>) -> Fail {
     Fail {
         code: EXIT_RUNTIME_ERROR,
         msg: msg.into(),
     }
 }
 
-fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl FnOnce() -> String) -> Result<T, Fail> {
+pub(crate) fn ctx<T, E: std::fmt::Display>(
+    r: Result<T, E>,
+    what: impl FnOnce() -> String,
+) -> Result<T, Fail> {
     r.map_err(|e| fail(format!("{}: {e}", what())))
 }
 
@@ -175,216 +175,6 @@ pub fn secure_join(root: &Path, path: &str, create: bool) -> std::io::Result<Pat
     Ok(parts.iter().fold(root.to_path_buf(), |p, c| p.join(c)))
 }
 
-fn mount_at(
-    src: Option<&str>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> Result<(), Fail> {
-    ctx(mount(src, target, fstype, flags, data), || {
-        format!(
-            "mounting {} on {}",
-            src.or(fstype).unwrap_or("?"),
-            target.display()
-        )
-    })
-}
-
-/// A file to bind something onto (created empty if missing), resolved inside `root`.
-fn file_target(root: &Path, path: &str) -> Result<PathBuf, Fail> {
-    let parent = Path::new(path)
-        .parent()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let dir = ctx(secure_join(root, &parent, true), || {
-        format!("creating {parent} in the container")
-    })?;
-    let name = Path::new(path)
-        .file_name()
-        .ok_or_else(|| fail(format!("bad path {path}")))?;
-    let target =
-        secure_join(&dir, &name.to_string_lossy(), false).map_err(|e| fail(e.to_string()))?;
-    let target = if target.starts_with(root) {
-        target
-    } else {
-        dir.join(name)
-    };
-    if std::fs::symlink_metadata(&target).is_err() {
-        ctx(std::fs::write(&target, b""), || {
-            format!("creating {}", target.display())
-        })?;
-    }
-    Ok(target)
-}
-
-fn setup_dev(root: &Path) -> Result<(), Fail> {
-    let dev = ctx(secure_join(root, "dev", true), || "creating /dev".into())?;
-    mount_at(
-        Some("tmpfs"),
-        &dev,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
-    )?;
-    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
-        let target = dev.join(name);
-        ctx(std::fs::write(&target, b""), || {
-            format!("creating /dev/{name}")
-        })?;
-        mount_at(
-            Some(&format!("/dev/{name}")),
-            &target,
-            None,
-            MsFlags::MS_BIND,
-            None,
-        )?;
-    }
-    let pts = dev.join("pts");
-    ctx(std::fs::create_dir(&pts), || "creating /dev/pts".into())?;
-    mount_at(
-        Some("devpts"),
-        &pts,
-        Some("devpts"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620"),
-    )?;
-    let shm = dev.join("shm");
-    ctx(std::fs::create_dir(&shm), || "creating /dev/shm".into())?;
-    mount_at(
-        Some("shm"),
-        &shm,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
-    )?;
-    for (link, to) in [
-        ("ptmx", "pts/ptmx"),
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        ctx(std::os::unix::fs::symlink(to, dev.join(link)), || {
-            format!("creating /dev/{link}")
-        })?;
-    }
-    Ok(())
-}
-
-fn setup_rootfs(spec: &Spec) -> Result<(), Fail> {
-    let root = &spec.rootfs;
-    mount_at(
-        None,
-        Path::new("/"),
-        None,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None,
-    )?;
-    mount_at(
-        Some(&root.to_string_lossy()),
-        root,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )?;
-    let proc_dir = ctx(secure_join(root, "proc", true), || "creating /proc".into())?;
-    mount_at(
-        Some("proc"),
-        &proc_dir,
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None,
-    )?;
-    setup_dev(root)?;
-    let sys_dir = ctx(secure_join(root, "sys", true), || "creating /sys".into())?;
-    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    if mount(Some("sysfs"), &sys_dir, Some("sysfs"), ro, None::<&str>).is_err() {
-        mount_at(
-            Some("/sys"),
-            &sys_dir,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-        )?;
-        mount_at(
-            None,
-            &sys_dir,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro,
-            None,
-        )?;
-    }
-    let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
-        spec.hostname
-    );
-    let resolv = match spec.network {
-        Network::Host => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-        Network::None => String::new(),
-    };
-    for (name, content) in [
-        ("hosts", hosts),
-        ("resolv.conf", resolv),
-        ("hostname", format!("{}\n", spec.hostname)),
-    ] {
-        let host_file = spec.state_dir.join(name);
-        ctx(std::fs::write(&host_file, content), || {
-            format!("writing {}", host_file.display())
-        })?;
-        let target = file_target(root, &format!("etc/{name}"))?;
-        mount_at(
-            Some(&host_file.to_string_lossy()),
-            &target,
-            None,
-            MsFlags::MS_BIND,
-            None,
-        )?;
-    }
-    for b in &spec.binds {
-        let is_dir = std::fs::metadata(&b.source)
-            .map(|m| m.is_dir())
-            .map_err(|e| fail(format!("bind source {}: {e}", b.source.display())))?;
-        let target = if is_dir {
-            ctx(secure_join(root, &b.target, true), || {
-                format!("creating {} in the container", b.target)
-            })?
-        } else {
-            file_target(root, &b.target)?
-        };
-        mount_at(
-            Some(&b.source.to_string_lossy()),
-            &target,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-        )?;
-        if b.readonly {
-            mount_at(
-                None,
-                &target,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                None,
-            )?;
-        }
-    }
-    if spec.network == Network::None {
-        ctx(sys::loopback_up(), || "bringing up loopback".into())?;
-    }
-    ctx(sethostname(&spec.hostname), || {
-        "setting the hostname".into()
-    })?;
-    ctx(chdir(root.as_path()), || {
-        format!("entering {}", root.display())
-    })?;
-    ctx(pivot_root(".", "."), || "pivot_root".into())?;
-    ctx(umount2(".", MntFlags::MNT_DETACH), || {
-        "detaching the old root".into()
-    })?;
-    ctx(chdir("/"), || "entering /".into())
-}
-
 /// Opens a terminal from the container's own devpts, makes it PID 1's controlling terminal and
 /// standard streams, and sends the master side to strata over the console socket.
 fn open_console() -> Result<(), Fail> {
@@ -430,7 +220,7 @@ fn open_console() -> Result<(), Fail> {
 
 fn container_main(spec: &Spec) -> Result<std::convert::Infallible, Fail> {
     let user = resolve(&spec.rootfs, &spec.user).map_err(|e| fail(e.to_string()))?;
-    setup_rootfs(spec)?;
+    crate::rootfs::setup_rootfs(&mut crate::rootfs::Linux, spec)?;
     if spec.tty {
         open_console()?;
     }

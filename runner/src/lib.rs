@@ -10,6 +10,7 @@
 
 mod init;
 pub mod pty;
+pub mod rootfs;
 mod sys;
 
 pub use sys::{set_window_size, window_size};

@@ -1,0 +1,456 @@
+//! Preparing a container's root filesystem: every privileged call goes through [`Kernel`], so
+//! the sequence (what is mounted where, in which order, that targets stay inside the root) is
+//! unit-tested without root against a recording fake. Plain file creation inside the rootfs
+//! directory stays real: the fake runs it in a temporary directory.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+
+use crate::init::{Fail, ctx, fail, secure_join};
+use crate::{Network, Spec};
+
+/// The privileged system calls of the rootfs sequence.
+pub trait Kernel {
+    /// mount(2).
+    fn mount(
+        &mut self,
+        src: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()>;
+    /// umount2(2) with MNT_DETACH.
+    fn umount_detach(&mut self, target: &Path) -> nix::Result<()>;
+    /// pivot_root(".", ".") in the current directory.
+    fn pivot_root_here(&mut self) -> nix::Result<()>;
+    /// chdir(2).
+    fn chdir(&mut self, dir: &Path) -> nix::Result<()>;
+    /// sethostname(2).
+    fn sethostname(&mut self, name: &str) -> nix::Result<()>;
+    /// Brings `lo` up in the current network namespace.
+    fn loopback_up(&mut self) -> std::io::Result<()>;
+}
+
+/// The real kernel.
+#[derive(Debug, Default)]
+pub struct Linux;
+
+impl Kernel for Linux {
+    fn mount(
+        &mut self,
+        src: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()> {
+        nix::mount::mount(src, target, fstype, flags, data)
+    }
+    fn umount_detach(&mut self, target: &Path) -> nix::Result<()> {
+        nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)
+    }
+    fn pivot_root_here(&mut self) -> nix::Result<()> {
+        nix::unistd::pivot_root(".", ".")
+    }
+    fn chdir(&mut self, dir: &Path) -> nix::Result<()> {
+        nix::unistd::chdir(dir)
+    }
+    fn sethostname(&mut self, name: &str) -> nix::Result<()> {
+        nix::unistd::sethostname(name)
+    }
+    fn loopback_up(&mut self) -> std::io::Result<()> {
+        crate::sys::loopback_up()
+    }
+}
+
+fn mount_at(
+    k: &mut impl Kernel,
+    src: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), Fail> {
+    ctx(k.mount(src, target, fstype, flags, data), || {
+        format!(
+            "mounting {} on {}",
+            src.or(fstype).unwrap_or("?"),
+            target.display()
+        )
+    })
+}
+
+/// A file to bind something onto (created empty if missing), resolved inside `root`.
+fn file_target(root: &Path, path: &str) -> Result<PathBuf, Fail> {
+    let parent = Path::new(path)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = ctx(secure_join(root, &parent, true), || {
+        format!("creating {parent} in the container")
+    })?;
+    let name = Path::new(path)
+        .file_name()
+        .ok_or_else(|| fail(format!("bad path {path}")))?;
+    let target =
+        secure_join(&dir, &name.to_string_lossy(), false).map_err(|e| fail(e.to_string()))?;
+    let target = if target.starts_with(root) {
+        target
+    } else {
+        dir.join(name)
+    };
+    if std::fs::symlink_metadata(&target).is_err() {
+        ctx(std::fs::write(&target, b""), || {
+            format!("creating {}", target.display())
+        })?;
+    }
+    Ok(target)
+}
+
+fn setup_dev(k: &mut impl Kernel, root: &Path) -> Result<(), Fail> {
+    let dev = ctx(secure_join(root, "dev", true), || "creating /dev".into())?;
+    mount_at(
+        k,
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let target = dev.join(name);
+        ctx(std::fs::write(&target, b""), || {
+            format!("creating /dev/{name}")
+        })?;
+        mount_at(
+            k,
+            Some(&format!("/dev/{name}")),
+            &target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+    }
+    let pts = dev.join("pts");
+    ctx(std::fs::create_dir(&pts), || "creating /dev/pts".into())?;
+    mount_at(
+        k,
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    let shm = dev.join("shm");
+    ctx(std::fs::create_dir(&shm), || "creating /dev/shm".into())?;
+    mount_at(
+        k,
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )?;
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        ctx(std::os::unix::fs::symlink(to, dev.join(link)), || {
+            format!("creating /dev/{link}")
+        })?;
+    }
+    Ok(())
+}
+
+/// Prepares the root filesystem of `spec` and pivots into it, through `k`.
+pub(crate) fn setup_rootfs(k: &mut impl Kernel, spec: &Spec) -> Result<(), Fail> {
+    let root = &spec.rootfs;
+    mount_at(
+        k,
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    mount_at(
+        k,
+        Some(&root.to_string_lossy()),
+        root,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    let proc_dir = ctx(secure_join(root, "proc", true), || "creating /proc".into())?;
+    mount_at(
+        k,
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    setup_dev(k, root)?;
+    let sys_dir = ctx(secure_join(root, "sys", true), || "creating /sys".into())?;
+    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if k.mount(Some("sysfs"), &sys_dir, Some("sysfs"), ro, None)
+        .is_err()
+    {
+        mount_at(
+            k,
+            Some("/sys"),
+            &sys_dir,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        mount_at(
+            k,
+            None,
+            &sys_dir,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro,
+            None,
+        )?;
+    }
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+        spec.hostname
+    );
+    let resolv = match spec.network {
+        Network::Host => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        Network::None => String::new(),
+    };
+    for (name, content) in [
+        ("hosts", hosts),
+        ("resolv.conf", resolv),
+        ("hostname", format!("{}\n", spec.hostname)),
+    ] {
+        let host_file = spec.state_dir.join(name);
+        ctx(std::fs::write(&host_file, content), || {
+            format!("writing {}", host_file.display())
+        })?;
+        let target = file_target(root, &format!("etc/{name}"))?;
+        mount_at(
+            k,
+            Some(&host_file.to_string_lossy()),
+            &target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+    }
+    for b in &spec.binds {
+        let is_dir = std::fs::metadata(&b.source)
+            .map(|m| m.is_dir())
+            .map_err(|e| fail(format!("bind source {}: {e}", b.source.display())))?;
+        let target = if is_dir {
+            ctx(secure_join(root, &b.target, true), || {
+                format!("creating {} in the container", b.target)
+            })?
+        } else {
+            file_target(root, &b.target)?
+        };
+        mount_at(
+            k,
+            Some(&b.source.to_string_lossy()),
+            &target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        if b.readonly {
+            mount_at(
+                k,
+                None,
+                &target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None,
+            )?;
+        }
+    }
+    if spec.network == Network::None {
+        ctx(k.loopback_up(), || "bringing up loopback".into())?;
+    }
+    ctx(k.sethostname(&spec.hostname), || {
+        "setting the hostname".into()
+    })?;
+    ctx(k.chdir(root.as_path()), || {
+        format!("entering {}", root.display())
+    })?;
+    ctx(k.pivot_root_here(), || "pivot_root".into())?;
+    ctx(k.umount_detach(Path::new(".")), || {
+        "detaching the old root".into()
+    })?;
+    ctx(k.chdir(Path::new("/")), || "entering /".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records every call as a line; mounts of `fail_on` fail.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Vec<String>,
+        fail_on: Option<&'static str>,
+    }
+
+    impl Kernel for Recorder {
+        fn mount(
+            &mut self,
+            src: Option<&str>,
+            target: &Path,
+            fstype: Option<&str>,
+            flags: MsFlags,
+            _data: Option<&str>,
+        ) -> nix::Result<()> {
+            let ro = if flags.contains(MsFlags::MS_RDONLY) {
+                " ro"
+            } else {
+                ""
+            };
+            let kind = match fstype {
+                Some(t) => t.to_string(),
+                None if flags.contains(MsFlags::MS_REMOUNT) => "remount".into(),
+                None if flags.contains(MsFlags::MS_BIND) => "bind".into(),
+                None => "propagation".into(),
+            };
+            self.calls.push(format!(
+                "mount {kind} {} -> {}{ro}",
+                src.unwrap_or("-"),
+                target.display()
+            ));
+            if self.fail_on.is_some_and(|f| Some(f) == fstype) {
+                return Err(nix::errno::Errno::EPERM);
+            }
+            Ok(())
+        }
+        fn umount_detach(&mut self, target: &Path) -> nix::Result<()> {
+            self.calls.push(format!("umount {}", target.display()));
+            Ok(())
+        }
+        fn pivot_root_here(&mut self) -> nix::Result<()> {
+            self.calls.push("pivot_root".into());
+            Ok(())
+        }
+        fn chdir(&mut self, dir: &Path) -> nix::Result<()> {
+            self.calls.push(format!("chdir {}", dir.display()));
+            Ok(())
+        }
+        fn sethostname(&mut self, name: &str) -> nix::Result<()> {
+            self.calls.push(format!("hostname {name}"));
+            Ok(())
+        }
+        fn loopback_up(&mut self) -> std::io::Result<()> {
+            self.calls.push("lo up".into());
+            Ok(())
+        }
+    }
+
+    fn spec(root: &Path, state: &Path, binds: Vec<crate::Bind>, network: Network) -> Spec {
+        Spec {
+            rootfs: root.to_path_buf(),
+            args: vec!["sh".into()],
+            env: vec![],
+            cwd: "/".into(),
+            user: String::new(),
+            hostname: "box".into(),
+            network,
+            binds,
+            state_dir: state.to_path_buf(),
+            tty: false,
+        }
+    }
+
+    #[test]
+    fn mount_sequence_in_order_and_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        // An image symlink that points outside: the bind must still land inside the root.
+        std::os::unix::fs::symlink("/var/escape", root.join("data")).unwrap();
+        let host = dir.path().join("host");
+        std::fs::create_dir(&host).unwrap();
+        let binds = vec![crate::Bind {
+            source: host.clone(),
+            target: "/data/x".into(),
+            readonly: true,
+        }];
+        let mut k = Recorder::default();
+        setup_rootfs(&mut k, &spec(&root, &state, binds, Network::None)).unwrap();
+        let r = root.display().to_string();
+        let h = host.display().to_string();
+        let want = [
+            "mount propagation - -> /".to_string(),
+            format!("mount bind {r} -> {r}"),
+            format!("mount proc proc -> {r}/proc"),
+            format!("mount tmpfs tmpfs -> {r}/dev"),
+        ];
+        assert_eq!(&k.calls[..4], &want[..]);
+        let pos = |s: &str| {
+            k.calls
+                .iter()
+                .position(|c| c == s)
+                .unwrap_or_else(|| panic!("no {s:?} in {:#?}", k.calls))
+        };
+        assert!(pos(&format!("mount devpts devpts -> {r}/dev/pts")) > 3);
+        assert!(
+            k.calls
+                .contains(&format!("mount sysfs sysfs -> {r}/sys ro"))
+        );
+        assert!(k.calls.contains(&format!(
+            "mount bind {}/hosts -> {r}/etc/hosts",
+            state.display()
+        )));
+        let bind = pos(&format!("mount bind {h} -> {r}/var/escape/x"));
+        assert_eq!(
+            k.calls[bind + 1],
+            format!("mount remount - -> {r}/var/escape/x ro")
+        );
+        assert!(!Path::new("/var/escape").exists());
+        let tail: Vec<&str> = k.calls[k.calls.len() - 6..]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            tail,
+            [
+                "lo up",
+                "hostname box",
+                &format!("chdir {r}"),
+                "pivot_root",
+                "umount .",
+                "chdir /"
+            ]
+        );
+        assert_eq!(
+            std::fs::read_to_string(state.join("hostname")).unwrap(),
+            "box\n"
+        );
+    }
+
+    #[test]
+    fn sysfs_falls_back_to_a_read_only_bind() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        std::fs::create_dir_all(&root).unwrap();
+        let mut k = Recorder {
+            fail_on: Some("sysfs"),
+            ..Recorder::default()
+        };
+        setup_rootfs(&mut k, &spec(&root, dir.path(), vec![], Network::Host)).unwrap();
+        let r = root.display().to_string();
+        assert!(k.calls.contains(&format!("mount bind /sys -> {r}/sys")));
+        assert!(k.calls.contains(&format!("mount remount - -> {r}/sys ro")));
+        assert!(!k.calls.contains(&"lo up".to_string()));
+    }
+}
