@@ -151,6 +151,58 @@ impl ChunkCache {
         Ok(true)
     }
 
+    /// A whole file assembled from its (verified, cached) chunks, for kernel passthrough: kept in
+    /// `files/`, named by the sha256 of its chunk list, holes left sparse. `None` when a chunk is
+    /// missing.
+    pub fn assemble(
+        &self,
+        chunks: &[crate::index::Chunk],
+        size: u64,
+    ) -> Result<Option<PathBuf>, CacheError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::FileExt;
+        let mut id = crate::digest::Hasher::default();
+        for c in chunks {
+            id.update(&c.file_offset.to_le_bytes());
+            id.update(&c.len.to_le_bytes());
+            id.update(c.digest.map(|d| d.hex()).unwrap_or_default().as_bytes());
+        }
+        let dir = self.dir.join("files");
+        let path = dir.join(id.finish().hex());
+        if path.exists() {
+            return Ok(Some(path));
+        }
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CacheError::Io { path, source }
+        };
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let tmp = atomic::temp_path(&path);
+        let file = fs::File::create(&tmp).map_err(io(&tmp))?;
+        let result = (|| -> Result<bool, CacheError> {
+            file.set_len(size).map_err(io(&tmp))?;
+            for c in chunks {
+                let Some(d) = c.digest.filter(|_| c.loc != crate::index::ChunkLoc::Zeros) else {
+                    continue;
+                };
+                let Some(bytes) = self.read_at(&d, 0, c.len as usize)? else {
+                    return Ok(false);
+                };
+                file.write_all_at(&bytes, c.file_offset).map_err(io(&tmp))?;
+            }
+            (&file).flush().map_err(io(&tmp))?;
+            // Unlike a chunk, the kernel reads this file without strata checking it: make it
+            // durable before it gets its name, so a crash cannot leave a torn one.
+            file.sync_all().map_err(io(&tmp))?;
+            fs::rename(&tmp, &path).map_err(io(&path))?;
+            Ok(true)
+        })();
+        if !matches!(result, Ok(true)) {
+            let _ = fs::remove_file(&tmp);
+        }
+        Ok(result?.then_some(path))
+    }
+
     /// Removes the oldest chunks until the cache is within its limit. Returns bytes freed.
     pub fn enforce_limit(&self) -> Result<u64, CacheError> {
         let Ok(_guard) = self.evicting.try_lock() else {

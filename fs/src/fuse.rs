@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +23,9 @@ use crate::tree::{Content, Node, Tree};
 
 /// Lower content never changes: the kernel may cache entries and attributes for long.
 const TTL: Duration = Duration::from_secs(3600);
+/// Smaller complete files are served from the page cache through FUSE reads; larger ones by
+/// kernel passthrough to an assembled local copy.
+const PASSTHROUGH_MIN_BYTES: u64 = 1 << 20;
 /// How far ahead a sequential reader's next bytes are fetched.
 const SEQUENTIAL_WINDOW: u64 = 8 << 20;
 
@@ -42,6 +46,11 @@ pub struct LazyFs {
     rt: tokio::runtime::Handle,
     /// End of the last read of each file, to recognize sequential reads.
     last_read: Mutex<HashMap<u64, u64>>,
+    /// The kernel serves complete files from a local backing file.
+    passthrough: bool,
+    /// Backing files of open passthrough handles (closed on release).
+    backings: Mutex<HashMap<u64, fuser::BackingId>>,
+    next_fh: AtomicU64,
 }
 
 /// Completes a [`LazyFs::pending`] filesystem.
@@ -83,6 +92,9 @@ impl LazyFs {
                 fetcher,
                 rt,
                 last_read: Mutex::new(HashMap::new()),
+                passthrough: false,
+                backings: Mutex::new(HashMap::new()),
+                next_fh: AtomicU64::new(1),
             },
             ReadySetter(cell),
         )
@@ -129,6 +141,31 @@ impl LazyFs {
                 debug!(error = %e, "prefetch failed; the read itself will retry");
             }
         });
+    }
+
+    /// A complete local copy of a regular file whose chunks are all cached (files of at least
+    /// [`PASSTHROUGH_MIN_BYTES`]), for the kernel to read directly.
+    fn passthrough_file(&self, n: &Node) -> Option<std::fs::File> {
+        if !self.passthrough || n.kind != Kind::Reg || n.size < PASSTHROUGH_MIN_BYTES {
+            return None;
+        }
+        let content = n.content.as_ref()?;
+        let cache = self.fetcher.cache();
+        let complete = content.chunks.iter().all(|c| {
+            c.loc == strata_fetcher::index::ChunkLoc::Zeros
+                || c.digest.is_some_and(|d| cache.contains(&d))
+        });
+        if !complete {
+            return None;
+        }
+        match cache.assemble(&content.chunks, n.size) {
+            Ok(Some(path)) => std::fs::File::open(path).ok(),
+            Ok(None) => None,
+            Err(e) => {
+                debug!(error = %e, "assembling a file for passthrough failed");
+                None
+            }
+        }
     }
 
     fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
@@ -208,6 +245,14 @@ impl Filesystem for LazyFs {
             }
         }
         let _ = config.set_max_readahead(1 << 20);
+        // Passthrough for complete files; depth 1 lets overlayfs stack on this mount.
+        if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough = true;
+        } else {
+            warn!("kernel lacks FUSE passthrough; complete files are served through FUSE reads");
+        }
         Ok(())
     }
 
@@ -244,9 +289,42 @@ impl Filesystem for LazyFs {
         match self.node(ino) {
             Ok(n) if n.kind == Kind::Dir => reply.error(Errno::EISDIR),
             Ok(_) if flags.0 & libc::O_ACCMODE != libc::O_RDONLY => reply.error(Errno::EROFS),
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(n) => match self.passthrough_file(n) {
+                Some(file) => match reply.open_backing(&file) {
+                    Ok(id) => {
+                        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                        if let Ok(mut b) = self.backings.lock() {
+                            b.insert(fh, id);
+                        }
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "passthrough refused; serving through FUSE");
+                        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+                    }
+                },
+                None => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            },
             Err(e) => reply.error(e),
         }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if fh.0 != 0
+            && let Ok(mut b) = self.backings.lock()
+        {
+            b.remove(&fh.0);
+        }
+        reply.ok();
     }
 
     fn read(

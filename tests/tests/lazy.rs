@@ -208,3 +208,74 @@ fn plain_layers_pull_lazily_and_stream_on_first_mount() {
     assert_eq!(std::fs::read(m.dir.join("data/owned")).unwrap(), b"mine");
     assert_eq!(proxy.counts().0, 0);
 }
+
+#[test]
+fn complete_files_are_served_by_kernel_passthrough() {
+    if !require_root_fuse("complete_files_are_served_by_kernel_passthrough") {
+        return;
+    }
+    let reg = Registry::start();
+    push_image(&reg.addr, "t/pt", "1", &rich_layers(true), Comp::Native);
+    let reference = format!("{}/t/pt:1", reg.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    let mnt = state.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    ok(
+        &root,
+        &[
+            "--log-level",
+            "debug",
+            "mount",
+            "--detach",
+            &reference,
+            mnt.to_str().unwrap(),
+        ],
+    );
+    let _unmount = Unmount(root.clone(), mnt.clone());
+    let want = big();
+    assert!(
+        std::fs::read(mnt.join(BIG_PATH)).unwrap() == want,
+        "first (fetching) read"
+    );
+    let log_path = std::fs::read_dir(root.join("mounts"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    if log.contains("kernel lacks FUSE passthrough") {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI machines run kernels with FUSE passthrough"
+        );
+        eprintln!("SKIPPED passthrough check: this kernel has no FUSE passthrough");
+        return;
+    }
+    assert!(
+        log.contains(" READ "),
+        "the first read goes through FUSE (and the log shows it)"
+    );
+    let before = log.len();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    assert!(
+        std::fs::read(mnt.join(BIG_PATH)).unwrap() == want,
+        "passthrough read"
+    );
+    let after = std::fs::read_to_string(&log_path).unwrap();
+    let new = &after[before..];
+    assert!(new.contains(" OPEN "), "{new}");
+    assert!(
+        !new.contains(" READ "),
+        "a complete file was still read through FUSE:\n{new}"
+    );
+}
+
+struct Unmount(std::path::PathBuf, std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = strata_tests::strata::run(&self.0, &["umount", self.1.to_str().unwrap()]);
+    }
+}
