@@ -100,6 +100,14 @@ impl LazyFs {
         )
     }
 
+    /// Serves complete files by kernel passthrough (if the kernel can). Not for mounts that
+    /// overlayfs stacks on: with passthrough under overlayfs, reads of a passed-through file
+    /// through the overlay came back empty on this kernel (6.18), so containers keep it off.
+    pub fn with_passthrough(mut self, on: bool) -> Self {
+        self.passthrough = on;
+        self
+    }
+
     fn ready(&self) -> Result<&Ready, Errno> {
         self.ready.wait().as_ref().map_err(|_| Errno::EIO)
     }
@@ -245,12 +253,14 @@ impl Filesystem for LazyFs {
             }
         }
         let _ = config.set_max_readahead(1 << 20);
-        // Passthrough for complete files; depth 1 lets overlayfs stack on this mount.
-        if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-            && config.set_max_stack_depth(1).is_ok()
+        // Passthrough for complete files, where wanted; depth 1 lets overlayfs stack on this.
+        if self.passthrough
+            && (config
+                .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
+                .is_err()
+                || config.set_max_stack_depth(1).is_err())
         {
-            self.passthrough = true;
-        } else {
+            self.passthrough = false;
             warn!("kernel lacks FUSE passthrough; complete files are served through FUSE reads");
         }
         Ok(())

@@ -90,7 +90,7 @@ pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let rt = runtime()?;
     let img = find_or_pull(&ctx, &rt, &a.image, &a.platform)?;
-    let fs = prepare_fs(&ctx, &rt, img);
+    let fs = prepare_fs(&ctx, &rt, img).with_passthrough(true);
     let dir = a.dir.canonicalize()?;
     let on_signal = dir.clone();
     rt.spawn(async move {
