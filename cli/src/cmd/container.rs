@@ -131,6 +131,29 @@ pub fn execute(
     Ok(code)
 }
 
+/// Runs this same command line again in the background, in its own process group, with
+/// `extra` inserted after `subcommand` and its output appended to `log`.
+pub fn respawn_in_background(
+    subcommand: &str,
+    extra: &str,
+    log: std::fs::File,
+) -> anyhow::Result<std::process::Child> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let pos = args
+        .iter()
+        .position(|x| x == subcommand)
+        .with_context(|| format!("no {subcommand} subcommand"))?;
+    args.insert(pos + 1, extra.to_string());
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the container in the background")
+}
+
 /// Forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the container helper.
 async fn forward_signals(pid: u32) {
     use nix::sys::signal::Signal;

@@ -75,7 +75,7 @@ pub fn run_logs(a: LogsArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
 
 /// Waits until the container's record says it exited (its `strata run` writes that after the
 /// process ends); false on timeout.
-fn wait_exit(cs: &Containers, id: &str, limit: Duration) -> bool {
+pub fn wait_exit(cs: &Containers, id: &str, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         match cs.find(id) {

@@ -4,7 +4,7 @@ mod container;
 mod convert;
 pub mod images;
 mod inspect;
-mod lifecycle;
+pub mod lifecycle;
 mod login;
 pub mod mount;
 mod ps;

@@ -134,6 +134,8 @@ pub fn run_rm(a: RmArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
+            // Let its `strata run` record the exit and unmount before the directory goes.
+            crate::cmd::lifecycle::wait_exit(&containers, &c.id, std::time::Duration::from_secs(5));
         }
         let dir = containers.dir_of(&c.id);
         for m in ["rootfs", "lower"] {

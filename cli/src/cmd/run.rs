@@ -7,7 +7,7 @@ use strata_fetcher::timefmt::now_secs;
 use strata_runner::state::{Container, Containers, State};
 use strata_runner::{Bind, Network, Spec, command_line, merge_env};
 
-use crate::cmd::container::{Streams, execute, mount_root};
+use crate::cmd::container::{Streams, execute, mount_root, respawn_in_background};
 use crate::cmd::mount::find_or_pull;
 use crate::global::{GlobalArgs, runtime};
 
@@ -247,21 +247,7 @@ fn detach(containers: &Containers, name: Option<&str>) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&dir)?;
     let log_path = dir.join("container.log");
     let log = std::fs::File::create(&log_path)?;
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let pos = args
-        .iter()
-        .position(|x| x == "run")
-        .context("no run subcommand")?;
-    args.insert(pos + 1, format!("--cid={id}"));
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd
-        .args(&args)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting the container in the background")?;
+    let mut child = respawn_in_background("run", &format!("--cid={id}"), log)?;
     loop {
         if containers
             .find(&id)

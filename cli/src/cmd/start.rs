@@ -4,7 +4,7 @@ use anyhow::{Context as _, bail};
 use strata_runner::Spec;
 use strata_runner::state::{Containers, State};
 
-use crate::cmd::container::{Streams, execute, mount_root};
+use crate::cmd::container::{Streams, execute, mount_root, respawn_in_background};
 use crate::global::{GlobalArgs, runtime};
 
 /// Arguments of `start`.
@@ -66,22 +66,8 @@ fn start_in_background(
         .create(true)
         .append(true)
         .open(dir.join("container.log"))?;
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let pos = args
-        .iter()
-        .position(|x| x == "start")
-        .context("no start subcommand")?;
-    args.insert(pos + 1, "--attach".into());
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let before = containers.find(id).and_then(|c| c.finished);
-    let mut child = cmd
-        .args(&args)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting the container in the background")?;
+    let mut child = respawn_in_background("start", "--attach", log)?;
     loop {
         let now = containers.find(id);
         if now
