@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -48,10 +47,23 @@ pub struct LazyFs {
     last_read: Mutex<HashMap<u64, u64>>,
     /// The kernel serves complete files from a local backing file.
     passthrough: bool,
-    /// Backing files of open passthrough handles (closed on release).
-    backings: Mutex<HashMap<u64, fuser::BackingId>>,
-    next_fh: AtomicU64,
+    /// How each inode is open: the kernel refuses (EIO) a passthrough open of an inode that is
+    /// open through FUSE reads, and the reverse, so an inode stays in one mode while open.
+    open_modes: Mutex<HashMap<u64, OpenMode>>,
 }
+
+/// The open handles of one inode.
+#[derive(Debug)]
+enum OpenMode {
+    /// Read through FUSE; the number of handles.
+    Fuse(u32),
+    /// Passed through to a backing file (closed when the last handle is released).
+    Passthrough(u32, fuser::BackingId),
+}
+
+/// File handle of opens served through FUSE reads; passthrough opens get 1.
+const FH_FUSE: u64 = 0;
+const FH_PASSTHROUGH: u64 = 1;
 
 /// Completes a [`LazyFs::pending`] filesystem.
 #[derive(Debug)]
@@ -93,16 +105,13 @@ impl LazyFs {
                 rt,
                 last_read: Mutex::new(HashMap::new()),
                 passthrough: false,
-                backings: Mutex::new(HashMap::new()),
-                next_fh: AtomicU64::new(1),
+                open_modes: Mutex::new(HashMap::new()),
             },
             ReadySetter(cell),
         )
     }
 
-    /// Serves complete files by kernel passthrough (if the kernel can). Not for mounts that
-    /// overlayfs stacks on: with passthrough under overlayfs, reads of a passed-through file
-    /// through the overlay came back empty on this kernel (6.18), so containers keep it off.
+    /// Serves complete files by kernel passthrough (if the kernel can).
     pub fn with_passthrough(mut self, on: bool) -> Self {
         self.passthrough = on;
         self
@@ -299,22 +308,47 @@ impl Filesystem for LazyFs {
         match self.node(ino) {
             Ok(n) if n.kind == Kind::Dir => reply.error(Errno::EISDIR),
             Ok(_) if flags.0 & libc::O_ACCMODE != libc::O_RDONLY => reply.error(Errno::EROFS),
-            Ok(n) => match self.passthrough_file(n) {
-                Some(file) => match reply.open_backing(&file) {
-                    Ok(id) => {
-                        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-                        if let Ok(mut b) = self.backings.lock() {
-                            b.insert(fh, id);
+            Ok(n) => {
+                let Ok(mut modes) = self.open_modes.lock() else {
+                    return reply.error(Errno::EIO);
+                };
+                match modes.get_mut(&ino.0) {
+                    Some(OpenMode::Fuse(count)) => {
+                        *count += 1;
+                        reply.opened(FileHandle(FH_FUSE), FopenFlags::FOPEN_KEEP_CACHE);
+                    }
+                    Some(OpenMode::Passthrough(count, id)) => {
+                        *count += 1;
+                        reply.opened_passthrough(
+                            FileHandle(FH_PASSTHROUGH),
+                            FopenFlags::empty(),
+                            id,
+                        );
+                    }
+                    None => {
+                        let backing = self.passthrough_file(n).and_then(|file| {
+                            reply
+                                .open_backing(&file)
+                                .map_err(|e| debug!(error = %e, "passthrough refused; serving through FUSE"))
+                                .ok()
+                        });
+                        match backing {
+                            Some(id) => {
+                                reply.opened_passthrough(
+                                    FileHandle(FH_PASSTHROUGH),
+                                    FopenFlags::empty(),
+                                    &id,
+                                );
+                                modes.insert(ino.0, OpenMode::Passthrough(1, id));
+                            }
+                            None => {
+                                reply.opened(FileHandle(FH_FUSE), FopenFlags::FOPEN_KEEP_CACHE);
+                                modes.insert(ino.0, OpenMode::Fuse(1));
+                            }
                         }
                     }
-                    Err(e) => {
-                        debug!(error = %e, "passthrough refused; serving through FUSE");
-                        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
-                    }
-                },
-                None => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            },
+                }
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -322,18 +356,25 @@ impl Filesystem for LazyFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if fh.0 != 0
-            && let Ok(mut b) = self.backings.lock()
+        if let Ok(mut modes) = self.open_modes.lock()
+            && let Some(mode) = modes.get_mut(&ino.0)
         {
-            b.remove(&fh.0);
+            let count = match mode {
+                OpenMode::Fuse(c) | OpenMode::Passthrough(c, _) => c,
+            };
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                modes.remove(&ino.0);
+            }
         }
+        let _ = fh;
         reply.ok();
     }
 

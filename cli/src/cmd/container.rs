@@ -46,7 +46,7 @@ pub fn mount_root(
     for d in [&lower, &upper, &work, &rootfs] {
         std::fs::create_dir_all(d)?;
     }
-    let fs = prepare_fs(ctx, rt, img.clone());
+    let fs = prepare_fs(ctx, rt, img.clone()).with_passthrough(true);
     let session = spawn(fs, &lower, &MountOptions::default())
         .with_context(|| format!("mounting the image on {}", lower.display()))?;
     let mut mounted = RootMount {
