@@ -4,6 +4,7 @@
 pub mod atomic;
 pub mod cache;
 pub mod chunked;
+pub mod commit;
 pub mod convert;
 pub mod digest;
 pub mod estargz;

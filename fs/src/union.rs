@@ -28,3 +28,132 @@ pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> 
 pub fn unmount_detached(target: &Path) -> io::Result<()> {
     nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH).map_err(io::Error::from)
 }
+
+/// Writes a container's upper layer as an OCI layer tar: overlayfs whiteouts (0/0 character
+/// devices) become `.wh.NAME`, opaque directories (`trusted.overlay.opaque=y`) get a
+/// `.wh..wh..opq` entry, overlayfs' own xattrs are dropped, hardlinks stay hardlinks. Entries
+/// for which `skip(relative path, metadata)` is true are left out with everything below them.
+pub fn upper_to_tar<W: io::Write>(
+    upper: &Path,
+    skip: &dyn Fn(&Path, &std::fs::Metadata) -> bool,
+    out: W,
+) -> io::Result<W> {
+    let mut b = tar::Builder::new(out);
+    b.follow_symlinks(false);
+    let mut seen = std::collections::HashMap::new();
+    add_dir(&mut b, upper, Path::new(""), skip, &mut seen)?;
+    b.into_inner()
+}
+
+fn header_for(meta: &std::fs::Metadata, kind: tar::EntryType) -> tar::Header {
+    use std::os::unix::fs::MetadataExt;
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(meta.mode() & 0o7777);
+    h.set_uid(meta.uid() as u64);
+    h.set_gid(meta.gid() as u64);
+    h.set_mtime(meta.mtime().max(0) as u64);
+    h.set_size(0);
+    h
+}
+
+fn xattrs_of(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let Ok(names) = xattr::list(path) else {
+        return Vec::new();
+    };
+    names
+        .filter_map(|n| {
+            let name = n.to_string_lossy().into_owned();
+            if name.starts_with("trusted.overlay.") {
+                return None;
+            }
+            xattr::get(path, &n).ok().flatten().map(|v| (name, v))
+        })
+        .collect()
+}
+
+fn add_dir<W: io::Write>(
+    b: &mut tar::Builder<W>,
+    root: &Path,
+    rel: &Path,
+    skip: &dyn Fn(&Path, &std::fs::Metadata) -> bool,
+    seen: &mut std::collections::HashMap<(u64, u64), std::path::PathBuf>,
+) -> io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut names: Vec<_> = std::fs::read_dir(root.join(rel))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    for name in names {
+        let rel_path = rel.join(&name);
+        let full = root.join(&rel_path);
+        let meta = std::fs::symlink_metadata(&full)?;
+        if skip(&rel_path, &meta) {
+            continue;
+        }
+        let ft = meta.file_type();
+        if ft.is_char_device() && meta.rdev() == 0 {
+            let mut wh = std::ffi::OsString::from(".wh.");
+            wh.push(&name);
+            let mut h = header_for(&meta, tar::EntryType::Regular);
+            h.set_mode(0o644);
+            b.append_data(&mut h, rel.join(wh), io::empty())?;
+            continue;
+        }
+        let xattrs = xattrs_of(&full);
+        if !xattrs.is_empty() {
+            let pax: Vec<(String, Vec<u8>)> = xattrs
+                .iter()
+                .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.clone()))
+                .collect();
+            b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+        }
+        if ft.is_dir() {
+            let mut h = header_for(&meta, tar::EntryType::Directory);
+            b.append_data(&mut h, &rel_path, io::empty())?;
+            if xattr::get(&full, "trusted.overlay.opaque")
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some(b"y")
+            {
+                let mut o = header_for(&meta, tar::EntryType::Regular);
+                o.set_mode(0o644);
+                b.append_data(&mut o, rel_path.join(".wh..wh..opq"), io::empty())?;
+            }
+            add_dir(b, root, &rel_path, skip, seen)?;
+        } else if ft.is_symlink() {
+            let mut h = header_for(&meta, tar::EntryType::Symlink);
+            b.append_link(&mut h, &rel_path, std::fs::read_link(&full)?)?;
+        } else if ft.is_file() {
+            let key = (meta.dev(), meta.ino());
+            if meta.nlink() > 1 {
+                if let Some(first) = seen.get(&key) {
+                    let mut h = header_for(&meta, tar::EntryType::Link);
+                    b.append_link(&mut h, &rel_path, first)?;
+                    continue;
+                }
+                seen.insert(key, rel_path.clone());
+            }
+            let mut h = header_for(&meta, tar::EntryType::Regular);
+            h.set_size(meta.len());
+            b.append_data(&mut h, &rel_path, std::fs::File::open(&full)?)?;
+        } else {
+            let kind = if ft.is_char_device() {
+                tar::EntryType::Char
+            } else if ft.is_block_device() {
+                tar::EntryType::Block
+            } else if ft.is_fifo() {
+                tar::EntryType::Fifo
+            } else {
+                continue; // sockets cannot be stored in a layer
+            };
+            let mut h = header_for(&meta, kind);
+            let rdev = meta.rdev();
+            h.set_device_major(((rdev >> 32) & 0xffff_f000) as u32 | ((rdev >> 8) & 0xfff) as u32)?;
+            h.set_device_minor(((rdev >> 12) & 0xffff_ff00) as u32 | (rdev & 0xff) as u32)?;
+            b.append_data(&mut h, &rel_path, io::empty())?;
+        }
+    }
+    Ok(())
+}

@@ -148,6 +148,18 @@ pub fn run_diff(a: DiffArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Whether `rel` (a path in a container's upper layer) is only a mount point strata created
+/// because the image lacks it: it is not the container's change.
+pub fn is_runtime_artifact(rel: &Path, meta: &std::fs::Metadata, tree: &strata_fs::Tree) -> bool {
+    let shown = format!("/{}", rel.display());
+    if !RUNTIME_PATHS.contains(&shown.as_str())
+        || tree.resolve(rel.as_os_str().as_encoded_bytes()).is_some()
+    {
+        return false;
+    }
+    meta.is_dir() || meta.len() == 0
+}
+
 /// Mount points strata itself creates in a container when the image lacks them.
 const RUNTIME_PATHS: [&str; 6] = [
     "/proc",
@@ -170,15 +182,10 @@ fn walk(
         let rel = p.strip_prefix(root)?;
         let shown = format!("/{}", rel.display());
         let m = std::fs::symlink_metadata(&p)?;
-        let in_image = tree.resolve(rel.as_os_str().as_encoded_bytes()).is_some();
-        let empty = if m.is_dir() {
-            std::fs::read_dir(&p)?.next().is_none()
-        } else {
-            m.len() == 0
-        };
-        if !in_image && empty && RUNTIME_PATHS.contains(&shown.as_str()) {
+        if is_runtime_artifact(rel, &m, tree) {
             continue;
         }
+        let in_image = tree.resolve(rel.as_os_str().as_encoded_bytes()).is_some();
         if m.file_type().is_char_device() && m.rdev() == 0 {
             out.push(('D', shown));
             continue;

@@ -1,5 +1,6 @@
 //! One file per subcommand.
 
+mod commit;
 mod container;
 mod convert;
 pub mod images;
@@ -42,6 +43,10 @@ pub enum Command {
     Ps(ps::PsArgs),
     /// Remove containers.
     Rm(ps::RmArgs),
+    /// Create a new image from a container's changes.
+    Commit(commit::CommitArgs),
+    /// Give an image another name.
+    Tag(commit::TagArgs),
     /// Start an exited container again, on its own writable layer.
     Start(start::StartArgs),
     /// Show the output of a detached container.
@@ -74,6 +79,8 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::Run(a) => run::run(*a, g),
         Command::Ps(a) => ps::run_ps(a, g),
         Command::Rm(a) => ps::run_rm(a, g),
+        Command::Commit(a) => commit::run_commit(a, g),
+        Command::Tag(a) => commit::run_tag(a, g),
         Command::Start(a) => start::run_start(a, g),
         Command::Logs(a) => lifecycle::run_logs(a, g),
         Command::Stop(a) => lifecycle::run_stop(a, g),

@@ -1,0 +1,109 @@
+//! `strata commit` and `strata tag`.
+
+use std::io::Seek;
+
+use anyhow::Context as _;
+use strata_fetcher::Reference;
+use strata_fetcher::commit::CommitMeta;
+use strata_runner::state::Containers;
+
+use crate::cmd::lifecycle::is_runtime_artifact;
+use crate::global::GlobalArgs;
+
+/// Arguments of `commit`.
+#[derive(Debug, clap::Args)]
+pub struct CommitArgs {
+    /// Commit message.
+    #[arg(short = 'm', long)]
+    pub message: Option<String>,
+    /// Author ("Name <email>").
+    #[arg(short = 'a', long)]
+    pub author: Option<String>,
+    /// Apply a Dockerfile instruction to the config (CMD, ENTRYPOINT, ENV, WORKDIR, USER, EXPOSE, LABEL, VOLUME).
+    #[arg(short = 'c', long = "change")]
+    pub changes: Vec<String>,
+    /// Container (name or id).
+    pub container: String,
+    /// REPOSITORY[:TAG] for the new image.
+    pub reference: Option<String>,
+}
+
+/// Arguments of `tag`.
+#[derive(Debug, clap::Args)]
+pub struct TagArgs {
+    /// Source image (reference or id).
+    pub source: String,
+    /// New reference.
+    pub target: String,
+}
+
+pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let target: Option<Reference> = a.reference.as_deref().map(str::parse).transpose()?;
+    let containers = Containers::new(&g.root());
+    let c = containers
+        .find(&a.container)
+        .with_context(|| format!("No such container: {}", a.container))?;
+    let ctx = g.context()?;
+    let (img, _) = ctx
+        .resolve(&c.image_id)
+        .with_context(|| format!("image {} of container {}", c.image, a.container))?;
+    let layers = ctx.open_layers(&img)?;
+    let tree = strata_fs::Tree::build(layers.iter().map(|l| &l.index))?;
+    let upper = containers.dir_of(&c.id).join("upper");
+    let mut tmp = tempfile_in(&g.root().join("tmp"))?;
+    let skip =
+        |rel: &std::path::Path, meta: &std::fs::Metadata| is_runtime_artifact(rel, meta, &tree);
+    strata_fs::union::upper_to_tar(&upper, &skip, &mut tmp.1)
+        .with_context(|| format!("reading the changes of {}", a.container))?;
+    tmp.1.rewind()?;
+    let meta = CommitMeta {
+        comment: a.message,
+        author: a.author,
+        changes: a.changes,
+        created_by: format!("strata commit {}", c.command.join(" ")),
+    };
+    let rec = ctx.commit(&img, &mut tmp.1, &meta);
+    let _ = std::fs::remove_file(&tmp.0);
+    let rec = rec?;
+    if let Some(t) = target {
+        ctx.tag(
+            &rec,
+            &format!(
+                "{}:{}",
+                t.full_repository(),
+                t.tag.as_deref().unwrap_or("latest")
+            ),
+        )?;
+    }
+    println!("{}", rec.config);
+    Ok(0)
+}
+
+fn tempfile_in(dir: &std::path::Path) -> anyhow::Result<(std::path::PathBuf, std::fs::File)> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("commit-{}.tar", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    Ok((path, f))
+}
+
+pub fn run_tag(a: TagArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let target: Reference = a.target.parse()?;
+    let ctx = g.context()?;
+    let (img, _) = ctx
+        .resolve(&a.source)
+        .with_context(|| format!("No such image: {}", a.source))?;
+    ctx.tag(
+        &img,
+        &format!(
+            "{}:{}",
+            target.full_repository(),
+            target.tag.as_deref().unwrap_or("latest")
+        ),
+    )?;
+    Ok(0)
+}
