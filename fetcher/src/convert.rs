@@ -128,7 +128,7 @@ fn tempdir_in(parent: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
     Ok(p)
 }
 
-async fn copy_blob(
+pub(crate) async fn copy_blob(
     ctx: &Context,
     src: &Reference,
     dst: &Reference,

@@ -12,6 +12,7 @@ pub mod image;
 pub mod index;
 pub mod lazy;
 pub mod plain;
+pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod store;

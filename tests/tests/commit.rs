@@ -118,3 +118,128 @@ fn commit_makes_a_lazy_image_of_the_changes() {
         "{images}"
     );
 }
+
+#[test]
+fn commit_push_round_trip_through_other_clients() {
+    if !require_root_fuse("commit_push_round_trip_through_other_clients") {
+        return;
+    }
+    let reg = Registry::start();
+    push_image(&reg.addr, "t/base", "1", &runnable_layers(), Comp::Gzip);
+    let proxy = Proxy::start(&reg.addr);
+    let base = format!("{}/t/base:1", proxy.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    ok(
+        &root,
+        &[
+            "run",
+            "--name",
+            "c1",
+            &base,
+            "sh",
+            "-c",
+            "echo pushed > /hellodocker; rm /etc/os-release; rm -r /var/lib; mkdir /var/lib",
+        ],
+    );
+    let new = format!("{}/me/hello:v1", proxy.addr);
+    ok(&root, &["commit", "-m", "round trip", "c1", &new]);
+    ok(&root, &["push", &new]);
+
+    // Pushing again uploads nothing: existence checks and the manifest only.
+    proxy.reset();
+    ok(&root, &["push", &new]);
+    let log = proxy.stats.log.lock().unwrap().clone();
+    let uploads: Vec<&String> = log
+        .iter()
+        .filter(|l| {
+            l.contains("/blobs/uploads/") || (l.starts_with("PUT") && l.contains("/blobs/"))
+        })
+        .collect();
+    assert!(
+        uploads.is_empty(),
+        "second push uploaded blobs: {uploads:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("PUT") && l.contains("/manifests/v1")),
+        "{log:?}"
+    );
+
+    // Another client copies it and an independent extraction shows the change.
+    let layout = state.path().join("oci");
+    let st = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{}/me/hello:v1", reg.addr))
+        .arg(format!("oci:{}:v1", layout.display()))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let mdigest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(mdigest)).unwrap())
+            .unwrap();
+    let tars: Vec<Vec<u8>> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let blob = std::fs::read(
+                layout
+                    .join("blobs/sha256")
+                    .join(l["digest"].as_str().unwrap().trim_start_matches("sha256:")),
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            if l["mediaType"].as_str().unwrap().ends_with("zstd") {
+                out = zstd::stream::decode_all(&blob[..]).unwrap();
+            } else {
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&blob[..]), &mut out)
+                    .unwrap();
+            }
+            out
+        })
+        .collect();
+    let tree = strata_tests::walk::ReferenceTree::new(&tars);
+    assert_eq!(
+        std::fs::read_to_string(tree.root.join("hellodocker")).unwrap(),
+        "pushed\n"
+    );
+    assert!(
+        !tree.root.join("etc/os-release").exists(),
+        "a deletion came back"
+    );
+    assert_eq!(
+        std::fs::read_dir(tree.root.join("var/lib"))
+            .unwrap()
+            .count(),
+        0,
+        "opaque dir not opaque"
+    );
+
+    // And strata runs the pushed image lazily from a fresh state.
+    let fresh = state.path().join("fresh");
+    assert_eq!(
+        ok(
+            &fresh,
+            &[
+                "run",
+                "--rm",
+                &format!("{}/me/hello:v1", reg.addr),
+                "cat",
+                "/hellodocker"
+            ]
+        ),
+        "pushed\n"
+    );
+}

@@ -10,6 +10,7 @@ mod login;
 pub mod mount;
 mod ps;
 pub mod pull;
+mod push;
 pub mod run;
 mod start;
 
@@ -47,6 +48,8 @@ pub enum Command {
     Commit(commit::CommitArgs),
     /// Give an image another name.
     Tag(commit::TagArgs),
+    /// Upload an image to its registry (only what the registry lacks).
+    Push(push::PushArgs),
     /// Start an exited container again, on its own writable layer.
     Start(start::StartArgs),
     /// Show the output of a detached container.
@@ -81,6 +84,7 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::Rm(a) => ps::run_rm(a, g),
         Command::Commit(a) => commit::run_commit(a, g),
         Command::Tag(a) => commit::run_tag(a, g),
+        Command::Push(a) => push::run_push(a, g),
         Command::Start(a) => start::run_start(a, g),
         Command::Logs(a) => lifecycle::run_logs(a, g),
         Command::Stop(a) => lifecycle::run_stop(a, g),
