@@ -8,6 +8,7 @@ pub mod commit;
 pub mod convert;
 pub mod digest;
 pub mod estargz;
+pub mod gc;
 pub mod image;
 pub mod index;
 pub mod lazy;

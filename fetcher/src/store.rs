@@ -260,6 +260,48 @@ impl Store {
         Ok(out)
     }
 
+    /// Removes an image record.
+    pub fn remove_image(&self, manifest: &Digest) -> Result<(), StoreError> {
+        let p = self
+            .root
+            .join("images")
+            .join(format!("{}.json", manifest.hex()));
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&p)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes a layer record.
+    pub fn remove_layer(&self, d: &Digest) -> Result<(), StoreError> {
+        let p = self.root.join("layers").join(format!("{}.json", d.hex()));
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&p)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes stored blobs for which `keep` is false; returns (count, bytes) removed.
+    pub fn retain_blobs(&self, keep: impl Fn(&Digest) -> bool) -> Result<(u64, u64), StoreError> {
+        let dir = self.root.join("blobs/sha256");
+        let mut n = 0;
+        let mut bytes = 0;
+        for e in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(d) = format!("sha256:{name}").parse::<Digest>() else {
+                continue;
+            };
+            if !keep(&d) {
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                if fs::remove_file(e.path()).is_ok() {
+                    n += 1;
+                    bytes += len;
+                }
+            }
+        }
+        Ok((n, bytes))
+    }
+
     /// All references: `registry/repo:tag` → manifest digest.
     pub fn refs(&self) -> Result<BTreeMap<String, Digest>, StoreError> {
         Ok(self

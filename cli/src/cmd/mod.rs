@@ -11,6 +11,7 @@ pub mod mount;
 mod ps;
 pub mod pull;
 mod push;
+mod rmi;
 pub mod run;
 mod start;
 
@@ -50,6 +51,16 @@ pub enum Command {
     Tag(commit::TagArgs),
     /// Upload an image to its registry (only what the registry lacks).
     Push(push::PushArgs),
+    /// Remove images (untag; delete when no name and no container is left).
+    Rmi(rmi::RmiArgs),
+    /// Show the history of an image.
+    History(rmi::HistoryArgs),
+    /// Manage images.
+    #[command(subcommand)]
+    Image(rmi::ImageCmd),
+    /// Manage strata's data.
+    #[command(subcommand)]
+    System(rmi::SystemCmd),
     /// Start an exited container again, on its own writable layer.
     Start(start::StartArgs),
     /// Show the output of a detached container.
@@ -85,6 +96,10 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::Commit(a) => commit::run_commit(a, g),
         Command::Tag(a) => commit::run_tag(a, g),
         Command::Push(a) => push::run_push(a, g),
+        Command::Rmi(a) => rmi::run_rmi(a, g),
+        Command::History(a) => rmi::run_history(a, g),
+        Command::Image(c) => rmi::run_image(c, g),
+        Command::System(c) => rmi::run_system(c, g),
         Command::Start(a) => start::run_start(a, g),
         Command::Logs(a) => lifecycle::run_logs(a, g),
         Command::Stop(a) => lifecycle::run_stop(a, g),

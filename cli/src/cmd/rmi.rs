@@ -1,0 +1,273 @@
+//! `rmi`, `history`, `image prune` and `system df`.
+
+use std::collections::HashSet;
+
+use anyhow::bail;
+use strata_fetcher::Reference;
+use strata_fetcher::image::Context;
+use strata_fetcher::store::ImageRecord;
+use strata_fetcher::timefmt::{now_secs, parse_rfc3339};
+use strata_runner::state::Containers;
+
+use crate::cmd::images::{ago, human_size, print_table};
+use crate::global::GlobalArgs;
+
+/// Arguments of `rmi`.
+#[derive(Debug, clap::Args)]
+pub struct RmiArgs {
+    /// Remove even if containers use it, or it has several names.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Images (references or ids).
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+/// Arguments of `history`.
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    /// Image (reference or id).
+    pub image: String,
+    /// Only show ids.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+/// `image` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ImageCmd {
+    /// Remove images with no name that no container uses, then unreferenced data.
+    Prune,
+}
+
+/// `system` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum SystemCmd {
+    /// Show disk usage.
+    Df,
+}
+
+fn users(containers: &Containers, img: &ImageRecord) -> Vec<String> {
+    let id = img.config.to_string();
+    containers
+        .list()
+        .into_iter()
+        .filter(|c| c.image_id == id)
+        .map(|c| c.id[..12].to_string())
+        .collect()
+}
+
+fn names_of(ctx: &Context, img: &ImageRecord) -> anyhow::Result<Vec<String>> {
+    Ok(ctx
+        .tags_by_manifest()?
+        .remove(&img.manifest)
+        .unwrap_or_default())
+}
+
+pub fn run_rmi(a: RmiArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let ctx = g.context()?;
+    let containers = Containers::new(&g.root());
+    let mut failed = false;
+    for name in &a.images {
+        let Ok((img, by_ref)) = ctx.resolve(name) else {
+            eprintln!("Error response from daemon: No such image: {name}");
+            failed = true;
+            continue;
+        };
+        let names = names_of(&ctx, &img)?;
+        let used = users(&containers, &img);
+        let lock = ctx.store.lock()?;
+        let to_untag: Vec<String> = match &by_ref {
+            Some(r) if names.len() > 1 => vec![r.clone()],
+            Some(r) => vec![r.clone()],
+            None if names.len() > 1 && !a.force => {
+                eprintln!(
+                    "Error response from daemon: conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories",
+                    img.config.short()
+                );
+                failed = true;
+                continue;
+            }
+            None => names.clone(),
+        };
+        let last = to_untag.len() == names.len();
+        if last && !used.is_empty() && !a.force {
+            eprintln!(
+                "Error response from daemon: conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {}",
+                used[0],
+                img.config.short()
+            );
+            failed = true;
+            continue;
+        }
+        for t in &to_untag {
+            ctx.store.remove_ref(&lock, t)?;
+            let shown = t
+                .parse::<Reference>()
+                .map(|r| format!("{}:{}", r.familiar_repository(), r.tag.unwrap_or_default()))
+                .unwrap_or_else(|_| t.clone());
+            println!("Untagged: {shown}");
+        }
+        drop(lock);
+        if last && used.is_empty() {
+            ctx.remove_image(&img)?;
+            println!("Deleted: {}", img.config);
+        }
+    }
+    let _ = ctx.collect()?;
+    if failed {
+        bail!("not all images were removed");
+    }
+    Ok(0)
+}
+
+pub fn run_history(a: HistoryArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let ctx = g.context()?;
+    let (img, _) = ctx
+        .resolve(&a.image)
+        .map_err(|_| anyhow::anyhow!("No such image: {}", a.image))?;
+    let config = ctx.config(&img)?;
+    let history = config
+        .get("history")
+        .and_then(|h| h.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let mut sizes = img.layers.iter().rev().map(|d| {
+        ctx.store
+            .layer(d)
+            .ok()
+            .flatten()
+            .map(|l| l.content_bytes)
+            .unwrap_or(0)
+    });
+    let mut rows = vec![
+        ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for (i, h) in history.iter().rev().enumerate() {
+        let empty = h
+            .get("empty_layer")
+            .and_then(|e| e.as_bool())
+            .unwrap_or(false);
+        let size = if empty { 0 } else { sizes.next().unwrap_or(0) };
+        let id = if i == 0 {
+            img.config.short()
+        } else {
+            "<missing>".into()
+        };
+        if a.quiet {
+            println!("{id}");
+            continue;
+        }
+        let created = h
+            .get("created")
+            .and_then(|c| c.as_str())
+            .and_then(parse_rfc3339)
+            .map(|(s, _)| ago(now_secs() - s))
+            .unwrap_or_default();
+        let mut by = h
+            .get("created_by")
+            .and_then(|c| c.as_str())
+            .unwrap_or("")
+            .to_string();
+        if by.chars().count() > 45 {
+            by = format!("{}…", by.chars().take(44).collect::<String>());
+        }
+        let comment = h
+            .get("comment")
+            .and_then(|c| c.as_str())
+            .unwrap_or("")
+            .to_string();
+        rows.push(vec![id, created, by, human_size(size), comment]);
+    }
+    if !a.quiet {
+        print_table(&rows);
+    }
+    Ok(0)
+}
+
+pub fn run_image(cmd: ImageCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let ImageCmd::Prune = cmd;
+    let ctx = g.context()?;
+    let containers = Containers::new(&g.root());
+    let named: HashSet<_> = ctx.tags_by_manifest()?.into_keys().collect();
+    for img in ctx.store.images()? {
+        if !named.contains(&img.manifest) && users(&containers, &img).is_empty() {
+            ctx.remove_image(&img)?;
+            println!("Deleted: {}", img.config);
+        }
+    }
+    let freed = ctx.collect()?;
+    println!("Total reclaimed space: {}", human_size(freed.bytes));
+    Ok(0)
+}
+
+pub fn run_system(cmd: SystemCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let SystemCmd::Df = cmd;
+    let ctx = g.context()?;
+    let containers = Containers::new(&g.root());
+    let images = ctx.store.images()?;
+    let active = images
+        .iter()
+        .filter(|i| !users(&containers, i).is_empty())
+        .count();
+    let image_bytes: u64 = images
+        .iter()
+        .flat_map(|i| i.layers.iter())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .filter_map(|d| ctx.store.layer(d).ok().flatten())
+        .map(|l| l.content_bytes)
+        .sum();
+    let list = containers.list();
+    let upper_bytes: u64 = list
+        .iter()
+        .map(|c| dir_size(&containers.dir_of(&c.id).join("upper")))
+        .sum();
+    let (chunks, cache_bytes) = ctx.fetcher.cache().usage()?;
+    let rows = vec![
+        ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
+            .map(String::from)
+            .to_vec(),
+        vec![
+            "Images".into(),
+            images.len().to_string(),
+            active.to_string(),
+            human_size(image_bytes),
+            "-".into(),
+        ],
+        vec![
+            "Containers".into(),
+            list.len().to_string(),
+            list.iter()
+                .filter(|c| c.state == strata_runner::state::State::Running)
+                .count()
+                .to_string(),
+            human_size(upper_bytes),
+            "-".into(),
+        ],
+        vec![
+            "Chunk cache".into(),
+            chunks.to_string(),
+            "-".into(),
+            human_size(cache_bytes),
+            "-".into(),
+        ],
+    ];
+    print_table(&rows);
+    Ok(0)
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
