@@ -56,6 +56,27 @@ fn images_and_inspect_read_like_docker() {
         ids.lines()
             .all(|l| l.len() == 12 && l.bytes().all(|b| b.is_ascii_hexdigit()))
     );
+    let json_lines = ok(&root, &["images", "--format", "json"]);
+    let parsed: Vec<serde_json::Value> = json_lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(parsed.len(), 2);
+    assert!(
+        parsed
+            .iter()
+            .any(|v| v["Repository"] == format!("{}/t/app", reg.addr) && v["Tag"] == "1")
+    );
+    assert_eq!(
+        ok(&root, &["images", "-q", "--filter", "dangling=true"]),
+        ""
+    );
+    assert_eq!(
+        ok(&root, &["images", "-q", "-f", "dangling=false"])
+            .lines()
+            .count(),
+        2
+    );
     let digests = ok(&root, &["images", "--digests"]);
     assert!(digests.lines().next().unwrap().contains("DIGEST") && digests.contains("sha256:"));
 

@@ -73,12 +73,15 @@ pub enum Streams {
 
 /// Starts `spec`, records the container as running, forwards signals, waits, and records its
 /// exit. Returns the exit code.
+/// `root` is unmounted before the exit is recorded, so whoever waits for the record finds
+/// nothing mounted.
 pub fn execute(
     rt: &tokio::runtime::Runtime,
     containers: &Containers,
     spec: &Spec,
     mut record: Container,
     streams: Streams,
+    root: RootMount,
 ) -> anyhow::Result<i32> {
     let mut console = None;
     let stdio = match streams {
@@ -123,6 +126,7 @@ pub fn execute(
     if let Some(r) = relay {
         r.finish();
     }
+    drop(root);
     record.state = State::Exited;
     record.pid = None;
     record.exit_code = Some(code);
@@ -132,11 +136,13 @@ pub fn execute(
 }
 
 /// Runs this same command line again in the background, in its own process group, with
-/// `extra` inserted after `subcommand` and its output appended to `log`.
+/// `extra` inserted after `subcommand`, its output (the container's) appended to `log` and
+/// strata's own log lines to `strata_log`.
 pub fn respawn_in_background(
     subcommand: &str,
     extra: &str,
     log: std::fs::File,
+    strata_log: &std::path::Path,
 ) -> anyhow::Result<std::process::Child> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let pos = args
@@ -147,6 +153,7 @@ pub fn respawn_in_background(
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.args(&args)
+        .env("STRATA_LOG_FILE", strata_log)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -23,6 +23,15 @@ pub struct Args {
     /// Show full IDs.
     #[arg(long)]
     pub no_trunc: bool,
+    /// Show all images (strata keeps no intermediate images; same as without).
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Filter: `dangling=true|false`.
+    #[arg(short = 'f', long)]
+    pub filter: Vec<String>,
+    /// `json`: one JSON object per image line.
+    #[arg(long)]
+    pub format: Option<String>,
 }
 
 /// One row of the listing.
@@ -37,7 +46,29 @@ pub struct Row {
 
 pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
-    let rows = rows(&ctx, a.pattern.as_deref(), a.no_trunc)?;
+    let mut rows = rows(&ctx, a.pattern.as_deref(), a.no_trunc)?;
+    for f in &a.filter {
+        match f.split_once('=') {
+            Some(("dangling", v)) => {
+                let want = v == "true";
+                rows.retain(|r| (r.tag == "<none>") == want);
+            }
+            _ => anyhow::bail!("invalid filter {f:?} (supported: dangling=true|false)"),
+        }
+    }
+    if let Some(fmt) = &a.format {
+        if fmt != "json" {
+            anyhow::bail!("unsupported format {fmt:?} (supported: json)");
+        }
+        for r in rows {
+            let line = serde_json::json!({
+                "Repository": r.repository, "Tag": r.tag, "Digest": r.digest,
+                "ID": r.id, "CreatedSince": r.created, "Size": r.size,
+            });
+            println!("{line}");
+        }
+        return Ok(0);
+    }
     if a.quiet {
         let mut seen = BTreeSet::new();
         for r in rows {

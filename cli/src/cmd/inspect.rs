@@ -8,7 +8,7 @@ use crate::global::GlobalArgs;
 /// Arguments of `inspect`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Images (reference or ID).
+    /// Images or containers (reference, name or ID).
     #[arg(required = true)]
     pub images: Vec<String>,
 }
@@ -22,7 +22,27 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         let (img, _) = match ctx.resolve(name) {
             Ok(x) => x,
             Err(_) => {
-                missing.push(name.clone());
+                // Not an image: a container, as docker inspect also accepts.
+                let containers = strata_runner::state::Containers::new(&g.root());
+                match containers.find(name) {
+                    Some(c) => {
+                        let spec: serde_json::Value =
+                            std::fs::read(containers.dir_of(&c.id).join("spec.json"))
+                                .ok()
+                                .and_then(|b| serde_json::from_slice(&b).ok())
+                                .unwrap_or(json!(null));
+                        out.push(json!({
+                            "Id": c.id, "Name": format!("/{}", c.name), "Image": c.image_id,
+                            "Config": {"Image": c.image, "Cmd": c.command},
+                            "State": {"Status": c.state, "Running": c.state == strata_runner::state::State::Running,
+                                      "Pid": c.pid, "ExitCode": c.exit_code},
+                            "Created": c.created, "Finished": c.finished,
+                            "GraphDriver": {"Name": "overlay", "Data": {"UpperDir": containers.dir_of(&c.id).join("upper")}},
+                            "Strata": {"Spec": spec},
+                        }));
+                    }
+                    None => missing.push(name.clone()),
+                }
                 continue;
             }
         };

@@ -224,15 +224,13 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     } else {
         Streams::Output
     };
-    let code = match execute(&rt, &containers, &spec, record, streams) {
+    let code = match execute(&rt, &containers, &spec, record, streams, root_mount) {
         Ok(code) => code,
         Err(e) => {
-            drop(root_mount);
             let _ = containers.remove(&id);
             return Err(e);
         }
     };
-    drop(root_mount);
     if a.rm {
         containers.remove(&id)?;
     }
@@ -247,7 +245,8 @@ fn detach(containers: &Containers, name: Option<&str>) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&dir)?;
     let log_path = dir.join("container.log");
     let log = std::fs::File::create(&log_path)?;
-    let mut child = respawn_in_background("run", &format!("--cid={id}"), log)?;
+    let mut child =
+        respawn_in_background("run", &format!("--cid={id}"), log, &dir.join("strata.log"))?;
     loop {
         if containers
             .find(&id)

@@ -51,9 +51,7 @@ pub fn run_start(a: StartArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     } else {
         Streams::Output
     };
-    let code = execute(&rt, &containers, &spec, c, streams)?;
-    drop(root_mount);
-    Ok(code)
+    execute(&rt, &containers, &spec, c, streams, root_mount)
 }
 
 fn start_in_background(
@@ -67,7 +65,7 @@ fn start_in_background(
         .append(true)
         .open(dir.join("container.log"))?;
     let before = containers.find(id).and_then(|c| c.finished);
-    let mut child = respawn_in_background("start", "--attach", log)?;
+    let mut child = respawn_in_background("start", "--attach", log, &dir.join("strata.log"))?;
     loop {
         let now = containers.find(id);
         if now
