@@ -127,11 +127,12 @@ pub fn apply_change(
 }
 
 impl Context {
-    /// Writes `tar` as a new native layer on top of `parent` and stores the new image (not
-    /// tagged). Returns its record.
+    /// Writes `tar` as a new native layer on top of `parent` (or as the only layer of a new
+    /// image, for `import`) and stores the new image (not tagged). Returns its record. Entries
+    /// that would land outside the image are refused before anything is stored.
     pub fn commit(
         &self,
-        parent: &ImageRecord,
+        parent: Option<&ImageRecord>,
         tar: impl Read,
         meta: &CommitMeta,
     ) -> Result<ImageRecord, ImageError> {
@@ -145,6 +146,15 @@ impl Context {
                 bad("commit", e.to_string())
             })?
         };
+        if let Err(source) =
+            crate::index::LayerIndex::from_toc(&written.toc, crate::index::Locations::Zstd)
+        {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ImageError::Index {
+                layer: written.digest,
+                source,
+            });
+        }
         // The blob lives where lazy reads of registry-less blobs look for it.
         let blob_dir = self.root.join("cache/blobs");
         std::fs::create_dir_all(&blob_dir).map_err(|e| bad("commit", e.to_string()))?;
@@ -184,7 +194,12 @@ impl Context {
             content_bytes,
         })?;
 
-        let mut config = self.config(parent)?;
+        let mut config = match parent {
+            Some(p) => self.config(p)?,
+            None => {
+                json!({"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []})
+            }
+        };
         let now = format_rfc3339(now_secs(), 0);
         let cfg = config
             .as_object_mut()
@@ -226,13 +241,14 @@ impl Context {
         let config_digest = Digest::of(&config_bytes);
         self.store.put_blob(&config_digest, &config_bytes)?;
 
-        let parent_manifest: Value =
-            serde_json::from_slice(&self.store.get_blob(&parent.manifest)?)
-                .map_err(|e| bad("manifest", e.to_string()))?;
-        let mut layers: Vec<Value> = parent_manifest["layers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let mut layers: Vec<Value> = match parent {
+            Some(p) => {
+                let m: Value = serde_json::from_slice(&self.store.get_blob(&p.manifest)?)
+                    .map_err(|e| bad("manifest", e.to_string()))?;
+                m["layers"].as_array().cloned().unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
         layers.push(json!({
             "mediaType": LAYER_MEDIA_TYPE,
             "digest": written.digest.to_string(),
@@ -249,13 +265,13 @@ impl Context {
             serde_json::to_vec(&manifest).map_err(|e| bad("manifest", e.to_string()))?;
         let manifest_digest = Digest::of(&manifest_bytes);
         self.store.put_blob(&manifest_digest, &manifest_bytes)?;
-        let mut layer_digests = parent.layers.clone();
+        let mut layer_digests = parent.map(|p| p.layers.clone()).unwrap_or_default();
         layer_digests.push(written.digest);
         let rec = ImageRecord {
             manifest: manifest_digest,
             config: config_digest,
             layers: layer_digests,
-            sources: parent.sources.clone(),
+            sources: parent.map(|p| p.sources.clone()).unwrap_or_default(),
             index: None,
             pulled: now_secs(),
         };

@@ -21,6 +21,9 @@ use crate::store::{Compression, ImageRecord, LayerFormat, LayerRecord, Store, St
 use crate::timefmt::now_secs;
 use crate::toc::{TocAnnotations, TocError, decode_toc};
 
+/// Repository named for images that exist only here (their blobs are in `cache/blobs`).
+pub const LOCAL_SOURCE: &str = "strata.invalid/local";
+
 /// Errors of image operations.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -450,12 +453,15 @@ impl Context {
         Ok(())
     }
 
-    /// A reference to the image in the first repository known to have it.
+    /// A reference to the image in the first repository known to have it. An image made here
+    /// (`import`) has none: its blobs are all local, and the placeholder is never contacted.
     pub fn source_ref(&self, img: &ImageRecord) -> Result<Reference, ImageError> {
         let source = img
             .sources
             .first()
-            .ok_or_else(|| StoreError::NotFound(img.manifest.to_string()))?;
+            .map(String::as_str)
+            .unwrap_or(LOCAL_SOURCE)
+            .to_string();
         format!("{source}@{}", img.manifest).parse().map_err(
             |e: crate::reference::ReferenceError| ImageError::Manifest {
                 what: source.clone(),

@@ -243,3 +243,77 @@ fn commit_push_round_trip_through_other_clients() {
         "pushed\n"
     );
 }
+
+#[test]
+fn export_then_import_and_bad_tarballs() {
+    if !require_root_fuse("export_then_import_and_bad_tarballs") {
+        return;
+    }
+    let reg = Registry::start();
+    push_image(&reg.addr, "t/base", "1", &runnable_layers(), Comp::Native);
+    let base = format!("{}/t/base:1", reg.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    ok(
+        &root,
+        &[
+            "run",
+            "--name",
+            "c1",
+            &base,
+            "sh",
+            "-c",
+            "echo exported > /x; rm /etc/os-release",
+        ],
+    );
+    let tar_path = state.path().join("c1.tar");
+    ok(&root, &["export", "-o", tar_path.to_str().unwrap(), "c1"]);
+    let list = Command::new("tar")
+        .arg("-tf")
+        .arg(&tar_path)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.lines().any(|l| l == "x") && list.lines().any(|l| l == "bin/busybox"),
+        "{list}"
+    );
+    assert!(
+        !list.lines().any(|l| l == "etc/os-release"),
+        "a deleted file was exported"
+    );
+
+    let id = ok(
+        &root,
+        &[
+            "import",
+            "-c",
+            "CMD [\"/bin/cat\",\"/x\"]",
+            tar_path.to_str().unwrap(),
+            "imported:1",
+        ],
+    );
+    assert!(id.starts_with("sha256:"));
+    assert_eq!(ok(&root, &["run", "--rm", "imported:1"]), "exported\n");
+
+    // A tarball with a `..` entry is refused with one line, and nothing is stored.
+    let mut h = tar::Header::new_gnu();
+    let name = b"../escape";
+    h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, &b"x"[..]).unwrap();
+    let evil = state.path().join("evil.tar");
+    std::fs::write(&evil, b.into_inner().unwrap()).unwrap();
+    let before = ok(&root, &["images", "-q"]);
+    let o = run(&root, &["import", evil.to_str().unwrap(), "evil:1"]);
+    assert_eq!(o.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.trim().lines().count() == 1 && err.contains("../escape"),
+        "{err}"
+    );
+    assert_eq!(ok(&root, &["images", "-q"]), before);
+}

@@ -62,7 +62,7 @@ pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         changes: a.changes,
         created_by: format!("strata commit {}", c.command.join(" ")),
     };
-    let rec = ctx.commit(&img, &mut tmp.1, &meta);
+    let rec = ctx.commit(Some(&img), &mut tmp.1, &meta);
     let _ = std::fs::remove_file(&tmp.0);
     let rec = rec?;
     if let Some(t) = target {

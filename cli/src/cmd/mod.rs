@@ -14,6 +14,7 @@ mod push;
 mod rmi;
 pub mod run;
 mod start;
+mod transfer;
 
 use clap::Subcommand;
 
@@ -55,6 +56,10 @@ pub enum Command {
     Rmi(rmi::RmiArgs),
     /// Show the history of an image.
     History(rmi::HistoryArgs),
+    /// Write a container's filesystem as a tar archive.
+    Export(transfer::ExportArgs),
+    /// Create an image from a rootfs tarball.
+    Import(transfer::ImportArgs),
     /// Manage images.
     #[command(subcommand)]
     Image(rmi::ImageCmd),
@@ -97,6 +102,8 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::Tag(a) => commit::run_tag(a, g),
         Command::Push(a) => push::run_push(a, g),
         Command::Rmi(a) => rmi::run_rmi(a, g),
+        Command::Export(a) => transfer::run_export(a, g),
+        Command::Import(a) => transfer::run_import(a, g),
         Command::History(a) => rmi::run_history(a, g),
         Command::Image(c) => rmi::run_image(c, g),
         Command::System(c) => rmi::run_system(c, g),

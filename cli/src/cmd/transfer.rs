@@ -1,0 +1,102 @@
+//! `strata export` (a container's filesystem as one tar) and `strata import` (a rootfs tarball
+//! becomes a one-layer image in the native format).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use strata_fetcher::Reference;
+use strata_fetcher::commit::CommitMeta;
+use strata_runner::state::{Containers, State};
+
+use crate::cmd::container::mount_root;
+use crate::global::{GlobalArgs, runtime};
+
+/// Arguments of `export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Container (name or id).
+    pub container: String,
+    /// Write to this file instead of standard output.
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+}
+
+/// Arguments of `import`.
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// A tar (or tar.gz / tar.zst) file, or `-` for standard input.
+    pub file: String,
+    /// REPOSITORY[:TAG] for the new image.
+    pub reference: Option<String>,
+    /// Commit message.
+    #[arg(short = 'm', long)]
+    pub message: Option<String>,
+    /// Apply a Dockerfile instruction to the config (CMD, ENTRYPOINT, ENV, ...).
+    #[arg(short = 'c', long = "change")]
+    pub changes: Vec<String>,
+}
+
+pub fn run_export(a: ExportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let containers = Containers::new(&g.root());
+    let c = containers
+        .find(&a.container)
+        .with_context(|| format!("No such container: {}", a.container))?;
+    let dir = containers.dir_of(&c.id);
+    let mut out: Box<dyn Write> = match &a.output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let none = |_: &std::path::Path, _: &std::fs::Metadata| false;
+    if c.state == State::Running {
+        // Its root is mounted by its own strata process.
+        let mut w = strata_fs::union::upper_to_tar(&dir.join("rootfs"), &none, out)?;
+        w.flush()?;
+        return Ok(0);
+    }
+    let ctx = g.context()?;
+    let rt = runtime()?;
+    let (img, _) = ctx.resolve(&c.image_id)?;
+    let root = mount_root(&ctx, &rt, &img, &dir)?;
+    out = strata_fs::union::upper_to_tar(&root.rootfs, &none, out)?;
+    out.flush()?;
+    drop(root);
+    Ok(0)
+}
+
+pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let target: Option<Reference> = a.reference.as_deref().map(str::parse).transpose()?;
+    let mut input: Box<dyn Read> = if a.file == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::fs::File::open(&a.file).with_context(|| format!("opening {}", a.file))?)
+    };
+    let mut head = [0u8; 4];
+    let n = input.read(&mut head)?;
+    let chained = std::io::Cursor::new(head[..n].to_vec()).chain(input);
+    let tar = strata_fetcher::plain::decompress(chained, strata_fetcher::plain::sniff(&head[..n]))?;
+    let ctx = g.context()?;
+    let meta = CommitMeta {
+        comment: a.message,
+        author: None,
+        changes: a.changes,
+        created_by: format!("strata import {}", a.file),
+    };
+    let rec = ctx
+        .commit(None, tar, &meta)
+        .with_context(|| format!("importing {}", a.file))?;
+    if let Some(t) = target {
+        ctx.tag(
+            &rec,
+            &format!(
+                "{}:{}",
+                t.full_repository(),
+                t.tag.as_deref().unwrap_or("latest")
+            ),
+        )?;
+    }
+    println!("{}", rec.config);
+    Ok(0)
+}
