@@ -8,6 +8,7 @@
 //! single-threaded helper forks the container's PID 1, forwards signals to it and exits with
 //! its status. Depends on none of strata's other crates.
 
+pub mod freeze;
 mod init;
 pub mod pty;
 pub mod rootfs;

@@ -317,3 +317,50 @@ fn export_then_import_and_bad_tarballs() {
     );
     assert_eq!(ok(&root, &["images", "-q"]), before);
 }
+
+#[test]
+fn commit_of_a_running_container_and_search() {
+    if !require_root_fuse("commit_of_a_running_container_and_search") {
+        return;
+    }
+    let reg = Registry::start();
+    push_image(&reg.addr, "t/base", "1", &runnable_layers(), Comp::Native);
+    push_image(
+        &reg.addr,
+        "other/thing",
+        "1",
+        &runnable_layers(),
+        Comp::Native,
+    );
+    let base = format!("{}/t/base:1", reg.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    let loop_script = "i=0; while true; do i=$((i+1)); echo $i > /counter; sleep 0.05; done";
+    ok(
+        &root,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "busy",
+            &base,
+            "sh",
+            "-c",
+            loop_script,
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    ok(&root, &["commit", "busy", "snap:1"]);
+    // The container was paused, not stopped: it keeps running.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(ok(&root, &["ps"]).contains("busy"));
+    let n: u64 = ok(&root, &["run", "--rm", "snap:1", "cat", "/counter"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(n > 0);
+    ok(&root, &["rm", "-f", "busy"]);
+
+    let found = ok(&root, &["search", &format!("{}/base", reg.addr)]);
+    assert_eq!(found, format!("NAME\n{}/t/base\n", reg.addr));
+}

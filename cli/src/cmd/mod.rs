@@ -13,6 +13,7 @@ pub mod pull;
 mod push;
 mod rmi;
 pub mod run;
+mod search;
 mod start;
 mod transfer;
 
@@ -56,6 +57,8 @@ pub enum Command {
     Rmi(rmi::RmiArgs),
     /// Show the history of an image.
     History(rmi::HistoryArgs),
+    /// Find repositories in a registry's catalog.
+    Search(search::SearchArgs),
     /// Write a container's filesystem as a tar archive.
     Export(transfer::ExportArgs),
     /// Create an image from a rootfs tarball.
@@ -102,6 +105,7 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::Tag(a) => commit::run_tag(a, g),
         Command::Push(a) => push::run_push(a, g),
         Command::Rmi(a) => rmi::run_rmi(a, g),
+        Command::Search(a) => search::run_search(a, g),
         Command::Export(a) => transfer::run_export(a, g),
         Command::Import(a) => transfer::run_import(a, g),
         Command::History(a) => rmi::run_history(a, g),

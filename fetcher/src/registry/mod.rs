@@ -654,6 +654,57 @@ impl RegistryClient {
         Ok(digest)
     }
 
+    /// The registry's repositories (`GET /v2/_catalog`, following `Link` pages).
+    pub async fn catalog(&self, r: &Reference) -> Result<Vec<String>, RegistryError> {
+        let base = format!("{}://{}", self.scheme(&r.registry), r.registry);
+        let mut url = format!("{base}/v2/_catalog?n=1000");
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            let resp = self
+                .send(r, "pull", Method::GET, &url, self.small_timeout(), &|b| b)
+                .await?;
+            if !resp.status().is_success() {
+                return Err(status_error("GET", &url, resp).await);
+            }
+            let next = resp
+                .headers()
+                .get("link")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.split(';').next())
+                .map(|l| {
+                    l.trim()
+                        .trim_start_matches('<')
+                        .trim_end_matches('>')
+                        .to_string()
+                });
+            #[derive(serde::Deserialize)]
+            struct Catalog {
+                #[serde(default)]
+                repositories: Vec<String>,
+            }
+            let page: Catalog = resp
+                .json()
+                .await
+                .map_err(|source| RegistryError::Transport {
+                    method: "GET".into(),
+                    url: url.clone(),
+                    source,
+                })?;
+            out.extend(page.repositories);
+            match next {
+                Some(n) if !n.is_empty() => {
+                    url = if n.starts_with("http") {
+                        n
+                    } else {
+                        format!("{base}{n}")
+                    }
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// `GET /v2/` — checks that the registry answers and the credentials work.
     pub async fn ping(&self, r: &Reference) -> Result<(), RegistryError> {
         let url = format!("{}://{}/v2/", self.scheme(&r.registry), r.registry);
