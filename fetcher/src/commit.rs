@@ -279,10 +279,14 @@ impl Context {
         Ok(rec)
     }
 
-    /// Points `name` (`registry/repo:tag`) at an image.
-    pub fn tag(&self, rec: &ImageRecord, name: &str) -> Result<(), ImageError> {
+    /// Points `name` at an image.
+    pub fn tag(
+        &self,
+        rec: &ImageRecord,
+        name: &crate::reference::Reference,
+    ) -> Result<(), ImageError> {
         let lock = self.store.lock()?;
-        self.store.set_ref(&lock, name, &rec.manifest)?;
+        self.store.set_ref(&lock, &name.tag_key(), &rec.manifest)?;
         Ok(())
     }
 }

@@ -278,9 +278,8 @@ impl Context {
         };
         let lock = self.store.lock()?;
         self.store.put_image(&rec)?;
-        if let Some(tag) = &r.tag {
-            self.store
-                .set_ref(&lock, &format!("{}:{tag}", r.full_repository()), &mdigest)?;
+        if r.tag.is_some() {
+            self.store.set_ref(&lock, &r.tag_key(), &mdigest)?;
         }
         info!(reference = %r, manifest = %mdigest, "pulled");
         Ok(rec)
@@ -514,7 +513,7 @@ impl Context {
                     }
                     None
                 }
-                (Some(t), None) => Some(format!("{}:{t}", r.full_repository())),
+                (Some(_), None) => Some(r.tag_key()),
                 _ => None,
             };
             if let Some(key) = key

@@ -46,6 +46,15 @@ impl Reference {
         format!("{}/{}", self.registry, self.repository)
     }
 
+    /// The name the store keeps a tag under: `registry/repository:tag` (`latest` by default).
+    pub fn tag_key(&self) -> String {
+        format!(
+            "{}:{}",
+            self.full_repository(),
+            self.tag.as_deref().unwrap_or("latest")
+        )
+    }
+
     /// What to ask the registry for: the digest when pinned, else the tag.
     pub fn manifest_reference(&self) -> String {
         match (&self.digest, &self.tag) {

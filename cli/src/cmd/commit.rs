@@ -66,14 +66,7 @@ pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let _ = std::fs::remove_file(&tmp.0);
     let rec = rec?;
     if let Some(t) = target {
-        ctx.tag(
-            &rec,
-            &format!(
-                "{}:{}",
-                t.full_repository(),
-                t.tag.as_deref().unwrap_or("latest")
-            ),
-        )?;
+        ctx.tag(&rec, &t)?;
     }
     println!("{}", rec.config);
     Ok(0)
@@ -97,13 +90,6 @@ pub fn run_tag(a: TagArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let (img, _) = ctx
         .resolve(&a.source)
         .with_context(|| format!("No such image: {}", a.source))?;
-    ctx.tag(
-        &img,
-        &format!(
-            "{}:{}",
-            target.full_repository(),
-            target.tag.as_deref().unwrap_or("latest")
-        ),
-    )?;
+    ctx.tag(&img, &target)?;
     Ok(0)
 }

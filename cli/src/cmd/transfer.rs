@@ -88,14 +88,7 @@ pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         .commit(None, tar, &meta)
         .with_context(|| format!("importing {}", a.file))?;
     if let Some(t) = target {
-        ctx.tag(
-            &rec,
-            &format!(
-                "{}:{}",
-                t.full_repository(),
-                t.tag.as_deref().unwrap_or("latest")
-            ),
-        )?;
+        ctx.tag(&rec, &t)?;
     }
     println!("{}", rec.config);
     Ok(0)
