@@ -341,6 +341,30 @@ impl ChunkFetcher {
             m.entry(layer.blob).or_default().clone()
         };
         let _guard = lock.lock().await;
+        let local = self.whole_blob_path(&layer.blob);
+        if local.exists() {
+            // A blob made or loaded here: index it from disk.
+            let cache = self.cache.clone();
+            let blob = layer.blob;
+            let indexed = tokio::task::spawn_blocking(move || {
+                let f = std::fs::File::open(&local).map_err(|e| e.to_string())?;
+                index_plain(std::io::BufReader::new(f), compression, &cache)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| FetchError::Stream {
+                blob,
+                reason: e.to_string(),
+            })?
+            .map_err(|reason| FetchError::Stream { blob, reason })?;
+            if indexed.blob_digest != blob {
+                return Err(FetchError::Stream {
+                    blob,
+                    reason: format!("local copy hashes to {}", indexed.blob_digest),
+                });
+            }
+            return Ok(());
+        }
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let body = self
             .client

@@ -1,6 +1,7 @@
 //! strata's fetcher: references and digests, the registry client, the layer formats and their
 //! tables of contents, the image store and the verified chunk cache.
 
+pub mod archive;
 pub mod atomic;
 pub mod cache;
 pub mod chunked;

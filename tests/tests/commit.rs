@@ -364,3 +364,53 @@ fn commit_of_a_running_container_and_search() {
     let found = ok(&root, &["search", &format!("{}/base", reg.addr)]);
     assert_eq!(found, format!("NAME\n{}/t/base\n", reg.addr));
 }
+
+#[test]
+fn save_then_load_without_the_registry() {
+    if !require_root_fuse("save_then_load_without_the_registry") {
+        return;
+    }
+    let reg = Registry::start();
+    push_image(&reg.addr, "t/base", "1", &runnable_layers(), Comp::Gzip);
+    let proxy = Proxy::start(&reg.addr);
+    let base = format!("{}/t/base:1", proxy.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    ok(
+        &root,
+        &["run", "--name", "c1", &base, "sh", "-c", "echo saved > /s"],
+    );
+    ok(&root, &["commit", "c1", "me/saved:1"]);
+    let archive = state.path().join("saved.tar");
+    ok(
+        &root,
+        &["save", "-o", archive.to_str().unwrap(), "me/saved:1"],
+    );
+    let inspect = Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci-archive:{}", archive.display()))
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+
+    // A fresh state loads it and runs it with the registry gone.
+    proxy.set(strata_tests::proxy::Fault::Refuse);
+    proxy.reset();
+    let fresh = state.path().join("fresh");
+    assert_eq!(
+        ok(&fresh, &["load", "-i", archive.to_str().unwrap()]),
+        "Loaded image: me/saved:1\n"
+    );
+    assert_eq!(
+        ok(
+            &fresh,
+            &["run", "--rm", "me/saved:1", "cat", "/s", "/etc/os-release"]
+        ),
+        "saved\nID=strata-test\nVERSION_ID=2\n"
+    );
+    assert_eq!(proxy.counts().0, 0, "a loaded image read from the registry");
+}

@@ -1,5 +1,6 @@
 //! One file per subcommand.
 
+mod archive;
 mod commit;
 mod container;
 mod convert;
@@ -57,6 +58,10 @@ pub enum Command {
     Rmi(rmi::RmiArgs),
     /// Show the history of an image.
     History(rmi::HistoryArgs),
+    /// Write images to an OCI layout tar archive.
+    Save(archive::SaveArgs),
+    /// Load images from an OCI layout tar archive.
+    Load(archive::LoadArgs),
     /// Find repositories in a registry's catalog.
     Search(search::SearchArgs),
     /// Write a container's filesystem as a tar archive.
@@ -106,6 +111,8 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::Push(a) => push::run_push(a, g),
         Command::Rmi(a) => rmi::run_rmi(a, g),
         Command::Search(a) => search::run_search(a, g),
+        Command::Save(a) => archive::run_save(a, g),
+        Command::Load(a) => archive::run_load(a, g),
         Command::Export(a) => transfer::run_export(a, g),
         Command::Import(a) => transfer::run_import(a, g),
         Command::History(a) => rmi::run_history(a, g),

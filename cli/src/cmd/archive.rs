@@ -1,0 +1,71 @@
+//! `strata save` and `strata load` (OCI image layout in a tar).
+
+use anyhow::Context as _;
+
+use crate::global::{GlobalArgs, runtime};
+
+/// Arguments of `save`.
+#[derive(Debug, clap::Args)]
+pub struct SaveArgs {
+    /// Write to this file (default: standard output).
+    #[arg(short = 'o', long)]
+    pub output: Option<std::path::PathBuf>,
+    /// Images (references or ids).
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+/// Arguments of `load`.
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// Read from this file (default: standard input).
+    #[arg(short = 'i', long)]
+    pub input: Option<std::path::PathBuf>,
+}
+
+pub fn run_save(a: SaveArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let ctx = g.context()?;
+    let mut images = Vec::new();
+    for name in &a.images {
+        let (img, key) = ctx
+            .resolve(name)
+            .with_context(|| format!("No such image: {name}"))?;
+        images.push((img, key));
+    }
+    let rt = runtime()?;
+    match &a.output {
+        Some(p) => {
+            let tmp = p.with_extension("partial");
+            let f = std::fs::File::create(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            rt.block_on(ctx.save(&images, std::io::BufWriter::new(f)))?;
+            std::fs::rename(&tmp, p)?;
+        }
+        None => {
+            rt.block_on(ctx.save(&images, std::io::BufWriter::new(std::io::stdout().lock())))?
+        }
+    }
+    Ok(0)
+}
+
+pub fn run_load(a: LoadArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let ctx = g.context()?;
+    let loaded = match &a.input {
+        Some(p) => {
+            ctx.load(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?)
+        }
+        None => ctx.load(std::io::stdin().lock()),
+    }
+    .context("loading the archive")?;
+    for (img, name) in loaded {
+        match name {
+            Some(n) => println!(
+                "Loaded image: {}:{}",
+                n.familiar_repository(),
+                n.tag.unwrap_or_default()
+            ),
+            None => println!("Loaded image ID: {}", img.config),
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,261 @@
+//! `save` and `load`: images as an OCI image layout in a tar archive (what skopeo and podman
+//! read as `oci-archive:`). `save` includes every layer blob (fetching base layers that were
+//! never downloaded); `load` keeps the blobs locally, so the loaded image needs no registry.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::digest::{Digest, Hasher};
+use crate::image::{Context, ImageError};
+use crate::index::{LayerIndex, Locations};
+use crate::plain::{index_plain, sniff};
+use crate::reference::Reference;
+use crate::store::{Compression, ImageRecord, LayerFormat, LayerRecord};
+use crate::timefmt::now_secs;
+use crate::toc::{TocAnnotations, decode_toc};
+
+fn fail(what: impl std::fmt::Display, e: impl std::fmt::Display) -> ImageError {
+    ImageError::Manifest {
+        what: what.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+impl Context {
+    /// A local file holding blob `d` of `img` (fetched from its source into the cache's blob
+    /// directory if it is not there yet, and checked).
+    async fn local_blob(
+        &self,
+        img: &ImageRecord,
+        d: &Digest,
+    ) -> Result<std::path::PathBuf, ImageError> {
+        use futures_util::TryStreamExt;
+        let path = self.root.join("cache/blobs").join(d.hex());
+        if path.exists() {
+            return Ok(path);
+        }
+        std::fs::create_dir_all(self.root.join("cache/blobs")).map_err(|e| fail(d, e))?;
+        let src = self.source_ref(img)?;
+        let mut body = Box::pin(self.client.blob_stream(&src, d).await?);
+        let tmp = crate::atomic::temp_path(&path);
+        let mut f = std::fs::File::create(&tmp).map_err(|e| fail(d, e))?;
+        let mut h = Hasher::default();
+        while let Some(piece) = body.try_next().await? {
+            h.update(&piece);
+            f.write_all(&piece).map_err(|e| fail(d, e))?;
+        }
+        let got = h.finish();
+        if got != *d {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(fail(d, format!("content hashes to {got}")));
+        }
+        std::fs::rename(&tmp, &path).map_err(|e| fail(d, e))?;
+        Ok(path)
+    }
+
+    /// Writes `images` (with the names to record) as an OCI layout tar to `out`.
+    pub async fn save(
+        &self,
+        images: &[(ImageRecord, Option<String>)],
+        out: impl Write,
+    ) -> Result<(), ImageError> {
+        let mut b = tar::Builder::new(out);
+        let mut added = std::collections::HashSet::new();
+        let mut add =
+            |b: &mut tar::Builder<_>, d: &Digest, bytes: &[u8]| -> Result<(), ImageError> {
+                if added.insert(*d) {
+                    let mut h = tar::Header::new_gnu();
+                    h.set_size(bytes.len() as u64);
+                    h.set_mode(0o644);
+                    b.append_data(&mut h, format!("blobs/sha256/{}", d.hex()), bytes)
+                        .map_err(|e| fail(d, e))?;
+                }
+                Ok(())
+            };
+        let mut manifests = Vec::new();
+        for (img, name) in images {
+            let manifest = self.store.get_blob(&img.manifest)?;
+            let config = self.store.get_blob(&img.config)?;
+            add(&mut b, &img.manifest, &manifest)?;
+            add(&mut b, &img.config, &config)?;
+            for d in &img.layers {
+                let path = self.local_blob(img, d).await?;
+                let bytes = std::fs::read(&path).map_err(|e| fail(d, e))?;
+                add(&mut b, d, &bytes)?;
+            }
+            let media_type = serde_json::from_slice::<Value>(&manifest)
+                .ok()
+                .and_then(|v| v["mediaType"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
+            let mut desc = json!({"mediaType": media_type, "digest": img.manifest.to_string(), "size": manifest.len()});
+            if let Some(n) = name {
+                desc["annotations"] = json!({"org.opencontainers.image.ref.name": n});
+            }
+            manifests.push(desc);
+        }
+        for (name, bytes) in [
+            (
+                "oci-layout",
+                serde_json::to_vec(&json!({"imageLayoutVersion": "1.0.0"})),
+            ),
+            (
+                "index.json",
+                serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": manifests})),
+            ),
+        ] {
+            let bytes = bytes.map_err(|e| fail(name, e))?;
+            let mut h = tar::Header::new_gnu();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, &bytes[..])
+                .map_err(|e| fail(name, e))?;
+        }
+        b.into_inner().map_err(|e| fail("archive", e))?;
+        Ok(())
+    }
+
+    /// Loads every image of an OCI layout tar; returns them with the names they carried.
+    pub fn load(
+        &self,
+        archive: impl Read,
+    ) -> Result<Vec<(ImageRecord, Option<Reference>)>, ImageError> {
+        let dir = self.root.join("tmp");
+        std::fs::create_dir_all(&dir).map_err(|e| fail("load", e))?;
+        let tmp = crate::atomic::temp_path(&dir.join("load"));
+        std::fs::create_dir(&tmp).map_err(|e| fail("load", e))?;
+        let result = (|| {
+            tar::Archive::new(archive)
+                .unpack(&tmp)
+                .map_err(|e| fail("archive", e))?;
+            self.load_layout(&tmp)
+        })();
+        let _ = std::fs::remove_dir_all(&tmp);
+        result
+    }
+
+    fn load_layout(
+        &self,
+        layout: &Path,
+    ) -> Result<Vec<(ImageRecord, Option<Reference>)>, ImageError> {
+        let blob = |d: &Digest| -> Result<Vec<u8>, ImageError> {
+            let bytes =
+                std::fs::read(layout.join("blobs/sha256").join(d.hex())).map_err(|e| fail(d, e))?;
+            d.verify(&bytes).map_err(crate::store::StoreError::from)?;
+            Ok(bytes)
+        };
+        let index: Value = serde_json::from_slice(
+            &std::fs::read(layout.join("index.json")).map_err(|e| fail("index.json", e))?,
+        )
+        .map_err(|e| fail("index.json", e))?;
+        let mut out = Vec::new();
+        for m in index["manifests"].as_array().cloned().unwrap_or_default() {
+            let md: Digest = m["digest"]
+                .as_str()
+                .unwrap_or("")
+                .parse()
+                .map_err(|e| fail("index.json", e))?;
+            let mbytes = blob(&md)?;
+            let manifest: Value = serde_json::from_slice(&mbytes).map_err(|e| fail(md, e))?;
+            let cd: Digest = manifest["config"]["digest"]
+                .as_str()
+                .unwrap_or("")
+                .parse()
+                .map_err(|e| fail(md, e))?;
+            self.store.put_blob(&cd, &blob(&cd)?)?;
+            let mut layers = Vec::new();
+            for l in manifest["layers"].as_array().cloned().unwrap_or_default() {
+                let d: Digest = l["digest"]
+                    .as_str()
+                    .unwrap_or("")
+                    .parse()
+                    .map_err(|e| fail(md, e))?;
+                layers.push(d);
+                if self.store.layer(&d)?.is_some() {
+                    continue;
+                }
+                let bytes = blob(&d)?;
+                let local = self.root.join("cache/blobs").join(d.hex());
+                crate::atomic::write_file(&local, &bytes).map_err(|e| fail(d, e))?;
+                let ann: std::collections::BTreeMap<String, String> =
+                    serde_json::from_value(l["annotations"].clone()).unwrap_or_default();
+                let media_type = l["mediaType"].as_str().unwrap_or("").to_string();
+                let rec = match TocAnnotations::parse(&ann)
+                    .ok()
+                    .flatten()
+                    .and_then(|t| t.toc_digest.map(|dg| (t, dg)))
+                {
+                    Some((t, toc_digest)) => {
+                        let toc = bytes
+                            .get(t.toc.offset as usize..(t.toc.offset + t.toc.compressed) as usize)
+                            .ok_or_else(|| fail(d, "TOC outside the blob"))?;
+                        toc_digest
+                            .verify(toc)
+                            .map_err(crate::store::StoreError::from)?;
+                        let parsed = decode_toc(toc, t.toc.uncompressed)
+                            .map_err(|source| ImageError::Toc { layer: d, source })?;
+                        let index = LayerIndex::from_toc(&parsed, Locations::Zstd)
+                            .map_err(|source| ImageError::Index { layer: d, source })?;
+                        self.store.put_blob(&toc_digest, toc)?;
+                        LayerRecord {
+                            digest: d,
+                            size: bytes.len() as u64,
+                            media_type,
+                            format: LayerFormat::ZstdChunked,
+                            toc: Some(toc_digest),
+                            toc_uncompressed: t.toc.uncompressed,
+                            toc_offset: t.toc.offset,
+                            content_bytes: index.content_bytes(),
+                        }
+                    }
+                    None => {
+                        let compression = match sniff(&bytes) {
+                            Compression::None if media_type.ends_with("zstd") => Compression::Zstd,
+                            c => c,
+                        };
+                        let indexed = index_plain(&bytes[..], compression, self.fetcher.cache())
+                            .map_err(|e| fail(d, e))?;
+                        let json = serde_json::to_vec(&indexed.toc).map_err(|e| fail(d, e))?;
+                        let compressed = zstd::bulk::compress(&json, 3).map_err(|e| fail(d, e))?;
+                        let toc_digest = Digest::of(&compressed);
+                        let index = LayerIndex::from_toc(&indexed.toc, Locations::Local)
+                            .map_err(|source| ImageError::Index { layer: d, source })?;
+                        self.store.put_blob(&toc_digest, &compressed)?;
+                        LayerRecord {
+                            digest: d,
+                            size: bytes.len() as u64,
+                            media_type,
+                            format: LayerFormat::Plain { compression },
+                            toc: Some(toc_digest),
+                            toc_uncompressed: json.len() as u64,
+                            toc_offset: 0,
+                            content_bytes: index.content_bytes(),
+                        }
+                    }
+                };
+                self.store.put_layer(&rec)?;
+            }
+            self.store.put_blob(&md, &mbytes)?;
+            let rec = ImageRecord {
+                manifest: md,
+                config: cd,
+                layers,
+                sources: Vec::new(),
+                index: None,
+                pulled: now_secs(),
+            };
+            self.store.put_image(&rec)?;
+            // A full reference only: a bare tag (as other tools write it) names no repository.
+            let name = m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .filter(|n| n.contains('/'))
+                .and_then(|n| n.parse::<Reference>().ok());
+            if let Some(n) = &name {
+                self.tag(&rec, n)?;
+            }
+            out.push((rec, name));
+        }
+        Ok(out)
+    }
+}
