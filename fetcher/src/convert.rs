@@ -77,7 +77,9 @@ pub async fn convert(
         let out_path = tmp.join(format!("{}.zst", d.hex()));
         let written = rewrite_layer(ctx, src, d, compression, &out_path, progress).await?;
         ctx.client
-            .put_blob_file(dst, &written.digest, &out_path)
+            .put_blob_file(dst, &written.digest, &out_path, &|done| {
+                progress(Progress::LayerBytes { layer: d, done })
+            })
             .await?;
         let _ = std::fs::remove_file(&out_path);
         layers.push(json!({
@@ -159,7 +161,7 @@ pub(crate) async fn copy_blob(
             reason: format!("content hashes to {got}"),
         });
     }
-    ctx.client.put_blob_file(dst, d, tmp).await?;
+    ctx.client.put_blob_file(dst, d, tmp, &|_| {}).await?;
     let _ = std::fs::remove_file(tmp);
     Ok(())
 }

@@ -44,7 +44,11 @@ pub async fn push(
                 size,
                 what: "Pushing",
             });
-            ctx.client.put_blob_file(target, d, &local).await?;
+            ctx.client
+                .put_blob_file(target, d, &local, &|done| {
+                    progress(Progress::LayerBytes { layer: *d, done })
+                })
+                .await?;
         } else {
             let src = source.as_ref().ok_or_else(|| ImageError::Layer {
                 layer: *d,

@@ -295,6 +295,26 @@ fn export_then_import_and_bad_tarballs() {
     );
     assert!(id.starts_with("sha256:"));
     assert_eq!(ok(&root, &["run", "--rm", "imported:1"]), "exported\n");
+    // From a URL too (the registry serves the tarball as a plain blob).
+    let scratch = tempfile::tempdir().unwrap();
+    let digest = strata_tests::layers::push_blob(
+        &reg.addr,
+        "t/files",
+        &std::fs::read(&tar_path).unwrap(),
+        scratch.path(),
+    );
+    let url = format!("http://{}/v2/t/files/blobs/{digest}", reg.addr);
+    ok(
+        &root,
+        &[
+            "import",
+            "-c",
+            "CMD [\"/bin/cat\",\"/x\"]",
+            &url,
+            "from-url:1",
+        ],
+    );
+    assert_eq!(ok(&root, &["run", "--rm", "from-url:1"]), "exported\n");
 
     // A tarball with a `..` entry is refused with one line, and nothing is stored.
     let mut h = tar::Header::new_gnu();
@@ -413,4 +433,92 @@ fn save_then_load_without_the_registry() {
         "saved\nID=strata-test\nVERSION_ID=2\n"
     );
     assert_eq!(proxy.counts().0, 0, "a loaded image read from the registry");
+}
+
+#[test]
+fn large_layers_are_pushed_in_chunks() {
+    if !require_root_fuse("large_layers_are_pushed_in_chunks") {
+        return;
+    }
+    let reg = Registry::start();
+    push_image(&reg.addr, "t/base", "1", &runnable_layers(), Comp::Native);
+    let proxy = Proxy::start(&reg.addr);
+    let base = format!("{}/t/base:1", proxy.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    ok(
+        &root,
+        &[
+            "run",
+            "--name",
+            "c1",
+            &base,
+            "sh",
+            "-c",
+            "busybox head -c 40000000 /dev/urandom > /big; busybox md5sum /big > /big.md5",
+        ],
+    );
+    let new = format!("{}/me/big:1", proxy.addr);
+    ok(&root, &["commit", "c1", &new]);
+    proxy.reset();
+    ok(&root, &["push", &new]);
+    let log = proxy.stats.log.lock().unwrap().clone();
+    let patches = log.iter().filter(|l| l.starts_with("PATCH")).count();
+    assert!(
+        patches >= 3,
+        "a 40 MB layer went up in {patches} PATCH requests: {log:?}"
+    );
+    let fresh = state.path().join("fresh");
+    let out = ok(
+        &fresh,
+        &[
+            "run",
+            "--rm",
+            &new,
+            "sh",
+            "-c",
+            "busybox md5sum /big; cat /big.md5",
+        ],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        lines[0], lines[1],
+        "the pushed layer reads back differently"
+    );
+}
+
+#[test]
+fn push_to_a_refusing_registry_fails_with_one_line() {
+    if !require_root_fuse("push_to_a_refusing_registry_fails_with_one_line") {
+        return;
+    }
+    let reg = Registry::start();
+    let locked = Registry::start_with_htpasswd("alice", "secret");
+    push_image(&reg.addr, "t/base", "1", &runnable_layers(), Comp::Native);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    ok(
+        &root,
+        &[
+            "run",
+            "--name",
+            "c1",
+            &format!("{}/t/base:1", reg.addr),
+            "sh",
+            "-c",
+            "echo hi > /f",
+        ],
+    );
+    let target = format!("{}/me/x:1", locked.addr);
+    ok(&root, &["commit", "c1", &target]);
+    let o = run(&root, &["push", &target]);
+    assert_eq!(o.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("401"), "{err}");
+    assert!(
+        ok(&root, &["images"]).contains("me/x"),
+        "a failed push lost the image"
+    );
 }

@@ -25,7 +25,7 @@ pub struct ExportArgs {
 /// Arguments of `import`.
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
-    /// A tar (or tar.gz / tar.zst) file, or `-` for standard input.
+    /// A tar (or tar.gz / tar.zst) file, an http(s) URL, or `-` for standard input.
     pub file: String,
     /// REPOSITORY[:TAG] for the new image.
     pub reference: Option<String>,
@@ -68,8 +68,21 @@ pub fn run_export(a: ExportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
 
 pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let target: Option<Reference> = a.reference.as_deref().map(str::parse).transpose()?;
+    let ctx = g.context()?;
+    let downloaded = g
+        .root()
+        .join("tmp")
+        .join(format!("import-{}.tar", std::process::id()));
     let mut input: Box<dyn Read> = if a.file == "-" {
         Box::new(std::io::stdin().lock())
+    } else if a.file.starts_with("http://") || a.file.starts_with("https://") {
+        std::fs::create_dir_all(g.root().join("tmp"))?;
+        runtime()?
+            .block_on(ctx.client.download(&a.file, &downloaded))
+            .with_context(|| format!("downloading {}", a.file))?;
+        let f = std::fs::File::open(&downloaded)?;
+        let _ = std::fs::remove_file(&downloaded);
+        Box::new(f)
     } else {
         Box::new(std::fs::File::open(&a.file).with_context(|| format!("opening {}", a.file))?)
     };
@@ -77,7 +90,6 @@ pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let n = input.read(&mut head)?;
     let chained = std::io::Cursor::new(head[..n].to_vec()).chain(input);
     let tar = strata_fetcher::plain::decompress(chained, strata_fetcher::plain::sniff(&head[..n]))?;
-    let ctx = g.context()?;
     let meta = CommitMeta {
         comment: a.message,
         author: None,

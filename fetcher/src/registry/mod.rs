@@ -5,6 +5,7 @@
 pub mod auth;
 #[cfg(test)]
 mod fake_tests;
+mod upload;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,10 +14,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
-use reqwest::header::{
-    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, LOCATION, RANGE, WWW_AUTHENTICATE,
-};
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, RANGE, WWW_AUTHENTICATE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use tracing::{debug, info};
 
@@ -29,6 +28,9 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json";
+
+/// Blobs larger than this are uploaded in PATCH chunks of this size.
+pub const UPLOAD_CHUNK_BYTES: u64 = 16 << 20;
 
 /// Largest manifest accepted (the distribution spec's recommended limit is 4 MiB).
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
@@ -503,157 +505,6 @@ impl RegistryClient {
         }
     }
 
-    /// Uploads a blob held in memory (monolithic POST + PUT); skips it when the registry has it.
-    pub async fn put_blob(
-        &self,
-        r: &Reference,
-        digest: &Digest,
-        data: Bytes,
-    ) -> Result<bool, RegistryError> {
-        if self.blob_exists(r, digest).await?.is_some() {
-            return Ok(false);
-        }
-        let location = self.start_upload(r).await?;
-        let sep = if location.contains('?') { '&' } else { '?' };
-        let url = format!("{location}{sep}digest={digest}");
-        let resp = self
-            .send(r, "pull,push", Method::PUT, &url, None, &|b| {
-                b.header(CONTENT_TYPE, "application/octet-stream")
-                    .body(data.clone())
-            })
-            .await?;
-        if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
-            return Err(status_error("PUT", &url, resp).await);
-        }
-        Ok(true)
-    }
-
-    /// Uploads a blob from a file (streamed, monolithic PUT); skips it when the registry has it.
-    pub async fn put_blob_file(
-        &self,
-        r: &Reference,
-        digest: &Digest,
-        path: &std::path::Path,
-    ) -> Result<bool, RegistryError> {
-        if self.blob_exists(r, digest).await?.is_some() {
-            return Ok(false);
-        }
-        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        let location = self.start_upload(r).await?;
-        let sep = if location.contains('?') { '&' } else { '?' };
-        let url = format!("{location}{sep}digest={digest}");
-        let path = path.to_path_buf();
-        let resp = self
-            .send(r, "pull,push", Method::PUT, &url, None, &|b| {
-                let body = match std::fs::File::open(&path) {
-                    Ok(f) => reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(
-                        tokio::fs::File::from_std(f),
-                    )),
-                    Err(_) => reqwest::Body::from(Vec::new()),
-                };
-                b.header(CONTENT_TYPE, "application/octet-stream")
-                    .header(reqwest::header::CONTENT_LENGTH, size)
-                    .body(body)
-            })
-            .await?;
-        if !resp.status().is_success() {
-            return Err(status_error("PUT", &url, resp).await);
-        }
-        Ok(true)
-    }
-
-    /// Asks the registry to mount `digest` from repository `from` into `r`'s repository.
-    /// Returns false when the registry started an ordinary upload instead.
-    pub async fn mount_blob(
-        &self,
-        r: &Reference,
-        digest: &Digest,
-        from: &str,
-    ) -> Result<bool, RegistryError> {
-        let url = format!("{}/blobs/uploads/?mount={digest}&from={from}", self.base(r));
-        let resp = self
-            .send(
-                r,
-                "pull,push",
-                Method::POST,
-                &url,
-                self.small_timeout(),
-                &|b| b,
-            )
-            .await?;
-        match resp.status() {
-            StatusCode::CREATED => Ok(true),
-            StatusCode::ACCEPTED => Ok(false),
-            _ => Err(status_error("POST", &url, resp).await),
-        }
-    }
-
-    async fn start_upload(&self, r: &Reference) -> Result<String, RegistryError> {
-        let url = format!("{}/blobs/uploads/", self.base(r));
-        let resp = self
-            .send(
-                r,
-                "pull,push",
-                Method::POST,
-                &url,
-                self.small_timeout(),
-                &|b| b,
-            )
-            .await?;
-        if resp.status() != StatusCode::ACCEPTED {
-            return Err(status_error("POST", &url, resp).await);
-        }
-        let loc = resp
-            .headers()
-            .get(LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| RegistryError::Protocol {
-                registry: r.registry.clone(),
-                reason: "upload started without a Location header".into(),
-            })?;
-        Ok(
-            if loc.starts_with("http://") || loc.starts_with("https://") {
-                loc.to_string()
-            } else {
-                let host = if r.registry == crate::reference::DEFAULT_REGISTRY {
-                    "registry-1.docker.io"
-                } else {
-                    &r.registry
-                };
-                format!("{}://{host}{loc}", self.scheme(&r.registry))
-            },
-        )
-    }
-
-    /// Uploads a manifest under `r`'s tag (or digest); returns its digest.
-    pub async fn put_manifest(
-        &self,
-        r: &Reference,
-        bytes: Bytes,
-        media_type: &str,
-    ) -> Result<Digest, RegistryError> {
-        let digest = Digest::of(&bytes);
-        let url = format!(
-            "{}/manifests/{}",
-            self.base(r),
-            r.tag.clone().unwrap_or_else(|| digest.to_string())
-        );
-        let resp = self
-            .send(
-                r,
-                "pull,push",
-                Method::PUT,
-                &url,
-                self.small_timeout(),
-                &|b| b.header(CONTENT_TYPE, media_type).body(bytes.clone()),
-            )
-            .await?;
-        if !resp.status().is_success() {
-            return Err(status_error("PUT", &url, resp).await);
-        }
-        Ok(digest)
-    }
-
     /// The registry's repositories (`GET /v2/_catalog`, following `Link` pages).
     pub async fn catalog(&self, r: &Reference) -> Result<Vec<String>, RegistryError> {
         let base = format!("{}://{}", self.scheme(&r.registry), r.registry);
@@ -703,6 +554,33 @@ impl RegistryClient {
             }
         }
         Ok(out)
+    }
+
+    /// Downloads a plain URL (no registry auth) to `to` (for `import URL`).
+    pub async fn download(&self, url: &str, to: &std::path::Path) -> Result<u64, RegistryError> {
+        let t = |source| RegistryError::Transport {
+            method: "GET".into(),
+            url: url.to_string(),
+            source,
+        };
+        let resp = self.http.get(url).send().await.map_err(t)?;
+        if !resp.status().is_success() {
+            return Err(status_error("GET", url, resp).await);
+        }
+        let mut f = std::fs::File::create(to).map_err(|e| RegistryError::Protocol {
+            registry: url.to_string(),
+            reason: format!("{}: {e}", to.display()),
+        })?;
+        let mut body = std::pin::pin!(resp.bytes_stream());
+        let mut n = 0u64;
+        while let Some(piece) = body.try_next().await.map_err(t)? {
+            std::io::Write::write_all(&mut f, &piece).map_err(|e| RegistryError::Protocol {
+                registry: url.to_string(),
+                reason: format!("{}: {e}", to.display()),
+            })?;
+            n += piece.len() as u64;
+        }
+        Ok(n)
     }
 
     /// `GET /v2/` — checks that the registry answers and the credentials work.
