@@ -522,3 +522,56 @@ fn push_to_a_refusing_registry_fails_with_one_line() {
         "a failed push lost the image"
     );
 }
+
+#[test]
+fn interrupted_push_restarts_cleanly_and_bad_commits() {
+    if !require_root_fuse("interrupted_push_restarts_cleanly_and_bad_commits") {
+        return;
+    }
+    let reg = Registry::start();
+    push_image(&reg.addr, "t/base", "1", &runnable_layers(), Comp::Native);
+    let proxy = Proxy::start(&reg.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    let o = run(&root, &["commit", "no-such-container", "x:1"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("No such container"));
+
+    ok(
+        &root,
+        &[
+            "run",
+            "--name",
+            "c1",
+            &format!("{}/t/base:1", reg.addr),
+            "sh",
+            "-c",
+            "busybox head -c 30000000 /dev/urandom > /big",
+        ],
+    );
+    let target = format!("{}/me/interrupted:1", proxy.addr);
+    ok(&root, &["commit", "c1", &target]);
+    proxy.set(strata_tests::proxy::Fault::Delay(
+        std::time::Duration::from_millis(300),
+    ));
+    let mut child = Command::new(strata_tests::strata::bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["push", &target])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child.kill().unwrap();
+    let _ = child.wait();
+    proxy.set(strata_tests::proxy::Fault::None);
+    ok(&root, &["push", &target]);
+    let fresh = state.path().join("fresh");
+    assert_eq!(
+        ok(
+            &fresh,
+            &["run", "--rm", &target, "sh", "-c", "busybox wc -c < /big"]
+        )
+        .trim(),
+        "30000000"
+    );
+}
