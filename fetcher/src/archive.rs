@@ -216,22 +216,18 @@ impl Context {
                         };
                         let indexed = index_plain(&bytes[..], compression, self.fetcher.cache())
                             .map_err(|e| fail(d, e))?;
-                        let json = serde_json::to_vec(&indexed.toc).map_err(|e| fail(d, e))?;
-                        let compressed = zstd::bulk::compress(&json, 3).map_err(|e| fail(d, e))?;
-                        let toc_digest = Digest::of(&compressed);
-                        let index = LayerIndex::from_toc(&indexed.toc, Locations::Local)
-                            .map_err(|source| ImageError::Index { layer: d, source })?;
-                        self.store.put_blob(&toc_digest, &compressed)?;
-                        LayerRecord {
+                        let mut rec = LayerRecord {
                             digest: d,
                             size: bytes.len() as u64,
                             media_type,
                             format: LayerFormat::Plain { compression },
-                            toc: Some(toc_digest),
-                            toc_uncompressed: json.len() as u64,
+                            toc: None,
+                            toc_uncompressed: 0,
                             toc_offset: 0,
-                            content_bytes: index.content_bytes(),
-                        }
+                            content_bytes: 0,
+                        };
+                        self.store_local_toc(&mut rec, &indexed.toc)?;
+                        rec
                     }
                 };
                 self.store.put_layer(&rec)?;

@@ -151,6 +151,17 @@ impl ChunkCache {
         Ok(true)
     }
 
+    /// Where the assembled copy of a file with these chunks is (or would be) kept.
+    pub fn assembled_path(&self, chunks: &[crate::index::Chunk]) -> PathBuf {
+        let mut id = crate::digest::Hasher::default();
+        for c in chunks {
+            id.update(&c.file_offset.to_le_bytes());
+            id.update(&c.len.to_le_bytes());
+            id.update(c.digest.map(|d| d.hex()).unwrap_or_default().as_bytes());
+        }
+        self.dir.join("files").join(id.finish().hex())
+    }
+
     /// A whole file assembled from its (verified, cached) chunks, for kernel passthrough: kept in
     /// `files/`, named by the sha256 of its chunk list, holes left sparse. `None` when a chunk is
     /// missing.
@@ -161,14 +172,8 @@ impl ChunkCache {
     ) -> Result<Option<PathBuf>, CacheError> {
         use std::io::Write as _;
         use std::os::unix::fs::FileExt;
-        let mut id = crate::digest::Hasher::default();
-        for c in chunks {
-            id.update(&c.file_offset.to_le_bytes());
-            id.update(&c.len.to_le_bytes());
-            id.update(c.digest.map(|d| d.hex()).unwrap_or_default().as_bytes());
-        }
+        let path = self.assembled_path(chunks);
         let dir = self.dir.join("files");
-        let path = dir.join(id.finish().hex());
         if path.exists() {
             return Ok(Some(path));
         }

@@ -34,6 +34,10 @@ pub struct WrittenLayer {
     pub toc: Toc,
     /// Digest of the compressed TOC frame.
     pub toc_digest: Digest,
+    /// The compressed TOC frame as written into the blob.
+    pub toc_compressed: Vec<u8>,
+    /// Where the compressed TOC sits in the blob.
+    pub toc_position: Position,
 }
 
 /// Converts the tar stream `tar` into a zstd:chunked blob written to `out`.
@@ -114,6 +118,8 @@ pub fn write_chunked<R: Read, W: Write>(
         annotations,
         toc,
         toc_digest,
+        toc_compressed,
+        toc_position: toc_pos,
     })
 }
 

@@ -12,7 +12,6 @@ use crate::digest::Digest;
 use crate::image::{Context, ImageError};
 use crate::store::{ImageRecord, LayerFormat, LayerRecord};
 use crate::timefmt::{format_rfc3339, now_secs};
-use crate::toc::{TocAnnotations, decode_toc};
 
 /// What `commit` records besides the layer.
 #[derive(Debug, Clone, Default)]
@@ -146,52 +145,33 @@ impl Context {
                 bad("commit", e.to_string())
             })?
         };
-        if let Err(source) =
-            crate::index::LayerIndex::from_toc(&written.toc, crate::index::Locations::Zstd)
-        {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(ImageError::Index {
-                layer: written.digest,
-                source,
-            });
-        }
+        let index =
+            match crate::index::LayerIndex::from_toc(&written.toc, crate::index::Locations::Zstd) {
+                Ok(i) => i,
+                Err(source) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(ImageError::Index {
+                        layer: written.digest,
+                        source,
+                    });
+                }
+            };
         // The blob lives where lazy reads of registry-less blobs look for it.
         let blob_dir = self.root.join("cache/blobs");
         std::fs::create_dir_all(&blob_dir).map_err(|e| bad("commit", e.to_string()))?;
         let blob_path = blob_dir.join(written.digest.hex());
         std::fs::rename(&tmp, &blob_path).map_err(|e| bad("commit", e.to_string()))?;
-        let ta = TocAnnotations::parse(&written.annotations)
-            .map_err(|e| bad("commit", e.to_string()))?
-            .ok_or_else(|| bad("commit", "no TOC annotations"))?;
-        let toc_bytes = {
-            use std::os::unix::fs::FileExt;
-            let f = std::fs::File::open(&blob_path).map_err(|e| bad("commit", e.to_string()))?;
-            let mut b = vec![0u8; ta.toc.compressed as usize];
-            f.read_exact_at(&mut b, ta.toc.offset)
-                .map_err(|e| bad("commit", e.to_string()))?;
-            b
-        };
-        decode_toc(&toc_bytes, ta.toc.uncompressed).map_err(|source| ImageError::Toc {
-            layer: written.digest,
-            source,
-        })?;
-        self.store.put_blob(&written.toc_digest, &toc_bytes)?;
-        let content_bytes = written
-            .toc
-            .entries
-            .iter()
-            .filter(|e| e.kind == "reg")
-            .map(|e| e.size.max(0) as u64)
-            .sum();
+        self.store
+            .put_blob(&written.toc_digest, &written.toc_compressed)?;
         self.store.put_layer(&LayerRecord {
             digest: written.digest,
             size: written.size,
             media_type: LAYER_MEDIA_TYPE.into(),
             format: LayerFormat::ZstdChunked,
             toc: Some(written.toc_digest),
-            toc_uncompressed: ta.toc.uncompressed,
-            toc_offset: ta.toc.offset,
-            content_bytes,
+            toc_uncompressed: written.toc_position.uncompressed,
+            toc_offset: written.toc_position.offset,
+            content_bytes: index.content_bytes(),
         })?;
 
         let mut config = match parent {

@@ -411,19 +411,31 @@ impl Context {
             size: rec.size,
             what: "Streaming (no TOC)",
         });
-        let fail = |reason: String| ImageError::Layer { layer: d, reason };
         let indexed = self.stream_index(r, d, compression, progress).await?;
-        let json = serde_json::to_vec(&indexed).map_err(|e| fail(e.to_string()))?;
+        self.store_local_toc(&mut rec, &indexed)?;
+        self.store.put_layer(&rec)?;
+        Ok(rec)
+    }
+
+    /// Checks and stores strata's local TOC of a plain layer (zstd-compressed) and fills in the
+    /// layer record's TOC fields.
+    pub(crate) fn store_local_toc(
+        &self,
+        rec: &mut LayerRecord,
+        toc: &crate::toc::Toc,
+    ) -> Result<(), ImageError> {
+        let d = rec.digest;
+        let fail = |reason: String| ImageError::Layer { layer: d, reason };
+        let index = LayerIndex::from_toc(toc, Locations::Local)
+            .map_err(|source| ImageError::Index { layer: d, source })?;
+        let json = serde_json::to_vec(toc).map_err(|e| fail(e.to_string()))?;
         let compressed = zstd::bulk::compress(&json, 3).map_err(|e| fail(e.to_string()))?;
         let toc_digest = Digest::of(&compressed);
-        let index = LayerIndex::from_toc(&indexed, Locations::Local)
-            .map_err(|source| ImageError::Index { layer: d, source })?;
         self.store.put_blob(&toc_digest, &compressed)?;
         rec.toc = Some(toc_digest);
         rec.toc_uncompressed = json.len() as u64;
         rec.content_bytes = index.content_bytes();
-        self.store.put_layer(&rec)?;
-        Ok(rec)
+        Ok(())
     }
 
     /// Streams and indexes, in parallel, every layer of `img` that has no TOC yet.

@@ -7,7 +7,6 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -79,15 +78,6 @@ pub struct LayerSource {
     pub format: LayerFormat,
 }
 
-/// Counters of what reached the registry.
-#[derive(Debug, Default)]
-pub struct FetchStats {
-    /// Range or blob requests sent.
-    pub requests: AtomicU64,
-    /// Bytes received.
-    pub bytes: AtomicU64,
-}
-
 /// Fetches, verifies and caches chunks; serves reads from the cache.
 #[derive(Debug)]
 pub struct ChunkFetcher {
@@ -96,8 +86,6 @@ pub struct ChunkFetcher {
     blobs_dir: PathBuf,
     inflight: Mutex<HashMap<Digest, watch::Receiver<()>>>,
     layer_streams: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
-    /// What reached the registry.
-    pub stats: FetchStats,
 }
 
 /// Removes claimed chunks from the in-flight map when the fetch ends, however it ends; dropping
@@ -140,7 +128,6 @@ impl ChunkFetcher {
             blobs_dir,
             inflight: Mutex::new(HashMap::new()),
             layer_streams: Mutex::new(HashMap::new()),
-            stats: FetchStats::default(),
         }
     }
 
@@ -281,7 +268,6 @@ impl ChunkFetcher {
                             reason: e.to_string(),
                         })?
                     } else {
-                        self.stats.requests.fetch_add(1, Ordering::Relaxed);
                         let reply = self
                             .client
                             .get_blob_range(&layer.repo, &layer.blob, start..end)
@@ -292,11 +278,9 @@ impl ChunkFetcher {
                             })?;
                         match reply {
                             RangeReply::Partial(b) => {
-                                self.stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
                                 b
                             }
                             RangeReply::Whole(b) => {
-                                self.stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
                                 debug!(blob = %layer.blob, "registry ignored Range: keeping the whole blob");
                                 let _ = atomic::write_file(&whole, &b);
                                 if end as usize > b.len() {
@@ -365,7 +349,6 @@ impl ChunkFetcher {
             }
             return Ok(());
         }
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let body = self
             .client
             .blob_stream(&layer.repo, &layer.blob)
@@ -376,15 +359,8 @@ impl ChunkFetcher {
             })?;
         let cache = self.cache.clone();
         let blob = layer.blob;
-        let stats = &self.stats;
-        let result = feed_blocking(
-            body,
-            |n| {
-                stats.bytes.fetch_add(n, Ordering::Relaxed);
-            },
-            move |r| index_plain(r, compression, &cache),
-        )
-        .await;
+        let result =
+            feed_blocking(body, |_| {}, move |r| index_plain(r, compression, &cache)).await;
         let stream_err = |reason: String| FetchError::Stream { blob, reason };
         let indexed = result
             .map_err(|e| stream_err(e.to_string()))?

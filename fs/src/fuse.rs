@@ -144,12 +144,7 @@ impl LazyFs {
         if self.fetcher.cache().contains(&probe) {
             return;
         }
-        let Some(layer) = self
-            .ready()
-            .ok()
-            .and_then(|r| r.layers.get(content.layer))
-            .cloned()
-        else {
+        let Some(layer) = self.layer_of(content) else {
             return;
         };
         let (fetcher, chunks) = (self.fetcher.clone(), ahead.to_vec());
@@ -168,11 +163,16 @@ impl LazyFs {
         }
         let content = n.content.as_ref()?;
         let cache = self.fetcher.cache();
-        let complete = content.chunks.iter().all(|c| {
+        let assembled = cache.assembled_path(&content.chunks);
+        if let Ok(f) = std::fs::File::open(&assembled) {
+            return Some(f);
+        }
+        // Files fill from the front: a missing last chunk ends the check after one stat.
+        let cached = |c: &strata_fetcher::index::Chunk| {
             c.loc == strata_fetcher::index::ChunkLoc::Zeros
                 || c.digest.is_some_and(|d| cache.contains(&d))
-        });
-        if !complete {
+        };
+        if !content.chunks.last().is_some_and(cached) || !content.chunks.iter().all(cached) {
             return None;
         }
         match cache.assemble(&content.chunks, n.size) {
@@ -183,6 +183,11 @@ impl LazyFs {
                 None
             }
         }
+    }
+
+    /// Where the content of a file comes from.
+    fn layer_of(&self, content: &Content) -> Option<LayerSource> {
+        self.ready().ok()?.layers.get(content.layer).cloned()
     }
 
     fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
@@ -411,12 +416,7 @@ impl Filesystem for LazyFs {
                 return reply.error(Errno::EIO);
             }
         }
-        let Some(layer) = self
-            .ready()
-            .ok()
-            .and_then(|r| r.layers.get(content.layer))
-            .cloned()
-        else {
+        let Some(layer) = self.layer_of(&content) else {
             return reply.error(Errno::EIO);
         };
         let fetcher = self.fetcher.clone();

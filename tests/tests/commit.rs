@@ -11,17 +11,44 @@ use strata_tests::registry::Registry;
 use strata_tests::require_root_fuse;
 use strata_tests::strata::{ok, run};
 
+/// A registry with the runnable base image, a proxy in front of it, and a state root.
+struct World {
+    reg: Registry,
+    proxy: Proxy,
+    state: tempfile::TempDir,
+    root: std::path::PathBuf,
+    /// The base image, through the proxy.
+    base: String,
+}
+
+fn world(comp: Comp) -> World {
+    let reg = Registry::start();
+    push_image(&reg.addr, "t/base", "1", &runnable_layers(), comp);
+    let proxy = Proxy::start(&reg.addr);
+    let base = format!("{}/t/base:1", proxy.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    World {
+        reg,
+        proxy,
+        state,
+        root,
+        base,
+    }
+}
+
 #[test]
 fn commit_makes_a_lazy_image_of_the_changes() {
     if !require_root_fuse("commit_makes_a_lazy_image_of_the_changes") {
         return;
     }
-    let reg = Registry::start();
-    push_image(&reg.addr, "t/base", "1", &runnable_layers(), Comp::Native);
-    let proxy = Proxy::start(&reg.addr);
-    let base = format!("{}/t/base:1", proxy.addr);
-    let state = tempfile::tempdir().unwrap();
-    let root = state.path().join("root");
+    let World {
+        reg,
+        proxy,
+        state: _state,
+        root,
+        base,
+    } = world(Comp::Native);
     let script = "echo 'test docker commit' > /hellodocker; rm /etc/os-release; rm -r /var/lib; mkdir -p /var/lib; echo x > /var/lib/new; ln /hellodocker /hello-link";
     ok(&root, &["run", "--name", "c1", &base, "sh", "-c", script]);
     proxy.reset();
@@ -124,12 +151,13 @@ fn commit_push_round_trip_through_other_clients() {
     if !require_root_fuse("commit_push_round_trip_through_other_clients") {
         return;
     }
-    let reg = Registry::start();
-    push_image(&reg.addr, "t/base", "1", &runnable_layers(), Comp::Gzip);
-    let proxy = Proxy::start(&reg.addr);
-    let base = format!("{}/t/base:1", proxy.addr);
-    let state = tempfile::tempdir().unwrap();
-    let root = state.path().join("root");
+    let World {
+        reg,
+        proxy,
+        state,
+        root,
+        base,
+    } = world(Comp::Gzip);
     ok(
         &root,
         &[
@@ -249,11 +277,14 @@ fn export_then_import_and_bad_tarballs() {
     if !require_root_fuse("export_then_import_and_bad_tarballs") {
         return;
     }
-    let reg = Registry::start();
-    push_image(&reg.addr, "t/base", "1", &runnable_layers(), Comp::Native);
-    let base = format!("{}/t/base:1", reg.addr);
-    let state = tempfile::tempdir().unwrap();
-    let root = state.path().join("root");
+    // Keep the proxy: the base image is pulled through it.
+    let World {
+        reg,
+        proxy: _proxy,
+        state,
+        root,
+        base,
+    } = world(Comp::Native);
     ok(
         &root,
         &[
@@ -390,12 +421,13 @@ fn save_then_load_without_the_registry() {
     if !require_root_fuse("save_then_load_without_the_registry") {
         return;
     }
-    let reg = Registry::start();
-    push_image(&reg.addr, "t/base", "1", &runnable_layers(), Comp::Gzip);
-    let proxy = Proxy::start(&reg.addr);
-    let base = format!("{}/t/base:1", proxy.addr);
-    let state = tempfile::tempdir().unwrap();
-    let root = state.path().join("root");
+    let World {
+        reg: _reg,
+        proxy,
+        state,
+        root,
+        base,
+    } = world(Comp::Gzip);
     ok(
         &root,
         &["run", "--name", "c1", &base, "sh", "-c", "echo saved > /s"],
@@ -440,12 +472,13 @@ fn large_layers_are_pushed_in_chunks() {
     if !require_root_fuse("large_layers_are_pushed_in_chunks") {
         return;
     }
-    let reg = Registry::start();
-    push_image(&reg.addr, "t/base", "1", &runnable_layers(), Comp::Native);
-    let proxy = Proxy::start(&reg.addr);
-    let base = format!("{}/t/base:1", proxy.addr);
-    let state = tempfile::tempdir().unwrap();
-    let root = state.path().join("root");
+    let World {
+        reg: _reg,
+        proxy,
+        state,
+        root,
+        base,
+    } = world(Comp::Native);
     ok(
         &root,
         &[
@@ -528,11 +561,13 @@ fn interrupted_push_restarts_cleanly_and_bad_commits() {
     if !require_root_fuse("interrupted_push_restarts_cleanly_and_bad_commits") {
         return;
     }
-    let reg = Registry::start();
-    push_image(&reg.addr, "t/base", "1", &runnable_layers(), Comp::Native);
-    let proxy = Proxy::start(&reg.addr);
-    let state = tempfile::tempdir().unwrap();
-    let root = state.path().join("root");
+    let World {
+        reg,
+        proxy,
+        state,
+        root,
+        ..
+    } = world(Comp::Native);
     let o = run(&root, &["commit", "no-such-container", "x:1"]);
     assert_eq!(o.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&o.stderr).contains("No such container"));

@@ -323,14 +323,7 @@ impl RegistryClient {
                     token: Option<String>,
                     access_token: Option<String>,
                 }
-                let t: Token = resp
-                    .json()
-                    .await
-                    .map_err(|source| RegistryError::Transport {
-                        method: "GET".into(),
-                        url: realm.clone(),
-                        source,
-                    })?;
+                let t: Token = read_json(resp, &realm).await?;
                 let Some(token) = t.token.or(t.access_token) else {
                     return Err(RegistryError::Protocol {
                         registry: r.registry.clone(),
@@ -533,14 +526,7 @@ impl RegistryClient {
                 #[serde(default)]
                 repositories: Vec<String>,
             }
-            let page: Catalog = resp
-                .json()
-                .await
-                .map_err(|source| RegistryError::Transport {
-                    method: "GET".into(),
-                    url: url.clone(),
-                    source,
-                })?;
+            let page: Catalog = read_json(resp, &url).await?;
             out.extend(page.repositories);
             match next {
                 Some(n) if !n.is_empty() => {
@@ -595,6 +581,20 @@ impl RegistryClient {
             Err(status_error("GET", &url, resp).await)
         }
     }
+}
+
+/// The JSON body of a GET response.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    resp: Response,
+    url: &str,
+) -> Result<T, RegistryError> {
+    resp.json()
+        .await
+        .map_err(|source| RegistryError::Transport {
+            method: "GET".into(),
+            url: url.to_string(),
+            source,
+        })
 }
 
 async fn read_limited(resp: Response, limit: usize, url: &str) -> Result<Bytes, RegistryError> {
