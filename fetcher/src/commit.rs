@@ -125,16 +125,55 @@ pub fn apply_change(
     Ok(())
 }
 
+/// A layer written by [`Context::write_layer`], ready to go on top of an image.
+#[derive(Debug, Clone)]
+pub struct NewLayer {
+    /// Digest of the compressed blob.
+    pub digest: Digest,
+    /// Digest of the uncompressed tar.
+    pub diff_id: Digest,
+    /// Size of the blob.
+    pub size: u64,
+    /// The layer descriptor's annotations (TOC position and checksum).
+    pub annotations: Value,
+}
+
+/// A history entry as docker writes it.
+pub fn history_entry(
+    created_by: &str,
+    comment: Option<&str>,
+    author: Option<&str>,
+    empty_layer: bool,
+) -> Value {
+    let mut entry = json!({"created": format_rfc3339(now_secs(), 0), "created_by": created_by});
+    if let Some(c) = comment {
+        entry["comment"] = json!(c);
+    }
+    if let Some(a) = author {
+        entry["author"] = json!(a);
+    }
+    if empty_layer {
+        entry["empty_layer"] = json!(true);
+    }
+    entry
+}
+
 impl Context {
-    /// Writes `tar` as a new native layer on top of `parent` (or as the only layer of a new
-    /// image, for `import`) and stores the new image (not tagged). Returns its record. Entries
-    /// that would land outside the image are refused before anything is stored.
-    pub fn commit(
-        &self,
-        parent: Option<&ImageRecord>,
-        tar: impl Read,
-        meta: &CommitMeta,
-    ) -> Result<ImageRecord, ImageError> {
+    /// The config a new image on `parent` starts from: the parent's, or an empty linux/amd64
+    /// one (`FROM scratch`, `import`).
+    pub fn base_config(&self, parent: Option<&ImageRecord>) -> Result<Value, ImageError> {
+        match parent {
+            Some(p) => self.config(p),
+            None => Ok(
+                json!({"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []}),
+            ),
+        }
+    }
+
+    /// Writes `tar` as a native (zstd:chunked) layer kept in the cache's blob directory, where
+    /// lazy reads of registry-less blobs look for it, with its TOC and layer record stored.
+    /// Entries that would land outside the image are refused before anything is stored.
+    pub fn write_layer(&self, tar: impl Read) -> Result<NewLayer, ImageError> {
         let tmp_dir = self.root.join("tmp");
         std::fs::create_dir_all(&tmp_dir).map_err(|e| bad("commit", e.to_string()))?;
         let tmp = crate::atomic::temp_path(&tmp_dir.join("commit-layer"));
@@ -156,7 +195,6 @@ impl Context {
                     });
                 }
             };
-        // The blob lives where lazy reads of registry-less blobs look for it.
         let blob_dir = self.root.join("cache/blobs");
         std::fs::create_dir_all(&blob_dir).map_err(|e| bad("commit", e.to_string()))?;
         let blob_path = blob_dir.join(written.digest.hex());
@@ -173,49 +211,37 @@ impl Context {
             toc_offset: written.toc_position.offset,
             content_bytes: index.content_bytes(),
         })?;
+        Ok(NewLayer {
+            digest: written.digest,
+            diff_id: written.diff_id,
+            size: written.size,
+            annotations: serde_json::to_value(&written.annotations)
+                .map_err(|e| bad("commit", e.to_string()))?,
+        })
+    }
 
-        let mut config = match parent {
-            Some(p) => self.config(p)?,
-            None => {
-                json!({"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []})
-            }
-        };
+    /// Stores a new image (not tagged): `parent`'s layers, then `layer` if given, with
+    /// `config` (complete, its history already extended by the caller; the new layer's
+    /// diff_id is appended here). Returns its record.
+    pub fn derive(
+        &self,
+        parent: Option<&ImageRecord>,
+        mut config: Value,
+        layer: Option<&NewLayer>,
+    ) -> Result<ImageRecord, ImageError> {
         let now = format_rfc3339(now_secs(), 0);
         let cfg = config
             .as_object_mut()
             .ok_or_else(|| bad("config", "not an object"))?;
-        let mut inner = cfg
-            .get("config")
-            .and_then(|c| c.as_object())
-            .cloned()
-            .unwrap_or_default();
-        for c in &meta.changes {
-            apply_change(&mut inner, c)?;
-        }
-        cfg.insert("config".into(), Value::Object(inner));
         cfg.insert("created".into(), json!(now));
-        if let Some(a) = &meta.author {
-            cfg.insert("author".into(), json!(a));
-        }
-        let rootfs = cfg
-            .entry("rootfs")
-            .or_insert_with(|| json!({"type": "layers", "diff_ids": []}));
-        rootfs["diff_ids"]
-            .as_array_mut()
-            .ok_or_else(|| bad("config", "rootfs.diff_ids is not a list"))?
-            .push(json!(written.diff_id.to_string()));
-        let mut entry = json!({"created": now, "created_by": meta.created_by});
-        if let Some(c) = &meta.comment {
-            entry["comment"] = json!(c);
-        }
-        if let Some(a) = &meta.author {
-            entry["author"] = json!(a);
-        }
-        match cfg.get_mut("history").and_then(|h| h.as_array_mut()) {
-            Some(h) => h.push(entry),
-            None => {
-                cfg.insert("history".into(), json!([entry]));
-            }
+        if let Some(l) = layer {
+            let rootfs = cfg
+                .entry("rootfs")
+                .or_insert_with(|| json!({"type": "layers", "diff_ids": []}));
+            rootfs["diff_ids"]
+                .as_array_mut()
+                .ok_or_else(|| bad("config", "rootfs.diff_ids is not a list"))?
+                .push(json!(l.diff_id.to_string()));
         }
         let config_bytes = serde_json::to_vec(&config).map_err(|e| bad("config", e.to_string()))?;
         let config_digest = Digest::of(&config_bytes);
@@ -229,12 +255,14 @@ impl Context {
             }
             None => Vec::new(),
         };
-        layers.push(json!({
-            "mediaType": LAYER_MEDIA_TYPE,
-            "digest": written.digest.to_string(),
-            "size": written.size,
-            "annotations": written.annotations,
-        }));
+        if let Some(l) = layer {
+            layers.push(json!({
+                "mediaType": LAYER_MEDIA_TYPE,
+                "digest": l.digest.to_string(),
+                "size": l.size,
+                "annotations": l.annotations,
+            }));
+        }
         let manifest = json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -246,7 +274,7 @@ impl Context {
         let manifest_digest = Digest::of(&manifest_bytes);
         self.store.put_blob(&manifest_digest, &manifest_bytes)?;
         let mut layer_digests = parent.map(|p| p.layers.clone()).unwrap_or_default();
-        layer_digests.push(written.digest);
+        layer_digests.extend(layer.map(|l| l.digest));
         let rec = ImageRecord {
             manifest: manifest_digest,
             config: config_digest,
@@ -257,6 +285,46 @@ impl Context {
         };
         self.store.put_image(&rec)?;
         Ok(rec)
+    }
+
+    /// Writes `tar` as a new native layer on top of `parent` (or as the only layer of a new
+    /// image, for `import`) and stores the new image (not tagged). Returns its record.
+    pub fn commit(
+        &self,
+        parent: Option<&ImageRecord>,
+        tar: impl Read,
+        meta: &CommitMeta,
+    ) -> Result<ImageRecord, ImageError> {
+        let layer = self.write_layer(tar)?;
+        let mut config = self.base_config(parent)?;
+        let cfg = config
+            .as_object_mut()
+            .ok_or_else(|| bad("config", "not an object"))?;
+        let mut inner = cfg
+            .get("config")
+            .and_then(|c| c.as_object())
+            .cloned()
+            .unwrap_or_default();
+        for c in &meta.changes {
+            apply_change(&mut inner, c)?;
+        }
+        cfg.insert("config".into(), Value::Object(inner));
+        if let Some(a) = &meta.author {
+            cfg.insert("author".into(), json!(a));
+        }
+        let entry = history_entry(
+            &meta.created_by,
+            meta.comment.as_deref(),
+            meta.author.as_deref(),
+            false,
+        );
+        match cfg.get_mut("history").and_then(|h| h.as_array_mut()) {
+            Some(h) => h.push(entry),
+            None => {
+                cfg.insert("history".into(), json!([entry]));
+            }
+        }
+        self.derive(parent, config, Some(&layer))
     }
 
     /// Points `name` at an image.

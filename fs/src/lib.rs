@@ -2,6 +2,7 @@
 
 pub mod fuse;
 pub mod mount;
+pub mod root;
 pub mod tree;
 pub mod union;
 

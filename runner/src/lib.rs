@@ -130,6 +130,8 @@ pub enum Stdio {
     /// A terminal allocated inside the container: its PID 1 opens one from the container's
     /// own devpts and sends the master side over this socket (see [`pty::receive_master`]).
     Console(std::os::unix::net::UnixStream),
+    /// Standard input from /dev/null; standard output and error both appended to this file.
+    Log(std::fs::File),
 }
 
 /// Starts the container described by `spec` by running `exe init_arg SPEC_PATH` in new
@@ -164,6 +166,12 @@ pub fn start_with(
         Stdio::Inherit => {}
         Stdio::NoStdin => {
             cmd.stdin(std::process::Stdio::null());
+        }
+        Stdio::Log(file) => {
+            let err = file.try_clone().map_err(RunError::Spawn)?;
+            cmd.stdin(std::process::Stdio::null())
+                .stdout(file)
+                .stderr(err);
         }
         Stdio::Console(sock) => {
             cmd.stdin(std::process::Stdio::null());

@@ -7,7 +7,7 @@ use strata_fetcher::Reference;
 use strata_fetcher::commit::CommitMeta;
 use strata_runner::state::Containers;
 
-use crate::cmd::lifecycle::is_runtime_artifact;
+use strata_fs::root::is_runtime_artifact;
 use crate::global::GlobalArgs;
 
 /// Arguments of `commit`.

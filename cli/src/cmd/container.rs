@@ -1,64 +1,12 @@
-//! What `run` and `start` share: mounting a container's root (the lazy image under its private
-//! upper layer) and running its spec to the end while keeping its record.
-
-use std::path::{Path, PathBuf};
+//! What `run` and `start` share: running a container's spec to the end while keeping its record.
 
 use anyhow::Context as _;
-use strata_fetcher::image::Context;
-use strata_fetcher::store::ImageRecord;
 use strata_fetcher::timefmt::now_secs;
-use strata_fs::mount::{MountOptions, spawn};
-use strata_fs::union::{mount_overlay, unmount_detached};
+use strata_fs::root::RootMount;
 use strata_runner::state::{Container, Containers, State};
 use strata_runner::{Spec, Stdio};
 
-use crate::cmd::mount::prepare_fs;
 use crate::cmd::run::INIT_ARG;
-
-/// A container's mounted root; unmounted (overlay, then the FUSE lower) when dropped.
-pub struct RootMount {
-    /// The overlay mount point.
-    pub rootfs: PathBuf,
-    session: Option<fuser::BackgroundSession>,
-}
-
-impl Drop for RootMount {
-    fn drop(&mut self) {
-        let _ = unmount_detached(&self.rootfs);
-        drop(self.session.take());
-    }
-}
-
-/// Mounts `img` lazily at `dir/lower` (served by this process) and the overlay of `dir/upper`
-/// over it at `dir/rootfs`. An existing upper layer is reused.
-pub fn mount_root(
-    ctx: &Context,
-    rt: &tokio::runtime::Runtime,
-    img: &ImageRecord,
-    dir: &Path,
-) -> anyhow::Result<RootMount> {
-    let (lower, upper, work, rootfs) = (
-        dir.join("lower"),
-        dir.join("upper"),
-        dir.join("work"),
-        dir.join("rootfs"),
-    );
-    for d in [&lower, &upper, &work, &rootfs] {
-        std::fs::create_dir_all(d)?;
-    }
-    let fs = prepare_fs(ctx, rt, img.clone()).with_passthrough(true);
-    let session = spawn(fs, &lower, &MountOptions::default())
-        .with_context(|| format!("mounting the image on {}", lower.display()))?;
-    let mut mounted = RootMount {
-        rootfs: rootfs.clone(),
-        session: Some(session),
-    };
-    if let Err(e) = mount_overlay(&lower, &upper, &work, &rootfs) {
-        drop(mounted.session.take());
-        return Err(anyhow::Error::new(e).context("mounting the writable layer"));
-    }
-    Ok(mounted)
-}
 
 /// How the container's standard streams are connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

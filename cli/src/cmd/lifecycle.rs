@@ -9,6 +9,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use strata_runner::state::{Container, Containers, State};
 
+use strata_fs::root::is_runtime_artifact;
+
 use crate::global::GlobalArgs;
 
 /// Arguments of `logs`.
@@ -147,28 +149,6 @@ pub fn run_diff(a: DiffArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     }
     Ok(0)
 }
-
-/// Whether `rel` (a path in a container's upper layer) is only a mount point strata created
-/// because the image lacks it: it is not the container's change.
-pub fn is_runtime_artifact(rel: &Path, meta: &std::fs::Metadata, tree: &strata_fs::Tree) -> bool {
-    let shown = format!("/{}", rel.display());
-    if !RUNTIME_PATHS.contains(&shown.as_str())
-        || tree.resolve(rel.as_os_str().as_encoded_bytes()).is_some()
-    {
-        return false;
-    }
-    meta.is_dir() || meta.len() == 0
-}
-
-/// Mount points strata itself creates in a container when the image lacks them.
-const RUNTIME_PATHS: [&str; 6] = [
-    "/proc",
-    "/sys",
-    "/dev",
-    "/etc/hosts",
-    "/etc/hostname",
-    "/etc/resolv.conf",
-];
 
 fn walk(
     root: &Path,

@@ -9,8 +9,7 @@ use strata_fetcher::Reference;
 use strata_fetcher::image::Context;
 use strata_fetcher::store::ImageRecord;
 use strata_fs::mount::{MountOptions, is_strata_mount, serve, unmount};
-use strata_fs::{LazyFs, Tree};
-use tracing::info;
+use strata_fs::root::prepare_fs;
 
 use crate::global::{GlobalArgs, runtime};
 use crate::progress::Display;
@@ -56,30 +55,6 @@ pub fn find_or_pull(
     rt.block_on(crate::cmd::pull::pull(ctx, &r, platform, false, &display))
 }
 
-/// The lazy filesystem of `img`, mountable at once: layers without a TOC stream in the
-/// background and the tree appears (operations wait for it) when they are indexed.
-pub fn prepare_fs(ctx: &Context, rt: &tokio::runtime::Runtime, img: ImageRecord) -> LazyFs {
-    let (fs, ready) = LazyFs::pending(ctx.fetcher.clone(), rt.handle().clone());
-    let prep = ctx.clone();
-    rt.spawn(async move {
-        let started = Instant::now();
-        let result = async {
-            prep.ensure_indexed(&img, &|_| {}).await?;
-            let layers = prep.open_layers(&img)?;
-            let tree = Tree::build(layers.iter().map(|l| &l.index))?;
-            info!(
-                inodes = tree.len(),
-                ms = started.elapsed().as_millis() as u64,
-                "tree ready"
-            );
-            Ok::<_, anyhow::Error>((tree, layers.into_iter().map(|l| l.source).collect()))
-        }
-        .await;
-        ready.set(result.map_err(|e| format!("{e:#}")));
-    });
-    fs
-}
-
 pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     if !a.dir.is_dir() {
         bail!("mount point {} is not a directory", a.dir.display());
@@ -90,7 +65,7 @@ pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let rt = runtime()?;
     let img = find_or_pull(&ctx, &rt, &a.image, &a.platform)?;
-    let fs = prepare_fs(&ctx, &rt, img).with_passthrough(true);
+    let fs = prepare_fs(&ctx, rt.handle(), img).with_passthrough(true);
     let dir = a.dir.canonicalize()?;
     let on_signal = dir.clone();
     rt.spawn(async move {

@@ -4,7 +4,8 @@ use anyhow::{Context as _, bail};
 use strata_runner::Spec;
 use strata_runner::state::{Containers, State};
 
-use crate::cmd::container::{Streams, execute, mount_root, respawn_in_background};
+use crate::cmd::container::{Streams, execute, respawn_in_background};
+use strata_fs::root::mount_root;
 use crate::global::{GlobalArgs, runtime};
 
 /// Arguments of `start`.
@@ -44,7 +45,7 @@ pub fn run_start(a: StartArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let (img, _) = ctx
         .resolve(&c.image_id)
         .with_context(|| format!("image {} of container {}", c.image, a.container))?;
-    let root_mount = mount_root(&ctx, &rt, &img, &dir)?;
+    let root_mount = mount_root(&ctx, rt.handle(), &img, &dir)?;
     spec.rootfs = root_mount.rootfs.clone();
     let streams = if spec.tty {
         Streams::Tty

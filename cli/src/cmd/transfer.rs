@@ -9,7 +9,7 @@ use strata_fetcher::Reference;
 use strata_fetcher::commit::CommitMeta;
 use strata_runner::state::{Containers, State};
 
-use crate::cmd::container::mount_root;
+use strata_fs::root::mount_root;
 use crate::global::{GlobalArgs, runtime};
 
 /// Arguments of `export`.
@@ -59,7 +59,7 @@ pub fn run_export(a: ExportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let rt = runtime()?;
     let (img, _) = ctx.resolve(&c.image_id)?;
-    let root = mount_root(&ctx, &rt, &img, &dir)?;
+    let root = mount_root(&ctx, rt.handle(), &img, &dir)?;
     out = strata_fs::union::upper_to_tar(&root.rootfs, &none, out)?;
     out.flush()?;
     drop(root);

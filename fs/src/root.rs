@@ -1,0 +1,124 @@
+//! A container's root: the lazily mounted image (strata's read-only FUSE lower) under a
+//! private writable upper layer (kernel overlayfs). Used by `run`, `start`, `export` and
+//! `build`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use strata_fetcher::image::Context;
+use strata_fetcher::store::ImageRecord;
+use tracing::info;
+
+use crate::mount::{MountOptions, spawn};
+use crate::union::{mount_overlay, unmount_detached};
+use crate::{LazyFs, Tree};
+
+/// The lazy filesystem of `img`, mountable at once: layers without a TOC stream in the
+/// background and the tree appears (operations wait for it) when they are indexed.
+pub fn prepare_fs(ctx: &Context, rt: &tokio::runtime::Handle, img: ImageRecord) -> LazyFs {
+    let (fs, ready) = LazyFs::pending(ctx.fetcher.clone(), rt.clone());
+    let prep = ctx.clone();
+    rt.spawn(async move {
+        let started = Instant::now();
+        let result = async {
+            prep.ensure_indexed(&img, &|_| {})
+                .await
+                .map_err(|e| e.to_string())?;
+            let layers = prep.open_layers(&img).map_err(|e| e.to_string())?;
+            let tree =
+                Tree::build(layers.iter().map(|l| &l.index)).map_err(|e| e.to_string())?;
+            info!(
+                inodes = tree.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "tree ready"
+            );
+            Ok::<_, String>((tree, layers.into_iter().map(|l| l.source).collect()))
+        }
+        .await;
+        ready.set(result);
+    });
+    fs
+}
+
+/// A container's mounted root; unmounted (overlay, then the FUSE lower) when dropped.
+pub struct RootMount {
+    /// The overlay mount point.
+    pub rootfs: PathBuf,
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl std::fmt::Debug for RootMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RootMount")
+            .field("rootfs", &self.rootfs)
+            .finish()
+    }
+}
+
+impl Drop for RootMount {
+    fn drop(&mut self) {
+        let _ = unmount_detached(&self.rootfs);
+        drop(self.session.take());
+    }
+}
+
+/// Mounts `img` lazily at `dir/lower` (served by this process) and the overlay of `dir/upper`
+/// over it at `dir/rootfs`. An existing upper layer is reused.
+pub fn mount_root(
+    ctx: &Context,
+    rt: &tokio::runtime::Handle,
+    img: &ImageRecord,
+    dir: &Path,
+) -> io::Result<RootMount> {
+    let (lower, upper, work, rootfs) = (
+        dir.join("lower"),
+        dir.join("upper"),
+        dir.join("work"),
+        dir.join("rootfs"),
+    );
+    for d in [&lower, &upper, &work, &rootfs] {
+        std::fs::create_dir_all(d)?;
+    }
+    let fs = prepare_fs(ctx, rt, img.clone()).with_passthrough(true);
+    let session = spawn(fs, &lower, &MountOptions::default()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("mounting the image on {}: {e}", lower.display()),
+        )
+    })?;
+    let mut mounted = RootMount {
+        rootfs: rootfs.clone(),
+        session: Some(session),
+    };
+    if let Err(e) = mount_overlay(&lower, &upper, &work, &rootfs) {
+        drop(mounted.session.take());
+        return Err(io::Error::new(
+            e.kind(),
+            format!("mounting the writable layer on {}: {e}", rootfs.display()),
+        ));
+    }
+    Ok(mounted)
+}
+
+/// Mount points strata itself creates in a container when the image lacks them.
+const RUNTIME_PATHS: [&str; 6] = [
+    "/proc",
+    "/sys",
+    "/dev",
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+];
+
+/// Whether `rel` (a path in a container's upper layer) is only a mount point strata created
+/// because the image lacks it: it is not the container's change.
+pub fn is_runtime_artifact(rel: &Path, meta: &std::fs::Metadata, tree: &Tree) -> bool {
+    let shown = format!("/{}", rel.display());
+    if !RUNTIME_PATHS.contains(&shown.as_str())
+        || tree.resolve(rel.as_os_str().as_encoded_bytes()).is_some()
+    {
+        return false;
+    }
+    meta.is_dir() || meta.len() == 0
+}
