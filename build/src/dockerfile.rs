@@ -167,8 +167,12 @@ fn logical_line(text: &str, start: usize, escape: char) -> String {
 
 fn command(c: &pd::Command<'_>, escape: char) -> CommandForm {
     match c {
-        pd::Command::Exec(v) => CommandForm::Exec(v.value.iter().map(|s| s.value.to_string()).collect()),
-        pd::Command::Shell(s) => CommandForm::Shell(crate::words::join_continuations(s.value, escape)),
+        pd::Command::Exec(v) => {
+            CommandForm::Exec(v.value.iter().map(|s| s.value.to_string()).collect())
+        }
+        pd::Command::Shell(s) => {
+            CommandForm::Shell(crate::words::join_continuations(s.value, escape))
+        }
         _ => CommandForm::Shell(String::new()),
     }
 }
@@ -179,7 +183,10 @@ fn flags<'a>(flags: impl IntoIterator<Item = &'a pd::Flag<'a>>) -> Vec<(String, 
         .map(|f| {
             (
                 f.name.value.to_string(),
-                f.value.as_ref().map(|v| v.value.to_string()).unwrap_or_default(),
+                f.value
+                    .as_ref()
+                    .map(|v| v.value.to_string())
+                    .unwrap_or_default(),
             )
         })
         .collect()
@@ -255,7 +262,9 @@ fn convert(
                 )));
             }
             if !r.here_docs.is_empty() {
-                return Err(unsupported("RUN with a here-document is not supported".into()));
+                return Err(unsupported(
+                    "RUN with a here-document is not supported".into(),
+                ));
             }
             Kind::Run(command(&r.arguments, escape))
         }
@@ -274,13 +283,21 @@ fn convert(
         }),
         pd::Instruction::User(u) => Kind::User(u.arguments.value.to_string()),
         pd::Instruction::Workdir(w) => Kind::Workdir(w.arguments.value.to_string()),
-        pd::Instruction::Copy(c) => Kind::Copy(copy_args(line, "COPY", &c.options, &c.src, &c.dest)?),
+        pd::Instruction::Copy(c) => {
+            Kind::Copy(copy_args(line, "COPY", &c.options, &c.src, &c.dest)?)
+        }
         pd::Instruction::Add(a) => Kind::Add(copy_args(line, "ADD", &a.options, &a.src, &a.dest)?),
         pd::Instruction::Onbuild(o) => {
             let trigger = logical_line(text, o.onbuild.span.end, escape);
-            let word = trigger.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+            let word = trigger
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase();
             if matches!(word.as_str(), "ONBUILD" | "FROM" | "MAINTAINER") {
-                return Err(unsupported(format!("{word} isn't allowed as an ONBUILD trigger")));
+                return Err(unsupported(format!(
+                    "{word} isn't allowed as an ONBUILD trigger"
+                )));
             }
             Kind::Onbuild(trigger)
         }
@@ -378,12 +395,16 @@ impl Dockerfile {
     pub fn parse_trigger(trigger: &str, escape: char) -> Result<Instruction, DockerfileError> {
         let text = format!("# escape={escape}\nFROM scratch\n{trigger}\n");
         let mut df = Self::parse(&text)?;
-        let mut ins = df.stages.remove(0).body.into_iter().next().ok_or_else(|| {
-            DockerfileError::Parse {
-                line: 1,
-                message: format!("empty ONBUILD trigger {trigger:?}"),
-            }
-        })?;
+        let mut ins =
+            df.stages
+                .remove(0)
+                .body
+                .into_iter()
+                .next()
+                .ok_or_else(|| DockerfileError::Parse {
+                    line: 1,
+                    message: format!("empty ONBUILD trigger {trigger:?}"),
+                })?;
         ins.line = 0;
         Ok(ins)
     }
@@ -396,7 +417,10 @@ mod tests {
     #[test]
     fn instructions_table() {
         let cases: &[(&str, Kind)] = &[
-            ("RUN echo hi", Kind::Run(CommandForm::Shell("echo hi".into()))),
+            (
+                "RUN echo hi",
+                Kind::Run(CommandForm::Shell("echo hi".into())),
+            ),
             (
                 "RUN [\"a\", \"b c\"]",
                 Kind::Run(CommandForm::Exec(vec!["a".into(), "b c".into()])),
@@ -406,13 +430,22 @@ mod tests {
                 Kind::Run(CommandForm::Shell("echo a   && echo b".into())),
             ),
             ("CMD x y", Kind::Cmd(CommandForm::Shell("x y".into()))),
-            ("ENTRYPOINT [\"e\"]", Kind::Entrypoint(CommandForm::Exec(vec!["e".into()]))),
+            (
+                "ENTRYPOINT [\"e\"]",
+                Kind::Entrypoint(CommandForm::Exec(vec!["e".into()])),
+            ),
             ("ENV A=1 B=\"x y\"", Kind::Env("A=1 B=\"x y\"".into())),
             ("ARG V=1", Kind::Arg("V=1".into())),
             ("LABEL a=b", Kind::Label("a=b".into())),
             ("MAINTAINER me <m@e>", Kind::Maintainer("me <m@e>".into())),
-            ("EXPOSE 80 53/udp", Kind::Expose(vec!["80".into(), "53/udp".into()])),
-            ("VOLUME [\"/a\", \"/b\"]", Kind::Volume(vec!["/a".into(), "/b".into()])),
+            (
+                "EXPOSE 80 53/udp",
+                Kind::Expose(vec!["80".into(), "53/udp".into()]),
+            ),
+            (
+                "VOLUME [\"/a\", \"/b\"]",
+                Kind::Volume(vec!["/a".into(), "/b".into()]),
+            ),
             ("VOLUME /a /b", Kind::Volume(vec!["/a".into(), "/b".into()])),
             ("USER u:g", Kind::User("u:g".into())),
             ("WORKDIR $D/x", Kind::Workdir("$D/x".into())),
@@ -474,7 +507,10 @@ mod tests {
                 platform: Some("linux/amd64".into())
             }
         );
-        assert_eq!(df.stages[0].body[0].kind, Kind::Run(CommandForm::Shell("a  b".into())));
+        assert_eq!(
+            df.stages[0].body[0].kind,
+            Kind::Run(CommandForm::Shell("a  b".into()))
+        );
         assert_eq!(df.stages[1].from.line, 7);
         assert_eq!(df.stages[1].body[0].line, 8);
         assert_eq!(df.stages[1].body[0].text, "COPY --from=build /x /x");

@@ -375,6 +375,9 @@ mod tests {
             "echo a   && echo b"
         );
         assert_eq!(join_continuations("echo `\n x", '`'), "echo  x");
-        assert_eq!(join_continuations("echo #not a comment", '\\'), "echo #not a comment");
+        assert_eq!(
+            join_continuations("echo #not a comment", '\\'),
+            "echo #not a comment"
+        );
     }
 }

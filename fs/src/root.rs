@@ -26,8 +26,7 @@ pub fn prepare_fs(ctx: &Context, rt: &tokio::runtime::Handle, img: ImageRecord) 
                 .await
                 .map_err(|e| e.to_string())?;
             let layers = prep.open_layers(&img).map_err(|e| e.to_string())?;
-            let tree =
-                Tree::build(layers.iter().map(|l| &l.index)).map_err(|e| e.to_string())?;
+            let tree = Tree::build(layers.iter().map(|l| &l.index)).map_err(|e| e.to_string())?;
             info!(
                 inodes = tree.len(),
                 ms = started.elapsed().as_millis() as u64,

@@ -7,8 +7,8 @@ use strata_fetcher::Reference;
 use strata_fetcher::commit::CommitMeta;
 use strata_runner::state::Containers;
 
-use strata_fs::root::is_runtime_artifact;
 use crate::global::GlobalArgs;
+use strata_fs::root::is_runtime_artifact;
 
 /// Arguments of `commit`.
 #[derive(Debug, clap::Args)]

@@ -23,7 +23,7 @@ pub struct Args {
     /// Show full IDs.
     #[arg(long)]
     pub no_trunc: bool,
-    /// Show all images (strata keeps no intermediate images; same as without).
+    /// Show all images (by default the intermediate images of builds are hidden).
     #[arg(short = 'a', long)]
     pub all: bool,
     /// Filter: `dangling=true|false`.
@@ -46,7 +46,7 @@ pub struct Row {
 
 pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
-    let mut rows = rows(&ctx, a.pattern.as_deref(), a.no_trunc)?;
+    let mut rows = rows(&ctx, a.pattern.as_deref(), a.no_trunc, a.all)?;
     for f in &a.filter {
         match f.split_once('=') {
             Some(("dangling", v)) => {
@@ -116,9 +116,19 @@ pub fn print_table(rows: &[Vec<String>]) {
     }
 }
 
-fn rows(ctx: &Context, pattern: Option<&str>, no_trunc: bool) -> anyhow::Result<Vec<Row>> {
+fn rows(
+    ctx: &Context,
+    pattern: Option<&str>,
+    no_trunc: bool,
+    all: bool,
+) -> anyhow::Result<Vec<Row>> {
     let tags = ctx.tags_by_manifest()?;
     let mut images = ctx.store.images()?;
+    if !all {
+        // Intermediate images of builds stay out of sight, as docker keeps them.
+        let hidden = strata_build::cache::BuildCache::new(&ctx.root).intermediate(&ctx.store)?;
+        images.retain(|i| tags.contains_key(&i.manifest) || !hidden.contains(&i.manifest));
+    }
     images.sort_by_key(|i| std::cmp::Reverse(i.pulled));
     let mut out = Vec::new();
     for img in images {

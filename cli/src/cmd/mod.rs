@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 mod archive;
+mod build;
 mod commit;
 mod container;
 mod convert;
@@ -27,6 +28,7 @@ use crate::global::GlobalArgs;
 pub enum Command {
     /// Pull an image lazily: manifest, config and tables of contents only.
     Pull(pull::Args),
+    Build(build::Args),
     /// List images.
     Images(images::Args),
     /// Show low-level information on images, as JSON.
@@ -74,6 +76,8 @@ pub enum Command {
     /// Manage strata's data.
     #[command(subcommand)]
     System(rmi::SystemCmd),
+    #[command(subcommand)]
+    Builder(rmi::BuilderCmd),
     /// Start an exited container again, on its own writable layer.
     Start(start::StartArgs),
     /// Show the output of a detached container.
@@ -96,6 +100,7 @@ pub enum Command {
 pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
     match cmd {
         Command::Pull(a) => pull::run(a, g),
+        Command::Build(a) => build::run(a, g),
         Command::Images(a) => images::run(a, g),
         Command::Inspect(a) => inspect::run(a, g),
         Command::Mount(a) => mount::run_mount(a, g),
@@ -118,6 +123,7 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::History(a) => rmi::run_history(a, g),
         Command::Image(c) => rmi::run_image(c, g),
         Command::System(c) => rmi::run_system(c, g),
+        Command::Builder(c) => rmi::run_builder(c, g),
         Command::Start(a) => start::run_start(a, g),
         Command::Logs(a) => lifecycle::run_logs(a, g),
         Command::Stop(a) => lifecycle::run_stop(a, g),

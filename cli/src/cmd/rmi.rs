@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 
 use anyhow::bail;
+use strata_build::cache::BuildCache;
 use strata_fetcher::Reference;
 use strata_fetcher::image::Context;
 use strata_fetcher::store::ImageRecord;
@@ -37,6 +38,17 @@ pub struct HistoryArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum ImageCmd {
     /// Remove images with no name that no container uses, then unreferenced data.
+    Prune {
+        /// Also the intermediate images the build cache keeps.
+        #[arg(short = 'a', long)]
+        all: bool,
+    },
+}
+
+/// `builder` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum BuilderCmd {
+    /// Forget the build cache and remove the intermediate images it kept.
     Prune,
 }
 
@@ -188,14 +200,46 @@ pub fn run_history(a: HistoryArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
 }
 
 pub fn run_image(cmd: ImageCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
-    let ImageCmd::Prune = cmd;
+    let ImageCmd::Prune { all } = cmd;
+    prune(g, all)
+}
+
+pub fn run_builder(cmd: BuilderCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let BuilderCmd::Prune = cmd;
+    let ctx = g.context()?;
+    let dropped = BuildCache::new(&ctx.root).prune(&ctx.store, true)?;
+    println!("Forgot {dropped} build cache entries");
+    prune(g, true)
+}
+
+/// Removes untagged images no container uses (intermediate build images only with `all`
+/// or once the step images they lead to are gone), drops the cache entries of removed
+/// images, then frees unreferenced data.
+fn prune(g: &GlobalArgs, all: bool) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let containers = Containers::new(&g.root());
+    let cache = BuildCache::new(&ctx.root);
     let named: HashSet<_> = ctx.tags_by_manifest()?.into_keys().collect();
-    for img in ctx.store.images()? {
-        if !named.contains(&img.manifest) && users(&containers, &img).is_empty() {
-            ctx.remove_image(&img)?;
-            println!("Deleted: {}", img.config);
+    loop {
+        let kept: HashSet<_> = if all {
+            HashSet::new()
+        } else {
+            cache.intermediate(&ctx.store)?.into_iter().collect()
+        };
+        let mut removed = 0;
+        for img in ctx.store.images()? {
+            if !named.contains(&img.manifest)
+                && !kept.contains(&img.manifest)
+                && users(&containers, &img).is_empty()
+            {
+                ctx.remove_image(&img)?;
+                println!("Deleted: {}", img.config);
+                removed += 1;
+            }
+        }
+        cache.prune(&ctx.store, false)?;
+        if removed == 0 {
+            break;
         }
     }
     let freed = ctx.collect()?;

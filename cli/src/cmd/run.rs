@@ -8,9 +8,9 @@ use strata_runner::state::{Container, Containers, State};
 use strata_runner::{Bind, Network, Spec, command_line, merge_env};
 
 use crate::cmd::container::{Streams, execute, respawn_in_background};
-use strata_fs::root::mount_root;
 use crate::cmd::mount::find_or_pull;
 use crate::global::{GlobalArgs, runtime};
+use strata_fs::root::mount_root;
 
 /// The hidden subcommand the container helper runs as.
 pub const INIT_ARG: &str = "__container-init";
@@ -171,8 +171,8 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         let _ = std::fs::remove_dir_all(&dir);
         e
     };
-    let root_mount = mount_root(&ctx, rt.handle(), &img, &dir)
-        .map_err(|e| cleanup_dir(e.into()))?;
+    let root_mount =
+        mount_root(&ctx, rt.handle(), &img, &dir).map_err(|e| cleanup_dir(e.into()))?;
     let spec = Spec {
         rootfs: root_mount.rootfs.clone(),
         args: args.clone(),

@@ -5,8 +5,8 @@ use strata_runner::Spec;
 use strata_runner::state::{Containers, State};
 
 use crate::cmd::container::{Streams, execute, respawn_in_background};
-use strata_fs::root::mount_root;
 use crate::global::{GlobalArgs, runtime};
+use strata_fs::root::mount_root;
 
 /// Arguments of `start`.
 #[derive(Debug, clap::Args)]

@@ -9,8 +9,8 @@ use strata_fetcher::Reference;
 use strata_fetcher::commit::CommitMeta;
 use strata_runner::state::{Containers, State};
 
-use strata_fs::root::mount_root;
 use crate::global::{GlobalArgs, runtime};
+use strata_fs::root::mount_root;
 
 /// Arguments of `export`.
 #[derive(Debug, clap::Args)]

@@ -1,0 +1,357 @@
+//! The build context: `.dockerignore` rules, COPY/ADD sources resolved (globs included)
+//! without leaving the context, and the content hash that keys the build cache.
+
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+/// Errors about the build context.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// The context directory cannot be used.
+    #[error("build context {path}: {source}")]
+    Open {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A `.dockerignore` pattern or a source glob is malformed.
+    #[error("bad pattern {pattern:?}: {reason}")]
+    Pattern {
+        /// The pattern.
+        pattern: String,
+        /// Why.
+        reason: String,
+    },
+    /// A source leaves the context.
+    #[error("forbidden path outside the build context: {0}")]
+    Outside(String),
+    /// A source does not exist (or only matches excluded files).
+    #[error("file not found in build context or excluded by .dockerignore: {0}")]
+    NotFound(String),
+    /// Reading a source failed.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// `path` made relative and normal: `.` dropped, `..` applied; `None` if it climbs out.
+pub fn clean(path: &str) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir if !out.pop() => return None,
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+fn glob(pattern: &str) -> Result<globset::GlobMatcher, ContextError> {
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| ContextError::Pattern {
+            pattern: pattern.to_string(),
+            reason: e.kind().to_string(),
+        })
+}
+
+/// `.dockerignore` rules: the last pattern that matches a path (or one of its parents)
+/// decides; `!` patterns re-include.
+#[derive(Debug, Default)]
+pub struct Ignore {
+    rules: Vec<(globset::GlobMatcher, bool)>,
+}
+
+impl Ignore {
+    /// Parses `.dockerignore` text.
+    pub fn parse(text: &str) -> Result<Self, ContextError> {
+        let mut rules = Vec::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (exclude, pat) = match line.strip_prefix('!') {
+                Some(p) => (false, p.trim()),
+                None => (true, line),
+            };
+            let Some(cleaned) = clean(pat) else { continue };
+            let cleaned = cleaned.to_string_lossy().into_owned();
+            if cleaned.is_empty() {
+                continue;
+            }
+            rules.push((glob(&cleaned)?, exclude));
+        }
+        Ok(Self { rules })
+    }
+
+    /// Whether the context-relative `rel` is excluded.
+    pub fn excluded(&self, rel: &Path) -> bool {
+        let mut verdict = false;
+        for (m, exclude) in &self.rules {
+            let hit = rel
+                .ancestors()
+                .any(|a| !a.as_os_str().is_empty() && m.is_match(a));
+            if hit {
+                verdict = *exclude;
+            }
+        }
+        verdict
+    }
+}
+
+/// Where sources are taken from: the build context (with its ignore rules) or another
+/// stage's or image's root.
+#[derive(Debug)]
+pub struct Sources {
+    root: PathBuf,
+    ignore: Ignore,
+    /// A container root: symlinks resolve inside it.
+    contained: bool,
+}
+
+impl Sources {
+    /// The build context at `dir`, with its `.dockerignore`.
+    pub fn context(dir: &Path) -> Result<Self, ContextError> {
+        let root = dir.canonicalize().map_err(|source| ContextError::Open {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let ignore = match std::fs::read_to_string(root.join(".dockerignore")) {
+            Ok(t) => Ignore::parse(&t)?,
+            Err(_) => Ignore::default(),
+        };
+        Ok(Self {
+            root,
+            ignore,
+            contained: false,
+        })
+    }
+
+    /// The root filesystem of a stage or image, mounted at `root`.
+    pub fn image_root(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            ignore: Ignore::default(),
+            contained: true,
+        }
+    }
+
+    /// The directory sources are relative to.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether `rel` is left out by `.dockerignore`.
+    pub fn excluded(&self, rel: &Path) -> bool {
+        self.ignore.excluded(rel)
+    }
+
+    /// The host path of `rel` (inside a container root, its symlinks resolved within it).
+    pub fn host_path(&self, rel: &Path) -> PathBuf {
+        if self.contained {
+            strata_runner::secure_join(&self.root, &rel.to_string_lossy(), false)
+                .unwrap_or_else(|_| self.root.join(rel))
+        } else {
+            self.root.join(rel)
+        }
+    }
+
+    /// The relative paths `src` names: one path, or every match of a glob (component by
+    /// component, `*` never crossing `/`), excluded paths left out.
+    pub fn resolve(&self, src: &str) -> Result<Vec<PathBuf>, ContextError> {
+        let rel = clean(src).ok_or_else(|| ContextError::Outside(src.to_string()))?;
+        if !has_glob(src) {
+            let exists = std::fs::symlink_metadata(self.host_path(&rel)).is_ok();
+            if !exists || (!rel.as_os_str().is_empty() && self.excluded(&rel)) {
+                return Err(ContextError::NotFound(src.to_string()));
+            }
+            return Ok(vec![rel]);
+        }
+        let mut found = vec![PathBuf::new()];
+        for comp in rel.components() {
+            let name = comp.as_os_str().to_string_lossy().into_owned();
+            let mut next = Vec::new();
+            for base in &found {
+                if !has_glob(&name) {
+                    let p = base.join(&name);
+                    if std::fs::symlink_metadata(self.host_path(&p)).is_ok() {
+                        next.push(p);
+                    }
+                    continue;
+                }
+                let m = glob(&name)?;
+                let Ok(entries) = std::fs::read_dir(self.host_path(base)) else {
+                    continue;
+                };
+                let mut names: Vec<_> = entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name())
+                    .filter(|n| m.is_match(Path::new(n)))
+                    .collect();
+                names.sort();
+                next.extend(names.into_iter().map(|n| base.join(n)));
+            }
+            found = next;
+        }
+        found.retain(|p| !self.excluded(p));
+        if found.is_empty() {
+            return Err(ContextError::NotFound(src.to_string()));
+        }
+        Ok(found)
+    }
+
+    /// Every entry at and under `rel` that is not excluded, parents first, sorted.
+    pub fn walk(&self, rel: &Path) -> Result<Vec<PathBuf>, ContextError> {
+        let mut out = vec![rel.to_path_buf()];
+        let mut i = 0;
+        while i < out.len() {
+            let p = self.host_path(&out[i]);
+            let meta = std::fs::symlink_metadata(&p).map_err(|source| ContextError::Read {
+                path: p.clone(),
+                source,
+            })?;
+            if meta.is_dir() {
+                let mut names: Vec<_> = std::fs::read_dir(&p)
+                    .map_err(|source| ContextError::Read {
+                        path: p.clone(),
+                        source,
+                    })?
+                    .filter_map(Result::ok)
+                    .map(|e| out[i].join(e.file_name()))
+                    .filter(|c| !self.excluded(c))
+                    .collect();
+                names.sort();
+                out.splice(i + 1..i + 1, names);
+            }
+            i += 1;
+        }
+        Ok(out)
+    }
+
+    /// The content hash of the given sources: names, kinds, permission bits, symlink targets
+    /// and file contents of everything they copy (owners and times left out, as COPY sets
+    /// them itself).
+    pub fn hash(&self, srcs: &[PathBuf]) -> Result<String, ContextError> {
+        let mut h = Sha256::new();
+        for src in srcs {
+            for rel in self.walk(src)? {
+                let p = self.host_path(&rel);
+                let read_err = |source| ContextError::Read {
+                    path: p.clone(),
+                    source,
+                };
+                let meta = std::fs::symlink_metadata(&p).map_err(read_err)?;
+                h.update(rel.as_os_str().as_encoded_bytes());
+                h.update([0]);
+                h.update(format!("{:o}\0", meta.mode()).as_bytes());
+                if meta.file_type().is_symlink() {
+                    let t = std::fs::read_link(&p).map_err(read_err)?;
+                    h.update(t.as_os_str().as_encoded_bytes());
+                } else if meta.is_file() {
+                    let mut f = std::fs::File::open(&p).map_err(read_err)?;
+                    let mut buf = vec![0u8; 1 << 16];
+                    loop {
+                        let n = f.read(&mut buf).map_err(read_err)?;
+                        if n == 0 {
+                            break;
+                        }
+                        h.update(&buf[..n]);
+                    }
+                }
+                h.update([0xff]);
+            }
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ignore_rules_like_docker() {
+        let ig = Ignore::parse("# comment\n*.log\n!keep.log\nbuild/\n/secret\n**/*.tmp\n").unwrap();
+        let cases = [
+            ("a.log", true),
+            ("keep.log", false),
+            ("sub/a.log", false),
+            ("build", true),
+            ("build/x/y", true),
+            ("secret", true),
+            ("x/secret", false),
+            ("deep/er/f.tmp", true),
+            ("f.tmp", true),
+            ("src/main.c", false),
+        ];
+        for (p, want) in cases {
+            assert_eq!(ig.excluded(Path::new(p)), want, "{p}");
+        }
+    }
+
+    #[test]
+    fn sources_resolve_globs_and_refuse_escapes() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("src/sub")).unwrap();
+        for f in [
+            "a.txt",
+            "b.txt",
+            "c.md",
+            "src/x.c",
+            "src/sub/y.c",
+            "skip.txt",
+        ] {
+            std::fs::write(d.path().join(f), f).unwrap();
+        }
+        std::fs::write(d.path().join(".dockerignore"), "skip.txt\n").unwrap();
+        let s = Sources::context(d.path()).unwrap();
+        let names = |v: Vec<PathBuf>| {
+            v.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(s.resolve("*.txt").unwrap()), ["a.txt", "b.txt"]);
+        assert_eq!(names(s.resolve("src/*.c").unwrap()), ["src/x.c"]);
+        assert_eq!(names(s.resolve("./src/../c.md").unwrap()), ["c.md"]);
+        assert!(matches!(
+            s.resolve("../etc/passwd"),
+            Err(ContextError::Outside(_))
+        ));
+        assert!(matches!(
+            s.resolve("missing"),
+            Err(ContextError::NotFound(_))
+        ));
+        assert!(matches!(
+            s.resolve("skip.txt"),
+            Err(ContextError::NotFound(_))
+        ));
+        assert_eq!(
+            names(s.walk(Path::new("src")).unwrap()),
+            ["src", "src/sub", "src/sub/y.c", "src/x.c"]
+        );
+        let before = s.hash(&[PathBuf::from("src")]).unwrap();
+        assert_eq!(before, s.hash(&[PathBuf::from("src")]).unwrap());
+        std::fs::write(d.path().join("src/sub/y.c"), "changed").unwrap();
+        assert_ne!(before, s.hash(&[PathBuf::from("src")]).unwrap());
+        // Excluded files do not count.
+        let a = s.hash(&[PathBuf::new()]).unwrap();
+        std::fs::write(d.path().join("skip.txt"), "other").unwrap();
+        assert_eq!(a, s.hash(&[PathBuf::new()]).unwrap());
+    }
+}
