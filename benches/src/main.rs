@@ -1,1 +1,329 @@
-fn main() {}
+//! `strata-bench`: cold starts of a Debian + python3 image over a shaped link, side by side
+//! with a full pull (skopeo + umoci), alternating runs with everything cleared between them.
+//! Prints a table with the machine it ran on and writes JSON. See BENCHMARKS.md.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod prepare;
+mod shaper;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use serde_json::json;
+use shaper::{PROFILES, Profile, Shaper};
+
+/// The workloads: what the container runs.
+const WORKLOADS: [(&str, &str); 2] = [
+    ("print", "print(1)"),
+    ("imports", "import json, sqlite3, email"),
+];
+
+/// The scenarios compared in each run, in the order they alternate.
+const SCENARIOS: [&str; 4] = [
+    "full pull (skopeo+umoci)",
+    "strata cold native",
+    "strata cold gzip",
+    "strata warm",
+];
+
+struct Opts {
+    runs: usize,
+    profiles: Vec<Profile>,
+    json: PathBuf,
+    work: PathBuf,
+}
+
+fn opts() -> Opts {
+    let mut o = Opts {
+        runs: 5,
+        profiles: PROFILES.to_vec(),
+        json: PathBuf::from("bench-results.json"),
+        work: PathBuf::from("/var/tmp/strata-bench"),
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let v = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--runs" => o.runs = v.parse().expect("--runs N"),
+            "--profile" => o.profiles.retain(|p| p.name == v),
+            "--json" => o.json = PathBuf::from(v),
+            "--work" => o.work = PathBuf::from(v),
+            other => {
+                eprintln!(
+                    "usage: strata-bench [--runs N] [--profile 200mbit-10ms|50mbit-40ms] [--json FILE] [--work DIR]\nunknown argument {other}"
+                );
+                std::process::exit(2);
+            }
+        }
+        i += 2;
+    }
+    o
+}
+
+pub fn sh(cmd: &mut Command) -> String {
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn drop_caches() {
+    let _ = Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+pub fn strata_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("exe");
+    exe.parent().expect("dir").join("strata")
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+                    >> 20
+            })
+        })
+        .unwrap_or(0);
+    let kernel = sh(Command::new("uname").arg("-r")).trim().to_string();
+    format!("{cpu}, {cores} cores, {mem} GiB, Linux {kernel}")
+}
+
+/// One timed run.
+#[derive(Clone, Copy)]
+struct Sample {
+    secs: f64,
+    bytes: u64,
+    requests: u64,
+}
+
+fn time_it(shaper: &Shaper, f: impl FnOnce()) -> Sample {
+    shaper.reset();
+    let t = Instant::now();
+    f();
+    let secs = t.elapsed().as_secs_f64();
+    let (bytes, requests) = shaper.counts();
+    Sample {
+        secs,
+        bytes,
+        requests,
+    }
+}
+
+fn run_scenario(s: &str, shaper: &Shaper, work: &Path, code: &str, warm_root: &Path) -> Sample {
+    let strata = strata_bin();
+    let link = &shaper.addr;
+    match s {
+        "full pull (skopeo+umoci)" => {
+            let dir = work.join("full");
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            drop_caches();
+            let r = time_it(shaper, || {
+                sh(Command::new("skopeo")
+                    .args(["copy", "-q", "--src-tls-verify=false"])
+                    .arg(format!("docker://{link}/bench/py:gzip"))
+                    .arg(format!("oci:{}:py", dir.join("oci").display())));
+                sh(Command::new("umoci")
+                    .args(["unpack", "--image"])
+                    .arg(format!("{}:py", dir.join("oci").display()))
+                    .arg(dir.join("bundle"))
+                    .stdout(Stdio::null()));
+                sh(Command::new("chroot")
+                    .arg(dir.join("bundle/rootfs"))
+                    .args(["python3", "-c", code])
+                    .stdout(Stdio::null()));
+            });
+            let _ = std::fs::remove_dir_all(&dir);
+            r
+        }
+        "strata cold native" | "strata cold gzip" => {
+            let tag = if s.ends_with("native") {
+                "native"
+            } else {
+                "gzip"
+            };
+            let root = work.join("cold-root");
+            let _ = std::fs::remove_dir_all(&root);
+            drop_caches();
+            let r = time_it(shaper, || {
+                sh(Command::new(&strata)
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["run", "--rm"])
+                    .arg(format!("{link}/bench/py:{tag}"))
+                    .args(["python3", "-c", code])
+                    .stdout(Stdio::null()));
+            });
+            let _ = std::fs::remove_dir_all(&root);
+            r
+        }
+        "strata warm" => {
+            // The warm root was filled by a cold run of the same workload; kernel caches dropped.
+            drop_caches();
+            time_it(shaper, || {
+                sh(Command::new(&strata)
+                    .arg("--root")
+                    .arg(warm_root)
+                    .args(["run", "--rm"])
+                    .arg(format!("{link}/bench/py:native"))
+                    .args(["python3", "-c", code])
+                    .stdout(Stdio::null()));
+            })
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    (s[s.len() / 2], s[0], s[s.len() - 1])
+}
+
+fn main() {
+    let o = opts();
+    std::fs::create_dir_all(&o.work).expect("work dir");
+    let machine = machine();
+    println!("strata-bench on {machine}");
+    let img = prepare::image(&o.work);
+    let mut results = Vec::new();
+    let mut table = vec![vec![
+        "link".to_string(),
+        "workload".into(),
+        "scenario".into(),
+        "median s".into(),
+        "min s".into(),
+        "max s".into(),
+        "MB fetched".into(),
+        "requests".into(),
+        "× full pull".into(),
+        "× floor".into(),
+    ]];
+    for p in &o.profiles {
+        let shaper = Shaper::start(&img.registry.addr, *p);
+        prepare::check_link(&shaper, p, &img);
+        for (wname, code) in WORKLOADS {
+            let ws = prepare::working_set(&img, code);
+            let compressed_ws = ws as f64 * img.native_bytes as f64 / img.uncompressed_bytes as f64;
+            // Transfer of the working set, plus connect, manifest, config+TOCs, chunks.
+            let floor = compressed_ws * 8.0 / p.bits_per_sec as f64 + 4.0 * p.rtt.as_secs_f64();
+            let warm_root = o.work.join("warm-root");
+            let _ = std::fs::remove_dir_all(&warm_root);
+            sh(Command::new(strata_bin())
+                .arg("--root")
+                .arg(&warm_root)
+                .args(["run", "--rm"])
+                .arg(format!("{}/bench/py:native", shaper.addr))
+                .args(["python3", "-c", code])
+                .stdout(Stdio::null()));
+            let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); SCENARIOS.len()];
+            for run in 0..o.runs {
+                for (i, s) in SCENARIOS.iter().enumerate() {
+                    let r = run_scenario(s, &shaper, &o.work, code, &warm_root);
+                    eprintln!(
+                        "{} {wname} run {run}: {s}: {:.3} s, {} bytes, {} requests",
+                        p.name, r.secs, r.bytes, r.requests
+                    );
+                    samples[i].push(r);
+                }
+            }
+            let full_median = stats(&samples[0].iter().map(|s| s.secs).collect::<Vec<_>>()).0;
+            for (i, s) in SCENARIOS.iter().enumerate() {
+                let secs: Vec<f64> = samples[i].iter().map(|s| s.secs).collect();
+                let (med, min, max) = stats(&secs);
+                let bytes = stats(
+                    &samples[i]
+                        .iter()
+                        .map(|s| s.bytes as f64)
+                        .collect::<Vec<_>>(),
+                )
+                .0;
+                let reqs = stats(
+                    &samples[i]
+                        .iter()
+                        .map(|s| s.requests as f64)
+                        .collect::<Vec<_>>(),
+                )
+                .0;
+                table.push(vec![
+                    p.name.to_string(),
+                    wname.to_string(),
+                    s.to_string(),
+                    format!("{med:.2}"),
+                    format!("{min:.2}"),
+                    format!("{max:.2}"),
+                    format!("{:.1}", bytes / 1e6),
+                    format!("{reqs:.0}"),
+                    format!("{:.3}", med / full_median),
+                    format!("{:.2}", med / floor),
+                ]);
+                results.push(json!({
+                    "link": p.name, "workload": wname, "code": code, "scenario": s,
+                    "seconds": secs, "median": med, "min": min, "max": max,
+                    "bytes": samples[i].iter().map(|s| s.bytes).collect::<Vec<_>>(),
+                    "requests": samples[i].iter().map(|s| s.requests).collect::<Vec<_>>(),
+                    "working_set_bytes": ws, "floor_seconds": floor,
+                }));
+            }
+            println!(
+                "{} {wname}: working set {:.1} MB uncompressed (~{:.1} MB compressed), floor {floor:.2} s",
+                p.name,
+                ws as f64 / 1e6,
+                compressed_ws / 1e6
+            );
+            let _ = std::fs::remove_dir_all(&warm_root);
+        }
+    }
+    let micro = prepare::micro(&o.work, &img);
+    print_table(&table);
+    for (k, v) in micro.as_object().into_iter().flatten() {
+        println!("{k}: {v}");
+    }
+    let doc = json!({
+        "machine": machine, "runs": o.runs,
+        "image": {"compressed_gzip": img.gzip_bytes, "compressed_native": img.native_bytes, "uncompressed": img.uncompressed_bytes, "files": img.files},
+        "results": results, "micro": micro,
+    });
+    std::fs::write(&o.json, serde_json::to_vec_pretty(&doc).expect("json")).expect("write json");
+    println!("JSON written to {}", o.json.display());
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for (i, r) in rows.iter().enumerate() {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("| {} |", cells.join(" | "));
+        if i == 0 {
+            let dashes: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            println!("|-{}-|", dashes.join("-|-"));
+        }
+    }
+}
