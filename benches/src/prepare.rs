@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use strata_tests::registry::Registry;
 
 use crate::shaper::{Profile, Shaper};
-use crate::{sh, strata_bin};
+use crate::{drop_caches, sh, strata_bin};
 
 const ROOTFS: &str = "/var/cache/strata-bench/rootfs";
 /// What goes into the second layer.
@@ -279,11 +279,6 @@ pub fn working_set(img: &Image, code: &str) -> u64 {
         }
     }
     total
-}
-
-fn drop_caches() {
-    let _ = Command::new("sync").status();
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
 fn read_all(p: &Path) -> (u64, f64) {

@@ -78,14 +78,14 @@ impl Shaper {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind shaper");
         let addr = listener.local_addr().expect("addr").to_string();
         let bytes_per_sec = p.bits_per_sec as f64 / 8.0;
-        let link = |_: ()| {
+        let link = || {
             Arc::new(Direction {
                 free_at: Mutex::new(Instant::now()),
                 bytes_per_sec,
                 one_way: p.rtt / 2,
             })
         };
-        let (up, down) = (link(()), link(()));
+        let (up, down) = (link(), link());
         let down_bytes = Arc::new(AtomicU64::new(0));
         let requests = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));

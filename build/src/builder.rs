@@ -129,6 +129,7 @@ struct StageState {
 }
 
 impl StageState {
+    /// The config's `config` object, to edit.
     fn inner(&self) -> Map<String, Value> {
         self.config
             .get("config")
@@ -137,17 +138,29 @@ impl StageState {
             .unwrap_or_default()
     }
 
+    /// One field of the config's `config` object.
+    fn field(&self, key: &str) -> Option<&Value> {
+        self.config.get("config")?.get(key)
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        self.config
+            .get("config")
+            .and_then(Value::as_object)
+            .map(cfgedit::env_pairs)
+            .unwrap_or_default()
+    }
+
     fn shell(&self) -> Vec<String> {
-        self.inner()
-            .get("Shell")
+        self.field("Shell")
             .and_then(|v| serde_json::from_value(v.clone()).ok())
             .unwrap_or_else(default_shell)
     }
 
     /// ENV values first, then the stage's ARGs.
     fn lookup(&self, name: &str) -> Option<String> {
-        let env = cfgedit::env_pairs(&self.inner());
-        env.into_iter()
+        self.env()
+            .into_iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v)
             .or_else(|| {
@@ -180,11 +193,8 @@ fn step_err(ins: &Instruction, reason: impl std::fmt::Display) -> BuildError {
 }
 
 fn random_id() -> String {
-    let mut b = [0u8; 32];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
-    hex::encode(b)
+    // /dev/urandom missing is not a build error worth a variant; ids then come from the clock.
+    Containers::new_id().unwrap_or_else(|_| format!("{:064x}", now_secs()))
 }
 
 impl<'a> Builder<'a> {
@@ -246,7 +256,7 @@ impl<'a> Builder<'a> {
             }
             let image = match st.image {
                 Some(i) => i,
-                None => self.store(&st, None, None, "")?,
+                None => self.store(None, &st.config, None, None)?,
             };
             let name = match &stage.from.kind {
                 Kind::From { alias, .. } => alias.clone(),
@@ -357,8 +367,7 @@ impl<'a> Builder<'a> {
         };
         // ONBUILD triggers of the base run now and are not inherited.
         let triggers: Vec<String> = st
-            .inner()
-            .get("OnBuild")
+            .field("OnBuild")
             .and_then(|v| serde_json::from_value(v.clone()).ok())
             .unwrap_or_default();
         if !triggers.is_empty() {
@@ -395,16 +404,17 @@ impl<'a> Builder<'a> {
         expand(word, &|n| st.lookup(n), self.df.escape).map_err(|e| step_err(ins, e))
     }
 
-    /// Stores the stage's current config (and `layer`) as a new image with a history entry.
+    /// Stores `config` (and `layer`) on `parent` as a new image; with `step`, a history entry
+    /// for that instruction and its created_by text is added.
     fn store(
         &self,
-        st: &StageState,
+        parent: Option<&ImageRecord>,
+        config: &Value,
         layer: Option<&strata_fetcher::commit::NewLayer>,
-        ins: Option<&Instruction>,
-        created_by: &str,
+        step: Option<(&Instruction, &str)>,
     ) -> Result<ImageRecord, BuildError> {
-        let mut config = st.config.clone();
-        if ins.is_some() {
+        let mut config = config.clone();
+        if let Some((_, created_by)) = step {
             let entry = history_entry(created_by, None, None, layer.is_none());
             match config.get_mut("history").and_then(Value::as_array_mut) {
                 Some(h) => h.push(entry),
@@ -412,9 +422,9 @@ impl<'a> Builder<'a> {
             }
         }
         self.ctx
-            .derive(st.image.as_ref(), config, layer)
-            .map_err(|e| match ins {
-                Some(i) => step_err(i, e),
+            .derive(parent, config, layer)
+            .map_err(|e| match step {
+                Some((i, _)) => step_err(i, e),
                 None => BuildError::Other(e.to_string()),
             })
     }
@@ -428,7 +438,7 @@ impl<'a> Builder<'a> {
         created_by: &str,
         host: &mut dyn Host,
     ) -> Result<Option<String>, BuildError> {
-        let k = key(st.image.as_ref(), created_by, "");
+        let k = key(st.image.as_ref(), created_by);
         if !self.opts.no_cache
             && let Some(hit) = self
                 .cache
@@ -477,7 +487,12 @@ impl<'a> Builder<'a> {
         let Some(k) = self.try_cache(st, ins, &created_by, host)? else {
             return Ok(());
         };
-        let img = self.store(st, None, Some(ins), &created_by)?;
+        let img = self.store(
+            st.image.as_ref(),
+            &st.config,
+            None,
+            Some((ins, &created_by)),
+        )?;
         self.advance(st, ins, k, img)
     }
 
@@ -596,8 +611,7 @@ impl<'a> Builder<'a> {
             Kind::Workdir(raw) => {
                 let w = self.expand_in(st, ins, raw)?;
                 let current = st
-                    .inner()
-                    .get("WorkingDir")
+                    .field("WorkingDir")
                     .and_then(Value::as_str)
                     .filter(|s| !s.is_empty())
                     .map(str::to_string);
@@ -686,7 +700,7 @@ impl<'a> Builder<'a> {
     ) -> Result<(PathBuf, RootMount, ImageRecord), BuildError> {
         let parent = match &st.image {
             Some(i) => i.clone(),
-            None => self.store(st, None, None, "")?,
+            None => self.store(None, &st.config, None, None)?,
         };
         let dir = self.containers.dir_of(id);
         let root = mount_root(self.ctx, &self.rt, &parent, &dir).map_err(|e| {
@@ -721,13 +735,12 @@ impl<'a> Builder<'a> {
             .map_err(|e| step_err(ins, e))?;
         std::io::Seek::rewind(&mut tar).map_err(|e| step_err(ins, e))?;
         let layer = self.ctx.write_layer(tar).map_err(|e| step_err(ins, e))?;
-        let with_parent = StageState {
-            image: Some(parent.clone()),
-            config: st.config.clone(),
-            args: Vec::new(),
-            cmd_set: false,
-        };
-        self.store(&with_parent, Some(&layer), Some(ins), created_by)
+        self.store(
+            Some(parent),
+            &st.config,
+            Some(&layer),
+            Some((ins, created_by)),
+        )
     }
 
     fn run(
@@ -738,10 +751,7 @@ impl<'a> Builder<'a> {
         host: &mut dyn Host,
     ) -> Result<(), BuildError> {
         let args = argv(form, &st.shell());
-        let env_keys: Vec<String> = cfgedit::env_pairs(&st.inner())
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
+        let env_keys: Vec<String> = st.env().into_iter().map(|(k, _)| k).collect();
         // Build arguments reach RUN as environment (ENV wins) and key its cache entry.
         let build_env: BTreeMap<String, String> = st
             .args
@@ -767,8 +777,8 @@ impl<'a> Builder<'a> {
         let img = {
             let id = random_id();
             let (dir, root, parent) = b.mount_step(st, ins, &id)?;
-            let inner = st.inner();
-            let mut env: Vec<String> = cfgedit::env_pairs(&inner)
+            let mut env: Vec<String> = st
+                .env()
                 .into_iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
@@ -777,14 +787,14 @@ impl<'a> Builder<'a> {
                 rootfs: root.rootfs.clone(),
                 args: args.clone(),
                 env: strata_runner::merge_env(&env, &[]),
-                cwd: inner
-                    .get("WorkingDir")
+                cwd: st
+                    .field("WorkingDir")
                     .and_then(Value::as_str)
                     .filter(|s| !s.is_empty())
                     .unwrap_or("/")
                     .to_string(),
-                user: inner
-                    .get("User")
+                user: st
+                    .field("User")
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_string(),
@@ -863,8 +873,7 @@ impl<'a> Builder<'a> {
         }
         let dest_raw = self.expand_in(st, ins, &args.dest)?;
         let workdir = st
-            .inner()
-            .get("WorkingDir")
+            .field("WorkingDir")
             .and_then(Value::as_str)
             .unwrap_or("/")
             .to_string();
@@ -1002,12 +1011,9 @@ impl<'a> Builder<'a> {
                 for (_, rels) in &resolved {
                     for rel in rels {
                         let host_path = sources.host_path(rel);
-                        let is_dir = std::fs::metadata(&host_path)
-                            .map(|m| m.is_dir())
-                            .unwrap_or(false)
-                            && !std::fs::symlink_metadata(&host_path)
-                                .map(|m| m.file_type().is_symlink())
-                                .unwrap_or(false);
+                        // A symlink is copied as one, never followed.
+                        let is_dir =
+                            std::fs::symlink_metadata(&host_path).is_ok_and(|m| m.is_dir());
                         if add
                             && !is_dir
                             && let Some(reader) = copy::archive_reader(&host_path)

@@ -40,9 +40,10 @@ pub struct BuildCache {
     path: PathBuf,
 }
 
-/// The key of a step: its parent image's config, the instruction after substitution (with
-/// the build arguments a RUN sees) and, for COPY/ADD, the hash of what it copies.
-pub fn key(parent: Option<&ImageRecord>, instruction: &str, content: &str) -> String {
+/// The key of a step: its parent image's config and its history text — the instruction after
+/// substitution, with the build arguments a RUN sees or, for COPY/ADD, the hash of what it
+/// copies.
+pub fn key(parent: Option<&ImageRecord>, created_by: &str) -> String {
     let mut h = Sha256::new();
     h.update(
         parent
@@ -50,9 +51,7 @@ pub fn key(parent: Option<&ImageRecord>, instruction: &str, content: &str) -> St
             .unwrap_or_else(|| "scratch".into()),
     );
     h.update([0]);
-    h.update(instruction.as_bytes());
-    h.update([0]);
-    h.update(content.as_bytes());
+    h.update(created_by.as_bytes());
     hex::encode(h.finalize())
 }
 

@@ -69,6 +69,13 @@ impl Containers {
         }
     }
 
+    /// A new container id: 64 hex digits from /dev/urandom.
+    pub fn new_id() -> std::io::Result<String> {
+        let mut b = [0u8; 32];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)?;
+        Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    }
+
     /// The directory of container `id` (upper layer, mounts, generated files).
     pub fn dir_of(&self, id: &str) -> PathBuf {
         self.dir.join(id)

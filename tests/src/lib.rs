@@ -11,6 +11,7 @@ pub mod proxy;
 pub mod registry;
 pub mod strata;
 pub mod walk;
+pub mod world;
 
 use std::path::Path;
 

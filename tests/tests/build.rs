@@ -3,37 +3,16 @@
 #![allow(clippy::print_stderr, clippy::print_stdout)]
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use strata_tests::fixtures::{BIG_BYTES, busybox_layer, rich_layers, runnable_layers};
-use strata_tests::layers::{Comp, push_image, sha, tar_of};
-use strata_tests::proxy::Proxy;
-use strata_tests::registry::Registry;
+use strata_tests::layers::{Comp, sha, tar_of};
 use strata_tests::require_root_fuse;
 use strata_tests::strata::{Mounted, ok, run};
-
-struct World {
-    reg: Registry,
-    proxy: Proxy,
-    state: tempfile::TempDir,
-    root: PathBuf,
-    base: String,
-}
+use strata_tests::world::World;
 
 fn world(layers: Vec<Vec<strata_tests::layers::Item>>) -> World {
-    let reg = Registry::start();
-    push_image(&reg.addr, "t/base", "1", &layers, Comp::Native);
-    let proxy = Proxy::start(&reg.addr);
-    let base = format!("{}/t/base:1", proxy.addr);
-    let state = tempfile::tempdir().unwrap();
-    let root = state.path().join("root");
-    World {
-        reg,
-        proxy,
-        state,
-        root,
-        base,
-    }
+    World::start(&layers, Comp::Native)
 }
 
 fn write(dir: &Path, files: &[(&str, &str)]) {

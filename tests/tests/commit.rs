@@ -6,35 +6,13 @@ use std::process::Command;
 
 use strata_tests::fixtures::runnable_layers;
 use strata_tests::layers::{Comp, push_image};
-use strata_tests::proxy::Proxy;
 use strata_tests::registry::Registry;
 use strata_tests::require_root_fuse;
 use strata_tests::strata::{ok, run};
-
-/// A registry with the runnable base image, a proxy in front of it, and a state root.
-struct World {
-    reg: Registry,
-    proxy: Proxy,
-    state: tempfile::TempDir,
-    root: std::path::PathBuf,
-    /// The base image, through the proxy.
-    base: String,
-}
+use strata_tests::world::World;
 
 fn world(comp: Comp) -> World {
-    let reg = Registry::start();
-    push_image(&reg.addr, "t/base", "1", &runnable_layers(), comp);
-    let proxy = Proxy::start(&reg.addr);
-    let base = format!("{}/t/base:1", proxy.addr);
-    let state = tempfile::tempdir().unwrap();
-    let root = state.path().join("root");
-    World {
-        reg,
-        proxy,
-        state,
-        root,
-        base,
-    }
+    World::start(&runnable_layers(), comp)
 }
 
 #[test]

@@ -81,12 +81,6 @@ fn strings(v: Option<&serde_json::Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn random_id() -> anyhow::Result<String> {
-    let mut b = [0u8; 32];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
-}
-
 fn parse_volume(v: &str) -> anyhow::Result<Bind> {
     let parts: Vec<&str> = v.split(':').collect();
     let (src, dst, ro) = match parts.as_slice() {
@@ -160,7 +154,7 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     }
     let id = match &a.cid {
         Some(id) => id.clone(),
-        None => random_id()?,
+        None => Containers::new_id()?,
     };
     let name = a
         .name
@@ -242,7 +236,7 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
 /// `run -d`: the same command line without `-d`, in the background with its output in the
 /// container's log; returns once the container has started (or has already finished).
 fn detach(containers: &Containers, name: Option<&str>) -> anyhow::Result<i32> {
-    let id = random_id()?;
+    let id = Containers::new_id()?;
     let dir = containers.dir_of(&id);
     std::fs::create_dir_all(&dir)?;
     let log_path = dir.join("container.log");
