@@ -32,6 +32,8 @@ struct Opts {
     profiles: Vec<Profile>,
     json: PathBuf,
     work: PathBuf,
+    /// Only serve the image through the first profile's link, for manual runs.
+    serve: bool,
 }
 
 fn opts() -> Opts {
@@ -40,6 +42,7 @@ fn opts() -> Opts {
         profiles: PROFILES.to_vec(),
         json: PathBuf::from("bench-results.json"),
         work: PathBuf::from("/var/tmp/strata-bench"),
+        serve: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -50,9 +53,14 @@ fn opts() -> Opts {
             "--profile" => o.profiles.retain(|p| p.name == v),
             "--json" => o.json = PathBuf::from(v),
             "--work" => o.work = PathBuf::from(v),
+            "--serve" => {
+                o.serve = true;
+                i += 1;
+                continue;
+            }
             other => {
                 eprintln!(
-                    "usage: strata-bench [--runs N] [--profile 200mbit-10ms|50mbit-40ms] [--json FILE] [--work DIR]\nunknown argument {other}"
+                    "usage: strata-bench [--runs N] [--profile 200mbit-10ms|50mbit-40ms] [--json FILE] [--work DIR] [--serve]\nunknown argument {other}"
                 );
                 std::process::exit(2);
             }
@@ -208,6 +216,17 @@ fn main() {
     let machine = machine();
     println!("strata-bench on {machine}");
     let img = prepare::image(&o.work);
+    if o.serve {
+        let p = o.profiles.first().expect("a profile");
+        let shaper = Shaper::start(&img.registry.addr, *p);
+        println!(
+            "serving {0}/bench/py:native and :gzip over {1} (registry {2}); Ctrl-C to stop",
+            shaper.addr, p.name, img.registry.addr
+        );
+        loop {
+            std::thread::park();
+        }
+    }
     let mut results = Vec::new();
     let mut table = vec![vec![
         "link".to_string(),

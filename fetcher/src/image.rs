@@ -15,6 +15,7 @@ use crate::estargz;
 use crate::index::{IndexError, Kind, LayerIndex, Locations};
 use crate::lazy::{ChunkFetcher, FeedError, FetchError, LayerSource, feed_blocking};
 use crate::plain::{index_plain, sniff};
+use crate::profile::{Prefetch, profile_in};
 use crate::reference::Reference;
 use crate::registry::{ClientOptions, RangeReply, RegistryClient, RegistryError};
 use crate::store::{Compression, ImageRecord, LayerFormat, LayerRecord, Store, StoreError};
@@ -122,6 +123,9 @@ pub struct Context {
     pub client: Arc<RegistryClient>,
     /// The chunk fetcher (and through it the cache).
     pub fetcher: Arc<ChunkFetcher>,
+    /// What a cold start fetches ahead (`None` unless a command that starts containers or
+    /// mounts images asks for more: a `pull` alone ends before a prefetch could finish).
+    pub prefetch: Prefetch,
 }
 
 /// One layer of an opened image.
@@ -149,6 +153,7 @@ impl Context {
             store,
             client,
             fetcher,
+            prefetch: Prefetch::None,
         })
     }
 
@@ -230,35 +235,58 @@ impl Context {
             layers: manifest.layers().len(),
         });
         let config = digest_of(manifest.config())?;
-        if !self.store.has_blob(&config) {
-            let bytes = self.client.get_blob(r, &config).await?;
-            self.store.put_blob(&config, &bytes)?;
+        let layers = manifest
+            .layers()
+            .iter()
+            .map(digest_of)
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.prefetch != Prefetch::None
+            && let Some(profile) = profile_in(&mbytes, layers.len())
+        {
+            // The profile's chunks carry their own digests: fetch them alongside the TOCs.
+            let (ctx, repo, blobs) = (self.clone(), r.clone(), layers.clone());
+            tokio::spawn(async move { ctx.prefetch_profile(&repo, &blobs, &profile).await });
         }
-        let mut layers = Vec::new();
-        for desc in manifest.layers() {
-            let d = digest_of(desc)?;
-            if let Some(existing) = self.store.layer(&d)? {
-                if stream_plain && existing.toc.is_none() {
-                    self.index_plain_layer(r, existing, progress).await?;
-                }
-                progress(Progress::LayerDone {
-                    layer: d,
-                    what: "Already exists",
-                });
-            } else {
-                let rec = self.pull_layer(r, desc, d, stream_plain, progress).await?;
-                self.store.put_layer(&rec)?;
-                progress(Progress::LayerDone {
-                    layer: d,
-                    what: if rec.toc.is_some() {
-                        "Pull complete"
-                    } else {
-                        "Pull complete (no TOC: streams on first mount)"
-                    },
-                });
+        // Config and TOCs in parallel: each is one round trip.
+        let fetch_config = async {
+            if !self.store.has_blob(&config) {
+                let bytes = self.client.get_blob(r, &config).await?;
+                self.store.put_blob(&config, &bytes)?;
             }
-            layers.push(d);
-        }
+            Ok::<(), ImageError>(())
+        };
+        let fetch_layers = manifest
+            .layers()
+            .iter()
+            .zip(&layers)
+            .map(|(desc, &d)| async move {
+                if let Some(existing) = self.store.layer(&d)? {
+                    if stream_plain && existing.toc.is_none() {
+                        self.index_plain_layer(r, existing, progress).await?;
+                    }
+                    progress(Progress::LayerDone {
+                        layer: d,
+                        what: "Already exists",
+                    });
+                } else {
+                    let rec = self.pull_layer(r, desc, d, stream_plain, progress).await?;
+                    self.store.put_layer(&rec)?;
+                    progress(Progress::LayerDone {
+                        layer: d,
+                        what: if rec.toc.is_some() {
+                            "Pull complete"
+                        } else {
+                            "Pull complete (no TOC: streams on first mount)"
+                        },
+                    });
+                }
+                Ok::<(), ImageError>(())
+            });
+        futures_util::future::try_join(
+            fetch_config,
+            futures_util::future::try_join_all(fetch_layers),
+        )
+        .await?;
         self.store.put_blob(&mdigest, &mbytes)?;
         if let Some((idig, ibytes)) = &index {
             self.store.put_blob(idig, ibytes)?;

@@ -7,7 +7,9 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt, stream};
@@ -86,6 +88,24 @@ pub struct ChunkFetcher {
     blobs_dir: PathBuf,
     inflight: Mutex<HashMap<Digest, watch::Receiver<()>>>,
     layer_streams: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Reads waiting for the network now; background fetches hold back while there are any.
+    waiting_reads: AtomicUsize,
+}
+
+/// Counts a read that waits for the network, for as long as it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Self(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Removes claimed chunks from the in-flight map when the fetch ends, however it ends; dropping
@@ -128,6 +148,7 @@ impl ChunkFetcher {
             blobs_dir,
             inflight: Mutex::new(HashMap::new()),
             layer_streams: Mutex::new(HashMap::new()),
+            waiting_reads: AtomicUsize::new(0),
         }
     }
 
@@ -195,6 +216,28 @@ impl ChunkFetcher {
 
     /// Makes sure every chunk in `chunks` is cached.
     pub async fn ensure(&self, layer: &LayerSource, chunks: &[Chunk]) -> Result<(), FetchError> {
+        self.ensure_as(layer, chunks, true).await
+    }
+
+    /// [`Self::ensure`] at low priority: starts only when no read has been waiting for the
+    /// network for a moment, so background work never delays a reader by more than one request.
+    pub async fn ensure_when_idle(
+        &self,
+        layer: &LayerSource,
+        chunks: &[Chunk],
+    ) -> Result<(), FetchError> {
+        while self.waiting_reads.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.ensure_as(layer, chunks, false).await
+    }
+
+    async fn ensure_as(
+        &self,
+        layer: &LayerSource,
+        chunks: &[Chunk],
+        foreground: bool,
+    ) -> Result<(), FetchError> {
         let mut mine = Vec::new();
         let mut waits = Vec::new();
         let claim = {
@@ -220,6 +263,8 @@ impl ChunkFetcher {
                 senders: Mutex::new(senders),
             }
         };
+        let _waiting = (foreground && !(mine.is_empty() && waits.is_empty()))
+            .then(|| Waiting::new(&self.waiting_reads));
         let result = if mine.is_empty() {
             Ok(())
         } else if matches!(layer.format, LayerFormat::Plain { .. })

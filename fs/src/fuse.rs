@@ -18,6 +18,7 @@ use strata_fetcher::index::Kind;
 use strata_fetcher::lazy::{ChunkFetcher, LayerSource};
 use tracing::{debug, error, warn};
 
+use crate::record::{Recorder, Recording};
 use crate::tree::{Content, Node, Tree};
 
 /// Lower content never changes: the kernel may cache entries and attributes for long.
@@ -30,12 +31,12 @@ const SEQUENTIAL_WINDOW: u64 = 8 << 20;
 
 /// What the filesystem serves once its layers are indexed.
 #[derive(Debug)]
-struct Ready {
-    tree: Tree,
-    layers: Vec<LayerSource>,
+pub(crate) struct Ready {
+    pub(crate) tree: Tree,
+    pub(crate) layers: Vec<LayerSource>,
 }
 
-type ReadyCell = Arc<OnceLock<Result<Ready, String>>>;
+pub(crate) type ReadyCell = Arc<OnceLock<Result<Ready, String>>>;
 
 /// The read-only lazy filesystem of one image.
 #[derive(Debug)]
@@ -50,6 +51,8 @@ pub struct LazyFs {
     /// How each inode is open: the kernel refuses (EIO) a passthrough open of an inode that is
     /// open through FUSE reads, and the reverse, so an inode stays in one mode while open.
     open_modes: Mutex<HashMap<u64, OpenMode>>,
+    /// Notes first reads of chunks, to make a prefetch profile.
+    recorder: Option<Arc<Recorder>>,
 }
 
 /// The open handles of one inode.
@@ -106,6 +109,7 @@ impl LazyFs {
                 last_read: Mutex::new(HashMap::new()),
                 passthrough: false,
                 open_modes: Mutex::new(HashMap::new()),
+                recorder: None,
             },
             ReadySetter(cell),
         )
@@ -115,6 +119,19 @@ impl LazyFs {
     pub fn with_passthrough(mut self, on: bool) -> Self {
         self.passthrough = on;
         self
+    }
+
+    /// Records what is read (and serves everything through FUSE reads, so that nothing is
+    /// missed by passthrough); the [`Recording`] makes the profile.
+    pub fn recording(mut self) -> (Self, Recording) {
+        let recorder = Arc::new(Recorder::default());
+        self.recorder = Some(recorder.clone());
+        self.passthrough = false;
+        let rec = Recording {
+            recorder,
+            ready: self.ready.clone(),
+        };
+        (self, rec)
     }
 
     fn ready(&self) -> Result<&Ready, Errno> {
@@ -405,6 +422,17 @@ impl Filesystem for LazyFs {
         let Some(content) = n.content.clone() else {
             return reply.data(&vec![0u8; len as usize]);
         };
+        if let Some(rec) = &self.recorder {
+            let first = content
+                .chunks
+                .partition_point(|c| c.file_offset + c.len <= offset);
+            let end = content
+                .chunks
+                .partition_point(|c| c.file_offset < offset + len);
+            if end > first {
+                rec.note(ino.0, first, end - 1);
+            }
+        }
         if self.is_sequential(ino.0, offset, len) {
             self.prefetch_after(&content, offset + len);
         }

@@ -2,9 +2,11 @@
 
 pub mod fuse;
 pub mod mount;
+pub mod record;
 pub mod root;
 pub mod tree;
 pub mod union;
 
 pub use fuse::{LazyFs, ReadySetter};
+pub use record::Recording;
 pub use tree::Tree;

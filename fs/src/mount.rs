@@ -8,8 +8,13 @@ use tracing::{debug, warn};
 
 use crate::fuse::LazyFs;
 
-/// Readahead for the mount's backing device, in KiB.
+/// Kernel readahead of a mount, in KiB: large, so that a cold reader's misses go out as
+/// several parallel requests.
 pub const READ_AHEAD_KB: u32 = 4096;
+/// Kernel readahead of a mount that records or replays a prefetch profile: the kernel asks for
+/// little more than the process reads, so the profile holds what the process needs and a
+/// replay is not sent past it by readahead.
+pub const PROFILE_READ_AHEAD_KB: u32 = 128;
 
 /// How to mount.
 #[derive(Debug, Clone)]
@@ -18,6 +23,8 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// FUSE request threads; default 4.
     pub threads: usize,
+    /// Kernel readahead in KiB; default [`READ_AHEAD_KB`].
+    pub read_ahead_kb: u32,
 }
 
 impl Default for MountOptions {
@@ -25,6 +32,7 @@ impl Default for MountOptions {
         Self {
             allow_other: true,
             threads: 4,
+            read_ahead_kb: READ_AHEAD_KB,
         }
     }
 }
@@ -50,7 +58,7 @@ fn config(opts: &MountOptions) -> Config {
 /// Mounts `fs` on `dir` and serves it until it is unmounted.
 pub fn serve(fs: LazyFs, dir: &Path, opts: &MountOptions) -> io::Result<()> {
     let session = fuser::Session::new(fs, dir, &config(opts))?;
-    set_read_ahead(dir);
+    set_read_ahead(dir, opts.read_ahead_kb);
     session.run()
 }
 
@@ -58,20 +66,20 @@ pub fn serve(fs: LazyFs, dir: &Path, opts: &MountOptions) -> io::Result<()> {
 /// dropped (which unmounts it).
 pub fn spawn(fs: LazyFs, dir: &Path, opts: &MountOptions) -> io::Result<fuser::BackgroundSession> {
     let session = fuser::Session::new(fs, dir, &config(opts))?;
-    set_read_ahead(dir);
+    set_read_ahead(dir, opts.read_ahead_kb);
     session.spawn()
 }
 
 /// Raises the kernel readahead of the FUSE mount at `dir` (best effort). The device number
 /// comes from mountinfo: a stat of the mount point would wait for the not-yet-served FUSE.
-pub fn set_read_ahead(dir: &Path) {
+pub fn set_read_ahead(dir: &Path, kb: u32) {
     let Some(dev) = mount_entry(dir).map(|m| m.dev) else {
         return;
     };
     let p = format!("/sys/class/bdi/{dev}/read_ahead_kb");
-    match std::fs::write(&p, READ_AHEAD_KB.to_string()) {
-        Ok(()) => debug!(path = p, kb = READ_AHEAD_KB, "readahead raised"),
-        Err(e) => warn!(path = p, error = %e, "could not raise readahead"),
+    match std::fs::write(&p, kb.to_string()) {
+        Ok(()) => debug!(path = p, kb, "readahead set"),
+        Err(e) => warn!(path = p, error = %e, "could not set readahead"),
     }
 }
 

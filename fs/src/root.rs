@@ -7,18 +7,32 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use strata_fetcher::image::Context;
+use strata_fetcher::profile::Prefetch;
 use strata_fetcher::store::ImageRecord;
 use tracing::info;
 
-use crate::mount::{MountOptions, spawn};
+use crate::mount::{MountOptions, PROFILE_READ_AHEAD_KB, READ_AHEAD_KB, spawn};
 use crate::union::{mount_overlay, unmount_detached};
-use crate::{LazyFs, Tree};
+use crate::{LazyFs, Recording, Tree};
 
 /// The lazy filesystem of `img`, mountable at once: layers without a TOC stream in the
-/// background and the tree appears (operations wait for it) when they are indexed.
+/// background and the tree appears (operations wait for it) when they are indexed. What
+/// `ctx.prefetch` asks for is fetched ahead: the image's prefetch profile at once, the rest
+/// once the tree is ready.
 pub fn prepare_fs(ctx: &Context, rt: &tokio::runtime::Handle, img: ImageRecord) -> LazyFs {
     let (fs, ready) = LazyFs::pending(ctx.fetcher.clone(), rt.clone());
     let prep = ctx.clone();
+    let profile = match ctx.prefetch {
+        Prefetch::None => None,
+        _ => ctx.profile_of(&img),
+    };
+    let repo = ctx.source_ref(&img).ok();
+    if let (Some(p), Some(repo)) = (&profile, &repo) {
+        // Already under way if this process just pulled the image: then this only waits.
+        let (ctx, p, blobs, repo) = (ctx.clone(), p.clone(), img.layers.clone(), repo.clone());
+        rt.spawn(async move { ctx.prefetch_profile(&repo, &blobs, &p).await });
+    }
+    let rest = ctx.prefetch.rest(profile.is_some());
     rt.spawn(async move {
         let started = Instant::now();
         let result = async {
@@ -32,12 +46,34 @@ pub fn prepare_fs(ctx: &Context, rt: &tokio::runtime::Handle, img: ImageRecord) 
                 ms = started.elapsed().as_millis() as u64,
                 "tree ready"
             );
-            Ok::<_, String>((tree, layers.into_iter().map(|l| l.source).collect()))
+            let sources = layers.iter().map(|l| l.source.clone()).collect();
+            Ok::<_, String>((tree, sources, layers))
         }
         .await;
-        ready.set(result);
+        match result {
+            Ok((tree, sources, layers)) => {
+                ready.set(Ok((tree, sources)));
+                if rest {
+                    if let (Some(p), Some(repo)) = (&profile, &repo) {
+                        prep.prefetch_profile(repo, &img.layers, p).await;
+                    }
+                    prep.fetch_rest(&layers).await;
+                }
+            }
+            Err(e) => ready.set(Err(e)),
+        }
     });
     fs
+}
+
+/// The kernel readahead for a mount of `img`: small while recording a profile or replaying one,
+/// large otherwise.
+pub fn read_ahead_kb(ctx: &Context, img: &ImageRecord, record: bool) -> u32 {
+    if record || (ctx.prefetch != Prefetch::None && ctx.profile_of(img).is_some()) {
+        PROFILE_READ_AHEAD_KB
+    } else {
+        READ_AHEAD_KB
+    }
 }
 
 /// A container's mounted root; unmounted (overlay, then the FUSE lower) when dropped.
@@ -70,6 +106,17 @@ pub fn mount_root(
     img: &ImageRecord,
     dir: &Path,
 ) -> io::Result<RootMount> {
+    mount_root_with(ctx, rt, img, dir, false).map(|(m, _)| m)
+}
+
+/// [`mount_root`], recording what is read when `record` is set.
+pub fn mount_root_with(
+    ctx: &Context,
+    rt: &tokio::runtime::Handle,
+    img: &ImageRecord,
+    dir: &Path,
+    record: bool,
+) -> io::Result<(RootMount, Option<Recording>)> {
     let (lower, upper, work, rootfs) = (
         dir.join("lower"),
         dir.join("upper"),
@@ -80,7 +127,17 @@ pub fn mount_root(
         std::fs::create_dir_all(d)?;
     }
     let fs = prepare_fs(ctx, rt, img.clone()).with_passthrough(true);
-    let session = spawn(fs, &lower, &MountOptions::default()).map_err(|e| {
+    let (fs, recording) = if record {
+        let (fs, r) = fs.recording();
+        (fs, Some(r))
+    } else {
+        (fs, None)
+    };
+    let opts = MountOptions {
+        read_ahead_kb: read_ahead_kb(ctx, img, record),
+        ..MountOptions::default()
+    };
+    let session = spawn(fs, &lower, &opts).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("mounting the image on {}: {e}", lower.display()),
@@ -97,7 +154,7 @@ pub fn mount_root(
             format!("mounting the writable layer on {}: {e}", rootfs.display()),
         ));
     }
-    Ok(mounted)
+    Ok((mounted, recording))
 }
 
 /// Mount points strata itself creates in a container when the image lacks them.

@@ -10,6 +10,7 @@ mod inspect;
 pub mod lifecycle;
 mod login;
 pub mod mount;
+mod profile;
 mod ps;
 pub mod pull;
 mod push;
@@ -46,6 +47,8 @@ pub enum Command {
     Logout(login::LogoutArgs),
     /// Run a command in a new container.
     Run(Box<run::Args>),
+    /// Run a command once and store what it read with the image, as its prefetch profile.
+    Profile(Box<profile::Args>),
     /// List containers.
     Ps(ps::PsArgs),
     /// Remove containers.
@@ -109,6 +112,7 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::Login(a) => login::run_login(a, g),
         Command::Logout(a) => login::run_logout(a, g),
         Command::Run(a) => run::run(*a, g),
+        Command::Profile(a) => profile::run(*a, g),
         Command::Ps(a) => ps::run_ps(a, g),
         Command::Rm(a) => ps::run_rm(a, g),
         Command::Commit(a) => commit::run_commit(a, g),

@@ -9,7 +9,7 @@ use strata_fetcher::Reference;
 use strata_fetcher::image::Context;
 use strata_fetcher::store::ImageRecord;
 use strata_fs::mount::{MountOptions, is_strata_mount, serve, unmount};
-use strata_fs::root::prepare_fs;
+use strata_fs::root::{prepare_fs, read_ahead_kb};
 
 use crate::global::{GlobalArgs, runtime};
 use crate::progress::Display;
@@ -27,6 +27,10 @@ pub struct MountArgs {
     /// Platform to choose from a multi-platform image.
     #[arg(long, default_value = "linux/amd64")]
     pub platform: String,
+    /// What to fetch before it is read: auto (the image's prefetch profile, then the rest of an
+    /// image that has one, at low priority), profile, all, none.
+    #[arg(long, default_value = "auto")]
+    pub prefetch: strata_fetcher::profile::Prefetch,
     /// Seconds to wait for a detached mount to come up.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
@@ -62,9 +66,11 @@ pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     if a.detach {
         return detach(&a, g);
     }
-    let ctx = g.context()?;
+    let mut ctx = g.context()?;
+    ctx.prefetch = a.prefetch;
     let rt = runtime()?;
     let img = find_or_pull(&ctx, &rt, &a.image, &a.platform)?;
+    let read_ahead = read_ahead_kb(&ctx, &img, false);
     let fs = prepare_fs(&ctx, rt.handle(), img).with_passthrough(true);
     let dir = a.dir.canonicalize()?;
     let on_signal = dir.clone();
@@ -82,8 +88,11 @@ pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         }
         let _ = unmount(&on_signal);
     });
-    serve(fs, &dir, &MountOptions::default())
-        .with_context(|| format!("mounting on {}", dir.display()))?;
+    let opts = MountOptions {
+        read_ahead_kb: read_ahead,
+        ..MountOptions::default()
+    };
+    serve(fs, &dir, &opts).with_context(|| format!("mounting on {}", dir.display()))?;
     Ok(0)
 }
 
@@ -114,6 +123,8 @@ fn detach(a: &MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     cmd.arg("mount")
         .arg("--platform")
         .arg(&a.platform)
+        .arg("--prefetch")
+        .arg(a.prefetch.to_string())
         .arg(&a.image)
         .arg(&dir);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);

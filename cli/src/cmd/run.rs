@@ -10,7 +10,8 @@ use strata_runner::{Bind, Network, Spec, command_line, merge_env};
 use crate::cmd::container::{Streams, execute, respawn_in_background};
 use crate::cmd::mount::find_or_pull;
 use crate::global::{GlobalArgs, runtime};
-use strata_fs::root::mount_root;
+use strata_fetcher::profile::{Prefetch, Profile};
+use strata_fs::root::mount_root_with;
 
 /// The hidden subcommand the container helper runs as.
 pub const INIT_ARG: &str = "__container-init";
@@ -64,6 +65,10 @@ pub struct Args {
     /// Platform to choose from a multi-platform image.
     #[arg(long, default_value = "linux/amd64")]
     pub platform: String,
+    /// What to fetch before it is read: auto (the image's prefetch profile, then the rest of an
+    /// image that has one, at low priority), profile, all, none.
+    #[arg(long, default_value = "auto")]
+    pub prefetch: Prefetch,
     /// Image reference or ID.
     pub image: String,
     /// Command and arguments (default: the image's).
@@ -102,6 +107,15 @@ fn parse_volume(v: &str) -> anyhow::Result<Bind> {
 }
 
 pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
+    run_recorded(a, g, false).map(|(code, _)| code)
+}
+
+/// `run`, and with `record` the prefetch profile of what the container read.
+pub fn run_recorded(
+    a: Args,
+    g: &GlobalArgs,
+    record: bool,
+) -> anyhow::Result<(i32, Option<Profile>)> {
     let network = match a.network.as_str() {
         "host" => Network::Host,
         "none" => Network::None,
@@ -134,12 +148,13 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
             c.id
         );
     }
-    let ctx = g.context()?;
+    let mut ctx = g.context()?;
+    ctx.prefetch = a.prefetch;
     let rt = runtime()?;
     let img = find_or_pull(&ctx, &rt, &a.image, &a.platform)?;
     // The background half of `run -d` gets `--cid` and runs in the foreground.
     if a.detach && a.cid.is_none() {
-        return detach(&containers, a.name.as_deref());
+        return detach(&containers, a.name.as_deref()).map(|c| (c, None));
     }
     let config = ctx.config(&img)?;
     let cfg = config.get("config");
@@ -165,8 +180,8 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         let _ = std::fs::remove_dir_all(&dir);
         e
     };
-    let root_mount =
-        mount_root(&ctx, rt.handle(), &img, &dir).map_err(|e| cleanup_dir(e.into()))?;
+    let (root_mount, recording) = mount_root_with(&ctx, rt.handle(), &img, &dir, record)
+        .map_err(|e| cleanup_dir(e.into()))?;
     let spec = Spec {
         rootfs: root_mount.rootfs.clone(),
         args: args.clone(),
@@ -230,7 +245,7 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     if a.rm {
         containers.remove(&id)?;
     }
-    Ok(code)
+    Ok((code, recording.map(|r| r.profile())))
 }
 
 /// `run -d`: the same command line without `-d`, in the background with its output in the

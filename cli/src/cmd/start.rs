@@ -40,7 +40,8 @@ pub fn run_start(a: StartArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         &std::fs::read(&spec_path).with_context(|| format!("reading {}", spec_path.display()))?,
     )
     .with_context(|| format!("parsing {}", spec_path.display()))?;
-    let ctx = g.context()?;
+    let mut ctx = g.context()?;
+    ctx.prefetch = strata_fetcher::profile::Prefetch::Auto;
     let rt = runtime()?;
     let (img, _) = ctx
         .resolve(&c.image_id)

@@ -1,0 +1,58 @@
+//! `strata profile`: runs a container once, records which chunks it read in which order, and
+//! stores them with the image as its prefetch profile, so that later cold starts anywhere
+//! fetch them up front (after `strata push`).
+
+use anyhow::{Context as _, bail};
+use strata_fetcher::Reference;
+use strata_fetcher::profile::Prefetch;
+
+use crate::cmd::run as run_cmd;
+use crate::global::GlobalArgs;
+
+/// Arguments of `profile`: those of `run`, and where to store the result.
+#[derive(Debug, clap::Args)]
+#[command(trailing_var_arg = true)]
+pub struct Args {
+    /// Name for the profiled image (default: the image's own name).
+    #[arg(long)]
+    pub tag: Option<String>,
+    #[command(flatten)]
+    pub run: run_cmd::Args,
+}
+
+pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let mut r = a.run;
+    let image = r.image.clone();
+    let target: Reference = match &a.tag {
+        Some(t) => t.parse()?,
+        None => match image.parse::<Reference>() {
+            Ok(parsed) if parsed.digest.is_none() => parsed,
+            _ => bail!("name the profiled image with --tag (the image {image} has no tag)"),
+        },
+    };
+    if r.detach {
+        bail!("profile runs in the foreground (no -d)");
+    }
+    r.rm = true;
+    // Record only what the process reads, with nothing fetched ahead.
+    r.prefetch = Prefetch::None;
+    let (code, profile) = run_cmd::run_recorded(r, g, true)?;
+    if code != 0 {
+        bail!("the command exited with code {code}: no profile stored");
+    }
+    let profile = profile.context("the container's reads were not recorded")?;
+    let ctx = g.context()?;
+    let (img, _) = ctx
+        .resolve(&image)
+        .with_context(|| format!("No such image: {image}"))?;
+    let rec = ctx.with_profile(&img, &profile)?;
+    ctx.tag(&rec, &target)?;
+    eprintln!(
+        "Profile: {} files, {} chunks, {:.1} MB to prefetch",
+        profile.files.len(),
+        profile.chunk_count(),
+        profile.bytes() as f64 / 1e6
+    );
+    println!("{target}@{}", rec.manifest);
+    Ok(0)
+}

@@ -1,0 +1,413 @@
+//! Prefetch profiles: the chunks a container's first run read, in the order it first read
+//! them, stored with the image as a manifest annotation ([`ANNOTATION`]). A later cold start —
+//! on any machine that pulls the image — fetches them in parallel as soon as it has the
+//! manifest, before the layers' TOCs arrive and before the process asks, and then (by default)
+//! fetches the rest of the image at low priority.
+//!
+//! Each chunk carries its place in the layer blob and the sha256 of its uncompressed bytes, so
+//! it can be fetched and verified without the TOC; the cache is keyed by that digest, so a
+//! wrong profile can only waste bytes, never change what a file reads.
+
+use std::str::FromStr;
+
+use futures_util::{StreamExt, stream};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use crate::digest::Digest;
+use crate::image::{Context, ImageError, OpenLayer};
+use crate::index::{Chunk, ChunkLoc, Kind};
+use crate::lazy::LayerSource;
+use crate::reference::Reference;
+use crate::store::{ImageRecord, LayerFormat};
+
+/// The manifest annotation that holds a profile (compact JSON).
+pub const ANNOTATION: &str = "io.strata.prefetch.v1";
+/// Largest chunk a profile may name (compressed or not): chunks are 128 KiB here, and other
+/// writers' are smaller than this; it bounds what a bad profile can make us allocate.
+const MAX_CHUNK_BYTES: u64 = 64 << 20;
+/// Largest number of chunks a profile may name.
+const MAX_CHUNKS: usize = 1 << 20;
+/// Compressed bytes per batch of a profile prefetch.
+const PREFETCH_BATCH_BYTES: u64 = 256 << 10;
+/// Batches of a profile prefetch in flight at once.
+const PREFETCH_STREAMS: usize = 8;
+/// Compressed bytes per low-priority request for the rest of an image.
+const REST_REQUEST_BYTES: u64 = 1 << 20;
+
+/// Errors of profiles.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// The annotation is not a profile.
+    #[error("prefetch profile annotation {ANNOTATION}: {0}")]
+    Malformed(String),
+}
+
+/// One chunk of a profile: `[blob start, blob end, uncompressed length, digest]`.
+pub type ProfileChunk = (u64, u64, u64, Digest);
+
+/// The chunks of one file that a run read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileFile {
+    /// Path in the image, for people reading the profile.
+    pub path: String,
+    /// Index of the layer (in the manifest's order) whose blob holds the chunks.
+    pub layer: usize,
+    /// The chunks, in the order they were first read.
+    pub chunks: Vec<ProfileChunk>,
+}
+
+/// What a run read, file by file in the order of first reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    /// The files.
+    pub files: Vec<ProfileFile>,
+}
+
+impl Profile {
+    /// Parses and checks an annotation value against an image of `layers` layers.
+    pub fn parse(value: &str, layers: usize) -> Result<Self, ProfileError> {
+        let bad = |m: String| ProfileError::Malformed(m);
+        let p: Profile = serde_json::from_str(value).map_err(|e| bad(e.to_string()))?;
+        if p.chunk_count() > MAX_CHUNKS {
+            return Err(bad(format!("more than {MAX_CHUNKS} chunks")));
+        }
+        for f in &p.files {
+            if f.layer >= layers {
+                return Err(bad(format!(
+                    "{}: layer {} of an image of {layers}",
+                    f.path, f.layer
+                )));
+            }
+            for &(start, end, len, _) in &f.chunks {
+                if end <= start || end - start > MAX_CHUNK_BYTES || len > MAX_CHUNK_BYTES {
+                    return Err(bad(format!(
+                        "{}: chunk {start}..{end} of {len} bytes",
+                        f.path
+                    )));
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// The annotation value.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Number of chunks.
+    pub fn chunk_count(&self) -> usize {
+        self.files.iter().map(|f| f.chunks.len()).sum()
+    }
+
+    /// Compressed bytes of the chunks (what a prefetch fetches).
+    pub fn bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .flat_map(|f| &f.chunks)
+            .map(|(s, e, _, _)| e - s)
+            .sum()
+    }
+
+    /// The chunks in the order they were read, as batches of about `bytes` compressed bytes
+    /// from one layer each: `(layer, chunks)`.
+    fn batches(&self, bytes: u64) -> Vec<(usize, Vec<Chunk>)> {
+        let mut out: Vec<(usize, Vec<Chunk>, u64)> = Vec::new();
+        for f in &self.files {
+            for &(start, end, len, digest) in &f.chunks {
+                let chunk = Chunk {
+                    file_offset: 0,
+                    len,
+                    digest: Some(digest),
+                    loc: ChunkLoc::Zstd { start, end },
+                };
+                match out.last_mut() {
+                    Some((l, chunks, n)) if *l == f.layer && *n < bytes => {
+                        chunks.push(chunk);
+                        *n += end - start;
+                    }
+                    _ => out.push((f.layer, vec![chunk], end - start)),
+                }
+            }
+        }
+        out.into_iter().map(|(l, c, _)| (l, c)).collect()
+    }
+}
+
+/// What a cold start fetches before it is asked to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Prefetch {
+    /// The image's profile, then the rest of an image that has one (the default).
+    #[default]
+    Auto,
+    /// Only the profile.
+    Profile,
+    /// The profile if there is one, then the rest of the image.
+    All,
+    /// Nothing: every byte is fetched when it is first read.
+    None,
+}
+
+impl FromStr for Prefetch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "profile" => Ok(Self::Profile),
+            "all" => Ok(Self::All),
+            "none" => Ok(Self::None),
+            other => Err(format!(
+                "prefetch mode {other:?} (want auto, profile, all or none)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Prefetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Profile => "profile",
+            Self::All => "all",
+            Self::None => "none",
+        })
+    }
+}
+
+impl Prefetch {
+    /// Whether the rest of the image follows the profile.
+    pub fn rest(self, has_profile: bool) -> bool {
+        self == Self::All || (self == Self::Auto && has_profile)
+    }
+}
+
+/// The profile in a manifest's annotations, if any; a malformed one is logged and ignored (a
+/// profile only makes things faster).
+pub fn profile_in(manifest: &[u8], layers: usize) -> Option<Profile> {
+    let v: serde_json::Value = serde_json::from_slice(manifest).ok()?;
+    let value = v.get("annotations")?.get(ANNOTATION)?.as_str()?;
+    match Profile::parse(value, layers) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            warn!(error = %e, "ignoring the prefetch profile");
+            None
+        }
+    }
+}
+
+impl Context {
+    /// The profile stored with `img`'s manifest.
+    pub fn profile_of(&self, img: &ImageRecord) -> Option<Profile> {
+        let bytes = self.store.get_blob(&img.manifest).ok()?;
+        profile_in(&bytes, img.layers.len())
+    }
+
+    /// Fetches the profile's chunks of `layers` (the image's layer blobs, in order) from
+    /// `repo`, in the order the recorded run first read them: batches of neighbouring chunks,
+    /// [`PREFETCH_STREAMS`] at a time, so the first files a process needs arrive first and it
+    /// can start while the rest are on their way. Failures are only logged: the reads that need
+    /// a chunk fetch it again.
+    pub async fn prefetch_profile(&self, repo: &Reference, layers: &[Digest], profile: &Profile) {
+        let started = std::time::Instant::now();
+        let sources: Vec<LayerSource> = layers
+            .iter()
+            .map(|blob| LayerSource {
+                repo: repo.clone(),
+                blob: *blob,
+                format: LayerFormat::ZstdChunked,
+            })
+            .collect();
+        let batches = profile.batches(PREFETCH_BATCH_BYTES);
+        stream::iter(batches)
+            .map(|(layer, chunks)| {
+                let source = &sources[layer];
+                async move {
+                    if let Err(e) = self.fetcher.ensure(source, &chunks).await {
+                        debug!(blob = %source.blob, error = %e, "profile prefetch failed");
+                    }
+                }
+            })
+            .buffer_unordered(PREFETCH_STREAMS)
+            .collect::<Vec<()>>()
+            .await;
+        info!(
+            files = profile.files.len(),
+            chunks = profile.chunk_count(),
+            bytes = profile.bytes(),
+            ms = started.elapsed().as_millis() as u64,
+            "profile prefetched"
+        );
+    }
+
+    /// Fetches every chunk of `layers` not yet cached, one request at a time and only while no
+    /// read is waiting for the network, so that it never delays the container.
+    pub async fn fetch_rest(&self, layers: &[OpenLayer]) {
+        let started = std::time::Instant::now();
+        for l in layers
+            .iter()
+            .filter(|l| l.source.format == LayerFormat::ZstdChunked)
+        {
+            let mut chunks: Vec<Chunk> = l
+                .index
+                .entries
+                .iter()
+                .filter(|e| e.kind == Kind::Reg)
+                .flat_map(|e| e.chunks.iter().copied())
+                .filter(|c| {
+                    matches!(c.loc, ChunkLoc::Zstd { .. })
+                        && c.digest.is_some_and(|d| !self.fetcher.cache().contains(&d))
+                })
+                .collect();
+            chunks.sort_by_key(|c| match c.loc {
+                ChunkLoc::Zstd { start, .. } => start,
+                _ => 0,
+            });
+            let mut batch = Vec::new();
+            let mut batch_bytes = 0;
+            for c in chunks {
+                if let ChunkLoc::Zstd { start, end } = c.loc {
+                    batch_bytes += end - start;
+                }
+                batch.push(c);
+                if batch_bytes >= REST_REQUEST_BYTES {
+                    if let Err(e) = self.fetcher.ensure_when_idle(&l.source, &batch).await {
+                        debug!(error = %e, "background fetch failed; stopping it");
+                        return;
+                    }
+                    batch.clear();
+                    batch_bytes = 0;
+                }
+            }
+            if let Err(e) = self.fetcher.ensure_when_idle(&l.source, &batch).await {
+                debug!(error = %e, "background fetch failed; stopping it");
+                return;
+            }
+        }
+        info!(
+            ms = started.elapsed().as_millis() as u64,
+            "rest of the image fetched"
+        );
+    }
+
+    /// Stores `img` again with `profile` in its manifest's annotations: a new manifest (and so a
+    /// new image) with the same config and layers. Returns the new record.
+    pub fn with_profile(
+        &self,
+        img: &ImageRecord,
+        profile: &Profile,
+    ) -> Result<ImageRecord, ImageError> {
+        let bytes = self.store.get_blob(&img.manifest)?;
+        let what = img.manifest.to_string();
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| ImageError::Manifest {
+                what: what.clone(),
+                reason: e.to_string(),
+            })?;
+        let Some(obj) = v.as_object_mut() else {
+            return Err(ImageError::Manifest {
+                what,
+                reason: "not a JSON object".into(),
+            });
+        };
+        let ann = obj
+            .entry("annotations")
+            .or_insert_with(|| serde_json::json!({}));
+        let Some(ann) = ann.as_object_mut() else {
+            return Err(ImageError::Manifest {
+                what,
+                reason: "annotations is not an object".into(),
+            });
+        };
+        ann.insert(ANNOTATION.into(), profile.encode().into());
+        let out = serde_json::to_vec(&v).map_err(|e| ImageError::Manifest {
+            what: what.clone(),
+            reason: e.to_string(),
+        })?;
+        let manifest = Digest::of(&out);
+        self.store.put_blob(&manifest, &out)?;
+        let rec = ImageRecord {
+            manifest,
+            index: None,
+            ..img.clone()
+        };
+        self.store.put_image(&rec)?;
+        Ok(rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Profile {
+        Profile {
+            files: vec![ProfileFile {
+                path: "usr/bin/python3.11".into(),
+                layer: 1,
+                chunks: vec![
+                    (100, 200, 4096, Digest::of(b"a")),
+                    (200, 260, 10, Digest::of(b"b")),
+                ],
+            }],
+        }
+    }
+
+    #[test]
+    fn profiles_round_trip_through_the_annotation() {
+        let p = sample();
+        let back = Profile::parse(&p.encode(), 2).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(back.bytes(), 160);
+        assert_eq!(back.chunk_count(), 2);
+        let batches = back.batches(1 << 20);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].0, 1);
+        assert_eq!(
+            batches[0].1[1].loc,
+            ChunkLoc::Zstd {
+                start: 200,
+                end: 260
+            }
+        );
+        // A batch closes once it holds the wanted bytes: here after each chunk.
+        assert_eq!(back.batches(50).len(), 2);
+    }
+
+    #[test]
+    fn malformed_profiles_name_what_is_wrong() {
+        let p = sample();
+        let e = Profile::parse(&p.encode(), 1).unwrap_err().to_string();
+        assert!(e.contains("layer 1 of an image of 1"), "{e}");
+        let mut huge = sample();
+        huge.files[0].chunks[0].1 = 100 + (65 << 20);
+        let e = Profile::parse(&huge.encode(), 2).unwrap_err().to_string();
+        assert!(e.contains("usr/bin/python3.11: chunk 100.."), "{e}");
+        assert!(Profile::parse("{\"files\": 3}", 2).is_err());
+        let m = serde_json::json!({"annotations": { ANNOTATION: "not json" }});
+        assert!(profile_in(m.to_string().as_bytes(), 2).is_none());
+        let m = serde_json::json!({"annotations": { ANNOTATION: sample().encode() }});
+        assert_eq!(profile_in(m.to_string().as_bytes(), 2), Some(sample()));
+    }
+
+    #[test]
+    fn prefetch_modes() {
+        for m in [
+            Prefetch::Auto,
+            Prefetch::Profile,
+            Prefetch::All,
+            Prefetch::None,
+        ] {
+            assert_eq!(m.to_string().parse::<Prefetch>(), Ok(m));
+        }
+        assert!(
+            "sometimes"
+                .parse::<Prefetch>()
+                .unwrap_err()
+                .contains("sometimes")
+        );
+        assert!(Prefetch::Auto.rest(true) && !Prefetch::Auto.rest(false));
+        assert!(Prefetch::All.rest(false) && !Prefetch::Profile.rest(true));
+        assert!(!Prefetch::None.rest(true));
+    }
+}

@@ -1,0 +1,111 @@
+//! Recording a prefetch profile: which chunks of which files the kernel asked for, in the order
+//! of first reads, turned at the end into a [`Profile`] of paths and blob ranges.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use strata_fetcher::index::ChunkLoc;
+use strata_fetcher::profile::{Profile, ProfileFile};
+use strata_fetcher::store::LayerFormat;
+
+use crate::fuse::ReadyCell;
+use crate::tree::{ROOT_INO, Tree};
+
+/// First reads of chunks: `(inode, chunk index)` in order.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    reads: Mutex<(Vec<(u64, usize)>, HashSet<(u64, usize)>)>,
+}
+
+impl Recorder {
+    /// Notes a read of chunks `first..=last` of `ino`.
+    pub(crate) fn note(&self, ino: u64, first: usize, last: usize) {
+        let Ok(mut g) = self.reads.lock() else {
+            return;
+        };
+        let (order, seen) = &mut *g;
+        for i in first..=last {
+            if seen.insert((ino, i)) {
+                order.push((ino, i));
+            }
+        }
+    }
+}
+
+/// A recording in progress, kept by whoever will want the profile after the mount is gone.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    pub(crate) recorder: Arc<Recorder>,
+    pub(crate) ready: ReadyCell,
+}
+
+impl Recording {
+    /// The profile of what was read so far: files in the order of their first read, chunks in
+    /// the order they were first read. Only chunks of zstd:chunked layers can be fetched by
+    /// blob range, so only those are kept.
+    pub fn profile(&self) -> Profile {
+        let Some(Ok(ready)) = self.ready.get() else {
+            return Profile::default();
+        };
+        let Ok(g) = self.recorder.reads.lock() else {
+            return Profile::default();
+        };
+        let mut files: Vec<(u64, ProfileFile)> = Vec::new();
+        for &(ino, i) in &g.0 {
+            let Some(content) = ready.tree.get(ino).and_then(|n| n.content.as_ref()) else {
+                continue;
+            };
+            let fetchable = ready
+                .layers
+                .get(content.layer)
+                .is_some_and(|l| l.format == LayerFormat::ZstdChunked);
+            let Some(c) = content.chunks.get(i).filter(|_| fetchable) else {
+                continue;
+            };
+            let (ChunkLoc::Zstd { start, end }, Some(digest)) = (c.loc, c.digest) else {
+                continue;
+            };
+            let pos = match files.iter().position(|(f, _)| *f == ino) {
+                Some(p) => p,
+                None => {
+                    files.push((
+                        ino,
+                        ProfileFile {
+                            path: path_of(&ready.tree, ino),
+                            layer: content.layer,
+                            chunks: Vec::new(),
+                        },
+                    ));
+                    files.len() - 1
+                }
+            };
+            files[pos].1.chunks.push((start, end, c.len, digest));
+        }
+        Profile {
+            files: files.into_iter().map(|(_, f)| f).collect(),
+        }
+    }
+}
+
+/// The path of `ino` (through the parent that first linked it), without a leading `/`.
+fn path_of(tree: &Tree, ino: u64) -> String {
+    let mut parts = Vec::new();
+    let mut cur = ino;
+    while cur != ROOT_INO && parts.len() < 4096 {
+        let Some(parent) = tree.get(cur).map(|n| n.parent) else {
+            break;
+        };
+        let Some(name) = tree.get(parent).and_then(|p| {
+            p.children
+                .iter()
+                .find(|(_, c)| **c == cur)
+                .map(|(n, _)| n.clone())
+        }) else {
+            break;
+        };
+        parts.push(String::from_utf8_lossy(&name).into_owned());
+        cur = parent;
+    }
+    parts.reverse();
+    parts.join("/")
+}
