@@ -20,10 +20,11 @@ const WORKLOADS: [(&str, &str); 2] = [
 ];
 
 /// The scenarios compared in each run, in the order they alternate.
-const SCENARIOS: [&str; 4] = [
+const SCENARIOS: [&str; 5] = [
     "full pull (skopeo+umoci)",
     "strata cold native",
     "strata cold gzip",
+    "strata cold profiled",
     "strata warm",
 ];
 
@@ -139,7 +140,17 @@ fn time_it(shaper: &Shaper, f: impl FnOnce()) -> Sample {
     }
 }
 
-fn run_scenario(s: &str, shaper: &Shaper, work: &Path, code: &str, warm_root: &Path) -> Sample {
+/// What one workload runs and on which images.
+struct Workload<'a> {
+    code: &'a str,
+    /// The native image with this workload's prefetch profile.
+    profiled_tag: &'a str,
+    /// A root filled by one earlier cold run (for "warm").
+    warm_root: &'a Path,
+}
+
+fn run_scenario(s: &str, shaper: &Shaper, work: &Path, w: &Workload) -> Sample {
+    let (code, warm_root) = (w.code, w.warm_root);
     let strata = strata_bin();
     let link = &shaper.addr;
     match s {
@@ -166,11 +177,11 @@ fn run_scenario(s: &str, shaper: &Shaper, work: &Path, code: &str, warm_root: &P
             let _ = std::fs::remove_dir_all(&dir);
             r
         }
-        "strata cold native" | "strata cold gzip" => {
-            let tag = if s.ends_with("native") {
-                "native"
-            } else {
-                "gzip"
+        "strata cold native" | "strata cold gzip" | "strata cold profiled" => {
+            let image = match s {
+                "strata cold native" => "bench/py:native",
+                "strata cold gzip" => "bench/py:gzip",
+                _ => w.profiled_tag,
             };
             let root = work.join("cold-root");
             let _ = std::fs::remove_dir_all(&root);
@@ -180,7 +191,7 @@ fn run_scenario(s: &str, shaper: &Shaper, work: &Path, code: &str, warm_root: &P
                     .arg("--root")
                     .arg(&root)
                     .args(["run", "--rm"])
-                    .arg(format!("{link}/bench/py:{tag}"))
+                    .arg(format!("{link}/{image}"))
                     .args(["python3", "-c", code])
                     .stdout(Stdio::null()));
             });
@@ -245,7 +256,8 @@ fn main() {
         prepare::check_link(&shaper, p, &img);
         for (wname, code) in WORKLOADS {
             let ws = prepare::working_set(&img, code);
-            let compressed_ws = ws as f64 * img.native_bytes as f64 / img.uncompressed_bytes as f64;
+            let compressed_ws = ws.native_bytes as f64;
+            let profiled_tag = prepare::profiled_image(&o.work, &img, wname, code);
             // Transfer of the working set, plus connect, manifest, config+TOCs, chunks.
             let floor = compressed_ws * 8.0 / p.bits_per_sec as f64 + 4.0 * p.rtt.as_secs_f64();
             let warm_root = o.work.join("warm-root");
@@ -258,9 +270,14 @@ fn main() {
                 .args(["python3", "-c", code])
                 .stdout(Stdio::null()));
             let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); SCENARIOS.len()];
+            let workload = Workload {
+                code,
+                profiled_tag: &profiled_tag,
+                warm_root: &warm_root,
+            };
             for run in 0..o.runs {
                 for (i, s) in SCENARIOS.iter().enumerate() {
-                    let r = run_scenario(s, &shaper, &o.work, code, &warm_root);
+                    let r = run_scenario(s, &shaper, &o.work, &workload);
                     eprintln!(
                         "{} {wname} run {run}: {s}: {:.3} s, {} bytes, {} requests",
                         p.name, r.secs, r.bytes, r.requests
@@ -303,13 +320,15 @@ fn main() {
                     "seconds": secs, "median": med, "min": min, "max": max,
                     "bytes": samples[i].iter().map(|s| s.bytes).collect::<Vec<_>>(),
                     "requests": samples[i].iter().map(|s| s.requests).collect::<Vec<_>>(),
-                    "working_set_bytes": ws, "floor_seconds": floor,
+                    "working_set_files": ws.files, "working_set_bytes": ws.bytes,
+                    "working_set_native_bytes": ws.native_bytes, "floor_seconds": floor,
                 }));
             }
             println!(
-                "{} {wname}: working set {:.1} MB uncompressed (~{:.1} MB compressed), floor {floor:.2} s",
+                "{} {wname}: working set {} files, {:.1} MB uncompressed ({:.1} MB in the native format), floor {floor:.2} s",
                 p.name,
-                ws as f64 / 1e6,
+                ws.files,
+                ws.bytes as f64 / 1e6,
                 compressed_ws / 1e6
             );
             let _ = std::fs::remove_dir_all(&warm_root);

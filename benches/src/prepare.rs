@@ -242,7 +242,7 @@ pub fn check_link(shaper: &Shaper, p: &Profile, img: &Image) {
 }
 
 /// Bytes of the regular files the workload opens or executes, by strace in a chroot.
-pub fn working_set(img: &Image, code: &str) -> u64 {
+pub fn working_set(img: &Image, code: &str) -> WorkingSet {
     let trace = std::env::temp_dir().join("strata-bench.strace");
     sh(Command::new("strace")
         .args(["-f", "-qq", "-e", "trace=open,openat,execve", "-o"])
@@ -270,15 +270,61 @@ pub fn working_set(img: &Image, code: &str) -> u64 {
             seen.insert(l[start + 1..start + 1 + len].to_string());
         }
     }
-    let mut total = 0;
+    let mut ws = WorkingSet::default();
     for p in seen {
-        if let Ok(m) = std::fs::metadata(img.rootfs.join(p.trim_start_matches('/')))
-            && m.is_file()
+        let path = img.rootfs.join(p.trim_start_matches('/'));
+        if let Ok(data) = std::fs::read(&path)
+            && std::fs::metadata(&path).is_ok_and(|m| m.is_file())
         {
-            total += m.len();
+            ws.files += 1;
+            ws.bytes += data.len() as u64;
+            // What these bytes cost in the native format: 128 KiB chunks, zstd level 3.
+            ws.native_bytes += data
+                .chunks(128 << 10)
+                .map(|c| {
+                    zstd::bulk::compress(c, 3)
+                        .map(|z| z.len())
+                        .unwrap_or(c.len()) as u64
+                })
+                .sum::<u64>();
         }
     }
-    total
+    ws
+}
+
+/// The files a workload opens (strace), whole.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WorkingSet {
+    pub files: u64,
+    /// Uncompressed.
+    pub bytes: u64,
+    /// In strata's native format (each file cut in 128 KiB chunks, zstd level 3).
+    pub native_bytes: u64,
+}
+
+/// Records a prefetch profile of `code` on the native image and pushes it as
+/// `bench/py:profiled-NAME`.
+pub fn profiled_image(work: &Path, img: &Image, name: &str, code: &str) -> String {
+    let reg = &img.registry.addr;
+    let root = work.join("profile-root");
+    let _ = std::fs::remove_dir_all(&root);
+    let tag = format!("bench/py:profiled-{name}");
+    sh(Command::new(strata_bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["profile", "--tag"])
+        .arg(format!("{reg}/{tag}"))
+        .arg(format!("{reg}/bench/py:native"))
+        .args(["python3", "-c", code])
+        .stdout(Stdio::null()));
+    sh(Command::new(strata_bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["push", "-q"])
+        .arg(format!("{reg}/{tag}"))
+        .stdout(Stdio::null()));
+    let _ = std::fs::remove_dir_all(&root);
+    tag
 }
 
 fn read_all(p: &Path) -> (u64, f64) {

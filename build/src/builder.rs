@@ -722,19 +722,11 @@ impl<'a> Builder<'a> {
         let layers = self.ctx.open_layers(parent).map_err(|e| step_err(ins, e))?;
         let tree = strata_fs::Tree::build(layers.iter().map(|l| &l.index))
             .map_err(|e| step_err(ins, e))?;
-        let tar_path = dir.join("layer.tar");
-        let mut tar = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tar_path)
-            .map_err(|e| step_err(ins, e))?;
         let skip = |rel: &Path, meta: &std::fs::Metadata| is_runtime_artifact(rel, meta, &tree);
-        strata_fs::union::upper_to_tar(&dir.join("upper"), &skip, &mut tar)
-            .map_err(|e| step_err(ins, e))?;
-        std::io::Seek::rewind(&mut tar).map_err(|e| step_err(ins, e))?;
-        let layer = self.ctx.write_layer(tar).map_err(|e| step_err(ins, e))?;
+        let layer = strata_fs::union::upper_tar_stream(&dir.join("upper"), &skip, |tar| {
+            self.ctx.write_layer(tar)
+        })
+        .map_err(|e| step_err(ins, e))?;
         self.store(
             Some(parent),
             &st.config,

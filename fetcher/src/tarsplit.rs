@@ -3,11 +3,12 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use crc::{CRC_64_GO_ISO, Crc};
+use crc::{CRC_64_GO_ISO, Crc, Table};
 use serde::Serialize;
 
-/// The CRC-64 tar-split stores for each file's content.
-pub const CRC64: Crc<u64> = Crc::<u64>::new(&CRC_64_GO_ISO);
+/// The CRC-64 tar-split stores for each file's content (slice-by-16 tables: several times the
+/// byte-at-a-time speed, which made it a quarter of a commit's time).
+pub const CRC64: Crc<u64, Table<16>> = Crc::<u64, Table<16>>::new(&CRC_64_GO_ISO);
 
 #[derive(Serialize)]
 struct Record<'a> {

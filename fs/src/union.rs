@@ -29,6 +29,73 @@ pub fn unmount_detached(target: &Path) -> io::Result<()> {
     nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH).map_err(io::Error::from)
 }
 
+/// [`upper_to_tar`] streamed: the tar is written on another thread while `consume` reads it,
+/// so making the tar and whatever reads it (compressing, hashing) use two cores and no
+/// temporary file. If writing the tar fails, `consume`'s reads fail with that error before
+/// the stream ends, so nothing half-read can pass for a whole tar.
+pub fn upper_tar_stream<T>(
+    upper: &Path,
+    skip: &(dyn Fn(&Path, &std::fs::Metadata) -> bool + Sync),
+    consume: impl FnOnce(&mut dyn io::Read) -> T,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let w = io::BufWriter::with_capacity(1 << 20, ChannelWriter(tx.clone()));
+            let result = upper_to_tar(upper, skip, w).and_then(|mut w| io::Write::flush(&mut w));
+            if let Err(e) = result {
+                let _ = tx.send(Err(e));
+            }
+        });
+        let mut reader = ChannelReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+        };
+        consume(&mut reader)
+    })
+}
+
+/// The writing end of [`upper_tar_stream`].
+struct ChannelWriter(std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>);
+
+impl io::Write for ChannelWriter {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0
+            .send(Ok(b.to_vec()))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "tar reader went away"))?;
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The reading end of [`upper_tar_stream`].
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl io::Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.rx.recv() {
+                Ok(Ok(b)) => (self.buf, self.pos) = (b, 0),
+                Ok(Err(e)) => return Err(e),
+                // The writer finished (dropped its sender) after the last bytes.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// Writes a container's upper layer as an OCI layer tar: overlayfs whiteouts (0/0 character
 /// devices) become `.wh.NAME`, opaque directories (`trusted.overlay.opaque=y`) get a
 /// `.wh..wh..opq` entry, overlayfs' own xattrs are dropped, hardlinks stay hardlinks. Entries
@@ -156,4 +223,30 @@ fn add_dir<W: io::Write>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streamed_tar_is_the_written_tar_and_a_failure_reaches_the_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), vec![7u8; 3 << 20]).unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let none = |_: &Path, _: &std::fs::Metadata| false;
+        let whole = upper_to_tar(dir.path(), &none, Vec::new()).unwrap();
+        let streamed = upper_tar_stream(dir.path(), &none, |r| {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).map(|_| v)
+        })
+        .unwrap();
+        assert_eq!(streamed, whole);
+        let missing = dir.path().join("missing");
+        let err = upper_tar_stream(&missing, &none, |r| r.read_to_end(&mut Vec::new()));
+        assert!(
+            err.is_err(),
+            "a tar of a missing directory must not read as complete"
+        );
+    }
 }

@@ -1,7 +1,5 @@
 //! `strata commit` and `strata tag`.
 
-use std::io::Seek;
-
 use anyhow::Context as _;
 use strata_fetcher::Reference;
 use strata_fetcher::commit::CommitMeta;
@@ -50,38 +48,22 @@ pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let layers = ctx.open_layers(&img)?;
     let tree = strata_fs::Tree::build(layers.iter().map(|l| &l.index))?;
     let upper = containers.dir_of(&c.id).join("upper");
-    let mut tmp = tempfile_in(&g.root().join("tmp"))?;
     let skip =
         |rel: &std::path::Path, meta: &std::fs::Metadata| is_runtime_artifact(rel, meta, &tree);
-    strata_fs::union::upper_to_tar(&upper, &skip, &mut tmp.1)
-        .with_context(|| format!("reading the changes of {}", a.container))?;
-    tmp.1.rewind()?;
     let meta = CommitMeta {
         comment: a.message,
         author: a.author,
         changes: a.changes,
         created_by: format!("strata commit {}", c.command.join(" ")),
     };
-    let rec = ctx.commit(Some(&img), &mut tmp.1, &meta);
-    let _ = std::fs::remove_file(&tmp.0);
-    let rec = rec?;
+    let rec =
+        strata_fs::union::upper_tar_stream(&upper, &skip, |tar| ctx.commit(Some(&img), tar, &meta))
+            .with_context(|| format!("committing the changes of {}", a.container))?;
     if let Some(t) = target {
         ctx.tag(&rec, &t)?;
     }
     println!("{}", rec.config);
     Ok(0)
-}
-
-fn tempfile_in(dir: &std::path::Path) -> anyhow::Result<(std::path::PathBuf, std::fs::File)> {
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join(format!("commit-{}.tar", std::process::id()));
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)?;
-    Ok((path, f))
 }
 
 pub fn run_tag(a: TagArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
