@@ -414,17 +414,25 @@ pub fn micro(work: &Path, img: &Image) -> Value {
         "bench/big:1",
         mnt.to_str().expect("utf8"),
     ]);
+    // First read: every chunk into the cache (through FUSE reads).
     let _ = read_all(&mnt.join("data/big.bin"));
     s(&["umount", mnt.to_str().expect("utf8")]);
-    s(&[
-        "mount",
-        "--detach",
-        "bench/big:1",
-        mnt.to_str().expect("utf8"),
-    ]);
-    drop_caches();
-    let (_, t_mount) = read_all(&mnt.join("data/big.bin"));
-    s(&["umount", mnt.to_str().expect("utf8")]);
+    // Each later read of the complete file is passed through to an assembled local copy; the
+    // first such open assembles it (timed separately), later ones only read it.
+    let remount_read = || {
+        s(&[
+            "mount",
+            "--detach",
+            "bench/big:1",
+            mnt.to_str().expect("utf8"),
+        ]);
+        drop_caches();
+        let (_, t) = read_all(&mnt.join("data/big.bin"));
+        s(&["umount", mnt.to_str().expect("utf8")]);
+        t
+    };
+    let t_assemble = remount_read();
+    let t_mount = remount_read();
     let _ = std::fs::remove_file(&tar);
     let _ = std::fs::remove_dir_all(&big_dir);
 
@@ -449,7 +457,8 @@ pub fn micro(work: &Path, img: &Image) -> Value {
 
     let mbs = |b: u64, t: f64| b as f64 / t / 1e6;
     json!({
-        "warm_sequential_read_1GiB": {"mount_MBps": mbs(n, t_mount), "ext4_MBps": mbs(n, t_ext4), "ratio": t_ext4 / t_mount},
+        "warm_sequential_read_1GiB": {"mount_MBps": mbs(n, t_mount), "ext4_MBps": mbs(n, t_ext4), "ratio": t_ext4 / t_mount,
+            "first_passthrough_read_with_assembly_MBps": mbs(n, t_assemble)},
         "cold_metadata_walk": {"entries": n_mnt, "mount_s": t_mnt, "local_entries": n_loc, "local_s": t_loc, "ratio": t_mnt / t_loc},
         "commit_1GiB": {"seconds": t_commit, "MBps": mbs(1 << 30, t_commit)},
         "mount_memory": {"rss_MiB": rss as f64 / 1024.0, "files": img.files, "budget_MiB": 32.0 + img.files as f64 / 1024.0},

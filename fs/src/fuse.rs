@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use strata_fetcher::index::Kind;
 use strata_fetcher::lazy::{ChunkFetcher, LayerSource};
@@ -210,6 +210,35 @@ impl LazyFs {
     fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
         self.ready()?.tree.get(ino.0).ok_or(Errno::ENOENT)
     }
+
+    /// The entries of directory `ino` from position `offset` on (`.` and `..` first), each
+    /// with the offset of the one after it: `(next offset, inode, node, name)`.
+    #[allow(clippy::type_complexity)]
+    fn dir_entries(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+    ) -> Result<Vec<(u64, u64, &Node, &[u8])>, Errno> {
+        let tree = &self.ready()?.tree;
+        let n = match tree.get(ino.0) {
+            Some(n) if n.kind == Kind::Dir => n,
+            Some(_) => return Err(Errno::ENOTDIR),
+            None => return Err(Errno::ENOENT),
+        };
+        let parent = tree.get(n.parent).unwrap_or(n);
+        let dots = [(ino.0, n, &b"."[..]), (n.parent, parent, &b".."[..])];
+        let children = n
+            .children
+            .iter()
+            .filter_map(|(name, c)| tree.get(*c).map(|cn| (*c, cn, name.as_slice())));
+        Ok(dots
+            .into_iter()
+            .chain(children)
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, (child, node, name))| ((i + 1) as u64, child, node, name))
+            .collect())
+    }
 }
 
 fn file_type(k: Kind) -> FileType {
@@ -278,6 +307,7 @@ impl Filesystem for LazyFs {
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_MAX_PAGES,
+            InitFlags::FUSE_DO_READDIRPLUS,
         ] {
             if config.add_capabilities(cap).is_err() {
                 warn!(?cap, "kernel lacks FUSE capability");
@@ -480,37 +510,46 @@ impl Filesystem for LazyFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let n = match self.node(ino) {
-            Ok(n) if n.kind == Kind::Dir => n,
-            Ok(_) => return reply.error(Errno::ENOTDIR),
+        let entries = match self.dir_entries(ino, offset) {
+            Ok(e) => e,
             Err(e) => return reply.error(e),
         };
-        let dots = [
-            (ino.0, FileType::Directory, &b"."[..]),
-            (n.parent, FileType::Directory, &b".."[..]),
-        ];
-        let Ok(ready) = self.ready() else {
-            return reply.error(Errno::EIO);
-        };
-        let children = n.children.iter().map(|(name, c)| {
-            let kind = ready
-                .tree
-                .get(*c)
-                .map(|cn| file_type(cn.kind))
-                .unwrap_or(FileType::RegularFile);
-            (*c, kind, name.as_slice())
-        });
-        for (i, (child, kind, name)) in dots
-            .into_iter()
-            .chain(children)
-            .enumerate()
-            .skip(offset as usize)
-        {
+        for (next, child, node, name) in entries {
             if reply.add(
                 INodeNo(child),
-                (i + 1) as u64,
-                kind,
+                next,
+                file_type(node.kind),
                 OsStr::from_bytes(name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    /// Entries with their attributes, so that a walk (`find`, `ls -l`) needs no lookup per
+    /// entry.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.dir_entries(ino, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        for (next, child, node, name) in entries {
+            let attr = attr_of(child, node);
+            if reply.add(
+                INodeNo(child),
+                next,
+                OsStr::from_bytes(name),
+                &TTL,
+                &attr,
+                Generation(0),
             ) {
                 break;
             }
