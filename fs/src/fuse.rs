@@ -64,6 +64,9 @@ enum OpenMode {
     Passthrough(u32, fuser::BackingId),
 }
 
+/// One directory entry: `(offset of the next entry, inode, node, name)`.
+type DirEntry<'a> = (u64, u64, &'a Node, &'a [u8]);
+
 /// File handle of opens served through FUSE reads; passthrough opens get 1.
 const FH_FUSE: u64 = 0;
 const FH_PASSTHROUGH: u64 = 1;
@@ -212,13 +215,8 @@ impl LazyFs {
     }
 
     /// The entries of directory `ino` from position `offset` on (`.` and `..` first), each
-    /// with the offset of the one after it: `(next offset, inode, node, name)`.
-    #[allow(clippy::type_complexity)]
-    fn dir_entries(
-        &self,
-        ino: INodeNo,
-        offset: u64,
-    ) -> Result<Vec<(u64, u64, &Node, &[u8])>, Errno> {
+    /// with the offset of the one after it.
+    fn dir_entries(&self, ino: INodeNo, offset: u64) -> Result<Vec<DirEntry<'_>>, Errno> {
         let tree = &self.ready()?.tree;
         let n = match tree.get(ino.0) {
             Some(n) if n.kind == Kind::Dir => n,

@@ -11,10 +11,17 @@ use strata_fetcher::store::LayerFormat;
 use crate::fuse::ReadyCell;
 use crate::tree::{ROOT_INO, Tree};
 
-/// First reads of chunks: `(inode, chunk index)` in order.
+/// First reads of chunks.
 #[derive(Debug, Default)]
 pub struct Recorder {
-    reads: Mutex<(Vec<(u64, usize)>, HashSet<(u64, usize)>)>,
+    reads: Mutex<Reads>,
+}
+
+/// `(inode, chunk index)` pairs in the order of their first read.
+#[derive(Debug, Default)]
+struct Reads {
+    order: Vec<(u64, usize)>,
+    seen: HashSet<(u64, usize)>,
 }
 
 impl Recorder {
@@ -23,10 +30,9 @@ impl Recorder {
         let Ok(mut g) = self.reads.lock() else {
             return;
         };
-        let (order, seen) = &mut *g;
         for i in first..=last {
-            if seen.insert((ino, i)) {
-                order.push((ino, i));
+            if g.seen.insert((ino, i)) {
+                g.order.push((ino, i));
             }
         }
     }
@@ -51,7 +57,7 @@ impl Recording {
             return Profile::default();
         };
         let mut files: Vec<(u64, ProfileFile)> = Vec::new();
-        for &(ino, i) in &g.0 {
+        for &(ino, i) in &g.order {
             let Some(content) = ready.tree.get(ino).and_then(|n| n.content.as_ref()) else {
                 continue;
             };

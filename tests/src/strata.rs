@@ -59,6 +59,16 @@ impl Mounted {
     }
 }
 
+impl Mounted {
+    /// A mount already made (e.g. with other options) at `dir`, to be unmounted when dropped.
+    pub fn adopt(root: &Path, dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            root: root.to_path_buf(),
+        }
+    }
+}
+
 impl Drop for Mounted {
     fn drop(&mut self) {
         let out = run(&self.root, &["umount", self.dir.to_str().unwrap()]);

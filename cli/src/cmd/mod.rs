@@ -48,7 +48,7 @@ pub enum Command {
     /// Run a command in a new container.
     Run(Box<run::Args>),
     /// Run a command once and store what it read with the image, as its prefetch profile.
-    Profile(Box<profile::Args>),
+    Profile(Box<profile::ProfileArgs>),
     /// List containers.
     Ps(ps::PsArgs),
     /// Remove containers.

@@ -12,7 +12,7 @@ use crate::global::GlobalArgs;
 /// Arguments of `profile`: those of `run`, and where to store the result.
 #[derive(Debug, clap::Args)]
 #[command(trailing_var_arg = true)]
-pub struct Args {
+pub struct ProfileArgs {
     /// Name for the profiled image (default: the image's own name).
     #[arg(long)]
     pub tag: Option<String>,
@@ -20,7 +20,7 @@ pub struct Args {
     pub run: run_cmd::Args,
 }
 
-pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
+pub fn run(a: ProfileArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let mut r = a.run;
     let image = r.image.clone();
     let target: Reference = match &a.tag {
