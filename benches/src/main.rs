@@ -35,6 +35,8 @@ struct Opts {
     work: PathBuf,
     /// Only serve the image through the first profile's link, for manual runs.
     serve: bool,
+    /// Only the micro-benchmarks.
+    micro_only: bool,
 }
 
 fn opts() -> Opts {
@@ -44,6 +46,7 @@ fn opts() -> Opts {
         json: PathBuf::from("bench-results.json"),
         work: PathBuf::from("/var/tmp/strata-bench"),
         serve: false,
+        micro_only: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -54,6 +57,11 @@ fn opts() -> Opts {
             "--profile" => o.profiles.retain(|p| p.name == v),
             "--json" => o.json = PathBuf::from(v),
             "--work" => o.work = PathBuf::from(v),
+            "--micro-only" => {
+                o.micro_only = true;
+                i += 1;
+                continue;
+            }
             "--serve" => {
                 o.serve = true;
                 i += 1;
@@ -61,7 +69,7 @@ fn opts() -> Opts {
             }
             other => {
                 eprintln!(
-                    "usage: strata-bench [--runs N] [--profile 200mbit-10ms|50mbit-40ms] [--json FILE] [--work DIR] [--serve]\nunknown argument {other}"
+                    "usage: strata-bench [--runs N] [--profile 200mbit-10ms|50mbit-40ms] [--json FILE] [--work DIR] [--serve] [--micro-only]\nunknown argument {other}"
                 );
                 std::process::exit(2);
             }
@@ -251,7 +259,7 @@ fn main() {
         "× full pull".into(),
         "× floor".into(),
     ]];
-    for p in &o.profiles {
+    for p in o.profiles.iter().filter(|_| !o.micro_only) {
         let shaper = Shaper::start(&img.registry.addr, *p);
         prepare::check_link(&shaper, p, &img);
         for (wname, code) in WORKLOADS {
@@ -334,7 +342,11 @@ fn main() {
             let _ = std::fs::remove_dir_all(&warm_root);
         }
     }
-    let micro = prepare::micro(&o.work, &img);
+    let micro = {
+        let p = o.profiles.first().expect("a profile");
+        let shaper = Shaper::start(&img.registry.addr, *p);
+        prepare::micro(&o.work, &img, &shaper, p)
+    };
     print_table(&table);
     for (k, v) in micro.as_object().into_iter().flatten() {
         println!("{k}: {v}");

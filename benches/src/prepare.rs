@@ -371,7 +371,7 @@ fn mount_pid(dir: &Path) -> Option<u32> {
 }
 
 /// Warm sequential read of 1 GiB, cold metadata walk, commit of 1 GiB, memory of a mount.
-pub fn micro(work: &Path, img: &Image) -> Value {
+pub fn micro(work: &Path, img: &Image, shaper: &Shaper, p: &Profile) -> Value {
     let strata = strata_bin();
     let root = work.join("micro-root");
     let _ = std::fs::remove_dir_all(&root);
@@ -406,6 +406,47 @@ pub fn micro(work: &Path, img: &Image) -> Value {
         .arg(&tar)
         .arg("data"));
     s(&["import", tar.to_str().expect("utf8"), "bench/big:1"]);
+
+    // Sustained cold read over the shaped link: the same image pushed, read lazily from an
+    // empty root vs a plain download of its layer blob with curl.
+    let remote = format!("{}/bench/big:1", img.registry.addr);
+    s(&["tag", "bench/big:1", &remote]);
+    s(&["push", "-q", &remote]);
+    let (blob, blob_size) = layer_sizes(&root, &remote)
+        .into_iter()
+        .next()
+        .expect("a layer");
+    drop_caches();
+    let t = Instant::now();
+    sh(Command::new("curl")
+        .args(["-sf", "-o", "/dev/null"])
+        .arg(format!("http://{}/v2/bench/big/blobs/{blob}", shaper.addr)));
+    let t_download = t.elapsed().as_secs_f64();
+    let cold_root = work.join("sustained-root");
+    let _ = std::fs::remove_dir_all(&cold_root);
+    let via_link = format!("{}/bench/big:1", shaper.addr);
+    sh(Command::new(strata_bin())
+        .arg("--root")
+        .arg(&cold_root)
+        .args(["mount", "--detach", "--prefetch", "none", &via_link])
+        .arg(&mnt));
+    drop_caches();
+    let (n_lazy, t_lazy) = read_all(&mnt.join("data/big.bin"));
+    sh(Command::new(strata_bin())
+        .arg("--root")
+        .arg(&cold_root)
+        .arg("umount")
+        .arg(&mnt));
+    let _ = std::fs::remove_dir_all(&cold_root);
+    println!(
+        "sustained cold read over {}: strata {:.1} s for {:.0} MB, curl of the {:.0} MB blob {:.1} s",
+        p.name,
+        t_lazy,
+        n_lazy as f64 / 1e6,
+        blob_size as f64 / 1e6,
+        t_download
+    );
+
     drop_caches();
     let (n, t_ext4) = read_all(&big);
     s(&[
@@ -457,6 +498,8 @@ pub fn micro(work: &Path, img: &Image) -> Value {
 
     let mbs = |b: u64, t: f64| b as f64 / t / 1e6;
     json!({
+        "sustained_cold_read_1GiB": {"link": p.name, "strata_s": t_lazy, "file_bytes": n_lazy,
+            "download_s": t_download, "blob_bytes": blob_size, "ratio": t_download / t_lazy},
         "warm_sequential_read_1GiB": {"mount_MBps": mbs(n, t_mount), "ext4_MBps": mbs(n, t_ext4), "ratio": t_ext4 / t_mount,
             "first_passthrough_read_with_assembly_MBps": mbs(n, t_assemble)},
         "cold_metadata_walk": {"entries": n_mnt, "mount_s": t_mnt, "local_entries": n_loc, "local_s": t_loc, "ratio": t_mnt / t_loc},
