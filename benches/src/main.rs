@@ -93,6 +93,13 @@ pub fn drop_caches() {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
+/// `strata --root ROOT`.
+pub fn strata(root: &Path) -> Command {
+    let mut c = Command::new(strata_bin());
+    c.arg("--root").arg(root);
+    c
+}
+
 pub fn strata_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("exe");
     exe.parent().expect("dir").join("strata")
@@ -159,7 +166,6 @@ struct Workload<'a> {
 
 fn run_scenario(s: &str, shaper: &Shaper, work: &Path, w: &Workload) -> Sample {
     let (code, warm_root) = (w.code, w.warm_root);
-    let strata = strata_bin();
     let link = &shaper.addr;
     match s {
         "full pull (skopeo+umoci)" => {
@@ -195,9 +201,7 @@ fn run_scenario(s: &str, shaper: &Shaper, work: &Path, w: &Workload) -> Sample {
             let _ = std::fs::remove_dir_all(&root);
             drop_caches();
             let r = time_it(shaper, || {
-                sh(Command::new(&strata)
-                    .arg("--root")
-                    .arg(&root)
+                sh(strata(&root)
                     .args(["run", "--rm"])
                     .arg(format!("{link}/{image}"))
                     .args(["python3", "-c", code])
@@ -210,9 +214,7 @@ fn run_scenario(s: &str, shaper: &Shaper, work: &Path, w: &Workload) -> Sample {
             // The warm root was filled by a cold run of the same workload; kernel caches dropped.
             drop_caches();
             time_it(shaper, || {
-                sh(Command::new(&strata)
-                    .arg("--root")
-                    .arg(warm_root)
+                sh(strata(warm_root)
                     .args(["run", "--rm"])
                     .arg(format!("{link}/bench/py:native"))
                     .args(["python3", "-c", code])
@@ -259,20 +261,28 @@ fn main() {
         "× full pull".into(),
         "× floor".into(),
     ]];
+    // Per workload, whatever the link: its working set and its profiled image.
+    let prepared: Vec<_> = WORKLOADS
+        .iter()
+        .filter(|_| !o.micro_only)
+        .map(|(wname, code)| {
+            (
+                prepare::working_set(&img, code),
+                prepare::profiled_image(&o.work, &img, wname, code),
+            )
+        })
+        .collect();
     for p in o.profiles.iter().filter(|_| !o.micro_only) {
         let shaper = Shaper::start(&img.registry.addr, *p);
         prepare::check_link(&shaper, p, &img);
-        for (wname, code) in WORKLOADS {
-            let ws = prepare::working_set(&img, code);
+        for ((wname, code), (ws, profiled_tag)) in WORKLOADS.iter().zip(&prepared) {
+            let (wname, code) = (*wname, *code);
             let compressed_ws = ws.native_bytes as f64;
-            let profiled_tag = prepare::profiled_image(&o.work, &img, wname, code);
             // Transfer of the working set, plus connect, manifest, config+TOCs, chunks.
             let floor = compressed_ws * 8.0 / p.bits_per_sec as f64 + 4.0 * p.rtt.as_secs_f64();
             let warm_root = o.work.join("warm-root");
             let _ = std::fs::remove_dir_all(&warm_root);
-            sh(Command::new(strata_bin())
-                .arg("--root")
-                .arg(&warm_root)
+            sh(strata(&warm_root)
                 .args(["run", "--rm"])
                 .arg(format!("{}/bench/py:native", shaper.addr))
                 .args(["python3", "-c", code])
@@ -280,7 +290,7 @@ fn main() {
             let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); SCENARIOS.len()];
             let workload = Workload {
                 code,
-                profiled_tag: &profiled_tag,
+                profiled_tag,
                 warm_root: &warm_root,
             };
             for run in 0..o.runs {
@@ -297,20 +307,10 @@ fn main() {
             for (i, s) in SCENARIOS.iter().enumerate() {
                 let secs: Vec<f64> = samples[i].iter().map(|s| s.secs).collect();
                 let (med, min, max) = stats(&secs);
-                let bytes = stats(
-                    &samples[i]
-                        .iter()
-                        .map(|s| s.bytes as f64)
-                        .collect::<Vec<_>>(),
-                )
-                .0;
-                let reqs = stats(
-                    &samples[i]
-                        .iter()
-                        .map(|s| s.requests as f64)
-                        .collect::<Vec<_>>(),
-                )
-                .0;
+                let median =
+                    |f: fn(&Sample) -> f64| stats(&samples[i].iter().map(f).collect::<Vec<_>>()).0;
+                let bytes = median(|s| s.bytes as f64);
+                let reqs = median(|s| s.requests as f64);
                 table.push(vec![
                     p.name.to_string(),
                     wname.to_string(),

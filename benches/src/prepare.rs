@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use strata_tests::registry::Registry;
 
 use crate::shaper::{Profile, Shaper};
-use crate::{drop_caches, sh, strata_bin};
+use crate::{drop_caches, sh, strata};
 
 const ROOTFS: &str = "/var/cache/strata-bench/rootfs";
 /// What goes into the second layer.
@@ -49,10 +49,7 @@ fn walk(dir: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) {
 }
 
 fn layer_sizes(root: &Path, image: &str) -> Vec<(String, u64)> {
-    let out = sh(Command::new(strata_bin())
-        .arg("--root")
-        .arg(root)
-        .args(["inspect", image]));
+    let out = sh(strata(root).args(["inspect", image]));
     let v: Value = serde_json::from_str(&out).expect("inspect json");
     let v = if v.is_array() { v[0].clone() } else { v };
     v["Strata"]["Layers"]
@@ -163,23 +160,17 @@ pub fn image(work: &Path) -> Image {
         .arg(format!("docker://{reg}/bench/py:gzip")));
     let croot = work.join("convert-root");
     let _ = std::fs::remove_dir_all(&croot);
-    sh(Command::new(strata_bin())
-        .arg("--root")
-        .arg(&croot)
+    sh(strata(&croot)
         .args(["convert", "-q"])
         .arg(format!("{reg}/bench/py:gzip"))
         .arg(format!("{reg}/bench/py:native"))
         .stdout(Stdio::null()));
-    sh(Command::new(strata_bin())
-        .arg("--root")
-        .arg(&croot)
+    sh(strata(&croot)
         .args(["pull", "-q"])
         .arg(format!("{reg}/bench/py:gzip"))
         .stdout(Stdio::null()));
     let gzip = layer_sizes(&croot, &format!("{reg}/bench/py:gzip"));
-    sh(Command::new(strata_bin())
-        .arg("--root")
-        .arg(&croot)
+    sh(strata(&croot)
         .args(["pull", "-q"])
         .arg(format!("{reg}/bench/py:native"))
         .stdout(Stdio::null()));
@@ -309,17 +300,13 @@ pub fn profiled_image(work: &Path, img: &Image, name: &str, code: &str) -> Strin
     let root = work.join("profile-root");
     let _ = std::fs::remove_dir_all(&root);
     let tag = format!("bench/py:profiled-{name}");
-    sh(Command::new(strata_bin())
-        .arg("--root")
-        .arg(&root)
+    sh(strata(&root)
         .args(["profile", "--tag"])
         .arg(format!("{reg}/{tag}"))
         .arg(format!("{reg}/bench/py:native"))
         .args(["python3", "-c", code])
         .stdout(Stdio::null()));
-    sh(Command::new(strata_bin())
-        .arg("--root")
-        .arg(&root)
+    sh(strata(&root)
         .args(["push", "-q"])
         .arg(format!("{reg}/{tag}"))
         .stdout(Stdio::null()));
@@ -372,10 +359,9 @@ fn mount_pid(dir: &Path) -> Option<u32> {
 
 /// Warm sequential read of 1 GiB, cold metadata walk, commit of 1 GiB, memory of a mount.
 pub fn micro(work: &Path, img: &Image, shaper: &Shaper, p: &Profile) -> Value {
-    let strata = strata_bin();
     let root = work.join("micro-root");
     let _ = std::fs::remove_dir_all(&root);
-    let s = |args: &[&str]| sh(Command::new(&strata).arg("--root").arg(&root).args(args));
+    let s = |args: &[&str]| sh(strata(&root).args(args));
     let native = format!("{}/bench/py:native", img.registry.addr);
 
     // Cold metadata walk: mount (pull is lazy), drop caches, walk; vs the local rootfs.
@@ -425,18 +411,12 @@ pub fn micro(work: &Path, img: &Image, shaper: &Shaper, p: &Profile) -> Value {
     let cold_root = work.join("sustained-root");
     let _ = std::fs::remove_dir_all(&cold_root);
     let via_link = format!("{}/bench/big:1", shaper.addr);
-    sh(Command::new(strata_bin())
-        .arg("--root")
-        .arg(&cold_root)
+    sh(strata(&cold_root)
         .args(["mount", "--detach", "--prefetch", "none", &via_link])
         .arg(&mnt));
     drop_caches();
     let (n_lazy, t_lazy) = read_all(&mnt.join("data/big.bin"));
-    sh(Command::new(strata_bin())
-        .arg("--root")
-        .arg(&cold_root)
-        .arg("umount")
-        .arg(&mnt));
+    sh(strata(&cold_root).arg("umount").arg(&mnt));
     let _ = std::fs::remove_dir_all(&cold_root);
     println!(
         "sustained cold read over {}: strata {:.1} s for {:.0} MB, curl of the {:.0} MB blob {:.1} s",

@@ -113,26 +113,42 @@ impl Profile {
     /// The chunks in the order they were read, as batches of about `bytes` compressed bytes
     /// from one layer each: `(layer, chunks)`.
     fn batches(&self, bytes: u64) -> Vec<(usize, Vec<Chunk>)> {
-        let mut out: Vec<(usize, Vec<Chunk>, u64)> = Vec::new();
-        for f in &self.files {
-            for &(start, end, len, digest) in &f.chunks {
+        let chunks = self.files.iter().flat_map(|f| {
+            f.chunks.iter().map(|&(start, end, len, digest)| {
                 let chunk = Chunk {
                     file_offset: 0,
                     len,
                     digest: Some(digest),
                     loc: ChunkLoc::Zstd { start, end },
                 };
-                match out.last_mut() {
-                    Some((l, chunks, n)) if *l == f.layer && *n < bytes => {
-                        chunks.push(chunk);
-                        *n += end - start;
-                    }
-                    _ => out.push((f.layer, vec![chunk], end - start)),
-                }
-            }
-        }
-        out.into_iter().map(|(l, c, _)| (l, c)).collect()
+                (f.layer, chunk)
+            })
+        });
+        batches(chunks, bytes)
     }
+}
+
+/// Consecutive `(layer, chunk)` pairs grouped while the layer stays the same, each group closed
+/// once it holds at least `bytes` bytes of the blob.
+fn batches(
+    chunks: impl IntoIterator<Item = (usize, Chunk)>,
+    bytes: u64,
+) -> Vec<(usize, Vec<Chunk>)> {
+    let mut out: Vec<(usize, Vec<Chunk>, u64)> = Vec::new();
+    for (layer, c) in chunks {
+        let n = match c.loc {
+            ChunkLoc::Zstd { start, end } | ChunkLoc::Gzip { start, end, .. } => end - start,
+            _ => 0,
+        };
+        match out.last_mut() {
+            Some((l, group, sum)) if *l == layer && *sum < bytes => {
+                group.push(c);
+                *sum += n;
+            }
+            _ => out.push((layer, vec![c], n)),
+        }
+    }
+    out.into_iter().map(|(l, c, _)| (l, c)).collect()
 }
 
 /// What a cold start fetches before it is asked to.
@@ -263,25 +279,11 @@ impl Context {
                 ChunkLoc::Zstd { start, .. } => start,
                 _ => 0,
             });
-            let mut batch = Vec::new();
-            let mut batch_bytes = 0;
-            for c in chunks {
-                if let ChunkLoc::Zstd { start, end } = c.loc {
-                    batch_bytes += end - start;
+            for (_, batch) in batches(chunks.into_iter().map(|c| (0, c)), REST_REQUEST_BYTES) {
+                if let Err(e) = self.fetcher.ensure_when_idle(&l.source, &batch).await {
+                    debug!(error = %e, "background fetch failed; stopping it");
+                    return;
                 }
-                batch.push(c);
-                if batch_bytes >= REST_REQUEST_BYTES {
-                    if let Err(e) = self.fetcher.ensure_when_idle(&l.source, &batch).await {
-                        debug!(error = %e, "background fetch failed; stopping it");
-                        return;
-                    }
-                    batch.clear();
-                    batch_bytes = 0;
-                }
-            }
-            if let Err(e) = self.fetcher.ensure_when_idle(&l.source, &batch).await {
-                debug!(error = %e, "background fetch failed; stopping it");
-                return;
             }
         }
         info!(
@@ -298,32 +300,21 @@ impl Context {
         profile: &Profile,
     ) -> Result<ImageRecord, ImageError> {
         let bytes = self.store.get_blob(&img.manifest)?;
-        let what = img.manifest.to_string();
+        let bad = |reason: String| ImageError::Manifest {
+            what: img.manifest.to_string(),
+            reason,
+        };
         let mut v: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| ImageError::Manifest {
-                what: what.clone(),
-                reason: e.to_string(),
-            })?;
-        let Some(obj) = v.as_object_mut() else {
-            return Err(ImageError::Manifest {
-                what,
-                reason: "not a JSON object".into(),
-            });
-        };
-        let ann = obj
+            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        let ann = v
+            .as_object_mut()
+            .ok_or_else(|| bad("not a JSON object".into()))?
             .entry("annotations")
-            .or_insert_with(|| serde_json::json!({}));
-        let Some(ann) = ann.as_object_mut() else {
-            return Err(ImageError::Manifest {
-                what,
-                reason: "annotations is not an object".into(),
-            });
-        };
+            .or_insert_with(|| serde_json::json!({}))
+            .as_object_mut()
+            .ok_or_else(|| bad("annotations is not an object".into()))?;
         ann.insert(ANNOTATION.into(), profile.encode().into());
-        let out = serde_json::to_vec(&v).map_err(|e| ImageError::Manifest {
-            what: what.clone(),
-            reason: e.to_string(),
-        })?;
+        let out = serde_json::to_vec(&v).map_err(|e| bad(e.to_string()))?;
         let manifest = Digest::of(&out);
         self.store.put_blob(&manifest, &out)?;
         let rec = ImageRecord {

@@ -18,6 +18,7 @@ use strata_fetcher::index::Kind;
 use strata_fetcher::lazy::{ChunkFetcher, LayerSource};
 use tracing::{debug, error, warn};
 
+use crate::mount::{PROFILE_READ_AHEAD_KB, READ_AHEAD_KB};
 use crate::record::{Recorder, Recording};
 use crate::tree::{Content, Node, Tree};
 
@@ -53,6 +54,8 @@ pub struct LazyFs {
     open_modes: Mutex<HashMap<u64, OpenMode>>,
     /// Notes first reads of chunks, to make a prefetch profile.
     recorder: Option<Arc<Recorder>>,
+    /// The image's prefetch profile is being fetched for this mount.
+    replaying: bool,
 }
 
 /// The open handles of one inode.
@@ -113,6 +116,7 @@ impl LazyFs {
                 passthrough: false,
                 open_modes: Mutex::new(HashMap::new()),
                 recorder: None,
+                replaying: false,
             },
             ReadySetter(cell),
         )
@@ -135,6 +139,23 @@ impl LazyFs {
             ready: self.ready.clone(),
         };
         (self, rec)
+    }
+
+    /// Marks the mount as replaying a prefetch profile (see [`Self::read_ahead_kb`]).
+    pub(crate) fn replaying(mut self, on: bool) -> Self {
+        self.replaying = on;
+        self
+    }
+
+    /// The kernel readahead this mount wants: small while a profile is recorded or replayed
+    /// (the profile holds what the process reads, not what the kernel read ahead, and a replay
+    /// must not read ahead past it), large otherwise.
+    pub fn read_ahead_kb(&self) -> u32 {
+        if self.recorder.is_some() || self.replaying {
+            PROFILE_READ_AHEAD_KB
+        } else {
+            READ_AHEAD_KB
+        }
     }
 
     fn ready(&self) -> Result<&Ready, Errno> {
@@ -215,8 +236,12 @@ impl LazyFs {
     }
 
     /// The entries of directory `ino` from position `offset` on (`.` and `..` first), each
-    /// with the offset of the one after it.
-    fn dir_entries(&self, ino: INodeNo, offset: u64) -> Result<Vec<DirEntry<'_>>, Errno> {
+    /// with the offset of the one after it; produced as the reply buffer takes them.
+    fn dir_entries(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+    ) -> Result<impl Iterator<Item = DirEntry<'_>>, Errno> {
         let tree = &self.ready()?.tree;
         let n = match tree.get(ino.0) {
             Some(n) if n.kind == Kind::Dir => n,
@@ -234,8 +259,7 @@ impl LazyFs {
             .chain(children)
             .enumerate()
             .skip(offset as usize)
-            .map(|(i, (child, node, name))| ((i + 1) as u64, child, node, name))
-            .collect())
+            .map(|(i, (child, node, name))| ((i + 1) as u64, child, node, name)))
     }
 }
 

@@ -23,8 +23,6 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// FUSE request threads; default 4.
     pub threads: usize,
-    /// Kernel readahead in KiB; default [`READ_AHEAD_KB`].
-    pub read_ahead_kb: u32,
 }
 
 impl Default for MountOptions {
@@ -32,7 +30,6 @@ impl Default for MountOptions {
         Self {
             allow_other: true,
             threads: 4,
-            read_ahead_kb: READ_AHEAD_KB,
         }
     }
 }
@@ -57,20 +54,22 @@ fn config(opts: &MountOptions) -> Config {
 
 /// Mounts `fs` on `dir` and serves it until it is unmounted.
 pub fn serve(fs: LazyFs, dir: &Path, opts: &MountOptions) -> io::Result<()> {
+    let read_ahead = fs.read_ahead_kb();
     let session = fuser::Session::new(fs, dir, &config(opts))?;
-    set_read_ahead(dir, opts.read_ahead_kb);
+    set_read_ahead(dir, read_ahead);
     session.run()
 }
 
 /// Mounts `fs` on `dir` and serves it from background threads until the returned session is
 /// dropped (which unmounts it).
 pub fn spawn(fs: LazyFs, dir: &Path, opts: &MountOptions) -> io::Result<fuser::BackgroundSession> {
+    let read_ahead = fs.read_ahead_kb();
     let session = fuser::Session::new(fs, dir, &config(opts))?;
-    set_read_ahead(dir, opts.read_ahead_kb);
+    set_read_ahead(dir, read_ahead);
     session.spawn()
 }
 
-/// Raises the kernel readahead of the FUSE mount at `dir` (best effort). The device number
+/// Sets the kernel readahead of the FUSE mount at `dir` (best effort). The device number
 /// comes from mountinfo: a stat of the mount point would wait for the not-yet-served FUSE.
 pub fn set_read_ahead(dir: &Path, kb: u32) {
     let Some(dev) = mount_entry(dir).map(|m| m.dev) else {

@@ -1,7 +1,7 @@
 //! Recording a prefetch profile: which chunks of which files the kernel asked for, in the order
 //! of first reads, turned at the end into a [`Profile`] of paths and blob ranges.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use strata_fetcher::index::ChunkLoc;
@@ -9,7 +9,6 @@ use strata_fetcher::profile::{Profile, ProfileFile};
 use strata_fetcher::store::LayerFormat;
 
 use crate::fuse::ReadyCell;
-use crate::tree::{ROOT_INO, Tree};
 
 /// First reads of chunks.
 #[derive(Debug, Default)]
@@ -56,7 +55,8 @@ impl Recording {
         let Ok(g) = self.recorder.reads.lock() else {
             return Profile::default();
         };
-        let mut files: Vec<(u64, ProfileFile)> = Vec::new();
+        let mut files: Vec<ProfileFile> = Vec::new();
+        let mut index_of: HashMap<u64, usize> = HashMap::new();
         for &(ino, i) in &g.order {
             let Some(content) = ready.tree.get(ino).and_then(|n| n.content.as_ref()) else {
                 continue;
@@ -71,47 +71,16 @@ impl Recording {
             let (ChunkLoc::Zstd { start, end }, Some(digest)) = (c.loc, c.digest) else {
                 continue;
             };
-            let pos = match files.iter().position(|(f, _)| *f == ino) {
-                Some(p) => p,
-                None => {
-                    files.push((
-                        ino,
-                        ProfileFile {
-                            path: path_of(&ready.tree, ino),
-                            layer: content.layer,
-                            chunks: Vec::new(),
-                        },
-                    ));
-                    files.len() - 1
-                }
-            };
-            files[pos].1.chunks.push((start, end, c.len, digest));
+            let pos = *index_of.entry(ino).or_insert_with(|| {
+                files.push(ProfileFile {
+                    path: ready.tree.path_of(ino),
+                    layer: content.layer,
+                    chunks: Vec::new(),
+                });
+                files.len() - 1
+            });
+            files[pos].chunks.push((start, end, c.len, digest));
         }
-        Profile {
-            files: files.into_iter().map(|(_, f)| f).collect(),
-        }
+        Profile { files }
     }
-}
-
-/// The path of `ino` (through the parent that first linked it), without a leading `/`.
-fn path_of(tree: &Tree, ino: u64) -> String {
-    let mut parts = Vec::new();
-    let mut cur = ino;
-    while cur != ROOT_INO && parts.len() < 4096 {
-        let Some(parent) = tree.get(cur).map(|n| n.parent) else {
-            break;
-        };
-        let Some(name) = tree.get(parent).and_then(|p| {
-            p.children
-                .iter()
-                .find(|(_, c)| **c == cur)
-                .map(|(n, _)| n.clone())
-        }) else {
-            break;
-        };
-        parts.push(String::from_utf8_lossy(&name).into_owned());
-        cur = parent;
-    }
-    parts.reverse();
-    parts.join("/")
 }

@@ -11,28 +11,31 @@ use strata_fetcher::profile::Prefetch;
 use strata_fetcher::store::ImageRecord;
 use tracing::info;
 
-use crate::mount::{MountOptions, PROFILE_READ_AHEAD_KB, READ_AHEAD_KB, spawn};
+use crate::mount::{MountOptions, spawn};
 use crate::union::{mount_overlay, unmount_detached};
 use crate::{LazyFs, Recording, Tree};
 
 /// The lazy filesystem of `img`, mountable at once: layers without a TOC stream in the
 /// background and the tree appears (operations wait for it) when they are indexed. What
 /// `ctx.prefetch` asks for is fetched ahead: the image's prefetch profile at once, the rest
-/// once the tree is ready.
+/// once the tree is ready and the profile is in.
 pub fn prepare_fs(ctx: &Context, rt: &tokio::runtime::Handle, img: ImageRecord) -> LazyFs {
     let (fs, ready) = LazyFs::pending(ctx.fetcher.clone(), rt.clone());
-    let prep = ctx.clone();
     let profile = match ctx.prefetch {
         Prefetch::None => None,
         _ => ctx.profile_of(&img),
     };
-    let repo = ctx.source_ref(&img).ok();
-    if let (Some(p), Some(repo)) = (&profile, &repo) {
-        // Already under way if this process just pulled the image: then this only waits.
-        let (ctx, p, blobs, repo) = (ctx.clone(), p.clone(), img.layers.clone(), repo.clone());
-        rt.spawn(async move { ctx.prefetch_profile(&repo, &blobs, &p).await });
-    }
     let rest = ctx.prefetch.rest(profile.is_some());
+    let fs = fs.replaying(profile.is_some());
+    // Already under way if this process just pulled the image: then this only waits for it.
+    let profile_done = match (profile, ctx.source_ref(&img)) {
+        (Some(p), Ok(repo)) => {
+            let (ctx, blobs) = (ctx.clone(), img.layers.clone());
+            Some(rt.spawn(async move { ctx.prefetch_profile(&repo, &blobs, &p).await }))
+        }
+        _ => None,
+    };
+    let prep = ctx.clone();
     rt.spawn(async move {
         let started = Instant::now();
         let result = async {
@@ -46,16 +49,18 @@ pub fn prepare_fs(ctx: &Context, rt: &tokio::runtime::Handle, img: ImageRecord) 
                 ms = started.elapsed().as_millis() as u64,
                 "tree ready"
             );
-            let sources = layers.iter().map(|l| l.source.clone()).collect();
-            Ok::<_, String>((tree, sources, layers))
+            Ok::<_, String>((tree, layers))
         }
         .await;
         match result {
-            Ok((tree, sources, layers)) => {
-                ready.set(Ok((tree, sources)));
+            Ok((tree, layers)) => {
+                ready.set(Ok((
+                    tree,
+                    layers.iter().map(|l| l.source.clone()).collect(),
+                )));
                 if rest {
-                    if let (Some(p), Some(repo)) = (&profile, &repo) {
-                        prep.prefetch_profile(repo, &img.layers, p).await;
+                    if let Some(h) = profile_done {
+                        let _ = h.await;
                     }
                     prep.fetch_rest(&layers).await;
                 }
@@ -64,16 +69,6 @@ pub fn prepare_fs(ctx: &Context, rt: &tokio::runtime::Handle, img: ImageRecord) 
         }
     });
     fs
-}
-
-/// The kernel readahead for a mount of `img`: small while recording a profile or replaying one,
-/// large otherwise.
-pub fn read_ahead_kb(ctx: &Context, img: &ImageRecord, record: bool) -> u32 {
-    if record || (ctx.prefetch != Prefetch::None && ctx.profile_of(img).is_some()) {
-        PROFILE_READ_AHEAD_KB
-    } else {
-        READ_AHEAD_KB
-    }
 }
 
 /// A container's mounted root; unmounted (overlay, then the FUSE lower) when dropped.
@@ -133,11 +128,7 @@ pub fn mount_root_with(
     } else {
         (fs, None)
     };
-    let opts = MountOptions {
-        read_ahead_kb: read_ahead_kb(ctx, img, record),
-        ..MountOptions::default()
-    };
-    let session = spawn(fs, &lower, &opts).map_err(|e| {
+    let session = spawn(fs, &lower, &MountOptions::default()).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("mounting the image on {}: {e}", lower.display()),

@@ -185,6 +185,29 @@ impl Tree {
         Some(ino)
     }
 
+    /// The path of `ino` through the parent that first linked it, without a leading `/`.
+    pub fn path_of(&self, ino: u64) -> String {
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT_INO {
+            let Some(parent) = self.get(cur).map(|n| n.parent) else {
+                break;
+            };
+            let Some(name) = self.get(parent).and_then(|p| {
+                p.children
+                    .iter()
+                    .find(|(_, c)| **c == cur)
+                    .map(|(n, _)| lossy(n))
+            }) else {
+                break;
+            };
+            parts.push(name);
+            cur = parent;
+        }
+        parts.reverse();
+        parts.join("/")
+    }
+
     fn node_mut(&mut self, ino: u64) -> &mut Node {
         &mut self.nodes[(ino - 1) as usize]
     }
@@ -392,6 +415,19 @@ mod tests {
         ]);
         let t = Tree::build([&l0, &l1]).unwrap();
         assert_eq!(names(&t, "d"), ["new"]);
+    }
+
+    #[test]
+    fn paths_of_inodes() {
+        let t = Tree::build([&layer(vec![
+            e("usr", Kind::Dir),
+            e("usr/bin", Kind::Dir),
+            e("usr/bin/python3", Kind::Reg),
+        ])])
+        .unwrap();
+        let ino = t.resolve(b"usr/bin/python3").unwrap();
+        assert_eq!(t.path_of(ino), "usr/bin/python3");
+        assert_eq!(t.path_of(ROOT_INO), "");
     }
 
     #[test]

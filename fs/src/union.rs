@@ -41,7 +41,10 @@ pub fn upper_tar_stream<T>(
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
     std::thread::scope(|s| {
         s.spawn(move || {
-            let w = io::BufWriter::with_capacity(1 << 20, ChannelWriter(tx.clone()));
+            let w = ChannelWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(STREAM_PIECE_BYTES),
+            };
             let result = upper_to_tar(upper, skip, w).and_then(|mut w| io::Write::flush(&mut w));
             if let Err(e) = result {
                 let _ = tx.send(Err(e));
@@ -56,19 +59,32 @@ pub fn upper_tar_stream<T>(
     })
 }
 
-/// The writing end of [`upper_tar_stream`].
-struct ChannelWriter(std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>);
+/// Bytes per piece handed from the tar writer to its reader.
+const STREAM_PIECE_BYTES: usize = 1 << 20;
+
+/// The writing end of [`upper_tar_stream`]: gathers the tar writer's small writes into pieces.
+struct ChannelWriter {
+    tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+}
 
 impl io::Write for ChannelWriter {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0
-            .send(Ok(b.to_vec()))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "tar reader went away"))?;
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= STREAM_PIECE_BYTES {
+            self.flush()?;
+        }
         Ok(b.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(STREAM_PIECE_BYTES));
+        self.tx
+            .send(Ok(piece))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "tar reader went away"))
     }
 }
 

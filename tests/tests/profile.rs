@@ -14,7 +14,7 @@ use strata_tests::world::World;
 
 const MIB: usize = 1 << 20;
 
-/// Whether the chunk cache under `root` holds every 128 KiB chunk of `data` (`want`), or none.
+/// How many of the 128 KiB chunks of `data` the chunk cache under `root` holds, of how many.
 fn cached(root: &Path, data: &[u8]) -> (usize, usize) {
     let total = data.chunks(128 << 10).count();
     let have = data

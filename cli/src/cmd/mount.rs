@@ -9,7 +9,7 @@ use strata_fetcher::Reference;
 use strata_fetcher::image::Context;
 use strata_fetcher::store::ImageRecord;
 use strata_fs::mount::{MountOptions, is_strata_mount, serve, unmount};
-use strata_fs::root::{prepare_fs, read_ahead_kb};
+use strata_fs::root::prepare_fs;
 
 use crate::global::{GlobalArgs, runtime};
 use crate::progress::Display;
@@ -70,7 +70,6 @@ pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     ctx.prefetch = a.prefetch;
     let rt = runtime()?;
     let img = find_or_pull(&ctx, &rt, &a.image, &a.platform)?;
-    let read_ahead = read_ahead_kb(&ctx, &img, false);
     let fs = prepare_fs(&ctx, rt.handle(), img).with_passthrough(true);
     let dir = a.dir.canonicalize()?;
     let on_signal = dir.clone();
@@ -88,11 +87,8 @@ pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         }
         let _ = unmount(&on_signal);
     });
-    let opts = MountOptions {
-        read_ahead_kb: read_ahead,
-        ..MountOptions::default()
-    };
-    serve(fs, &dir, &opts).with_context(|| format!("mounting on {}", dir.display()))?;
+    serve(fs, &dir, &MountOptions::default())
+        .with_context(|| format!("mounting on {}", dir.display()))?;
     Ok(0)
 }
 
