@@ -36,7 +36,7 @@ pub struct TagArgs {
 }
 
 pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
-    let target: Option<Reference> = a.reference.as_deref().map(str::parse).transpose()?;
+    let target: Option<Reference> = a.reference.as_deref().map(tag_target).transpose()?;
     let containers = Containers::new(&g.root());
     let c = containers
         .find(&a.container)
@@ -67,11 +67,33 @@ pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
 }
 
 pub fn run_tag(a: TagArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
-    let target: Reference = a.target.parse()?;
+    let target = tag_target(&a.target)?;
     let ctx = g.context()?;
     let (img, _) = ctx
         .resolve(&a.source)
         .with_context(|| format!("No such image: {}", a.source))?;
     ctx.tag(&img, &target)?;
     Ok(0)
+}
+
+/// The target of `tag` (and of `commit`), refused as docker/cli refuses it.
+pub fn tag_target(name: &str) -> anyhow::Result<Reference> {
+    let target: Reference = name.parse().map_err(|_| {
+        let reason = if name
+            .split(['@', ':'])
+            .next()
+            .unwrap_or("")
+            .bytes()
+            .any(|b| b.is_ascii_uppercase())
+        {
+            "invalid reference format: repository name must be lowercase"
+        } else {
+            "invalid reference format"
+        };
+        anyhow::anyhow!("error parsing reference: {name:?} is not a valid repository/tag: {reason}")
+    })?;
+    if target.digest.is_some() {
+        anyhow::bail!("refusing to create a tag with a digest reference");
+    }
+    Ok(target)
 }

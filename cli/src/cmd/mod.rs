@@ -6,12 +6,13 @@ mod commit;
 mod container;
 mod convert;
 pub mod images;
+mod images_filter;
 mod inspect;
 pub mod lifecycle;
 mod login;
 pub mod mount;
 mod profile;
-mod ps;
+pub mod ps;
 pub mod pull;
 mod push;
 mod rmi;
@@ -97,6 +98,14 @@ pub enum Command {
         /// The container spec.
         spec: std::path::PathBuf,
     },
+}
+
+impl Command {
+    /// Whether the command creates and runs a container: its own errors exit 125, as docker's
+    /// `run` does; every other command's errors exit 1.
+    pub fn starts_container(&self) -> bool {
+        matches!(self, Command::Run(_) | Command::Profile(_))
+    }
 }
 
 /// Runs a subcommand; returns the exit code.

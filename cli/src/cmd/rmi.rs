@@ -2,15 +2,15 @@
 
 use std::collections::HashSet;
 
-use anyhow::bail;
 use strata_build::cache::BuildCache;
 use strata_fetcher::Reference;
 use strata_fetcher::image::Context;
 use strata_fetcher::store::ImageRecord;
-use strata_fetcher::timefmt::{now_secs, parse_rfc3339};
-use strata_runner::state::Containers;
+use strata_fetcher::timefmt::{format_rfc3339, now_secs, parse_rfc3339};
+use strata_runner::state::{Containers, State};
 
 use crate::cmd::images::{ago, human_size, print_table};
+use crate::format::Format;
 use crate::global::GlobalArgs;
 
 /// Arguments of `rmi`.
@@ -32,7 +32,28 @@ pub struct HistoryArgs {
     /// Only show ids.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Sizes and dates in human-readable form (`--human=false`: bytes and RFC 3339 times).
+    #[arg(short = 'H', long, default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set)]
+    pub human: bool,
+    /// Do not truncate IDs and commands.
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// `table`, `json`, `table TEMPLATE` or a Go template (fields: .ID .CreatedSince
+    /// .CreatedAt .CreatedBy .Size .Comment).
+    #[arg(long)]
+    pub format: Option<String>,
 }
+
+/// Column titles of `history` `table` templates.
+const HISTORY_HEADER: [(&str, &str); 6] = [
+    ("ID", "IMAGE"),
+    ("CreatedSince", "CREATED"),
+    ("CreatedAt", "CREATED AT"),
+    ("CreatedBy", "CREATED BY"),
+    ("Size", "SIZE"),
+    ("Comment", "COMMENT"),
+];
 
 /// `image` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -60,11 +81,19 @@ pub enum SystemCmd {
 }
 
 fn users(containers: &Containers, img: &ImageRecord) -> Vec<String> {
+    users_running(containers, img, None)
+}
+
+/// The containers (short ids) made from the image; with `running`, only those that are or
+/// are not running.
+fn users_running(containers: &Containers, img: &ImageRecord, running: Option<bool>) -> Vec<String> {
     let id = img.config.to_string();
     containers
         .list()
-        .into_iter()
+        .iter()
         .filter(|c| c.image_id == id)
+        .map(crate::cmd::ps::effective)
+        .filter(|c| running.is_none_or(|r| (c.state == State::Running) == r))
         .map(|c| c.id[..12].to_string())
         .collect()
 }
@@ -88,18 +117,23 @@ pub fn run_rmi(a: RmiArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         };
         let names = names_of(&ctx, &img)?;
         let used = users(&containers, &img);
+        if by_ref.is_none()
+            && let Some(why) = id_conflict(&containers, &img, a.force, names.len())
+        {
+            eprintln!("Error response from daemon: {why}");
+            failed = true;
+            continue;
+        }
+        // By id with force, containers that exited no longer keep the image (docker deletes it).
+        let used = if by_ref.is_none() && a.force {
+            vec![]
+        } else {
+            used
+        };
         let lock = ctx.store.lock()?;
         let to_untag: Vec<String> = match &by_ref {
             Some(r) if names.len() > 1 => vec![r.clone()],
             Some(r) => vec![r.clone()],
-            None if names.len() > 1 && !a.force => {
-                eprintln!(
-                    "Error response from daemon: conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories",
-                    img.config.short()
-                );
-                failed = true;
-                continue;
-            }
             None => names.clone(),
         };
         let last = to_untag.len() == names.len();
@@ -127,18 +161,86 @@ pub fn run_rmi(a: RmiArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         }
     }
     let _ = ctx.collect()?;
-    if failed {
-        bail!("not all images were removed");
+    // Each failure has had its line; docker exits 1 without another.
+    Ok(if failed { 1 } else { 0 })
+}
+
+/// Why removing an image by id is refused, as docker's daemon words it: a running container
+/// always prevents it; an exited one unless forced.
+fn id_conflict(
+    containers: &Containers,
+    img: &ImageRecord,
+    force: bool,
+    names: usize,
+) -> Option<String> {
+    let short = img.config.short();
+    if let Some(c) = users_running(containers, img, Some(true)).first() {
+        return Some(format!(
+            "conflict: unable to delete {short} (cannot be forced) - image is being used by running container {c}"
+        ));
     }
-    Ok(0)
+    if force {
+        return None;
+    }
+    if names > 1 {
+        return Some(format!(
+            "conflict: unable to delete {short} (must be forced) - image is referenced in multiple repositories"
+        ));
+    }
+    users_running(containers, img, Some(false)).first().map(|c| {
+        format!(
+            "conflict: unable to delete {short} (must be forced) - image is being used by stopped container {c}"
+        )
+    })
 }
 
 pub fn run_history(a: HistoryArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let format = Format::parse(a.format.as_deref())?;
     let ctx = g.context()?;
     let (img, _) = ctx
         .resolve(&a.image)
         .map_err(|_| anyhow::anyhow!("No such image: {}", a.image))?;
-    let config = ctx.config(&img)?;
+    let items = history_items(&ctx, &img, &a)?;
+    if a.quiet {
+        for i in &items {
+            println!("{}", i["ID"].as_str().unwrap_or(""));
+        }
+        return Ok(0);
+    }
+    if !format.is_default() {
+        format.print(&items, &HISTORY_HEADER)?;
+        return Ok(0);
+    }
+    let mut rows = vec![
+        ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    let created_key = if a.human { "CreatedSince" } else { "CreatedAt" };
+    for i in &items {
+        let cell = |k: &str| match &i[k] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        rows.push(vec![
+            cell("ID"),
+            cell(created_key),
+            cell("CreatedBy"),
+            cell("Size"),
+            cell("Comment"),
+        ]);
+    }
+    print_table(&rows);
+    Ok(0)
+}
+
+/// The history entries, newest first, as docker's `history --format` sees them.
+fn history_items(
+    ctx: &Context,
+    img: &ImageRecord,
+    a: &HistoryArgs,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let config = ctx.config(img)?;
     let history = config
         .get("history")
         .and_then(|h| h.as_array())
@@ -152,51 +254,41 @@ pub fn run_history(a: HistoryArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
             .map(|l| l.content_bytes)
             .unwrap_or(0)
     });
-    let mut rows = vec![
-        ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]
-            .map(String::from)
-            .to_vec(),
-    ];
+    let mut items = Vec::new();
     for (i, h) in history.iter().rev().enumerate() {
+        let field = |k: &str| h.get(k).and_then(|c| c.as_str()).unwrap_or("").to_string();
         let empty = h
             .get("empty_layer")
             .and_then(|e| e.as_bool())
             .unwrap_or(false);
         let size = if empty { 0 } else { sizes.next().unwrap_or(0) };
-        let id = if i == 0 {
-            img.config.short()
-        } else {
-            "<missing>".into()
+        let id = match (i, a.no_trunc) {
+            (0, true) => img.config.to_string(),
+            (0, false) => img.config.short(),
+            _ => "<missing>".into(),
         };
-        if a.quiet {
-            println!("{id}");
-            continue;
-        }
-        let created = h
-            .get("created")
-            .and_then(|c| c.as_str())
-            .and_then(parse_rfc3339)
-            .map(|(s, _)| ago(now_secs() - s))
-            .unwrap_or_default();
-        let mut by = h
-            .get("created_by")
-            .and_then(|c| c.as_str())
-            .unwrap_or("")
-            .to_string();
-        if by.chars().count() > 45 {
+        let created = parse_rfc3339(&field("created")).map(|(s, _)| s);
+        let since = created
+            .map(|s| ago(now_secs() - s))
+            .unwrap_or_else(|| "N/A".into());
+        let at = created
+            .map(|s| format_rfc3339(s, 0))
+            .unwrap_or_else(|| "N/A".into());
+        let mut by = field("created_by");
+        if !a.no_trunc && by.chars().count() > 45 {
             by = format!("{}…", by.chars().take(44).collect::<String>());
         }
-        let comment = h
-            .get("comment")
-            .and_then(|c| c.as_str())
-            .unwrap_or("")
-            .to_string();
-        rows.push(vec![id, created, by, human_size(size), comment]);
+        let (since, size) = if a.human {
+            (since, serde_json::json!(human_size(size)))
+        } else {
+            (at.clone(), serde_json::json!(size.to_string()))
+        };
+        items.push(serde_json::json!({
+            "ID": id, "CreatedSince": since, "CreatedAt": at, "CreatedBy": by,
+            "Size": size, "Comment": field("comment"),
+        }));
     }
-    if !a.quiet {
-        print_table(&rows);
-    }
-    Ok(0)
+    Ok(items)
 }
 
 pub fn run_image(cmd: ImageCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
