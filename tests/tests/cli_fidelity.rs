@@ -370,3 +370,195 @@ fn tag_names_and_rmi_conflicts() {
     assert!(o.contains(&format!("Deleted: {id}")), "{o}");
     assert!(!ok(root, &["images", "-q"]).contains(short));
 }
+
+#[test]
+fn commit_changes_comment_pause_and_history() {
+    if !require_root_fuse("commit_changes_comment_pause_and_history") {
+        return;
+    }
+    // Ported from moby's TestCommitChange, TestCommitWithMessage (docker_cli_commit_test.go).
+    let w = world();
+    let root = &w.root;
+    ok(
+        root,
+        &["run", "--name", "c1", "bb:1", "sh", "-c", "echo x > /f"],
+    );
+    let changes = [
+        "ENV A=1 B=2",
+        "ENV C \"x y\"",
+        "ENV D=$A-$C",
+        "LABEL k v",
+        "LABEL \"a b\"=\"c d\"",
+        "ONBUILD RUN echo hi",
+        "EXPOSE 8080",
+        "WORKDIR /opt",
+        "CMD [\"/bin/sh\"]",
+        "USER 1000",
+        "VOLUME /data",
+    ];
+    let mut args = vec!["commit", "-m", "my message"];
+    for c in &changes {
+        args.extend(["-c", c]);
+    }
+    args.extend(["c1", "committed:1"]);
+    ok(root, &args);
+    let f = |t: &str| {
+        ok(root, &["inspect", "-f", t, "committed:1"])
+            .trim()
+            .to_string()
+    };
+    let env: Vec<String> = serde_json::from_str(&f("{{json .Config.Env}}")).unwrap();
+    let tail: Vec<&str> = env.iter().rev().take(4).rev().map(String::as_str).collect();
+    assert_eq!(tail, ["A=1", "B=2", "C=x y", "D=1-x y"], "{env:?}");
+    let labels: serde_json::Value = serde_json::from_str(&f("{{json .Config.Labels}}")).unwrap();
+    assert_eq!(
+        labels,
+        serde_json::json!({"tier": "web", "k": "v", "a b": "c d"})
+    );
+    assert_eq!(f("{{json .Config.OnBuild}}"), r#"["RUN echo hi"]"#);
+    assert_eq!(f("{{json .Config.ExposedPorts}}"), r#"{"8080/tcp":{}}"#);
+    assert_eq!(f("{{.Config.WorkingDir}} {{.Config.User}}"), "/opt 1000");
+    assert_eq!(f("{{json .Config.Cmd}}"), r#"["/bin/sh"]"#);
+    assert_eq!(f("{{json .Config.Volumes}}"), r#"{"/data":{}}"#);
+    assert_eq!(f("{{.Comment}}"), "my message");
+    let hist = ok(
+        root,
+        &["history", "--format", "{{.Comment}}", "committed:1"],
+    );
+    assert_eq!(hist.lines().next(), Some("my message"));
+    // What commit does not take is refused, and nothing is stored.
+    let before = ok(root, &["images", "-aq"]);
+    fails(
+        root,
+        &["commit", "-c", "RUN rm -rf /", "c1", "x:2"],
+        1,
+        "run is not a valid change command",
+    );
+    fails(
+        root,
+        &["commit", "-c", "ENV", "c1", "x:2"],
+        1,
+        "invalid change",
+    );
+    assert_eq!(ok(root, &["images", "-aq"]), before);
+
+    // A running container is paused by default while committed, then goes on.
+    ok(
+        root,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "busy",
+            "bb:1",
+            "sh",
+            "-c",
+            "while :; do date > /now; sleep 0.1; done",
+        ],
+    );
+    ok(root, &["commit", "busy", "snap:1"]);
+    ok(root, &["commit", "--pause=false", "busy", "snap:2"]);
+    ok(root, &["commit", "-p", "busy", "snap:3"]);
+    assert_eq!(
+        ok(root, &["ps", "--format", "{{.Names}} {{.State}}"]),
+        "busy running\n"
+    );
+    let o = run(root, &["run", "--rm", "snap:1", "cat", "/now"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(!out(&o).is_empty());
+    ok(root, &["kill", "busy"]);
+}
+
+#[test]
+fn run_refusals_pull_and_push_messages() {
+    if !require_root_fuse("run_refusals_pull_and_push_messages") {
+        return;
+    }
+    let w = world();
+    let root = &w.root;
+    // Ported from moby's TestRunUserByIDBig, TestRunUserByIDNegative, TestRunUserByIDZero.
+    for u in ["2147483648", "-1", "0:2147483648"] {
+        fails(
+            root,
+            &["run", "--rm", "-u", u, "bb:1", "id"],
+            125,
+            "uids and gids must be in range 0-2147483647",
+        );
+    }
+    assert_eq!(
+        ok(root, &["run", "--rm", "-u", "0", "bb:1", "id", "-u"]),
+        "0\n"
+    );
+    assert_eq!(
+        ok(
+            root,
+            &["run", "--rm", "-u", "1000:1000", "bb:1", "id", "-u"]
+        ),
+        "1000\n"
+    );
+    // -it with no terminal on stdin: refused at once (docker/cli's CheckTty), nothing created.
+    let t = std::time::Instant::now();
+    let e = fails(
+        root,
+        &["run", "-it", "bb:1", "sh"],
+        1,
+        "the input device is not a TTY",
+    );
+    assert_eq!(e.trim(), "the input device is not a TTY");
+    assert!(t.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(ok(root, &["ps", "-aq"]), "");
+
+    // Pull status lines as docker's.
+    let fresh = w.state.path().join("fresh");
+    let first = ok(&fresh, &["pull", &w.base]);
+    assert_eq!(
+        first.lines().last(),
+        Some(format!("Status: Downloaded newer image for {}", w.base).as_str()),
+        "{first}"
+    );
+    let again = ok(&fresh, &["pull", &w.base]);
+    assert_eq!(
+        again.lines().last(),
+        Some(format!("Status: Image is up to date for {}", w.base).as_str()),
+        "{again}"
+    );
+    let repo_digest = ok(
+        &fresh,
+        &["inspect", "-f", "{{index .RepoDigests 0}}", &w.base],
+    );
+    let repo_digest = repo_digest.trim();
+    let (_, digest) = repo_digest.split_once('@').unwrap();
+    let other = w.state.path().join("other");
+    let by_digest = ok(&other, &["pull", repo_digest]);
+    assert!(
+        by_digest
+            .lines()
+            .next()
+            .unwrap()
+            .starts_with(&format!("{digest}: Pulling from")),
+        "{by_digest}"
+    );
+    assert!(by_digest.ends_with(&format!(
+        "Status: Downloaded newer image for {repo_digest}\n"
+    )));
+    // run pulls what it lacks, and says so as docker does.
+    let third = w.state.path().join("third");
+    let o = run(&third, &["run", "--rm", &w.base, "sh", "-c", "exit 0"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let e = err(&o);
+    assert!(
+        e.contains(&format!("Unable to find image '{}' locally", w.base)),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!("Status: Downloaded newer image for {}", w.base)),
+        "{e}"
+    );
+
+    // Push: the base layers are mounted from their repository on the same registry.
+    let target = format!("{}/t/other:1", w.proxy.addr);
+    ok(root, &["tag", "bb:1", &target]);
+    let pushed = ok(root, &["push", &target]);
+    assert!(pushed.contains(": Mounted from t/base"), "{pushed}");
+    assert!(pushed.contains(": Pushed"), "{pushed}");
+}

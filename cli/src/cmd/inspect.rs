@@ -88,6 +88,7 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
             "RepoTags": repo_tags,
             "RepoDigests": repo_digests,
             "Created": config.get("created").cloned().unwrap_or(json!(null)),
+            "Comment": config.get("comment").cloned().unwrap_or(json!("")),
             "Author": config.get("author").cloned().unwrap_or(json!("")),
             "Architecture": config.get("architecture").cloned().unwrap_or(json!("")),
             "Os": config.get("os").cloned().unwrap_or(json!("")),

@@ -17,6 +17,7 @@ pub mod pull;
 mod push;
 mod rmi;
 pub mod run;
+mod run_checks;
 mod search;
 mod start;
 mod transfer;
