@@ -562,3 +562,94 @@ fn run_refusals_pull_and_push_messages() {
     assert!(pushed.contains(": Mounted from t/base"), "{pushed}");
     assert!(pushed.contains(": Pushed"), "{pushed}");
 }
+
+#[test]
+fn restart_system_prune_and_help() {
+    if !require_root_fuse("restart_system_prune_and_help") {
+        return;
+    }
+    let w = world();
+    let root = &w.root;
+    ok(
+        root,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "r1",
+            "bb:1",
+            "sh",
+            "-c",
+            "echo started; sleep 60",
+        ],
+    );
+    let logs_say = |n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let logs = ok(root, &["logs", "r1"]);
+            if logs.matches("started").count() >= n {
+                return logs;
+            }
+            assert!(std::time::Instant::now() < deadline, "logs: {logs:?}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    logs_say(1);
+    assert_eq!(ok(root, &["restart", "-t", "1", "r1"]), "r1\n");
+    logs_say(2);
+    assert_eq!(
+        ok(root, &["ps", "--format", "{{.Names}} {{.State}}"]),
+        "r1 running\n"
+    );
+    fails(root, &["restart", "nope"], 1, "No such container: nope");
+
+    // system prune: asks first; a stopped container and a dangling image go, the running
+    // one and named images stay.
+    ok(
+        root,
+        &["run", "--name", "done", "bb:1", "sh", "-c", "exit 0"],
+    );
+    ok(root, &["tag", "bb:1", "gone:1"]);
+    // An untagged commit is a dangling image.
+    ok(root, &["commit", "done"]);
+    let mut declined = Command::new(bin())
+        .args(["--root", root.to_str().unwrap(), "system", "prune"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    declined.stdin.take().unwrap().write_all(b"n\n").unwrap();
+    let o = declined.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert!(out(&o).contains("Are you sure you want to continue? [y/N]"));
+    assert_eq!(ok(root, &["ps", "-aq"]).lines().count(), 2);
+    let dangling = ok(root, &["images", "-q", "-f", "dangling=true"]);
+    assert_eq!(dangling.lines().count(), 1, "{dangling}");
+    let pruned = ok(root, &["system", "prune", "-f"]);
+    assert!(pruned.contains("Deleted Containers:"), "{pruned}");
+    assert!(
+        pruned.contains(&format!("Deleted: sha256:{}", dangling.trim())),
+        "{pruned}"
+    );
+    assert!(pruned.contains("Total reclaimed space:"), "{pruned}");
+    assert_eq!(ok(root, &["ps", "-a", "--format", "{{.Names}}"]), "r1\n");
+    assert_eq!(ok(root, &["images", "-q", "-f", "dangling=true"]), "");
+    assert!(ok(root, &["images"]).contains("gone"));
+    ok(root, &["kill", "r1"]);
+
+    // Every command says what it does.
+    let help = ok(root, &["--help"]);
+    assert!(
+        !help.contains("Arguments of") && !help.contains("subcommands"),
+        "{help}"
+    );
+    for cmd in ["build", "builder", "restart", "system"] {
+        let h = ok(root, &[cmd, "--help"]);
+        let first = h.lines().next().unwrap();
+        assert!(
+            !first.starts_with("Arguments") && !first.starts_with('`'),
+            "{cmd}: {first}"
+        );
+    }
+}

@@ -15,7 +15,8 @@ mod profile;
 pub mod ps;
 pub mod pull;
 mod push;
-mod rmi;
+mod restart;
+pub mod rmi;
 pub mod run;
 mod run_checks;
 mod search;
@@ -31,6 +32,8 @@ use crate::global::GlobalArgs;
 pub enum Command {
     /// Pull an image lazily: manifest, config and tables of contents only.
     Pull(pull::Args),
+    /// Build an image from a Dockerfile: each step runs on the lazily mounted parent and is
+    /// committed as one lazily pullable layer.
     Build(build::Args),
     /// List images.
     Images(images::Args),
@@ -81,10 +84,13 @@ pub enum Command {
     /// Manage strata's data.
     #[command(subcommand)]
     System(rmi::SystemCmd),
+    /// Manage the build cache.
     #[command(subcommand)]
     Builder(rmi::BuilderCmd),
     /// Start an exited container again, on its own writable layer.
     Start(start::StartArgs),
+    /// Stop containers and start them again, each on its own writable layer.
+    Restart(restart::RestartArgs),
     /// Show the output of a detached container.
     Logs(lifecycle::LogsArgs),
     /// Stop containers: SIGTERM, then SIGKILL after a grace period.
@@ -139,6 +145,7 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::System(c) => rmi::run_system(c, g),
         Command::Builder(c) => rmi::run_builder(c, g),
         Command::Start(a) => start::run_start(a, g),
+        Command::Restart(a) => restart::run_restart(a, g),
         Command::Logs(a) => lifecycle::run_logs(a, g),
         Command::Stop(a) => lifecycle::run_stop(a, g),
         Command::Kill(a) => lifecycle::run_kill(a, g),

@@ -78,6 +78,9 @@ pub enum BuilderCmd {
 pub enum SystemCmd {
     /// Show disk usage.
     Df,
+    /// Remove stopped containers, images no container uses that have no name (with -a: every
+    /// image no container uses), the build cache, then unreferenced data.
+    Prune(crate::cmd::restart::SystemPruneArgs),
 }
 
 fn users(containers: &Containers, img: &ImageRecord) -> Vec<String> {
@@ -307,6 +310,36 @@ pub fn run_builder(cmd: BuilderCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
 /// Removes untagged images no container uses (intermediate build images only with `all`
 /// or once the step images they lead to are gone), drops the cache entries of removed
 /// images, then frees unreferenced data.
+pub fn prune_images(g: &GlobalArgs, all: bool) -> anyhow::Result<i32> {
+    if all {
+        let ctx = g.context()?;
+        BuildCache::new(&ctx.root).prune(&ctx.store, true)?;
+    }
+    prune(g, all)
+}
+
+/// Removes every name of the images no container uses (`system prune -a`).
+pub fn untag_unused(g: &GlobalArgs) -> anyhow::Result<()> {
+    let ctx = g.context()?;
+    let containers = Containers::new(&g.root());
+    let tags = ctx.tags_by_manifest()?;
+    let lock = ctx.store.lock()?;
+    for img in ctx.store.images()? {
+        if !users(&containers, &img).is_empty() {
+            continue;
+        }
+        for t in tags.get(&img.manifest).into_iter().flatten() {
+            ctx.store.remove_ref(&lock, t)?;
+            let shown = t
+                .parse::<Reference>()
+                .map(|r| crate::cmd::pull::familiar(&r))
+                .unwrap_or_else(|_| t.clone());
+            println!("Untagged: {shown}");
+        }
+    }
+    Ok(())
+}
+
 fn prune(g: &GlobalArgs, all: bool) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let containers = Containers::new(&g.root());
@@ -340,7 +373,9 @@ fn prune(g: &GlobalArgs, all: bool) -> anyhow::Result<i32> {
 }
 
 pub fn run_system(cmd: SystemCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
-    let SystemCmd::Df = cmd;
+    if let SystemCmd::Prune(a) = cmd {
+        return crate::cmd::restart::run_system_prune(a, g);
+    }
     let ctx = g.context()?;
     let containers = Containers::new(&g.root());
     let images = ctx.store.images()?;
