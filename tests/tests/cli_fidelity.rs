@@ -653,3 +653,78 @@ fn restart_system_prune_and_help() {
         );
     }
 }
+
+#[test]
+fn cp_both_ways_inside_the_container_root() {
+    if !require_root_fuse("cp_both_ways_inside_the_container_root") {
+        return;
+    }
+    // docker cp's path rules (docker_cli_cp_*_test.go: TestCpFromCaseA..., TestCpToCaseA...).
+    let w = world();
+    let root = &w.root;
+    let host = w.state.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    let h = |p: &str| host.join(p);
+    let hs = |p: &str| h(p).to_str().unwrap().to_string();
+    ok(
+        root,
+        &[
+            "run",
+            "--name",
+            "cp1",
+            "bb:1",
+            "sh",
+            "-c",
+            "mkdir -p /d/sub /etc; echo in > /d/sub/f; ln -s /etc /d/link",
+        ],
+    );
+    ok(root, &["cp", "cp1:/d/sub/f", &hs("out.txt")]);
+    assert_eq!(std::fs::read_to_string(h("out.txt")).unwrap(), "in\n");
+    std::fs::create_dir(h("existing")).unwrap();
+    ok(root, &["cp", "cp1:/d", &hs("existing")]);
+    assert_eq!(
+        std::fs::read_to_string(h("existing/d/sub/f")).unwrap(),
+        "in\n"
+    );
+    assert_eq!(
+        std::fs::read_link(h("existing/d/link")).unwrap(),
+        Path::new("/etc")
+    );
+    ok(root, &["cp", "cp1:/d/.", &hs("fresh")]);
+    assert_eq!(std::fs::read_to_string(h("fresh/sub/f")).unwrap(), "in\n");
+    fails(
+        root,
+        &["cp", "cp1:/nope", &hs("x")],
+        1,
+        "Could not find the file /nope",
+    );
+
+    // Into the container: a symlink in the path resolves inside its root, never the host's.
+    let unique = format!("strata-cp-{}.txt", std::process::id());
+    std::fs::write(h(&unique), "from host\n").unwrap();
+    ok(root, &["cp", &hs(&unique), "cp1:/d/link/"]);
+    assert!(
+        !Path::new("/etc").join(&unique).exists(),
+        "wrote to the host's /etc"
+    );
+    ok(
+        root,
+        &["cp", &format!("cp1:/etc/{unique}"), &hs("back.txt")],
+    );
+    assert_eq!(
+        std::fs::read_to_string(h("back.txt")).unwrap(),
+        "from host\n"
+    );
+
+    // A running container sees what is copied in at once.
+    ok(root, &["run", "-d", "--name", "cp2", "bb:1", "sleep", "60"]);
+    ok(root, &["cp", &hs(&unique), "cp2:/"]);
+    let o = run(root, &["diff", "cp2"]);
+    assert!(out(&o).contains(&format!("A /{unique}")), "{}", out(&o));
+    ok(root, &["cp", &format!("cp2:/{unique}"), &hs("running.txt")]);
+    assert_eq!(
+        std::fs::read_to_string(h("running.txt")).unwrap(),
+        "from host\n"
+    );
+    ok(root, &["kill", "cp2"]);
+}

@@ -5,6 +5,7 @@ mod build;
 mod commit;
 mod container;
 mod convert;
+mod cp;
 pub mod images;
 mod images_filter;
 mod inspect;
@@ -89,6 +90,8 @@ pub enum Command {
     Builder(rmi::BuilderCmd),
     /// Start an exited container again, on its own writable layer.
     Start(start::StartArgs),
+    /// Copy files between a container and the host (CONTAINER:PATH on either side).
+    Cp(cp::CpArgs),
     /// Stop containers and start them again, each on its own writable layer.
     Restart(restart::RestartArgs),
     /// Show the output of a detached container.
@@ -146,6 +149,7 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::Builder(c) => rmi::run_builder(c, g),
         Command::Start(a) => start::run_start(a, g),
         Command::Restart(a) => restart::run_restart(a, g),
+        Command::Cp(a) => cp::run_cp(a, g),
         Command::Logs(a) => lifecycle::run_logs(a, g),
         Command::Stop(a) => lifecycle::run_stop(a, g),
         Command::Kill(a) => lifecycle::run_kill(a, g),
