@@ -728,3 +728,104 @@ fn cp_both_ways_inside_the_container_root() {
     );
     ok(root, &["kill", "cp2"]);
 }
+
+#[test]
+fn exec_joins_a_running_container() {
+    if !require_root_fuse("exec_joins_a_running_container") {
+        return;
+    }
+    let w = world();
+    let root = &w.root;
+    ok(
+        root,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "ex",
+            "-e",
+            "FROM_RUN=yes",
+            "--hostname",
+            "box",
+            "bb:1",
+            "sleep",
+            "60",
+        ],
+    );
+    // Its pid namespace (PID 1 is the container's sleep), its hostname and root, its env.
+    let o = ok(
+        root,
+        &[
+            "exec",
+            "-e",
+            "X=1",
+            "-w",
+            "/etc",
+            "-u",
+            "1000:1000",
+            "ex",
+            "sh",
+            "-c",
+            "cat /proc/1/cmdline | busybox tr '\\0' ' '; echo; busybox hostname; pwd; id -u; id -g; echo $X $FROM_RUN; cat /built",
+        ],
+    );
+    let lines: Vec<&str> = o.lines().collect();
+    assert!(lines[0].starts_with("sleep 60"), "{o}");
+    assert_eq!(
+        &lines[1..],
+        ["box", "/etc", "1000", "1000", "1 yes", "built"],
+        "{o}"
+    );
+    // Exit codes as docker exec's.
+    assert_eq!(
+        run(root, &["exec", "ex", "sh", "-c", "exit 7"])
+            .status
+            .code(),
+        Some(7)
+    );
+    fails(
+        root,
+        &["exec", "ex", "no-such-cmd"],
+        127,
+        "executable file not found",
+    );
+    fails(
+        root,
+        &["exec", "-w", "/no/dir", "ex", "pwd"],
+        126,
+        "/no/dir",
+    );
+    fails(
+        root,
+        &["exec", "-it", "ex", "sh"],
+        1,
+        "the input device is not a TTY",
+    );
+    fails(
+        root,
+        &["exec", "nope", "true"],
+        1,
+        "No such container: nope",
+    );
+    // A terminal from the container's devpts with -t.
+    let inner = format!(
+        "{} --root {} exec -it ex sh -c 'tty; exit 3'; echo strata-exit=$?",
+        bin().display(),
+        root.display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).replace(['\r', '\0'], "");
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(text.contains("strata-exit=3"), "{text}");
+    ok(root, &["kill", "ex"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ok(root, &["ps", "-q"]).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "ex did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    fails(root, &["exec", "ex", "true"], 1, "is not running");
+}

@@ -6,6 +6,7 @@ mod commit;
 mod container;
 mod convert;
 mod cp;
+mod exec;
 pub mod images;
 mod images_filter;
 mod inspect;
@@ -90,6 +91,8 @@ pub enum Command {
     Builder(rmi::BuilderCmd),
     /// Start an exited container again, on its own writable layer.
     Start(start::StartArgs),
+    /// Run a command in a running container (its namespaces, user, directory, environment).
+    Exec(exec::ExecArgs),
     /// Copy files between a container and the host (CONTAINER:PATH on either side).
     Cp(cp::CpArgs),
     /// Stop containers and start them again, each on its own writable layer.
@@ -150,6 +153,7 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::Start(a) => start::run_start(a, g),
         Command::Restart(a) => restart::run_restart(a, g),
         Command::Cp(a) => cp::run_cp(a, g),
+        Command::Exec(a) => exec::run_exec(a, g),
         Command::Logs(a) => lifecycle::run_logs(a, g),
         Command::Stop(a) => lifecycle::run_stop(a, g),
         Command::Kill(a) => lifecycle::run_kill(a, g),
