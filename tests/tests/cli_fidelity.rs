@@ -607,7 +607,15 @@ fn restart_system_prune_and_help() {
     // one and named images stay.
     ok(
         root,
-        &["run", "--name", "done", "bb:1", "sh", "-c", "exit 0"],
+        &[
+            "run",
+            "--name",
+            "done",
+            "bb:1",
+            "sh",
+            "-c",
+            "echo data > /data.txt",
+        ],
     );
     ok(root, &["tag", "bb:1", "gone:1"]);
     // An untagged commit is a dangling image.
@@ -626,6 +634,31 @@ fn restart_system_prune_and_help() {
     assert_eq!(ok(root, &["ps", "-aq"]).lines().count(), 2);
     let dangling = ok(root, &["images", "-q", "-f", "dangling=true"]);
     assert_eq!(dangling.lines().count(), 1, "{dangling}");
+    // system df says what pruning gives back.
+    let reclaimable = |kind: &str| -> String {
+        let df = ok(root, &["system", "df"]);
+        let row = df
+            .lines()
+            .find(|l| l.starts_with(kind))
+            .unwrap()
+            .to_string();
+        let cells: Vec<&str> = row
+            .split("   ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(cells.len(), 5, "{df}");
+        cells[4].to_string()
+    };
+    assert!(reclaimable("Images").ends_with("%)"));
+    assert!(
+        !reclaimable("Images").starts_with("0B"),
+        "the dangling image is reclaimable"
+    );
+    assert!(
+        !reclaimable("Containers").starts_with("0B"),
+        "the stopped container is"
+    );
     let pruned = ok(root, &["system", "prune", "-f"]);
     assert!(pruned.contains("Deleted Containers:"), "{pruned}");
     assert!(
@@ -636,6 +669,7 @@ fn restart_system_prune_and_help() {
     assert_eq!(ok(root, &["ps", "-a", "--format", "{{.Names}}"]), "r1\n");
     assert_eq!(ok(root, &["images", "-q", "-f", "dangling=true"]), "");
     assert!(ok(root, &["images"]).contains("gone"));
+    assert_eq!(reclaimable("Containers"), "0B (0%)");
     ok(root, &["kill", "r1"]);
 
     // Every command says what it does.

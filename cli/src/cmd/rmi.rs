@@ -373,64 +373,18 @@ fn prune(g: &GlobalArgs, all: bool) -> anyhow::Result<i32> {
 }
 
 pub fn run_system(cmd: SystemCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
-    if let SystemCmd::Prune(a) = cmd {
-        return crate::cmd::restart::run_system_prune(a, g);
+    match cmd {
+        SystemCmd::Prune(a) => crate::cmd::restart::run_system_prune(a, g),
+        SystemCmd::Df => crate::cmd::restart::run_system_df(g),
     }
-    let ctx = g.context()?;
-    let containers = Containers::new(&g.root());
-    let images = ctx.store.images()?;
-    let active = images
-        .iter()
-        .filter(|i| !users(&containers, i).is_empty())
-        .count();
-    let image_bytes: u64 = images
-        .iter()
-        .flat_map(|i| i.layers.iter())
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .filter_map(|d| ctx.store.layer(d).ok().flatten())
-        .map(|l| l.content_bytes)
-        .sum();
-    let list = containers.list();
-    let upper_bytes: u64 = list
-        .iter()
-        .map(|c| dir_size(&containers.dir_of(&c.id).join("upper")))
-        .sum();
-    let (chunks, cache_bytes) = ctx.fetcher.cache().usage()?;
-    let rows = vec![
-        ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
-            .map(String::from)
-            .to_vec(),
-        vec![
-            "Images".into(),
-            images.len().to_string(),
-            active.to_string(),
-            human_size(image_bytes),
-            "-".into(),
-        ],
-        vec![
-            "Containers".into(),
-            list.len().to_string(),
-            list.iter()
-                .filter(|c| c.state == strata_runner::state::State::Running)
-                .count()
-                .to_string(),
-            human_size(upper_bytes),
-            "-".into(),
-        ],
-        vec![
-            "Chunk cache".into(),
-            chunks.to_string(),
-            "-".into(),
-            human_size(cache_bytes),
-            "-".into(),
-        ],
-    ];
-    print_table(&rows);
-    Ok(0)
 }
 
-fn dir_size(p: &std::path::Path) -> u64 {
+/// Whether any container (running or not) was made from the image.
+pub fn in_use(containers: &Containers, img: &ImageRecord) -> bool {
+    !users(containers, img).is_empty()
+}
+
+pub fn dir_size(p: &std::path::Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(p) else {
         return 0;
     };
