@@ -147,7 +147,7 @@ pub fn run_system_df(g: &GlobalArgs) -> anyhow::Result<i32> {
     let running = list.iter().filter(|c| c.state == State::Running).count();
     let (chunks, cache_bytes) = ctx.fetcher.cache().usage()?;
     let reclaim = |part: u64, total: u64| {
-        let pct = if total == 0 { 0 } else { part * 100 / total };
+        let pct = (part * 100).checked_div(total).unwrap_or(0);
         format!("{} ({pct}%)", human_size(part))
     };
     let image_total = layer_bytes(&all_layers);
