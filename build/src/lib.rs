@@ -3,6 +3,7 @@
 
 pub mod builder;
 pub mod cache;
+pub mod change;
 pub mod config;
 pub mod context;
 pub mod copy;

@@ -1,8 +1,10 @@
 //! The `strata` command: wiring only. Each subcommand lives in its own file under `cmd/` with its
-//! arguments beside its handler. Errors print one line and exit 125, like docker.
+//! arguments beside its handler. Errors print one line and exit like docker's CLI: 1, or 125 for
+//! `run`-time errors (the container's own failures give 126/127 or its exit code).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod cmd;
+mod format;
 mod global;
 mod progress;
 
@@ -19,16 +21,112 @@ struct Cli {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => std::process::exit(usage_error(&e)),
+    };
     global::init_logging(&cli.global);
-    let code = match cmd::run(cli.command, &cli.global) {
-        Ok(code) => code,
-        Err(e) => {
+    // docker gives 125 only for errors of commands that start a container.
+    let error_code = if cli.command.starts_container() {
+        125
+    } else {
+        1
+    };
+    quiet_broken_pipe_panics();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cmd::run(cli.command, &cli.global)
+    }));
+    let code = match result {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
             eprintln!("strata: {}", one_line(&e));
-            125
+            error_code
         }
+        Err(payload) if is_broken_pipe(payload.as_ref()) => die_of_sigpipe(),
+        Err(payload) => std::panic::resume_unwind(payload),
     };
     std::process::exit(code);
+}
+
+/// A usage error as docker prints it: one line and where to read more; exit 125 for a bad
+/// flag, 1 for a wrong count of arguments (docker/cli's `FlagErrorFunc` and `cli.ExactArgs`).
+/// Help and version go to stdout with exit 0.
+fn usage_error(e: &clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return 0;
+    }
+    let text = e.render().to_string();
+    // The usage line names the subcommand path: "Usage: strata image prune [OPTIONS]".
+    let path: Vec<&str> = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage: "))
+        .map(|u| {
+            u.split_whitespace()
+                .take_while(|w| !w.starts_with(['[', '<', '-']))
+                .collect()
+        })
+        .unwrap_or_default();
+    let path = if path.is_empty() {
+        "strata".to_string()
+    } else {
+        path.join(" ")
+    };
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = e.print();
+        return 1;
+    }
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("strata: {first}\nSee '{path} --help'.");
+    if is_flag_error(e) { 125 } else { 1 }
+}
+
+/// docker/cli's flag errors (an unknown flag, a bad flag value) exit 125 for every command;
+/// a wrong count of arguments or an unknown command exits 1.
+fn is_flag_error(e: &clap::Error) -> bool {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    match e.kind() {
+        ErrorKind::UnknownArgument => matches!(
+            e.get(ContextKind::InvalidArg),
+            Some(ContextValue::String(a)) if a.starts_with('-')
+        ),
+        ErrorKind::InvalidValue | ErrorKind::NoEquals | ErrorKind::ValueValidation => true,
+        ErrorKind::ArgumentConflict => true,
+        _ => false,
+    }
+}
+
+/// The panic `println!` raises when stdout is a closed pipe is not a bug to report: it is
+/// caught in `main` after the command's guards have unwound.
+fn quiet_broken_pipe_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_pipe(info.payload()) {
+            default(info);
+        }
+    }));
+}
+
+fn is_broken_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+    let msg = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe")
+}
+
+/// Ends the process as docker's CLI ends when its reader went away: by SIGPIPE, silently.
+fn die_of_sigpipe() -> ! {
+    // SAFETY: restoring the default disposition and raising a signal have no preconditions;
+    // nothing else runs on this thread afterwards.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(141)
 }
 
 /// The error and its causes on one line, without repeating a cause the message already has.

@@ -82,6 +82,12 @@ impl Display {
                     b.set_position(done);
                 }
             }
+            Progress::Mounted { layer, from } => {
+                if let Some(b) = bars.remove(&layer) {
+                    b.finish_and_clear();
+                }
+                self.line(&format!("{}: Mounted from {from}", layer.short()));
+            }
             Progress::LayerDone { layer, what } => {
                 if let Some(b) = bars.remove(&layer) {
                     b.finish_and_clear();

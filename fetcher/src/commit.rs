@@ -24,6 +24,9 @@ pub struct CommitMeta {
     pub changes: Vec<String>,
     /// The history's `created_by`.
     pub created_by: String,
+    /// The container config to store (`changes` already applied by the caller, e.g. with
+    /// the Dockerfile parser); `None` keeps the parent's.
+    pub config: Option<serde_json::Map<String, Value>>,
 }
 
 fn bad(what: &str, reason: impl Into<String>) -> ImageError {
@@ -300,11 +303,14 @@ impl Context {
         let cfg = config
             .as_object_mut()
             .ok_or_else(|| bad("config", "not an object"))?;
-        let mut inner = cfg
-            .get("config")
-            .and_then(|c| c.as_object())
-            .cloned()
-            .unwrap_or_default();
+        let mut inner = match &meta.config {
+            Some(c) => c.clone(),
+            None => cfg
+                .get("config")
+                .and_then(|c| c.as_object())
+                .cloned()
+                .unwrap_or_default(),
+        };
         for c in &meta.changes {
             apply_change(&mut inner, c)?;
         }
@@ -312,6 +318,11 @@ impl Context {
         if let Some(a) = &meta.author {
             cfg.insert("author".into(), json!(a));
         }
+        // docker's image config keeps the commit message as `comment` (inspect's .Comment).
+        match &meta.comment {
+            Some(c) => cfg.insert("comment".into(), json!(c)),
+            None => cfg.remove("comment"),
+        };
         let entry = history_entry(
             &meta.created_by,
             meta.comment.as_deref(),

@@ -137,12 +137,12 @@ pub(crate) async fn copy_blob(
     d: &Digest,
     tmp: &std::path::Path,
     progress: ProgressFn<'_>,
-) -> Result<(), ImageError> {
+) -> Result<Copied, ImageError> {
     if ctx.client.blob_exists(dst, d).await?.is_some() {
-        return Ok(());
+        return Ok(Copied::Present);
     }
     if src.registry == dst.registry && ctx.client.mount_blob(dst, d, &src.repository).await? {
-        return Ok(());
+        return Ok(Copied::Mounted);
     }
     let mut body = Box::pin(ctx.client.blob_stream(src, d).await?);
     let mut file = std::fs::File::create(tmp).map_err(|e| io_fail(*d, e))?;
@@ -163,7 +163,18 @@ pub(crate) async fn copy_blob(
     }
     ctx.client.put_blob_file(dst, d, tmp, &|_| {}).await?;
     let _ = std::fs::remove_file(tmp);
-    Ok(())
+    Ok(Copied::Uploaded)
+}
+
+/// How [`copy_blob`] got a blob into the target repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Copied {
+    /// It was there already.
+    Present,
+    /// The registry mounted it from the source repository.
+    Mounted,
+    /// Its bytes were streamed from the source and uploaded.
+    Uploaded,
 }
 
 fn io_fail(layer: Digest, e: std::io::Error) -> ImageError {

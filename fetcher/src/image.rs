@@ -107,6 +107,13 @@ pub enum Progress {
         /// e.g. "Pull complete", "Already exists".
         what: &'static str,
     },
+    /// A layer the registry mounted from another repository instead of an upload.
+    Mounted {
+        /// The blob.
+        layer: Digest,
+        /// The repository it came from (path on the same registry).
+        from: String,
+    },
 }
 
 /// A progress callback.

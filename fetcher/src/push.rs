@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use crate::convert::copy_blob;
+use crate::convert::{Copied, copy_blob};
 use crate::digest::Digest;
 use crate::image::{Context, ImageError, Progress, ProgressFn};
 use crate::reference::Reference;
@@ -59,7 +59,14 @@ pub async fn push(
                 size: 0,
                 what: "Copying from the source repository",
             });
-            copy_blob(ctx, src, target, d, &tmp.join(d.hex()), progress).await?;
+            let how = copy_blob(ctx, src, target, d, &tmp.join(d.hex()), progress).await?;
+            if how == Copied::Mounted {
+                progress(Progress::Mounted {
+                    layer: *d,
+                    from: src.repository.clone(),
+                });
+                continue;
+            }
         }
         progress(Progress::LayerDone {
             layer: *d,

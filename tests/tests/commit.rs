@@ -338,7 +338,7 @@ fn export_then_import_and_bad_tarballs() {
     std::fs::write(&evil, b.into_inner().unwrap()).unwrap();
     let before = ok(&root, &["images", "-q"]);
     let o = run(&root, &["import", evil.to_str().unwrap(), "evil:1"]);
-    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.trim().lines().count() == 1 && err.contains("../escape"),
@@ -524,7 +524,7 @@ fn push_to_a_refusing_registry_fails_with_one_line() {
     let target = format!("{}/me/x:1", locked.addr);
     ok(&root, &["commit", "c1", &target]);
     let o = run(&root, &["push", &target]);
-    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("401"), "{err}");
@@ -547,7 +547,7 @@ fn interrupted_push_restarts_cleanly_and_bad_commits() {
         ..
     } = world(Comp::Native);
     let o = run(&root, &["commit", "no-such-container", "x:1"]);
-    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("No such container"));
 
     ok(

@@ -17,9 +17,14 @@ pub struct CommitArgs {
     /// Author ("Name <email>").
     #[arg(short = 'a', long)]
     pub author: Option<String>,
-    /// Apply a Dockerfile instruction to the config (CMD, ENTRYPOINT, ENV, WORKDIR, USER, EXPOSE, LABEL, VOLUME).
+    /// Apply a Dockerfile instruction to the config (CMD, ENTRYPOINT, ENV, EXPOSE, HEALTHCHECK,
+    /// LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME, WORKDIR), read as `build` reads it.
     #[arg(short = 'c', long = "change")]
     pub changes: Vec<String>,
+    /// Pause a running container while its changes are read (`--pause=false` to not).
+    #[arg(short = 'p', long, default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set)]
+    pub pause: bool,
     /// Container (name or id).
     pub container: String,
     /// REPOSITORY[:TAG] for the new image.
@@ -36,7 +41,7 @@ pub struct TagArgs {
 }
 
 pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
-    let target: Option<Reference> = a.reference.as_deref().map(str::parse).transpose()?;
+    let target: Option<Reference> = a.reference.as_deref().map(tag_target).transpose()?;
     let containers = Containers::new(&g.root());
     let c = containers
         .find(&a.container)
@@ -45,6 +50,13 @@ pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let (img, _) = ctx
         .resolve(&c.image_id)
         .with_context(|| format!("image {} of container {}", c.image, a.container))?;
+    let mut config = ctx
+        .config(&img)?
+        .get("config")
+        .and_then(|c| c.as_object())
+        .cloned()
+        .unwrap_or_default();
+    strata_build::change::apply_changes(&mut config, &a.changes)?;
     let layers = ctx.open_layers(&img)?;
     let tree = strata_fs::Tree::build(layers.iter().map(|l| &l.index))?;
     let upper = containers.dir_of(&c.id).join("upper");
@@ -53,8 +65,18 @@ pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let meta = CommitMeta {
         comment: a.message,
         author: a.author,
-        changes: a.changes,
+        changes: Vec::new(),
         created_by: format!("strata commit {}", c.command.join(" ")),
+        config: Some(config),
+    };
+    // A running container stands still while its upper layer is read, as docker pauses it.
+    let running = crate::cmd::ps::effective(&c).state == strata_runner::state::State::Running;
+    let _frozen = match (a.pause && running, c.pid) {
+        (true, Some(pid)) => Some(
+            strata_runner::freeze::freeze(pid)
+                .with_context(|| format!("pausing container {}", a.container))?,
+        ),
+        _ => None,
     };
     let rec =
         strata_fs::union::upper_tar_stream(&upper, &skip, |tar| ctx.commit(Some(&img), tar, &meta))
@@ -67,11 +89,33 @@ pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
 }
 
 pub fn run_tag(a: TagArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
-    let target: Reference = a.target.parse()?;
+    let target = tag_target(&a.target)?;
     let ctx = g.context()?;
     let (img, _) = ctx
         .resolve(&a.source)
         .with_context(|| format!("No such image: {}", a.source))?;
     ctx.tag(&img, &target)?;
     Ok(0)
+}
+
+/// The target of `tag` (and of `commit`), refused as docker/cli refuses it.
+pub fn tag_target(name: &str) -> anyhow::Result<Reference> {
+    let target: Reference = name.parse().map_err(|_| {
+        let reason = if name
+            .split(['@', ':'])
+            .next()
+            .unwrap_or("")
+            .bytes()
+            .any(|b| b.is_ascii_uppercase())
+        {
+            "invalid reference format: repository name must be lowercase"
+        } else {
+            "invalid reference format"
+        };
+        anyhow::anyhow!("error parsing reference: {name:?} is not a valid repository/tag: {reason}")
+    })?;
+    if target.digest.is_some() {
+        anyhow::bail!("refusing to create a tag with a digest reference");
+    }
+    Ok(target)
 }

@@ -7,12 +7,14 @@ use strata_fetcher::image::Context;
 use strata_fetcher::store::ImageRecord;
 use strata_fetcher::timefmt::{now_secs, parse_rfc3339};
 
+use crate::cmd::images_filter as filter;
+use crate::format::Format;
 use crate::global::GlobalArgs;
 
 /// Arguments of `images`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Show only images whose repository (or repository:tag) matches this glob.
+    /// Show only images whose name (REPOSITORY or REPOSITORY:TAG) matches this pattern.
     pub pattern: Option<String>,
     /// Only show image IDs.
     #[arg(long, short = 'q')]
@@ -26,10 +28,12 @@ pub struct Args {
     /// Show all images (by default the intermediate images of builds are hidden).
     #[arg(short = 'a', long)]
     pub all: bool,
-    /// Filter: `dangling=true|false`.
+    /// Filter: dangling=true|false, label=KEY[=VALUE], before=IMAGE, since=IMAGE,
+    /// reference=PATTERN.
     #[arg(short = 'f', long)]
     pub filter: Vec<String>,
-    /// `json`: one JSON object per image line.
+    /// `table`, `json`, `table TEMPLATE` or a Go template (fields: .Repository .Tag .ID
+    /// .Digest .CreatedSince .CreatedAt .Size).
     #[arg(long)]
     pub format: Option<String>,
 }
@@ -42,33 +46,31 @@ pub struct Row {
     pub id: String,
     pub created: String,
     pub size: String,
+    /// Seconds since the epoch from the config's `created`.
+    pub created_at: Option<i64>,
+    pub labels: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Column titles of `table` templates.
+const HEADER: [(&str, &str); 7] = [
+    ("Repository", "REPOSITORY"),
+    ("Tag", "TAG"),
+    ("Digest", "DIGEST"),
+    ("ID", "IMAGE ID"),
+    ("CreatedSince", "CREATED"),
+    ("CreatedAt", "CREATED AT"),
+    ("Size", "SIZE"),
+];
+
 pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let format = Format::parse(a.format.as_deref())?;
+    let mut filters = filter::parse(&a.filter)?;
+    if let Some(p) = &a.pattern {
+        filters.reference.push(p.clone());
+    }
     let ctx = g.context()?;
-    let mut rows = rows(&ctx, a.pattern.as_deref(), a.no_trunc, a.all)?;
-    for f in &a.filter {
-        match f.split_once('=') {
-            Some(("dangling", v)) => {
-                let want = v == "true";
-                rows.retain(|r| (r.tag == "<none>") == want);
-            }
-            _ => anyhow::bail!("invalid filter {f:?} (supported: dangling=true|false)"),
-        }
-    }
-    if let Some(fmt) = &a.format {
-        if fmt != "json" {
-            anyhow::bail!("unsupported format {fmt:?} (supported: json)");
-        }
-        for r in rows {
-            let line = serde_json::json!({
-                "Repository": r.repository, "Tag": r.tag, "Digest": r.digest,
-                "ID": r.id, "CreatedSince": r.created, "Size": r.size,
-            });
-            println!("{line}");
-        }
-        return Ok(0);
-    }
+    let mut rows = rows(&ctx, a.no_trunc, a.all)?;
+    filters.apply(&ctx, &mut rows)?;
     if a.quiet {
         let mut seen = BTreeSet::new();
         for r in rows {
@@ -76,6 +78,11 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
                 println!("{}", r.id);
             }
         }
+        return Ok(0);
+    }
+    if !format.is_default() {
+        let items: Vec<serde_json::Value> = rows.iter().map(item).collect();
+        format.print(&items, &HEADER)?;
         return Ok(0);
     }
     let mut table = vec![];
@@ -97,6 +104,28 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// A row as docker's `images --format` sees it.
+fn item(r: &Row) -> serde_json::Value {
+    let created_at = r
+        .created_at
+        .map(docker_time)
+        .unwrap_or_else(|| "N/A".into());
+    serde_json::json!({
+        "Containers": "N/A", "CreatedAt": created_at, "CreatedSince": r.created,
+        "Digest": r.digest, "ID": r.id, "Repository": r.repository, "SharedSize": "N/A",
+        "Size": r.size, "Tag": r.tag, "UniqueSize": "N/A", "VirtualSize": r.size,
+    })
+}
+
+/// A time as Go prints `time.Time`: `2024-01-02 03:04:05 +0000 UTC`.
+pub fn docker_time(secs: i64) -> String {
+    let t = strata_fetcher::timefmt::format_rfc3339(secs, 0);
+    // "2024-01-02T03:04:05Z" (or with fractional seconds).
+    let date = t.get(..10).unwrap_or("");
+    let time = t.get(11..19).unwrap_or("");
+    format!("{date} {time} +0000 UTC")
+}
+
 /// Prints rows as left-aligned columns three spaces apart, like docker.
 pub fn print_table(rows: &[Vec<String>]) {
     let cols = rows.first().map(|r| r.len()).unwrap_or(0);
@@ -116,12 +145,7 @@ pub fn print_table(rows: &[Vec<String>]) {
     }
 }
 
-fn rows(
-    ctx: &Context,
-    pattern: Option<&str>,
-    no_trunc: bool,
-    all: bool,
-) -> anyhow::Result<Vec<Row>> {
+fn rows(ctx: &Context, no_trunc: bool, all: bool) -> anyhow::Result<Vec<Row>> {
     let tags = ctx.tags_by_manifest()?;
     let mut images = ctx.store.images()?;
     if !all {
@@ -133,6 +157,18 @@ fn rows(
     let mut out = Vec::new();
     for img in images {
         let (created, size) = describe(ctx, &img);
+        let config = ctx.config(&img).ok();
+        let created_at = config
+            .as_ref()
+            .and_then(|c| c.get("created").and_then(|v| v.as_str()))
+            .and_then(parse_rfc3339)
+            .map(|(s, _)| s);
+        let labels = config
+            .as_ref()
+            .and_then(|c| c.pointer("/config/Labels"))
+            .and_then(|l| l.as_object())
+            .cloned()
+            .unwrap_or_default();
         let id = if no_trunc {
             img.config.to_string()
         } else {
@@ -148,16 +184,6 @@ fn rows(
             named.push(("<none>".into(), "<none>".into()));
         }
         for (repo, tag) in named {
-            if let Some(p) = pattern {
-                let candidates = [
-                    repo.clone(),
-                    format!("{repo}:{tag}"),
-                    repo.rsplit('/').next().unwrap_or("").to_string(),
-                ];
-                if !candidates.iter().any(|c| glob(p, c)) {
-                    continue;
-                }
-            }
             let digest = img
                 .sources
                 .first()
@@ -170,6 +196,8 @@ fn rows(
                 id: id.clone(),
                 created: created.clone(),
                 size: size.clone(),
+                created_at,
+                labels: labels.clone(),
             });
         }
     }
@@ -247,20 +275,6 @@ pub fn human_size(bytes: u64) -> String {
     format!("{s}{}", units[u])
 }
 
-/// Shell-style glob with `*` and `?`.
-pub fn glob(pattern: &str, s: &str) -> bool {
-    fn m(p: &[u8], s: &[u8]) -> bool {
-        match (p.first(), s.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => m(&p[1..], s) || (!s.is_empty() && m(p, &s[1..])),
-            (Some(b'?'), Some(_)) => m(&p[1..], &s[1..]),
-            (Some(a), Some(b)) if a == b => m(&p[1..], &s[1..]),
-            _ => false,
-        }
-    }
-    m(pattern.as_bytes(), s.as_bytes())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,14 +288,5 @@ mod tests {
         assert_eq!(ago(7200), "2 hours ago");
         assert_eq!(ago(3700), "An hour ago");
         assert_eq!(ago(5), "Less than a minute ago");
-    }
-
-    #[test]
-    fn globs() {
-        assert!(glob("app*", "app"));
-        assert!(glob("app*", "application"));
-        assert!(glob("*/app", "127.0.0.1:5000/app"));
-        assert!(!glob("app*", "myapp"));
-        assert!(glob("a?p", "app"));
     }
 }

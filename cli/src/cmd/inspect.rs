@@ -3,6 +3,7 @@
 use serde_json::json;
 use strata_fetcher::Reference;
 
+use crate::format::Format;
 use crate::global::GlobalArgs;
 
 /// Arguments of `inspect`.
@@ -11,9 +12,17 @@ pub struct Args {
     /// Images or containers (reference, name or ID).
     #[arg(required = true)]
     pub images: Vec<String>,
+    /// Print each object through a Go template (`{{.Id}}`, `{{json .Config}}`).
+    #[arg(short = 'f', long)]
+    pub format: Option<String>,
 }
 
 pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let format = match a.format.as_deref() {
+        // docker's inspect has no table: `json` is its default array of objects.
+        Some(f) if f.trim() == "json" => Format::Default,
+        f => Format::parse(f)?,
+    };
     let ctx = g.context()?;
     let tags = ctx.tags_by_manifest()?;
     let mut out = Vec::new();
@@ -79,6 +88,7 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
             "RepoTags": repo_tags,
             "RepoDigests": repo_digests,
             "Created": config.get("created").cloned().unwrap_or(json!(null)),
+            "Comment": config.get("comment").cloned().unwrap_or(json!("")),
             "Author": config.get("author").cloned().unwrap_or(json!("")),
             "Architecture": config.get("architecture").cloned().unwrap_or(json!("")),
             "Os": config.get("os").cloned().unwrap_or(json!("")),
@@ -92,9 +102,13 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
             },
         }));
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    if format.is_default() {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        format.print(&out, &[])?;
+    }
     if !missing.is_empty() {
-        eprintln!("Error: No such image: {}", missing.join(", "));
+        eprintln!("Error: No such object: {}", missing.join(", "));
         return Ok(1);
     }
     Ok(0)

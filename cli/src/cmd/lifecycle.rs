@@ -91,17 +91,24 @@ pub fn wait_exit(cs: &Containers, id: &str, limit: Duration) -> bool {
 pub fn run_stop(a: StopArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let cs = Containers::new(&g.root());
     for key in &a.containers {
-        let c = find(&cs, key)?;
-        if let Some(pid) = running_pid(&c) {
-            let _ = kill(pid, Signal::SIGTERM);
-            if !wait_exit(&cs, &c.id, Duration::from_secs(a.time)) {
-                let _ = kill(pid, Signal::SIGKILL);
-                wait_exit(&cs, &c.id, Duration::from_secs(5));
-            }
-        }
+        stop_one(&cs, key, a.time)?;
         println!("{key}");
     }
     Ok(0)
+}
+
+/// Stops a container: SIGTERM, SIGKILL after `grace` seconds; waits until its record says it
+/// exited (bounded).
+pub fn stop_one(cs: &Containers, key: &str, grace: u64) -> anyhow::Result<Container> {
+    let c = find(cs, key)?;
+    if let Some(pid) = running_pid(&c) {
+        let _ = kill(pid, Signal::SIGTERM);
+        if !wait_exit(cs, &c.id, Duration::from_secs(grace)) {
+            let _ = kill(pid, Signal::SIGKILL);
+            wait_exit(cs, &c.id, Duration::from_secs(5));
+        }
+    }
+    Ok(c)
 }
 
 fn parse_signal(s: &str) -> anyhow::Result<Signal> {

@@ -5,17 +5,22 @@ mod build;
 mod commit;
 mod container;
 mod convert;
+mod cp;
+mod exec;
 pub mod images;
+mod images_filter;
 mod inspect;
 pub mod lifecycle;
 mod login;
 pub mod mount;
 mod profile;
-mod ps;
+pub mod ps;
 pub mod pull;
 mod push;
-mod rmi;
+mod restart;
+pub mod rmi;
 pub mod run;
+mod run_checks;
 mod search;
 mod start;
 mod transfer;
@@ -29,6 +34,8 @@ use crate::global::GlobalArgs;
 pub enum Command {
     /// Pull an image lazily: manifest, config and tables of contents only.
     Pull(pull::Args),
+    /// Build an image from a Dockerfile: each step runs on the lazily mounted parent and is
+    /// committed as one lazily pullable layer.
     Build(build::Args),
     /// List images.
     Images(images::Args),
@@ -79,10 +86,17 @@ pub enum Command {
     /// Manage strata's data.
     #[command(subcommand)]
     System(rmi::SystemCmd),
+    /// Manage the build cache.
     #[command(subcommand)]
     Builder(rmi::BuilderCmd),
     /// Start an exited container again, on its own writable layer.
     Start(start::StartArgs),
+    /// Run a command in a running container (its namespaces, user, directory, environment).
+    Exec(exec::ExecArgs),
+    /// Copy files between a container and the host (CONTAINER:PATH on either side).
+    Cp(cp::CpArgs),
+    /// Stop containers and start them again, each on its own writable layer.
+    Restart(restart::RestartArgs),
     /// Show the output of a detached container.
     Logs(lifecycle::LogsArgs),
     /// Stop containers: SIGTERM, then SIGKILL after a grace period.
@@ -97,6 +111,14 @@ pub enum Command {
         /// The container spec.
         spec: std::path::PathBuf,
     },
+}
+
+impl Command {
+    /// Whether the command creates and runs a container: its own errors exit 125, as docker's
+    /// `run` does; every other command's errors exit 1.
+    pub fn starts_container(&self) -> bool {
+        matches!(self, Command::Run(_) | Command::Profile(_))
+    }
 }
 
 /// Runs a subcommand; returns the exit code.
@@ -129,6 +151,9 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::System(c) => rmi::run_system(c, g),
         Command::Builder(c) => rmi::run_builder(c, g),
         Command::Start(a) => start::run_start(a, g),
+        Command::Restart(a) => restart::run_restart(a, g),
+        Command::Cp(a) => cp::run_cp(a, g),
+        Command::Exec(a) => exec::run_exec(a, g),
         Command::Logs(a) => lifecycle::run_logs(a, g),
         Command::Stop(a) => lifecycle::run_stop(a, g),
         Command::Kill(a) => lifecycle::run_kill(a, g),

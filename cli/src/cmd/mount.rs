@@ -54,9 +54,12 @@ pub fn find_or_pull(
         return Ok(img);
     }
     let r: Reference = name.parse()?;
-    eprintln!("Unable to find image '{r}' locally");
+    let shown = crate::cmd::pull::familiar(&r);
+    eprintln!("Unable to find image '{shown}' locally");
     let display = Display::on_stderr();
-    rt.block_on(crate::cmd::pull::pull(ctx, &r, platform, false, &display))
+    let img = rt.block_on(crate::cmd::pull::pull(ctx, &r, platform, false, &display))?;
+    display.line(&format!("Status: Downloaded newer image for {shown}"));
+    Ok(img)
 }
 
 pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {

@@ -4,7 +4,8 @@ use anyhow::bail;
 use strata_fetcher::timefmt::now_secs;
 use strata_runner::state::{Container, Containers, State};
 
-use crate::cmd::images::{ago, print_table};
+use crate::cmd::images::{ago, docker_time, print_table};
+use crate::format::Format;
 use crate::global::GlobalArgs;
 
 /// Arguments of `ps`.
@@ -19,7 +20,27 @@ pub struct PsArgs {
     /// Show only the latest created container.
     #[arg(short = 'l', long)]
     pub latest: bool,
+    /// `table`, `json`, `table TEMPLATE` or a Go template (fields: .ID .Image .Command
+    /// .CreatedAt .RunningFor .Status .State .Names .Ports).
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Do not truncate IDs and commands.
+    #[arg(long)]
+    pub no_trunc: bool,
 }
+
+/// Column titles of `table` templates.
+const HEADER: [(&str, &str); 9] = [
+    ("ID", "CONTAINER ID"),
+    ("Image", "IMAGE"),
+    ("Command", "COMMAND"),
+    ("CreatedAt", "CREATED AT"),
+    ("RunningFor", "CREATED"),
+    ("Status", "STATUS"),
+    ("State", "STATE"),
+    ("Names", "NAMES"),
+    ("Ports", "PORTS"),
+];
 
 /// Arguments of `rm`.
 #[derive(Debug, clap::Args)]
@@ -33,7 +54,7 @@ pub struct RmArgs {
 }
 
 /// A record whose helper died without updating it counts as exited.
-fn effective(c: &Container) -> Container {
+pub fn effective(c: &Container) -> Container {
     let mut c = c.clone();
     if c.state == State::Running {
         let alive = c.pid.is_some_and(|p| {
@@ -61,6 +82,7 @@ fn status(c: &Container) -> String {
 }
 
 pub fn run_ps(a: PsArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let format = Format::parse(a.format.as_deref())?;
     let mut list: Vec<Container> = Containers::new(&g.root())
         .list()
         .iter()
@@ -72,10 +94,16 @@ pub fn run_ps(a: PsArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     if a.latest {
         list.truncate(1);
     }
+    let id_len = if a.no_trunc { usize::MAX } else { 12 };
     if a.quiet {
         for c in list {
-            println!("{}", &c.id[..12]);
+            println!("{}", &c.id[..id_len.min(c.id.len())]);
         }
+        return Ok(0);
+    }
+    if !format.is_default() {
+        let items: Vec<serde_json::Value> = list.iter().map(|c| item(c, id_len)).collect();
+        format.print(&items, &HEADER)?;
         return Ok(0);
     }
     let mut rows = vec![
@@ -93,11 +121,11 @@ pub fn run_ps(a: PsArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     ];
     for c in list {
         let mut cmd = c.command.join(" ");
-        if cmd.chars().count() > 20 {
+        if !a.no_trunc && cmd.chars().count() > 20 {
             cmd = format!("{}…", cmd.chars().take(19).collect::<String>());
         }
         rows.push(vec![
-            c.id[..12].to_string(),
+            c.id[..id_len.min(c.id.len())].to_string(),
             c.image.clone(),
             format!("\"{cmd}\""),
             ago(now_secs() - c.created),
@@ -108,6 +136,31 @@ pub fn run_ps(a: PsArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     }
     print_table(&rows);
     Ok(0)
+}
+
+/// A container as docker's `ps --format` sees it.
+fn item(c: &Container, id_len: usize) -> serde_json::Value {
+    let state = match c.state {
+        State::Created => "created",
+        State::Running => "running",
+        State::Exited => "exited",
+    };
+    serde_json::json!({
+        "ID": &c.id[..id_len.min(c.id.len())],
+        "Image": c.image,
+        "Command": format!("\"{}\"", c.command.join(" ")),
+        "CreatedAt": docker_time(c.created),
+        "RunningFor": ago(now_secs() - c.created),
+        "Status": status(c),
+        "State": state,
+        "Names": c.name,
+        "Ports": "",
+        "Labels": "",
+        "Mounts": "",
+        "Networks": "",
+        "Size": "",
+        "LocalVolumes": "0",
+    })
 }
 
 pub fn run_rm(a: RmArgs, g: &GlobalArgs) -> anyhow::Result<i32> {

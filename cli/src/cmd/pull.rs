@@ -29,13 +29,35 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let rt = runtime()?;
     let display = Display::new(a.quiet);
+    let before = ctx.resolve(&a.image).ok().map(|(i, _)| i.manifest);
     let rec = rt.block_on(pull(&ctx, &r, &a.platform, a.all, &display))?;
-    display.line(&format!("Status: image is up to date for {r}"));
+    display.line(&status_line(&r, before == Some(rec.manifest)));
     if a.quiet {
         println!("{r}");
     }
-    let _ = rec;
     Ok(0)
+}
+
+/// docker's last line of a pull.
+fn status_line(r: &Reference, up_to_date: bool) -> String {
+    let what = if up_to_date {
+        "Image is up to date for"
+    } else {
+        "Downloaded newer image for"
+    };
+    format!("Status: {what} {}", familiar(r))
+}
+
+/// `repo:tag` or `repo@digest`, as docker shows a reference.
+pub fn familiar(r: &Reference) -> String {
+    match (&r.tag, &r.digest) {
+        (_, Some(d)) => format!("{}@{d}", r.familiar_repository()),
+        (t, None) => format!(
+            "{}:{}",
+            r.familiar_repository(),
+            t.as_deref().unwrap_or("latest")
+        ),
+    }
 }
 
 /// Pulls `r` lazily (and everything with `all`), showing progress.
@@ -46,11 +68,11 @@ pub async fn pull(
     all: bool,
     display: &Display,
 ) -> anyhow::Result<ImageRecord> {
-    display.line(&format!(
-        "{}: Pulling from {}",
-        r.tag.as_deref().unwrap_or("latest"),
-        r.familiar_repository()
-    ));
+    let what = match (&r.digest, &r.tag) {
+        (Some(d), _) => d.to_string(),
+        (None, t) => t.as_deref().unwrap_or("latest").to_string(),
+    };
+    display.line(&format!("{what}: Pulling from {}", r.familiar_repository()));
     let show = |p: Progress| display.event(p);
     let rec = ctx
         .pull(r, platform, all, &show)

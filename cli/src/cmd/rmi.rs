@@ -2,15 +2,15 @@
 
 use std::collections::HashSet;
 
-use anyhow::bail;
 use strata_build::cache::BuildCache;
 use strata_fetcher::Reference;
 use strata_fetcher::image::Context;
 use strata_fetcher::store::ImageRecord;
-use strata_fetcher::timefmt::{now_secs, parse_rfc3339};
-use strata_runner::state::Containers;
+use strata_fetcher::timefmt::{format_rfc3339, now_secs, parse_rfc3339};
+use strata_runner::state::{Containers, State};
 
 use crate::cmd::images::{ago, human_size, print_table};
+use crate::format::Format;
 use crate::global::GlobalArgs;
 
 /// Arguments of `rmi`.
@@ -32,7 +32,28 @@ pub struct HistoryArgs {
     /// Only show ids.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Sizes and dates in human-readable form (`--human=false`: bytes and RFC 3339 times).
+    #[arg(short = 'H', long, default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set)]
+    pub human: bool,
+    /// Do not truncate IDs and commands.
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// `table`, `json`, `table TEMPLATE` or a Go template (fields: .ID .CreatedSince
+    /// .CreatedAt .CreatedBy .Size .Comment).
+    #[arg(long)]
+    pub format: Option<String>,
 }
+
+/// Column titles of `history` `table` templates.
+const HISTORY_HEADER: [(&str, &str); 6] = [
+    ("ID", "IMAGE"),
+    ("CreatedSince", "CREATED"),
+    ("CreatedAt", "CREATED AT"),
+    ("CreatedBy", "CREATED BY"),
+    ("Size", "SIZE"),
+    ("Comment", "COMMENT"),
+];
 
 /// `image` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -57,14 +78,25 @@ pub enum BuilderCmd {
 pub enum SystemCmd {
     /// Show disk usage.
     Df,
+    /// Remove stopped containers, images no container uses that have no name (with -a: every
+    /// image no container uses), the build cache, then unreferenced data.
+    Prune(crate::cmd::restart::SystemPruneArgs),
 }
 
 fn users(containers: &Containers, img: &ImageRecord) -> Vec<String> {
+    users_running(containers, img, None)
+}
+
+/// The containers (short ids) made from the image; with `running`, only those that are or
+/// are not running.
+fn users_running(containers: &Containers, img: &ImageRecord, running: Option<bool>) -> Vec<String> {
     let id = img.config.to_string();
     containers
         .list()
-        .into_iter()
+        .iter()
         .filter(|c| c.image_id == id)
+        .map(crate::cmd::ps::effective)
+        .filter(|c| running.is_none_or(|r| (c.state == State::Running) == r))
         .map(|c| c.id[..12].to_string())
         .collect()
 }
@@ -88,18 +120,23 @@ pub fn run_rmi(a: RmiArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         };
         let names = names_of(&ctx, &img)?;
         let used = users(&containers, &img);
+        if by_ref.is_none()
+            && let Some(why) = id_conflict(&containers, &img, a.force, names.len())
+        {
+            eprintln!("Error response from daemon: {why}");
+            failed = true;
+            continue;
+        }
+        // By id with force, containers that exited no longer keep the image (docker deletes it).
+        let used = if by_ref.is_none() && a.force {
+            vec![]
+        } else {
+            used
+        };
         let lock = ctx.store.lock()?;
         let to_untag: Vec<String> = match &by_ref {
             Some(r) if names.len() > 1 => vec![r.clone()],
             Some(r) => vec![r.clone()],
-            None if names.len() > 1 && !a.force => {
-                eprintln!(
-                    "Error response from daemon: conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories",
-                    img.config.short()
-                );
-                failed = true;
-                continue;
-            }
             None => names.clone(),
         };
         let last = to_untag.len() == names.len();
@@ -127,18 +164,86 @@ pub fn run_rmi(a: RmiArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         }
     }
     let _ = ctx.collect()?;
-    if failed {
-        bail!("not all images were removed");
+    // Each failure has had its line; docker exits 1 without another.
+    Ok(if failed { 1 } else { 0 })
+}
+
+/// Why removing an image by id is refused, as docker's daemon words it: a running container
+/// always prevents it; an exited one unless forced.
+fn id_conflict(
+    containers: &Containers,
+    img: &ImageRecord,
+    force: bool,
+    names: usize,
+) -> Option<String> {
+    let short = img.config.short();
+    if let Some(c) = users_running(containers, img, Some(true)).first() {
+        return Some(format!(
+            "conflict: unable to delete {short} (cannot be forced) - image is being used by running container {c}"
+        ));
     }
-    Ok(0)
+    if force {
+        return None;
+    }
+    if names > 1 {
+        return Some(format!(
+            "conflict: unable to delete {short} (must be forced) - image is referenced in multiple repositories"
+        ));
+    }
+    users_running(containers, img, Some(false)).first().map(|c| {
+        format!(
+            "conflict: unable to delete {short} (must be forced) - image is being used by stopped container {c}"
+        )
+    })
 }
 
 pub fn run_history(a: HistoryArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let format = Format::parse(a.format.as_deref())?;
     let ctx = g.context()?;
     let (img, _) = ctx
         .resolve(&a.image)
         .map_err(|_| anyhow::anyhow!("No such image: {}", a.image))?;
-    let config = ctx.config(&img)?;
+    let items = history_items(&ctx, &img, &a)?;
+    if a.quiet {
+        for i in &items {
+            println!("{}", i["ID"].as_str().unwrap_or(""));
+        }
+        return Ok(0);
+    }
+    if !format.is_default() {
+        format.print(&items, &HISTORY_HEADER)?;
+        return Ok(0);
+    }
+    let mut rows = vec![
+        ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    let created_key = if a.human { "CreatedSince" } else { "CreatedAt" };
+    for i in &items {
+        let cell = |k: &str| match &i[k] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        rows.push(vec![
+            cell("ID"),
+            cell(created_key),
+            cell("CreatedBy"),
+            cell("Size"),
+            cell("Comment"),
+        ]);
+    }
+    print_table(&rows);
+    Ok(0)
+}
+
+/// The history entries, newest first, as docker's `history --format` sees them.
+fn history_items(
+    ctx: &Context,
+    img: &ImageRecord,
+    a: &HistoryArgs,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let config = ctx.config(img)?;
     let history = config
         .get("history")
         .and_then(|h| h.as_array())
@@ -152,51 +257,41 @@ pub fn run_history(a: HistoryArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
             .map(|l| l.content_bytes)
             .unwrap_or(0)
     });
-    let mut rows = vec![
-        ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]
-            .map(String::from)
-            .to_vec(),
-    ];
+    let mut items = Vec::new();
     for (i, h) in history.iter().rev().enumerate() {
+        let field = |k: &str| h.get(k).and_then(|c| c.as_str()).unwrap_or("").to_string();
         let empty = h
             .get("empty_layer")
             .and_then(|e| e.as_bool())
             .unwrap_or(false);
         let size = if empty { 0 } else { sizes.next().unwrap_or(0) };
-        let id = if i == 0 {
-            img.config.short()
-        } else {
-            "<missing>".into()
+        let id = match (i, a.no_trunc) {
+            (0, true) => img.config.to_string(),
+            (0, false) => img.config.short(),
+            _ => "<missing>".into(),
         };
-        if a.quiet {
-            println!("{id}");
-            continue;
-        }
-        let created = h
-            .get("created")
-            .and_then(|c| c.as_str())
-            .and_then(parse_rfc3339)
-            .map(|(s, _)| ago(now_secs() - s))
-            .unwrap_or_default();
-        let mut by = h
-            .get("created_by")
-            .and_then(|c| c.as_str())
-            .unwrap_or("")
-            .to_string();
-        if by.chars().count() > 45 {
+        let created = parse_rfc3339(&field("created")).map(|(s, _)| s);
+        let since = created
+            .map(|s| ago(now_secs() - s))
+            .unwrap_or_else(|| "N/A".into());
+        let at = created
+            .map(|s| format_rfc3339(s, 0))
+            .unwrap_or_else(|| "N/A".into());
+        let mut by = field("created_by");
+        if !a.no_trunc && by.chars().count() > 45 {
             by = format!("{}…", by.chars().take(44).collect::<String>());
         }
-        let comment = h
-            .get("comment")
-            .and_then(|c| c.as_str())
-            .unwrap_or("")
-            .to_string();
-        rows.push(vec![id, created, by, human_size(size), comment]);
+        let (since, size) = if a.human {
+            (since, serde_json::json!(human_size(size)))
+        } else {
+            (at.clone(), serde_json::json!(size.to_string()))
+        };
+        items.push(serde_json::json!({
+            "ID": id, "CreatedSince": since, "CreatedAt": at, "CreatedBy": by,
+            "Size": size, "Comment": field("comment"),
+        }));
     }
-    if !a.quiet {
-        print_table(&rows);
-    }
-    Ok(0)
+    Ok(items)
 }
 
 pub fn run_image(cmd: ImageCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
@@ -215,6 +310,36 @@ pub fn run_builder(cmd: BuilderCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
 /// Removes untagged images no container uses (intermediate build images only with `all`
 /// or once the step images they lead to are gone), drops the cache entries of removed
 /// images, then frees unreferenced data.
+pub fn prune_images(g: &GlobalArgs, all: bool) -> anyhow::Result<i32> {
+    if all {
+        let ctx = g.context()?;
+        BuildCache::new(&ctx.root).prune(&ctx.store, true)?;
+    }
+    prune(g, all)
+}
+
+/// Removes every name of the images no container uses (`system prune -a`).
+pub fn untag_unused(g: &GlobalArgs) -> anyhow::Result<()> {
+    let ctx = g.context()?;
+    let containers = Containers::new(&g.root());
+    let tags = ctx.tags_by_manifest()?;
+    let lock = ctx.store.lock()?;
+    for img in ctx.store.images()? {
+        if !users(&containers, &img).is_empty() {
+            continue;
+        }
+        for t in tags.get(&img.manifest).into_iter().flatten() {
+            ctx.store.remove_ref(&lock, t)?;
+            let shown = t
+                .parse::<Reference>()
+                .map(|r| crate::cmd::pull::familiar(&r))
+                .unwrap_or_else(|_| t.clone());
+            println!("Untagged: {shown}");
+        }
+    }
+    Ok(())
+}
+
 fn prune(g: &GlobalArgs, all: bool) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let containers = Containers::new(&g.root());
@@ -248,62 +373,18 @@ fn prune(g: &GlobalArgs, all: bool) -> anyhow::Result<i32> {
 }
 
 pub fn run_system(cmd: SystemCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
-    let SystemCmd::Df = cmd;
-    let ctx = g.context()?;
-    let containers = Containers::new(&g.root());
-    let images = ctx.store.images()?;
-    let active = images
-        .iter()
-        .filter(|i| !users(&containers, i).is_empty())
-        .count();
-    let image_bytes: u64 = images
-        .iter()
-        .flat_map(|i| i.layers.iter())
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .filter_map(|d| ctx.store.layer(d).ok().flatten())
-        .map(|l| l.content_bytes)
-        .sum();
-    let list = containers.list();
-    let upper_bytes: u64 = list
-        .iter()
-        .map(|c| dir_size(&containers.dir_of(&c.id).join("upper")))
-        .sum();
-    let (chunks, cache_bytes) = ctx.fetcher.cache().usage()?;
-    let rows = vec![
-        ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
-            .map(String::from)
-            .to_vec(),
-        vec![
-            "Images".into(),
-            images.len().to_string(),
-            active.to_string(),
-            human_size(image_bytes),
-            "-".into(),
-        ],
-        vec![
-            "Containers".into(),
-            list.len().to_string(),
-            list.iter()
-                .filter(|c| c.state == strata_runner::state::State::Running)
-                .count()
-                .to_string(),
-            human_size(upper_bytes),
-            "-".into(),
-        ],
-        vec![
-            "Chunk cache".into(),
-            chunks.to_string(),
-            "-".into(),
-            human_size(cache_bytes),
-            "-".into(),
-        ],
-    ];
-    print_table(&rows);
-    Ok(0)
+    match cmd {
+        SystemCmd::Prune(a) => crate::cmd::restart::run_system_prune(a, g),
+        SystemCmd::Df => crate::cmd::restart::run_system_df(g),
+    }
 }
 
-fn dir_size(p: &std::path::Path) -> u64 {
+/// Whether any container (running or not) was made from the image.
+pub fn in_use(containers: &Containers, img: &ImageRecord) -> bool {
+    !users(containers, img).is_empty()
+}
+
+pub fn dir_size(p: &std::path::Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(p) else {
         return 0;
     };

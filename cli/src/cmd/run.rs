@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
     /// user[:group] (names from the image's /etc/passwd and /etc/group, or numbers).
-    #[arg(short = 'u', long)]
+    #[arg(short = 'u', long, allow_negative_numbers = true)]
     pub user: Option<String>,
     /// Overwrite the image's entrypoint.
     #[arg(long)]
@@ -107,6 +107,14 @@ fn parse_volume(v: &str) -> anyhow::Result<Bind> {
 }
 
 pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
+    if crate::cmd::run_checks::tty_missing(a.interactive, a.tty) {
+        // docker/cli's CheckTty: before anything is created, exit 1.
+        eprintln!("the input device is not a TTY");
+        return Ok(1);
+    }
+    if let Some(u) = &a.user {
+        crate::cmd::run_checks::check_user(u)?;
+    }
     run_recorded(a, g, false).map(|(code, _)| code)
 }
 

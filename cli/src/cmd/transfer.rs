@@ -68,6 +68,9 @@ pub fn run_export(a: ExportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
 
 pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let target: Option<Reference> = a.reference.as_deref().map(str::parse).transpose()?;
+    // Checked before any input is read.
+    let mut config = serde_json::Map::new();
+    strata_build::change::apply_changes(&mut config, &a.changes)?;
     let ctx = g.context()?;
     let downloaded = g
         .root()
@@ -93,8 +96,9 @@ pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let meta = CommitMeta {
         comment: a.message,
         author: None,
-        changes: a.changes,
+        changes: Vec::new(),
         created_by: format!("strata import {}", a.file),
+        config: Some(config),
     };
     let rec = ctx
         .commit(None, tar, &meta)
