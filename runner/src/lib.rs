@@ -10,6 +10,7 @@
 
 pub mod freeze;
 mod init;
+pub mod inroot;
 pub mod pty;
 pub mod rootfs;
 mod sys;
@@ -23,7 +24,8 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-pub use init::{init_main, secure_join};
+pub use init::init_main;
+pub use inroot::{InRoot, InRootError, resolve_in};
 
 pub mod state;
 
