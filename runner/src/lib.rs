@@ -28,6 +28,7 @@ pub use init::init_main;
 pub use inroot::{InRoot, InRootError, resolve_in};
 
 pub mod state;
+pub mod stateroot;
 
 /// Exit status docker uses when the runtime itself fails.
 pub const EXIT_RUNTIME_ERROR: i32 = 125;
@@ -154,9 +155,7 @@ pub fn start_with(
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    std::fs::create_dir_all(&spec.state_dir)
-        .and_then(|()| std::fs::write(&path, bytes))
-        .map_err(|e| RunError::Spec {
+    stateroot::write_private(&path, &bytes).map_err(|e| RunError::Spec {
             path: path.clone(),
             reason: e.to_string(),
         })?;
