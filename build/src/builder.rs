@@ -20,6 +20,8 @@ use crate::context::Sources;
 use crate::copy::{self, Attrs};
 use crate::dockerfile::{CommandForm, CopyArgs, Dockerfile, Health, Instruction, Kind};
 use crate::unpack;
+
+mod workdir;
 use crate::words::{expand, key_values};
 
 /// A failed build: one line naming the Dockerfile line.
@@ -620,6 +622,18 @@ impl<'a> Builder<'a> {
                 self.edit(st, |c| {
                     c.insert("WorkingDir".into(), json!(w));
                 });
+                let user = st
+                    .field("User")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                if !workdir::is_root(&user) {
+                    let result = self.workdir_as_user(st, ins, &w, &user, host);
+                    if result.is_err() {
+                        st.config = before;
+                    }
+                    return result;
+                }
                 format!("WORKDIR {w}")
             }
             Kind::Cmd(form) => {
