@@ -156,9 +156,9 @@ pub fn start_with(
         reason: e.to_string(),
     })?;
     stateroot::write_private(&path, &bytes).map_err(|e| RunError::Spec {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
     let mut cmd = Command::new(exe);
     cmd.arg(init_arg).arg(&path);
     // Our copy of the container's end of the console socket, closed once the helper has it.

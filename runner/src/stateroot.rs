@@ -13,6 +13,8 @@ pub const FILE_MODE: u32 = 0o600;
 
 /// Files directly in the root, and in each container's directory, that hold secrets.
 const ROOT_SECRETS: [&str; 1] = ["auth.json"];
+/// The directories directly in the root.
+const TOP_DIRS: [&str; 5] = ["store", "cache", "containers", "mounts", "tmp"];
 const CONTAINER_SECRETS: [&str; 2] = ["spec.json", "container.json"];
 
 fn chmod(path: &Path, mode: u32) -> std::io::Result<()> {
@@ -67,9 +69,7 @@ fn tighten_file(path: &Path) -> std::io::Result<()> {
 
 fn tighten_dir(path: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() && m.permissions().mode() & 0o7777 != DIR_MODE => {
-            chmod(path, DIR_MODE)
-        }
+        Ok(m) if m.is_dir() && m.permissions().mode() & 0o7777 != DIR_MODE => chmod(path, DIR_MODE),
         _ => Ok(()),
     }
 }
@@ -80,6 +80,11 @@ fn tighten_dir(path: &Path) -> std::io::Result<()> {
 /// container's upper layer, whose modes are the container's own).
 pub fn secure_root(root: &Path) -> std::io::Result<()> {
     private_dir(root)?;
+    // Made here, private, so code that later creates files in them under any umask finds
+    // them already 0700.
+    for d in TOP_DIRS {
+        private_dir(&root.join(d))?;
+    }
     for entry in std::fs::read_dir(root)?.flatten() {
         tighten_dir(&entry.path())?;
     }

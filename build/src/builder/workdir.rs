@@ -57,7 +57,8 @@ impl Builder<'_> {
             e
         };
         let made = (|| {
-            let u = strata_runner::user::resolve(&root.rootfs, user).map_err(|e| step_err(ins, e))?;
+            let u =
+                strata_runner::user::resolve(&root.rootfs, user).map_err(|e| step_err(ins, e))?;
             let into = InRoot::open(&root.rootfs).map_err(|e| step_err(ins, e))?;
             make_owned(&into, Path::new(dir), (u.uid, u.gid))
                 .map_err(|e| step_err(ins, format!("creating {dir}: {e}")))
