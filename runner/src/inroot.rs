@@ -129,14 +129,57 @@ impl InRoot {
     }
 
     /// Creates the directory `path` and its missing parents (mode 0755 before the umask)
-    /// inside the root; returns its host path.
+    /// inside the root; returns its host path. A dangling symlink on the way has its target
+    /// created (inside the root), as strata always did for bind targets and working
+    /// directories.
     pub fn mkdir_all(&self, path: &Path) -> Result<PathBuf, InRootError> {
         let perm = std::fs::Permissions::from_mode(0o755);
-        let h = self
-            .root
-            .mkdir_all(or_root(path), &perm)
-            .map_err(Self::err(path))?;
-        self.host_of(path, &h)
+        let mut at = path.to_path_buf();
+        for _ in 0..MAX_LINKS {
+            match self.root.mkdir_all(or_root(&at), &perm) {
+                Ok(h) => return self.host_of(path, &h),
+                Err(e) => match self.through_dangling(&at) {
+                    Some(next) => at = next,
+                    None => return Err(Self::err(path)(e)),
+                },
+            }
+        }
+        Err(InRootError::HostPath {
+            path: path.to_path_buf(),
+            source: std::io::Error::from_raw_os_error(libc::ELOOP),
+        })
+    }
+
+    /// `path` with its first dangling symlink replaced by the link's target, so that making
+    /// the result makes what the link points at; `None` when no component is one.
+    fn through_dangling(&self, path: &Path) -> Option<PathBuf> {
+        let comps: Vec<_> = path.components().collect();
+        let mut prefix = PathBuf::from("/");
+        for (i, c) in comps.iter().enumerate() {
+            prefix.push(c);
+            let h = self.root.resolve_nofollow(&prefix).ok()?;
+            let host = self.host_of(&prefix, &h).ok()?;
+            if !std::fs::symlink_metadata(&host)
+                .ok()?
+                .file_type()
+                .is_symlink()
+            {
+                continue;
+            }
+            match self.root.resolve(&prefix) {
+                Ok(_) => continue,
+                Err(_) => {
+                    let target = self.root.readlink(&prefix).ok()?;
+                    let mut next = match prefix.parent() {
+                        Some(parent) if target.is_relative() => parent.join(&target),
+                        _ => PathBuf::from("/").join(&target),
+                    };
+                    next.extend(&comps[i + 1..]);
+                    return Some(next);
+                }
+            }
+        }
+        None
     }
 
     /// Where a new entry `path` goes: its parent created and resolved inside the root, its
@@ -150,6 +193,9 @@ impl InRoot {
         })
     }
 }
+
+/// Symlinks followed before giving up, as the kernel's limit.
+const MAX_LINKS: usize = 40;
 
 /// `path`, or `/` (the root itself) when it is empty.
 fn or_root(path: &Path) -> &Path {
@@ -216,6 +262,15 @@ mod tests {
         assert_eq!(made, root.join("etc/new/dir"));
         assert!(made.is_dir());
         assert_eq!(r.place(&p("/rel/x/y")).unwrap(), root.join("etc/x/y"));
+        // Through dangling links, absolute and relative, the target is made inside.
+        std::os::unix::fs::symlink("/nowhere/deep", root.join("dangling")).unwrap();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::os::unix::fs::symlink("../../../gone", root.join("d/rel")).unwrap();
+        let made = r.mkdir_all(&p("dangling/x")).unwrap();
+        assert_eq!(made, root.join("nowhere/deep/x"));
+        assert_eq!(r.mkdir_all(&p("/d/rel/y")).unwrap(), root.join("gone/y"));
+        assert!(!Path::new("/nowhere/deep").exists() && !Path::new("/gone").exists());
+        assert!(r.mkdir_all(&p("loop/x")).is_err());
         // Names are bytes.
         let odd = std::ffi::OsStr::from_bytes(b"d-\xe4/f-\xff");
         let made = r.mkdir_all(Path::new(odd)).unwrap();

@@ -74,19 +74,16 @@ fn tighten_dir(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Makes the state root private: creates it 0700 if missing; otherwise sets it and the
-/// directories directly in it to 0700, each container's directory to 0700 and the files
-/// holding secrets to 0600. Only those levels are visited (never the cache's chunks or a
-/// container's upper layer, whose modes are the container's own).
+/// Makes the state root private: the root and strata's directories directly in it 0700
+/// (created if missing), each container's directory 0700 and the files holding secrets
+/// 0600. Only those are visited: never the cache's chunks, a container's upper layer (whose
+/// modes are the container's own) or anything strata did not make.
 pub fn secure_root(root: &Path) -> std::io::Result<()> {
     private_dir(root)?;
     // Made here, private, so code that later creates files in them under any umask finds
     // them already 0700.
     for d in TOP_DIRS {
         private_dir(&root.join(d))?;
-    }
-    for entry in std::fs::read_dir(root)?.flatten() {
-        tighten_dir(&entry.path())?;
     }
     for name in ROOT_SECRETS {
         tighten_file(&root.join(name))?;

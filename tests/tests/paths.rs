@@ -94,6 +94,15 @@ fn context_symlinks_that_leave_the_context_fail_and_nothing_of_the_host_is_copie
         );
         assert!(!run(root, &["inspect", "leak:1"]).status.success());
     }
+    // The context's own Dockerfile is not read through a link out of it either.
+    std::fs::remove_file(ctx.join("Dockerfile")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", ctx.join("Dockerfile")).unwrap();
+    let (okay, _, err) = build(root, &["-t", "leak:1", ctx.to_str().unwrap()]);
+    assert!(
+        !okay && err.contains("Dockerfile") && !err.contains("root:x:0:0"),
+        "{err}"
+    );
+    std::fs::remove_file(ctx.join("Dockerfile")).unwrap();
     // Links that stay inside resolve inside (an absolute one against the context root, as
     // BuildKit does); a whole-context copy keeps the outward links as links, reads nothing.
     std::fs::write(
@@ -169,12 +178,21 @@ fn image_symlinks_keep_binds_workdirs_and_copies_inside_the_container_root() {
     );
     assert_eq!(out, format!("from the host\n/{target}/work\n"));
     assert!(!Path::new(&format!("/{target}")).exists(), "host touched");
-    // A bind target through a link to nowhere fails naming it; nothing is made on the host.
+    // A bind target through a link to nowhere makes the link's target inside the root.
     let bind = format!("{}:/dangling/x", host.display());
-    let o = run(root, &["run", "--rm", "-v", &bind, &w.base, "true"]);
-    assert_eq!(o.status.code(), Some(125));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("/dangling/x"), "{err}");
+    let out = ok(
+        root,
+        &[
+            "run",
+            "--rm",
+            "-v",
+            &bind,
+            &w.base,
+            "cat",
+            &format!("/nowhere-{pid}/x/f"),
+        ],
+    );
+    assert_eq!(out, "from the host\n");
     assert!(
         !Path::new(&format!("/nowhere-{pid}")).exists(),
         "host touched"
@@ -319,6 +337,25 @@ fn names_that_are_not_utf8_stay_bytes_through_build_mount_commit_and_export() {
         .find(|(e, _)| e == b"latin/link-\xfc")
         .unwrap();
     assert_eq!(link.1.as_deref(), Some(b"file-\xe4".as_slice()));
+    // Through the registry: the TOC's nameRaw/linkNameRaw carry the bytes to a fresh root.
+    let pushed = format!("{}/me/made:1", w.reg.addr);
+    ok(root, &["tag", "made:1", &pushed]);
+    ok(root, &["push", &pushed]);
+    let fresh = w.state.path().join("fresh");
+    let m = Mounted::new(&fresh, &pushed, &w.state.path().join("mnt3"));
+    assert!(names(&m.dir).contains(b"made-\xe4".as_slice()));
+    assert_eq!(names(&m.dir.join("latin")), want);
+    assert_eq!(
+        std::fs::read(m.dir.join(os(b"latin/dir-\xe9/inner-\xff"))).unwrap(),
+        b"deep\n"
+    );
+    assert_eq!(
+        std::fs::read_link(m.dir.join(os(b"latin/link-\xfc")))
+            .unwrap()
+            .as_os_str()
+            .as_bytes(),
+        b"file-\xe4"
+    );
 }
 
 fn compressed(tool: &str, raw: &[u8], scratch: &Path) -> Vec<u8> {
