@@ -6,7 +6,7 @@
 //! (`Path`/`OsStr`), never converted to UTF-8.
 
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Errors resolving a path inside a root.
@@ -150,6 +150,40 @@ impl InRoot {
         })
     }
 
+    /// The host path of the file `path`, created empty (0644) if missing; a dangling symlink
+    /// on the way, the last component included, has its target created inside the root, so
+    /// nothing is ever created or truncated through a link that points at the host.
+    pub fn make_file(&self, path: &Path) -> Result<PathBuf, InRootError> {
+        let mut at = path.to_path_buf();
+        for _ in 0..MAX_LINKS {
+            match self.resolve(&at) {
+                Ok(host) => return Ok(host),
+                Err(e) if !e.is_not_found() => return Err(e),
+                Err(_) => {}
+            }
+            if let Some(next) = self.through_dangling(&at) {
+                at = next;
+                continue;
+            }
+            let host = self.place(&at)?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&host)
+                .map_err(|source| InRootError::HostPath {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            return Ok(host);
+        }
+        Err(InRootError::HostPath {
+            path: path.to_path_buf(),
+            source: std::io::Error::from_raw_os_error(libc::ELOOP),
+        })
+    }
+
     /// `path` with its first dangling symlink replaced by the link's target, so that making
     /// the result makes what the link points at; `None` when no component is one.
     fn through_dangling(&self, path: &Path) -> Option<PathBuf> {
@@ -271,6 +305,17 @@ mod tests {
         assert_eq!(r.mkdir_all(&p("/d/rel/y")).unwrap(), root.join("gone/y"));
         assert!(!Path::new("/nowhere/deep").exists() && !Path::new("/gone").exists());
         assert!(r.mkdir_all(&p("loop/x")).is_err());
+        // A file through a dangling link (like an image's /etc/resolv.conf -> /run/...).
+        let stub = format!("/run/strata-test-{}/stub.conf", std::process::id());
+        std::os::unix::fs::symlink(&stub, root.join("etc/resolv.conf")).unwrap();
+        let made = r.make_file(&p("/etc/resolv.conf")).unwrap();
+        assert_eq!(made, root.join(&stub[1..]));
+        assert!(made.is_file() && !Path::new(&stub).exists());
+        assert_eq!(r.make_file(&p("/etc/resolv.conf")).unwrap(), made);
+        assert_eq!(
+            r.make_file(&p("etc/passwd")).unwrap(),
+            root.join("etc/passwd")
+        );
         // Names are bytes.
         let odd = std::ffi::OsStr::from_bytes(b"d-\xe4/f-\xff");
         let made = r.mkdir_all(Path::new(odd)).unwrap();

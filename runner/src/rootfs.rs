@@ -86,19 +86,9 @@ fn mount_at(
 /// A file to bind something onto (created empty if missing), resolved inside `root`.
 fn file_target(root: &Path, path: &str) -> Result<PathBuf, Fail> {
     let r = ctx(InRoot::open(root), || "opening the container root".into())?;
-    match r.resolve(Path::new(path)) {
-        Ok(target) => Ok(target),
-        Err(e) if e.is_not_found() => {
-            let target = ctx(r.place(Path::new(path)), || {
-                format!("creating {path} in the container")
-            })?;
-            ctx(std::fs::write(&target, b""), || {
-                format!("creating {}", target.display())
-            })?;
-            Ok(target)
-        }
-        Err(e) => Err(fail(format!("{path} in the container: {e}"))),
-    }
+    ctx(r.make_file(Path::new(path)), || {
+        format!("creating {path} in the container")
+    })
 }
 
 /// The directory `path` inside `root`, created if missing.

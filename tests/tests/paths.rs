@@ -155,6 +155,8 @@ fn image_symlinks_keep_binds_workdirs_and_copies_inside_the_container_root() {
         dir(&target),
         symlink("escape", &format!("/{target}")),
         symlink("dangling", &format!("/nowhere-{pid}")),
+        // As in images with systemd-resolved: a dangling link where strata binds a file.
+        symlink("etc/resolv.conf", &format!("/run/stub-{pid}/resolv.conf")),
     ]);
     let w = World::start(&layers, Comp::Native);
     let root = &w.root;
@@ -173,11 +175,17 @@ fn image_symlinks_keep_binds_workdirs_and_copies_inside_the_container_root() {
             &w.base,
             "sh",
             "-c",
-            &format!("cat /{target}/x/f; pwd -P"),
+            &format!(
+                "cat /{target}/x/f; pwd -P; grep -q nameserver /run/stub-{pid}/resolv.conf && echo stub"
+            ),
         ],
     );
-    assert_eq!(out, format!("from the host\n/{target}/work\n"));
+    assert_eq!(out, format!("from the host\n/{target}/work\nstub\n"));
     assert!(!Path::new(&format!("/{target}")).exists(), "host touched");
+    assert!(
+        !Path::new(&format!("/run/stub-{pid}")).exists(),
+        "host touched"
+    );
     // A bind target through a link to nowhere makes the link's target inside the root.
     let bind = format!("{}:/dangling/x", host.display());
     let out = ok(
