@@ -2,6 +2,8 @@
 # Installs what strata's demo and tests need from Debian's archive. Idempotent; run as root.
 set -euo pipefail
 pkgs=(docker-registry fuse3 busybox-static zstd curl tar attr skopeo ca-certificates)
+# bzip2 and xz make the compressed archives that the ADD tests unpack.
+pkgs+=(bzip2 xz-utils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,13 +12,16 @@ use strata_fetcher::store::ImageRecord;
 use strata_fetcher::timefmt::now_secs;
 use strata_fs::root::{RootMount, is_runtime_artifact, mount_root};
 use strata_runner::state::{Container, Containers, State};
-use strata_runner::{Network, Spec, Stdio};
+use strata_runner::{InRoot, Network, Spec, Stdio};
 
 use crate::cache::{BuildCache, Entry, key};
 use crate::config::{self as cfgedit, argv, default_shell};
 use crate::context::Sources;
 use crate::copy::{self, Attrs};
 use crate::dockerfile::{CommandForm, CopyArgs, Dockerfile, Health, Instruction, Kind};
+use crate::unpack;
+
+mod workdir;
 use crate::words::{expand, key_values};
 
 /// A failed build: one line naming the Dockerfile line.
@@ -619,6 +622,18 @@ impl<'a> Builder<'a> {
                 self.edit(st, |c| {
                     c.insert("WorkingDir".into(), json!(w));
                 });
+                let user = st
+                    .field("User")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                if !workdir::is_root(&user) {
+                    let result = self.workdir_as_user(st, ins, &w, &user, host);
+                    if result.is_err() {
+                        st.config = before;
+                    }
+                    return result;
+                }
                 format!("WORKDIR {w}")
             }
             Kind::Cmd(form) => {
@@ -909,7 +924,14 @@ impl<'a> Builder<'a> {
                 };
                 let dir = self.containers.dir_of(&random_id());
                 let m = mount_root(self.ctx, &self.rt, &img, &dir).map_err(|e| step_err(ins, e))?;
-                let s = Sources::image_root(&m.rootfs);
+                let s = match Sources::image_root(&m.rootfs) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        drop(m);
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return Err(step_err(ins, e));
+                    }
+                };
                 source_mount = Some((dir, m));
                 s
             }
@@ -992,33 +1014,28 @@ impl<'a> Builder<'a> {
                 None => (0, 0),
             };
             let attrs = Attrs { owner, chmod };
-            let is_dir_in_root = |p: &str| {
-                strata_runner::secure_join(&rootfs, p, false)
-                    .map(|h| h.is_dir())
-                    .unwrap_or(false)
-            };
-            let dest_dir = dest_is_dir || is_dir_in_root(&dest);
+            let into = InRoot::open(&rootfs).map_err(|e| cleanup(step_err(ins, e)))?;
+            let dest = Path::new(&dest);
+            let dest_dir = dest_is_dir || into.resolve(dest).is_ok_and(|h| h.is_dir());
             let base = |p: &Path| p.file_name().map(PathBuf::from).unwrap_or_default();
             let work = || -> Result<(), BuildError> {
                 for (_, rels) in &resolved {
                     for rel in rels {
-                        let host_path = sources.host_path(rel);
-                        // A symlink is copied as one, never followed.
-                        let is_dir =
-                            std::fs::symlink_metadata(&host_path).is_ok_and(|m| m.is_dir());
+                        let host_path = sources.host_path(rel).map_err(|e| step_err(ins, e))?;
+                        let is_dir = std::fs::metadata(&host_path).is_ok_and(|m| m.is_dir());
                         if add
                             && !is_dir
-                            && let Some(reader) = copy::archive_reader(&host_path)
+                            && let Some(reader) = unpack::archive_reader(&host_path)
                         {
-                            copy::extract(&rootfs, reader, &dest).map_err(|e| step_err(ins, e))?;
+                            copy::extract(&into, reader, dest).map_err(|e| step_err(ins, e))?;
                             continue;
                         }
                         let target = if is_dir || !dest_dir {
-                            dest.clone()
+                            dest.to_path_buf()
                         } else {
-                            copy::join(&dest, &base(rel))
+                            copy::join(dest, &base(rel))
                         };
-                        copy::copy_source(&rootfs, &sources, rel, &target, attrs)
+                        copy::copy_source(&into, &sources, rel, &target, attrs)
                             .map_err(|e| step_err(ins, e))?;
                     }
                 }
@@ -1029,20 +1046,13 @@ impl<'a> Builder<'a> {
                         .filter(|n| !n.is_empty())
                         .unwrap_or("download");
                     let target = if dest_dir {
-                        copy::join(&dest, Path::new(name))
+                        copy::join(dest, Path::new(name))
                     } else {
-                        dest.clone()
+                        dest.to_path_buf()
                     };
                     let mut f = std::fs::File::open(tmp).map_err(|e| step_err(ins, e))?;
-                    copy::write_file(
-                        &rootfs,
-                        &target,
-                        &mut f,
-                        chmod.unwrap_or(0o600),
-                        owner,
-                        None,
-                    )
-                    .map_err(|e| step_err(ins, e))?;
+                    copy::write_file(&into, &target, &mut f, chmod.unwrap_or(0o600), owner, None)
+                        .map_err(|e| step_err(ins, e))?;
                 }
                 Ok(())
             };

@@ -2,8 +2,11 @@
 //! without leaving the context, and the content hash that keys the build cache.
 
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
+
+use strata_runner::{InRoot, InRootError};
 
 use sha2::{Digest as _, Sha256};
 
@@ -116,45 +119,49 @@ impl Ignore {
 }
 
 /// Where sources are taken from: the build context (with its ignore rules) or another
-/// stage's or image's root.
+/// stage's or image's root. Every path is resolved inside that root by the one resolver
+/// ([`InRoot`]): a symlink, absolute or relative, never leads out of it, so nothing outside
+/// the context is ever read.
 #[derive(Debug)]
 pub struct Sources {
-    root: PathBuf,
+    root: InRoot,
     ignore: Ignore,
-    /// A container root: symlinks resolve inside it.
-    contained: bool,
 }
 
 impl Sources {
     /// The build context at `dir`, with its `.dockerignore`.
     pub fn context(dir: &Path) -> Result<Self, ContextError> {
-        let root = dir.canonicalize().map_err(|source| ContextError::Open {
+        let open = |source| ContextError::Open {
             path: dir.to_path_buf(),
             source,
-        })?;
-        let ignore = match std::fs::read_to_string(root.join(".dockerignore")) {
+        };
+        let canon = dir.canonicalize().map_err(open)?;
+        let root = InRoot::open(&canon).map_err(|e| open(e.into()))?;
+        let ignore = match root
+            .resolve(Path::new(".dockerignore"))
+            .and_then(|p| std::fs::read_to_string(p).map_err(|e| inroot_io(".dockerignore", e)))
+        {
             Ok(t) => Ignore::parse(&t)?,
             Err(_) => Ignore::default(),
         };
-        Ok(Self {
-            root,
-            ignore,
-            contained: false,
-        })
+        Ok(Self { root, ignore })
     }
 
     /// The root filesystem of a stage or image, mounted at `root`.
-    pub fn image_root(root: &Path) -> Self {
-        Self {
-            root: root.to_path_buf(),
+    pub fn image_root(root: &Path) -> Result<Self, ContextError> {
+        let root = InRoot::open(root).map_err(|e| ContextError::Open {
+            path: root.to_path_buf(),
+            source: e.into(),
+        })?;
+        Ok(Self {
+            root,
             ignore: Ignore::default(),
-            contained: true,
-        }
+        })
     }
 
     /// The directory sources are relative to.
     pub fn root(&self) -> &Path {
-        &self.root
+        self.root.dir()
     }
 
     /// Whether `rel` is left out by `.dockerignore`.
@@ -162,13 +169,30 @@ impl Sources {
         self.ignore.excluded(rel)
     }
 
-    /// The host path of `rel` (inside a container root, its symlinks resolved within it).
-    pub fn host_path(&self, rel: &Path) -> PathBuf {
-        if self.contained {
-            strata_runner::secure_join(&self.root, &rel.to_string_lossy(), false)
-                .unwrap_or_else(|_| self.root.join(rel))
+    /// The host path of the source `rel`, its symlinks (the last one too, as COPY follows a
+    /// source that is a link) resolved inside the root.
+    pub fn host_path(&self, rel: &Path) -> Result<PathBuf, ContextError> {
+        self.root.resolve(rel).map_err(|e| self.unresolved(rel, e))
+    }
+
+    /// The error for a source that does not resolve: docker's "outside the build context"
+    /// when a symlink on its way points out of the root, else not found.
+    fn unresolved(&self, rel: &Path, e: InRootError) -> ContextError {
+        let shown = rel.display().to_string();
+        if let Some((link, target)) = escaping_link(self.root.dir(), rel) {
+            return ContextError::Outside(format!(
+                "{shown} (symlink {} -> {})",
+                link.display(),
+                target.display()
+            ));
+        }
+        if e.is_not_found() {
+            ContextError::NotFound(shown)
         } else {
-            self.root.join(rel)
+            ContextError::Read {
+                path: rel.to_path_buf(),
+                source: e.into(),
+            }
         }
     }
 
@@ -177,26 +201,30 @@ impl Sources {
     pub fn resolve(&self, src: &str) -> Result<Vec<PathBuf>, ContextError> {
         let rel = clean(src).ok_or_else(|| ContextError::Outside(src.to_string()))?;
         if !has_glob(src) {
-            let exists = std::fs::symlink_metadata(self.host_path(&rel)).is_ok();
-            if !exists || (!rel.as_os_str().is_empty() && self.excluded(&rel)) {
+            self.host_path(&rel)?;
+            if !rel.as_os_str().is_empty() && self.excluded(&rel) {
                 return Err(ContextError::NotFound(src.to_string()));
             }
             return Ok(vec![rel]);
         }
         let mut found = vec![PathBuf::new()];
         for comp in rel.components() {
-            let name = comp.as_os_str().to_string_lossy().into_owned();
+            let name = comp.as_os_str();
+            let pattern = name.to_string_lossy();
             let mut next = Vec::new();
             for base in &found {
-                if !has_glob(&name) {
-                    let p = base.join(&name);
-                    if std::fs::symlink_metadata(self.host_path(&p)).is_ok() {
+                if !has_glob(&pattern) {
+                    let p = base.join(name);
+                    if self.root.resolve_nofollow(&p).is_ok() {
                         next.push(p);
                     }
                     continue;
                 }
-                let m = glob(&name)?;
-                let Ok(entries) = std::fs::read_dir(self.host_path(base)) else {
+                let m = glob(&pattern)?;
+                let Ok(dir) = self.host_path(base) else {
+                    continue;
+                };
+                let Ok(entries) = std::fs::read_dir(dir) else {
                     continue;
                 };
                 let mut names: Vec<_> = entries
@@ -210,31 +238,33 @@ impl Sources {
             found = next;
         }
         found.retain(|p| !self.excluded(p));
+        for p in &found {
+            self.host_path(p)?;
+        }
         if found.is_empty() {
             return Err(ContextError::NotFound(src.to_string()));
         }
         Ok(found)
     }
 
-    /// Every entry at and under `rel` that is not excluded, parents first, sorted.
-    pub fn walk(&self, rel: &Path) -> Result<Vec<PathBuf>, ContextError> {
-        let mut out = vec![rel.to_path_buf()];
+    /// Every entry at and under `rel` that is not excluded, parents first, sorted, each with
+    /// its host path: `rel` itself followed if it is a symlink, entries below it not.
+    pub fn walk(&self, rel: &Path) -> Result<Vec<(PathBuf, PathBuf)>, ContextError> {
+        let mut out = vec![(rel.to_path_buf(), self.host_path(rel)?)];
         let mut i = 0;
         while i < out.len() {
-            let p = self.host_path(&out[i]);
-            let meta = std::fs::symlink_metadata(&p).map_err(|source| ContextError::Read {
-                path: p.clone(),
+            let (r, p) = out[i].clone();
+            let read_err = |source| ContextError::Read {
+                path: r.clone(),
                 source,
-            })?;
+            };
+            let meta = std::fs::symlink_metadata(&p).map_err(read_err)?;
             if meta.is_dir() {
                 let mut names: Vec<_> = std::fs::read_dir(&p)
-                    .map_err(|source| ContextError::Read {
-                        path: p.clone(),
-                        source,
-                    })?
+                    .map_err(read_err)?
                     .filter_map(Result::ok)
-                    .map(|e| out[i].join(e.file_name()))
-                    .filter(|c| !self.excluded(c))
+                    .map(|e| (r.join(e.file_name()), p.join(e.file_name())))
+                    .filter(|(c, _)| !self.excluded(c))
                     .collect();
                 names.sort();
                 out.splice(i + 1..i + 1, names);
@@ -250,21 +280,24 @@ impl Sources {
     pub fn hash(&self, srcs: &[PathBuf]) -> Result<String, ContextError> {
         let mut h = Sha256::new();
         for src in srcs {
-            for rel in self.walk(src)? {
-                let p = self.host_path(&rel);
+            for (rel, p) in self.walk(src)? {
                 let read_err = |source| ContextError::Read {
-                    path: p.clone(),
+                    path: rel.clone(),
                     source,
                 };
                 let meta = std::fs::symlink_metadata(&p).map_err(read_err)?;
-                h.update(rel.as_os_str().as_encoded_bytes());
+                h.update(rel.as_os_str().as_bytes());
                 h.update([0]);
                 h.update(format!("{:o}\0", meta.mode()).as_bytes());
                 if meta.file_type().is_symlink() {
                     let t = std::fs::read_link(&p).map_err(read_err)?;
-                    h.update(t.as_os_str().as_encoded_bytes());
+                    h.update(t.as_os_str().as_bytes());
                 } else if meta.is_file() {
-                    let mut f = std::fs::File::open(&p).map_err(read_err)?;
+                    let mut f = std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                        .open(&p)
+                        .map_err(read_err)?;
                     let mut buf = vec![0u8; 1 << 16];
                     loop {
                         let n = f.read(&mut buf).map_err(read_err)?;
@@ -279,6 +312,39 @@ impl Sources {
         }
         Ok(hex::encode(h.finalize()))
     }
+}
+
+fn inroot_io(what: &str, e: std::io::Error) -> InRootError {
+    InRootError::HostPath {
+        path: PathBuf::from(what),
+        source: e,
+    }
+}
+
+/// The first symlink on the way to `rel` (looked at, never followed) whose target leaves
+/// `root`: absolute, or climbing above it with `..`. For the error message only.
+fn escaping_link(root: &Path, rel: &Path) -> Option<(PathBuf, PathBuf)> {
+    let mut at = PathBuf::new();
+    for c in rel.components() {
+        at.push(c);
+        let meta = std::fs::symlink_metadata(root.join(&at)).ok()?;
+        if !meta.file_type().is_symlink() {
+            continue;
+        }
+        let target = std::fs::read_link(root.join(&at)).ok()?;
+        let mut depth = at.components().count() as i64 - 1;
+        let mut leaves = target.is_absolute();
+        for t in target.components() {
+            match t {
+                Component::ParentDir => depth -= 1,
+                Component::Normal(_) => depth += 1,
+                _ => {}
+            }
+            leaves |= depth < 0;
+        }
+        return leaves.then_some((at, target));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -342,7 +408,13 @@ mod tests {
             Err(ContextError::NotFound(_))
         ));
         assert_eq!(
-            names(s.walk(Path::new("src")).unwrap()),
+            names(
+                s.walk(Path::new("src"))
+                    .unwrap()
+                    .into_iter()
+                    .map(|(r, _)| r)
+                    .collect()
+            ),
             ["src", "src/sub", "src/sub/y.c", "src/x.c"]
         );
         let before = s.hash(&[PathBuf::from("src")]).unwrap();

@@ -2,11 +2,13 @@
 //! the root (its symlinks and `..` never lead out of it), so a hostile image cannot redirect
 //! a write to the host.
 
+use std::ffi::OsStr;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
 
-use strata_runner::secure_join;
+use strata_runner::{InRoot, InRootError};
 
 use crate::context::Sources;
 
@@ -40,33 +42,22 @@ pub struct Attrs {
     pub chmod: Option<u32>,
 }
 
-fn io<'a>(what: &'static str, path: &'a str) -> impl FnOnce(std::io::Error) -> CopyError + 'a {
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CopyError + 'a {
     move |source| CopyError::Io {
         what,
-        path: path.to_string(),
+        path: path.display().to_string(),
         source,
     }
 }
 
-/// The host path where `path` (absolute, in the container) is written: its parent resolved
-/// inside `root` (missing directories created), its last component as is.
-fn place(root: &Path, path: &str) -> Result<PathBuf, CopyError> {
-    let p = Path::new(path);
-    let parent = p
-        .parent()
-        .map(|x| x.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let dir = secure_join(root, &parent, true).map_err(io("creating", path))?;
-    Ok(match p.file_name() {
-        Some(n) => dir.join(n),
-        None => dir,
-    })
+fn resolving<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(InRootError) -> CopyError + 'a {
+    move |e| io(what, path)(e.into())
 }
 
 /// Makes room for a non-directory at `host`.
-fn clear(host: &Path, path: &str) -> Result<(), CopyError> {
+fn clear(host: &Path, path: &Path) -> Result<(), CopyError> {
     match std::fs::symlink_metadata(host) {
-        Ok(m) if m.is_dir() => Err(CopyError::OverwriteDir(path.to_string())),
+        Ok(m) if m.is_dir() => Err(CopyError::OverwriteDir(path.display().to_string())),
         Ok(_) => std::fs::remove_file(host).map_err(io("replacing", path)),
         Err(_) => Ok(()),
     }
@@ -74,7 +65,7 @@ fn clear(host: &Path, path: &str) -> Result<(), CopyError> {
 
 fn set_attrs(
     host: &Path,
-    path: &str,
+    path: &Path,
     mode: u32,
     owner: (u32, u32),
     mtime: Option<i64>,
@@ -103,86 +94,96 @@ fn set_attrs(
 
 /// Creates the directory `path` (existing ones keep their content).
 pub fn make_dir(
-    root: &Path,
-    path: &str,
+    root: &InRoot,
+    path: &Path,
     mode: u32,
     owner: (u32, u32),
     mtime: Option<i64>,
 ) -> Result<(), CopyError> {
-    let host = secure_join(root, path, true).map_err(io("creating", path))?;
+    let host = root.mkdir_all(path).map_err(resolving("creating", path))?;
     set_attrs(&host, path, mode, owner, mtime)
 }
 
 /// Writes the regular file `path` from `content`.
 pub fn write_file(
-    root: &Path,
-    path: &str,
+    root: &InRoot,
+    path: &Path,
     content: &mut dyn Read,
     mode: u32,
     owner: (u32, u32),
     mtime: Option<i64>,
 ) -> Result<(), CopyError> {
-    let host = place(root, path)?;
+    let host = root.place(path).map_err(resolving("creating", path))?;
     clear(&host, path)?;
-    let mut f = std::fs::File::create(&host).map_err(io("creating", path))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc_nofollow())
+        .open(&host)
+        .map_err(io("creating", path))?;
     std::io::copy(content, &mut f).map_err(io("writing", path))?;
     drop(f);
     set_attrs(&host, path, mode, owner, mtime)
 }
 
+fn libc_nofollow() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits()
+}
+
 /// Makes the symlink `path` → `target`.
 pub fn write_symlink(
-    root: &Path,
-    path: &str,
+    root: &InRoot,
+    path: &Path,
     target: &Path,
     owner: (u32, u32),
     mtime: Option<i64>,
 ) -> Result<(), CopyError> {
-    let host = place(root, path)?;
+    let host = root.place(path).map_err(resolving("creating", path))?;
     clear(&host, path)?;
     std::os::unix::fs::symlink(target, &host).map_err(io("creating", path))?;
     set_attrs(&host, path, 0o777, owner, mtime)
 }
 
-/// Joins container paths.
-pub fn join(dir: &str, rel: &Path) -> String {
-    let rel = rel.to_string_lossy();
-    match (dir.trim_end_matches('/'), rel.is_empty()) {
-        ("", true) => "/".into(),
-        (d, true) => d.to_string(),
-        (d, false) => format!("{d}/{rel}"),
+/// Joins container paths (an empty `rel` is `dir` itself).
+pub fn join(dir: &Path, rel: &Path) -> PathBuf {
+    if rel.as_os_str().is_empty() {
+        return dir.to_path_buf();
     }
+    dir.join(rel)
 }
 
 /// Copies the source `rel` (a file, symlink or directory of `from`) to the container path
 /// `dest`; a directory's contents go into `dest`, as COPY does.
 pub fn copy_source(
-    root: &Path,
+    root: &InRoot,
     from: &Sources,
     rel: &Path,
-    dest: &str,
+    dest: &Path,
     attrs: Attrs,
 ) -> Result<(), CopyError> {
-    for entry in from.walk(rel).map_err(|e| CopyError::Io {
+    let walked = from.walk(rel).map_err(|e| CopyError::Io {
         what: "reading",
         path: rel.display().to_string(),
         source: std::io::Error::other(e.to_string()),
-    })? {
+    })?;
+    for (entry, host) in walked {
         let sub = entry.strip_prefix(rel).unwrap_or(Path::new(""));
         let target = join(dest, sub);
-        let host = from.host_path(&entry);
-        let shown = entry.display().to_string();
-        let meta = std::fs::symlink_metadata(&host).map_err(io("reading", &shown))?;
+        let meta = std::fs::symlink_metadata(&host).map_err(io("reading", &entry))?;
         let mode = attrs.chmod.unwrap_or(meta.mode());
         let mtime = Some(meta.mtime());
         let ft = meta.file_type();
         if ft.is_dir() {
             make_dir(root, &target, mode, attrs.owner, mtime)?;
         } else if ft.is_symlink() {
-            let t = std::fs::read_link(&host).map_err(io("reading", &shown))?;
+            let t = std::fs::read_link(&host).map_err(io("reading", &entry))?;
             write_symlink(root, &target, &t, attrs.owner, mtime)?;
         } else if ft.is_file() {
-            let mut f = std::fs::File::open(&host).map_err(io("reading", &shown))?;
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc_nofollow())
+                .open(&host)
+                .map_err(io("reading", &entry))?;
             write_file(root, &target, &mut f, mode, attrs.owner, mtime)?;
         }
         // Devices, fifos and sockets in a build context are skipped, as docker does.
@@ -190,85 +191,36 @@ pub fn copy_source(
     Ok(())
 }
 
-/// Whether the bytes start a tar archive (possibly gzip- or zstd-compressed).
-pub fn archive_reader(path: &Path) -> Option<Box<dyn Read>> {
-    let mut head = [0u8; 4];
-    let mut f = std::fs::File::open(path).ok()?;
-    f.read_exact(&mut head).ok()?;
-    let comp = strata_fetcher::plain::sniff(&head);
-    let f = std::fs::File::open(path).ok()?;
-    let mut r = strata_fetcher::plain::decompress(f, comp).ok()?;
-    let mut block = vec![0u8; 512];
-    r.read_exact(&mut block).ok()?;
-    // A tar header: "ustar" magic, or (v7) a checksum that matches.
-    let is_tar = &block[257..262] == b"ustar" || {
-        let field = String::from_utf8_lossy(&block[148..156]);
-        let stored =
-            u32::from_str_radix(field.trim_matches(|c: char| c == '\0' || c == ' '), 8).ok();
-        let sum: u32 = block
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    u32::from(b)
-                }
-            })
-            .sum();
-        stored == Some(sum) && block[0] != 0
-    };
-    if !is_tar {
-        return None;
-    }
-    let f = std::fs::File::open(path).ok()?;
-    strata_fetcher::plain::decompress(f, comp).ok()
-}
-
 /// Extracts a tar archive into the container directory `dest`, owners and modes as the
-/// archive has them. Entries climbing out of `dest` are refused.
-pub fn extract(root: &Path, archive: Box<dyn Read>, dest: &str) -> Result<(), CopyError> {
+/// archive has them, names as the bytes the archive holds. Entries climbing out of `dest`
+/// are refused.
+pub fn extract(root: &InRoot, archive: Box<dyn Read>, dest: &Path) -> Result<(), CopyError> {
     let mut ar = tar::Archive::new(archive);
     let entries = ar.entries().map_err(io("reading archive for", dest))?;
     for e in entries {
         let mut e = e.map_err(io("reading archive for", dest))?;
-        let raw = e
-            .path()
-            .map_err(io("reading archive for", dest))?
-            .to_string_lossy()
-            .into_owned();
-        let rel = crate::context::clean(&raw).ok_or_else(|| CopyError::Escape(raw.clone()))?;
-        if raw.split('/').any(|c| c == "..") {
-            return Err(CopyError::Escape(raw));
-        }
+        let raw = PathBuf::from(OsStr::from_bytes(&e.path_bytes()));
+        let rel = contained(&raw)?;
         let target = join(dest, &rel);
         let h = e.header();
         let mode = h.mode().unwrap_or(0o644);
         let owner = (h.uid().unwrap_or(0) as u32, h.gid().unwrap_or(0) as u32);
         let mtime = h.mtime().ok().map(|t| t as i64);
+        let link = e
+            .link_name_bytes()
+            .map(|t| PathBuf::from(OsStr::from_bytes(&t)));
         match h.entry_type() {
             tar::EntryType::Directory => make_dir(root, &target, mode, owner, mtime)?,
             tar::EntryType::Symlink => {
-                let t = e
-                    .link_name()
-                    .ok()
-                    .flatten()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
-                write_symlink(root, &target, &t, owner, mtime)?;
+                write_symlink(root, &target, &link.unwrap_or_default(), owner, mtime)?;
             }
             tar::EntryType::Link => {
-                let t = e
-                    .link_name()
-                    .ok()
-                    .flatten()
-                    .map(|t| t.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let t_rel =
-                    crate::context::clean(&t).ok_or_else(|| CopyError::Escape(t.clone()))?;
-                let src = secure_join(root, &join(dest, &t_rel), false)
-                    .map_err(io("linking", &target))?;
-                let host = place(root, &target)?;
+                let t_rel = contained(&link.unwrap_or_default())?;
+                let t = join(dest, &t_rel);
+                let src = root
+                    .resolve_nofollow(&t)
+                    .map_err(resolving("linking", &target))?;
+                let host = root.place(&target).map_err(resolving("linking", &target))?;
                 clear(&host, &target)?;
                 std::fs::hard_link(&src, &host).map_err(io("linking", &target))?;
             }
@@ -279,4 +231,19 @@ pub fn extract(root: &Path, archive: Box<dyn Read>, dest: &str) -> Result<(), Co
         }
     }
     Ok(())
+}
+
+/// An archive entry name made relative; `..` anywhere is refused.
+fn contained(raw: &Path) -> Result<PathBuf, CopyError> {
+    let mut out = PathBuf::new();
+    for c in raw.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                return Err(CopyError::Escape(raw.display().to_string()));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }

@@ -9,6 +9,7 @@ pub mod context;
 pub mod copy;
 pub mod dockerfile;
 pub mod fetch;
+pub mod unpack;
 pub mod words;
 
 pub use builder::{BuildError, Builder, Event, Host, Options};

@@ -28,7 +28,19 @@ pub struct GlobalArgs {
 
 impl GlobalArgs {
     /// The state root: --root, STRATA_ROOT, /var/lib/strata for root, else XDG data dir.
+    /// Made private (0700, secrets 0600) the first time a command asks for it.
     pub fn root(&self) -> PathBuf {
+        let root = self.root_path();
+        static SECURED: std::sync::Once = std::sync::Once::new();
+        SECURED.call_once(|| {
+            if let Err(e) = strata_runner::stateroot::secure_root(&root) {
+                tracing::warn!("making state root {} private: {e}", root.display());
+            }
+        });
+        root
+    }
+
+    fn root_path(&self) -> PathBuf {
         if let Some(r) = &self.root {
             return r.clone();
         }

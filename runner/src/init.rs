@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -123,58 +123,6 @@ fn supervise(child: Pid, set: &SigSet) -> i32 {
     }
 }
 
-/// Resolves `path` inside `root` as if `root` were `/`: symlinks (absolute or relative) and
-/// `..` never lead outside it. Missing components are created as directories when `create`.
-pub fn secure_join(root: &Path, path: &str, create: bool) -> std::io::Result<PathBuf> {
-    let mut pending: Vec<String> = path
-        .split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .rev()
-        .map(str::to_string)
-        .collect();
-    let mut parts: Vec<String> = Vec::new();
-    let mut links = 0;
-    while let Some(c) = pending.pop() {
-        if c == ".." {
-            parts.pop();
-            continue;
-        }
-        let candidate = parts
-            .iter()
-            .fold(root.to_path_buf(), |p, c| p.join(c))
-            .join(&c);
-        match std::fs::symlink_metadata(&candidate) {
-            Ok(m) if m.file_type().is_symlink() => {
-                links += 1;
-                if links > 40 {
-                    return Err(std::io::Error::other(format!(
-                        "too many symlinks in {path}"
-                    )));
-                }
-                let target = std::fs::read_link(&candidate)?;
-                if target.is_absolute() {
-                    parts.clear();
-                }
-                for comp in target.components().rev() {
-                    match comp {
-                        Component::Normal(n) => pending.push(n.to_string_lossy().into_owned()),
-                        Component::ParentDir => pending.push("..".into()),
-                        _ => {}
-                    }
-                }
-            }
-            Ok(_) => parts.push(c),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-                std::fs::create_dir(&candidate)?;
-                parts.push(c);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => parts.push(c),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(parts.iter().fold(root.to_path_buf(), |p, c| p.join(c)))
-}
-
 /// Opens a terminal from the container's own devpts, makes it PID 1's controlling terminal and
 /// standard streams, and sends the master side to strata over the console socket.
 fn open_console() -> Result<(), Fail> {
@@ -224,9 +172,10 @@ fn container_main(spec: &Spec) -> Result<std::convert::Infallible, Fail> {
     if spec.tty {
         open_console()?;
     }
-    let cwd = ctx(secure_join(Path::new("/"), &spec.cwd, true), || {
-        format!("creating working directory {}", spec.cwd)
-    })?;
+    let cwd = ctx(
+        crate::resolve_in(Path::new("/"), Path::new(&spec.cwd), true),
+        || format!("creating working directory {}", spec.cwd),
+    )?;
     ctx(chdir(&cwd), || {
         format!("entering working directory {}", spec.cwd)
     })?;
@@ -289,32 +238,4 @@ fn container_main(spec: &Spec) -> Result<std::convert::Infallible, Fail> {
             err.desc().to_lowercase()
         ),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secure_join_stays_inside_the_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::os::unix::fs::symlink("/etc", root.join("abs")).unwrap();
-        std::os::unix::fs::symlink("../../../../etc", root.join("rel")).unwrap();
-        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
-        assert_eq!(
-            secure_join(root, "/abs/passwd", false).unwrap(),
-            root.join("etc/passwd")
-        );
-        assert_eq!(
-            secure_join(root, "rel/passwd", false).unwrap(),
-            root.join("etc/passwd")
-        );
-        assert_eq!(secure_join(root, "../../x", false).unwrap(), root.join("x"));
-        assert!(secure_join(root, "loop/x", false).is_err());
-        let made = secure_join(root, "/abs/new/dir", true).unwrap();
-        assert_eq!(made, root.join("etc/new/dir"));
-        assert!(made.is_dir());
-    }
 }

@@ -10,6 +10,7 @@
 
 pub mod freeze;
 mod init;
+pub mod inroot;
 pub mod pty;
 pub mod rootfs;
 mod sys;
@@ -23,9 +24,11 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-pub use init::{init_main, secure_join};
+pub use init::init_main;
+pub use inroot::{InRoot, InRootError, resolve_in};
 
 pub mod state;
+pub mod stateroot;
 
 /// Exit status docker uses when the runtime itself fails.
 pub const EXIT_RUNTIME_ERROR: i32 = 125;
@@ -152,12 +155,10 @@ pub fn start_with(
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    std::fs::create_dir_all(&spec.state_dir)
-        .and_then(|()| std::fs::write(&path, bytes))
-        .map_err(|e| RunError::Spec {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+    stateroot::write_private(&path, &bytes).map_err(|e| RunError::Spec {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
     let mut cmd = Command::new(exe);
     cmd.arg(init_arg).arg(&path);
     // Our copy of the container's end of the console socket, closed once the helper has it.

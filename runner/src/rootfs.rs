@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 
-use crate::init::{Fail, ctx, fail, secure_join};
+use crate::init::{Fail, ctx, fail};
+use crate::inroot::{InRoot, resolve_in};
 use crate::{Network, Spec};
 
 /// The privileged system calls of the rootfs sequence.
@@ -84,33 +85,21 @@ fn mount_at(
 
 /// A file to bind something onto (created empty if missing), resolved inside `root`.
 fn file_target(root: &Path, path: &str) -> Result<PathBuf, Fail> {
-    let parent = Path::new(path)
-        .parent()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let dir = ctx(secure_join(root, &parent, true), || {
-        format!("creating {parent} in the container")
-    })?;
-    let name = Path::new(path)
-        .file_name()
-        .ok_or_else(|| fail(format!("bad path {path}")))?;
-    let target =
-        secure_join(&dir, &name.to_string_lossy(), false).map_err(|e| fail(e.to_string()))?;
-    let target = if target.starts_with(root) {
-        target
-    } else {
-        dir.join(name)
-    };
-    if std::fs::symlink_metadata(&target).is_err() {
-        ctx(std::fs::write(&target, b""), || {
-            format!("creating {}", target.display())
-        })?;
-    }
-    Ok(target)
+    let r = ctx(InRoot::open(root), || "opening the container root".into())?;
+    ctx(r.make_file(Path::new(path)), || {
+        format!("creating {path} in the container")
+    })
+}
+
+/// The directory `path` inside `root`, created if missing.
+fn dir_target(root: &Path, path: &str) -> Result<PathBuf, Fail> {
+    ctx(resolve_in(root, Path::new(path), true), || {
+        format!("creating {path} in the container")
+    })
 }
 
 fn setup_dev(k: &mut impl Kernel, root: &Path) -> Result<(), Fail> {
-    let dev = ctx(secure_join(root, "dev", true), || "creating /dev".into())?;
+    let dev = dir_target(root, "dev")?;
     mount_at(
         k,
         Some("tmpfs"),
@@ -186,7 +175,7 @@ pub(crate) fn setup_rootfs(k: &mut impl Kernel, spec: &Spec) -> Result<(), Fail>
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None,
     )?;
-    let proc_dir = ctx(secure_join(root, "proc", true), || "creating /proc".into())?;
+    let proc_dir = dir_target(root, "proc")?;
     mount_at(
         k,
         Some("proc"),
@@ -196,7 +185,7 @@ pub(crate) fn setup_rootfs(k: &mut impl Kernel, spec: &Spec) -> Result<(), Fail>
         None,
     )?;
     setup_dev(k, root)?;
-    let sys_dir = ctx(secure_join(root, "sys", true), || "creating /sys".into())?;
+    let sys_dir = dir_target(root, "sys")?;
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if k.mount(Some("sysfs"), &sys_dir, Some("sysfs"), ro, None)
         .is_err()
@@ -250,9 +239,7 @@ pub(crate) fn setup_rootfs(k: &mut impl Kernel, spec: &Spec) -> Result<(), Fail>
             .map(|m| m.is_dir())
             .map_err(|e| fail(format!("bind source {}: {e}", b.source.display())))?;
         let target = if is_dir {
-            ctx(secure_join(root, &b.target, true), || {
-                format!("creating {} in the container", b.target)
-            })?
+            dir_target(root, &b.target)?
         } else {
             file_target(root, &b.target)?
         };

@@ -89,11 +89,8 @@ impl Containers {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let tmp = dir.join(".container.json.tmp");
         let bytes = serde_json::to_vec_pretty(c).map_err(|e| io(std::io::Error::other(e)))?;
-        std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)
+        crate::stateroot::write_private(&path, &bytes).map_err(io)
     }
 
     /// All records (unreadable ones are skipped).

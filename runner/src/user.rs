@@ -29,7 +29,8 @@ pub enum UserError {
 
 fn lines(root: &Path, file: &str) -> Vec<Vec<String>> {
     // The image's own file, never the host's: symlinks are resolved inside the root.
-    crate::secure_join(root, file, false)
+    crate::resolve_in(root, Path::new(file), false)
+        .map_err(std::io::Error::from)
         .and_then(std::fs::read_to_string)
         .unwrap_or_default()
         .lines()

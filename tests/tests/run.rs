@@ -334,7 +334,11 @@ fn detached_logs_stop_kill_diff() {
     );
     let id = text(&o).trim().to_string();
     assert_eq!(id.len(), 64, "{id}");
-    std::thread::sleep(Duration::from_millis(500));
+    // The first output, waited for (bounded): a loaded machine takes more than 0.5 s.
+    let t0 = std::time::Instant::now();
+    while ok(&s.root(), &["logs", "web"]).is_empty() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let ps = ok(&s.root(), &["ps"]);
     assert!(ps.contains("web") && ps.contains("Up"), "{ps}");
     assert_eq!(ok(&s.root(), &["logs", "web"]), "started 8080 /srv\n");

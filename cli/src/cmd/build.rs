@@ -86,10 +86,19 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
             a.context.display().to_string()
         );
     }
-    let file = a
-        .file
-        .clone()
-        .unwrap_or_else(|| a.context.join("Dockerfile"));
+    let file = match &a.file {
+        Some(f) => f.clone(),
+        // The context's own Dockerfile: a symlink is followed inside the context only.
+        None => strata_runner::InRoot::open(&a.context)
+            .and_then(|r| r.resolve(std::path::Path::new("Dockerfile")))
+            .map_err(std::io::Error::from)
+            .with_context(|| {
+                format!(
+                    "reading the Dockerfile {}",
+                    a.context.join("Dockerfile").display()
+                )
+            })?,
+    };
     let dockerfile = std::fs::read_to_string(&file)
         .with_context(|| format!("reading the Dockerfile {}", file.display()))?;
     let build_args = a
