@@ -8,10 +8,13 @@
 //! single-threaded helper forks the container's PID 1, forwards signals to it and exits with
 //! its status. Depends on none of strata's other crates.
 
+pub mod cgroup;
 pub mod freeze;
 mod init;
 pub mod pty;
 pub mod rootfs;
+pub mod seccomp;
+pub mod security;
 mod sys;
 
 pub use sys::{set_window_size, window_size};
@@ -48,6 +51,9 @@ pub enum RunError {
     /// The helper process could not be started or waited for.
     #[error("starting the container process: {0}")]
     Spawn(std::io::Error),
+    /// The container's cgroups could not be created.
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
 }
 
 /// Network mode.
@@ -73,7 +79,7 @@ pub struct Bind {
 }
 
 /// Everything the helper needs to start the container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Spec {
     /// The prepared root filesystem (a mount point).
     pub rootfs: PathBuf,
@@ -97,12 +103,22 @@ pub struct Spec {
     /// controlling terminal.
     #[serde(default)]
     pub tty: bool,
+    /// Capabilities, seccomp, `no_new_privs`, privileged mode.
+    #[serde(default)]
+    pub security: security::Security,
+    /// Memory, CPU and pids limits.
+    #[serde(default)]
+    pub resources: cgroup::Resources,
+    /// The cgroups [`start_with`] created for this run (PID 1 joins them).
+    #[serde(default)]
+    pub cgroups: cgroup::Cgroups,
 }
 
 /// A started container: the helper process that supervises its PID 1.
 #[derive(Debug)]
 pub struct Started {
     child: std::process::Child,
+    cgroups: cgroup::Cgroups,
 }
 
 impl Started {
@@ -114,8 +130,10 @@ impl Started {
     /// Waits for the container; returns its exit status (128+N for signal N; 125/126/127 when
     /// it could not start, as docker reports them).
     pub fn wait(mut self) -> Result<i32, RunError> {
-        let status = self.child.wait().map_err(RunError::Spawn)?;
-        Ok(sys::exit_code(status))
+        let status = self.child.wait().map_err(RunError::Spawn);
+        // The helper has exited, so PID 1 and with it the whole pid namespace are gone.
+        self.cgroups.remove();
+        Ok(sys::exit_code(status?))
     }
 }
 
@@ -148,18 +166,46 @@ pub fn start_with(
     stdio: Stdio,
 ) -> Result<Started, RunError> {
     let path = spec.state_dir.join("spec.json");
+    let id = spec
+        .state_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let host = cgroup::Host::current();
+    // A cgroup left by a strata that died goes first.
+    cgroup::remove_for(&host, &id);
+    let mut spec = spec.clone();
+    spec.cgroups = cgroup::create(&host, &id, &spec.resources, !spec.security.privileged)?;
+    let cgroups = spec.cgroups.clone();
+    let started = spawn_helper(&spec, &path, exe, init_arg, stdio);
+    if started.is_err() {
+        cgroups.remove();
+    }
+    Ok(Started {
+        child: started?,
+        cgroups,
+    })
+}
+
+fn spawn_helper(
+    spec: &Spec,
+    path: &Path,
+    exe: &Path,
+    init_arg: &str,
+    stdio: Stdio,
+) -> Result<std::process::Child, RunError> {
     let bytes = serde_json::to_vec_pretty(spec).map_err(|e| RunError::Spec {
-        path: path.clone(),
+        path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
     std::fs::create_dir_all(&spec.state_dir)
         .and_then(|()| std::fs::write(&path, bytes))
         .map_err(|e| RunError::Spec {
-            path: path.clone(),
+            path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
     let mut cmd = Command::new(exe);
-    cmd.arg(init_arg).arg(&path);
+    cmd.arg(init_arg).arg(path);
     // Our copy of the container's end of the console socket, closed once the helper has it.
     let mut console = None;
     match stdio {
@@ -184,7 +230,7 @@ pub fn start_with(
     cmd.process_group(0);
     let child = cmd.spawn().map_err(RunError::Spawn)?;
     drop(console);
-    Ok(Started { child })
+    Ok(child)
 }
 
 /// Combines image config and command line like docker: `--entrypoint` replaces the image's

@@ -167,6 +167,67 @@ fn setup_dev(k: &mut impl Kernel, root: &Path) -> Result<(), Fail> {
     Ok(())
 }
 
+/// What docker hides from a container: files get /dev/null bound over them, directories an
+/// empty read-only tmpfs.
+pub const MASKED_PATHS: [&str; 12] = [
+    "proc/acpi",
+    "proc/asound",
+    "proc/interrupts",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+];
+
+/// What docker makes read-only (bound onto itself, remounted read-only).
+pub const READONLY_PATHS: [&str; 5] = [
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
+
+/// Masks [`MASKED_PATHS`] and makes [`READONLY_PATHS`] read-only in the freshly mounted /proc
+/// and /sys under `root` (paths the kernel does not have are skipped).
+fn mask_paths(k: &mut impl Kernel, root: &Path) -> Result<(), Fail> {
+    let fixed = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for rel in MASKED_PATHS {
+        let target = root.join(rel);
+        match std::fs::symlink_metadata(&target) {
+            Ok(m) if m.is_dir() => mount_at(
+                k,
+                Some("tmpfs"),
+                &target,
+                Some("tmpfs"),
+                fixed | MsFlags::MS_RDONLY,
+                Some("size=0"),
+            )?,
+            Ok(m) if !m.file_type().is_symlink() => {
+                mount_at(k, Some("/dev/null"), &target, None, MsFlags::MS_BIND, None)?
+            }
+            _ => {}
+        }
+    }
+    for rel in READONLY_PATHS {
+        let target = root.join(rel);
+        if std::fs::symlink_metadata(&target).is_err() {
+            continue;
+        }
+        let src = target.to_string_lossy().into_owned();
+        let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+        mount_at(k, Some(&src), &target, None, bind, None)?;
+        let remount = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | fixed;
+        mount_at(k, None, &target, None, remount, None)?;
+    }
+    Ok(())
+}
+
 /// Prepares the root filesystem of `spec` and pivots into it, through `k`.
 pub(crate) fn setup_rootfs(k: &mut impl Kernel, spec: &Spec) -> Result<(), Fail> {
     let root = &spec.rootfs;
@@ -197,7 +258,10 @@ pub(crate) fn setup_rootfs(k: &mut impl Kernel, spec: &Spec) -> Result<(), Fail>
     )?;
     setup_dev(k, root)?;
     let sys_dir = ctx(secure_join(root, "sys", true), || "creating /sys".into())?;
-    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mut ro = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if !spec.security.privileged {
+        ro |= MsFlags::MS_RDONLY;
+    }
     if k.mount(Some("sysfs"), &sys_dir, Some("sysfs"), ro, None)
         .is_err()
     {
@@ -217,6 +281,9 @@ pub(crate) fn setup_rootfs(k: &mut impl Kernel, spec: &Spec) -> Result<(), Fail>
             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro,
             None,
         )?;
+    }
+    if !spec.security.privileged {
+        mask_paths(k, root)?;
     }
     let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
@@ -365,7 +432,7 @@ mod tests {
             network,
             binds,
             state_dir: state.to_path_buf(),
-            tty: false,
+            ..Spec::default()
         }
     }
 
@@ -452,5 +519,53 @@ mod tests {
         assert!(k.calls.contains(&format!("mount bind /sys -> {r}/sys")));
         assert!(k.calls.contains(&format!("mount remount - -> {r}/sys ro")));
         assert!(!k.calls.contains(&"lo up".to_string()));
+    }
+
+    #[test]
+    fn masks_and_read_only_paths_unless_privileged() {
+        let dir = tempfile::tempdir().unwrap();
+        // Stand-ins for what the kernel's proc and sysfs hold.
+        let fake = |name: &str| {
+            let root = dir.path().join(name);
+            std::fs::create_dir_all(root.join("proc/sys")).unwrap();
+            std::fs::create_dir_all(root.join("proc/acpi")).unwrap();
+            std::fs::create_dir_all(root.join("sys/firmware")).unwrap();
+            std::fs::write(root.join("proc/kcore"), b"").unwrap();
+            root
+        };
+        let root = fake("rootfs");
+        let r = root.display().to_string();
+        let mut k = Recorder::default();
+        setup_rootfs(&mut k, &spec(&root, dir.path(), vec![], Network::Host)).unwrap();
+        for want in [
+            format!("mount bind /dev/null -> {r}/proc/kcore"),
+            format!("mount tmpfs tmpfs -> {r}/proc/acpi ro"),
+            format!("mount tmpfs tmpfs -> {r}/sys/firmware ro"),
+            format!("mount bind {r}/proc/sys -> {r}/proc/sys"),
+            format!("mount remount - -> {r}/proc/sys ro"),
+            format!("mount sysfs sysfs -> {r}/sys ro"),
+        ] {
+            assert!(k.calls.contains(&want), "{want} not in {:#?}", k.calls);
+        }
+        assert!(!k.calls.iter().any(|c| c.contains("/proc/keys")));
+        let pivot = k.calls.iter().position(|c| c == "pivot_root").unwrap();
+        let last_mask = k
+            .calls
+            .iter()
+            .rposition(|c| c.contains("/proc/sys"))
+            .unwrap();
+        assert!(last_mask < pivot);
+        let root = fake("privileged");
+        let r = root.display().to_string();
+        let mut privileged = spec(&root, dir.path(), vec![], Network::Host);
+        privileged.security.privileged = true;
+        let mut k = Recorder::default();
+        setup_rootfs(&mut k, &privileged).unwrap();
+        assert!(
+            !k.calls
+                .iter()
+                .any(|c| c.contains("/proc/kcore") || c.contains("/proc/sys"))
+        );
+        assert!(k.calls.contains(&format!("mount sysfs sysfs -> {r}/sys")));
     }
 }
