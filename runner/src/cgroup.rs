@@ -243,6 +243,9 @@ fn create_v2(
     if limits.pids_limit > 0 {
         wanted.push("pids");
     }
+    if wanted.is_empty() {
+        return Ok(());
+    }
     // Controllers must be enabled in our own cgroup's subtree for the child to have them; the
     // kernel refuses that while our cgroup holds processes, unless someone delegated them.
     let enabled = std::fs::read_to_string(own.join("cgroup.subtree_control")).unwrap_or_default();

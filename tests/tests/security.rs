@@ -130,6 +130,29 @@ fn capabilities_and_security_options() {
     assert_eq!(p["CapBnd"], DEFAULT_CAPS);
     assert_eq!(p["CapEff"], "0000000000000000");
     assert_eq!(p["Seccomp"], "2");
+    // `start` runs the saved spec again, with the same settings.
+    let status = "busybox grep -E '^(CapEff|Seccomp):' /proc/self/status";
+    let first = ok(
+        &w.root,
+        &[
+            "run",
+            "--name",
+            "capless",
+            "--cap-drop",
+            "ALL",
+            &w.base,
+            "sh",
+            "-c",
+            status,
+        ],
+    );
+    let again = ok(&w.root, &["start", "-a", "capless"]);
+    assert_eq!(first, again);
+    assert!(
+        first.contains("CapEff:\t0000000000000000\nSeccomp:\t2\n"),
+        "{first}"
+    );
+    ok(&w.root, &["rm", "capless"]);
     let p = probe(&w, &["--security-opt", "seccomp=unconfined"]);
     assert_eq!(p["Seccomp"], "0");
     assert_eq!(p["CapEff"], DEFAULT_CAPS);
@@ -200,8 +223,13 @@ fn capabilities_and_security_options() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent.json"));
 }
 
+/// The memory cgroup this test runs in (v1), or its unified cgroup (v2).
 fn own_memory_cgroup() -> std::path::PathBuf {
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        let path = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        return std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    }
     let path = own
         .lines()
         .find_map(|l| {
@@ -209,7 +237,7 @@ fn own_memory_cgroup() -> std::path::PathBuf {
             let (_, c, p) = (f.next()?, f.next()?, f.next()?);
             c.split(',').any(|c| c == "memory").then(|| p.to_string())
         })
-        .expect("a v1 memory cgroup");
+        .expect("a memory cgroup");
     std::path::Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'))
 }
 
@@ -334,4 +362,70 @@ fn build_run_steps_get_the_default_profile() {
             "Seccomp: 2".to_string()
         ]
     );
+}
+
+/// A Debian userland image made from this machine's own python3 (glibc, its libraries and the
+/// standard library) plus busybox, imported with `strata import`.
+fn import_debian_python(w: &World) -> String {
+    let py = std::fs::canonicalize("/usr/bin/python3")
+        .expect("/usr/bin/python3 (apt-get install python3-minimal)");
+    let ver = py.file_name().unwrap().to_string_lossy().into_owned();
+    let r = w.state.path().join("pyroot");
+    let tar = w.state.path().join("py.tar");
+    let script = format!(
+        r#"set -e; r={r}
+mkdir -p $r/bin $r/usr/bin $r/usr/lib $r/etc $r/tmp
+cp /bin/busybox $r/bin/busybox; ln -s busybox $r/bin/sh
+cp {py} $r/usr/bin/{ver}; ln -s {ver} $r/usr/bin/python3
+for l in $(ldd {py} | grep -o '/[^ ]*'); do mkdir -p $r$(dirname $l); cp -L $l $r$l; done
+cp -a /usr/lib/{ver} $r/usr/lib/; rm -rf $r/usr/lib/{ver}/test
+echo 'root:x:0:0:root:/root:/bin/sh' > $r/etc/passwd; echo 'root:x:0:' > $r/etc/group
+tar -C $r -cf {tar} ."#,
+        r = r.display(),
+        py = py.display(),
+        tar = tar.display()
+    );
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(st.success(), "building the python rootfs");
+    ok(&w.root, &["import", tar.to_str().unwrap(), "t/py:1"]);
+    "t/py:1".to_string()
+}
+
+#[test]
+fn debian_python_threads_and_subprocesses_run_under_the_default_profile() {
+    if !require_root_fuse("debian_python_threads_and_subprocesses_run_under_the_default_profile") {
+        return;
+    }
+    let w = World::start(&runnable_layers(), Comp::Native);
+    let img = import_debian_python(&w);
+    // glibc starts threads and children with clone3, which the default profile answers with
+    // ENOSYS so that glibc falls back to clone.
+    let script = r#"
+import os, socket, subprocess, threading
+t = threading.Thread(target=lambda: print("thread"))
+t.start(); t.join()
+print("child", subprocess.run(["busybox", "echo", "hi"], capture_output=True, text=True).stdout.strip())
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(); print("socket")
+print(open("/proc/self/status").read().split("CapEff:")[1].split()[0])
+"#;
+    let out = ok(&w.root, &["run", "--rm", &img, "python3", "-c", script]);
+    assert_eq!(out, format!("thread\nchild hi\nsocket\n{DEFAULT_CAPS}\n"));
+    let out = ok(
+        &w.root,
+        &[
+            "run",
+            "--rm",
+            "-u",
+            "65534",
+            &img,
+            "python3",
+            "-c",
+            "import os; print(os.getuid(), open('/proc/self/status').read().split('CapEff:')[1].split()[0])",
+        ],
+    );
+    assert_eq!(out, "65534 0000000000000000\n");
 }
