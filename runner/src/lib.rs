@@ -199,7 +199,7 @@ fn spawn_helper(
         reason: e.to_string(),
     })?;
     std::fs::create_dir_all(&spec.state_dir)
-        .and_then(|()| std::fs::write(&path, bytes))
+        .and_then(|()| std::fs::write(path, bytes))
         .map_err(|e| RunError::Spec {
             path: path.to_path_buf(),
             reason: e.to_string(),

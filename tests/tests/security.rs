@@ -272,6 +272,39 @@ fn memory_and_pids_limits_hold_and_inspect_shows_them() {
     let cg = own_memory_cgroup().join(format!("strata-{id}"));
     assert!(!cg.exists(), "{} left behind", cg.display());
     ok(&w.root, &["rm", "hog"]);
+    // Inside, the container's own memory cgroup is the new one beneath ours.
+    let o = strata(
+        &w,
+        &[
+            "run",
+            "--name",
+            "where",
+            "--memory",
+            "64m",
+            &w.base,
+            "sh",
+            "-c",
+            "busybox cat /proc/self/cgroup",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&ok(&w.root, &["inspect", "where"])).unwrap();
+    let id = v[0]["Id"].as_str().unwrap();
+    let inside = text(&o)
+        .lines()
+        .find(|l| l.contains(":memory:") || l.starts_with("0::"))
+        .and_then(|l| l.splitn(3, ':').nth(2))
+        .map(|p| p.to_string());
+    let expected = own_memory_cgroup().join(format!("strata-{id}"));
+    let mount = if expected.starts_with("/sys/fs/cgroup/memory") {
+        "/sys/fs/cgroup/memory"
+    } else {
+        "/sys/fs/cgroup"
+    };
+    assert_eq!(
+        inside.map(|p| std::path::Path::new(mount).join(p.trim_start_matches('/'))),
+        Some(expected)
+    );
+    ok(&w.root, &["rm", "where"]);
 
     // A bounded fork bomb: 40 background sleeps, each numbered once it has started; busybox sh
     // gives up at the first fork the pids cgroup refuses.
