@@ -380,3 +380,21 @@ fn detach(containers: &Containers, name: Option<&str>) -> anyhow::Result<i32> {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_as_docker_reads_them() {
+        assert_eq!(parse_bytes("32m").unwrap(), 32 << 20);
+        assert_eq!(parse_bytes("32MB").unwrap(), 32 << 20);
+        assert_eq!(parse_bytes("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("1.5k").unwrap(), 1536);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert_eq!(parse_bytes("100b").unwrap(), 100);
+        for bad in ["", "m", "-1m", "12x", "1mm"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
+}
