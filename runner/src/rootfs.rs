@@ -31,6 +31,8 @@ pub trait Kernel {
     fn sethostname(&mut self, name: &str) -> nix::Result<()>;
     /// Brings `lo` up in the current network namespace.
     fn loopback_up(&mut self) -> std::io::Result<()>;
+    /// mknod(2) of a device node with exactly `mode` (type and permission bits).
+    fn mknod(&mut self, path: &Path, mode: u32, rdev: u64) -> nix::Result<()>;
 }
 
 /// The real kernel.
@@ -62,6 +64,19 @@ impl Kernel for Linux {
     }
     fn loopback_up(&mut self) -> std::io::Result<()> {
         crate::sys::loopback_up()
+    }
+    fn mknod(&mut self, path: &Path, mode: u32, rdev: u64) -> nix::Result<()> {
+        use nix::sys::stat::{Mode, SFlag};
+        let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
+        let perm = Mode::from_bits_truncate(mode & 0o7777);
+        nix::sys::stat::mknod(path, kind, perm, rdev)?;
+        // mknod applies the umask; the node gets the host's permissions.
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            perm,
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
     }
 }
 
@@ -109,7 +124,43 @@ fn file_target(root: &Path, path: &str) -> Result<PathBuf, Fail> {
     Ok(target)
 }
 
-fn setup_dev(k: &mut impl Kernel, root: &Path) -> Result<(), Fail> {
+/// `--privileged`: every device node of the host's /dev (but its pts, shm and mqueue) that the
+/// container's /dev does not have yet, as docker gives a privileged container.
+fn host_devices(k: &mut impl Kernel, host: &Path, dev: &Path, depth: u32) -> Result<(), Fail> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(entries) = std::fs::read_dir(host) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if depth == 0 && ["pts", "shm", "mqueue"].iter().any(|n| name == *n) {
+            continue;
+        }
+        let (src, dst) = (e.path(), dev.join(&name));
+        let Ok(m) = std::fs::symlink_metadata(&src) else {
+            continue;
+        };
+        let ft = m.file_type();
+        if std::fs::symlink_metadata(&dst).is_ok() && !ft.is_dir() {
+            continue;
+        }
+        if ft.is_dir() && depth < 3 {
+            if !dst.exists() {
+                ctx(std::fs::create_dir(&dst), || {
+                    format!("creating {}", dst.display())
+                })?;
+            }
+            host_devices(k, &src, &dst, depth + 1)?;
+        } else if ft.is_char_device() || ft.is_block_device() {
+            ctx(k.mknod(&dst, m.mode(), m.rdev()), || {
+                format!("creating device {}", dst.display())
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn setup_dev(k: &mut impl Kernel, root: &Path, privileged: bool) -> Result<(), Fail> {
     let dev = ctx(secure_join(root, "dev", true), || "creating /dev".into())?;
     mount_at(
         k,
@@ -163,6 +214,9 @@ fn setup_dev(k: &mut impl Kernel, root: &Path) -> Result<(), Fail> {
         ctx(std::os::unix::fs::symlink(to, dev.join(link)), || {
             format!("creating /dev/{link}")
         })?;
+    }
+    if privileged {
+        host_devices(k, Path::new("/dev"), &dev, 0)?;
     }
     Ok(())
 }
@@ -256,7 +310,7 @@ pub(crate) fn setup_rootfs(k: &mut impl Kernel, spec: &Spec) -> Result<(), Fail>
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;
-    setup_dev(k, root)?;
+    setup_dev(k, root, spec.security.privileged)?;
     let sys_dir = ctx(secure_join(root, "sys", true), || "creating /sys".into())?;
     let mut ro = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if !spec.security.privileged {
@@ -419,6 +473,11 @@ mod tests {
             self.calls.push("lo up".into());
             Ok(())
         }
+        fn mknod(&mut self, path: &Path, mode: u32, rdev: u64) -> nix::Result<()> {
+            self.calls
+                .push(format!("mknod {} {mode:o} {rdev}", path.display()));
+            Ok(())
+        }
     }
 
     fn spec(root: &Path, state: &Path, binds: Vec<crate::Bind>, network: Network) -> Spec {
@@ -548,6 +607,10 @@ mod tests {
             assert!(k.calls.contains(&want), "{want} not in {:#?}", k.calls);
         }
         assert!(!k.calls.iter().any(|c| c.contains("/proc/keys")));
+        assert!(
+            !k.calls.iter().any(|c| c.starts_with("mknod")),
+            "devices only when privileged"
+        );
         let pivot = k.calls.iter().position(|c| c == "pivot_root").unwrap();
         let last_mask = k
             .calls
@@ -567,5 +630,16 @@ mod tests {
                 .any(|c| c.contains("/proc/kcore") || c.contains("/proc/sys"))
         );
         assert!(k.calls.contains(&format!("mount sysfs sysfs -> {r}/sys")));
+        // The host's other devices are made in the container's /dev; null stays the bind.
+        let mknod = |name: &str| format!("mknod {r}/dev/{name} ");
+        if Path::new("/dev/kmsg").exists() {
+            assert!(
+                k.calls.iter().any(|c| c.starts_with(&mknod("kmsg"))),
+                "{:#?}",
+                k.calls
+            );
+        }
+        assert!(!k.calls.iter().any(|c| c.starts_with(&mknod("null"))));
+        assert!(!k.calls.iter().any(|c| c.starts_with(&mknod("pts/"))));
     }
 }

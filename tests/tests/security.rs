@@ -29,6 +29,7 @@ if $b mknod /probe-kmsg c 1 11 2>/dev/null; then
   if $b timeout 5 $b dd if=/probe-kmsg of=/dev/null bs=8192 count=1 2>/dev/null; then echo kmsg=read; else echo kmsg=refused; fi
 else echo kmsg=nomknod; fi
 if $b unshare -U $b true 2>/dev/null; then echo userns=ok; else echo userns=refused; fi
+if $b test -c /dev/kmsg; then echo hostdev=yes; else echo hostdev=no; fi
 "#;
 
 fn text(o: &Output) -> String {
@@ -90,6 +91,7 @@ fn default_container_is_confined_and_privileged_is_not() {
     // CAP_MKNOD and the cgroup's "c *:* m" allow creating the node; opening it is refused.
     assert_eq!(p["kmsg"], "refused");
     assert_eq!(p["userns"], "refused");
+    assert_eq!(p["hostdev"], "no");
 
     let host_caps = own_status("CapBnd");
     let p = probe(&w, &["--privileged"]);
@@ -103,6 +105,7 @@ fn default_container_is_confined_and_privileged_is_not() {
     assert_eq!(p["mount"], "ok");
     assert_eq!(p["kmsg"], "read");
     assert_eq!(p["userns"], "ok");
+    assert_eq!(p["hostdev"], "yes", "the host's devices are in a privileged /dev");
 }
 
 #[test]
