@@ -1,7 +1,10 @@
 //! strata's container runner: a process in new mount, pid, uts and ipc namespaces (and a new
 //! network namespace with `--network none`), `pivot_root` into a prepared root filesystem, with
 //! `/proc`, a minimal `/dev`, a read-only `/sys`, `/etc/hosts`, `/etc/resolv.conf`,
-//! `/etc/hostname` and bind mounts, then exec of the command as the requested user.
+//! `/etc/hostname` and bind mounts, then exec of the command as the requested user — confined
+//! as docker's default profile confines it: cgroups with limits and the device list
+//! ([`cgroup`]), masked and read-only /proc paths, the capability sets and `no_new_privs`
+//! ([`security`]) and the seccomp filter ([`seccomp`]).
 //!
 //! The calling process (multi-threaded: it serves the FUSE filesystem) never forks itself: it
 //! starts a fresh copy of the program (`<exe> <init-arg> SPEC`) in new namespaces; that
@@ -11,6 +14,7 @@
 pub mod cgroup;
 pub mod freeze;
 mod init;
+mod masks;
 pub mod pty;
 pub mod rootfs;
 pub mod seccomp;

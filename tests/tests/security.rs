@@ -105,7 +105,10 @@ fn default_container_is_confined_and_privileged_is_not() {
     assert_eq!(p["mount"], "ok");
     assert_eq!(p["kmsg"], "read");
     assert_eq!(p["userns"], "ok");
-    assert_eq!(p["hostdev"], "yes", "the host's devices are in a privileged /dev");
+    assert_eq!(
+        p["hostdev"], "yes",
+        "the host's devices are in a privileged /dev"
+    );
 }
 
 #[test]
