@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what strata's demo and tests need from Debian's archive. Idempotent; run as root.
 set -euo pipefail
-pkgs=(docker-registry fuse3 busybox-static zstd curl tar attr skopeo ca-certificates)
+pkgs=(docker-registry fuse3 busybox-static zstd curl tar attr skopeo ca-certificates libseccomp-dev python3-minimal)
 # bzip2 and xz make the compressed archives that the ADD tests unpack.
 pkgs+=(bzip2 xz-utils)
 missing=()

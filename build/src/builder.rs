@@ -809,7 +809,8 @@ impl<'a> Builder<'a> {
                 network: Network::Host,
                 binds: Vec::new(),
                 state_dir: dir.clone(),
-                tty: false,
+                // docker's default profile, as `run` gets it.
+                ..Spec::default()
             };
             let record = Container {
                 id: id.clone(),

@@ -78,7 +78,12 @@ pub fn init_main(spec_path: &Path) -> i32 {
             // If the helper dies (even by SIGKILL), PID 1 — and with it the whole pid
             // namespace — dies too: nothing keeps running unsupervised.
             let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-            let f = match container_main(&spec) {
+            // Into the container's cgroups before anything else, so all it starts is counted.
+            let joined = spec
+                .cgroups
+                .join_self()
+                .map_err(|e| fail(format!("joining the container's cgroup: {e}")));
+            let f = match joined.and_then(|()| container_main(&spec)) {
                 Ok(never) => match never {},
                 Err(f) => f,
             };
@@ -166,6 +171,58 @@ fn open_console() -> Result<(), Fail> {
     Ok(())
 }
 
+/// Switches to the container's user and confines the process: the bounding set first (while
+/// still privileged), then the user (keeping the permitted set across setuid), then the
+/// capability sets; `no_new_privs` and the seccomp filter last. Without `no_new_privs` loading a
+/// filter needs CAP_SYS_ADMIN, so then the filter is loaded before the capabilities are dropped,
+/// as runc does (the default profile allows the setuid, capset and prctl calls that follow).
+fn confine(spec: &Spec, user: &crate::user::User) -> Result<(), Fail> {
+    use crate::security::{SeccompMode, limit_bounding, set_capabilities};
+    let sec = &spec.security;
+    let available = ctx(caps::read(None, caps::CapSet::Bounding), || {
+        "reading the bounding set".into()
+    })?;
+    let keep = sec.capabilities(&available);
+    let profile = match (&sec.seccomp, sec.privileged) {
+        (SeccompMode::Unconfined, _) | (_, true) => None,
+        (SeccompMode::Default, false) => Some(crate::seccomp::default_profile()),
+        (SeccompMode::Profile { path, json }, false) => {
+            Some(ctx(crate::seccomp::Profile::parse(json), || {
+                format!("seccomp profile {path}")
+            })?)
+        }
+    };
+    let target = crate::seccomp::Target::native(keep.clone());
+    let load =
+        |p: &crate::seccomp::Profile| ctx(crate::seccomp::load(p, &target), || "seccomp".into());
+    if !sec.no_new_privileges
+        && let Some(p) = &profile
+    {
+        load(p)?;
+    }
+    ctx(limit_bounding(&keep), || "dropping capabilities".into())?;
+    ctx(nix::sys::prctl::set_keepcaps(true), || "keepcaps".into())?;
+    let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    ctx(setgroups(&groups), || "setgroups".into())?;
+    ctx(setgid(Gid::from_raw(user.gid)), || {
+        format!("setgid {}", user.gid)
+    })?;
+    ctx(setuid(Uid::from_raw(user.uid)), || {
+        format!("setuid {}", user.uid)
+    })?;
+    ctx(nix::sys::prctl::set_keepcaps(false), || "keepcaps".into())?;
+    ctx(set_capabilities(&keep), || "setting capabilities".into())?;
+    if sec.no_new_privileges {
+        ctx(nix::sys::prctl::set_no_new_privs(), || {
+            "setting no_new_privs".into()
+        })?;
+        if let Some(p) = &profile {
+            load(p)?;
+        }
+    }
+    Ok(())
+}
+
 fn container_main(spec: &Spec) -> Result<std::convert::Infallible, Fail> {
     let user = resolve(&spec.rootfs, &spec.user).map_err(|e| fail(e.to_string()))?;
     crate::rootfs::setup_rootfs(&mut crate::rootfs::Linux, spec)?;
@@ -186,14 +243,7 @@ fn container_main(spec: &Spec) -> Result<std::convert::Infallible, Fail> {
     if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
         env.push(format!("HOSTNAME={}", spec.hostname));
     }
-    let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    ctx(setgroups(&groups), || "setgroups".into())?;
-    ctx(setgid(Gid::from_raw(user.gid)), || {
-        format!("setgid {}", user.gid)
-    })?;
-    ctx(setuid(Uid::from_raw(user.uid)), || {
-        format!("setuid {}", user.uid)
-    })?;
+    confine(spec, &user)?;
     let Some(arg0) = spec.args.first() else {
         return Err(fail("no command specified"));
     };

@@ -1,18 +1,25 @@
 //! strata's container runner: a process in new mount, pid, uts and ipc namespaces (and a new
 //! network namespace with `--network none`), `pivot_root` into a prepared root filesystem, with
 //! `/proc`, a minimal `/dev`, a read-only `/sys`, `/etc/hosts`, `/etc/resolv.conf`,
-//! `/etc/hostname` and bind mounts, then exec of the command as the requested user.
+//! `/etc/hostname` and bind mounts, then exec of the command as the requested user — confined
+//! as docker's default profile confines it: cgroups with limits and the device list
+//! ([`cgroup`]), masked and read-only /proc paths, the capability sets and `no_new_privs`
+//! ([`security`]) and the seccomp filter ([`seccomp`]).
 //!
 //! The calling process (multi-threaded: it serves the FUSE filesystem) never forks itself: it
 //! starts a fresh copy of the program (`<exe> <init-arg> SPEC`) in new namespaces; that
 //! single-threaded helper forks the container's PID 1, forwards signals to it and exits with
 //! its status. Depends on none of strata's other crates.
 
+pub mod cgroup;
 pub mod freeze;
 mod init;
 pub mod inroot;
+mod masks;
 pub mod pty;
 pub mod rootfs;
+pub mod seccomp;
+pub mod security;
 mod sys;
 
 pub use sys::{set_window_size, window_size};
@@ -51,6 +58,9 @@ pub enum RunError {
     /// The helper process could not be started or waited for.
     #[error("starting the container process: {0}")]
     Spawn(std::io::Error),
+    /// The container's cgroups could not be created.
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
 }
 
 /// Network mode.
@@ -76,7 +86,7 @@ pub struct Bind {
 }
 
 /// Everything the helper needs to start the container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Spec {
     /// The prepared root filesystem (a mount point).
     pub rootfs: PathBuf,
@@ -100,12 +110,22 @@ pub struct Spec {
     /// controlling terminal.
     #[serde(default)]
     pub tty: bool,
+    /// Capabilities, seccomp, `no_new_privs`, privileged mode.
+    #[serde(default)]
+    pub security: security::Security,
+    /// Memory, CPU and pids limits.
+    #[serde(default)]
+    pub resources: cgroup::Resources,
+    /// The cgroups [`start_with`] created for this run (PID 1 joins them).
+    #[serde(default)]
+    pub cgroups: cgroup::Cgroups,
 }
 
 /// A started container: the helper process that supervises its PID 1.
 #[derive(Debug)]
 pub struct Started {
     child: std::process::Child,
+    cgroups: cgroup::Cgroups,
 }
 
 impl Started {
@@ -117,8 +137,10 @@ impl Started {
     /// Waits for the container; returns its exit status (128+N for signal N; 125/126/127 when
     /// it could not start, as docker reports them).
     pub fn wait(mut self) -> Result<i32, RunError> {
-        let status = self.child.wait().map_err(RunError::Spawn)?;
-        Ok(sys::exit_code(status))
+        let status = self.child.wait().map_err(RunError::Spawn);
+        // The helper has exited, so PID 1 and with it the whole pid namespace are gone.
+        self.cgroups.remove();
+        Ok(sys::exit_code(status?))
     }
 }
 
@@ -151,16 +173,44 @@ pub fn start_with(
     stdio: Stdio,
 ) -> Result<Started, RunError> {
     let path = spec.state_dir.join("spec.json");
+    let id = spec
+        .state_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let host = cgroup::Host::current();
+    // A cgroup left by a strata that died goes first.
+    cgroup::remove_for(&host, &id);
+    let mut spec = spec.clone();
+    spec.cgroups = cgroup::create(&host, &id, &spec.resources, !spec.security.privileged)?;
+    let cgroups = spec.cgroups.clone();
+    let started = spawn_helper(&spec, &path, exe, init_arg, stdio);
+    if started.is_err() {
+        cgroups.remove();
+    }
+    Ok(Started {
+        child: started?,
+        cgroups,
+    })
+}
+
+fn spawn_helper(
+    spec: &Spec,
+    path: &Path,
+    exe: &Path,
+    init_arg: &str,
+    stdio: Stdio,
+) -> Result<std::process::Child, RunError> {
     let bytes = serde_json::to_vec_pretty(spec).map_err(|e| RunError::Spec {
-        path: path.clone(),
+        path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    stateroot::write_private(&path, &bytes).map_err(|e| RunError::Spec {
-        path: path.clone(),
+    stateroot::write_private(path, &bytes).map_err(|e| RunError::Spec {
+        path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
     let mut cmd = Command::new(exe);
-    cmd.arg(init_arg).arg(&path);
+    cmd.arg(init_arg).arg(path);
     // Our copy of the container's end of the console socket, closed once the helper has it.
     let mut console = None;
     match stdio {
@@ -185,7 +235,7 @@ pub fn start_with(
     cmd.process_group(0);
     let child = cmd.spawn().map_err(RunError::Spawn)?;
     drop(console);
-    Ok(Started { child })
+    Ok(child)
 }
 
 /// Combines image config and command line like docker: `--entrypoint` replaces the image's

@@ -32,6 +32,8 @@ pub trait Kernel {
     fn sethostname(&mut self, name: &str) -> nix::Result<()>;
     /// Brings `lo` up in the current network namespace.
     fn loopback_up(&mut self) -> std::io::Result<()>;
+    /// mknod(2) of a device node with exactly `mode` (type and permission bits).
+    fn mknod(&mut self, path: &Path, mode: u32, rdev: u64) -> nix::Result<()>;
 }
 
 /// The real kernel.
@@ -64,9 +66,22 @@ impl Kernel for Linux {
     fn loopback_up(&mut self) -> std::io::Result<()> {
         crate::sys::loopback_up()
     }
+    fn mknod(&mut self, path: &Path, mode: u32, rdev: u64) -> nix::Result<()> {
+        use nix::sys::stat::{Mode, SFlag};
+        let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
+        let perm = Mode::from_bits_truncate(mode & 0o7777);
+        nix::sys::stat::mknod(path, kind, perm, rdev)?;
+        // mknod applies the umask; the node gets the host's permissions.
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            perm,
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+    }
 }
 
-fn mount_at(
+pub(crate) fn mount_at(
     k: &mut impl Kernel,
     src: Option<&str>,
     target: &Path,
@@ -98,7 +113,7 @@ fn dir_target(root: &Path, path: &str) -> Result<PathBuf, Fail> {
     })
 }
 
-fn setup_dev(k: &mut impl Kernel, root: &Path) -> Result<(), Fail> {
+fn setup_dev(k: &mut impl Kernel, root: &Path, privileged: bool) -> Result<(), Fail> {
     let dev = dir_target(root, "dev")?;
     mount_at(
         k,
@@ -153,6 +168,9 @@ fn setup_dev(k: &mut impl Kernel, root: &Path) -> Result<(), Fail> {
             format!("creating /dev/{link}")
         })?;
     }
+    if privileged {
+        crate::masks::host_devices(k, Path::new("/dev"), &dev, 0)?;
+    }
     Ok(())
 }
 
@@ -184,9 +202,12 @@ pub(crate) fn setup_rootfs(k: &mut impl Kernel, spec: &Spec) -> Result<(), Fail>
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;
-    setup_dev(k, root)?;
+    setup_dev(k, root, spec.security.privileged)?;
     let sys_dir = dir_target(root, "sys")?;
-    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mut ro = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if !spec.security.privileged {
+        ro |= MsFlags::MS_RDONLY;
+    }
     if k.mount(Some("sysfs"), &sys_dir, Some("sysfs"), ro, None)
         .is_err()
     {
@@ -206,6 +227,9 @@ pub(crate) fn setup_rootfs(k: &mut impl Kernel, spec: &Spec) -> Result<(), Fail>
             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro,
             None,
         )?;
+    }
+    if !spec.security.privileged {
+        crate::masks::mask_paths(k, root)?;
     }
     let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
@@ -339,6 +363,11 @@ mod tests {
             self.calls.push("lo up".into());
             Ok(())
         }
+        fn mknod(&mut self, path: &Path, mode: u32, rdev: u64) -> nix::Result<()> {
+            self.calls
+                .push(format!("mknod {} {mode:o} {rdev}", path.display()));
+            Ok(())
+        }
     }
 
     fn spec(root: &Path, state: &Path, binds: Vec<crate::Bind>, network: Network) -> Spec {
@@ -352,7 +381,7 @@ mod tests {
             network,
             binds,
             state_dir: state.to_path_buf(),
-            tty: false,
+            ..Spec::default()
         }
     }
 
@@ -439,5 +468,68 @@ mod tests {
         assert!(k.calls.contains(&format!("mount bind /sys -> {r}/sys")));
         assert!(k.calls.contains(&format!("mount remount - -> {r}/sys ro")));
         assert!(!k.calls.contains(&"lo up".to_string()));
+    }
+
+    #[test]
+    fn masks_and_read_only_paths_unless_privileged() {
+        let dir = tempfile::tempdir().unwrap();
+        // Stand-ins for what the kernel's proc and sysfs hold.
+        let fake = |name: &str| {
+            let root = dir.path().join(name);
+            std::fs::create_dir_all(root.join("proc/sys")).unwrap();
+            std::fs::create_dir_all(root.join("proc/acpi")).unwrap();
+            std::fs::create_dir_all(root.join("sys/firmware")).unwrap();
+            std::fs::write(root.join("proc/kcore"), b"").unwrap();
+            root
+        };
+        let root = fake("rootfs");
+        let r = root.display().to_string();
+        let mut k = Recorder::default();
+        setup_rootfs(&mut k, &spec(&root, dir.path(), vec![], Network::Host)).unwrap();
+        for want in [
+            format!("mount bind /dev/null -> {r}/proc/kcore"),
+            format!("mount tmpfs tmpfs -> {r}/proc/acpi ro"),
+            format!("mount tmpfs tmpfs -> {r}/sys/firmware ro"),
+            format!("mount bind {r}/proc/sys -> {r}/proc/sys"),
+            format!("mount remount - -> {r}/proc/sys ro"),
+            format!("mount sysfs sysfs -> {r}/sys ro"),
+        ] {
+            assert!(k.calls.contains(&want), "{want} not in {:#?}", k.calls);
+        }
+        assert!(!k.calls.iter().any(|c| c.contains("/proc/keys")));
+        assert!(
+            !k.calls.iter().any(|c| c.starts_with("mknod")),
+            "devices only when privileged"
+        );
+        let pivot = k.calls.iter().position(|c| c == "pivot_root").unwrap();
+        let last_mask = k
+            .calls
+            .iter()
+            .rposition(|c| c.contains("/proc/sys"))
+            .unwrap();
+        assert!(last_mask < pivot);
+        let root = fake("privileged");
+        let r = root.display().to_string();
+        let mut privileged = spec(&root, dir.path(), vec![], Network::Host);
+        privileged.security.privileged = true;
+        let mut k = Recorder::default();
+        setup_rootfs(&mut k, &privileged).unwrap();
+        assert!(
+            !k.calls
+                .iter()
+                .any(|c| c.contains("/proc/kcore") || c.contains("/proc/sys"))
+        );
+        assert!(k.calls.contains(&format!("mount sysfs sysfs -> {r}/sys")));
+        // The host's other devices are made in the container's /dev; null stays the bind.
+        let mknod = |name: &str| format!("mknod {r}/dev/{name} ");
+        if Path::new("/dev/kmsg").exists() {
+            assert!(
+                k.calls.iter().any(|c| c.starts_with(&mknod("kmsg"))),
+                "{:#?}",
+                k.calls
+            );
+        }
+        assert!(!k.calls.iter().any(|c| c.starts_with(&mknod("null"))));
+        assert!(!k.calls.iter().any(|c| c.starts_with(&mknod("pts/"))));
     }
 }

@@ -120,8 +120,9 @@ impl Containers {
         }
     }
 
-    /// Removes a container's record and directory.
+    /// Removes a container's record and directory (and cgroups a crashed run left).
     pub fn remove(&self, id: &str) -> Result<(), StateError> {
+        crate::cgroup::remove_for(&crate::cgroup::Host::current(), id);
         let dir = self.dir_of(id);
         std::fs::remove_dir_all(&dir).map_err(|source| StateError::Io { path: dir, source })
     }

@@ -1,5 +1,5 @@
 //! `strata cp`: files between a container's filesystem and the host, as docker's `cp`. Paths
-//! inside the container are resolved by `secure_join` (its symlinks cannot lead outside its
+//! inside the container are resolved by the in-root resolver (`strata_runner::resolve_in`) (its symlinks cannot lead outside its
 //! root); what is copied out keeps symlinks as symlinks.
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, lchown};

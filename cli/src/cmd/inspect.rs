@@ -17,6 +17,25 @@ pub struct Args {
     pub format: Option<String>,
 }
 
+/// docker's `HostConfig` fields for a container's limits and security settings.
+fn host_config(spec: &serde_json::Value) -> serde_json::Value {
+    let spec: Option<strata_runner::Spec> = serde_json::from_value(spec.clone()).ok();
+    let Some(spec) = spec else {
+        return json!(null);
+    };
+    let (sec, res) = (&spec.security, &spec.resources);
+    let or_null = |v: &[String]| if v.is_empty() { json!(null) } else { json!(v) };
+    json!({
+        "Memory": res.memory,
+        "NanoCpus": res.nano_cpus,
+        "PidsLimit": (res.pids_limit > 0).then_some(res.pids_limit),
+        "CapAdd": or_null(&sec.cap_add),
+        "CapDrop": or_null(&sec.cap_drop),
+        "Privileged": sec.privileged,
+        "SecurityOpt": or_null(&sec.security_opt()),
+    })
+}
+
 pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     let format = match a.format.as_deref() {
         // docker's inspect has no table: `json` is its default array of objects.
@@ -40,8 +59,10 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
                                 .ok()
                                 .and_then(|b| serde_json::from_slice(&b).ok())
                                 .unwrap_or(json!(null));
+                        let host_config = host_config(&spec);
                         out.push(json!({
                             "Id": c.id, "Name": format!("/{}", c.name), "Image": c.image_id,
+                            "HostConfig": host_config,
                             "Config": {"Image": c.image, "Cmd": c.command},
                             "State": {"Status": c.state, "Running": c.state == strata_runner::state::State::Running,
                                       "Pid": c.pid, "ExitCode": c.exit_code},

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use strata_fetcher::timefmt::now_secs;
+use strata_runner::cgroup::Resources;
+use strata_runner::security::{Security, normalize_cap};
 use strata_runner::state::{Container, Containers, State};
 use strata_runner::{Bind, Network, Spec, command_line, merge_env};
 
@@ -69,6 +71,27 @@ pub struct Args {
     /// image that has one, at low priority), profile, all, none.
     #[arg(long, default_value = "auto")]
     pub prefetch: Prefetch,
+    /// Give the container every capability, every device, no seccomp filter and no masked paths.
+    #[arg(long)]
+    pub privileged: bool,
+    /// Add a Linux capability (NET_ADMIN, CAP_NET_ADMIN, ALL).
+    #[arg(long = "cap-add")]
+    pub cap_add: Vec<String>,
+    /// Drop a Linux capability (or ALL).
+    #[arg(long = "cap-drop")]
+    pub cap_drop: Vec<String>,
+    /// seccomp=unconfined, seccomp=PROFILE.json, no-new-privileges.
+    #[arg(long = "security-opt")]
+    pub security_opt: Vec<String>,
+    /// Memory limit (bytes, or with a unit: 32m, 1g).
+    #[arg(short = 'm', long)]
+    pub memory: Option<String>,
+    /// Number of CPUs (1.5 is one and a half).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Maximum number of processes (-1: unlimited).
+    #[arg(long = "pids-limit")]
+    pub pids_limit: Option<i64>,
     /// Image reference or ID.
     pub image: String,
     /// Command and arguments (default: the image's).
@@ -106,6 +129,72 @@ fn parse_volume(v: &str) -> anyhow::Result<Bind> {
     })
 }
 
+/// docker's memory sizes: a number of bytes with an optional b, k, m or g (powers of 1024).
+fn parse_bytes(s: &str) -> anyhow::Result<i64> {
+    let lower = s.trim().to_ascii_lowercase();
+    let lower = lower
+        .strip_suffix('b')
+        .filter(|r| !r.is_empty() && r.ends_with(|c: char| c.is_ascii_alphabetic()))
+        .unwrap_or(&lower);
+    let (num, unit) = match lower.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => lower.split_at(i),
+        None => (lower, ""),
+    };
+    let shift = match unit {
+        "" | "b" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => bail!("invalid size: {s:?}"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid size: {s:?}"))?;
+    if n < 0.0 {
+        bail!("invalid size: {s:?}");
+    }
+    Ok((n * (1u64 << shift) as f64) as i64)
+}
+
+/// `--privileged`, `--cap-add/--cap-drop`, `--security-opt`, `--memory`, `--cpus`,
+/// `--pids-limit` as the container's security settings and limits.
+fn containment(a: &Args) -> anyhow::Result<(Security, Resources)> {
+    let mut sec = Security {
+        privileged: a.privileged,
+        ..Security::default()
+    };
+    for c in &a.cap_add {
+        sec.cap_add.push(normalize_cap(c)?);
+    }
+    for c in &a.cap_drop {
+        sec.cap_drop.push(normalize_cap(c)?);
+    }
+    for o in &a.security_opt {
+        sec.apply_opt(o)?;
+    }
+    let memory = a
+        .memory
+        .as_deref()
+        .map(parse_bytes)
+        .transpose()?
+        .unwrap_or(0);
+    if memory > 0 && memory < 6 << 20 {
+        bail!("Minimum memory limit allowed is 6MB");
+    }
+    let nano_cpus = match a.cpus {
+        Some(c) if !(0.0..=1024.0).contains(&c) => bail!("invalid value {c} for --cpus"),
+        Some(c) => (c * 1e9) as i64,
+        None => 0,
+    };
+    let res = Resources {
+        memory,
+        nano_cpus,
+        pids_limit: a.pids_limit.unwrap_or(0),
+    };
+    Ok((sec, res))
+}
+
 pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     if crate::cmd::run_checks::tty_missing(a.interactive, a.tty) {
         // docker/cli's CheckTty: before anything is created, exit 1.
@@ -129,6 +218,7 @@ pub fn run_recorded(
         "none" => Network::None,
         other => bail!("network {other:?} not supported (host or none)"),
     };
+    let (security, resources) = containment(&a)?;
     let binds = a
         .volumes
         .iter()
@@ -218,6 +308,9 @@ pub fn run_recorded(
         binds,
         state_dir: dir.clone(),
         tty: a.tty,
+        security,
+        resources,
+        ..Spec::default()
     };
     if let Err(e) = strata_runner::user::resolve(&spec.rootfs, &spec.user) {
         drop(root_mount);
@@ -293,5 +386,23 @@ fn detach(containers: &Containers, name: Option<&str>) -> anyhow::Result<i32> {
             );
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_as_docker_reads_them() {
+        assert_eq!(parse_bytes("32m").unwrap(), 32 << 20);
+        assert_eq!(parse_bytes("32MB").unwrap(), 32 << 20);
+        assert_eq!(parse_bytes("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("1.5k").unwrap(), 1536);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert_eq!(parse_bytes("100b").unwrap(), 100);
+        for bad in ["", "m", "-1m", "12x", "1mm"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
     }
 }
