@@ -17,6 +17,7 @@ if [ "${1:-}" = "--peers" ]; then
   shift 2
 fi
 command -v docker >/dev/null || { echo "record-docker: the docker CLI client is missing" >&2; exit 1; }
+cargo build -q -p strata --bin strata
 cargo build -q -p strata-tests --example golden
 dockerd_pid=
 d=

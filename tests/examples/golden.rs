@@ -35,6 +35,48 @@ fn cleanup(keep_c: &HashSet<String>, keep_i: &HashSet<String>) {
     }
 }
 
+/// The scenarios of `tests/golden/roundtrip/`, run with both tools: `$DOCKER` and `$STRATA`
+/// (target/debug/strata with a --root in the scenario's scratch dir). Written next to them.
+fn roundtrips(
+    reg: &str,
+    digest: &str,
+    rules: &Rules,
+    keep_c: &HashSet<String>,
+    keep_i: &HashSet<String>,
+) -> usize {
+    let dir = golden::golden_dir().join("roundtrip");
+    let exe = std::env::current_exe().unwrap();
+    let strata = exe.parent().unwrap().parent().unwrap().join("strata");
+    assert!(strata.exists(), "{} is missing: cargo build -p strata", strata.display());
+    let mut steps = 0;
+    for sc in golden::scenarios(&dir) {
+        let scratch = tempfile::tempdir().unwrap();
+        let cli = format!("{} --root {}", strata.display(), scratch.path().join("sroot").display());
+        let runner = Runner {
+            cli: "false".into(),
+            reg: reg.to_string(),
+            env: vec![
+                ("BB_DIGEST".into(), digest.to_string()),
+                ("DOCKER".into(), "docker".into()),
+                ("STRATA".into(), cli.clone()),
+                ("RT".into(), dir.display().to_string()),
+            ],
+            rules,
+            timeout: 120,
+        };
+        let outcomes = runner.run(&sc, scratch.path());
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{cli} rm -f $({cli} ps -aq) >/dev/null 2>&1"))
+            .status();
+        cleanup(keep_c, keep_i);
+        steps += outcomes.len();
+        println!("roundtrip {}: {} steps", sc.name, outcomes.len());
+        std::fs::write(dir.join(format!("{}.golden", sc.name)), golden::render(&outcomes)).unwrap();
+    }
+    steps
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     assert_eq!(
@@ -76,6 +118,9 @@ fn main() {
             golden::render(&outcomes),
         )
         .unwrap();
+    }
+    if only.is_empty() || only.iter().any(|o| *o == "roundtrip") {
+        steps += roundtrips(&reg.addr, &bases.bb1_digest, &rules, &keep_c, &keep_i);
     }
     let version = Command::new("docker")
         .args(["version", "--format", "client {{.Client.Version}} (API {{.Client.APIVersion}}); server {{.Server.Version}} (API {{.Server.APIVersion}}, min {{.Server.MinAPIVersion}}); {{range .Server.Components}}{{.Name}} {{.Version}}; {{end}}"])

@@ -43,7 +43,8 @@ pub struct Scenario {
 /// Reads every `*.steps` file of `dir`, sorted by name.
 ///
 /// Syntax: `NAME  COMMAND` per step (NAME is `[a-z0-9-]+`), `! COMMAND` for setup, `#` comments,
-/// a trailing `\` continues a line.
+/// a trailing `\` continues a line. A COMMAND starting `@unordered ` has its stdout lines sorted
+/// (see [`sort_rows`]).
 pub fn scenarios(dir: &Path) -> Vec<Scenario> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
@@ -224,8 +225,12 @@ impl Runner<'_> {
         let lits = vec![(scratch_s.clone(), "<TMP>"), (self.reg.clone(), "<REG>")];
         let mut out = Vec::new();
         for step in &sc.steps {
+            let (unordered, cmd) = match step.cmd.strip_prefix("@unordered ") {
+                Some(rest) => (true, rest),
+                None => (false, step.cmd.as_str()),
+            };
             let o = Command::new("timeout")
-                .args(["-k", "5", &self.timeout.to_string(), "bash", "-c", &step.cmd])
+                .args(["-k", "5", &self.timeout.to_string(), "bash", "-c", cmd])
                 .current_dir(scratch)
                 .env("CLI", &self.cli)
                 .env("REG", &self.reg)
@@ -253,7 +258,10 @@ impl Runner<'_> {
                 continue;
             }
             let mut ids = HashMap::new();
-            let stdout = self.rules.apply(&String::from_utf8_lossy(&o.stdout), &lits, &mut ids);
+            let mut stdout = self.rules.apply(&String::from_utf8_lossy(&o.stdout), &lits, &mut ids);
+            if unordered {
+                stdout = sort_rows(&stdout);
+            }
             let stderr = self.rules.apply(&String::from_utf8_lossy(&o.stderr), &lits, &mut ids);
             out.push(Outcome {
                 id: step.id.clone(),
@@ -265,6 +273,23 @@ impl Runner<'_> {
         }
         out
     }
+}
+
+/// For `@unordered` steps: stdout's lines sorted, a table header (a first line of capitals)
+/// kept first. docker orders images by creation time only, so rows of equal time (two tags of
+/// one image) come in any order from run to run.
+fn sort_rows(text: &str) -> String {
+    let mut lines: Vec<&str> = text.lines().collect();
+    let header = lines
+        .first()
+        .is_some_and(|l| l.starts_with(|c: char| c.is_ascii_uppercase()) && *l == l.to_uppercase());
+    let start = usize::from(header);
+    lines[start..].sort_unstable();
+    let mut out = lines.join("\n");
+    if text.ends_with('\n') {
+        out.push('\n');
+    }
+    out
 }
 
 fn quote(text: &str, out: &mut String) {
