@@ -12,7 +12,10 @@ use strata_tests::golden::{self, Rules, Runner};
 use strata_tests::registry::Registry;
 
 fn docker_lines(args: &[&str]) -> Vec<String> {
-    let o = Command::new("docker").args(args).output().expect("running docker");
+    let o = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("running docker");
     String::from_utf8_lossy(&o.stdout)
         .lines()
         .map(str::to_string)
@@ -47,11 +50,19 @@ fn roundtrips(
     let dir = golden::golden_dir().join("roundtrip");
     let exe = std::env::current_exe().unwrap();
     let strata = exe.parent().unwrap().parent().unwrap().join("strata");
-    assert!(strata.exists(), "{} is missing: cargo build -p strata", strata.display());
+    assert!(
+        strata.exists(),
+        "{} is missing: cargo build -p strata",
+        strata.display()
+    );
     let mut steps = 0;
     for sc in golden::scenarios(&dir) {
         let scratch = tempfile::tempdir().unwrap();
-        let cli = format!("{} --root {}", strata.display(), scratch.path().join("sroot").display());
+        let cli = format!(
+            "{} --root {}",
+            strata.display(),
+            scratch.path().join("sroot").display()
+        );
         let runner = Runner {
             cli: "false".into(),
             reg: reg.to_string(),
@@ -72,7 +83,11 @@ fn roundtrips(
         cleanup(keep_c, keep_i);
         steps += outcomes.len();
         println!("roundtrip {}: {} steps", sc.name, outcomes.len());
-        std::fs::write(dir.join(format!("{}.golden", sc.name)), golden::render(&outcomes)).unwrap();
+        std::fs::write(
+            dir.join(format!("{}.golden", sc.name)),
+            golden::render(&outcomes),
+        )
+        .unwrap();
     }
     steps
 }
@@ -99,8 +114,12 @@ fn main() {
         rules: &rules,
         timeout: 120,
     };
-    let keep_c: HashSet<String> = docker_lines(&["ps", "-aq", "--no-trunc"]).into_iter().collect();
-    let keep_i: HashSet<String> = docker_lines(&["images", "-aq", "--no-trunc"]).into_iter().collect();
+    let keep_c: HashSet<String> = docker_lines(&["ps", "-aq", "--no-trunc"])
+        .into_iter()
+        .collect();
+    let keep_i: HashSet<String> = docker_lines(&["images", "-aq", "--no-trunc"])
+        .into_iter()
+        .collect();
     let out_dir = golden::golden_dir().join("out");
     std::fs::create_dir_all(&out_dir).unwrap();
     let mut steps = 0;
@@ -130,15 +149,16 @@ fn main() {
     let header = format!(
         "# Engine that recorded tests/golden/out (written by scripts/record-docker.sh)\nrecorded: {steps} steps\ndocker: {}\ndockerd: {dockerd}\nbusybox: {}\n",
         String::from_utf8_lossy(&version.stdout).trim(),
-        String::from_utf8_lossy(
-            &Command::new("/bin/busybox").output().unwrap().stdout
-        )
-        .lines()
-        .next()
-        .unwrap_or("")
+        String::from_utf8_lossy(&Command::new("/bin/busybox").output().unwrap().stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
     );
     if only.is_empty() {
         std::fs::write(golden::golden_dir().join("ENGINE"), header).unwrap();
     }
-    println!("recorded {steps} steps with {}", String::from_utf8_lossy(&version.stdout).trim());
+    println!(
+        "recorded {steps} steps with {}",
+        String::from_utf8_lossy(&version.stdout).trim()
+    );
 }

@@ -86,8 +86,16 @@ fn parse_scenario(path: &Path) -> Scenario {
                     record: false,
                 };
             }
-            assert!(name_re.is_match(head), "{}: bad step name {head:?}", path.display());
-            assert!(seen.insert(head.to_string()), "{}: step {head} twice", path.display());
+            assert!(
+                name_re.is_match(head),
+                "{}: bad step name {head:?}",
+                path.display()
+            );
+            assert!(
+                seen.insert(head.to_string()),
+                "{}: step {head} twice",
+                path.display()
+            );
             Step {
                 id: format!("{name}/{head}"),
                 cmd,
@@ -138,7 +146,12 @@ impl Rules {
 
     /// Normalizes one step's output. `ids` numbers hex identifiers by first appearance (keyed
     /// on their first 12 digits) and is shared by a step's stdout and stderr.
-    pub fn apply(&self, text: &str, lits: &[(String, &str)], ids: &mut HashMap<String, usize>) -> String {
+    pub fn apply(
+        &self,
+        text: &str,
+        lits: &[(String, &str)],
+        ids: &mut HashMap<String, usize>,
+    ) -> String {
         let mut t = text.to_string();
         for (from, to) in lits {
             if !from.is_empty() {
@@ -258,11 +271,15 @@ impl Runner<'_> {
                 continue;
             }
             let mut ids = HashMap::new();
-            let mut stdout = self.rules.apply(&String::from_utf8_lossy(&o.stdout), &lits, &mut ids);
+            let mut stdout = self
+                .rules
+                .apply(&String::from_utf8_lossy(&o.stdout), &lits, &mut ids);
             if unordered {
                 stdout = sort_rows(&stdout);
             }
-            let stderr = self.rules.apply(&String::from_utf8_lossy(&o.stderr), &lits, &mut ids);
+            let stderr = self
+                .rules
+                .apply(&String::from_utf8_lossy(&o.stderr), &lits, &mut ids);
             out.push(Outcome {
                 id: step.id.clone(),
                 cmd: step.cmd.clone(),
@@ -348,10 +365,17 @@ pub fn parse(text: &str) -> Vec<Outcome> {
         } else if l == "stderr:" {
             which = 2;
         } else {
-            let buf = if which == 1 { &mut o.stdout } else { &mut o.stderr };
+            let buf = if which == 1 {
+                &mut o.stdout
+            } else {
+                &mut o.stderr
+            };
             if l == "\\ no newline at end" {
                 buf.pop();
-            } else if let Some(c) = l.strip_prefix("| ").or(l.strip_prefix('|').filter(|c| c.is_empty())) {
+            } else if let Some(c) = l
+                .strip_prefix("| ")
+                .or(l.strip_prefix('|').filter(|c| c.is_empty()))
+            {
                 buf.push_str(c);
                 buf.push('\n');
             } else {
@@ -414,7 +438,13 @@ fn gzip(tar: &[u8]) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
-fn push_one(reg: &str, tag: &str, layers: &[Vec<Item>], created: &[&str], labels: serde_json::Value) -> String {
+fn push_one(
+    reg: &str,
+    tag: &str,
+    layers: &[Vec<Item>],
+    created: &[&str],
+    labels: serde_json::Value,
+) -> String {
     let scratch = tempfile::tempdir().unwrap();
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
@@ -451,7 +481,13 @@ fn push_one(reg: &str, tag: &str, layers: &[Vec<Item>], created: &[&str], labels
     let mpath = scratch.path().join("manifest.json");
     std::fs::write(&mpath, &manifest).unwrap();
     let st = Command::new("curl")
-        .args(["-sSf", "-X", "PUT", "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json"])
+        .args([
+            "-sSf",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+        ])
         .arg("--data-binary")
         .arg(format!("@{}", mpath.display()))
         .arg(format!("http://{reg}/v2/bb/manifests/{tag}"))
@@ -465,8 +501,19 @@ fn push_one(reg: &str, tag: &str, layers: &[Vec<Item>], created: &[&str], labels
 /// /etc/passwd with `app` 1000:1000, a `tier=one` label) and `bb:2` (plus a second layer).
 pub fn push_bases(reg: &str) -> Bases {
     let l1 = base_items();
-    let l2 = vec![dir("etc"), file("etc/motd", b"second layer\n"), dir("srv"), file("srv/data.txt", b"data\n")];
-    let bb1_digest = push_one(reg, "1", &[l1.clone()], &["2024-01-01T00:00:00Z"], serde_json::json!({"tier": "one"}));
+    let l2 = vec![
+        dir("etc"),
+        file("etc/motd", b"second layer\n"),
+        dir("srv"),
+        file("srv/data.txt", b"data\n"),
+    ];
+    let bb1_digest = push_one(
+        reg,
+        "1",
+        std::slice::from_ref(&l1),
+        &["2024-01-01T00:00:00Z"],
+        serde_json::json!({"tier": "one"}),
+    );
     push_one(
         reg,
         "2",

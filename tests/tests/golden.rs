@@ -9,6 +9,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Mutex;
 
 use strata_tests::golden::{self, Outcome, Rules, Runner, Scenario};
@@ -33,7 +34,10 @@ fn differences() -> BTreeMap<String, String> {
             "DIFFERENCES:{}: want `STEP deliberate|#ISSUE REASON`, got {line:?}",
             n + 1
         );
-        assert!(out.insert(id.clone(), line.to_string()).is_none(), "DIFFERENCES: {id} twice");
+        assert!(
+            out.insert(id.clone(), line.to_string()).is_none(),
+            "DIFFERENCES: {id} twice"
+        );
     }
     out
 }
@@ -49,7 +53,10 @@ fn show(label: &str, text: &str) -> String {
 fn describe(want: &Outcome, got: &Outcome) -> String {
     let mut s = format!("  {} ($ {})\n", want.id, want.cmd.replace('\n', " "));
     if want.code != got.code {
-        s.push_str(&format!("    exit: docker {} strata {}\n", want.code, got.code));
+        s.push_str(&format!(
+            "    exit: docker {} strata {}\n",
+            want.code, got.code
+        ));
     }
     if want.stdout != got.stdout {
         s.push_str(&show("docker stdout", &want.stdout));
@@ -67,55 +74,24 @@ fn strata_matches_docker_goldens() {
     if !require_root_fuse("strata_matches_docker_goldens") {
         return;
     }
-    let bin = strata::bin();
-    let rules = Rules::load();
-    let reg = Registry::start();
-    let bases = golden::push_bases(&reg.addr);
     let scs = golden::scenarios(&golden::golden_dir().join("scenarios"));
-    let actual_dir = bin.parent().unwrap().parent().unwrap().join("golden-actual");
+    let actual_dir = strata::bin()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("golden-actual");
     std::fs::create_dir_all(&actual_dir).unwrap();
+    let results = run_all(&scs, &actual_dir);
+    let fail = compare(&scs, &results, &actual_dir);
+    assert!(fail.is_empty(), "{fail}");
+}
 
-    // Scenarios are independent (own root, own repositories in the registry): run them on a
-    // few threads to keep the test short.
-    let queue: Mutex<Vec<&Scenario>> = Mutex::new(scs.iter().rev().collect());
-    let results: Mutex<BTreeMap<String, Vec<Outcome>>> = Mutex::new(BTreeMap::new());
-    std::thread::scope(|s| {
-        for _ in 0..3 {
-            s.spawn(|| {
-                loop {
-                    let Some(sc) = queue.lock().unwrap().pop() else {
-                        break;
-                    };
-                    let scratch = tempfile::tempdir().unwrap();
-                    let runner = Runner {
-                        cli: format!(
-                            "{} --root {}",
-                            bin.display(),
-                            scratch.path().join("root").display()
-                        ),
-                        reg: reg.addr.clone(),
-                        env: vec![("BB_DIGEST".into(), bases.bb1_digest.clone())],
-                        rules: &rules,
-                        timeout: 60,
-                    };
-                    let outcomes = runner.run(sc, scratch.path());
-                    // Containers left running would keep their mounts in the scratch dir.
-                    let _ = std::process::Command::new("sh")
-                        .arg("-c")
-                        .arg(format!("{} rm -f $({} ps -aq) >/dev/null 2>&1", runner.cli, runner.cli))
-                        .status();
-                    std::fs::write(
-                        actual_dir.join(format!("{}.golden", sc.name)),
-                        golden::render(&outcomes),
-                    )
-                    .unwrap();
-                    results.lock().unwrap().insert(sc.name.clone(), outcomes);
-                }
-            });
-        }
-    });
-    let results = results.into_inner().unwrap();
-
+/// Compares with the recordings and DIFFERENCES; prints the ratios, returns what fails.
+fn compare(
+    scs: &[Scenario],
+    results: &BTreeMap<String, Vec<Outcome>>,
+    actual_dir: &Path,
+) -> String {
     let listed = differences();
     let mut seen = std::collections::BTreeSet::new();
     let (mut total, mut same, mut codes_same) = (0, 0, 0);
@@ -123,10 +99,15 @@ fn strata_matches_docker_goldens() {
     let mut now_matching = Vec::new();
     let mut stale = Vec::new();
     let mut code_diffs = Vec::new();
-    for sc in &scs {
-        let file = golden::golden_dir().join("out").join(format!("{}.golden", sc.name));
+    for sc in scs {
+        let file = golden::golden_dir()
+            .join("out")
+            .join(format!("{}.golden", sc.name));
         let want = golden::parse(&std::fs::read_to_string(&file).unwrap_or_else(|e| {
-            panic!("{}: {e} (record it with scripts/record-docker.sh)", file.display())
+            panic!(
+                "{}: {e} (record it with scripts/record-docker.sh)",
+                file.display()
+            )
         }));
         let got = &results[&sc.name];
         let want_ids: Vec<&str> = want.iter().map(|o| o.id.as_str()).collect();
@@ -182,7 +163,61 @@ fn strata_matches_docker_goldens() {
         ));
     }
     if !unknown.is_empty() {
-        fail.push_str(&format!("DIFFERENCES names steps no scenario has: {unknown:?}\n"));
+        fail.push_str(&format!(
+            "DIFFERENCES names steps no scenario has: {unknown:?}\n"
+        ));
     }
-    assert!(fail.is_empty(), "{fail}");
+    fail
+}
+
+/// Runs every scenario on strata (3 at a time); writes each to `actual_dir` and returns them.
+fn run_all(scs: &[Scenario], actual_dir: &Path) -> BTreeMap<String, Vec<Outcome>> {
+    let bin = strata::bin();
+    let rules = Rules::load();
+    let reg = Registry::start();
+    let bases = golden::push_bases(&reg.addr);
+
+    // Scenarios are independent (own root, own repositories in the registry): run them on a
+    // few threads to keep the test short.
+    let queue: Mutex<Vec<&Scenario>> = Mutex::new(scs.iter().rev().collect());
+    let results: Mutex<BTreeMap<String, Vec<Outcome>>> = Mutex::new(BTreeMap::new());
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                loop {
+                    let Some(sc) = queue.lock().unwrap().pop() else {
+                        break;
+                    };
+                    let scratch = tempfile::tempdir().unwrap();
+                    let runner = Runner {
+                        cli: format!(
+                            "{} --root {}",
+                            bin.display(),
+                            scratch.path().join("root").display()
+                        ),
+                        reg: reg.addr.clone(),
+                        env: vec![("BB_DIGEST".into(), bases.bb1_digest.clone())],
+                        rules: &rules,
+                        timeout: 60,
+                    };
+                    let outcomes = runner.run(sc, scratch.path());
+                    // Containers left running would keep their mounts in the scratch dir.
+                    let _ = std::process::Command::new("sh")
+                        .arg("-c")
+                        .arg(format!(
+                            "{} rm -f $({} ps -aq) >/dev/null 2>&1",
+                            runner.cli, runner.cli
+                        ))
+                        .status();
+                    std::fs::write(
+                        actual_dir.join(format!("{}.golden", sc.name)),
+                        golden::render(&outcomes),
+                    )
+                    .unwrap();
+                    results.lock().unwrap().insert(sc.name.clone(), outcomes);
+                }
+            });
+        }
+    });
+    results.into_inner().unwrap()
 }
