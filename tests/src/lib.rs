@@ -6,6 +6,7 @@
 
 pub mod estargz;
 pub mod fixtures;
+pub mod golden;
 pub mod layers;
 pub mod proxy;
 pub mod registry;
