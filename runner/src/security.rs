@@ -198,11 +198,14 @@ pub(crate) fn limit_bounding(keep: &CapsHashSet) -> Result<(), caps::errors::Cap
     Ok(())
 }
 
-/// Sets the effective, inheritable and permitted sets to `keep` and clears the ambient set;
-/// after a change of user this needs `PR_SET_KEEPCAPS` to have kept the permitted set.
+/// Sets the effective and permitted sets to `keep` and clears the inheritable and ambient
+/// sets, as docker does since moby 20.10.14 (CVE-2022-24769: an inheritable set lets a
+/// file's inheritable capabilities raise an unprivileged exec; checked on dockerd
+/// v2.0.0-beta.24 + runc 1.3.3: `CapInh 0000000000000000`, default and `--privileged`).
+/// After a change of user this needs `PR_SET_KEEPCAPS` to have kept the permitted set.
 pub(crate) fn set_capabilities(keep: &CapsHashSet) -> Result<(), caps::errors::CapsError> {
     caps::set(None, CapSet::Effective, keep)?;
-    caps::set(None, CapSet::Inheritable, keep)?;
+    caps::clear(None, CapSet::Inheritable)?;
     caps::set(None, CapSet::Permitted, keep)?;
     caps::clear(None, CapSet::Ambient)
 }
