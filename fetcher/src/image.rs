@@ -61,6 +61,14 @@ pub enum ImageError {
         /// What is wrong.
         reason: String,
     },
+    /// No manifest of an index fits the wanted platform.
+    #[error("{what}: {source}")]
+    Platform {
+        /// The reference.
+        what: String,
+        /// The cause.
+        source: crate::platform::PlatformError,
+    },
     /// Fetching content failed.
     #[error(transparent)]
     Fetch(#[from] FetchError),
@@ -202,8 +210,12 @@ impl Context {
         }
         if v.get("manifests").is_some() {
             let index = ImageIndex::from_reader(&m.bytes[..]).map_err(|e| bad(e.to_string()))?;
-            let d = select_platform(&index, platform)
-                .ok_or_else(|| bad(format!("no manifest for platform {platform}")))?;
+            let d = crate::platform::select(&index, platform).map_err(|source| {
+                ImageError::Platform {
+                    what: what.clone(),
+                    source,
+                }
+            })?;
             let inner = self.client.get_manifest_by(r, &d.to_string()).await?;
             let manifest =
                 ImageManifest::from_reader(&inner.bytes[..]).map_err(|e| bad(e.to_string()))?;
@@ -674,23 +686,4 @@ pub fn digest_of(desc: &Descriptor) -> Result<Digest, ImageError> {
             what: desc.digest().to_string(),
             reason: e.to_string(),
         })
-}
-
-/// Picks the manifest for `platform` (`os/arch[/variant]`) from an index.
-pub fn select_platform(index: &ImageIndex, platform: &str) -> Option<Digest> {
-    let mut parts = platform.split('/');
-    let os = parts.next().unwrap_or("linux");
-    let arch = parts.next().unwrap_or("amd64");
-    let variant = parts.next();
-    index
-        .manifests()
-        .iter()
-        .find(|m| {
-            m.platform().as_ref().is_some_and(|p| {
-                p.os().to_string() == os
-                    && p.architecture().to_string() == arch
-                    && variant.is_none_or(|v| p.variant().as_deref() == Some(v))
-            })
-        })
-        .and_then(|m| digest_of(m).ok())
 }

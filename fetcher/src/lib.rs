@@ -14,6 +14,7 @@ pub mod image;
 pub mod index;
 pub mod lazy;
 pub mod plain;
+pub mod platform;
 pub mod profile;
 pub mod push;
 pub mod reference;
