@@ -5,6 +5,7 @@
 pub mod auth;
 #[cfg(test)]
 mod fake_tests;
+mod retry;
 mod upload;
 
 use std::collections::HashMap;
@@ -15,11 +16,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, RANGE, WWW_AUTHENTICATE};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use tracing::{debug, info};
 
 use self::auth::{Challenge, CredentialStore, parse_challenge};
+pub use self::retry::parse_retry_after;
 use crate::digest::{Digest, DigestError};
 use crate::reference::Reference;
 
@@ -63,6 +67,24 @@ pub enum RegistryError {
     /// Content did not match its digest.
     #[error(transparent)]
     Digest(#[from] DigestError),
+    /// The registry kept answering 429/503 with `Retry-After` past the allowed total wait.
+    #[error("registry {registry}: {method} {url}: {status} (rate limited): still refused after waiting {waited_secs}s of at most {limit_secs}s as Retry-After asked; next Retry-After {next_secs}s")]
+    RateLimited {
+        /// The registry.
+        registry: String,
+        /// Request method.
+        method: String,
+        /// Request URL.
+        url: String,
+        /// The last status (429 or 503).
+        status: StatusCode,
+        /// Seconds already waited for this request.
+        waited_secs: u64,
+        /// The allowed total wait.
+        limit_secs: u64,
+        /// What the last `Retry-After` asked for.
+        next_secs: u64,
+    },
     /// The registry broke the protocol.
     #[error("registry {registry}: {reason}")]
     Protocol {
@@ -94,6 +116,9 @@ pub struct ClientOptions {
     pub request_timeout_secs: u64,
     /// Attempts for a request that fails with 5xx, 429 or a transport error; default 4.
     pub attempts: u32,
+    /// Longest total time one request may spend waiting as a registry's `Retry-After` asks
+    /// (429 and 503 answers); default 60 s. Waits that would go past it fail the request.
+    pub rate_limit_wait_secs: u64,
     /// Where credentials come from.
     pub credentials: CredentialStore,
 }
@@ -105,6 +130,7 @@ impl Default for ClientOptions {
             connect_timeout_secs: 10,
             request_timeout_secs: 60,
             attempts: 4,
+            rate_limit_wait_secs: 60,
             credentials: CredentialStore::default(),
         }
     }
@@ -208,6 +234,7 @@ impl RegistryClient {
         let scope = format!("repository:{}:{actions}", r.repository);
         let mut authed_retry = false;
         let mut attempt = 0u32;
+        let mut waited = Duration::ZERO;
         loop {
             attempt += 1;
             let mut req = build(self.http.request(method.clone(), url));
@@ -218,6 +245,13 @@ impl RegistryClient {
                 req = req.header(AUTHORIZATION, h);
             }
             let result = req.send().await;
+            if let Ok(resp) = &result
+                && let Some(wait) =
+                    self.rate_limit_wait(&r.registry, &method, url, resp, &mut waited)?
+            {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
             let transient = match &result {
                 Ok(resp) => {
                     let s = resp.status();
@@ -250,6 +284,48 @@ impl RegistryClient {
             }
             return Ok(resp);
         }
+    }
+
+    /// For a 429/503 answer carrying `Retry-After`: how long to wait before asking again, added
+    /// to `waited`; an error once the total would pass `rate_limit_wait_secs`. `None` for
+    /// other answers (they follow the ordinary retry rules).
+    fn rate_limit_wait(
+        &self,
+        registry: &str,
+        method: &Method,
+        url: &str,
+        resp: &Response,
+        waited: &mut Duration,
+    ) -> Result<Option<Duration>, RegistryError> {
+        let status = resp.status();
+        if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE {
+            return Ok(None);
+        }
+        let Some(wait) = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
+        else {
+            return Ok(None);
+        };
+        // Never spin: a Retry-After of 0 (or a date in the past) still waits a little.
+        let wait = wait.max(Duration::from_millis(100));
+        let limit = Duration::from_secs(self.opts.rate_limit_wait_secs);
+        if *waited + wait > limit {
+            return Err(RegistryError::RateLimited {
+                registry: registry.to_string(),
+                method: method.to_string(),
+                url: url.to_string(),
+                status,
+                waited_secs: waited.as_secs(),
+                limit_secs: limit.as_secs(),
+                next_secs: wait.as_secs_f64().ceil() as u64,
+            });
+        }
+        *waited += wait;
+        info!(%url, %status, wait_ms = wait.as_millis() as u64, "registry asks to retry later");
+        Ok(Some(wait))
     }
 
     fn auth_header(&self, registry: &str, scope: &str) -> Option<String> {
@@ -307,14 +383,32 @@ impl RegistryClient {
                 if let Some(c) = &cred {
                     req = req.header(AUTHORIZATION, c.basic_header());
                 }
-                let resp = req
-                    .send()
-                    .await
-                    .map_err(|source| RegistryError::Transport {
-                        method: "GET".into(),
-                        url: realm.clone(),
-                        source,
+                let mut waited = Duration::ZERO;
+                let resp = loop {
+                    let attempt = req.try_clone().ok_or_else(|| RegistryError::Protocol {
+                        registry: r.registry.clone(),
+                        reason: "token request cannot be repeated".into(),
                     })?;
+                    let resp =
+                        attempt
+                            .send()
+                            .await
+                            .map_err(|source| RegistryError::Transport {
+                                method: "GET".into(),
+                                url: realm.clone(),
+                                source,
+                            })?;
+                    match self.rate_limit_wait(
+                        &r.registry,
+                        &Method::GET,
+                        &realm,
+                        &resp,
+                        &mut waited,
+                    )? {
+                        Some(wait) => tokio::time::sleep(wait).await,
+                        None => break resp,
+                    }
+                };
                 if !resp.status().is_success() {
                     return Err(status_error("GET", &realm, resp).await);
                 }
