@@ -19,6 +19,9 @@ pub mod profile;
 pub mod push;
 pub mod reference;
 pub mod registry;
+pub mod sparse;
+#[cfg(test)]
+mod sparse_tests;
 pub mod store;
 pub mod tarsplit;
 pub mod tarwalk;
