@@ -2,6 +2,7 @@
 //! tables of contents, the image store and the verified chunk cache.
 
 pub mod archive;
+pub mod archive_docker;
 pub mod atomic;
 pub mod cache;
 pub mod chunked;

@@ -83,3 +83,214 @@ fn sparse_files_in_every_tar_dialect() {
         assert!(sum.starts_with(&want), "{tag}: converted read {sum}");
     }
 }
+
+/// A tar of `(path, bytes)` files.
+fn tar_files(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (p, data) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, p, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn hex(d: &str) -> &str {
+    d.trim_start_matches("sha256:")
+}
+
+fn config_of(diff_ids: &[String]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/busybox", "cat", "/hello"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": diff_ids.iter().map(|_| serde_json::json!({"created_by": "test"})).collect::<Vec<_>>(),
+    }))
+    .unwrap()
+}
+
+/// The archive `docker save` wrote before Docker 25: `<id>.json`, `<layer id>/layer.tar`,
+/// `manifest.json` (RepoTags null when untagged) and `repositories`.
+fn legacy_archive(hello: &[u8], repo_tags: Option<Vec<&str>>) -> (Vec<u8>, String) {
+    let layers = [tar_of(&busybox_layer()), tar_files(&[("hello", hello)])];
+    let diff_ids: Vec<String> = layers.iter().map(|l| sha(l)).collect();
+    let config = config_of(&diff_ids);
+    let id = sha(&config);
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut layer_paths = Vec::new();
+    for (i, l) in layers.iter().enumerate() {
+        let dir = format!("{}{i}", &hex(&diff_ids[i])[..60]);
+        files.push((format!("{dir}/VERSION"), b"1.0".to_vec()));
+        files.push((format!("{dir}/layer.tar"), l.clone()));
+        layer_paths.push(format!("{dir}/layer.tar"));
+    }
+    files.push((format!("{}.json", hex(&id)), config));
+    let manifest = serde_json::json!([{
+        "Config": format!("{}.json", hex(&id)),
+        "RepoTags": repo_tags,
+        "Layers": layer_paths,
+    }]);
+    files.push(("manifest.json".into(), serde_json::to_vec(&manifest).unwrap()));
+    if let Some(tags) = &repo_tags {
+        let (repo, tag) = tags[0].rsplit_once(':').unwrap();
+        let repos = serde_json::json!({repo: {tag: hex(&id)}});
+        files.push(("repositories".into(), serde_json::to_vec(&repos).unwrap()));
+    }
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, d)| (p.as_str(), &d[..])).collect();
+    (tar_files(&refs), id)
+}
+
+/// An OCI layout whose index.json points at an image index, as docker's containerd image
+/// store and nerdctl write it: the index lists linux/amd64 (present), linux/arm64 and an
+/// attestation manifest (blobs left out, as docker leaves them out).
+fn nested_index_archive(hello: &[u8], annotations: serde_json::Value) -> Vec<u8> {
+    let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut put = |b: Vec<u8>| {
+        let d = sha(&b);
+        blobs.push((format!("blobs/sha256/{}", hex(&d)), b));
+        d
+    };
+    let layers = [tar_of(&busybox_layer()), tar_files(&[("hello", hello)])];
+    let diff_ids: Vec<String> = layers.iter().map(|l| sha(l)).collect();
+    let mut descs = Vec::new();
+    for l in &layers {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, l).unwrap();
+        let blob = gz.finish().unwrap();
+        let size = blob.len();
+        descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": put(blob), "size": size}));
+    }
+    let config = config_of(&diff_ids);
+    let csize = config.len();
+    let cd = put(config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": csize},
+        "layers": descs,
+    }))
+    .unwrap();
+    let msize = manifest.len();
+    let md = put(manifest);
+    let absent = |n: u8| sha(&[n]);
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": absent(1), "size": 100,
+             "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": msize,
+             "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": absent(2), "size": 100,
+             "platform": {"os": "unknown", "architecture": "unknown"},
+             "annotations": {"vnd.docker.reference.type": "attestation-manifest", "vnd.docker.reference.digest": md}},
+        ],
+    }))
+    .unwrap();
+    let isize = index.len();
+    let id = put(index);
+    let top = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": id, "size": isize, "annotations": annotations}],
+    });
+    blobs.push(("index.json".into(), serde_json::to_vec(&top).unwrap()));
+    blobs.push(("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()));
+    let refs: Vec<(&str, &[u8])> = blobs.iter().map(|(p, d)| (p.as_str(), &d[..])).collect();
+    tar_files(&refs)
+}
+
+fn load(root: &Path, archive: &[u8], dir: &Path, name: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, archive).unwrap();
+    ok(root, &["load", "-i", p.to_str().unwrap()])
+}
+
+/// Kind 8: `load` reads what `docker save` writes and prints what `docker load` prints
+/// (`Loaded image: NAME`, `Loaded image ID: sha256:...` when untagged; docker's documented
+/// output since 1.x, unchanged in Docker 25+/29). The formats follow moby's
+/// image/tarexport (legacy manifest.json, RepoTags null when untagged) and Docker 25+/
+/// containerd image store (index.json → image index, `io.containerd.image.name`). Not yet
+/// compared with a live engine here: the peers' dockerd is not built on this machine.
+#[test]
+fn load_reads_docker_save_archives_and_save_writes_manifest_json() {
+    if !require_root_fuse("load_reads_docker_save_archives_and_save_writes_manifest_json") {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    let dir = state.path();
+
+    // Before Docker 25, tagged: named from RepoTags, runs.
+    let (archive, _) = legacy_archive(b"legacy\n", Some(vec!["me/legacy:1", "me/legacy:latest"]));
+    assert_eq!(
+        load(&root, &archive, dir, "legacy.tar"),
+        "Loaded image: me/legacy:1\nLoaded image: me/legacy:latest\n"
+    );
+    assert_eq!(ok(&root, &["run", "--rm", "me/legacy:1"]), "legacy\n");
+
+    // Untagged (RepoTags null): its ID is printed, and runs by ID.
+    let (archive, id) = legacy_archive(b"untagged\n", None);
+    assert_eq!(
+        load(&root, &archive, dir, "untagged.tar"),
+        format!("Loaded image ID: {id}\n")
+    );
+    assert_eq!(ok(&root, &["run", "--rm", &id[7..19]]), "untagged\n");
+
+    // A layer whose content does not match the config's diff_id is refused.
+    let (mut archive, _) = legacy_archive(b"good\n", Some(vec!["me/bad:1"]));
+    let at = archive.windows(5).rposition(|w| w == b"good\n").unwrap();
+    archive[at] = b'b';
+    let p = dir.join("bad.tar");
+    std::fs::write(&p, &archive).unwrap();
+    let out = strata_tests::strata::run(&root, &["load", "-i", p.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("layer.tar"));
+    assert!(strata_tests::strata::run(&root, &["inspect", "me/bad:1"]).status.code() != Some(0));
+
+    // The containerd image store / nerdctl: index.json → image index.
+    let archive = nested_index_archive(
+        b"nested\n",
+        serde_json::json!({"io.containerd.image.name": "docker.io/library/nested:2", "org.opencontainers.image.ref.name": "2"}),
+    );
+    assert_eq!(load(&root, &archive, dir, "nested.tar"), "Loaded image: nested:2\n");
+    assert_eq!(ok(&root, &["run", "--rm", "nested:2"]), "nested\n");
+    // Only the OCI ref name, as a whole reference.
+    let archive = nested_index_archive(
+        b"refname\n",
+        serde_json::json!({"org.opencontainers.image.ref.name": "127.0.0.1:5999/me/ref:3"}),
+    );
+    assert_eq!(
+        load(&root, &archive, dir, "ref.tar"),
+        "Loaded image: 127.0.0.1:5999/me/ref:3\n"
+    );
+
+    // `strata save` writes docker's manifest.json beside the OCI layout; with index.json taken
+    // out, manifest.json alone loads the image (what `docker load` reads).
+    let saved = dir.join("saved.tar");
+    ok(&root, &["save", "-o", saved.to_str().unwrap(), "nested:2"]);
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut a = tar::Archive::new(std::fs::File::open(&saved).unwrap());
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let p = e.path().unwrap().to_string_lossy().into_owned();
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut v).unwrap();
+        files.push((p, v));
+    }
+    let manifest = &files.iter().find(|(p, _)| p == "manifest.json").unwrap().1;
+    let m: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+    assert_eq!(m[0]["RepoTags"], serde_json::json!(["nested:2"]));
+    let config_path = m[0]["Config"].as_str().unwrap();
+    assert!(config_path.starts_with("blobs/sha256/"), "{m}");
+    for l in m[0]["Layers"].as_array().unwrap() {
+        assert!(files.iter().any(|(p, _)| p == l.as_str().unwrap()), "{l} missing");
+    }
+    assert!(files.iter().any(|(p, _)| p == "index.json"));
+    files.retain(|(p, _)| p != "index.json");
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, d)| (p.as_str(), &d[..])).collect();
+    let fresh = dir.join("fresh");
+    assert_eq!(
+        load(&fresh, &tar_files(&refs), dir, "docker-only.tar"),
+        "Loaded image: nested:2\n"
+    );
+    assert_eq!(ok(&fresh, &["run", "--rm", "nested:2"]), "nested\n");
+}
