@@ -294,3 +294,130 @@ fn load_reads_docker_save_archives_and_save_writes_manifest_json() {
     );
     assert_eq!(ok(&fresh, &["run", "--rm", "nested:2"]), "nested\n");
 }
+
+fn curl(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail-with-body"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl {args:?}: {out:?}");
+    out.stdout
+}
+
+fn inspect(root: &Path, name: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&ok(root, &["inspect", name])).unwrap();
+    v[0].clone()
+}
+
+fn fails(root: &Path, args: &[&str]) -> String {
+    let out = strata_tests::strata::run(root, args);
+    assert!(!out.status.success(), "strata {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Kind 1: images that share a config — an image, its `strata convert` output, the same image
+/// under a Docker-format manifest, and a profiled one — in one state root. Containers remember
+/// their manifest: commit and start work; rmi by id follows docker (several names: must be
+/// forced); inspect, history and images stay right.
+#[test]
+fn images_sharing_a_config() {
+    if !require_root_fuse("images_sharing_a_config") {
+        return;
+    }
+    let reg = Registry::start();
+    let pushed = strata_tests::layers::push_image(
+        &reg.addr,
+        "t/shared",
+        "1",
+        &strata_tests::fixtures::runnable_layers(),
+        Comp::Gzip,
+    );
+    let orig = pushed.reference;
+    // The same image under a Docker-format manifest.
+    let m: serde_json::Value = serde_json::from_slice(&curl(&[
+        "-H",
+        "Accept: application/vnd.oci.image.manifest.v1+json",
+        &format!("http://{}/v2/t/shared/manifests/1", reg.addr),
+    ]))
+    .unwrap();
+    let mut dm = m.clone();
+    dm["mediaType"] = "application/vnd.docker.distribution.manifest.v2+json".into();
+    dm["config"]["mediaType"] = "application/vnd.docker.container.image.v1+json".into();
+    for l in dm["layers"].as_array_mut().unwrap() {
+        l["mediaType"] = "application/vnd.docker.image.rootfs.diff.tar.gzip".into();
+        l.as_object_mut().unwrap().remove("annotations");
+    }
+    curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/vnd.docker.distribution.manifest.v2+json",
+        "--data-binary",
+        &serde_json::to_string(&dm).unwrap(),
+        &format!("http://{}/v2/t/shared/manifests/docker", reg.addr),
+    ]);
+    let docker = format!("{}/t/shared:docker", reg.addr);
+    let lazy = format!("{}/t/shared:lazy", reg.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    ok(&root, &["pull", &orig]);
+    ok(&root, &["convert", &orig, &lazy]);
+    ok(&root, &["pull", &lazy]);
+    ok(&root, &["pull", &docker]);
+    let id = inspect(&root, &orig)["Id"].as_str().unwrap().to_string();
+    for r in [&lazy, &docker] {
+        assert_eq!(inspect(&root, r)["Id"], id.as_str(), "{r}");
+    }
+    let short = &id[7..19];
+    let images = ok(&root, &["images"]);
+    assert_eq!(images.matches(short).count(), 3, "{images}");
+
+    // A container of each: commit and start of the exited container work.
+    for (name, image) in [("c-orig", &orig), ("c-lazy", &lazy), ("c-docker", &docker)] {
+        ok(
+            &root,
+            &["run", "--name", name, image, "sh", "-c", &format!("echo {name} > /who")],
+        );
+        let target = format!("me/{name}:1");
+        ok(&root, &["commit", name, &target]);
+        assert_eq!(
+            ok(&root, &["run", "--rm", &target, "cat", "/who"]),
+            format!("{name}\n")
+        );
+        ok(&root, &["start", "-a", name]);
+        let c = inspect(&root, name);
+        assert_eq!(
+            (c["State"]["Status"].as_str(), c["State"]["ExitCode"].as_i64()),
+            (Some("exited"), Some(0)),
+            "{name}"
+        );
+    }
+
+    // A profiled image (a new manifest, same config) adds a fourth name to the id.
+    ok(&root, &["profile", "--tag", "me/profiled:1", &lazy, "cat", "/etc/os-release"]);
+    assert_eq!(inspect(&root, "me/profiled:1")["Id"], id.as_str());
+
+    // rmi by id: several names → must be forced, as docker says; nothing removed.
+    let err = fails(&root, &["rmi", short]);
+    assert!(
+        err.contains(&format!(
+            "conflict: unable to delete {short} (must be forced) - image is referenced in multiple repositories"
+        )),
+        "{err}"
+    );
+    // inspect and history by id still work.
+    ok(&root, &["inspect", short]);
+    let hist = ok(&root, &["history", short]);
+    assert!(hist.contains(short), "{hist}");
+    // Untagging one name of a used image: its container keeps it.
+    let err = fails(&root, &["rmi", &lazy]);
+    assert!(err.contains("is using its referenced image"), "{err}");
+    ok(&root, &["rm", "c-lazy"]);
+    let out = ok(&root, &["rmi", &lazy]);
+    assert!(out.starts_with("Untagged: "), "{out}");
+    // The other images of that id are untouched and still run.
+    assert!(!ok(&root, &["run", "--rm", &docker, "cat", "/etc/os-release"]).is_empty());
+    ok(&root, &["start", "-a", "c-orig"]);
+    ok(&root, &["commit", "c-docker", "me/again:1"]);
+}
