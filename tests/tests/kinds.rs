@@ -421,3 +421,93 @@ fn images_sharing_a_config() {
     ok(&root, &["start", "-a", "c-orig"]);
     ok(&root, &["commit", "c-docker", "me/again:1"]);
 }
+
+/// Pushes an index of `entries` (platform, tag of an image already pushed) as `repo:tag`.
+fn push_index(reg: &str, repo: &str, tag: &str, entries: &[(&str, &str)]) -> String {
+    let manifests: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(platform, image_tag)| {
+            let bytes = curl(&[
+                "-H",
+                "Accept: application/vnd.oci.image.manifest.v1+json",
+                &format!("http://{reg}/v2/{repo}/manifests/{image_tag}"),
+            ]);
+            let parts: Vec<&str> = platform.split('/').collect();
+            let mut p = serde_json::json!({"os": parts[0], "architecture": parts[1]});
+            if let Some(v) = parts.get(2) {
+                p["variant"] = (*v).into();
+            }
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": sha(&bytes), "size": bytes.len(), "platform": p,
+            })
+        })
+        .collect();
+    let index = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    });
+    curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/vnd.oci.image.index.v1+json",
+        "--data-binary",
+        &serde_json::to_string(&index).unwrap(),
+        &format!("http://{reg}/v2/{repo}/manifests/{tag}"),
+    ]);
+    format!("{reg}/{repo}:{tag}")
+}
+
+/// Kind 5: the manifest chosen from an index follows containerd's platform matching. The two
+/// arm cases are what dockerd v29 beta with containerd 2.2.3 pulls (issue 22); the others
+/// follow containerd's platforms module (normalization, compatible variants, best match
+/// whatever the order). Unit tests in fetcher/src/platform.rs cover more cases.
+#[test]
+fn platform_selection_from_an_index() {
+    if !require_root_fuse("platform_selection_from_an_index") {
+        return;
+    }
+    let reg = Registry::start();
+    for v in ["v5", "v6", "v7", "arm64", "amd64"] {
+        push_tars(
+            &reg.addr,
+            "t/multi",
+            v,
+            vec![tar_of(&busybox_layer()), tar_files(&[("which", v.as_bytes())])],
+            Comp::Gzip,
+        );
+    }
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    let which = |index: &str, platform: &str| {
+        ok(&root, &["pull", "--platform", platform, index]);
+        ok(&root, &["run", "--rm", index, "cat", "/which"])
+    };
+    let i75 = push_index(&reg.addr, "t/multi", "i75", &[("linux/arm/v7", "v7"), ("linux/arm/v5", "v5")]);
+    assert_eq!(which(&i75, "linux/arm/v6"), "v5");
+    let i567 = push_index(
+        &reg.addr,
+        "t/multi",
+        "i567",
+        &[("linux/arm/v5", "v5"), ("linux/arm/v6", "v6"), ("linux/arm/v7", "v7")],
+    );
+    assert_eq!(which(&i567, "linux/arm"), "v7");
+    assert_eq!(which(&i567, "linux/arm/v6"), "v6");
+    let mixed = push_index(
+        &reg.addr,
+        "t/multi",
+        "mixed",
+        &[("linux/arm/v7", "v7"), ("linux/aarch64", "arm64"), ("linux/x86_64", "amd64")],
+    );
+    assert_eq!(which(&mixed, "linux/arm64/v8"), "arm64");
+    assert_eq!(which(&mixed, "linux/amd64"), "amd64");
+    let out = strata_tests::strata::run(&root, &["pull", "--platform", "linux/s390x", &mixed]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("linux/s390x")
+            && err.contains("available: linux/arm/v7, linux/arm64, linux/amd64"),
+        "{err}"
+    );
+}
