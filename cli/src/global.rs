@@ -23,7 +23,12 @@ pub struct GlobalArgs {
     pub cache_mb: Option<u64>,
     /// Longest total wait, in seconds, for one registry request that is rate limited (429/503
     /// with Retry-After); past it the command fails naming the registry.
-    #[arg(long, global = true, env = "STRATA_RATE_LIMIT_WAIT", default_value_t = 60)]
+    #[arg(
+        long,
+        global = true,
+        env = "STRATA_RATE_LIMIT_WAIT",
+        default_value_t = 60
+    )]
     pub rate_limit_wait: u64,
     /// Log level (error, warn, info, debug, trace); STRATA_LOG takes a full filter.
     #[arg(long, global = true, default_value = "warn")]

@@ -103,10 +103,7 @@ impl Context {
                 });
             }
             manifests.push(desc);
-            docker.push(crate::archive_docker::entry_for(
-                img,
-                parsed.as_slice(),
-            ));
+            docker.push(crate::archive_docker::entry_for(img, parsed.as_slice()));
         }
         for (name, bytes) in [
             (
@@ -115,7 +112,9 @@ impl Context {
             ),
             (
                 "index.json",
-                serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests})),
+                serde_json::to_vec(
+                    &json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}),
+                ),
             ),
             ("manifest.json", serde_json::to_vec(&docker)),
         ] {
@@ -359,7 +358,10 @@ fn pick_manifest(layout: &Path, d: &Digest, bytes: &[u8]) -> Result<Digest, Imag
         .cloned()
         .collect();
     if present.is_empty() {
-        return Err(fail(d, "the index lists no manifest whose blob is in the archive"));
+        return Err(fail(
+            d,
+            "the index lists no manifest whose blob is in the archive",
+        ));
     }
     let only = (present.len() == 1).then(|| present[0].clone());
     index.set_manifests(present);

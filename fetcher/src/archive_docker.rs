@@ -40,14 +40,13 @@ fn fail(what: impl std::fmt::Display, e: impl std::fmt::Display) -> ImageError {
 
 /// A path named by `manifest.json`, kept inside the unpacked archive.
 fn inside(dir: &Path, name: &str) -> Result<PathBuf, ImageError> {
-    let rel = crate::index::normalize_path(name.as_bytes())
-        .map_err(|e| fail("manifest.json", e))?;
+    let rel =
+        crate::index::normalize_path(name.as_bytes()).map_err(|e| fail("manifest.json", e))?;
     Ok(dir.join(String::from_utf8_lossy(&rel).into_owned()))
 }
 
 fn entries(dir: &Path) -> Result<Vec<DockerManifestEntry>, ImageError> {
-    let bytes =
-        std::fs::read(dir.join("manifest.json")).map_err(|e| fail("manifest.json", e))?;
+    let bytes = std::fs::read(dir.join("manifest.json")).map_err(|e| fail("manifest.json", e))?;
     serde_json::from_slice(&bytes).map_err(|e| fail("manifest.json", e))
 }
 
@@ -69,7 +68,9 @@ pub(crate) fn repo_tags_by_config(dir: &Path) -> HashMap<Digest, Vec<Reference>>
         return out;
     };
     for e in list {
-        let Ok(bytes) = inside(dir, &e.config).and_then(|p| std::fs::read(p).map_err(|x| fail(&e.config, x))) else {
+        let Ok(bytes) =
+            inside(dir, &e.config).and_then(|p| std::fs::read(p).map_err(|x| fail(&e.config, x)))
+        else {
             continue;
         };
         if let Ok(tags) = parse_tags(&e.repo_tags) {
@@ -100,7 +101,11 @@ impl Context {
                 serde_json::from_slice(&config).map_err(|x| fail(&e.config, x))?;
             let diff_ids: Vec<String> = cfg["rootfs"]["diff_ids"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|d| d.as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|d| d.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
             if diff_ids.len() != e.layers.len() {
                 return Err(fail(
@@ -129,7 +134,9 @@ impl Context {
                         format!("layer content is {got}, the config says {want}"),
                     ));
                 }
-                descs.push(json!({"mediaType": media_type, "digest": d.to_string(), "size": bytes.len()}));
+                descs.push(
+                    json!({"mediaType": media_type, "digest": d.to_string(), "size": bytes.len()}),
+                );
                 layers.push(d);
             }
             let manifest = serde_json::to_vec(&json!({

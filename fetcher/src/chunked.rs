@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
 use crate::digest::{Digest, Hasher, HashingWriter};
-use crate::tarsplit::{CRC64, TarSplit};
 use crate::sparse::SparseMap;
+use crate::tarsplit::{CRC64, TarSplit};
 use crate::tarwalk::{TarVisitor, WalkError, walk_tar};
 use crate::toc::{
     ANNOTATION_TARSPLIT_CHECKSUM, ANNOTATION_TARSPLIT_POSITION, ANNOTATION_TOC_CHECKSUM,
@@ -252,13 +252,21 @@ impl<W: Write> TarVisitor for ChunkedWriter<W> {
         }
         if map.real_size > at {
             let pos = self.out.written() as i64;
-            chunks.push(hole(&meta, pos, at as i64, map.real_size - at, &mut file_hash));
+            chunks.push(hole(
+                &meta,
+                pos,
+                at as i64,
+                map.real_size - at,
+                &mut file_hash,
+            ));
         }
         meta.digest = Some(file_hash.finish().to_string());
         if let Some(first) = chunks.first() {
-            let frames = chunks.iter().filter(|c| c.chunk_type.is_none());
+            let mut frames = chunks.iter().filter(|c| c.chunk_type.is_none());
             meta.offset = frames.clone().next().map_or(first.offset, |c| c.offset);
-            meta.end_offset = frames.last().map_or(first.end_offset, |c| c.end_offset);
+            meta.end_offset = frames
+                .next_back()
+                .map_or(first.end_offset, |c| c.end_offset);
             meta.chunk_size = first.chunk_size;
             meta.chunk_digest = first.chunk_digest.clone();
             meta.chunk_type = first.chunk_type.clone();

@@ -619,12 +619,12 @@ impl Context {
         image_id: &str,
     ) -> Result<(ImageRecord, Option<String>), ImageError> {
         if let Some(m) = manifest {
-            let d: Digest = m.parse().map_err(|e: crate::digest::DigestError| {
-                ImageError::Manifest {
-                    what: m.to_string(),
-                    reason: e.to_string(),
-                }
-            })?;
+            let d: Digest =
+                m.parse()
+                    .map_err(|e: crate::digest::DigestError| ImageError::Manifest {
+                        what: m.to_string(),
+                        reason: e.to_string(),
+                    })?;
             return match self.store.image(&d)? {
                 Some(rec) => Ok((rec, None)),
                 None => Err(StoreError::NotFound(m.to_string()).into()),

@@ -16,7 +16,9 @@ pub enum PlatformError {
     #[error("invalid platform {0:?}: expected os/arch[/variant]")]
     Invalid(String),
     /// No manifest of the index runs on the wanted platform.
-    #[error("no matching manifest for {wanted} in the manifest list entries (available: {available})")]
+    #[error(
+        "no matching manifest for {wanted} in the manifest list entries (available: {available})"
+    )]
     NoMatch {
         /// The wanted platform as given.
         wanted: String,
@@ -159,7 +161,11 @@ fn normalize_arch(arch: &str, variant: &str) -> (String, String) {
     match arch.as_str() {
         "i386" => ("386".into(), String::new()),
         "x86_64" | "x86-64" | "amd64" => {
-            let v = if variant == "v1" { String::new() } else { variant };
+            let v = if variant == "v1" {
+                String::new()
+            } else {
+                variant
+            };
             ("amd64".into(), v)
         }
         "aarch64" | "arm64" => {
@@ -255,32 +261,68 @@ mod tests {
     // containerd 2.2.3, as issue 22 reports; the rest follow containerd's platforms module.
     #[test]
     fn arm_variants_best_match_whatever_the_order() {
-        assert_eq!(pick(&["linux/arm/v7", "linux/arm/v5"], "linux/arm/v6").unwrap(), 1);
+        assert_eq!(
+            pick(&["linux/arm/v7", "linux/arm/v5"], "linux/arm/v6").unwrap(),
+            1
+        );
         let v567 = ["linux/arm/v5", "linux/arm/v6", "linux/arm/v7"];
         assert_eq!(pick(&v567, "linux/arm").unwrap(), 2);
         assert_eq!(pick(&v567, "linux/arm/v6").unwrap(), 1);
         assert_eq!(pick(&v567, "linux/arm/v8").unwrap(), 2);
         assert!(pick(&["linux/arm/v7"], "linux/arm/v6").is_err());
         // An entry without a variant is arm/v7.
-        assert_eq!(pick(&["linux/arm/v6", "linux/arm"], "linux/arm/v7").unwrap(), 1);
+        assert_eq!(
+            pick(&["linux/arm/v6", "linux/arm"], "linux/arm/v7").unwrap(),
+            1
+        );
     }
 
     #[test]
     fn arm64_and_amd64_aliases() {
-        assert_eq!(pick(&["linux/amd64", "linux/arm64/v8"], "linux/arm64").unwrap(), 1);
-        assert_eq!(pick(&["linux/amd64", "linux/arm64"], "linux/arm64/v8").unwrap(), 1);
-        assert_eq!(pick(&["linux/amd64", "linux/aarch64"], "linux/arm64").unwrap(), 1);
+        assert_eq!(
+            pick(&["linux/amd64", "linux/arm64/v8"], "linux/arm64").unwrap(),
+            1
+        );
+        assert_eq!(
+            pick(&["linux/amd64", "linux/arm64"], "linux/arm64/v8").unwrap(),
+            1
+        );
+        assert_eq!(
+            pick(&["linux/amd64", "linux/aarch64"], "linux/arm64").unwrap(),
+            1
+        );
         // arm64 runs 32-bit arm, but prefers arm64 wherever it is listed.
         let mixed = ["linux/arm/v7", "linux/arm64", "linux/arm/v8"];
         assert_eq!(pick(&mixed, "linux/arm64").unwrap(), 1);
-        assert_eq!(pick(&["linux/arm/v6", "linux/arm/v7"], "linux/arm64").unwrap(), 1);
-        assert_eq!(pick(&["linux/arm64", "linux/x86_64"], "linux/amd64").unwrap(), 1);
-        assert_eq!(pick(&["linux/arm64", "linux/amd64"], "linux/x86_64").unwrap(), 1);
+        assert_eq!(
+            pick(&["linux/arm/v6", "linux/arm/v7"], "linux/arm64").unwrap(),
+            1
+        );
+        assert_eq!(
+            pick(&["linux/arm64", "linux/x86_64"], "linux/amd64").unwrap(),
+            1
+        );
+        assert_eq!(
+            pick(&["linux/arm64", "linux/amd64"], "linux/x86_64").unwrap(),
+            1
+        );
         // amd64 falls back to 386, but only when there is no amd64.
-        assert_eq!(pick(&["linux/386", "linux/amd64"], "linux/amd64").unwrap(), 1);
-        assert_eq!(pick(&["linux/386", "linux/arm64"], "linux/amd64").unwrap(), 0);
-        assert_eq!(pick(&["linux/amd64/v2", "linux/amd64"], "linux/amd64/v3").unwrap(), 0);
-        assert_eq!(pick(&["windows/amd64", "linux/amd64"], "linux/amd64").unwrap(), 1);
+        assert_eq!(
+            pick(&["linux/386", "linux/amd64"], "linux/amd64").unwrap(),
+            1
+        );
+        assert_eq!(
+            pick(&["linux/386", "linux/arm64"], "linux/amd64").unwrap(),
+            0
+        );
+        assert_eq!(
+            pick(&["linux/amd64/v2", "linux/amd64"], "linux/amd64/v3").unwrap(),
+            0
+        );
+        assert_eq!(
+            pick(&["windows/amd64", "linux/amd64"], "linux/amd64").unwrap(),
+            1
+        );
         assert_eq!(pick(&["linux/amd64"], "amd64").unwrap(), 0);
     }
 
@@ -289,7 +331,10 @@ mod tests {
         let err = pick(&["linux/amd64", "linux/arm/v7"], "linux/s390x").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("linux/s390x"), "{msg}");
-        assert!(msg.contains("available: linux/amd64, linux/arm/v7"), "{msg}");
+        assert!(
+            msg.contains("available: linux/amd64, linux/arm/v7"),
+            "{msg}"
+        );
         assert!(matches!(
             pick(&["linux/amd64"], "linux//v7"),
             Err(PlatformError::Invalid(_))

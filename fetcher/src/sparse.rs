@@ -7,6 +7,32 @@
 
 use std::io::{self, Read};
 
+/// Errors reading a sparse file's map.
+#[derive(Debug, thiserror::Error)]
+pub enum SparseError {
+    /// The map is malformed or does not fit the file.
+    #[error("{0}")]
+    Map(String),
+    /// The map at the start of the data (format 1.0) could not be read.
+    #[error("reading sparse map: {0}")]
+    Io(#[source] io::Error),
+}
+
+impl From<String> for SparseError {
+    fn from(s: String) -> Self {
+        Self::Map(s)
+    }
+}
+
+impl From<&str> for SparseError {
+    fn from(s: &str) -> Self {
+        Self::Map(s.to_string())
+    }
+}
+
+/// Data segments `(offset in the file, length)`.
+pub type Segments = Vec<(u64, u64)>;
+
 /// A sparse file's layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SparseMap {
@@ -24,20 +50,20 @@ impl SparseMap {
     }
 
     /// Checks that the segments are ordered, do not overlap and fit in the file.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), SparseError> {
         let mut at = 0u64;
         for &(off, len) in &self.segments {
             if off < at {
-                return Err(format!("sparse map out of order at offset {off}"));
+                return Err(format!("sparse map out of order at offset {off}").into());
             }
             at = off
                 .checked_add(len)
                 .filter(|end| *end <= self.real_size)
                 .ok_or_else(|| {
-                    format!(
+                    SparseError::Map(format!(
                         "sparse segment {off}+{len} is past the file's size {}",
                         self.real_size
-                    )
+                    ))
                 })?;
         }
         Ok(())
@@ -59,18 +85,18 @@ pub struct PaxSparse {
     pub any: bool,
 }
 
-fn num(v: &[u8]) -> Result<u64, String> {
+fn num(v: &[u8]) -> Result<u64, SparseError> {
     std::str::from_utf8(v)
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| format!("bad number {:?} in sparse map", String::from_utf8_lossy(v)))
+        .ok_or_else(|| format!("bad number {:?} in sparse map", String::from_utf8_lossy(v)).into())
 }
 
 impl PaxSparse {
     /// Collects the `GNU.sparse.*` records of `records` (in archive order).
     pub fn from_records<'a>(
         records: impl Iterator<Item = (&'a [u8], &'a [u8])>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SparseError> {
         let mut p = Self::default();
         let (mut major, mut minor) = (None, None);
         for (k, v) in records {
@@ -101,19 +127,19 @@ impl PaxSparse {
 
     /// Whether the map is at the start of the data (format 1.0); an error for versions GNU tar
     /// does not write.
-    pub fn map_in_data(&self) -> Result<bool, String> {
+    pub fn map_in_data(&self) -> Result<bool, SparseError> {
         match &self.version {
             None => Ok(false),
             Some((ma, mi)) if ma == "1" && mi == "0" => Ok(true),
             Some((ma, mi)) if ma == "0" && (mi == "0" || mi == "1") => Ok(false),
-            Some((ma, mi)) => Err(format!("unknown sparse format {ma}.{mi}")),
+            Some((ma, mi)) => Err(format!("unknown sparse format {ma}.{mi}").into()),
         }
     }
 }
 
 /// Pairs a flat list of numbers into segments.
-pub fn pairs(flat: &[u64]) -> Result<Vec<(u64, u64)>, String> {
-    if flat.len() % 2 != 0 {
+pub fn pairs(flat: &[u64]) -> Result<Segments, SparseError> {
+    if !flat.len().is_multiple_of(2) {
         return Err("sparse map has an odd count of numbers".into());
     }
     Ok(flat.chunks(2).map(|c| (c[0], c[1])).collect())
@@ -122,7 +148,7 @@ pub fn pairs(flat: &[u64]) -> Result<Vec<(u64, u64)>, String> {
 /// Reads the map of format 1.0 from the start of the data: decimal numbers, one per line (the
 /// count, then offset/length pairs), padded to a 512-byte block. Returns the raw bytes read
 /// (whole blocks) and the segments.
-pub fn read_map_1_0(r: &mut dyn Read) -> Result<(Vec<u8>, Vec<(u64, u64)>), String> {
+pub fn read_map_1_0(r: &mut dyn Read) -> Result<(Vec<u8>, Segments), SparseError> {
     let mut raw = Vec::new();
     let mut numbers: Vec<u64> = Vec::new();
     let mut used = 0usize;
@@ -140,15 +166,14 @@ pub fn read_map_1_0(r: &mut dyn Read) -> Result<(Vec<u8>, Vec<(u64, u64)>), Stri
             if want.is_none() {
                 let count = numbers[0];
                 if count > 1 << 24 {
-                    return Err(format!("sparse map claims {count} segments"));
+                    return Err(format!("sparse map claims {count} segments").into());
                 }
                 want = Some(count as usize);
             }
             continue;
         }
         let mut block = [0u8; 512];
-        r.read_exact(&mut block)
-            .map_err(|e| format!("reading sparse map: {e}"))?;
+        r.read_exact(&mut block).map_err(SparseError::Io)?;
         raw.extend_from_slice(&block);
     }
     Ok((raw, pairs(&numbers[1..])?))
@@ -157,17 +182,15 @@ pub fn read_map_1_0(r: &mut dyn Read) -> Result<(Vec<u8>, Vec<(u64, u64)>), Stri
 /// The map of an old GNU `S` entry: the four slots of its header, then the extension blocks
 /// (21 slots each) that follow it, which `recorded` (the raw bytes before the entry's data)
 /// ends with.
-pub fn gnu_map(header: &tar::Header, recorded: &[u8]) -> Result<Vec<(u64, u64)>, String> {
-    let gnu = header
-        .as_gnu()
-        .ok_or("sparse entry without a GNU header")?;
+pub fn gnu_map(header: &tar::Header, recorded: &[u8]) -> Result<Segments, SparseError> {
+    let gnu = header.as_gnu().ok_or("sparse entry without a GNU header")?;
     let mut out = Vec::new();
-    let mut add = |slot: &tar::GnuSparseHeader| -> Result<(), String> {
+    let mut add = |slot: &tar::GnuSparseHeader| -> Result<(), SparseError> {
         if slot.is_empty() {
             return Ok(());
         }
-        let off = slot.offset().map_err(|e| e.to_string())?;
-        let len = slot.length().map_err(|e| e.to_string())?;
+        let off = slot.offset().map_err(SparseError::Io)?;
+        let len = slot.length().map_err(SparseError::Io)?;
         out.push((off, len));
         Ok(())
     };
@@ -360,7 +383,8 @@ mod tests {
         assert!(p.any && !p.map_in_data().unwrap());
         assert_eq!(p.real_size, Some(100));
         assert_eq!(pairs(&p.map.unwrap()).unwrap(), vec![(10, 5), (100, 0)]);
-        let recs: Vec<(&[u8], &[u8])> = vec![(b"GNU.sparse.major", b"2"), (b"GNU.sparse.minor", b"0")];
+        let recs: Vec<(&[u8], &[u8])> =
+            vec![(b"GNU.sparse.major", b"2"), (b"GNU.sparse.minor", b"0")];
         let p = PaxSparse::from_records(recs.into_iter()).unwrap();
         assert!(p.map_in_data().is_err());
     }

@@ -70,7 +70,10 @@ fn every_dialect_reads_back_the_original_file() {
     let want = sparse_source(dir.path());
     for format in DIALECTS {
         let tar = gnu_tar(dir.path(), format);
-        assert!(tar.len() < 1 << 20, "{format:?}: tar did not write a sparse entry");
+        assert!(
+            tar.len() < 1 << 20,
+            "{format:?}: tar did not write a sparse entry"
+        );
 
         // The walk (plain layers): one file, named as on disk, with the original bytes.
         let mut files = Files::default();

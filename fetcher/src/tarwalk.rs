@@ -157,7 +157,7 @@ fn walk_sparse<R: Read>(
     recording: &Cell<bool>,
     visitor: &mut impl TarVisitor,
 ) -> Result<Option<u64>, WalkError> {
-    let refuse = |name: &str, reason: String| {
+    let refuse = |name: &str, reason: crate::sparse::SparseError| {
         WalkError::Visitor(format!("sparse file {name:?} in layer tar: {reason}"))
     };
     let gnu_old = entry.header().entry_type() == EntryType::GNUSparse;
@@ -216,15 +216,13 @@ fn walk_sparse<R: Read>(
                 format!(
                     "its map holds {} bytes of data, the archive {data_len}",
                     map.data_bytes()
-                ),
+                )
+                .into(),
             ));
         }
         visitor.segment(&map_raw)?;
         meta.size = map.real_size as i64;
-        let mut counted = CountingRead {
-            inner: entry,
-            n: 0,
-        };
+        let mut counted = CountingRead { inner: entry, n: 0 };
         if gnu_old {
             // tar's reader already expands old GNU entries: take the data back out of it.
             let mut data = DataOnly::new(&map, &mut counted);

@@ -320,7 +320,13 @@ pub fn push_image_auth(
 }
 
 /// Pushes an image whose layers are the given uncompressed tars, compressed with `comp`.
-pub fn push_tars(registry: &str, repo: &str, tag: &str, layers: Vec<Vec<u8>>, comp: Comp) -> Pushed {
+pub fn push_tars(
+    registry: &str,
+    repo: &str,
+    tag: &str,
+    layers: Vec<Vec<u8>>,
+    comp: Comp,
+) -> Pushed {
     push_tars_auth(registry, None, repo, tag, layers, comp)
 }
 

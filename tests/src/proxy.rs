@@ -44,7 +44,12 @@ pub enum Fault {
 /// An HTTP date (IMF-fixdate) `secs` from now.
 pub fn http_date_in(secs: u64) -> String {
     let out = std::process::Command::new("date")
-        .args(["-u", "-d", &format!("+{secs} seconds"), "+%a, %d %b %Y %H:%M:%S GMT"])
+        .args([
+            "-u",
+            "-d",
+            &format!("+{secs} seconds"),
+            "+%a, %d %b %Y %H:%M:%S GMT",
+        ])
         .env("LC_ALL", "C")
         .output()
         .unwrap();

@@ -156,7 +156,13 @@ fn pull_all_then_offline() {
     );
 }
 
-fn limit(secs: u64, status: u16, retry_after_secs: u64, http_date: bool, ranges_only: bool) -> Fault {
+fn limit(
+    secs: u64,
+    status: u16,
+    retry_after_secs: u64,
+    http_date: bool,
+    ranges_only: bool,
+) -> Fault {
     Fault::RateLimit {
         until: std::time::Instant::now() + Duration::from_secs(secs),
         status,
@@ -206,7 +212,10 @@ fn rate_limits_are_waited_out_within_a_bound() {
     // 503 with an HTTP date, on a pull that streams a whole gzip layer (after the lazy read:
     // the chunks this caches would have served it).
     proxy.set(limit(3, 503, 2, true, false));
-    ok(&root, &["pull", "--all", &format!("{}/t/limit:gz", proxy.addr)]);
+    ok(
+        &root,
+        &["pull", "--all", &format!("{}/t/limit:gz", proxy.addr)],
+    );
 
     // Past the bound: one clear line, exit 125, nothing stored under the name.
     proxy.set(limit(60, 429, 5, false, false));
@@ -223,7 +232,10 @@ fn rate_limits_are_waited_out_within_a_bound() {
     let took = t.elapsed();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
-    assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(20), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
     assert!(
         err.contains(&proxy.addr) && err.contains("rate limited") && err.contains("429"),
         "{err}"

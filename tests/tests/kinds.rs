@@ -64,7 +64,14 @@ fn sparse_files_in_every_tar_dialect() {
         ok(&root, &["pull", &reference]);
         let sum = ok(
             &root,
-            &["run", "--rm", &reference, "/bin/busybox", "sha256sum", "/data/big"],
+            &[
+                "run",
+                "--rm",
+                &reference,
+                "/bin/busybox",
+                "sha256sum",
+                "/data/big",
+            ],
         );
         assert!(sum.starts_with(&want), "{tag}: run read {sum}, want {want}");
         let m = Mounted::new(&root, &reference, &state.path().join(format!("mnt-{tag}")));
@@ -79,7 +86,17 @@ fn sparse_files_in_every_tar_dialect() {
         let lazy = format!("{reference}-lazy");
         ok(&root, &["convert", &reference, &lazy]);
         let fresh = state.path().join(format!("fresh-{tag}"));
-        let sum = ok(&fresh, &["run", "--rm", &lazy, "/bin/busybox", "sha256sum", "/data/big"]);
+        let sum = ok(
+            &fresh,
+            &[
+                "run",
+                "--rm",
+                &lazy,
+                "/bin/busybox",
+                "sha256sum",
+                "/data/big",
+            ],
+        );
         assert!(sum.starts_with(&want), "{tag}: converted read {sum}");
     }
 }
@@ -131,7 +148,10 @@ fn legacy_archive(hello: &[u8], repo_tags: Option<Vec<&str>>) -> (Vec<u8>, Strin
         "RepoTags": repo_tags,
         "Layers": layer_paths,
     }]);
-    files.push(("manifest.json".into(), serde_json::to_vec(&manifest).unwrap()));
+    files.push((
+        "manifest.json".into(),
+        serde_json::to_vec(&manifest).unwrap(),
+    ));
     if let Some(tags) = &repo_tags {
         let (repo, tag) = tags[0].rsplit_once(':').unwrap();
         let repos = serde_json::json!({repo: {tag: hex(&id)}});
@@ -193,7 +213,10 @@ fn nested_index_archive(hello: &[u8], annotations: serde_json::Value) -> Vec<u8>
         "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": id, "size": isize, "annotations": annotations}],
     });
     blobs.push(("index.json".into(), serde_json::to_vec(&top).unwrap()));
-    blobs.push(("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()));
+    blobs.push((
+        "oci-layout".into(),
+        br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+    ));
     let refs: Vec<(&str, &[u8])> = blobs.iter().map(|(p, d)| (p.as_str(), &d[..])).collect();
     tar_files(&refs)
 }
@@ -244,14 +267,22 @@ fn load_reads_docker_save_archives_and_save_writes_manifest_json() {
     let out = strata_tests::strata::run(&root, &["load", "-i", p.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("layer.tar"));
-    assert!(strata_tests::strata::run(&root, &["inspect", "me/bad:1"]).status.code() != Some(0));
+    assert!(
+        strata_tests::strata::run(&root, &["inspect", "me/bad:1"])
+            .status
+            .code()
+            != Some(0)
+    );
 
     // The containerd image store / nerdctl: index.json → image index.
     let archive = nested_index_archive(
         b"nested\n",
         serde_json::json!({"io.containerd.image.name": "docker.io/library/nested:2", "org.opencontainers.image.ref.name": "2"}),
     );
-    assert_eq!(load(&root, &archive, dir, "nested.tar"), "Loaded image: nested:2\n");
+    assert_eq!(
+        load(&root, &archive, dir, "nested.tar"),
+        "Loaded image: nested:2\n"
+    );
     assert_eq!(ok(&root, &["run", "--rm", "nested:2"]), "nested\n");
     // Only the OCI ref name, as a whole reference.
     let archive = nested_index_archive(
@@ -282,7 +313,10 @@ fn load_reads_docker_save_archives_and_save_writes_manifest_json() {
     let config_path = m[0]["Config"].as_str().unwrap();
     assert!(config_path.starts_with("blobs/sha256/"), "{m}");
     for l in m[0]["Layers"].as_array().unwrap() {
-        assert!(files.iter().any(|(p, _)| p == l.as_str().unwrap()), "{l} missing");
+        assert!(
+            files.iter().any(|(p, _)| p == l.as_str().unwrap()),
+            "{l} missing"
+        );
     }
     assert!(files.iter().any(|(p, _)| p == "index.json"));
     files.retain(|(p, _)| p != "index.json");
@@ -377,7 +411,15 @@ fn images_sharing_a_config() {
     for (name, image) in [("c-orig", &orig), ("c-lazy", &lazy), ("c-docker", &docker)] {
         ok(
             &root,
-            &["run", "--name", name, image, "sh", "-c", &format!("echo {name} > /who")],
+            &[
+                "run",
+                "--name",
+                name,
+                image,
+                "sh",
+                "-c",
+                &format!("echo {name} > /who"),
+            ],
         );
         let target = format!("me/{name}:1");
         ok(&root, &["commit", name, &target]);
@@ -388,14 +430,27 @@ fn images_sharing_a_config() {
         ok(&root, &["start", "-a", name]);
         let c = inspect(&root, name);
         assert_eq!(
-            (c["State"]["Status"].as_str(), c["State"]["ExitCode"].as_i64()),
+            (
+                c["State"]["Status"].as_str(),
+                c["State"]["ExitCode"].as_i64()
+            ),
             (Some("exited"), Some(0)),
             "{name}"
         );
     }
 
     // A profiled image (a new manifest, same config) adds a fourth name to the id.
-    ok(&root, &["profile", "--tag", "me/profiled:1", &lazy, "cat", "/etc/os-release"]);
+    ok(
+        &root,
+        &[
+            "profile",
+            "--tag",
+            "me/profiled:1",
+            &lazy,
+            "cat",
+            "/etc/os-release",
+        ],
+    );
     assert_eq!(inspect(&root, "me/profiled:1")["Id"], id.as_str());
 
     // rmi by id: several names → must be forced, as docker says; nothing removed.
@@ -474,7 +529,10 @@ fn platform_selection_from_an_index() {
             &reg.addr,
             "t/multi",
             v,
-            vec![tar_of(&busybox_layer()), tar_files(&[("which", v.as_bytes())])],
+            vec![
+                tar_of(&busybox_layer()),
+                tar_files(&[("which", v.as_bytes())]),
+            ],
             Comp::Gzip,
         );
     }
@@ -484,13 +542,22 @@ fn platform_selection_from_an_index() {
         ok(&root, &["pull", "--platform", platform, index]);
         ok(&root, &["run", "--rm", index, "cat", "/which"])
     };
-    let i75 = push_index(&reg.addr, "t/multi", "i75", &[("linux/arm/v7", "v7"), ("linux/arm/v5", "v5")]);
+    let i75 = push_index(
+        &reg.addr,
+        "t/multi",
+        "i75",
+        &[("linux/arm/v7", "v7"), ("linux/arm/v5", "v5")],
+    );
     assert_eq!(which(&i75, "linux/arm/v6"), "v5");
     let i567 = push_index(
         &reg.addr,
         "t/multi",
         "i567",
-        &[("linux/arm/v5", "v5"), ("linux/arm/v6", "v6"), ("linux/arm/v7", "v7")],
+        &[
+            ("linux/arm/v5", "v5"),
+            ("linux/arm/v6", "v6"),
+            ("linux/arm/v7", "v7"),
+        ],
     );
     assert_eq!(which(&i567, "linux/arm"), "v7");
     assert_eq!(which(&i567, "linux/arm/v6"), "v6");
@@ -498,7 +565,11 @@ fn platform_selection_from_an_index() {
         &reg.addr,
         "t/multi",
         "mixed",
-        &[("linux/arm/v7", "v7"), ("linux/aarch64", "arm64"), ("linux/x86_64", "amd64")],
+        &[
+            ("linux/arm/v7", "v7"),
+            ("linux/aarch64", "arm64"),
+            ("linux/x86_64", "amd64"),
+        ],
     );
     assert_eq!(which(&mixed, "linux/arm64/v8"), "arm64");
     assert_eq!(which(&mixed, "linux/amd64"), "amd64");

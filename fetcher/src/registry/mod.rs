@@ -68,23 +68,8 @@ pub enum RegistryError {
     #[error(transparent)]
     Digest(#[from] DigestError),
     /// The registry kept answering 429/503 with `Retry-After` past the allowed total wait.
-    #[error("registry {registry}: {method} {url}: {status} (rate limited): still refused after waiting {waited_secs}s of at most {limit_secs}s as Retry-After asked; next Retry-After {next_secs}s")]
-    RateLimited {
-        /// The registry.
-        registry: String,
-        /// Request method.
-        method: String,
-        /// Request URL.
-        url: String,
-        /// The last status (429 or 503).
-        status: StatusCode,
-        /// Seconds already waited for this request.
-        waited_secs: u64,
-        /// The allowed total wait.
-        limit_secs: u64,
-        /// What the last `Retry-After` asked for.
-        next_secs: u64,
-    },
+    #[error(transparent)]
+    RateLimited(Box<RateLimited>),
     /// The registry broke the protocol.
     #[error("registry {registry}: {reason}")]
     Protocol {
@@ -93,6 +78,28 @@ pub enum RegistryError {
         /// What went wrong.
         reason: String,
     },
+}
+
+/// A request refused by a rate limit for longer than the allowed wait.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "registry {registry}: {method} {url}: {status} (rate limited): still refused after waiting {waited_secs}s of at most {limit_secs}s as Retry-After asked; next Retry-After {next_secs}s"
+)]
+pub struct RateLimited {
+    /// The registry.
+    pub registry: String,
+    /// Request method.
+    pub method: String,
+    /// Request URL.
+    pub url: String,
+    /// The last status (429 or 503).
+    pub status: StatusCode,
+    /// Seconds already waited for this request.
+    pub waited_secs: u64,
+    /// The allowed total wait.
+    pub limit_secs: u64,
+    /// What the last `Retry-After` asked for.
+    pub next_secs: u64,
 }
 
 impl RegistryError {
@@ -313,7 +320,7 @@ impl RegistryClient {
         let wait = wait.max(Duration::from_millis(100));
         let limit = Duration::from_secs(self.opts.rate_limit_wait_secs);
         if *waited + wait > limit {
-            return Err(RegistryError::RateLimited {
+            return Err(RegistryError::RateLimited(Box::new(RateLimited {
                 registry: registry.to_string(),
                 method: method.to_string(),
                 url: url.to_string(),
@@ -321,7 +328,7 @@ impl RegistryClient {
                 waited_secs: waited.as_secs(),
                 limit_secs: limit.as_secs(),
                 next_secs: wait.as_secs_f64().ceil() as u64,
-            });
+            })));
         }
         *waited += wait;
         info!(%url, %status, wait_ms = wait.as_millis() as u64, "registry asks to retry later");
@@ -389,15 +396,14 @@ impl RegistryClient {
                         registry: r.registry.clone(),
                         reason: "token request cannot be repeated".into(),
                     })?;
-                    let resp =
-                        attempt
-                            .send()
-                            .await
-                            .map_err(|source| RegistryError::Transport {
-                                method: "GET".into(),
-                                url: realm.clone(),
-                                source,
-                            })?;
+                    let resp = attempt
+                        .send()
+                        .await
+                        .map_err(|source| RegistryError::Transport {
+                            method: "GET".into(),
+                            url: realm.clone(),
+                            source,
+                        })?;
                     match self.rate_limit_wait(
                         &r.registry,
                         &Method::GET,
