@@ -196,15 +196,24 @@ pub fn select(index: &ImageIndex, wanted: &str) -> Result<Digest, PlatformError>
     let mut best: Option<(usize, Digest)> = None;
     let mut available = Vec::new();
     for m in index.manifests() {
-        let Some(p) = m.platform() else { continue };
-        let cand = Platform::new(
-            &p.os().to_string(),
-            &p.architecture().to_string(),
-            p.variant().as_deref().unwrap_or(""),
-        );
-        available.push(cand.to_string());
-        let Some(rank) = order.iter().position(|o| *o == cand) else {
-            continue;
+        // As containerd: an entry without a platform fits any, after every entry that has one.
+        let rank = match m.platform() {
+            None => {
+                available.push("(no platform)".to_string());
+                order.len()
+            }
+            Some(p) => {
+                let cand = Platform::new(
+                    &p.os().to_string(),
+                    &p.architecture().to_string(),
+                    p.variant().as_deref().unwrap_or(""),
+                );
+                available.push(cand.to_string());
+                let Some(rank) = order.iter().position(|o| *o == cand) else {
+                    continue;
+                };
+                rank
+            }
         };
         let Ok(d) = m.digest().to_string().parse::<Digest>() else {
             continue;
@@ -339,5 +348,18 @@ mod tests {
             pick(&["linux/amd64"], "linux//v7"),
             Err(PlatformError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn an_entry_without_platform_fits_any_but_comes_last() {
+        let d = |n: u8| Digest::of(&[n]).to_string();
+        let v = serde_json::json!({"schemaVersion": 2, "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d(0), "size": 1},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d(1), "size": 1,
+             "platform": {"os": "linux", "architecture": "amd64"}},
+        ]});
+        let idx = ImageIndex::from_reader(serde_json::to_vec(&v).unwrap().as_slice()).unwrap();
+        assert_eq!(select(&idx, "linux/amd64").unwrap(), Digest::of(&[1]));
+        assert_eq!(select(&idx, "linux/s390x").unwrap(), Digest::of(&[0]));
     }
 }
