@@ -475,6 +475,18 @@ fn images_sharing_a_config() {
     assert!(!ok(&root, &["run", "--rm", &docker, "cat", "/etc/os-release"]).is_empty());
     ok(&root, &["start", "-a", "c-orig"]);
     ok(&root, &["commit", "c-docker", "me/again:1"]);
+
+    // Forced, with no container left: every name of the id goes, and the id with them.
+    ok(&root, &["rm", "c-orig", "c-docker"]);
+    let out = ok(&root, &["rmi", "-f", short]);
+    assert_eq!(out.matches("Untagged: ").count(), 3, "{out}");
+    assert!(out.ends_with(&format!("Deleted: {id}\n")), "{out}");
+    assert!(!ok(&root, &["images"]).contains(short));
+    // What was committed from them stays and runs.
+    assert_eq!(
+        ok(&root, &["run", "--rm", "me/c-lazy:1", "cat", "/who"]),
+        "c-lazy\n"
+    );
 }
 
 /// Pushes an index of `entries` (platform, tag of an image already pushed) as `repo:tag`.
