@@ -16,14 +16,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use reqwest::header::{
-    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
-};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, RANGE, WWW_AUTHENTICATE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use tracing::{debug, info};
 
 use self::auth::{Challenge, CredentialStore, parse_challenge};
-pub use self::retry::parse_retry_after;
+pub use self::retry::{RateLimited, parse_retry_after};
 use crate::digest::{Digest, DigestError};
 use crate::reference::Reference;
 
@@ -78,28 +76,6 @@ pub enum RegistryError {
         /// What went wrong.
         reason: String,
     },
-}
-
-/// A request refused by a rate limit for longer than the allowed wait.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "registry {registry}: {method} {url}: {status} (rate limited): still refused after waiting {waited_secs}s of at most {limit_secs}s as Retry-After asked; next Retry-After {next_secs}s"
-)]
-pub struct RateLimited {
-    /// The registry.
-    pub registry: String,
-    /// Request method.
-    pub method: String,
-    /// Request URL.
-    pub url: String,
-    /// The last status (429 or 503).
-    pub status: StatusCode,
-    /// Seconds already waited for this request.
-    pub waited_secs: u64,
-    /// The allowed total wait.
-    pub limit_secs: u64,
-    /// What the last `Retry-After` asked for.
-    pub next_secs: u64,
 }
 
 impl RegistryError {
@@ -253,8 +229,14 @@ impl RegistryClient {
             }
             let result = req.send().await;
             if let Ok(resp) = &result
-                && let Some(wait) =
-                    self.rate_limit_wait(&r.registry, &method, url, resp, &mut waited)?
+                && let Some(wait) = retry::rate_limit_wait(
+                    &self.opts,
+                    &r.registry,
+                    &method,
+                    url,
+                    resp,
+                    &mut waited,
+                )?
             {
                 tokio::time::sleep(wait).await;
                 continue;
@@ -291,48 +273,6 @@ impl RegistryClient {
             }
             return Ok(resp);
         }
-    }
-
-    /// For a 429/503 answer carrying `Retry-After`: how long to wait before asking again, added
-    /// to `waited`; an error once the total would pass `rate_limit_wait_secs`. `None` for
-    /// other answers (they follow the ordinary retry rules).
-    fn rate_limit_wait(
-        &self,
-        registry: &str,
-        method: &Method,
-        url: &str,
-        resp: &Response,
-        waited: &mut Duration,
-    ) -> Result<Option<Duration>, RegistryError> {
-        let status = resp.status();
-        if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE {
-            return Ok(None);
-        }
-        let Some(wait) = resp
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
-        else {
-            return Ok(None);
-        };
-        // Never spin: a Retry-After of 0 (or a date in the past) still waits a little.
-        let wait = wait.max(Duration::from_millis(100));
-        let limit = Duration::from_secs(self.opts.rate_limit_wait_secs);
-        if *waited + wait > limit {
-            return Err(RegistryError::RateLimited(Box::new(RateLimited {
-                registry: registry.to_string(),
-                method: method.to_string(),
-                url: url.to_string(),
-                status,
-                waited_secs: waited.as_secs(),
-                limit_secs: limit.as_secs(),
-                next_secs: wait.as_secs_f64().ceil() as u64,
-            })));
-        }
-        *waited += wait;
-        info!(%url, %status, wait_ms = wait.as_millis() as u64, "registry asks to retry later");
-        Ok(Some(wait))
     }
 
     fn auth_header(&self, registry: &str, scope: &str) -> Option<String> {
@@ -404,7 +344,8 @@ impl RegistryClient {
                             url: realm.clone(),
                             source,
                         })?;
-                    match self.rate_limit_wait(
+                    match retry::rate_limit_wait(
+                        &self.opts,
                         &r.registry,
                         &Method::GET,
                         &realm,
