@@ -817,6 +817,7 @@ impl<'a> Builder<'a> {
                 name: format!("strata_build_{}", &id[..8]),
                 image: parent.config.short(),
                 image_id: parent.config.to_string(),
+                image_manifest: Some(parent.manifest.to_string()),
                 command: args.clone(),
                 created: now_secs(),
                 state: State::Running,

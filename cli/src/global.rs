@@ -21,6 +21,15 @@ pub struct GlobalArgs {
     /// Chunk cache size limit in MiB.
     #[arg(long, global = true, env = "STRATA_CACHE_MB")]
     pub cache_mb: Option<u64>,
+    /// Longest total wait, in seconds, for one registry request that is rate limited (429/503
+    /// with Retry-After); past it the command fails naming the registry.
+    #[arg(
+        long,
+        global = true,
+        env = "STRATA_RATE_LIMIT_WAIT",
+        default_value_t = 60
+    )]
+    pub rate_limit_wait: u64,
     /// Log level (error, warn, info, debug, trace); STRATA_LOG takes a full filter.
     #[arg(long, global = true, default_value = "warn")]
     pub log_level: String,
@@ -62,6 +71,7 @@ impl GlobalArgs {
         let opts = ClientOptions {
             insecure_registries: self.insecure_registries.clone(),
             credentials: CredentialStore::standard(&root),
+            rate_limit_wait_secs: self.rate_limit_wait,
             ..ClientOptions::default()
         };
         let cache = self

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
 use crate::digest::{Digest, Hasher, HashingWriter};
+use crate::sparse::SparseMap;
 use crate::tarsplit::{CRC64, TarSplit};
 use crate::tarwalk::{TarVisitor, WalkError, walk_tar};
 use crate::toc::{
@@ -223,6 +224,128 @@ impl<W: Write> TarVisitor for ChunkedWriter<W> {
             self.entries.extend(chunks.into_iter().skip(1));
         }
         Ok(())
+    }
+
+    /// The archive holds only the data segments: each becomes frames of its own, each hole a
+    /// zeros chunk without a frame, so the blob still decompresses to the exact input tar.
+    /// tar-split records the data as raw bytes (a file record of size 0), since the file on
+    /// disk is not what the archive holds.
+    fn sparse(
+        &mut self,
+        mut meta: TocEntry,
+        map: &SparseMap,
+        data: &mut dyn Read,
+    ) -> Result<(), WalkError> {
+        self.flush_pending()?;
+        self.split
+            .file(&meta.name, meta.name_raw.as_deref(), 0, None);
+        let mut file_hash = Hasher::default();
+        let mut chunks: Vec<TocEntry> = Vec::new();
+        let mut at = 0u64;
+        for &(off, len) in &map.segments {
+            if off > at {
+                let pos = self.out.written() as i64;
+                chunks.push(hole(&meta, pos, at as i64, off - at, &mut file_hash));
+            }
+            self.data_frames(&meta, off as i64, len, data, &mut file_hash, &mut chunks)?;
+            at = off + len;
+        }
+        if map.real_size > at {
+            let pos = self.out.written() as i64;
+            chunks.push(hole(
+                &meta,
+                pos,
+                at as i64,
+                map.real_size - at,
+                &mut file_hash,
+            ));
+        }
+        meta.digest = Some(file_hash.finish().to_string());
+        if let Some(first) = chunks.first() {
+            let mut frames = chunks.iter().filter(|c| c.chunk_type.is_none());
+            meta.offset = frames.clone().next().map_or(first.offset, |c| c.offset);
+            meta.end_offset = frames
+                .next_back()
+                .map_or(first.end_offset, |c| c.end_offset);
+            meta.chunk_size = first.chunk_size;
+            meta.chunk_digest = first.chunk_digest.clone();
+            meta.chunk_type = first.chunk_type.clone();
+        }
+        self.entries.push(meta);
+        self.entries.extend(chunks.into_iter().skip(1));
+        Ok(())
+    }
+}
+
+impl<W: Write> ChunkedWriter<W> {
+    /// Writes `data` (part of a file at `file_offset`) as frames of at most [`CHUNK_BYTES`], one
+    /// chunk entry each; returns the bytes written.
+    fn data_frames(
+        &mut self,
+        meta: &TocEntry,
+        mut file_offset: i64,
+        len: u64,
+        data: &mut dyn Read,
+        file_hash: &mut Hasher,
+        chunks: &mut Vec<TocEntry>,
+    ) -> Result<(), WalkError> {
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        let mut left = len;
+        while left > 0 {
+            let want = (left as usize).min(CHUNK_BYTES);
+            let n = read_full(data, &mut buf[..want])?;
+            if n < want {
+                return Err(WalkError::Visitor(format!(
+                    "{}: sparse data ends early",
+                    meta.name
+                )));
+            }
+            let piece = &buf[..n];
+            file_hash.update(piece);
+            self.split.segment(piece);
+            let start = self.out.written() as i64;
+            let frame = self.compressor.compress(piece)?;
+            self.out.write_all(&frame)?;
+            chunks.push(TocEntry {
+                kind: "chunk".into(),
+                name: meta.name.clone(),
+                name_raw: meta.name_raw.clone(),
+                offset: start,
+                end_offset: self.out.written() as i64,
+                chunk_size: n as i64,
+                chunk_offset: file_offset,
+                chunk_digest: Some(Digest::of(piece).to_string()),
+                ..TocEntry::default()
+            });
+            file_offset += n as i64;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// A hole of `len` bytes at `file_offset`: a zeros chunk with no frame (its digest is of zeros).
+fn hole(meta: &TocEntry, at_blob: i64, file_offset: i64, len: u64, hash: &mut Hasher) -> TocEntry {
+    let zeros = vec![0u8; CHUNK_BYTES];
+    let mut chunk = Hasher::default();
+    let mut left = len;
+    while left > 0 {
+        let n = (left as usize).min(CHUNK_BYTES);
+        hash.update(&zeros[..n]);
+        chunk.update(&zeros[..n]);
+        left -= n as u64;
+    }
+    TocEntry {
+        kind: "chunk".into(),
+        name: meta.name.clone(),
+        name_raw: meta.name_raw.clone(),
+        offset: at_blob,
+        end_offset: at_blob,
+        chunk_size: len as i64,
+        chunk_offset: file_offset,
+        chunk_digest: Some(chunk.finish().to_string()),
+        chunk_type: Some("zeros".into()),
+        ..TocEntry::default()
     }
 }
 

@@ -61,6 +61,14 @@ pub enum ImageError {
         /// What is wrong.
         reason: String,
     },
+    /// No manifest of an index fits the wanted platform.
+    #[error("{what}: {source}")]
+    Platform {
+        /// The reference.
+        what: String,
+        /// The cause.
+        source: crate::platform::PlatformError,
+    },
     /// Fetching content failed.
     #[error(transparent)]
     Fetch(#[from] FetchError),
@@ -209,8 +217,12 @@ impl Context {
         }
         if v.get("manifests").is_some() {
             let index = ImageIndex::from_reader(&m.bytes[..]).map_err(|e| bad(e.to_string()))?;
-            let d = select_platform(&index, platform)
-                .ok_or_else(|| bad(format!("no manifest for platform {platform}")))?;
+            let d = crate::platform::select(&index, platform).map_err(|source| {
+                ImageError::Platform {
+                    what: what.clone(),
+                    source,
+                }
+            })?;
             let inner = self.client.get_manifest_by(r, &d.to_string()).await?;
             let manifest =
                 ImageManifest::from_reader(&inner.bytes[..]).map_err(|e| bad(e.to_string()))?;
@@ -572,7 +584,7 @@ impl Context {
         }
         let needle = name.strip_prefix("sha256:").unwrap_or(name);
         if needle.len() >= 4 && needle.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let found: Vec<ImageRecord> = self
+            let mut found: Vec<ImageRecord> = self
                 .store
                 .images()?
                 .into_iter()
@@ -580,11 +592,62 @@ impl Context {
                     i.config.hex().starts_with(needle) || i.manifest.hex().starts_with(needle)
                 })
                 .collect();
-            if found.len() == 1 {
-                return Ok((found[0].clone(), None));
+            // A manifest digest names one image; an id (config) may be shared by several
+            // manifests (an image and its conversion): they are one image id, so any of them
+            // will do, and the choice is stable — named ones first, then the most recent.
+            if found.is_empty() || found.iter().any(|i| i.config != found[0].config) {
+                return Err(StoreError::NotFound(name.to_string()).into());
             }
+            let by_manifest: Vec<&ImageRecord> = found
+                .iter()
+                .filter(|i| i.manifest.hex().starts_with(needle))
+                .collect();
+            if let [one] = by_manifest[..] {
+                return Ok((one.clone(), None));
+            }
+            let named = self.tags_by_manifest()?;
+            found.sort_by_key(|i| {
+                (
+                    !named.contains_key(&i.manifest),
+                    std::cmp::Reverse(i.pulled),
+                    i.manifest,
+                )
+            });
+            return Ok((found[0].clone(), None));
         }
         Err(StoreError::NotFound(name.to_string()).into())
+    }
+
+    /// The image a container was made from: by the manifest it recorded, or (records of older
+    /// versions) by its image id.
+    pub fn image_of(
+        &self,
+        manifest: Option<&str>,
+        image_id: &str,
+    ) -> Result<(ImageRecord, Option<String>), ImageError> {
+        if let Some(m) = manifest {
+            let d: Digest =
+                m.parse()
+                    .map_err(|e: crate::digest::DigestError| ImageError::Manifest {
+                        what: m.to_string(),
+                        reason: e.to_string(),
+                    })?;
+            return match self.store.image(&d)? {
+                Some(rec) => Ok((rec, None)),
+                None => Err(StoreError::NotFound(m.to_string()).into()),
+            };
+        }
+        self.resolve(image_id)
+    }
+
+    /// Every stored image whose id (config digest) is `config`.
+    pub fn images_with_config(&self, config: &Digest) -> Result<Vec<ImageRecord>, ImageError> {
+        Ok(self
+            .store
+            .images()?
+            .into_iter()
+            .filter(|i| i.config == *config)
+            .collect())
     }
 
     /// The layers of a stored image, indexed, with where to fetch each from.
@@ -681,23 +744,4 @@ pub fn digest_of(desc: &Descriptor) -> Result<Digest, ImageError> {
             what: desc.digest().to_string(),
             reason: e.to_string(),
         })
-}
-
-/// Picks the manifest for `platform` (`os/arch[/variant]`) from an index.
-pub fn select_platform(index: &ImageIndex, platform: &str) -> Option<Digest> {
-    let mut parts = platform.split('/');
-    let os = parts.next().unwrap_or("linux");
-    let arch = parts.next().unwrap_or("amd64");
-    let variant = parts.next();
-    index
-        .manifests()
-        .iter()
-        .find(|m| {
-            m.platform().as_ref().is_some_and(|p| {
-                p.os().to_string() == os
-                    && p.architecture().to_string() == arch
-                    && variant.is_none_or(|v| p.variant().as_deref() == Some(v))
-            })
-        })
-        .and_then(|m| digest_of(m).ok())
 }

@@ -304,10 +304,15 @@ impl LayerIndex {
                         reason: "chunk entry does not follow a regular file".into(),
                     });
                 };
-                // A file's first frame range may span all its frames: end it where the next begins.
-                if let (Some(prev), ChunkLoc::Zstd { start, .. }) =
-                    (owner.chunks.last_mut(), chunk_loc(te.offset, te.end_offset))
-                    && let ChunkLoc::Zstd { end, .. } = &mut prev.loc
+                // A file's first frame range may span all its frames: end it where the next
+                // begins (holes, which have no frames, may lie between).
+                if let ChunkLoc::Zstd { start, .. } = chunk_loc(te.offset, te.end_offset)
+                    && let Some(ChunkLoc::Zstd { end, .. }) = owner
+                        .chunks
+                        .iter_mut()
+                        .rev()
+                        .map(|c| &mut c.loc)
+                        .find(|l| matches!(l, ChunkLoc::Zstd { .. }))
                 {
                     *end = (*end).min(start);
                 }

@@ -2,6 +2,7 @@
 //! tables of contents, the image store and the verified chunk cache.
 
 pub mod archive;
+pub mod archive_docker;
 pub mod atomic;
 pub mod cache;
 pub mod chunked;
@@ -14,10 +15,14 @@ pub mod image;
 pub mod index;
 pub mod lazy;
 pub mod plain;
+pub mod platform;
 pub mod profile;
 pub mod push;
 pub mod reference;
 pub mod registry;
+pub mod sparse;
+#[cfg(test)]
+mod sparse_tests;
 pub mod store;
 pub mod tarsplit;
 pub mod tarwalk;

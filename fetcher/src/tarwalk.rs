@@ -11,6 +11,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use tar::EntryType;
 
 use crate::digest::{Digest, Hasher};
+use crate::sparse::{DataOnly, Expand, PaxSparse, SparseMap, gnu_map, pairs, read_map_1_0};
 use crate::timefmt::format_rfc3339;
 use crate::toc::TocEntry;
 
@@ -39,6 +40,17 @@ pub trait TarVisitor {
     fn segment(&mut self, bytes: &[u8]) -> Result<(), WalkError>;
     /// One entry; `payload` yields exactly `meta.size` bytes for a regular file, none otherwise.
     fn entry(&mut self, meta: TocEntry, payload: &mut dyn Read) -> Result<(), WalkError>;
+    /// A sparse regular file of `meta.size` bytes: `data` yields the archive's bytes of the
+    /// segments of `map` one after the other (exactly `map.data_bytes()`). By default the file
+    /// is expanded (zeros in the holes) and given to [`TarVisitor::entry`].
+    fn sparse(
+        &mut self,
+        meta: TocEntry,
+        map: &SparseMap,
+        data: &mut dyn Read,
+    ) -> Result<(), WalkError> {
+        self.entry(meta, &mut Expand::new(map, data))
+    }
 }
 
 struct Tap<R> {
@@ -95,11 +107,17 @@ pub fn walk_tar<R: Read>(
             total += seg.len() as u64;
             visitor.segment(&seg)?;
             let meta = toc_entry_of(&mut entry)?;
-            let Some(meta) = meta else {
+            let Some(mut meta) = meta else {
                 // Global PAX headers and other pseudo-entries: their payload is header bytes.
                 io::copy(&mut entry, &mut io::sink())?;
                 continue;
             };
+            if meta.kind == "reg"
+                && let Some(n) = walk_sparse(&mut entry, &mut meta, &seg, &recording, visitor)?
+            {
+                total += n;
+                continue;
+            }
             if meta.kind == "reg" && meta.size > 0 {
                 recording.set(false);
                 let mut counted = CountingRead {
@@ -128,6 +146,100 @@ pub fn walk_tar<R: Read>(
     visitor.segment(&trailer)?;
     let digest = std::mem::take(&mut *hasher.borrow_mut()).finish();
     Ok((digest, total))
+}
+
+/// Hands a sparse file (any dialect) to the visitor; returns the archive bytes of its data, or
+/// `None` when the entry is not sparse. A map that does not fit its data refuses the layer.
+fn walk_sparse<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    meta: &mut TocEntry,
+    recorded: &[u8],
+    recording: &Cell<bool>,
+    visitor: &mut impl TarVisitor,
+) -> Result<Option<u64>, WalkError> {
+    let refuse = |name: &str, reason: crate::sparse::SparseError| {
+        WalkError::Visitor(format!("sparse file {name:?} in layer tar: {reason}"))
+    };
+    let gnu_old = entry.header().entry_type() == EntryType::GNUSparse;
+    let pax = match entry.pax_extensions() {
+        Ok(Some(exts)) => {
+            let records: Vec<(Vec<u8>, Vec<u8>)> = exts
+                .flatten()
+                .map(|e| (e.key_bytes().to_vec(), e.value_bytes().to_vec()))
+                .collect();
+            PaxSparse::from_records(records.iter().map(|(k, v)| (&k[..], &v[..])))
+                .map_err(|r| refuse(&meta.name, r))?
+        }
+        _ => PaxSparse::default(),
+    };
+    if !gnu_old && !pax.any {
+        return Ok(None);
+    }
+    if let Some(raw) = &pax.name {
+        let (name, name_raw) = encode_name(raw);
+        meta.name = name;
+        meta.name_raw = name_raw;
+    }
+    let name = meta.name.clone();
+    let stored = entry.header().entry_size().unwrap_or(0);
+    recording.set(false);
+    let result = (|| {
+        let mut map_raw = Vec::new();
+        let map = if gnu_old {
+            let segments = gnu_map(entry.header(), recorded).map_err(|r| refuse(&name, r))?;
+            SparseMap {
+                real_size: entry.size(),
+                segments,
+            }
+        } else {
+            let in_data = pax.map_in_data().map_err(|r| refuse(&name, r))?;
+            let segments = if in_data {
+                let (raw, segs) = read_map_1_0(entry).map_err(|r| refuse(&name, r))?;
+                map_raw = raw;
+                segs
+            } else {
+                pairs(pax.map.as_deref().unwrap_or_default()).map_err(|r| refuse(&name, r))?
+            };
+            let real_size = pax
+                .real_size
+                .ok_or_else(|| refuse(&name, "no GNU.sparse.realsize/size".into()))?;
+            SparseMap {
+                real_size,
+                segments,
+            }
+        };
+        map.check().map_err(|r| refuse(&name, r))?;
+        let data_len = stored - map_raw.len() as u64;
+        if map.data_bytes() != data_len {
+            return Err(refuse(
+                &name,
+                format!(
+                    "its map holds {} bytes of data, the archive {data_len}",
+                    map.data_bytes()
+                )
+                .into(),
+            ));
+        }
+        visitor.segment(&map_raw)?;
+        meta.size = map.real_size as i64;
+        let mut counted = CountingRead { inner: entry, n: 0 };
+        if gnu_old {
+            // tar's reader already expands old GNU entries: take the data back out of it.
+            let mut data = DataOnly::new(&map, &mut counted);
+            let mut limited = (&mut data).take(data_len);
+            visitor.sparse(meta.clone(), &map, &mut limited)?;
+            // The trailing hole is not read: tar skips to the next header by archive offsets.
+        } else {
+            let mut limited = (&mut counted).take(data_len);
+            visitor.sparse(meta.clone(), &map, &mut limited)?;
+            if counted.n != data_len {
+                return Err(refuse(&name, "data not fully consumed".into()));
+            }
+        }
+        Ok(map_raw.len() as u64 + data_len)
+    })();
+    recording.set(true);
+    result.map(Some)
 }
 
 struct CountingRead<'a, R> {
@@ -160,7 +272,7 @@ fn toc_entry_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<TocEntr
         EntryType::Block => "block",
         EntryType::Fifo => "fifo",
         EntryType::XGlobalHeader => return Ok(None),
-        EntryType::GNUSparse => return Err(unsupported("GNU sparse entries are not supported")),
+        EntryType::GNUSparse => "reg",
         _ => return Err(unsupported("unknown tar entry type")),
     };
     // Empty (all-NUL) numeric fields read as 0, as GNU tar reads them.

@@ -28,6 +28,11 @@ pub struct Container {
     pub image: String,
     /// The image's id (config digest).
     pub image_id: String,
+    /// The digest of the image manifest the container was made from: two images (an image and
+    /// its `strata convert` output, or one image under a Docker and an OCI manifest) can share
+    /// a config, so the id alone does not say which. `None` in records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_manifest: Option<String>,
     /// The command line.
     pub command: Vec<String>,
     /// Creation time, seconds since the epoch.

@@ -315,13 +315,35 @@ pub fn push_image_auth(
     layers: &[Vec<Item>],
     comp: Comp,
 ) -> Pushed {
+    let tars: Vec<Vec<u8>> = layers.iter().map(|items| tar_of(items)).collect();
+    push_tars_auth(registry, auth, repo, tag, tars, comp)
+}
+
+/// Pushes an image whose layers are the given uncompressed tars, compressed with `comp`.
+pub fn push_tars(
+    registry: &str,
+    repo: &str,
+    tag: &str,
+    layers: Vec<Vec<u8>>,
+    comp: Comp,
+) -> Pushed {
+    push_tars_auth(registry, None, repo, tag, layers, comp)
+}
+
+fn push_tars_auth(
+    registry: &str,
+    auth: Option<&str>,
+    repo: &str,
+    tag: &str,
+    layers: Vec<Vec<u8>>,
+    comp: Comp,
+) -> Pushed {
     let scratch = tempfile::tempdir().unwrap();
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
     let mut tars = Vec::new();
     let mut blob_bytes = 0;
-    for items in layers {
-        let tar = tar_of(items);
+    for tar in layers {
         diff_ids.push(sha(&tar));
         let (blob, annotations) = match comp {
             Comp::Native => {
@@ -354,7 +376,7 @@ pub fn push_image_auth(
         "os": "linux",
         "config": {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/sh"]},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": layers.iter().map(|_| serde_json::json!({"created_by": "strata test"})).collect::<Vec<_>>(),
+        "history": tars.iter().map(|_| serde_json::json!({"created_by": "strata test"})).collect::<Vec<_>>(),
     }))
     .unwrap();
     let cdigest = push_blob_auth(registry, auth, repo, &config, scratch.path());

@@ -25,6 +25,35 @@ pub enum Fault {
     FailNext(u32),
     /// Drop the Range header, as a registry without range support would (answers 200).
     IgnoreRange,
+    /// Until `until`, answer `status` (429 or 503) with `Retry-After` (delta-seconds, or an HTTP
+    /// date that many seconds ahead) to every request, or only to those with a Range header.
+    RateLimit {
+        /// When the limit ends.
+        until: std::time::Instant,
+        /// 429 or 503.
+        status: u16,
+        /// The wait asked for.
+        retry_after_secs: u64,
+        /// Send the wait as an HTTP date instead of seconds.
+        http_date: bool,
+        /// Limit only range requests (lazy reads).
+        ranges_only: bool,
+    },
+}
+
+/// An HTTP date (IMF-fixdate) `secs` from now.
+pub fn http_date_in(secs: u64) -> String {
+    let out = std::process::Command::new("date")
+        .args([
+            "-u",
+            "-d",
+            &format!("+{secs} seconds"),
+            "+%a, %d %b %Y %H:%M:%S GMT",
+        ])
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// Counters.
@@ -173,6 +202,34 @@ fn serve(
     };
     if let Fault::Delay(d) = f {
         std::thread::sleep(d);
+    }
+    if let Fault::RateLimit {
+        until,
+        status,
+        retry_after_secs,
+        http_date,
+        ranges_only,
+    } = f
+        && std::time::Instant::now() < until
+        && (!ranges_only || !range.is_empty())
+    {
+        let value = if http_date {
+            http_date_in(retry_after_secs)
+        } else {
+            retry_after_secs.to_string()
+        };
+        let reason = if status == 429 {
+            "Too Many Requests"
+        } else {
+            "Service Unavailable"
+        };
+        client.write_all(
+            format!(
+                "HTTP/1.1 {status} {reason}\r\nRetry-After: {value}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )?;
+        return Ok(());
     }
     if matches!(f, Fault::Refuse | Fault::FailNext(_)) {
         client.write_all(

@@ -398,5 +398,11 @@ fn docker_schema2_and_manifest_lists_choose_the_platform() {
     assert_eq!(arch(&root), "arm64");
     let out = run(&root, &["pull", "--platform", "linux/s390x", &list]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr_line(&out).contains("no manifest for platform linux/s390x"));
+    // docker's wording, plus what the list offers.
+    let line = stderr_line(&out);
+    assert!(
+        line.contains("no matching manifest for linux/s390x in the manifest list entries")
+            && line.contains("available: linux/arm64, linux/amd64"),
+        "{line}"
+    );
 }

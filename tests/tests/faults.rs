@@ -155,3 +155,90 @@ fn pull_all_then_offline() {
         "an image pulled with --all read from the registry"
     );
 }
+
+fn limit(
+    secs: u64,
+    status: u16,
+    retry_after_secs: u64,
+    http_date: bool,
+    ranges_only: bool,
+) -> Fault {
+    Fault::RateLimit {
+        until: std::time::Instant::now() + Duration::from_secs(secs),
+        status,
+        retry_after_secs,
+        http_date,
+        ranges_only,
+    }
+}
+
+/// Issue 22, kind 2: a registry answering 429/503 with Retry-After (seconds or an HTTP date) for a
+/// while: pull (token, manifest, blobs) and lazy reads (ranges) wait as asked and succeed; a
+/// limit longer than the allowed wait fails with one line naming the registry and the cause.
+#[test]
+fn rate_limits_are_waited_out_within_a_bound() {
+    if !require_root_fuse("rate_limits_are_waited_out_within_a_bound") {
+        return;
+    }
+    let reg = Registry::start();
+    push_image(&reg.addr, "t/limit", "1", &rich_layers(false), Comp::Native);
+    push_image(&reg.addr, "t/limit", "gz", &rich_layers(false), Comp::Gzip);
+    let proxy = Proxy::start(&reg.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+
+    // 429 + Retry-After: 3 for 4 s: the old client gave up after 1.7 s.
+    proxy.set(limit(4, 429, 3, false, false));
+    let t = std::time::Instant::now();
+    ok(&root, &["pull", &format!("{}/t/limit:1", proxy.addr)]);
+    assert!(t.elapsed() >= Duration::from_secs(3), "{:?}", t.elapsed());
+
+    // Lazy reads: only range requests are limited; the read waits and gets the right bytes.
+    let m = Mounted::new(
+        &root,
+        &format!("{}/t/limit:1", proxy.addr),
+        &state.path().join("mnt"),
+    );
+    proxy.set(limit(3, 429, 2, false, true));
+    proxy.reset();
+    let t = std::time::Instant::now();
+    assert_eq!(
+        std::fs::read(m.dir.join("bin/busybox")).unwrap(),
+        strata_tests::layers::noise(300_000, 1)
+    );
+    assert!(t.elapsed() >= Duration::from_secs(2), "{:?}", t.elapsed());
+    drop(m);
+
+    // 503 with an HTTP date, on a pull that streams a whole gzip layer (after the lazy read:
+    // the chunks this caches would have served it).
+    proxy.set(limit(3, 503, 2, true, false));
+    ok(
+        &root,
+        &["pull", "--all", &format!("{}/t/limit:gz", proxy.addr)],
+    );
+
+    // Past the bound: one clear line, exit 125, nothing stored under the name.
+    proxy.set(limit(60, 429, 5, false, false));
+    let t = std::time::Instant::now();
+    let out = strata_tests::strata::run(
+        &root,
+        &[
+            "--rate-limit-wait",
+            "8",
+            "pull",
+            &format!("{}/t/limit:gz2", proxy.addr),
+        ],
+    );
+    let took = t.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+    assert!(
+        err.contains(&proxy.addr) && err.contains("rate limited") && err.contains("429"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

@@ -57,14 +57,17 @@ pub fn run_load(a: LoadArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         None => ctx.load(std::io::stdin().lock()),
     }
     .context("loading the archive")?;
-    for (img, name) in loaded {
-        match name {
-            Some(n) => println!(
+    // As docker prints it: each name in its familiar form, or the ID of an unnamed image.
+    for l in loaded {
+        if l.names.is_empty() {
+            println!("Loaded image ID: {}", l.image.config);
+        }
+        for n in l.names {
+            println!(
                 "Loaded image: {}:{}",
                 n.familiar_repository(),
-                n.tag.unwrap_or_default()
-            ),
-            None => println!("Loaded image ID: {}", img.config),
+                n.tag.unwrap_or_else(|| "latest".into())
+            );
         }
     }
     Ok(0)

@@ -48,7 +48,7 @@ pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("No such container: {}", a.container))?;
     let ctx = g.context()?;
     let (img, _) = ctx
-        .resolve(&c.image_id)
+        .image_of(c.image_manifest.as_deref(), &c.image_id)
         .with_context(|| format!("image {} of container {}", c.image, a.container))?;
     let mut config = ctx
         .config(&img)?

@@ -116,6 +116,8 @@ fn detach(a: &MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     for r in &g.insecure_registries {
         cmd.arg("--insecure-registry").arg(r);
     }
+    cmd.arg("--rate-limit-wait")
+        .arg(g.rate_limit_wait.to_string());
     if let Some(mb) = g.cache_mb {
         cmd.arg("--cache-mb").arg(mb.to_string());
     }

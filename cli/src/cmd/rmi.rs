@@ -83,6 +83,8 @@ pub enum SystemCmd {
     Prune(crate::cmd::restart::SystemPruneArgs),
 }
 
+/// Containers made from `img`: by the manifest they recorded (two images can share an id);
+/// records of older versions, which have none, by the image id.
 fn users(containers: &Containers, img: &ImageRecord) -> Vec<String> {
     users_running(containers, img, None)
 }
@@ -91,14 +93,67 @@ fn users(containers: &Containers, img: &ImageRecord) -> Vec<String> {
 /// are not running.
 fn users_running(containers: &Containers, img: &ImageRecord, running: Option<bool>) -> Vec<String> {
     let id = img.config.to_string();
+    let manifest = img.manifest.to_string();
     containers
         .list()
         .iter()
-        .filter(|c| c.image_id == id)
+        .filter(|c| match &c.image_manifest {
+            Some(m) => *m == manifest,
+            None => c.image_id == id,
+        })
         .map(crate::cmd::ps::effective)
         .filter(|c| running.is_none_or(|r| (c.state == State::Running) == r))
         .map(|c| c.id[..12].to_string())
         .collect()
+}
+
+/// Whether `name` is (a prefix of) the image id of `img`, as `rmi ID` gives it.
+fn names_id(name: &str, img: &ImageRecord) -> bool {
+    let needle = name.strip_prefix("sha256:").unwrap_or(name);
+    needle.len() >= 4 && img.config.hex().starts_with(needle)
+}
+
+/// `rmi ID`: the id stands for every stored image with that config. Like docker, an id with
+/// several names needs `-f`, as does one a container uses; then all names go and every image
+/// of that id no container uses is deleted.
+fn remove_id(
+    ctx: &Context,
+    containers: &Containers,
+    img: &ImageRecord,
+    force: bool,
+) -> anyhow::Result<bool> {
+    let group = ctx.images_with_config(&img.config)?;
+    let tags = ctx.tags_by_manifest()?;
+    let mut names: Vec<String> = group
+        .iter()
+        .flat_map(|i| tags.get(&i.manifest).cloned().unwrap_or_default())
+        .collect();
+    names.sort();
+    // A running user refuses even -f; without -f several names or a stopped user refuse too.
+    for i in &group {
+        if let Some(why) = id_conflict(containers, i, force, names.len()) {
+            eprintln!("Error response from daemon: {why}");
+            return Ok(false);
+        }
+    }
+    let lock = ctx.store.lock()?;
+    for t in &names {
+        ctx.store.remove_ref(&lock, t)?;
+        println!("Untagged: {}", familiar(t));
+    }
+    drop(lock);
+    // Forced by id, containers that exited no longer keep the image (docker deletes it).
+    for i in &group {
+        ctx.remove_image(i)?;
+    }
+    println!("Deleted: {}", img.config);
+    Ok(true)
+}
+
+fn familiar(t: &str) -> String {
+    t.parse::<Reference>()
+        .map(|r| format!("{}:{}", r.familiar_repository(), r.tag.unwrap_or_default()))
+        .unwrap_or_else(|_| t.to_string())
 }
 
 fn names_of(ctx: &Context, img: &ImageRecord) -> anyhow::Result<Vec<String>> {
@@ -118,6 +173,10 @@ pub fn run_rmi(a: RmiArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
             failed = true;
             continue;
         };
+        if by_ref.is_none() && names_id(name, &img) {
+            failed |= !remove_id(&ctx, &containers, &img, a.force)?;
+            continue;
+        }
         let names = names_of(&ctx, &img)?;
         let used = users(&containers, &img);
         if by_ref.is_none()
@@ -151,16 +210,18 @@ pub fn run_rmi(a: RmiArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         }
         for t in &to_untag {
             ctx.store.remove_ref(&lock, t)?;
-            let shown = t
-                .parse::<Reference>()
-                .map(|r| format!("{}:{}", r.familiar_repository(), r.tag.unwrap_or_default()))
-                .unwrap_or_else(|_| t.clone());
-            println!("Untagged: {shown}");
+            println!("Untagged: {}", familiar(t));
         }
         drop(lock);
         if last && used.is_empty() {
             ctx.remove_image(&img)?;
-            println!("Deleted: {}", img.config);
+            // Another manifest may still carry this id (e.g. the image's conversion): then
+            // only this manifest is gone.
+            if ctx.images_with_config(&img.config)?.is_empty() {
+                println!("Deleted: {}", img.config);
+            } else {
+                println!("Deleted: {}", img.manifest);
+            }
         }
     }
     let _ = ctx.collect()?;

@@ -321,6 +321,7 @@ pub fn run_recorded(
         name,
         image: a.image.clone(),
         image_id: img.config.to_string(),
+        image_manifest: Some(img.manifest.to_string()),
         command: args,
         created: now_secs(),
         state: State::Created,

@@ -44,7 +44,7 @@ pub fn run_start(a: StartArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     ctx.prefetch = strata_fetcher::profile::Prefetch::Auto;
     let rt = runtime()?;
     let (img, _) = ctx
-        .resolve(&c.image_id)
+        .image_of(c.image_manifest.as_deref(), &c.image_id)
         .with_context(|| format!("image {} of container {}", c.image, a.container))?;
     let root_mount = mount_root(&ctx, rt.handle(), &img, &dir)?;
     spec.rootfs = root_mount.rootfs.clone();

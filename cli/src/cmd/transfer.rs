@@ -58,7 +58,7 @@ pub fn run_export(a: ExportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     }
     let ctx = g.context()?;
     let rt = runtime()?;
-    let (img, _) = ctx.resolve(&c.image_id)?;
+    let (img, _) = ctx.image_of(c.image_manifest.as_deref(), &c.image_id)?;
     let root = mount_root(&ctx, rt.handle(), &img, &dir)?;
     out = strata_fs::union::upper_to_tar(&root.rootfs, &none, out)?;
     out.flush()?;

@@ -17,6 +17,30 @@ struct Counters {
     tokens: AtomicU32,
     manifests: AtomicU32,
     fail_first: AtomicU32,
+    /// Until then, answers (`/token` too when `limit_tokens`) are 429 with `retry_after`.
+    limited_until: std::sync::Mutex<Option<std::time::Instant>>,
+    retry_after: std::sync::Mutex<String>,
+    limit_tokens: std::sync::atomic::AtomicBool,
+    limited: AtomicU32,
+}
+
+impl Counters {
+    fn limit_for(&self, d: Duration, retry_after: impl Into<String>, tokens: bool) {
+        *self.limited_until.lock().unwrap() = Some(std::time::Instant::now() + d);
+        *self.retry_after.lock().unwrap() = retry_after.into();
+        self.limit_tokens.store(tokens, Ordering::SeqCst);
+    }
+
+    fn limited_now(&self, token: bool) -> Option<String> {
+        if token && !self.limit_tokens.load(Ordering::SeqCst) {
+            return None;
+        }
+        let until = (*self.limited_until.lock().unwrap())?;
+        (std::time::Instant::now() < until).then(|| {
+            self.limited.fetch_add(1, Ordering::SeqCst);
+            self.retry_after.lock().unwrap().clone()
+        })
+    }
 }
 
 /// Serves: /token (bearer tokens), /v2/r/manifests/* (needs `Bearer T1`). `lie` sends a wrong
@@ -39,8 +63,14 @@ async fn fake(lie: bool, counters: Arc<Counters>) -> String {
                 let authed = req
                     .lines()
                     .any(|l| l.eq_ignore_ascii_case("authorization: Bearer T1"));
-                let (status, headers, body): (&str, String, Vec<u8>) = if path.starts_with("/token")
-                {
+                let limited = c.limited_now(path.starts_with("/token"));
+                let (status, headers, body): (&str, String, Vec<u8>) = if let Some(ra) = limited {
+                    (
+                        "429 Too Many Requests",
+                        format!("Retry-After: {ra}\r\n"),
+                        Vec::new(),
+                    )
+                } else if path.starts_with("/token") {
                     c.tokens.fetch_add(1, Ordering::SeqCst);
                     assert!(path.contains("scope=repository%3Ar%3Apull"), "{path}");
                     (
@@ -124,4 +154,96 @@ async fn server_errors_are_retried() {
     c.fail_first.store(10, Ordering::SeqCst);
     let err = client.get_manifest(&r).await.unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+}
+
+/// An HTTP date (IMF-fixdate) `secs` seconds from now.
+fn http_date_in(secs: u64) -> String {
+    let t = time::OffsetDateTime::now_utc() + Duration::from_secs(secs);
+    let f = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    t.format(f).unwrap()
+}
+
+#[test]
+fn retry_after_values() {
+    let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+    assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+    assert_eq!(
+        parse_retry_after(" 120 ", now),
+        Some(Duration::from_secs(120))
+    );
+    assert_eq!(
+        parse_retry_after("Sun, 06 Nov 1994 08:49:47 GMT", now),
+        Some(Duration::from_secs(10))
+    );
+    assert_eq!(
+        parse_retry_after("Sun, 06 Nov 1994 08:49:27 GMT", now),
+        Some(Duration::ZERO)
+    );
+    assert_eq!(parse_retry_after("soon", now), None);
+    assert_eq!(parse_retry_after("-1", now), None);
+}
+
+#[tokio::test]
+async fn rate_limits_wait_as_retry_after_asks() {
+    let c = Arc::new(Counters::default());
+    let addr = fake(false, c.clone()).await;
+    let client = RegistryClient::new(ClientOptions::default()).unwrap();
+    let r: Reference = format!("{addr}/r:1").parse().unwrap();
+    // Limited for 2.5 s, asking for 1 s each time: more than the 4 ordinary attempts (1.5 s).
+    c.limit_for(Duration::from_millis(2500), "1", false);
+    let t = std::time::Instant::now();
+    client.get_manifest(&r).await.unwrap();
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(2400), "{took:?}");
+    assert!(c.limited.load(Ordering::SeqCst) >= 3);
+    assert_eq!(c.manifests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn rate_limits_as_http_date_and_on_the_token_service() {
+    let c = Arc::new(Counters::default());
+    let addr = fake(false, c.clone()).await;
+    let client = RegistryClient::new(ClientOptions::default()).unwrap();
+    let r: Reference = format!("{addr}/r:1").parse().unwrap();
+    // The token service too is limited; its answers name a date 2 s ahead.
+    c.limit_for(Duration::from_millis(1500), http_date_in(2), true);
+    let t = std::time::Instant::now();
+    client.get_manifest(&r).await.unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(c.tokens.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn rate_limit_past_the_allowed_wait_fails_clearly() {
+    let c = Arc::new(Counters::default());
+    let addr = fake(false, c.clone()).await;
+    let client = RegistryClient::new(ClientOptions {
+        rate_limit_wait_secs: 2,
+        ..ClientOptions::default()
+    })
+    .unwrap();
+    let r: Reference = format!("{addr}/r:1").parse().unwrap();
+    c.limit_for(Duration::from_secs(30), "1", false);
+    let t = std::time::Instant::now();
+    let err = client.get_manifest(&r).await.unwrap_err();
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(matches!(err, RegistryError::RateLimited(_)), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&addr) && msg.contains("rate limited"), "{msg}");
+    assert!(msg.contains("429"), "{msg}");
+    // A Retry-After longer than the whole allowance fails at once.
+    c.limit_for(Duration::from_secs(30), "3600", false);
+    let t = std::time::Instant::now();
+    assert!(client.get_manifest(&r).await.is_err());
+    assert!(t.elapsed() < Duration::from_secs(1));
 }

@@ -5,6 +5,7 @@
 pub mod auth;
 #[cfg(test)]
 mod fake_tests;
+mod retry;
 mod upload;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use tracing::{debug, info};
 
 use self::auth::{Challenge, CredentialStore, parse_challenge};
+pub use self::retry::{RateLimited, parse_retry_after};
 use crate::digest::{Digest, DigestError};
 use crate::reference::Reference;
 
@@ -63,6 +65,9 @@ pub enum RegistryError {
     /// Content did not match its digest.
     #[error(transparent)]
     Digest(#[from] DigestError),
+    /// The registry kept answering 429/503 with `Retry-After` past the allowed total wait.
+    #[error(transparent)]
+    RateLimited(Box<RateLimited>),
     /// The registry broke the protocol.
     #[error("registry {registry}: {reason}")]
     Protocol {
@@ -94,6 +99,9 @@ pub struct ClientOptions {
     pub request_timeout_secs: u64,
     /// Attempts for a request that fails with 5xx, 429 or a transport error; default 4.
     pub attempts: u32,
+    /// Longest total time one request may spend waiting as a registry's `Retry-After` asks
+    /// (429 and 503 answers); default 60 s. Waits that would go past it fail the request.
+    pub rate_limit_wait_secs: u64,
     /// Where credentials come from.
     pub credentials: CredentialStore,
 }
@@ -105,6 +113,7 @@ impl Default for ClientOptions {
             connect_timeout_secs: 10,
             request_timeout_secs: 60,
             attempts: 4,
+            rate_limit_wait_secs: 60,
             credentials: CredentialStore::default(),
         }
     }
@@ -208,6 +217,7 @@ impl RegistryClient {
         let scope = format!("repository:{}:{actions}", r.repository);
         let mut authed_retry = false;
         let mut attempt = 0u32;
+        let mut waited = Duration::ZERO;
         loop {
             attempt += 1;
             let mut req = build(self.http.request(method.clone(), url));
@@ -218,6 +228,19 @@ impl RegistryClient {
                 req = req.header(AUTHORIZATION, h);
             }
             let result = req.send().await;
+            if let Ok(resp) = &result
+                && let Some(wait) = retry::rate_limit_wait(
+                    &self.opts,
+                    &r.registry,
+                    &method,
+                    url,
+                    resp,
+                    &mut waited,
+                )?
+            {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
             let transient = match &result {
                 Ok(resp) => {
                     let s = resp.status();
@@ -307,14 +330,32 @@ impl RegistryClient {
                 if let Some(c) = &cred {
                     req = req.header(AUTHORIZATION, c.basic_header());
                 }
-                let resp = req
-                    .send()
-                    .await
-                    .map_err(|source| RegistryError::Transport {
-                        method: "GET".into(),
-                        url: realm.clone(),
-                        source,
+                let mut waited = Duration::ZERO;
+                let resp = loop {
+                    let attempt = req.try_clone().ok_or_else(|| RegistryError::Protocol {
+                        registry: r.registry.clone(),
+                        reason: "token request cannot be repeated".into(),
                     })?;
+                    let resp = attempt
+                        .send()
+                        .await
+                        .map_err(|source| RegistryError::Transport {
+                            method: "GET".into(),
+                            url: realm.clone(),
+                            source,
+                        })?;
+                    match retry::rate_limit_wait(
+                        &self.opts,
+                        &r.registry,
+                        &Method::GET,
+                        &realm,
+                        &resp,
+                        &mut waited,
+                    )? {
+                        Some(wait) => tokio::time::sleep(wait).await,
+                        None => break resp,
+                    }
+                };
                 if !resp.status().is_success() {
                     return Err(status_error("GET", &realm, resp).await);
                 }

@@ -1,0 +1,90 @@
+//! `Retry-After` (RFC 9110 §10.2.3): how long a rate-limited registry asks us to wait.
+
+use std::time::Duration;
+
+use reqwest::header::RETRY_AFTER;
+use reqwest::{Method, Response, StatusCode};
+use tracing::info;
+
+use super::{ClientOptions, RegistryError};
+
+/// A request refused by a rate limit for longer than the allowed wait.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "registry {registry}: {method} {url}: {status} (rate limited): still refused after waiting {waited_secs}s of at most {limit_secs}s as Retry-After asked; next Retry-After {next_secs}s"
+)]
+pub struct RateLimited {
+    /// The registry.
+    pub registry: String,
+    /// Request method.
+    pub method: String,
+    /// Request URL.
+    pub url: String,
+    /// The last status (429 or 503).
+    pub status: StatusCode,
+    /// Seconds already waited for this request.
+    pub waited_secs: u64,
+    /// The allowed total wait.
+    pub limit_secs: u64,
+    /// What the last `Retry-After` asked for.
+    pub next_secs: u64,
+}
+
+/// For a 429/503 answer carrying `Retry-After`: how long to wait before asking again, added
+/// to `waited`; an error once the total would pass `rate_limit_wait_secs`. `None` for
+/// other answers (they follow the ordinary retry rules).
+pub(super) fn rate_limit_wait(
+    opts: &ClientOptions,
+    registry: &str,
+    method: &Method,
+    url: &str,
+    resp: &Response,
+    waited: &mut Duration,
+) -> Result<Option<Duration>, RegistryError> {
+    let status = resp.status();
+    if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE {
+        return Ok(None);
+    }
+    let Some(wait) = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
+    else {
+        return Ok(None);
+    };
+    // Never spin: a Retry-After of 0 (or a date in the past) still waits a little.
+    let wait = wait.max(Duration::from_millis(100));
+    let limit = Duration::from_secs(opts.rate_limit_wait_secs);
+    if *waited + wait > limit {
+        return Err(RegistryError::RateLimited(Box::new(RateLimited {
+            registry: registry.to_string(),
+            method: method.to_string(),
+            url: url.to_string(),
+            status,
+            waited_secs: waited.as_secs(),
+            limit_secs: limit.as_secs(),
+            next_secs: wait.as_secs_f64().ceil() as u64,
+        })));
+    }
+    *waited += wait;
+    info!(%url, %status, wait_ms = wait.as_millis() as u64, "registry asks to retry later");
+    Ok(Some(wait))
+}
+
+/// The wait a `Retry-After` value asks for: delta-seconds, or an HTTP date (IMF-fixdate, e.g.
+/// `Sun, 06 Nov 1994 08:49:37 GMT`) relative to `now`. A date in the past means no wait.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let at = time::PrimitiveDateTime::parse(value, format)
+        .ok()?
+        .assume_utc();
+    let at = std::time::SystemTime::from(at);
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
