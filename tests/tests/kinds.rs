@@ -587,7 +587,7 @@ fn platform_selection_from_an_index() {
     assert_eq!(which(&mixed, "linux/amd64"), "amd64");
     let out = strata_tests::strata::run(&root, &["pull", "--platform", "linux/s390x", &mixed]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("linux/s390x")
             && err.contains("available: linux/arm/v7, linux/arm64, linux/amd64"),
