@@ -181,12 +181,11 @@ impl Context {
                 let ann: std::collections::BTreeMap<String, String> =
                     serde_json::from_value(l["annotations"].clone()).unwrap_or_default();
                 let media_type = l["mediaType"].as_str().unwrap_or("").to_string();
-                let rec = match TocAnnotations::parse(&ann)
+                let from_toc = TocAnnotations::parse(&ann)
                     .ok()
                     .flatten()
                     .and_then(|t| t.toc_digest.map(|dg| (t, dg)))
-                {
-                    Some((t, toc_digest)) => {
+                    .map(|(t, toc_digest)| -> Result<LayerRecord, ImageError> {
                         let toc = bytes
                             .get(t.toc.offset as usize..(t.toc.offset + t.toc.compressed) as usize)
                             .ok_or_else(|| fail(d, "TOC outside the blob"))?;
@@ -195,21 +194,31 @@ impl Context {
                             .map_err(crate::store::StoreError::from)?;
                         let parsed = decode_toc(toc, t.toc.uncompressed)
                             .map_err(|source| ImageError::Toc { layer: d, source })?;
-                        let index = LayerIndex::from_toc(&parsed, Locations::Zstd)
-                            .map_err(|source| ImageError::Index { layer: d, source })?;
+                        let data_end = t.toc.offset.saturating_sub(8);
+                        let index =
+                            LayerIndex::from_toc_bounded(&parsed, Locations::Zstd, Some(data_end))
+                                .map_err(|source| ImageError::Index { layer: d, source })?;
                         self.store.put_blob(&toc_digest, toc)?;
-                        LayerRecord {
+                        Ok(LayerRecord {
                             digest: d,
                             size: bytes.len() as u64,
-                            media_type,
+                            media_type: media_type.clone(),
                             format: LayerFormat::ZstdChunked,
                             toc: Some(toc_digest),
                             toc_uncompressed: t.toc.uncompressed,
                             toc_offset: t.toc.offset,
                             content_bytes: index.content_bytes(),
+                        })
+                    });
+                let rec = match from_toc {
+                    Some(Ok(rec)) => rec,
+                    Some(Err(e)) if !e.toc_untrusted() => return Err(e),
+                    toc => {
+                        if let Some(Err(e)) = toc {
+                            tracing::warn!(
+                                "layer {d}: table of contents not usable ({e}); indexing it whole"
+                            );
                         }
-                    }
-                    None => {
                         let compression = match sniff(&bytes) {
                             Compression::None if media_type.ends_with("zstd") => Compression::Zstd,
                             c => c,
