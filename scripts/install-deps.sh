@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what strata's demo and tests need from Debian's archive. Idempotent; run as root.
 set -euo pipefail
-pkgs=(docker-registry fuse3 busybox-static zstd curl tar attr skopeo ca-certificates podman crun umoci)
+pkgs=(docker-registry fuse3 busybox-static zstd curl tar attr skopeo ca-certificates podman crun runc umoci)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

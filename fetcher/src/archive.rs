@@ -8,6 +8,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::digest::{Digest, Hasher};
+use crate::estargz;
 use crate::image::{Context, ImageError};
 use crate::index::{LayerIndex, Locations};
 use crate::plain::{index_plain, sniff};
@@ -210,6 +211,8 @@ impl Context {
                             content_bytes: index.content_bytes(),
                         })
                     });
+                let from_toc =
+                    from_toc.or_else(|| self.estargz_record(d, &bytes, &ann, &media_type));
                 let rec = match from_toc {
                     Some(Ok(rec)) => rec,
                     Some(Err(e)) if !e.toc_untrusted() => return Err(e),
@@ -262,5 +265,49 @@ impl Context {
             out.push((rec, name));
         }
         Ok(out)
+    }
+}
+
+impl Context {
+    /// The record of a loaded eStargz layer (TOC digest annotation, footer, TOC entry), indexed
+    /// as a pull indexes it; `None` when the layer does not announce eStargz.
+    fn estargz_record(
+        &self,
+        d: Digest,
+        bytes: &[u8],
+        ann: &std::collections::BTreeMap<String, String>,
+        media_type: &str,
+    ) -> Option<Result<LayerRecord, ImageError>> {
+        let tocd: Digest = ann.get(estargz::TOC_DIGEST_ANNOTATION)?.parse().ok()?;
+        let size = bytes.len() as u64;
+        if size <= estargz::FOOTER_LEN {
+            return None;
+        }
+        let toc_err = |source| ImageError::Toc { layer: d, source };
+        let build = || -> Result<LayerRecord, ImageError> {
+            let footer_at = (size - estargz::FOOTER_LEN) as usize;
+            let toc_offset = estargz::parse_footer(&bytes[footer_at..]).map_err(toc_err)?;
+            let member = bytes.get(toc_offset as usize..footer_at).ok_or_else(|| {
+                toc_err(crate::toc::TocError::Footer(
+                    "eStargz TOC offset past the footer",
+                ))
+            })?;
+            let json = estargz::extract_toc_json(member).map_err(toc_err)?;
+            tocd.verify(&json).map_err(crate::store::StoreError::from)?;
+            let index = estargz::index(&json, toc_offset)
+                .map_err(|source| ImageError::Index { layer: d, source })?;
+            self.store.put_blob(&tocd, &json)?;
+            Ok(LayerRecord {
+                digest: d,
+                size,
+                media_type: media_type.to_string(),
+                format: LayerFormat::Estargz,
+                toc: Some(tocd),
+                toc_uncompressed: json.len() as u64,
+                toc_offset,
+                content_bytes: index.content_bytes(),
+            })
+        };
+        Some(build())
     }
 }

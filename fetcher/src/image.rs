@@ -122,6 +122,19 @@ pub enum Progress {
     },
 }
 
+/// How a pulled layer will be read, as `pull` reports it: lazily through its TOC, or streamed
+/// (now, or on first use) because it has none strata can use.
+pub fn pulled_path(rec: &LayerRecord) -> &'static str {
+    match (rec.format, rec.toc.is_some()) {
+        (LayerFormat::ZstdChunked, _) => "Pull complete (lazy: zstd:chunked TOC)",
+        (LayerFormat::Estargz, _) => "Pull complete (lazy: eStargz TOC)",
+        (LayerFormat::Plain { .. }, true) => "Pull complete (stream: no usable TOC, indexed now)",
+        (LayerFormat::Plain { .. }, false) => {
+            "Pull complete (stream: no usable TOC, streams on first mount)"
+        }
+    }
+}
+
 /// A progress callback.
 pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Send + Sync);
 
@@ -286,11 +299,7 @@ impl Context {
                     self.store.put_layer(&rec)?;
                     progress(Progress::LayerDone {
                         layer: d,
-                        what: if rec.toc.is_some() {
-                            "Pull complete"
-                        } else {
-                            "Pull complete (no TOC: streams on first mount)"
-                        },
+                        what: pulled_path(&rec),
                     });
                 }
                 Ok::<(), ImageError>(())

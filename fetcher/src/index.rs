@@ -189,6 +189,15 @@ fn parse_digest(name: &str, s: &Option<String>) -> Result<Option<Digest>, IndexE
 }
 
 fn entry_of(e: &TocEntry) -> Result<Entry, IndexError> {
+    // JSON writers in Go replace invalid UTF-8 with U+FFFD: such a TOC cannot name the file.
+    if (e.name_raw.is_none() && e.name.contains('\u{fffd}'))
+        || (e.link_name_raw.is_none() && e.link_name.contains('\u{fffd}'))
+    {
+        return Err(IndexError::Entry {
+            name: e.name.clone(),
+            reason: "name holds U+FFFD (a writer replaced bytes that were not UTF-8)".into(),
+        });
+    }
     let raw_name = decode_name(&e.name, &e.name_raw);
     let path = normalize_path(&raw_name)?;
     let bad = |reason: String| IndexError::Entry {
@@ -589,6 +598,10 @@ mod tests {
                 end: 500
             }
         );
+        // A name a Go writer mangled (invalid UTF-8 became U+FFFD) cannot be trusted.
+        let mut toc3 = toc.clone();
+        toc3.entries[5].name = "caf\u{fffd}".into();
+        assert!(LayerIndex::from_toc_bounded(&toc3, Locations::Zstd, Some(900)).is_err());
         // With no bound at all the last file cannot be located: an error, not a guess.
         assert!(LayerIndex::from_toc(&toc2, Locations::Zstd).is_err());
     }

@@ -7,6 +7,7 @@
 pub mod estargz;
 pub mod fixtures;
 pub mod layers;
+pub mod podman;
 pub mod proxy;
 pub mod registry;
 pub mod strata;

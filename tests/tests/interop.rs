@@ -1,15 +1,20 @@
 //! Native layers are ordinary `tar+zstd` to every other client: skopeo inspects and copies a
 //! converted image, `zstd -dc | tar -t` lists each layer, and each layer decompresses to
-//! exactly the tar its diff_id names.
+//! exactly the tar its diff_id names. And the other direction: images written by skopeo, podman
+//! and stargz-snapshotter's writer pull lazily, mount and run in strata, and podman partially
+//! pulls strata's.
 #![allow(clippy::print_stderr, clippy::print_stdout)]
 
 use std::process::Command;
 
-use strata_tests::fixtures::rich_layers;
-use strata_tests::layers::{Comp, push_image, sha};
+use strata_tests::fixtures::{foreign_layers, rich_layers, runnable_layers};
+use strata_tests::layers::{Blob, Comp, Pushed, push_blobs, push_image, sha, tar_of};
+use strata_tests::podman::Podman;
+use strata_tests::proxy::Proxy;
 use strata_tests::registry::Registry;
 use strata_tests::require_root_fuse;
-use strata_tests::strata::ok;
+use strata_tests::strata::{Mounted, ok};
+use strata_tests::walk::{ReferenceTree, assert_same, snapshot};
 
 fn run(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().unwrap();
@@ -94,4 +99,253 @@ fn converted_image_is_ordinary_to_skopeo_zstd_and_tar() {
         first.contains("etc/.wh.passwd") && first.contains("var/lib/old/.wh..wh..opq"),
         "{first}"
     );
+}
+
+/// The layer descriptors of `reference` (`registry/repo:tag`), read straight from the registry.
+fn layer_descs(reference: &str) -> Vec<serde_json::Value> {
+    let (host, rest) = reference.split_once('/').unwrap();
+    let (repo, tag) = rest.rsplit_once(':').unwrap();
+    let body = run(Command::new("curl").args([
+        "-sSf",
+        "-H",
+        "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+        &format!("http://{host}/v2/{repo}/manifests/{tag}"),
+    ]));
+    let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    m["layers"].as_array().unwrap().clone()
+}
+
+/// Compressed TOC bytes the zstd:chunked annotations (either generation) announce.
+fn toc_bytes(desc: &serde_json::Value) -> Option<u64> {
+    let a = desc["annotations"].as_object()?;
+    let pos = a
+        .get("io.github.containers.zstd-chunked.manifest-position")
+        .or_else(|| a.get("io.containers.zstd-chunked.manifest-position"))?;
+    pos.as_str()?.split(':').nth(1)?.parse().ok()
+}
+
+/// A foreign-written lazy image, pushed to `reg` as `repo:1`, behaves as its original: a pull
+/// through a counting proxy fetches only TOCs, the mount is the tree GNU tar extracts from the
+/// original layers, a container runs in it, and `save` → `load` round-trips it.
+fn assert_reads_like_original(reg: &Registry, repo: &str, tars: &[Vec<u8>]) {
+    let descs = layer_descs(&format!("{}/{repo}:1", reg.addr));
+    assert_eq!(descs.len(), tars.len());
+    let blob_total: u64 = descs.iter().map(|d| d["size"].as_u64().unwrap()).sum();
+    let toc_total: Option<u64> = descs.iter().map(toc_bytes).sum();
+    let proxy = Proxy::start(&reg.addr);
+    let reference = format!("{}/{repo}:1", proxy.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+
+    let pulled = ok(&root, &["pull", &reference]);
+    let (_, bytes) = proxy.counts();
+    eprintln!(
+        "{repo}: pull fetched {bytes} of {blob_total} blob bytes (TOCs {toc_total:?})\n{pulled}"
+    );
+    assert!(bytes < blob_total / 5, "{repo}: pull fetched {bytes} bytes");
+    if let Some(t) = toc_total {
+        // Manifest, config and the TOCs; nothing of the content.
+        assert!(
+            bytes <= t + 16 * 1024,
+            "{repo}: {bytes} bytes, TOCs are {t}"
+        );
+    }
+    assert_eq!(
+        pulled.matches("lazy").count(),
+        tars.len(),
+        "{repo}: every layer lazy:\n{pulled}"
+    );
+
+    let want = snapshot(&ReferenceTree::new(tars).root);
+    {
+        let m = Mounted::new(&root, &reference, &state.path().join("mnt"));
+        assert_same(repo, &snapshot(&m.dir), &want);
+    }
+    let release = ok(
+        &root,
+        &[
+            "run",
+            "--rm",
+            &reference,
+            "/bin/busybox",
+            "cat",
+            "/etc/os-release",
+        ],
+    );
+    assert_eq!(release, "ID=strata-test\nVERSION_ID=2\n");
+
+    let archive = state.path().join("saved.tar");
+    ok(
+        &root,
+        &["save", "-o", archive.to_str().unwrap(), &reference],
+    );
+    let fresh = state.path().join("fresh");
+    ok(&fresh, &["load", "-i", archive.to_str().unwrap()]);
+    let m = Mounted::new(&fresh, &reference, &state.path().join("mnt2"));
+    assert_same(&format!("{repo} after save/load"), &snapshot(&m.dir), &want);
+}
+
+/// The gzip original of the foreign-writer tests, in its own registry (so a writer cannot reuse
+/// the gzip blob in the destination).
+fn gzip_original() -> (Registry, Pushed) {
+    let src = Registry::start();
+    let img = push_image(&src.addr, "t/orig", "1", &foreign_layers(), Comp::Gzip);
+    (src, img)
+}
+
+#[test]
+fn skopeo_zstd_chunked_image_is_lazy_and_identical() {
+    if !require_root_fuse("skopeo_zstd_chunked_image_is_lazy_and_identical") {
+        return;
+    }
+    let (_src, img) = gzip_original();
+    let reg = Registry::start();
+    run(Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
+        .args(["--dest-compress-format", "zstd:chunked"])
+        .arg(format!("docker://{}", img.reference))
+        .arg(format!("docker://{}/t/skopeo:1", reg.addr)));
+    for d in layer_descs(&format!("{}/t/skopeo:1", reg.addr)) {
+        assert!(
+            d["annotations"]["io.containers.zstd-chunked.manifest-checksum"].is_string(),
+            "skopeo 1.9 writes the older annotations: {d}"
+        );
+    }
+    assert_reads_like_original(&reg, "t/skopeo", &img.tars);
+}
+
+#[test]
+fn podman_zstd_chunked_image_is_lazy_and_identical() {
+    if !require_root_fuse("podman_zstd_chunked_image_is_lazy_and_identical") {
+        return;
+    }
+    let (src, img) = gzip_original();
+    let reg = Registry::start();
+    let podman = Podman::new(&[&src.addr, &reg.addr]);
+    podman.ok(&["pull", "-q", &img.reference]);
+    podman.ok(&[
+        "push",
+        "--compression-format",
+        "zstd:chunked",
+        &img.reference,
+        &format!("docker://{}/t/podman:1", reg.addr),
+    ]);
+    for d in layer_descs(&format!("{}/t/podman:1", reg.addr)) {
+        assert!(
+            toc_bytes(&d).is_some(),
+            "podman wrote no TOC annotations: {d}"
+        );
+    }
+    assert_reads_like_original(&reg, "t/podman", &img.tars);
+}
+
+/// Runs the stargz-snapshotter writer (tests/tools/stargz-writer) on each layer.
+fn stargz_blobs(mode: &str, tars: &[Vec<u8>]) -> Vec<Blob> {
+    let dir = tempfile::tempdir().unwrap();
+    tars.iter()
+        .enumerate()
+        .map(|(i, tar)| {
+            let (tin, tout) = (
+                dir.path().join(format!("{i}.tar")),
+                dir.path().join(format!("{i}.blob")),
+            );
+            std::fs::write(&tin, tar).unwrap();
+            let out = run(Command::new(stargz_writer()).arg(mode).arg(&tin).arg(&tout));
+            let r: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            let media_type = if mode == "estargz" { "gzip" } else { "zstd" };
+            Blob {
+                data: std::fs::read(&tout).unwrap(),
+                media_type: format!("application/vnd.oci.image.layer.v1.tar+{media_type}"),
+                annotations: r["annotations"].clone(),
+                diff_id: r["diffID"].as_str().unwrap().to_string(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn stargz_snapshotter_images_are_lazy_and_identical() {
+    if !require_root_fuse("stargz_snapshotter_images_are_lazy_and_identical") {
+        return;
+    }
+    let tars: Vec<Vec<u8>> = foreign_layers().iter().map(|l| tar_of(l)).collect();
+    let reg = Registry::start();
+    for mode in ["zstdchunked", "estargz"] {
+        let repo = format!("t/stargz-{mode}");
+        let blobs = stargz_blobs(mode, &tars);
+        push_blobs(&reg.addr, &repo, "1", &blobs);
+        if mode == "estargz" {
+            // stargz-snapshotter hides its landmark file and TOC entry: the original tree.
+            assert_reads_like_original(&reg, &repo, &tars);
+        } else {
+            // In zstd:chunked the landmark is an ordinary file of the tar, as containers/storage
+            // (the format's reference reader) shows it: the tree of the blob's own tar.
+            let own: Vec<Vec<u8>> = blobs
+                .iter()
+                .map(|b| zstd::stream::decode_all(&b.data[..]).unwrap())
+                .collect();
+            assert!(own.iter().all(|t| sha(t) != sha(&tars[0])));
+            assert_reads_like_original(&reg, &repo, &own);
+        }
+    }
+}
+
+#[test]
+fn podman_partially_pulls_and_runs_converted_images() {
+    if !require_root_fuse("podman_partially_pulls_and_runs_converted_images") {
+        return;
+    }
+    let reg = Registry::start();
+    let src = push_image(&reg.addr, "t/orig", "1", &runnable_layers(), Comp::Gzip);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    let dst = format!("{}/t/conv:1", reg.addr);
+    ok(&root, &["convert", &src.reference, &dst]);
+    let podman = Podman::new(&[&reg.addr]);
+    let out = podman.ok(&["--log-level", "debug", "pull", &dst]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    let partial = log.matches("Retrieved partial blob").count();
+    assert_eq!(
+        partial,
+        src.tars.len(),
+        "podman pulled {partial} of {} layers partially:\n{}",
+        src.tars.len(),
+        log.lines()
+            .filter(|l| l.contains("partial") || l.contains("blob"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let out = podman.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &dst,
+        "/bin/busybox",
+        "cat",
+        "/etc/os-release",
+        "/data/tagged-link",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ID=strata-test\nVERSION_ID=2\ntagged"
+    );
+}
+
+/// The stargz-writer tool, built (once per test binary) with the Go module proxy.
+fn stargz_writer() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/stargz-writer");
+            let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("stargz-writer");
+            run(Command::new("go")
+                .arg("build")
+                .arg("-o")
+                .arg(&out)
+                .arg(".")
+                .current_dir(&src));
+            out
+        })
+        .clone()
 }
