@@ -9,6 +9,7 @@ pub mod commit;
 pub mod convert;
 pub mod digest;
 pub mod estargz;
+pub mod estargz_write;
 pub mod gc;
 pub mod image;
 pub mod index;

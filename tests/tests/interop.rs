@@ -299,37 +299,77 @@ fn podman_partially_pulls_and_runs_converted_images() {
     let src = push_image(&reg.addr, "t/orig", "1", &runnable_layers(), Comp::Gzip);
     let state = tempfile::tempdir().unwrap();
     let root = state.path().join("root");
-    let dst = format!("{}/t/conv:1", reg.addr);
-    ok(&root, &["convert", &src.reference, &dst]);
-    let podman = Podman::new(&[&reg.addr]);
-    let out = podman.ok(&["--log-level", "debug", "pull", &dst]);
-    let log = String::from_utf8_lossy(&out.stderr);
-    let partial = log.matches("Retrieved partial blob").count();
-    assert_eq!(
-        partial,
-        src.tars.len(),
-        "podman pulled {partial} of {} layers partially:\n{}",
-        src.tars.len(),
-        log.lines()
-            .filter(|l| l.contains("partial") || l.contains("blob"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    let out = podman.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        &dst,
-        "/bin/busybox",
-        "cat",
-        "/etc/os-release",
-        "/data/tagged-link",
-    ]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "ID=strata-test\nVERSION_ID=2\ntagged"
-    );
+    for format in ["zstd-chunked", "estargz"] {
+        let repo = format!("t/conv-{format}");
+        let dst = format!("{}/{repo}:1", reg.addr);
+        ok(
+            &root,
+            &["convert", "--format", format, &src.reference, &dst],
+        );
+        let descs = layer_descs(&dst);
+        if format == "estargz" {
+            // stargz-snapshotter's own reader accepts every layer: footer, TOC digest, chunks.
+            let dir = tempfile::tempdir().unwrap();
+            for d in &descs {
+                let toc = d["annotations"]["containerd.io/snapshot/stargz/toc.digest"]
+                    .as_str()
+                    .unwrap();
+                let blob = dir.path().join("blob");
+                run(Command::new("curl").arg("-sSfo").arg(&blob).arg(format!(
+                    "http://{}/v2/{repo}/blobs/{}",
+                    reg.addr,
+                    d["digest"].as_str().unwrap()
+                )));
+                run(Command::new(stargz_writer())
+                    .arg("verify")
+                    .arg(&blob)
+                    .arg(toc));
+            }
+        } else {
+            for d in &descs {
+                let a = &d["annotations"];
+                for key in [
+                    "io.containers.zstd-chunked.manifest-checksum",
+                    "io.github.containers.zstd-chunked.manifest-checksum",
+                ] {
+                    assert!(a[key].is_string(), "{key} missing: {d}");
+                }
+            }
+        }
+        // A fresh podman each time: podman keys images by config, which zstd-chunked keeps.
+        let podman = Podman::new(&[&reg.addr]);
+        let out = podman.ok(&["--log-level", "debug", "pull", &dst]);
+        let log = String::from_utf8_lossy(&out.stderr);
+        let partial = log.matches("Retrieved partial blob").count();
+        assert_eq!(
+            partial,
+            src.tars.len(),
+            "{format}: podman pulled {partial} of {} layers partially:\n{}",
+            src.tars.len(),
+            log.lines()
+                .filter(|l| l.contains("partial") || l.contains("blob"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let out = podman.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &dst,
+            "/bin/busybox",
+            "cat",
+            "/etc/os-release",
+            "/data/tagged-link",
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "ID=strata-test\nVERSION_ID=2\ntagged",
+            "{format}"
+        );
+    }
+    // strata reads its own eStargz lazily, to the original tree (landmarks hidden).
+    assert_reads_like_original(&reg, "t/conv-estargz", &src.tars);
 }
 
 /// The stargz-writer tool, built (once per test binary) with the Go module proxy.
