@@ -125,6 +125,9 @@ pub enum Progress {
 /// How a pulled layer will be read, as `pull` reports it: lazily through its TOC, or streamed
 /// (now, or on first use) because it has none strata can use.
 pub fn pulled_path(rec: &LayerRecord) -> &'static str {
+    if rec.media_type.contains("foreign") || rec.media_type.contains("nondistributable") {
+        return "Pull complete (full: foreign layer fetched from its URL)";
+    }
     match (rec.format, rec.toc.is_some()) {
         (LayerFormat::ZstdChunked, _) => "Pull complete (lazy: zstd:chunked TOC)",
         (LayerFormat::Estargz, _) => "Pull complete (lazy: eStargz TOC)",
@@ -350,6 +353,12 @@ impl Context {
             .as_ref()
             .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
+        let urls = desc.urls().clone().unwrap_or_default();
+        if !urls.is_empty() {
+            return self
+                .pull_foreign(d, size, media_type, &urls, progress)
+                .await;
+        }
         match self
             .toc_layer(r, d, size, &media_type, &ann, progress)
             .await
@@ -387,6 +396,62 @@ impl Context {
         } else {
             Ok(rec)
         }
+    }
+
+    /// A foreign layer, fetched whole from the first of its `urls` that serves it (as docker and
+    /// podman do), verified by digest, kept as a local blob and indexed.
+    async fn pull_foreign(
+        &self,
+        d: Digest,
+        size: u64,
+        media_type: String,
+        urls: &[String],
+        progress: ProgressFn<'_>,
+    ) -> Result<LayerRecord, ImageError> {
+        progress(Progress::LayerStart {
+            layer: d,
+            size,
+            what: "Fetching foreign layer",
+        });
+        let mut failures = Vec::new();
+        let mut bytes = None;
+        for url in urls {
+            match self.client.get_url(url).await {
+                Ok(b) if Digest::of(&b) == d => {
+                    bytes = Some(b);
+                    break;
+                }
+                Ok(b) => failures.push(format!("{url}: content hashes to {}", Digest::of(&b))),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        let fail = |reason: String| ImageError::Layer { layer: d, reason };
+        let bytes = bytes.ok_or_else(|| {
+            fail(format!(
+                "foreign layer: none of its URLs served it ({})",
+                failures.join("; ")
+            ))
+        })?;
+        let local = self.root.join("cache/blobs").join(d.hex());
+        crate::atomic::write_file(&local, &bytes).map_err(|e| fail(e.to_string()))?;
+        let compression = match sniff(&bytes) {
+            Compression::None if media_type.ends_with("zstd") => Compression::Zstd,
+            c => c,
+        };
+        let indexed = index_plain(&bytes[..], compression, self.fetcher.cache())
+            .map_err(|e| fail(e.to_string()))?;
+        let mut rec = LayerRecord {
+            digest: d,
+            size,
+            media_type,
+            format: LayerFormat::Plain { compression },
+            toc: None,
+            toc_uncompressed: 0,
+            toc_offset: 0,
+            content_bytes: 0,
+        };
+        self.store_local_toc(&mut rec, &indexed.toc)?;
+        Ok(rec)
     }
 
     /// The record of a layer whose TOC (zstd:chunked, either generation, or eStargz) is

@@ -389,3 +389,178 @@ fn stargz_writer() -> std::path::PathBuf {
         })
         .clone()
 }
+
+#[test]
+fn multi_platform_image_shows_the_index_digest_it_was_pulled_by() {
+    if !require_root_fuse("multi_platform_image_shows_the_index_digest_it_was_pulled_by") {
+        return;
+    }
+    let reg = Registry::start();
+    push_image(
+        &reg.addr,
+        "t/multi",
+        "amd64",
+        &runnable_layers(),
+        Comp::Native,
+    );
+    let manifest = run(Command::new("curl").args([
+        "-sSf",
+        "-H",
+        "Accept: application/vnd.oci.image.manifest.v1+json",
+        &format!("http://{}/v2/t/multi/manifests/amd64", reg.addr),
+    ]));
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha(&manifest),
+             "size": manifest.len(), "platform": {"architecture": "amd64", "os": "linux"}},
+        ],
+    }))
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("index.json");
+    std::fs::write(&file, &index).unwrap();
+    run(Command::new("curl")
+        .args(["-sSf", "-X", "PUT", "-H"])
+        .arg("Content-Type: application/vnd.oci.image.index.v1+json")
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("http://{}/v2/t/multi/manifests/1", reg.addr)));
+    let root = state.path().join("root");
+    let reference = format!("{}/t/multi:1", reg.addr);
+    let pulled = ok(&root, &["pull", &reference]);
+    assert_eq!(pulled.matches("lazy: zstd:chunked").count(), 4, "{pulled}");
+
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(&root, &["inspect", &reference])).unwrap();
+    let img = &inspect[0];
+    assert_eq!(
+        img["RepoDigests"],
+        serde_json::json!([format!("{}/t/multi@{}", reg.addr, sha(&index))])
+    );
+    assert_eq!(img["Strata"]["Manifest"], sha(&manifest));
+    assert_eq!(img["Strata"]["Index"], sha(&index));
+    let listed = ok(&root, &["images", "--digests"]);
+    assert!(listed.contains(&sha(&index)), "{listed}");
+    assert!(!listed.contains(&sha(&manifest)), "{listed}");
+}
+
+/// Serves `body` to every GET on 127.0.0.1 (a foreign layer's URL); counts requests.
+fn serve_blob(body: Vec<u8>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut req = [0u8; 4096];
+            let _ = s.read(&mut req);
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+        }
+    });
+    (format!("http://{addr}/layer.tar.gz"), hits)
+}
+
+#[test]
+fn foreign_layer_is_fetched_from_its_url_and_runs() {
+    if !require_root_fuse("foreign_layer_is_fetched_from_its_url_and_runs") {
+        return;
+    }
+    use strata_tests::layers::{Item, file};
+    let reg = Registry::start_allowing_foreign_urls();
+    let scratch = tempfile::tempdir().unwrap();
+    let gz = |tar: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut e, tar).unwrap();
+        e.finish().unwrap()
+    };
+    let foreign_items: Vec<Item> = vec![
+        strata_tests::layers::dir("etc"),
+        file("etc/os-release", b"ID=foreign-base\n"),
+    ];
+    let foreign_tar = tar_of(&foreign_items);
+    let foreign = gz(&foreign_tar);
+    let (url, hits) = serve_blob(foreign.clone());
+    let bb_tar = tar_of(&strata_tests::fixtures::busybox_layer());
+    let bb = gz(&bb_tar);
+    let bb_digest = strata_tests::layers::push_blob(&reg.addr, "t/foreign", &bb, scratch.path());
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha(&foreign_tar), sha(&bb_tar)]},
+    }))
+    .unwrap();
+    let cdigest = strata_tests::layers::push_blob(&reg.addr, "t/foreign", &config, scratch.path());
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": cdigest, "size": config.len()},
+        "layers": [
+            {"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+             "digest": sha(&foreign), "size": foreign.len(), "urls": [url]},
+            {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+             "digest": bb_digest, "size": bb.len()},
+        ],
+    }))
+    .unwrap();
+    let mfile = scratch.path().join("manifest.json");
+    std::fs::write(&mfile, &manifest).unwrap();
+    run(Command::new("curl")
+        .args(["-sSf", "-X", "PUT", "-H"])
+        .arg("Content-Type: application/vnd.docker.distribution.manifest.v2+json")
+        .arg("--data-binary")
+        .arg(format!("@{}", mfile.display()))
+        .arg(format!("http://{}/v2/t/foreign/manifests/1", reg.addr)));
+
+    let root = scratch.path().join("root");
+    let reference = format!("{}/t/foreign:1", reg.addr);
+    let pulled = ok(&root, &["pull", &reference]);
+    assert!(pulled.contains("full: foreign layer"), "{pulled}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let out = ok(
+        &root,
+        &[
+            "run",
+            "--rm",
+            &reference,
+            "/bin/busybox",
+            "cat",
+            "/etc/os-release",
+        ],
+    );
+    assert_eq!(out, "ID=foreign-base\n");
+    let want = snapshot(&ReferenceTree::new(&[foreign_tar, bb_tar]).root);
+    {
+        let m = Mounted::new(&root, &reference, &scratch.path().join("mnt"));
+        assert_same("foreign", &snapshot(&m.dir), &want);
+    }
+
+    // A URL that serves other bytes: the pull fails naming the layer and why; nothing is kept.
+    let (bad_url, _) = serve_blob(b"not the layer".to_vec());
+    let bad = String::from_utf8(manifest.clone())
+        .unwrap()
+        .replace(&url, &bad_url);
+    std::fs::write(&mfile, &bad).unwrap();
+    run(Command::new("curl")
+        .args(["-sSf", "-X", "PUT", "-H"])
+        .arg("Content-Type: application/vnd.docker.distribution.manifest.v2+json")
+        .arg("--data-binary")
+        .arg(format!("@{}", mfile.display()))
+        .arg(format!("http://{}/v2/t/foreign/manifests/bad", reg.addr)));
+    let fresh = scratch.path().join("fresh");
+    let out = strata_tests::strata::run(&fresh, &["pull", &format!("{}/t/foreign:bad", reg.addr)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&sha(&foreign)) && err.contains("foreign layer") && err.contains("hashes to"),
+        "{err}"
+    );
+}

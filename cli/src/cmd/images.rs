@@ -161,7 +161,7 @@ fn rows(
             let digest = img
                 .sources
                 .first()
-                .map(|_| img.manifest.to_string())
+                .map(|_| img.index.unwrap_or(img.manifest).to_string())
                 .unwrap_or_else(|| "<none>".into());
             out.push(Row {
                 repository: repo,
