@@ -564,3 +564,38 @@ fn foreign_layer_is_fetched_from_its_url_and_runs() {
         "{err}"
     );
 }
+
+#[test]
+fn run_says_why_an_image_tree_cannot_be_built() {
+    if !require_root_fuse("run_says_why_an_image_tree_cannot_be_built") {
+        return;
+    }
+    let reg = Registry::start();
+    let img = push_image(&reg.addr, "t/gone", "1", &runnable_layers(), Comp::Gzip);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    ok(&root, &["pull", &img.reference]);
+    // The registry loses a layer that was never streamed.
+    let layer = layer_descs(&img.reference)[0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    run(Command::new("curl").args([
+        "-sSf",
+        "-X",
+        "DELETE",
+        &format!("http://{}/v2/t/gone/blobs/{layer}", reg.addr),
+    ]));
+    let out = strata_tests::strata::run(
+        &root,
+        &["run", "--rm", &img.reference, "/bin/busybox", "true"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.contains("cannot be used") && last.contains(&layer) && last.contains("404"),
+        "{err}"
+    );
+    assert!(!err.contains("Input/output error"), "{err}");
+}
