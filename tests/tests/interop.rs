@@ -599,3 +599,58 @@ fn run_says_why_an_image_tree_cannot_be_built() {
     );
     assert!(!err.contains("Input/output error"), "{err}");
 }
+
+#[test]
+fn a_layer_with_an_untrusted_toc_streams_with_one_warning() {
+    if !require_root_fuse("a_layer_with_an_untrusted_toc_streams_with_one_warning") {
+        return;
+    }
+    let tars: Vec<Vec<u8>> = foreign_layers().iter().map(|l| tar_of(l)).collect();
+    let blobs: Vec<Blob> = tars
+        .iter()
+        .enumerate()
+        .map(|(i, tar)| {
+            let mut data = Vec::new();
+            let w = strata_fetcher::chunked::write_chunked(&tar[..], &mut data, 3).unwrap();
+            let mut annotations = serde_json::to_value(&w.annotations).unwrap();
+            if i == 1 {
+                // The TOC checksum names other bytes: the TOC cannot be trusted.
+                for k in [
+                    "io.github.containers.zstd-chunked.manifest-checksum",
+                    "io.containers.zstd-chunked.manifest-checksum",
+                ] {
+                    annotations[k] = serde_json::json!(sha(b"some other TOC"));
+                }
+            }
+            Blob {
+                data,
+                media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+                annotations,
+                diff_id: sha(tar),
+            }
+        })
+        .collect();
+    let bad_layer = sha(&blobs[1].data);
+    let reg = Registry::start();
+    let reference = push_blobs(&reg.addr, "t/untrusted", "1", &blobs);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    let out = strata_tests::strata::run(&root, &["pull", &reference]);
+    assert!(out.status.success());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains(&bad_layer), "{stderr}");
+    assert_eq!(stdout.matches("lazy: zstd:chunked").count(), 3, "{stdout}");
+    assert_eq!(
+        stdout.matches("stream: no usable TOC").count(),
+        1,
+        "{stdout}"
+    );
+    let want = snapshot(&ReferenceTree::new(&tars).root);
+    let m = Mounted::new(&root, &reference, &state.path().join("mnt"));
+    assert_same("untrusted TOC", &snapshot(&m.dir), &want);
+}
