@@ -13,6 +13,7 @@ pub mod estargz_write;
 pub mod gc;
 pub mod image;
 pub mod index;
+pub mod layer_pull;
 pub mod lazy;
 pub mod plain;
 pub mod profile;
