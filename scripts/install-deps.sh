@@ -13,3 +13,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The Debian package may start its own registry on :5000; strata's demo and tests start their own.
 command -v cargo >/dev/null || { echo "cargo (Rust) is required: https://rustup.rs" >&2; exit 1; }
+# The interop tests build stargz-snapshotter's writer (tests/tools/stargz-writer) with Go and
+# the Go module proxy; fetch its modules now so the tests need no network.
+command -v go >/dev/null || { echo "go (1.22 or newer) is required for the interop tests: https://go.dev/dl" >&2; exit 1; }
+(cd "$(dirname "$0")/../tests/tools/stargz-writer" && go mod download)
