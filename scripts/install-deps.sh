@@ -4,6 +4,8 @@ set -euo pipefail
 pkgs=(docker-registry fuse3 busybox-static zstd curl tar attr skopeo ca-certificates libseccomp-dev python3-minimal)
 # bzip2 and xz make the compressed archives that the ADD tests unpack.
 pkgs+=(bzip2 xz-utils)
+# podman, crun, runc and umoci: the interop tests' real writers and readers.
+pkgs+=(podman crun runc umoci)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -15,3 +17,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The Debian package may start its own registry on :5000; strata's demo and tests start their own.
 command -v cargo >/dev/null || { echo "cargo (Rust) is required: https://rustup.rs" >&2; exit 1; }
+# The interop tests build stargz-snapshotter's writer (tests/tools/stargz-writer) with Go and
+# the Go module proxy; fetch its modules now so the tests need no network.
+command -v go >/dev/null || { echo "go (1.22 or newer) is required for the interop tests: https://go.dev/dl" >&2; exit 1; }
+(cd "$(dirname "$0")/../tests/tools/stargz-writer" && go mod download)

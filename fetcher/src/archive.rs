@@ -10,6 +10,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::digest::{Digest, Hasher};
+use crate::estargz;
 use crate::image::{Context, ImageError};
 use crate::index::{LayerIndex, Locations};
 use crate::plain::{index_plain, sniff};
@@ -171,12 +172,11 @@ impl Context {
         let local = self.root.join("cache/blobs").join(d.hex());
         crate::atomic::write_file(&local, bytes).map_err(|e| fail(d, e))?;
         let mut diff_id = None;
-        let rec = match TocAnnotations::parse(ann)
+        let from_toc = TocAnnotations::parse(ann)
             .ok()
             .flatten()
             .and_then(|t| t.toc_digest.map(|dg| (t, dg)))
-        {
-            Some((t, toc_digest)) => {
+            .map(|(t, toc_digest)| -> Result<LayerRecord, ImageError> {
                 let toc = bytes
                     .get(t.toc.offset as usize..(t.toc.offset + t.toc.compressed) as usize)
                     .ok_or_else(|| fail(d, "TOC outside the blob"))?;
@@ -185,21 +185,29 @@ impl Context {
                     .map_err(crate::store::StoreError::from)?;
                 let parsed = decode_toc(toc, t.toc.uncompressed)
                     .map_err(|source| ImageError::Toc { layer: d, source })?;
-                let index = LayerIndex::from_toc(&parsed, Locations::Zstd)
+                let data_end = t.toc.offset.saturating_sub(8);
+                let index = LayerIndex::from_toc_bounded(&parsed, Locations::Zstd, Some(data_end))
                     .map_err(|source| ImageError::Index { layer: d, source })?;
                 self.store.put_blob(&toc_digest, toc)?;
-                LayerRecord {
+                Ok(LayerRecord {
                     digest: d,
                     size: bytes.len() as u64,
-                    media_type,
+                    media_type: media_type.clone(),
                     format: LayerFormat::ZstdChunked,
                     toc: Some(toc_digest),
                     toc_uncompressed: t.toc.uncompressed,
                     toc_offset: t.toc.offset,
                     content_bytes: index.content_bytes(),
+                })
+            });
+        let from_toc = from_toc.or_else(|| self.estargz_record(d, bytes, ann, &media_type));
+        let rec = match from_toc {
+            Some(Ok(rec)) => rec,
+            Some(Err(e)) if !e.toc_untrusted() => return Err(e),
+            toc => {
+                if let Some(Err(e)) = toc {
+                    tracing::warn!("layer {d}: table of contents not usable ({e}); indexing it whole");
                 }
-            }
-            None => {
                 let compression = match sniff(bytes) {
                     Compression::None if media_type.ends_with("zstd") => Compression::Zstd,
                     c => c,
@@ -371,5 +379,49 @@ fn pick_manifest(layout: &Path, d: &Digest, bytes: &[u8]) -> Result<Digest, Imag
             Some(m) => m.digest().to_string().parse().map_err(|e| fail(d, e)),
             None => Err(fail(d, e)),
         },
+    }
+}
+
+impl Context {
+    /// The record of a loaded eStargz layer (TOC digest annotation, footer, TOC entry), indexed
+    /// as a pull indexes it; `None` when the layer does not announce eStargz.
+    fn estargz_record(
+        &self,
+        d: Digest,
+        bytes: &[u8],
+        ann: &std::collections::BTreeMap<String, String>,
+        media_type: &str,
+    ) -> Option<Result<LayerRecord, ImageError>> {
+        let tocd: Digest = ann.get(estargz::TOC_DIGEST_ANNOTATION)?.parse().ok()?;
+        let size = bytes.len() as u64;
+        if size <= estargz::FOOTER_LEN {
+            return None;
+        }
+        let toc_err = |source| ImageError::Toc { layer: d, source };
+        let build = || -> Result<LayerRecord, ImageError> {
+            let footer_at = (size - estargz::FOOTER_LEN) as usize;
+            let toc_offset = estargz::parse_footer(&bytes[footer_at..]).map_err(toc_err)?;
+            let member = bytes.get(toc_offset as usize..footer_at).ok_or_else(|| {
+                toc_err(crate::toc::TocError::Footer(
+                    "eStargz TOC offset past the footer",
+                ))
+            })?;
+            let json = estargz::extract_toc_json(member).map_err(toc_err)?;
+            tocd.verify(&json).map_err(crate::store::StoreError::from)?;
+            let index = estargz::index(&json, toc_offset)
+                .map_err(|source| ImageError::Index { layer: d, source })?;
+            self.store.put_blob(&tocd, &json)?;
+            Ok(LayerRecord {
+                digest: d,
+                size,
+                media_type: media_type.to_string(),
+                format: LayerFormat::Estargz,
+                toc: Some(tocd),
+                toc_uncompressed: json.len() as u64,
+                toc_offset,
+                content_bytes: index.content_bytes(),
+            })
+        };
+        Some(build())
     }
 }

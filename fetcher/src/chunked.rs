@@ -12,7 +12,8 @@ use crate::tarsplit::{CRC64, TarSplit};
 use crate::tarwalk::{TarVisitor, WalkError, walk_tar};
 use crate::toc::{
     ANNOTATION_TARSPLIT_CHECKSUM, ANNOTATION_TARSPLIT_POSITION, ANNOTATION_TOC_CHECKSUM,
-    ANNOTATION_TOC_POSITION, Footer, Position, SKIPPABLE_MAGIC, Toc, TocEntry,
+    ANNOTATION_TOC_CHECKSUM_V1, ANNOTATION_TOC_POSITION, ANNOTATION_TOC_POSITION_V1, Footer,
+    Position, SKIPPABLE_MAGIC, Toc, TocEntry,
 };
 
 /// Uncompressed size of one chunk of a large file; smaller files are one chunk.
@@ -93,14 +94,24 @@ pub fn write_chunked<R: Read, W: Write>(
     out.flush()?;
 
     let mut annotations = BTreeMap::new();
-    annotations.insert(ANNOTATION_TOC_CHECKSUM.to_string(), toc_digest.to_string());
-    annotations.insert(
-        ANNOTATION_TOC_POSITION.to_string(),
-        format!(
-            "{}:{}:{}:1",
-            toc_pos.offset, toc_pos.compressed, toc_pos.uncompressed
-        ),
+    let position = format!(
+        "{}:{}:{}:1",
+        toc_pos.offset, toc_pos.compressed, toc_pos.uncompressed
     );
+    // Both generations' names: podman 4.3 (Debian 12) knows only the older ones and pulls the
+    // layer whole without them.
+    for (key, old_key) in [
+        (ANNOTATION_TOC_CHECKSUM, ANNOTATION_TOC_CHECKSUM_V1),
+        (ANNOTATION_TOC_POSITION, ANNOTATION_TOC_POSITION_V1),
+    ] {
+        let value = if key == ANNOTATION_TOC_CHECKSUM {
+            toc_digest.to_string()
+        } else {
+            position.clone()
+        };
+        annotations.insert(old_key.to_string(), value.clone());
+        annotations.insert(key.to_string(), value);
+    }
     annotations.insert(
         ANNOTATION_TARSPLIT_POSITION.to_string(),
         format!(
@@ -402,6 +413,12 @@ mod tests {
         let footer = Footer::decode(&blob).unwrap();
         let ann = TocAnnotations::parse(&w.annotations).unwrap().unwrap();
         assert_eq!(ann.toc, footer.toc);
+        for (new, old) in [
+            (ANNOTATION_TOC_CHECKSUM, ANNOTATION_TOC_CHECKSUM_V1),
+            (ANNOTATION_TOC_POSITION, ANNOTATION_TOC_POSITION_V1),
+        ] {
+            assert_eq!(w.annotations[new], w.annotations[old], "{old}");
+        }
         let p = footer.toc;
         let toc_bytes = &blob[p.offset as usize..(p.offset + p.compressed) as usize];
         assert_eq!(Digest::of(toc_bytes), ann.toc_digest.unwrap());

@@ -2,6 +2,8 @@
 //! streamed from the source, checked against its digest, decompressed and rewritten as
 //! zstd:chunked; the uncompressed tar is byte-identical, so the config and its diff_ids carry
 //! over unchanged. Layers that are already zstd:chunked are copied as they are.
+//! With [`Format::Estargz`] layers become eStargz instead; its tar gains a landmark and the TOC
+//! entry, so the config is rewritten with the new diff_ids.
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -9,6 +11,7 @@ use serde_json::json;
 
 use crate::chunked::write_chunked;
 use crate::digest::Digest;
+use crate::estargz_write::write_estargz;
 use crate::image::{Context, ImageError, Progress, ProgressFn, digest_of, feed_error};
 use crate::lazy::feed_blocking;
 use crate::plain::{HashingReader, decompress, sniff};
@@ -19,12 +22,35 @@ use crate::toc::TocAnnotations;
 /// Media type of native lazy layers (an ordinary zstd layer to every other client).
 pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
+/// Media type of eStargz layers (an ordinary gzip layer to every other client).
+pub const ESTARGZ_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// The lazy format `convert` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// containers/storage's zstd:chunked (strata's native format).
+    #[default]
+    ZstdChunked,
+    /// stargz-snapshotter's eStargz.
+    Estargz,
+}
+
+/// A layer as rewritten.
+struct Rewritten {
+    digest: Digest,
+    size: u64,
+    annotations: std::collections::BTreeMap<String, String>,
+    /// The new diff_id, when the uncompressed tar changed (eStargz).
+    diff_id: Option<Digest>,
+}
+
 /// Converts `src` into `dst`; returns the new manifest's digest.
 pub async fn convert(
     ctx: &Context,
     src: &Reference,
     dst: &Reference,
     platform: &str,
+    format: Format,
     progress: ProgressFn<'_>,
 ) -> Result<Digest, ImageError> {
     let (manifest, mdigest, _, _) = ctx.resolve_manifest(src, platform).await?;
@@ -37,6 +63,7 @@ pub async fn convert(
         reason: e.to_string(),
     })?;
     let mut layers = Vec::new();
+    let mut new_diff_ids: Vec<Option<Digest>> = Vec::new();
     for desc in manifest.layers() {
         let d = digest_of(desc)?;
         let ann: std::collections::BTreeMap<String, String> = desc
@@ -44,8 +71,14 @@ pub async fn convert(
             .as_ref()
             .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
-        let native = matches!(TocAnnotations::parse(&ann), Ok(Some(t)) if t.toc_digest.is_some());
+        let native = match format {
+            Format::ZstdChunked => {
+                matches!(TocAnnotations::parse(&ann), Ok(Some(t)) if t.toc_digest.is_some())
+            }
+            Format::Estargz => ann.contains_key(crate::estargz::TOC_DIGEST_ANNOTATION),
+        };
         if native {
+            new_diff_ids.push(None);
             copy_blob(ctx, src, dst, &d, &tmp.join(d.hex()), progress).await?;
             layers.push(json!({
                 "mediaType": desc.media_type().to_string(),
@@ -75,7 +108,8 @@ pub async fn convert(
             None
         };
         let out_path = tmp.join(format!("{}.zst", d.hex()));
-        let written = rewrite_layer(ctx, src, d, compression, &out_path, progress).await?;
+        let written = rewrite_layer(ctx, src, d, compression, format, &out_path, progress).await?;
+        new_diff_ids.push(written.diff_id);
         ctx.client
             .put_blob_file(dst, &written.digest, &out_path, &|done| {
                 progress(Progress::LayerBytes { layer: d, done })
@@ -83,7 +117,7 @@ pub async fn convert(
             .await?;
         let _ = std::fs::remove_file(&out_path);
         layers.push(json!({
-            "mediaType": LAYER_MEDIA_TYPE,
+            "mediaType": if format == Format::Estargz { ESTARGZ_MEDIA_TYPE } else { LAYER_MEDIA_TYPE },
             "digest": written.digest.to_string(),
             "size": written.size,
             "annotations": written.annotations,
@@ -93,8 +127,16 @@ pub async fn convert(
             what: "Converted",
         });
     }
-    let config = digest_of(manifest.config())?;
-    let config_bytes = ctx.client.get_blob(src, &config).await?;
+    let mut config = digest_of(manifest.config())?;
+    let mut config_bytes = ctx.client.get_blob(src, &config).await?;
+    if new_diff_ids.iter().any(Option::is_some) {
+        config_bytes =
+            with_diff_ids(&config_bytes, &new_diff_ids).map_err(|reason| ImageError::Manifest {
+                what: format!("config {config}"),
+                reason,
+            })?;
+        config = Digest::of(&config_bytes);
+    }
     ctx.client
         .put_blob(dst, &config, config_bytes.clone())
         .await?;
@@ -121,6 +163,23 @@ pub async fn convert(
         .await?;
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(digest)
+}
+
+/// The config with `rootfs.diff_ids[i]` replaced where `new[i]` is set.
+fn with_diff_ids(config: &[u8], new: &[Option<Digest>]) -> Result<Bytes, String> {
+    let mut v: serde_json::Value = serde_json::from_slice(config).map_err(|e| e.to_string())?;
+    let ids = v["rootfs"]["diff_ids"]
+        .as_array_mut()
+        .filter(|a| a.len() == new.len())
+        .ok_or("rootfs.diff_ids does not list one digest per layer")?;
+    for (id, n) in ids.iter_mut().zip(new) {
+        if let Some(n) = n {
+            *id = json!(n.to_string());
+        }
+    }
+    serde_json::to_vec(&v)
+        .map(Bytes::from)
+        .map_err(|e| e.to_string())
 }
 
 fn tempdir_in(parent: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
@@ -189,9 +248,10 @@ async fn rewrite_layer(
     src: &Reference,
     d: Digest,
     compression: Option<Compression>,
+    format: Format,
     out_path: &std::path::Path,
     progress: ProgressFn<'_>,
-) -> Result<crate::chunked::WrittenLayer, ImageError> {
+) -> Result<Rewritten, ImageError> {
     let body = ctx.client.blob_stream(src, &d).await?;
     let out = std::fs::File::create(out_path).map_err(|e| io_fail(d, e))?;
     let mut done = 0u64;
@@ -220,7 +280,27 @@ async fn rewrite_layer(
             let written = {
                 let input = std::io::Read::chain(&head[..n], &mut hashed);
                 let tar = decompress(input, c).map_err(|e| e.to_string())?;
-                write_chunked(tar, std::io::BufWriter::new(out), 3).map_err(|e| e.to_string())?
+                let out = std::io::BufWriter::new(out);
+                match format {
+                    Format::ZstdChunked => {
+                        let w = write_chunked(tar, out, 3).map_err(|e| e.to_string())?;
+                        Rewritten {
+                            digest: w.digest,
+                            size: w.size,
+                            annotations: w.annotations,
+                            diff_id: None,
+                        }
+                    }
+                    Format::Estargz => {
+                        let w = write_estargz(tar, out, 6).map_err(|e| e.to_string())?;
+                        Rewritten {
+                            digest: w.digest,
+                            size: w.size,
+                            annotations: w.annotations,
+                            diff_id: Some(w.diff_id),
+                        }
+                    }
+                }
             };
             let (got, _) = hashed.finish().map_err(|e| e.to_string())?;
             if got != d {

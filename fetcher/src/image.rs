@@ -13,6 +13,7 @@ use crate::cache::{CacheError, ChunkCache};
 use crate::digest::Digest;
 use crate::estargz;
 use crate::index::{IndexError, Kind, LayerIndex, Locations};
+pub use crate::layer_pull::pulled_path;
 use crate::lazy::{ChunkFetcher, FeedError, FetchError, LayerSource, feed_blocking};
 use crate::plain::{index_plain, sniff};
 use crate::profile::{Prefetch, profile_in};
@@ -20,7 +21,7 @@ use crate::reference::Reference;
 use crate::registry::{ClientOptions, RangeReply, RegistryClient, RegistryError};
 use crate::store::{Compression, ImageRecord, LayerFormat, LayerRecord, Store, StoreError};
 use crate::timefmt::now_secs;
-use crate::toc::{TocAnnotations, TocError, decode_toc};
+use crate::toc::{TocError, decode_toc};
 
 /// Repository named for images that exist only here (their blobs are in `cache/blobs`).
 pub const LOCAL_SOURCE: &str = "strata.invalid/local";
@@ -80,6 +81,19 @@ pub enum ImageError {
         /// What went wrong.
         reason: String,
     },
+}
+
+impl ImageError {
+    /// Whether this error only says a layer's TOC cannot be trusted or read (so the layer can
+    /// still be streamed like any `tar+gzip`/`tar+zstd`), rather than that storage failed.
+    pub fn toc_untrusted(&self) -> bool {
+        match self {
+            Self::Toc { .. } | Self::Index { .. } | Self::Layer { .. } => true,
+            Self::Store(StoreError::Digest(_)) => true,
+            Self::Registry(e) => e.status().is_some_and(|s| s.as_u16() == 416),
+            _ => false,
+        }
+    }
 }
 
 /// Progress of long operations, for the CLI to show.
@@ -172,7 +186,7 @@ impl Context {
         })
     }
 
-    async fn range(
+    pub(crate) async fn range(
         &self,
         r: &Reference,
         blob: &Digest,
@@ -292,11 +306,7 @@ impl Context {
                     self.store.put_layer(&rec)?;
                     progress(Progress::LayerDone {
                         layer: d,
-                        what: if rec.toc.is_some() {
-                            "Pull complete"
-                        } else {
-                            "Pull complete (no TOC: streams on first mount)"
-                        },
+                        what: pulled_path(&rec),
                     });
                 }
                 Ok::<(), ImageError>(())
@@ -347,72 +357,23 @@ impl Context {
             .as_ref()
             .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
-        let toc_err = |source| ImageError::Toc { layer: d, source };
-        let idx_err = |source| ImageError::Index { layer: d, source };
-        if let Some(ta) = TocAnnotations::parse(&ann).map_err(toc_err)?
-            && let Some(toc_digest) = ta.toc_digest
-        {
-            progress(Progress::LayerStart {
-                layer: d,
-                size,
-                what: "Fetching TOC",
-            });
-            let end = ta.toc.offset + ta.toc.compressed;
-            if end > size {
-                return Err(toc_err(TocError::Footer(
-                    "TOC position lies past the end of the blob",
-                )));
-            }
-            let bytes = self.range(r, &d, ta.toc.offset, end).await?;
-            toc_digest.verify(&bytes).map_err(StoreError::from)?;
-            let toc = decode_toc(&bytes, ta.toc.uncompressed).map_err(toc_err)?;
-            let index = LayerIndex::from_toc(&toc, Locations::Zstd).map_err(idx_err)?;
-            self.store.put_blob(&toc_digest, &bytes)?;
-            return Ok(LayerRecord {
-                digest: d,
-                size,
-                media_type,
-                format: LayerFormat::ZstdChunked,
-                toc: Some(toc_digest),
-                toc_uncompressed: ta.toc.uncompressed,
-                toc_offset: ta.toc.offset,
-                content_bytes: index.content_bytes(),
-            });
+        let urls = desc.urls().clone().unwrap_or_default();
+        if !urls.is_empty() {
+            return self
+                .pull_foreign(d, size, media_type, &urls, progress)
+                .await;
         }
-        if let Some(tocd) = ann
-            .get(estargz::TOC_DIGEST_ANNOTATION)
-            .and_then(|s| s.parse::<Digest>().ok())
-            && size > estargz::FOOTER_LEN
+        match self
+            .toc_layer(r, d, size, &media_type, &ann, progress)
+            .await
         {
-            progress(Progress::LayerStart {
-                layer: d,
-                size,
-                what: "Fetching TOC",
-            });
-            let footer = self.range(r, &d, size - estargz::FOOTER_LEN, size).await?;
-            let toc_offset = estargz::parse_footer(&footer).map_err(toc_err)?;
-            if toc_offset >= size - estargz::FOOTER_LEN {
-                return Err(toc_err(TocError::Footer(
-                    "eStargz TOC offset past the footer",
-                )));
+            Ok(Some(rec)) => return Ok(rec),
+            Ok(None) => {}
+            // A layer any client can extract is never refused for its TOC: it streams instead.
+            Err(e) if e.toc_untrusted() => {
+                tracing::warn!("layer {d}: table of contents not usable ({e}); streaming it");
             }
-            let member = self
-                .range(r, &d, toc_offset, size - estargz::FOOTER_LEN)
-                .await?;
-            let json = estargz::extract_toc_json(&member).map_err(toc_err)?;
-            tocd.verify(&json).map_err(StoreError::from)?;
-            let index = estargz::index(&json, toc_offset).map_err(idx_err)?;
-            self.store.put_blob(&tocd, &json)?;
-            return Ok(LayerRecord {
-                digest: d,
-                size,
-                media_type,
-                format: LayerFormat::Estargz,
-                toc: Some(tocd),
-                toc_uncompressed: json.len() as u64,
-                toc_offset,
-                content_bytes: index.content_bytes(),
-            });
+            Err(e) => return Err(e),
         }
         let compression = if media_type.ends_with("gzip") {
             Compression::Gzip
@@ -675,7 +636,9 @@ impl Context {
                     } else {
                         Locations::Local
                     };
-                    LayerIndex::from_toc(&parsed, locs).map_err(idx_err)?
+                    let data_end = (lr.format == LayerFormat::ZstdChunked)
+                        .then(|| lr.toc_offset.saturating_sub(8));
+                    LayerIndex::from_toc_bounded(&parsed, locs, data_end).map_err(idx_err)?
                 }
             };
             out.push(OpenLayer {

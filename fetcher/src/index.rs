@@ -189,6 +189,15 @@ fn parse_digest(name: &str, s: &Option<String>) -> Result<Option<Digest>, IndexE
 }
 
 fn entry_of(e: &TocEntry) -> Result<Entry, IndexError> {
+    // JSON writers in Go replace invalid UTF-8 with U+FFFD: such a TOC cannot name the file.
+    if (e.name_raw.is_none() && e.name.contains('\u{fffd}'))
+        || (e.link_name_raw.is_none() && e.link_name.contains('\u{fffd}'))
+    {
+        return Err(IndexError::Entry {
+            name: e.name.clone(),
+            reason: "name holds U+FFFD (a writer replaced bytes that were not UTF-8)".into(),
+        });
+    }
     let raw_name = decode_name(&e.name, &e.name_raw);
     let path = normalize_path(&raw_name)?;
     let bad = |reason: String| IndexError::Entry {
@@ -279,86 +288,160 @@ fn check_chunks(e: &Entry) -> Result<(), IndexError> {
     Ok(())
 }
 
-impl LayerIndex {
-    /// Builds the index of a TOC in the zstd:chunked schema.
-    pub fn from_toc(toc: &Toc, locs: Locations) -> Result<Self, IndexError> {
-        let mut entries: Vec<Entry> = Vec::with_capacity(toc.entries.len());
-        for te in &toc.entries {
-            let chunk_loc = |start: i64, end: i64| match (locs, te.chunk_type.as_deref()) {
-                (_, Some("zeros")) => ChunkLoc::Zeros,
-                (Locations::Local, _) => ChunkLoc::Local,
-                (Locations::Gzip, _) => ChunkLoc::Gzip {
-                    start: start.max(0) as u64,
-                    end: end.max(0) as u64,
-                    inner: te.inner_offset.max(0) as u64,
-                },
-                (Locations::Zstd, _) => ChunkLoc::Zstd {
-                    start: start.max(0) as u64,
-                    end: end.max(0) as u64,
-                },
-            };
-            if te.kind == "chunk" {
-                let Some(owner) = entries.last_mut().filter(|o| o.kind == Kind::Reg) else {
+/// One regular file's TOC entries: the file itself and the `chunk` entries after it.
+struct FileGroup<'a> {
+    main: &'a TocEntry,
+    chunks: Vec<&'a TocEntry>,
+}
+
+/// Groups `chunk` entries with the regular file they follow.
+fn group_entries(toc: &Toc) -> Result<Vec<FileGroup<'_>>, IndexError> {
+    let mut groups: Vec<FileGroup<'_>> = Vec::with_capacity(toc.entries.len());
+    for te in &toc.entries {
+        if te.kind == "chunk" {
+            match groups.last_mut().filter(|g| g.main.kind == "reg") {
+                Some(g) => g.chunks.push(te),
+                None => {
                     return Err(IndexError::Entry {
                         name: te.name.clone(),
                         reason: "chunk entry does not follow a regular file".into(),
                     });
-                };
-                // A file's first frame range may span all its frames: end it where the next
-                // begins (holes, which have no frames, may lie between).
-                if let ChunkLoc::Zstd { start, .. } = chunk_loc(te.offset, te.end_offset)
-                    && let Some(ChunkLoc::Zstd { end, .. }) = owner
-                        .chunks
-                        .iter_mut()
-                        .rev()
-                        .map(|c| &mut c.loc)
-                        .find(|l| matches!(l, ChunkLoc::Zstd { .. }))
-                {
-                    *end = (*end).min(start);
                 }
-                // eStargz: chunkSize 0 means "to the end of the file".
-                let len = if te.chunk_size > 0 {
-                    te.chunk_size as u64
-                } else {
-                    owner.size.saturating_sub(te.chunk_offset.max(0) as u64)
-                };
-                owner.chunks.push(Chunk {
-                    file_offset: te.chunk_offset.max(0) as u64,
-                    len,
-                    digest: parse_digest(&te.name, &te.chunk_digest)?,
-                    loc: chunk_loc(te.offset, te.end_offset),
-                });
-                continue;
             }
-            if let Some(prev) = entries.last() {
-                check_chunks(prev)?;
-            }
-            let mut e = entry_of(te)?;
-            if e.kind == Kind::Reg && e.size > 0 {
-                let len = if te.chunk_size > 0 {
-                    te.chunk_size as u64
-                } else {
-                    e.size
-                };
-                let digest = match parse_digest(&te.name, &te.chunk_digest)? {
-                    Some(d) => Some(d),
-                    None if len == e.size => parse_digest(&te.name, &te.digest)?,
-                    None => None,
-                };
-                e.chunks.push(Chunk {
-                    file_offset: 0,
-                    len,
-                    digest,
-                    loc: chunk_loc(te.offset, te.end_offset),
-                });
-            }
-            entries.push(e);
+        } else {
+            groups.push(FileGroup {
+                main: te,
+                chunks: Vec::new(),
+            });
         }
-        if let Some(prev) = entries.last() {
-            check_chunks(prev)?;
+    }
+    Ok(groups)
+}
+
+/// Where each group's frames end when its entries do not say. As containers/storage's reader
+/// does: a chunk ends where the next chunk of its file starts; a file's last chunk ends at the
+/// file's `endOffset`, or else where the next entry with content starts, or else at `data_end`.
+fn fallback_ends(groups: &[FileGroup<'_>], data_end: Option<u64>) -> Vec<Option<u64>> {
+    let mut out = vec![None; groups.len()];
+    let mut next = data_end;
+    for (i, g) in groups.iter().enumerate().rev() {
+        out[i] = next;
+        if g.main.offset > 0 {
+            next = Some(g.main.offset as u64);
+        }
+    }
+    out
+}
+
+impl LayerIndex {
+    /// Builds the index of a TOC in the zstd:chunked schema.
+    pub fn from_toc(toc: &Toc, locs: Locations) -> Result<Self, IndexError> {
+        Self::from_toc_bounded(toc, locs, None)
+    }
+
+    /// Builds the index of a TOC in the zstd:chunked schema; `data_end` is where the content
+    /// frames end (the TOC's skippable frame), for entries whose end must be derived.
+    pub fn from_toc_bounded(
+        toc: &Toc,
+        locs: Locations,
+        data_end: Option<u64>,
+    ) -> Result<Self, IndexError> {
+        let groups = group_entries(toc)?;
+        let ends = fallback_ends(&groups, data_end);
+        let mut entries: Vec<Entry> = Vec::with_capacity(groups.len());
+        for (g, fallback) in groups.iter().zip(ends) {
+            let mut e = entry_of(g.main)?;
+            if e.kind == Kind::Reg && e.size > 0 {
+                e.chunks = file_chunks(g, e.size, locs, fallback)?;
+            }
+            check_chunks(&e)?;
+            entries.push(e);
         }
         Ok(Self { entries })
     }
+}
+
+/// The chunks of one regular file, with lengths and frame ends derived where the TOC omits them.
+fn file_chunks(
+    g: &FileGroup<'_>,
+    size: u64,
+    locs: Locations,
+    fallback_end: Option<u64>,
+) -> Result<Vec<Chunk>, IndexError> {
+    let all: Vec<&TocEntry> = std::iter::once(g.main)
+        .chain(g.chunks.iter().copied())
+        .collect();
+    let bad = |reason: String| IndexError::Entry {
+        name: g.main.name.clone(),
+        reason,
+    };
+    // The last frame ends at the last entry's endOffset (chunk entries of older writers carry
+    // none), else at the file's own endOffset, else where the next content starts.
+    let last_start = all[all.len() - 1].offset;
+    let file_end = [all[all.len() - 1].end_offset, g.main.end_offset]
+        .into_iter()
+        .find(|e| *e > last_start)
+        .map(|e| e as u64)
+        .or(fallback_end);
+    let mut out = Vec::with_capacity(all.len());
+    for (i, te) in all.iter().enumerate() {
+        let file_offset = if i == 0 {
+            0
+        } else {
+            te.chunk_offset.max(0) as u64
+        };
+        let next_offset = all.get(i + 1).map(|n| n.chunk_offset.max(0) as u64);
+        // chunkSize absent: up to the next chunk, or the end of the file (eStargz's rule too).
+        let len = if te.chunk_size > 0 {
+            te.chunk_size as u64
+        } else {
+            next_offset.unwrap_or(size).saturating_sub(file_offset)
+        };
+        let single = all.len() == 1;
+        let digest = match parse_digest(&te.name, &te.chunk_digest)? {
+            Some(d) => Some(d),
+            None if single && len == size => parse_digest(&te.name, &te.digest)?,
+            None => None,
+        };
+        let start = te.offset.max(0) as u64;
+        let next_start = all[i + 1..]
+            .iter()
+            .map(|n| n.offset.max(0) as u64)
+            .find(|s| *s > start);
+        let own_end = (te.end_offset > te.offset).then_some(te.end_offset as u64);
+        let end = match (own_end, next_start) {
+            (Some(o), Some(n)) => Some(o.min(n)),
+            (None, Some(n)) => Some(n),
+            (o, None) => o.or(file_end),
+        };
+        let loc = match (locs, te.chunk_type.as_deref()) {
+            (_, Some("zeros")) => ChunkLoc::Zeros,
+            (Locations::Local, _) => ChunkLoc::Local,
+            (Locations::Gzip | Locations::Zstd, _) => {
+                let end = end.ok_or_else(|| {
+                    bad(format!(
+                        "chunk at {file_offset}: no end of its compressed frames"
+                    ))
+                })?;
+                if locs == Locations::Gzip {
+                    ChunkLoc::Gzip {
+                        start,
+                        end,
+                        inner: te.inner_offset.max(0) as u64,
+                    }
+                } else {
+                    ChunkLoc::Zstd { start, end }
+                }
+            }
+        };
+        out.push(Chunk {
+            file_offset,
+            len,
+            digest,
+            loc,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -454,5 +537,72 @@ mod tests {
         };
         let err = LayerIndex::from_toc(&toc, Locations::Zstd).unwrap_err();
         assert!(err.to_string().contains("cover 4 of 10"), "{err}");
+    }
+
+    /// The older containers/storage writer (skopeo 1.9, podman 4.3) and stargz-snapshotter's:
+    /// chunk entries without `endOffset`, a file's `endOffset` only on its first entry, zeros
+    /// chunks with an offset, single-chunk files without chunk fields.
+    #[test]
+    fn derives_ends_like_the_reference_reader() {
+        let d = Digest::of(b"x").to_string();
+        let toc: Toc = serde_json::from_value(serde_json::json!({"version": 1, "entries": [
+            {"type": "dir", "name": "bin/", "mode": 493},
+            {"type": "reg", "name": "bin/a", "size": 10, "offset": 100, "endOffset": 400,
+             "chunkSize": 4, "chunkDigest": d, "digest": d},
+            {"type": "chunk", "name": "bin/a", "offset": 200, "chunkSize": 3, "chunkOffset": 4,
+             "chunkDigest": d, "chunkType": "zeros"},
+            {"type": "chunk", "name": "bin/a", "offset": 250, "chunkOffset": 7, "chunkDigest": d},
+            {"type": "hardlink", "name": "bin/b", "linkName": "bin/a"},
+            {"type": "reg", "name": "one", "size": 5, "offset": 500, "digest": d},
+            {"type": "reg", "name": "empty"},
+            {"type": "symlink", "name": "l", "linkName": "one", "accesstime": "x"}
+        ]}))
+        .unwrap();
+        let idx = LayerIndex::from_toc_bounded(&toc, Locations::Zstd, Some(900)).unwrap();
+        let a = &idx.entries[1].chunks;
+        assert_eq!(a.len(), 3);
+        assert_eq!(
+            a[0].loc,
+            ChunkLoc::Zstd {
+                start: 100,
+                end: 200
+            }
+        );
+        assert_eq!(a[1].loc, ChunkLoc::Zeros);
+        assert_eq!((a[2].file_offset, a[2].len), (7, 3), "size derived");
+        assert_eq!(
+            a[2].loc,
+            ChunkLoc::Zstd {
+                start: 250,
+                end: 400
+            }
+        );
+        let one = &idx.entries[3].chunks;
+        assert_eq!(
+            one[0].loc,
+            ChunkLoc::Zstd {
+                start: 500,
+                end: 900
+            },
+            "to the TOC"
+        );
+        assert_eq!(one[0].digest, Some(Digest::of(b"x")));
+        // Without the file's endOffset, the last chunk runs to the next content.
+        let mut toc2 = toc.clone();
+        toc2.entries[1].end_offset = 0;
+        let idx = LayerIndex::from_toc_bounded(&toc2, Locations::Zstd, Some(900)).unwrap();
+        assert_eq!(
+            idx.entries[1].chunks[2].loc,
+            ChunkLoc::Zstd {
+                start: 250,
+                end: 500
+            }
+        );
+        // A name a Go writer mangled (invalid UTF-8 became U+FFFD) cannot be trusted.
+        let mut toc3 = toc.clone();
+        toc3.entries[5].name = "caf\u{fffd}".into();
+        assert!(LayerIndex::from_toc_bounded(&toc3, Locations::Zstd, Some(900)).is_err());
+        // With no bound at all the last file cannot be located: an error, not a guess.
+        assert!(LayerIndex::from_toc(&toc2, Locations::Zstd).is_err());
     }
 }

@@ -502,9 +502,11 @@ fn store_group(
             .ok_or_else(|| bad("range reply too short".into()))?;
         let plain = match c.loc {
             ChunkLoc::Zstd { .. } => {
+                // The range may run on into the frames of following tar headers (when the TOC
+                // gives no end, it ends where the next content starts): take only the chunk.
                 let mut out = Vec::with_capacity(c.len as usize);
                 zstd::stream::read::Decoder::new(slice)
-                    .and_then(|d| d.take(c.len + 1).read_to_end(&mut out))
+                    .and_then(|d| d.take(c.len).read_to_end(&mut out))
                     .map_err(|e| bad(format!("zstd: {e}")))?;
                 out
             }

@@ -28,6 +28,10 @@ pub const ANNOTATION_PREFIXES: [&str; 2] = [
 pub const ANNOTATION_TOC_CHECKSUM: &str = "io.github.containers.zstd-chunked.manifest-checksum";
 /// Annotation key: `offset:compressed:uncompressed:type` of the TOC.
 pub const ANNOTATION_TOC_POSITION: &str = "io.github.containers.zstd-chunked.manifest-position";
+/// The older generation's name of [`ANNOTATION_TOC_CHECKSUM`] (podman 4.3 reads only this).
+pub const ANNOTATION_TOC_CHECKSUM_V1: &str = "io.containers.zstd-chunked.manifest-checksum";
+/// The older generation's name of [`ANNOTATION_TOC_POSITION`].
+pub const ANNOTATION_TOC_POSITION_V1: &str = "io.containers.zstd-chunked.manifest-position";
 /// Annotation key: `offset:compressed:uncompressed` of the tar-split.
 pub const ANNOTATION_TARSPLIT_POSITION: &str =
     "io.github.containers.zstd-chunked.tarsplit-position";

@@ -74,6 +74,18 @@ type DirEntry<'a> = (u64, u64, &'a Node, &'a [u8]);
 const FH_FUSE: u64 = 0;
 const FH_PASSTHROUGH: u64 = 1;
 
+/// Whether a [`LazyFs::pending`] filesystem's tree could be built, for callers that must report
+/// why an image cannot be used rather than the EIO every operation then gets.
+#[derive(Debug, Clone)]
+pub struct Readiness(ReadyCell);
+
+impl Readiness {
+    /// `Some(cause)` once the tree is known not to be buildable; `None` while pending or ready.
+    pub fn failure(&self) -> Option<String> {
+        self.0.get().and_then(|r| r.as_ref().err().cloned())
+    }
+}
+
 /// Completes a [`LazyFs::pending`] filesystem.
 #[derive(Debug)]
 pub struct ReadySetter(ReadyCell);
@@ -101,6 +113,11 @@ impl LazyFs {
         let (fs, setter) = Self::pending(fetcher, rt);
         setter.set(Ok((tree, layers)));
         fs
+    }
+
+    /// A handle that tells whether this filesystem's tree could be built.
+    pub fn readiness(&self) -> Readiness {
+        Readiness(self.ready.clone())
     }
 
     /// A filesystem that can be mounted before its tree is known (layers without a TOC are

@@ -7,6 +7,6 @@ pub mod root;
 pub mod tree;
 pub mod union;
 
-pub use fuse::{LazyFs, ReadySetter};
+pub use fuse::{LazyFs, Readiness, ReadySetter};
 pub use record::Recording;
 pub use tree::Tree;

@@ -128,6 +128,7 @@ pub fn mount_root_with(
     } else {
         (fs, None)
     };
+    let readiness = fs.readiness();
     let session = spawn(fs, &lower, &MountOptions::default()).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -138,6 +139,17 @@ pub fn mount_root_with(
         rootfs: rootfs.clone(),
         session: Some(session),
     };
+    // The first operation waits for the tree (as the container's would): if it cannot be
+    // built, say why instead of letting the container fail with EIO on some path.
+    if std::fs::read_dir(&lower).is_err()
+        && let Some(cause) = readiness.failure()
+    {
+        drop(mounted.session.take());
+        return Err(io::Error::other(format!(
+            "image {} cannot be used: {cause}",
+            img.manifest
+        )));
+    }
     if let Err(e) = mount_overlay(&lower, &upper, &work, &rootfs) {
         drop(mounted.session.take());
         return Err(io::Error::new(

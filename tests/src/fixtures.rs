@@ -203,3 +203,17 @@ pub fn runnable_layers() -> Vec<Vec<Item>> {
     layers.push(busybox_layer());
     layers
 }
+
+/// [`runnable_layers`] without the non-UTF-8 name: the zstd:chunked TOC is JSON, and Go writers
+/// replace invalid UTF-8 with U+FFFD, so no foreign TOC can name that file (strata streams such
+/// a layer instead; see the index's tests).
+pub fn foreign_layers() -> Vec<Vec<Item>> {
+    let mut layers = runnable_layers();
+    for l in &mut layers {
+        l.retain(|it| match it {
+            Item::File { path, .. } => std::str::from_utf8(path).is_ok(),
+            _ => true,
+        });
+    }
+    layers
+}

@@ -370,16 +370,59 @@ fn push_tars_auth(
         descs.push(serde_json::json!({"mediaType": mt, "digest": digest, "size": blob.len(), "annotations": annotations}));
         tars.push(tar);
     }
+    push_manifest(registry, auth, repo, tag, descs, &diff_ids, scratch.path());
+    Pushed {
+        reference: format!("{registry}/{repo}:{tag}"),
+        tars,
+        blob_bytes,
+    }
+}
+
+/// A layer blob made elsewhere (by a foreign writer), ready to push.
+pub struct Blob {
+    /// The compressed bytes.
+    pub data: Vec<u8>,
+    /// Its media type.
+    pub media_type: String,
+    /// Its descriptor annotations.
+    pub annotations: serde_json::Value,
+    /// The digest of its uncompressed tar.
+    pub diff_id: String,
+}
+
+/// Pushes `layers` (already written) as `repo:tag`; returns the reference.
+pub fn push_blobs(registry: &str, repo: &str, tag: &str, layers: &[Blob]) -> String {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        let digest = push_blob(registry, repo, &l.data, scratch.path());
+        descs.push(serde_json::json!({"mediaType": l.media_type, "digest": digest, "size": l.data.len(), "annotations": l.annotations}));
+        diff_ids.push(l.diff_id.clone());
+    }
+    push_manifest(registry, None, repo, tag, descs, &diff_ids, scratch.path());
+    format!("{registry}/{repo}:{tag}")
+}
+
+fn push_manifest(
+    registry: &str,
+    auth: Option<&str>,
+    repo: &str,
+    tag: &str,
+    descs: Vec<serde_json::Value>,
+    diff_ids: &[String],
+    scratch: &Path,
+) {
     let config = serde_json::to_vec(&serde_json::json!({
         "created": "2024-01-01T00:00:00Z",
         "architecture": "amd64",
         "os": "linux",
         "config": {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/sh"]},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": tars.iter().map(|_| serde_json::json!({"created_by": "strata test"})).collect::<Vec<_>>(),
+        "history": diff_ids.iter().map(|_| serde_json::json!({"created_by": "strata test"})).collect::<Vec<_>>(),
     }))
     .unwrap();
-    let cdigest = push_blob_auth(registry, auth, repo, &config, scratch.path());
+    let cdigest = push_blob_auth(registry, auth, repo, &config, scratch);
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -387,7 +430,7 @@ fn push_tars_auth(
         "layers": descs,
     }))
     .unwrap();
-    let mpath = scratch.path().join("manifest.json");
+    let mpath = scratch.join("manifest.json");
     std::fs::write(&mpath, &manifest).unwrap();
     curl(
         auth,
@@ -401,11 +444,6 @@ fn push_tars_auth(
             &format!("http://{registry}/v2/{repo}/manifests/{tag}"),
         ],
     );
-    Pushed {
-        reference: format!("{registry}/{repo}:{tag}"),
-        tars,
-        blob_bytes,
-    }
 }
 
 /// Deterministic pseudo-random bytes (xorshift), incompressible.

@@ -8,6 +8,7 @@ pub mod estargz;
 pub mod fixtures;
 pub mod golden;
 pub mod layers;
+pub mod podman;
 pub mod proxy;
 pub mod registry;
 pub mod strata;

@@ -38,7 +38,20 @@ impl Registry {
         Self::start_with(Some((user, password)))
     }
 
+    /// Starts a registry that accepts manifests with foreign layers on 127.0.0.1 URLs (the
+    /// registry refuses layer URLs unless its configuration allows them).
+    pub fn start_allowing_foreign_urls() -> Self {
+        Self::start_config(
+            None,
+            "validation:\n  manifests:\n    urls:\n      allow:\n        - ^http://127\\.0\\.0\\.1\n",
+        )
+    }
+
     fn start_with(auth: Option<(&str, &str)>) -> Self {
+        Self::start_config(auth, "")
+    }
+
+    fn start_config(auth: Option<(&str, &str)>, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let auth_config = match auth {
             Some((user, password)) => {
@@ -58,7 +71,7 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth_config}",
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth_config}{extra}",
                 dir.path().join("data").display()
             ),
         )

@@ -17,9 +17,22 @@ pub struct Args {
     /// Platform to choose from a multi-platform source.
     #[arg(long, default_value = "linux/amd64")]
     pub platform: String,
+    /// Lazy format to write: zstd-chunked (podman/containers-storage, strata's native) or
+    /// estargz (stargz-snapshotter).
+    #[arg(long, value_enum, default_value = "zstd-chunked")]
+    pub format: FormatArg,
     /// Print only the new manifest digest.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+}
+
+/// `--format` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FormatArg {
+    /// zstd:chunked.
+    ZstdChunked,
+    /// eStargz.
+    Estargz,
 }
 
 pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
@@ -35,10 +48,18 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
             &src,
             &dst,
             &a.platform,
+            match a.format {
+                FormatArg::ZstdChunked => strata_fetcher::convert::Format::ZstdChunked,
+                FormatArg::Estargz => strata_fetcher::convert::Format::Estargz,
+            },
             &show,
         ))
         .with_context(|| format!("converting {src} to {dst}"))?;
-    display.line(&format!("{dst}: converted to the native lazy format"));
+    let what = match a.format {
+        FormatArg::ZstdChunked => "zstd:chunked",
+        FormatArg::Estargz => "eStargz",
+    };
+    display.line(&format!("{dst}: converted to {what}"));
     println!("{digest}");
     Ok(0)
 }

@@ -187,7 +187,7 @@ fn rows(ctx: &Context, no_trunc: bool, all: bool) -> anyhow::Result<Vec<Row>> {
             let digest = img
                 .sources
                 .first()
-                .map(|_| img.manifest.to_string())
+                .map(|_| img.index.unwrap_or(img.manifest).to_string())
                 .unwrap_or_else(|| "<none>".into());
             out.push(Row {
                 repository: repo,

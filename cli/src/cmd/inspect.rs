@@ -84,10 +84,13 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
             .filter_map(|t| t.parse::<Reference>().ok())
             .map(|r| format!("{}:{}", r.familiar_repository(), r.tag.unwrap_or_default()))
             .collect();
+        // As docker: the digest the user pulled by (a multi-platform image's index); the
+        // platform manifest's digest stays in strata's own section.
+        let pulled_by = img.index.unwrap_or(img.manifest);
         let repo_digests: Vec<String> = img
             .sources
             .iter()
-            .map(|s| format!("{s}@{}", img.manifest))
+            .map(|s| format!("{s}@{pulled_by}"))
             .collect();
         let mut size = 0u64;
         let mut layers = Vec::new();

@@ -473,6 +473,27 @@ impl RegistryClient {
         }))
     }
 
+    /// Downloads a foreign layer (docker's `foreign.diff`, OCI non-distributable) from one of
+    /// the `urls` its descriptor lists; only http and https. The caller verifies the digest.
+    pub async fn get_url(&self, url: &str) -> Result<Bytes, RegistryError> {
+        let transport = |source| RegistryError::Transport {
+            method: "GET".into(),
+            url: url.to_string(),
+            source,
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(RegistryError::Protocol {
+                registry: url.to_string(),
+                reason: "foreign layer URL is not http or https".into(),
+            });
+        }
+        let resp = self.http.get(url).send().await.map_err(transport)?;
+        if !resp.status().is_success() {
+            return Err(status_error("GET", url, resp).await);
+        }
+        resp.bytes().await.map_err(transport)
+    }
+
     /// Reads `range` of a blob. A registry that ignores ranges sends the whole blob, which is
     /// verified against `digest` and returned as [`RangeReply::Whole`].
     pub async fn get_blob_range(
