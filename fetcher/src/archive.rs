@@ -206,7 +206,9 @@ impl Context {
             Some(Err(e)) if !e.toc_untrusted() => return Err(e),
             toc => {
                 if let Some(Err(e)) = toc {
-                    tracing::warn!("layer {d}: table of contents not usable ({e}); indexing it whole");
+                    tracing::warn!(
+                        "layer {d}: table of contents not usable ({e}); indexing it whole"
+                    );
                 }
                 let compression = match sniff(bytes) {
                     Compression::None if media_type.ends_with("zstd") => Compression::Zstd,

@@ -84,6 +84,12 @@ impl Readiness {
     pub fn failure(&self) -> Option<String> {
         self.0.get().and_then(|r| r.as_ref().err().cloned())
     }
+
+    /// Blocks until the tree is built (`Ok`) or known not to be buildable (`Err(cause)`); as
+    /// long as every filesystem operation would wait.
+    pub fn wait(&self) -> Result<(), String> {
+        self.0.wait().as_ref().map(|_| ()).map_err(Clone::clone)
+    }
 }
 
 /// Completes a [`LazyFs::pending`] filesystem.

@@ -598,6 +598,22 @@ fn run_says_why_an_image_tree_cannot_be_built() {
         "{err}"
     );
     assert!(!err.contains("Input/output error"), "{err}");
+    // `mount` says the same and leaves no mount behind (a detached one logs the line).
+    let mnt = state.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = strata_tests::strata::run(&root, &["mount", &img.reference, mnt.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.contains("cannot be used") && last.contains(&layer),
+        "{err}"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(mnt.to_str().unwrap()),
+        "the failed mount is gone"
+    );
 }
 
 #[test]

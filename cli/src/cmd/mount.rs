@@ -75,6 +75,17 @@ pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let img = find_or_pull(&ctx, &rt, &a.image, &a.platform)?;
     let fs = prepare_fs(&ctx, rt.handle(), img).with_passthrough(true);
     let dir = a.dir.canonicalize()?;
+    // A tree that cannot be built (a layer gone, a foreign URL down): say why and unmount,
+    // rather than serve EIO on every path (a detached mount's log holds the line).
+    let readiness = fs.readiness();
+    let (failed_tx, failed) = std::sync::mpsc::channel();
+    let on_failure = dir.clone();
+    std::thread::spawn(move || {
+        if let Err(cause) = readiness.wait() {
+            let _ = failed_tx.send(cause);
+            let _ = unmount(&on_failure);
+        }
+    });
     let on_signal = dir.clone();
     rt.spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -90,8 +101,11 @@ pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         }
         let _ = unmount(&on_signal);
     });
-    serve(fs, &dir, &MountOptions::default())
-        .with_context(|| format!("mounting on {}", dir.display()))?;
+    let served = serve(fs, &dir, &MountOptions::default());
+    if let Ok(cause) = failed.try_recv() {
+        bail!("image {} cannot be used: {cause}", a.image);
+    }
+    served.with_context(|| format!("mounting on {}", dir.display()))?;
     Ok(0)
 }
 
