@@ -12,6 +12,7 @@
 //! its status. Depends on none of strata's other crates.
 
 pub mod cgroup;
+pub mod devices;
 pub mod freeze;
 mod init;
 pub mod inroot;
