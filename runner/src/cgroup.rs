@@ -473,7 +473,11 @@ mod tests {
     fn fake_v2(root: &Path, subtree: &str) -> Host {
         let parent = root.join("parent");
         std::fs::create_dir_all(&parent).unwrap();
-        std::fs::write(parent.join("cgroup.controllers"), "cpuset cpu io memory pids").unwrap();
+        std::fs::write(
+            parent.join("cgroup.controllers"),
+            "cpuset cpu io memory pids",
+        )
+        .unwrap();
         std::fs::write(parent.join("cgroup.subtree_control"), subtree).unwrap();
         Host {
             root: root.to_path_buf(),
@@ -515,10 +519,12 @@ mod tests {
         remove_for(&host, "abc");
         assert!(!root.join("parent/strata-abc").exists());
         // No limits and no devices: no cgroup at all.
-        assert!(create(&host, "def", &Resources::default(), false)
-            .unwrap()
-            .dirs
-            .is_empty());
+        assert!(
+            create(&host, "def", &Resources::default(), false)
+                .unwrap()
+                .dirs
+                .is_empty()
+        );
         // A controller that cannot be enabled is named, and nothing is left behind.
         std::fs::remove_file(root.join("parent/cgroup.subtree_control")).unwrap();
         std::fs::create_dir(root.join("parent/cgroup.subtree_control")).unwrap();

@@ -125,12 +125,34 @@ impl Rule {
 pub fn program(rules: &[Rule]) -> Vec<u8> {
     let mut p = BpfCode::new();
     // r2 = type, r3 = access, r4 = major, r5 = minor.
-    p.load_x(MemSize::Word).set_dst(2).set_src(1).set_off(0).push();
-    p.bit_and(Source::Imm, Arch::X32).set_dst(2).set_imm(0xffff).push();
-    p.load_x(MemSize::Word).set_dst(3).set_src(1).set_off(0).push();
-    p.right_shift(Source::Imm, Arch::X32).set_dst(3).set_imm(16).push();
-    p.load_x(MemSize::Word).set_dst(4).set_src(1).set_off(4).push();
-    p.load_x(MemSize::Word).set_dst(5).set_src(1).set_off(8).push();
+    p.load_x(MemSize::Word)
+        .set_dst(2)
+        .set_src(1)
+        .set_off(0)
+        .push();
+    p.bit_and(Source::Imm, Arch::X32)
+        .set_dst(2)
+        .set_imm(0xffff)
+        .push();
+    p.load_x(MemSize::Word)
+        .set_dst(3)
+        .set_src(1)
+        .set_off(0)
+        .push();
+    p.right_shift(Source::Imm, Arch::X32)
+        .set_dst(3)
+        .set_imm(16)
+        .push();
+    p.load_x(MemSize::Word)
+        .set_dst(4)
+        .set_src(1)
+        .set_off(4)
+        .push();
+    p.load_x(MemSize::Word)
+        .set_dst(5)
+        .set_src(1)
+        .set_off(8)
+        .push();
     for r in rules {
         let all = r.access == ACC_MKNOD | ACC_READ | ACC_WRITE;
         // Instructions after the type test: the access test (3), one per fixed number, and
@@ -260,7 +282,12 @@ fn load(code: &[u8]) -> Result<OwnedFd, DevicesError> {
         drop(unsafe { OwnedFd::from_raw_fd(fd as i32) })
     });
     let text = String::from_utf8_lossy(&log);
-    let last = text.trim_end_matches('\0').trim().lines().last().unwrap_or("");
+    let last = text
+        .trim_end_matches('\0')
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("");
     Err(DevicesError::Load {
         log: if last.is_empty() {
             String::new()
@@ -345,7 +372,14 @@ mod tests {
             }
         );
         assert_eq!(Rule::parse("b *:* m").unwrap().access, ACC_MKNOD);
-        for bad in ["a", "c 1:3", "x 1:3 rwm", "c 1-3 rwm", "c 1:3 rwx", "c a:3 r"] {
+        for bad in [
+            "a",
+            "c 1:3",
+            "x 1:3 rwm",
+            "c 1-3 rwm",
+            "c 1:3 rwx",
+            "c a:3 r",
+        ] {
             let e = Rule::parse(bad).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
@@ -370,7 +404,11 @@ mod tests {
             (136, 7),
             (10, 200),
         ] {
-            assert_eq!(run(&code, DEV_CHAR, major, minor, rw), 1, "c {major}:{minor}");
+            assert_eq!(
+                run(&code, DEV_CHAR, major, minor, rw),
+                1,
+                "c {major}:{minor}"
+            );
             assert_eq!(run(&code, DEV_CHAR, major, minor, ACC_READ), 1);
         }
         // Making any node, character or block.
@@ -385,7 +423,11 @@ mod tests {
             (DEV_CHAR, 4, 1),
             (DEV_BLOCK, 1, 3),
         ] {
-            assert_eq!(run(&code, kind, major, minor, ACC_READ), 0, "{major}:{minor}");
+            assert_eq!(
+                run(&code, kind, major, minor, ACC_READ),
+                0,
+                "{major}:{minor}"
+            );
             assert_eq!(run(&code, kind, major, minor, ACC_WRITE), 0);
         }
         // Reading kmsg together with making it: not a subset of "m".
