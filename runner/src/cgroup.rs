@@ -1,6 +1,7 @@
 //! A container's cgroups: created beneath the cgroup strata itself runs in (per controller on
-//! cgroup v1, in the unified tree on v2), with its memory, CPU and pids limits and, on v1,
-//! docker's default device list. Only the container's own PID 1 ever joins them; strata's
+//! cgroup v1, in the unified tree on v2), with its memory, CPU and pids limits and docker's
+//! default device list (the v1 devices cgroup; an eBPF program, [`crate::devices`], on the
+//! container's v2 cgroup wherever a v2 hierarchy is mounted, hybrid hosts included). Only the container's own PID 1 ever joins them; strata's
 //! processes stay where they started. Removed when the container ends.
 //!
 //! A small module rather than a crate: the crates that manage cgroups create them at paths
