@@ -179,6 +179,12 @@ fn v2_device_program_refuses_what_docker_refuses() {
                 dir.display()
             );
         }
+        // A process `exec` starts joins the same cgroups, so the program holds it too.
+        let script = "if ( exec 3</probe-fuse ) 2>/dev/null; then echo opened; else echo refused; fi; \
+                      busybox grep '^0::' /proc/self/cgroup";
+        let out = ok(&w.root, &["exec", id, "sh", "-c", script]);
+        let inside = Path::new(&own).join(&name);
+        assert_eq!(out, format!("refused\n0::{}\n", inside.display()));
     });
     // "c *:* m": the nodes are made; opening them is refused; the listed nodes work.
     assert_eq!(p["mknod"], "ok");
