@@ -26,6 +26,7 @@ const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
 const BPF_CGROUP_DEVICE: u32 = 6;
+const BPF_F_ALLOW_MULTI: u32 = 2;
 
 /// Errors generating, loading or attaching the device program.
 #[derive(Debug, thiserror::Error)]
@@ -310,8 +311,10 @@ fn open_dir(dir: &Path) -> Result<std::fs::File, DevicesError> {
         })
 }
 
-/// Loads the program allowing `rules` and attaches it to the v2 cgroup `dir` (exclusively:
-/// nothing beneath it can attach another). It stays attached until the cgroup is removed.
+/// Loads the program allowing `rules` and attaches it to the v2 cgroup `dir`, as runc does,
+/// with `BPF_F_ALLOW_MULTI`: a runtime nested beneath may attach its own programs, and the
+/// kernel allows an access only when every program on the way up allows it, so they can
+/// only narrow this list. It stays attached until the cgroup is removed.
 pub fn attach(dir: &Path, rules: &[Rule]) -> Result<(), DevicesError> {
     let cgroup = open_dir(dir)?;
     let prog = load(&program(rules))?;
@@ -319,7 +322,7 @@ pub fn attach(dir: &Path, rules: &[Rule]) -> Result<(), DevicesError> {
         target_fd: cgroup.as_raw_fd() as u32,
         attach_bpf_fd: prog.as_raw_fd() as u32,
         attach_type: BPF_CGROUP_DEVICE,
-        attach_flags: 0,
+        attach_flags: BPF_F_ALLOW_MULTI,
     };
     bpf(BPF_PROG_ATTACH, &mut attr).map_err(|source| DevicesError::Bpf {
         path: dir.to_path_buf(),
