@@ -1,6 +1,7 @@
 //! A container's cgroups: created beneath the cgroup strata itself runs in (per controller on
-//! cgroup v1, in the unified tree on v2), with its memory, CPU and pids limits and, on v1,
-//! docker's default device list. Only the container's own PID 1 ever joins them; strata's
+//! cgroup v1, in the unified tree on v2), with its memory, CPU and pids limits and docker's
+//! default device list (the v1 devices cgroup; an eBPF program, [`crate::devices`], on the
+//! container's v2 cgroup wherever a v2 hierarchy is mounted, hybrid hosts included). Only the container's own PID 1 ever joins them; strata's
 //! processes stay where they started. Removed when the container ends.
 //!
 //! A small module rather than a crate: the crates that manage cgroups create them at paths
@@ -38,6 +39,9 @@ pub enum CgroupError {
     /// A controller a limit needs is not available.
     #[error("cgroup controller {0} is not available beneath strata's cgroup")]
     Missing(String),
+    /// The v2 device program could not be attached.
+    #[error(transparent)]
+    Devices(#[from] crate::devices::DevicesError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
@@ -95,11 +99,12 @@ impl Host {
     }
 
     /// The directory of `controller`'s cgroup this process is in (v1), or of its unified
-    /// cgroup (v2, `controller` ignored).
+    /// cgroup (`controller` ignored on a pure v2 host; `""` asks for the unified cgroup on a
+    /// hybrid host too, where v2 is mounted beside the v1 controllers, e.g. at
+    /// `/sys/fs/cgroup/unified`).
     pub fn own_dir(&self, controller: &str) -> Option<PathBuf> {
-        if self.unified() {
-            let path = self.own.lines().find_map(|l| l.strip_prefix("0::"))?;
-            return Some(self.root.join(path.trim_start_matches('/')));
+        if controller.is_empty() || self.unified() {
+            return self.own_v2_dir();
         }
         let path = self.own.lines().find_map(|l| {
             let mut f = l.splitn(3, ':');
@@ -120,6 +125,22 @@ impl Host {
         })?;
         let rel = Path::new(path).strip_prefix(&mount_root).ok()?;
         Some(Path::new(&mount_point).join(rel))
+    }
+
+    /// This process's cgroup in the v2 hierarchy (`0::PATH`), beneath the hierarchy's mount:
+    /// `root` itself on a pure v2 host, else the first cgroup2 mount.
+    fn own_v2_dir(&self) -> Option<PathBuf> {
+        let path = self.own.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let root = self.root.to_str().unwrap_or("");
+        let mounts = self.mountinfo.lines().filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            post.starts_with("cgroup2 ").then_some(())?;
+            let f: Vec<&str> = pre.split(' ').collect();
+            Some((*f.get(3)?, *f.get(4)?))
+        });
+        let (mount_root, mount_point) = mounts.min_by_key(|(_, point)| *point != root)?;
+        let rel = Path::new(path).strip_prefix(mount_root).ok()?;
+        Some(Path::new(mount_point).join(rel))
     }
 }
 
@@ -144,6 +165,10 @@ fn make(host: &Host, ctrl: &str, name: &str, made: &mut Cgroups) -> Result<PathB
     let own = host
         .own_dir(ctrl)
         .ok_or_else(|| CgroupError::Missing(ctrl.into()))?;
+    make_in(&own, name, made)
+}
+
+fn make_in(own: &Path, name: &str, made: &mut Cgroups) -> Result<PathBuf, CgroupError> {
     let dir = own.join(name);
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
@@ -157,7 +182,9 @@ fn make(host: &Host, ctrl: &str, name: &str, made: &mut Cgroups) -> Result<PathB
 }
 
 /// Creates the cgroups of container `id` with `limits`; `devices` restricts device access to
-/// [`DEFAULT_DEVICES`] (v1; on v2 that needs an eBPF program, which strata does not attach).
+/// [`DEFAULT_DEVICES`]: through the devices cgroup on v1 and, wherever a v2 hierarchy is
+/// mounted (pure v2, or beside v1 on a hybrid host), an eBPF device program attached to the
+/// container's v2 cgroup. The kernel enforces both on a hybrid host.
 /// On failure whatever was created is removed again.
 pub fn create(
     host: &Host,
@@ -166,16 +193,30 @@ pub fn create(
     devices: bool,
 ) -> Result<Cgroups, CgroupError> {
     let mut made = Cgroups::default();
+    let name = name_of(id);
     let r = if host.unified() {
-        create_v2(host, &name_of(id), limits, &mut made)
+        create_v2(host, &name, limits, devices, &mut made)
     } else {
-        create_v1(host, &name_of(id), limits, devices, &mut made)
+        create_v1(host, &name, limits, devices, &mut made).and_then(|()| {
+            match (devices, host.own_dir("")) {
+                (true, Some(own)) => attach_devices(&own, &name, &mut made),
+                _ => Ok(()),
+            }
+        })
     };
     if let Err(e) = r {
         made.remove();
         return Err(e);
     }
     Ok(made)
+}
+
+/// Makes the container's v2 cgroup beneath `own` (if not made yet) and attaches the device
+/// program for [`DEFAULT_DEVICES`] to it.
+fn attach_devices(own: &Path, name: &str, made: &mut Cgroups) -> Result<(), CgroupError> {
+    let dir = make_in(own, name, made)?;
+    crate::devices::attach(&dir, &crate::devices::default_rules())?;
+    Ok(())
 }
 
 fn create_v1(
@@ -228,6 +269,7 @@ fn create_v2(
     host: &Host,
     name: &str,
     limits: &Resources,
+    devices: bool,
     made: &mut Cgroups,
 ) -> Result<(), CgroupError> {
     let own = host
@@ -243,6 +285,9 @@ fn create_v2(
     if limits.pids_limit > 0 {
         wanted.push("pids");
     }
+    if devices {
+        attach_devices(&own, name, made)?;
+    }
     if wanted.is_empty() {
         return Ok(());
     }
@@ -255,7 +300,7 @@ fn create_v2(
                 .map_err(|_| CgroupError::Missing((*c).to_string()))?;
         }
     }
-    let dir = make(host, "", name, made)?;
+    let dir = make_in(&own, name, made)?;
     if limits.memory > 0 {
         write(&dir, "memory.max", &limits.memory.to_string())?;
         if dir.join("memory.swap.max").exists() {
@@ -360,6 +405,11 @@ mod tests {
             Path::new("/sys/fs/cgroup/pids/")
         );
         assert!(host.own_dir("blkio").is_none());
+        // Hybrid: the unified hierarchy beside the v1 controllers.
+        assert_eq!(
+            host.own_dir("").unwrap(),
+            Path::new("/sys/fs/cgroup/unified/")
+        );
         let v2 = Host {
             root: "/sys/fs/cgroup".into(),
             own: "0::/user.slice/s.scope\n".into(),
@@ -418,5 +468,119 @@ mod tests {
         assert!(cg.dirs.iter().all(|d| !d.exists()));
         let none = create(&host, "def", &Resources::default(), false).unwrap();
         assert!(none.dirs.is_empty());
+    }
+
+    /// A fake pure v2 tree: `root` mounted as cgroup2, this process in `/parent`.
+    fn fake_v2(root: &Path, subtree: &str) -> Host {
+        let parent = root.join("parent");
+        std::fs::create_dir_all(&parent).unwrap();
+        std::fs::write(
+            parent.join("cgroup.controllers"),
+            "cpuset cpu io memory pids",
+        )
+        .unwrap();
+        std::fs::write(parent.join("cgroup.subtree_control"), subtree).unwrap();
+        Host {
+            root: root.to_path_buf(),
+            own: "0::/parent\n".into(),
+            mountinfo: format!("30 23 0:26 / {} rw - cgroup2 cgroup2 rw\n", root.display()),
+        }
+    }
+
+    #[test]
+    fn creates_v2_limits_beneath_a_fake_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+        let limits = Resources {
+            memory: 32 << 20,
+            nano_cpus: 500_000_000,
+            pids_limit: 20,
+        };
+        // Controllers not yet enabled for our children: each is asked for (a plain file keeps
+        // the last write).
+        let host = fake_v2(root, "");
+        assert!(host.unified());
+        let cg = create(&host, "abc", &limits, false).unwrap();
+        assert_eq!(cg.dirs, vec![root.join("parent/strata-abc")]);
+        assert_eq!(read("parent/cgroup.subtree_control"), "+pids");
+        assert_eq!(read("parent/strata-abc/memory.max"), "33554432");
+        assert_eq!(read("parent/strata-abc/cpu.max"), "50000 100000");
+        assert_eq!(read("parent/strata-abc/pids.max"), "20");
+        assert!(!root.join("parent/strata-abc/memory.swap.max").exists());
+        // Already enabled (delegated): left alone; swap limited where accounted.
+        let host = fake_v2(root, "cpu memory pids\n");
+        std::fs::write(root.join("parent/strata-abc/memory.swap.max"), "max").unwrap();
+        create(&host, "abc", &limits, false).unwrap();
+        assert_eq!(read("parent/cgroup.subtree_control"), "cpu memory pids\n");
+        assert_eq!(read("parent/strata-abc/memory.swap.max"), "33554432");
+        for f in std::fs::read_dir(root.join("parent/strata-abc")).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+        }
+        remove_for(&host, "abc");
+        assert!(!root.join("parent/strata-abc").exists());
+        // No limits and no devices: no cgroup at all.
+        assert!(
+            create(&host, "def", &Resources::default(), false)
+                .unwrap()
+                .dirs
+                .is_empty()
+        );
+        // A controller that cannot be enabled is named, and nothing is left behind.
+        std::fs::remove_file(root.join("parent/cgroup.subtree_control")).unwrap();
+        std::fs::create_dir(root.join("parent/cgroup.subtree_control")).unwrap();
+        let only_pids = Resources {
+            pids_limit: 5,
+            ..Resources::default()
+        };
+        let e = create(&fake_v2_keep(root), "ghi", &only_pids, false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cgroup controller pids is not available beneath strata's cgroup"
+        );
+        assert!(!root.join("parent/strata-ghi").exists());
+    }
+
+    fn fake_v2_keep(root: &Path) -> Host {
+        Host {
+            root: root.to_path_buf(),
+            own: "0::/parent\n".into(),
+            mountinfo: format!("30 23 0:26 / {} rw - cgroup2 cgroup2 rw\n", root.display()),
+        }
+    }
+
+    #[test]
+    fn device_program_failure_removes_the_cgroups() {
+        // A plain directory is no cgroup: the program cannot be attached to it (or, without
+        // root, not even loaded); the run fails and nothing it made stays.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let host = fake_v2(root, "");
+        let e = create(&host, "abc", &Resources::default(), true).unwrap_err();
+        assert!(matches!(e, CgroupError::Devices(_)), "{e}");
+        assert!(!root.join("parent/strata-abc").exists());
+        // Hybrid: v1 devices cgroup made first, then the v2 program fails: both gone.
+        let v1 = root.join("devices/parent");
+        std::fs::create_dir_all(&v1).unwrap();
+        let hybrid = Host {
+            root: root.to_path_buf(),
+            own: "4:devices:/parent\n0::/parent\n".into(),
+            mountinfo: format!(
+                "1 1 0:1 / {0}/devices rw - cgroup cgroup rw,devices\n\
+                 2 1 0:2 / {0}/unified rw - cgroup2 cgroup2 rw\n",
+                root.display()
+            ),
+        };
+        std::fs::create_dir_all(root.join("unified/parent")).unwrap();
+        assert!(!hybrid.unified());
+        assert_eq!(hybrid.own_dir("").unwrap(), root.join("unified/parent"));
+        let e = create(&hybrid, "abc", &Resources::default(), true).unwrap_err();
+        assert!(matches!(e, CgroupError::Devices(_)), "{e}");
+        assert!(!root.join("unified/parent/strata-abc").exists());
+        // (The fake v1 directory keeps the files written into it, so it stays; a real one goes.)
+        assert_eq!(
+            std::fs::read_to_string(v1.join("strata-abc/devices.allow")).unwrap(),
+            "c 10:200 rwm"
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! `/proc`, a minimal `/dev`, a read-only `/sys`, `/etc/hosts`, `/etc/resolv.conf`,
 //! `/etc/hostname` and bind mounts, then exec of the command as the requested user — confined
 //! as docker's default profile confines it: cgroups with limits and the device list
-//! ([`cgroup`]), masked and read-only /proc paths, the capability sets and `no_new_privs`
+//! ([`cgroup`], [`devices`] on cgroup v2), masked and read-only /proc paths, the capability sets and `no_new_privs`
 //! ([`security`]) and the seccomp filter ([`seccomp`]).
 //!
 //! The calling process (multi-threaded: it serves the FUSE filesystem) never forks itself: it
@@ -12,6 +12,7 @@
 //! its status. Depends on none of strata's other crates.
 
 pub mod cgroup;
+pub mod devices;
 pub mod freeze;
 mod init;
 pub mod inroot;

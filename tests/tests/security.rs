@@ -28,6 +28,9 @@ if $b mount -t tmpfs probe /probe-mnt 2>/dev/null; then echo mount=ok; $b umount
 if $b mknod /probe-kmsg c 1 11 2>/dev/null; then
   if $b timeout 5 $b dd if=/probe-kmsg of=/dev/null bs=8192 count=1 2>/dev/null; then echo kmsg=read; else echo kmsg=refused; fi
 else echo kmsg=nomknod; fi
+if $b mknod /probe-fuse c 10 229 2>/dev/null; then
+  if ( exec 3</probe-fuse ) 2>/dev/null; then echo fuse=opened; else echo fuse=refused; fi
+else echo fuse=nomknod; fi
 if $b unshare -U $b true 2>/dev/null; then echo userns=ok; else echo userns=refused; fi
 if $b test -c /dev/kmsg; then echo hostdev=yes; else echo hostdev=no; fi
 "#;
@@ -90,8 +93,11 @@ fn default_container_is_confined_and_privileged_is_not() {
     assert_eq!(p["kcore"], "0");
     assert_eq!(p["masked"], "0");
     assert_eq!(p["mount"], "refused");
-    // CAP_MKNOD and the cgroup's "c *:* m" allow creating the node; opening it is refused.
+    // CAP_MKNOD and the device rules' "c *:* m" allow creating the nodes; opening them is
+    // refused. (Reading kmsg also needs CAP_SYSLOG under kernel.dmesg_restrict=1; opening
+    // /dev/fuse needs no capability, so only the device rules refuse it: tests/devices.rs.)
     assert_eq!(p["kmsg"], "refused");
+    assert_eq!(p["fuse"], "refused");
     assert_eq!(p["userns"], "refused");
     assert_eq!(p["hostdev"], "no");
 
@@ -106,6 +112,7 @@ fn default_container_is_confined_and_privileged_is_not() {
     assert_ne!(p["masked"], "0");
     assert_eq!(p["mount"], "ok");
     assert_eq!(p["kmsg"], "read");
+    assert_eq!(p["fuse"], "opened");
     assert_eq!(p["userns"], "ok");
     assert_eq!(
         p["hostdev"], "yes",

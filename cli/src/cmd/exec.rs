@@ -55,6 +55,8 @@ struct Prepared {
     env: Vec<CString>,
     /// Candidate paths of the program, from the container's PATH.
     candidates: Vec<CString>,
+    /// The container's cgroups (limits and device rules), joined before the namespaces.
+    cgroups: strata_runner::cgroup::Cgroups,
 }
 
 pub fn run_exec(a: ExecArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
@@ -183,11 +185,17 @@ fn prepare(
             .map(|s| cstring(s))
             .collect::<anyhow::Result<_>>()?,
         candidates,
+        cgroups: spec.cgroups.clone(),
     })
 }
 
 /// The forked child: joins the namespaces, forks into the pid namespace, waits.
 fn child(p: &Prepared, interactive: bool, console: Option<&std::os::unix::net::UnixStream>) -> i32 {
+    // Into the container's cgroups first (their paths are the host's), as its PID 1 did.
+    if let Err(e) = p.cgroups.join_self() {
+        eprintln!("strata: joining the container's cgroups: {e}");
+        return 126;
+    }
     for (fd, flag) in &p.namespaces {
         if let Err(e) = setns(fd, *flag) {
             eprintln!("strata: joining the container's namespaces: {e}");
