@@ -20,6 +20,13 @@ pub(crate) struct Fail {
     msg: String,
 }
 
+impl Fail {
+    /// The message, for callers outside the container's init (`exec`).
+    pub(crate) fn into_message(self) -> String {
+        self.msg
+    }
+}
+
 pub(crate) fn fail(msg: impl Into<String>) -> Fail {
     Fail {
         code: EXIT_RUNTIME_ERROR,
@@ -176,7 +183,7 @@ fn open_console() -> Result<(), Fail> {
 /// capability sets; `no_new_privs` and the seccomp filter last. Without `no_new_privs` loading a
 /// filter needs CAP_SYS_ADMIN, so then the filter is loaded before the capabilities are dropped,
 /// as runc does (the default profile allows the setuid, capset and prctl calls that follow).
-fn confine(spec: &Spec, user: &crate::user::User) -> Result<(), Fail> {
+pub(crate) fn confine(spec: &Spec, user: &crate::user::User) -> Result<(), Fail> {
     use crate::security::{SeccompMode, limit_bounding, set_capabilities};
     let sec = &spec.security;
     let available = ctx(caps::read(None, caps::CapSet::Bounding), || {

@@ -33,6 +33,17 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 pub use init::init_main;
+
+/// Confines the calling process as the container's PID 1 was: `user`'s ids and groups, the
+/// capability sets, `no_new_privs` and the seccomp filter of `spec.security` (docker's default
+/// profile unless the spec says otherwise), in the order `init` uses. For `exec`, after the
+/// caller joined the container's cgroups and namespaces and before it execs.
+///
+/// # Errors
+/// The step that failed, as one line (`setuid 1000: EPERM`, `seccomp: ...`).
+pub fn confine(spec: &Spec, user: &user::User) -> Result<(), String> {
+    init::confine(spec, user).map_err(|f| f.into_message())
+}
 pub use inroot::{InRoot, InRootError, resolve_in};
 
 pub mod state;

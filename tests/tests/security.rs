@@ -477,3 +477,48 @@ print(open("/proc/self/status").read().split("CapEff:")[1].split()[0])
     );
     assert_eq!(out, "65534 0000000000000000\n");
 }
+
+/// `exec` into a running container gets that container's profile, as docker's exec does: the
+/// default capabilities and seccomp filter, or none of them in a `--privileged` container.
+#[test]
+fn exec_gets_the_containers_profile() {
+    if !require_root_fuse("exec_gets_the_containers_profile") {
+        return;
+    }
+    let w = World::start(&runnable_layers(), Comp::Native);
+    let exec_probe = |flags: &[&str]| -> BTreeMap<String, String> {
+        let mut args = vec!["run", "-d"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[&w.base, "sleep", "60"]);
+        let id = text(&strata(&w, &args)).trim().to_string();
+        let o = strata(&w, &["exec", &id, "sh", "-c", PROBE]);
+        strata(&w, &["rm", "-f", &id]);
+        assert_eq!(o.status.code(), Some(0), "exec probe failed");
+        text(&o)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let p = exec_probe(&[]);
+    for set in ["CapPrm", "CapEff", "CapBnd"] {
+        assert_eq!(p[set], DEFAULT_CAPS, "exec {set}");
+    }
+    assert_eq!(p["CapInh"], "0000000000000000");
+    assert_eq!(p["Seccomp"], "2");
+    assert_eq!(p["mount"], "refused");
+    assert_eq!(p["userns"], "refused");
+    assert_eq!(p["procsys"], "refused");
+    let p = exec_probe(&[
+        "--cap-add",
+        "NET_ADMIN",
+        "--security-opt",
+        "no-new-privileges",
+    ]);
+    assert_eq!(p["CapEff"], "00000000a80435fb");
+    assert_eq!(p["NoNewPrivs"], "1");
+    let p = exec_probe(&["--privileged"]);
+    assert_eq!(p["CapEff"], own_status("CapBnd"));
+    assert_eq!(p["Seccomp"], "0");
+    assert_eq!(p["mount"], "ok");
+}

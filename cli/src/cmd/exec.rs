@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt as _;
 use anyhow::{Context as _, bail};
 use nix::sched::{CloneFlags, setns};
 use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Gid, Uid, fork};
+use nix::unistd::{ForkResult, fork};
 use strata_runner::state::{Containers, State};
 
 use crate::global::GlobalArgs;
@@ -47,9 +47,9 @@ pub struct ExecArgs {
 /// beyond what exec needs).
 struct Prepared {
     namespaces: Vec<(OwnedFd, CloneFlags)>,
-    uid: u32,
-    gid: u32,
-    groups: Vec<Gid>,
+    /// The user, and the container's spec whose security settings `exec` applies as `run` did.
+    user: strata_runner::user::User,
+    spec: strata_runner::Spec,
     cwd: CString,
     argv: Vec<CString>,
     env: Vec<CString>,
@@ -171,9 +171,7 @@ fn prepare(
     let cwd = a.workdir.clone().unwrap_or_else(|| spec.cwd.clone());
     Ok(Prepared {
         namespaces,
-        uid: user.uid,
-        gid: user.gid,
-        groups: user.groups.iter().map(|g| Gid::from_raw(*g)).collect(),
+        user,
         cwd: cstring(if cwd.is_empty() { "/" } else { &cwd })?,
         argv: a
             .command
@@ -186,6 +184,7 @@ fn prepare(
             .collect::<anyhow::Result<_>>()?,
         candidates,
         cgroups: spec.cgroups.clone(),
+        spec: spec.clone(),
     })
 }
 
@@ -244,11 +243,10 @@ fn grandchild(
         );
         return 126;
     }
-    let dropped = nix::unistd::setgroups(&p.groups)
-        .and_then(|_| nix::unistd::setgid(Gid::from_raw(p.gid)))
-        .and_then(|_| nix::unistd::setuid(Uid::from_raw(p.uid)));
-    if let Err(e) = dropped {
-        eprintln!("strata: setting the user: {e}");
+    // The user, capabilities, no_new_privs and seccomp filter of the container (docker's
+    // exec gets its container's profile too).
+    if let Err(e) = strata_runner::confine(&p.spec, &p.user) {
+        eprintln!("strata: confining the process: {e}");
         return 126;
     }
     let mut denied = false;
