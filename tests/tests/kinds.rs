@@ -231,8 +231,11 @@ fn load(root: &Path, archive: &[u8], dir: &Path, name: &str) -> String {
 /// (`Loaded image: NAME`, `Loaded image ID: sha256:...` when untagged; docker's documented
 /// output since 1.x, unchanged in Docker 25+/29). The formats follow moby's
 /// image/tarexport (legacy manifest.json, RepoTags null when untagged) and Docker 25+/
-/// containerd image store (index.json → image index, `io.containerd.image.name`). Not yet
-/// compared with a live engine here: the peers' dockerd is not built on this machine.
+/// containerd image store (index.json → image index, `io.containerd.image.name`). Compared by
+/// hand with a live engine (dockerd v2.0.0-beta.24, containerd 2.2.3, docker CLI 28.2.2, built
+/// by ../shared/peers): `docker save bb:1` → `strata load` printed `Loaded image: bb:1` and ran;
+/// `strata save` → `docker load` printed `Loaded image: me/roundtrip:2` and `docker run` ran;
+/// tests/golden/roundtrip records the same round trips.
 #[test]
 fn load_reads_docker_save_archives_and_save_writes_manifest_json() {
     if !require_root_fuse("load_reads_docker_save_archives_and_save_writes_manifest_json") {

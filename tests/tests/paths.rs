@@ -374,6 +374,9 @@ fn compressed(tool: &str, raw: &[u8], scratch: &Path) -> Vec<u8> {
     out.stdout
 }
 
+/// Kind 6 of issue 22. Matched by hand against dockerd v2.0.0-beta.24 (classic builder,
+/// containerd 2.2.3): `ADD a.tar.bz2 /t/` and `ADD a.tar.xz /x/` unpack, `ADD fake.tar.gz /y/`
+/// (text named like an archive) copies the file as it is — the same trees as strata's.
 #[test]
 fn add_unpacks_local_archives_by_content_and_copies_downloads_and_lookalikes() {
     if !require_root_fuse("add_unpacks_local_archives_by_content") {
