@@ -21,6 +21,9 @@ struct Cli {
 }
 
 fn main() {
+    // Files strata makes (state, upper layers, /etc/hosts) and the containers' processes get
+    // docker's umask, whatever the caller's: under umask 000 a container's / was 0777.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => std::process::exit(usage_error(&e)),

@@ -242,7 +242,7 @@ fn create_v1(
             write(
                 &dir,
                 "memory.memsw.limit_in_bytes",
-                &(limits.memory * 2).to_string(),
+                &limits.memory.saturating_mul(2).to_string(),
             )?;
         }
     }

@@ -185,6 +185,16 @@ fn open_console() -> Result<(), Fail> {
 /// as runc does (the default profile allows the setuid, capset and prctl calls that follow).
 pub(crate) fn confine(spec: &Spec, user: &crate::user::User) -> Result<(), Fail> {
     use crate::security::{SeccompMode, limit_bounding, set_capabilities};
+    // Rust's runtime ignores SIGPIPE, the caller may ignore others, and an ignored signal stays
+    // ignored across exec: the container's program starts with every signal at its default,
+    // as docker's do (`yes | head -1` ends quietly).
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: SIG_DFL installs no handler; this process is single-threaded. Numbers the
+            // kernel refuses (reserved by the C library) are left as they are.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
+    }
     let sec = &spec.security;
     let available = ctx(caps::read(None, caps::CapSet::Bounding), || {
         "reading the bounding set".into()

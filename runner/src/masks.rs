@@ -49,9 +49,15 @@ pub(crate) fn mask_paths(k: &mut impl Kernel, root: &Path) -> Result<(), Fail> {
                 fixed | MsFlags::MS_RDONLY,
                 Some("size=0"),
             )?,
-            Ok(m) if !m.file_type().is_symlink() => {
-                mount_at(k, Some("/dev/null"), &target, None, MsFlags::MS_BIND, None)?
-            }
+            // The container's own /dev/null (made by `setup_dev`), never the host's.
+            Ok(m) if !m.file_type().is_symlink() => mount_at(
+                k,
+                Some(&root.join("dev/null").to_string_lossy()),
+                &target,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )?,
             _ => {}
         }
     }
@@ -83,7 +89,14 @@ pub(crate) fn host_devices(
     };
     for e in entries.flatten() {
         let name = e.file_name();
-        if depth == 0 && ["pts", "shm", "mqueue"].iter().any(|n| name == *n) {
+        // Kept: what setup_dev made (the default nodes, pts, shm).
+        let made = crate::rootfs::DEFAULT_NODES.iter().map(|(n, _, _)| *n);
+        if depth == 0
+            && ["pts", "shm", "mqueue"]
+                .into_iter()
+                .chain(made)
+                .any(|n| name == *n)
+        {
             continue;
         }
         let (src, dst) = (e.path(), dev.join(&name));

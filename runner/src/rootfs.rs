@@ -113,6 +113,16 @@ fn dir_target(root: &Path, path: &str) -> Result<PathBuf, Fail> {
     })
 }
 
+/// The device nodes every container's /dev holds: name, major, minor (runc's default set).
+pub(crate) const DEFAULT_NODES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
 fn setup_dev(k: &mut impl Kernel, root: &Path, privileged: bool) -> Result<(), Fail> {
     let dev = dir_target(root, "dev")?;
     mount_at(
@@ -123,18 +133,13 @@ fn setup_dev(k: &mut impl Kernel, root: &Path, privileged: bool) -> Result<(), F
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
     )?;
-    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
-        let target = dev.join(name);
-        ctx(std::fs::write(&target, b""), || {
-            format!("creating /dev/{name}")
-        })?;
-        mount_at(
-            k,
-            Some(&format!("/dev/{name}")),
-            &target,
-            None,
-            MsFlags::MS_BIND,
-            None,
+    // Fresh nodes in the container's own tmpfs, as runc makes them: a bind of the host's
+    // nodes let the container's root chmod or chown the host's /dev/null.
+    for (name, major, minor) in DEFAULT_NODES {
+        let rdev = nix::sys::stat::makedev(major, minor);
+        ctx(
+            k.mknod(&dev.join(name), libc::S_IFCHR | 0o666, rdev),
+            || format!("creating /dev/{name}"),
         )?;
     }
     let pts = dev.join("pts");
@@ -487,7 +492,7 @@ mod tests {
         let mut k = Recorder::default();
         setup_rootfs(&mut k, &spec(&root, dir.path(), vec![], Network::Host)).unwrap();
         for want in [
-            format!("mount bind /dev/null -> {r}/proc/kcore"),
+            format!("mount bind {r}/dev/null -> {r}/proc/kcore"),
             format!("mount tmpfs tmpfs -> {r}/proc/acpi ro"),
             format!("mount tmpfs tmpfs -> {r}/sys/firmware ro"),
             format!("mount bind {r}/proc/sys -> {r}/proc/sys"),
@@ -497,9 +502,15 @@ mod tests {
             assert!(k.calls.contains(&want), "{want} not in {:#?}", k.calls);
         }
         assert!(!k.calls.iter().any(|c| c.contains("/proc/keys")));
+        // Only the default nodes, made fresh (never a bind of the host's): the host's other
+        // devices only when privileged.
+        let nodes: Vec<_> = k.calls.iter().filter(|c| c.starts_with("mknod")).collect();
+        assert_eq!(nodes.len(), 6, "{nodes:#?}");
+        assert!(nodes.iter().any(|c| c.contains("/dev/null")), "{nodes:#?}");
         assert!(
-            !k.calls.iter().any(|c| c.starts_with("mknod")),
-            "devices only when privileged"
+            !k.calls.iter().any(|c| c.starts_with("mount bind /dev/")),
+            "no host node is bound into the container: {:#?}",
+            k.calls
         );
         let pivot = k.calls.iter().position(|c| c == "pivot_root").unwrap();
         let last_mask = k
@@ -520,7 +531,7 @@ mod tests {
                 .any(|c| c.contains("/proc/kcore") || c.contains("/proc/sys"))
         );
         assert!(k.calls.contains(&format!("mount sysfs sysfs -> {r}/sys")));
-        // The host's other devices are made in the container's /dev; null stays the bind.
+        // The host's other devices are made in the container's /dev; null is made once.
         let mknod = |name: &str| format!("mknod {r}/dev/{name} ");
         if Path::new("/dev/kmsg").exists() {
             assert!(
@@ -529,7 +540,8 @@ mod tests {
                 k.calls
             );
         }
-        assert!(!k.calls.iter().any(|c| c.starts_with(&mknod("null"))));
+        let nulls = k.calls.iter().filter(|c| c.starts_with(&mknod("null")));
+        assert_eq!(nulls.count(), 1, "{:#?}", k.calls);
         assert!(!k.calls.iter().any(|c| c.starts_with(&mknod("pts/"))));
     }
 }

@@ -81,7 +81,17 @@ fn tighten_dir(path: &Path) -> std::io::Result<()> {
 /// 0600. Only those are visited: never the cache's chunks, a container's upper layer (whose
 /// modes are the container's own) or anything strata did not make.
 pub fn secure_root(root: &Path) -> std::io::Result<()> {
-    private_dir(root)?;
+    // The root itself is made private only when it is strata's: new, empty, or holding strata's
+    // directories. `--root /tmp` must not chmod the host's /tmp (its top directories below are
+    // private all the same, which is what keeps the state unreadable).
+    if is_strata_root(root) {
+        private_dir(root)?;
+    } else {
+        tracing::warn!(
+            "{} is not a strata state root: its own mode is left as it is",
+            root.display()
+        );
+    }
     // Made here, private, so code that later creates files in them under any umask finds
     // them already 0700.
     for d in TOP_DIRS {
@@ -103,10 +113,46 @@ pub fn secure_root(root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether `root` is missing, or holds nothing but what strata puts in a state root (its top
+/// directories, `auth.json`, `build-cache.json`, dot files): a directory that also holds
+/// anything else (`--root /tmp`, `--root $HOME`) is not strata's to chmod.
+fn is_strata_root(root: &Path) -> bool {
+    const OTHER_ENTRIES: [&str; 2] = ["build-cache.json", "strata.log"];
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return true;
+    };
+    entries.flatten().all(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name.starts_with('.')
+            || TOP_DIRS.contains(&name.as_ref())
+            || ROOT_SECRETS.contains(&name.as_ref())
+            || OTHER_ENTRIES.contains(&name.as_ref())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_directory_that_is_not_a_strata_root_keeps_its_mode() {
+        let d = tempfile::tempdir().unwrap();
+        let shared = d.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        chmod(&shared, 0o1777).unwrap();
+        std::fs::write(shared.join("someone-elses-file"), b"x").unwrap();
+        secure_root(&shared).unwrap();
+        secure_root(&shared).unwrap();
+        let mode = std::fs::metadata(&shared).unwrap().mode() & 0o7777;
+        assert_eq!(
+            mode, 0o1777,
+            "the shared directory's mode is kept, on later uses too"
+        );
+        let store = std::fs::metadata(shared.join("store")).unwrap().mode() & 0o777;
+        assert_eq!(store, 0o700, "strata's own directories are private");
+    }
 
     #[test]
     fn a_loose_root_is_tightened_and_secrets_are_written_private() {

@@ -183,8 +183,16 @@ fn containment(a: &Args) -> anyhow::Result<(Security, Resources)> {
         bail!("Minimum memory limit allowed is 6MB");
     }
     let nano_cpus = match a.cpus {
-        Some(c) if !(0.0..=1024.0).contains(&c) => bail!("invalid value {c} for --cpus"),
-        Some(c) => (c * 1e9) as i64,
+        Some(c) if c.is_nan() || c < 0.0 => bail!("invalid value {c} for --cpus"),
+        Some(c) if c == 0.0 => 0,
+        Some(c) => {
+            // docker's daemon check (moby daemon/daemon_unix.go): 0.01 up to the CPUs there are.
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if c < 0.01 || c > n as f64 {
+                bail!("Range of CPUs is from 0.01 to {n}.00, as there are only {n} CPUs available");
+            }
+            (c * 1e9) as i64
+        }
         None => 0,
     };
     let res = Resources {
