@@ -176,6 +176,21 @@ impl StageState {
     }
 }
 
+/// The build arguments docker predefines: usable in RUN without an ARG, never reported as
+/// unconsumed, kept out of the image's history.
+const PROXY_ARGS: [&str; 10] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
 /// A builder over a store.
 pub struct Builder<'a> {
     ctx: &'a Context,
@@ -272,7 +287,7 @@ impl<'a> Builder<'a> {
             .build_args
             .iter()
             .map(|(k, _)| k.as_str())
-            .filter(|k| !self.consumed.contains(*k))
+            .filter(|k| !self.consumed.contains(*k) && !PROXY_ARGS.contains(k))
             .collect();
         if !unused.is_empty() {
             host.event(Event::Warning(format!(
@@ -639,7 +654,7 @@ impl<'a> Builder<'a> {
             Kind::Cmd(form) => {
                 let v = argv(form, &st.shell());
                 self.edit(st, |c| {
-                    c.insert("Cmd".into(), json!(v));
+                    c.insert("Cmd".into(), argv_value(&v));
                 });
                 st.cmd_set = true;
                 format!("CMD {}", json!(v))
@@ -648,7 +663,7 @@ impl<'a> Builder<'a> {
                 let v = argv(form, &st.shell());
                 let reset_cmd = !st.cmd_set;
                 self.edit(st, |c| {
-                    c.insert("Entrypoint".into(), json!(v));
+                    c.insert("Entrypoint".into(), argv_value(&v));
                     if reset_cmd {
                         c.insert("Cmd".into(), Value::Null);
                     }
@@ -766,8 +781,15 @@ impl<'a> Builder<'a> {
             .filter(|(k, _)| !env_keys.contains(k))
             .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
             .collect();
+        // The predefined proxy ARGs reach RUN without an ARG but, as docker keeps them, not
+        // its history line (only the `|N` prefix, N not counting them).
+        let proxies: BTreeMap<String, String> = PROXY_ARGS
+            .iter()
+            .filter(|k| !env_keys.iter().any(|e| e == *k) && !st.args.iter().any(|(a, _)| a == *k))
+            .filter_map(|k| self.build_arg(k).flatten().map(|v| (k.to_string(), v)))
+            .collect();
         let mut created_by = String::new();
-        if !build_env.is_empty() {
+        if !build_env.is_empty() || !proxies.is_empty() {
             created_by.push_str(&format!("|{} ", build_env.len()));
             for (k, v) in &build_env {
                 created_by.push_str(&format!("{k}={v} "));
@@ -790,6 +812,7 @@ impl<'a> Builder<'a> {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             env.extend(build_env.iter().map(|(k, v)| format!("{k}={v}")));
+            env.extend(proxies.iter().map(|(k, v)| format!("{k}={v}")));
             let spec = Spec {
                 rootfs: root.rootfs.clone(),
                 args: args.clone(),
@@ -919,9 +942,11 @@ impl<'a> Builder<'a> {
                         || i.to_string() == f
                 }) {
                     Some((_, b)) => b.image.clone(),
+                    // Not an earlier stage (the current or a later one included): an image,
+                    // as docker's classic builder takes it; its message names the flag.
                     None => host
                         .image(&f, &self.opts.platform)
-                        .map_err(|e| step_err(ins, e))?,
+                        .map_err(|e| step_err(ins, format!("invalid from flag value {f}: {e}")))?,
                 };
                 let dir = self.containers.dir_of(&random_id());
                 let m = mount_root(self.ctx, &self.rt, &img, &dir).map_err(|e| step_err(ins, e))?;
@@ -1008,7 +1033,13 @@ impl<'a> Builder<'a> {
             let rootfs = root.rootfs.clone();
             let owner = match &chown {
                 Some(c) => {
-                    let u = strata_runner::user::resolve(&rootfs, c)
+                    // docker's --chown: no group means the group named like the user
+                    // (`--chown=1001` is 1001:1001).
+                    let spec = match c.contains(':') {
+                        true => c.clone(),
+                        false => format!("{c}:{c}"),
+                    };
+                    let u = strata_runner::user::resolve(&rootfs, &spec)
                         .map_err(|e| cleanup(step_err(ins, e)))?;
                     (u.uid, u.gid)
                 }
@@ -1072,4 +1103,9 @@ impl<'a> Builder<'a> {
         drop_source(source_mount);
         result
     }
+}
+
+/// A CMD or ENTRYPOINT as docker stores it: `[]` clears the value (`null`).
+pub(crate) fn argv_value(v: &[String]) -> Value {
+    if v.is_empty() { Value::Null } else { json!(v) }
 }

@@ -280,7 +280,10 @@ impl Sources {
             let meta = std::fs::symlink_metadata(&p).map_err(read_err)?;
             if meta.is_dir() {
                 let mut names = Vec::new();
-                for e in std::fs::read_dir(&p).map_err(read_err)?.filter_map(Result::ok) {
+                for e in std::fs::read_dir(&p)
+                    .map_err(read_err)?
+                    .filter_map(Result::ok)
+                {
                     let c = r.join(e.file_name());
                     if self.excluded(&c) {
                         let dir = e.file_type().is_ok_and(|t| t.is_dir());
@@ -466,7 +469,13 @@ mod tests {
         for dir in ["secret/deep", "gone/x", "other"] {
             std::fs::create_dir_all(d.path().join(dir)).unwrap();
         }
-        for f in ["secret/keep.txt", "secret/no.txt", "secret/deep/no.txt", "gone/x/f", "other/f"] {
+        for f in [
+            "secret/keep.txt",
+            "secret/no.txt",
+            "secret/deep/no.txt",
+            "gone/x/f",
+            "other/f",
+        ] {
             std::fs::write(d.path().join(f), f).unwrap();
         }
         // moby's rules: `secret` excluded, `secret/keep.txt` re-included with its parent;
@@ -483,7 +492,10 @@ mod tests {
             .into_iter()
             .map(|(r, _)| r.display().to_string())
             .collect();
-        assert_eq!(walked, ["", "other", "other/f", "secret", "secret/keep.txt"]);
+        assert_eq!(
+            walked,
+            ["", "other", "other/f", "secret", "secret/keep.txt"]
+        );
         assert!(s.resolve("secret/no.txt").is_err());
         assert!(s.resolve("secret/keep.txt").is_ok());
     }

@@ -37,7 +37,7 @@ pub struct Args {
     /// Platform of the base images.
     #[arg(long, default_value = "linux/amd64")]
     pub platform: String,
-    /// The build context directory.
+    /// The build context directory, or `-` for a Dockerfile on stdin and no context.
     pub context: PathBuf,
 }
 
@@ -80,13 +80,28 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         .iter()
         .map(|t| t.parse().with_context(|| format!("invalid tag {t:?}")))
         .collect::<anyhow::Result<_>>()?;
-    if !a.context.is_dir() {
+    // `build -`: the Dockerfile on stdin and no context (docker's `docker build - < Dockerfile`).
+    let stdin_ctx = if a.context.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("reading the Dockerfile from stdin")?;
+        let empty = tempfile::tempdir().context("creating an empty build context")?;
+        Some((text, empty))
+    } else {
+        None
+    };
+    let context = match &stdin_ctx {
+        Some((_, empty)) => empty.path().to_path_buf(),
+        None => a.context.clone(),
+    };
+    if !context.is_dir() {
         anyhow::bail!(
             "unable to prepare context: path {:?} not found",
             a.context.display().to_string()
         );
     }
     let file = match &a.file {
+        _ if stdin_ctx.is_some() => PathBuf::new(),
         Some(f) => f.clone(),
         // The context's own Dockerfile: a symlink is followed inside the context only.
         None => strata_runner::InRoot::open(&a.context)
@@ -99,8 +114,11 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
                 )
             })?,
     };
-    let dockerfile = std::fs::read_to_string(&file)
-        .with_context(|| format!("reading the Dockerfile {}", file.display()))?;
+    let dockerfile = match &stdin_ctx {
+        Some((text, _)) => text.clone(),
+        None => std::fs::read_to_string(&file)
+            .with_context(|| format!("reading the Dockerfile {}", file.display()))?,
+    };
     let build_args = a
         .build_args
         .iter()
@@ -112,7 +130,7 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let rt = runtime()?;
     let opts = Options {
-        context: a.context.clone(),
+        context,
         dockerfile,
         build_args,
         no_cache: a.no_cache,

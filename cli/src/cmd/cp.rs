@@ -87,7 +87,10 @@ fn inside(root: &Path, path: &str, create: bool) -> anyhow::Result<(PathBuf, boo
     let base = strata_runner::resolve_in(root, Path::new(parent), create)
         .with_context(|| format!("resolving {path} in the container"))?;
     if name.is_empty() || name == ".." {
-        return Ok((strata_runner::resolve_in(root, Path::new(trimmed), false)?, contents));
+        return Ok((
+            strata_runner::resolve_in(root, Path::new(trimmed), false)?,
+            contents,
+        ));
     }
     Ok((base.join(name), contents))
 }
@@ -113,7 +116,9 @@ fn copy_in(src: &Path, root: &Path, path: &str, owner: Option<(u32, u32)>) -> an
     }
     // A destination that is a symlink to a directory is followed, within the container.
     let dest = match std::fs::symlink_metadata(&dest) {
-        Ok(m) if m.file_type().is_symlink() => strata_runner::resolve_in(root, Path::new(path), false)?,
+        Ok(m) if m.file_type().is_symlink() => {
+            strata_runner::resolve_in(root, Path::new(path), false)?
+        }
         _ => dest,
     };
     place(src, &dest, contents, owner)
