@@ -59,6 +59,21 @@ pub enum BuildError {
     Other(String),
 }
 
+impl BuildError {
+    /// The error as docker's classic builder words it (what its CLI prints after a blank
+    /// line): parse errors come from the daemon, a failed step says only its cause.
+    pub fn docker_message(&self) -> String {
+        match self {
+            Self::Dockerfile(e) => format!("Error response from daemon: {e}"),
+            Self::Step { reason, .. } => reason.clone(),
+            Self::RunFailed { command, code, .. } => {
+                format!("The command '{command}' returned a non-zero code: {code}")
+            }
+            Self::Other(m) => m.clone(),
+        }
+    }
+}
+
 /// What the builder reports as it goes (the CLI prints docker's classic builder lines).
 #[derive(Debug)]
 pub enum Event<'a> {
@@ -245,10 +260,24 @@ impl<'a> Builder<'a> {
                 .ok_or_else(|| BuildError::Other(format!("target stage {t:?} could not be found")))?,
             None => stages.len() - 1,
         };
-        let total: usize = stages[..=last].iter().map(|s| 1 + s.body.len()).sum();
+        // docker counts and shows the ARGs before the first FROM as steps of their own.
+        let global_steps = self.df.global_args.clone();
+        let total: usize = global_steps.len()
+            + stages[..=last]
+                .iter()
+                .map(|s| 1 + s.body.len())
+                .sum::<usize>();
+        let mut n = 0;
+        for ins in &global_steps {
+            n += 1;
+            host.event(Event::Step {
+                n,
+                total,
+                text: &ins.text,
+            });
+        }
         let globals = self.global_args()?;
         let mut built: Vec<Built> = Vec::new();
-        let mut n = 0;
         for stage in &stages[..=last] {
             n += 1;
             host.event(Event::Step {
@@ -358,6 +387,12 @@ impl<'a> Builder<'a> {
                 .and_then(|(_, v)| v.clone())
         };
         let name = expand(image, &lookup, self.df.escape).map_err(|e| step_err(ins, e))?;
+        if name.is_empty() {
+            return Err(step_err(
+                ins,
+                format!("base name ({image}) should not be blank"),
+            ));
+        }
         let platform = match platform {
             Some(p) => expand(p, &lookup, self.df.escape).map_err(|e| step_err(ins, e))?,
             None => self.opts.platform.clone(),
@@ -505,6 +540,12 @@ impl<'a> Builder<'a> {
         let Some(k) = self.try_cache(st, ins, &created_by, host)? else {
             return Ok(());
         };
+        // docker commits a metadata step through an intermediate container it creates and
+        // removes; strata edits the config directly, but prints the same two lines (with a
+        // fresh id) so that transcripts parse alike.
+        let id = random_id();
+        host.event(Event::RunningIn(&id[..12]));
+        host.event(Event::Removed(&id[..12]));
         let img = self.store(
             st.image.as_ref(),
             &st.config,

@@ -33,7 +33,9 @@ pub enum ContextError {
     #[error("forbidden path outside the build context: {0}")]
     Outside(String),
     /// A source does not exist (or only matches excluded files).
-    #[error("file not found in build context or excluded by .dockerignore: {0}")]
+    #[error(
+        "file not found in build context or excluded by .dockerignore: stat {0}: file does not exist"
+    )]
     NotFound(String),
     /// Reading a source failed.
     #[error("reading {path}: {source}")]
@@ -308,6 +310,23 @@ impl Sources {
             .collect();
         out.retain(|(r, _)| !implied.contains(r) || kept.iter().any(|k| k.starts_with(r)));
         Ok(out)
+    }
+
+    /// The size of the context as docker's CLI would send it: a tar of everything not
+    /// excluded (512-byte headers, contents padded to 512, two closing blocks).
+    pub fn tar_size(&self) -> Result<u64, ContextError> {
+        let mut size = 1024;
+        for (rel, p) in self.walk(Path::new(""))?.into_iter().skip(1) {
+            let meta = std::fs::symlink_metadata(&p).map_err(|source| ContextError::Read {
+                path: rel.clone(),
+                source,
+            })?;
+            size += 512;
+            if meta.is_file() {
+                size += meta.len().div_ceil(512) * 512;
+            }
+        }
+        Ok(size)
     }
 
     /// The content hash of the given sources: names, kinds, permission bits, symlink targets

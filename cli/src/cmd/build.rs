@@ -67,7 +67,8 @@ impl Host for Printer<'_> {
             ),
             Event::UsingCache => println!(" ---> Using cache"),
             Event::RunningIn(id) => println!(" ---> Running in {id}"),
-            Event::Removed(id) => println!("Removing intermediate container {id}"),
+            // moby v2's classic builder wording.
+            Event::Removed(id) => println!(" ---> Removed intermediate container {id}"),
             Event::Image(img) => println!(" ---> {}", img.config.short()),
             Event::Warning(w) => eprintln!("[Warning] {w}"),
         }
@@ -140,16 +141,28 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         exe: std::env::current_exe()?,
         init_arg: INIT_ARG.to_string(),
     };
-    let mut builder = Builder::new(&ctx, rt.handle().clone(), &g.root(), opts)?;
+    if !a.quiet {
+        let size = strata_build::context::Sources::context(&opts.context)
+            .and_then(|s| s.tar_size())
+            .with_context(|| format!("reading the build context {}", opts.context.display()))?;
+        println!(
+            "Sending build context to Docker daemon  {}",
+            human_size(size)
+        );
+    }
     let mut printer = Printer {
         ctx: &ctx,
         rt: &rt,
         quiet: a.quiet,
     };
-    let img = match builder.build(&mut printer) {
+    // Build errors as docker's CLI prints them: a blank line, then the cause; exit 1.
+    let built = Builder::new(&ctx, rt.handle().clone(), &g.root(), opts)
+        .and_then(|mut b| b.build(&mut printer));
+    let img = match built {
         Ok(img) => img,
         Err(e) => {
-            eprintln!("strata: {e}");
+            tracing::debug!(error = %e, "build failed");
+            eprintln!("\n{}", e.docker_message());
             return Ok(1);
         }
     };
@@ -165,4 +178,40 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// A size as docker's go-units `HumanSize` prints it: decimal units, `%.4g` (four significant
+/// digits, trailing zeros dropped): 2048 is "2.048kB".
+fn human_size(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    let int_digits = if v >= 100.0 {
+        3
+    } else if v >= 10.0 {
+        2
+    } else {
+        1
+    };
+    let text = format!("{v:.*}", 4 - int_digits);
+    let text = match text.contains('.') {
+        true => text.trim_end_matches('0').trim_end_matches('.').to_string(),
+        false => text,
+    };
+    format!("{text}{}", units[i])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_print_as_go_units() {
+        assert_eq!(super::human_size(2048), "2.048kB");
+        assert_eq!(super::human_size(512), "512B");
+        assert_eq!(super::human_size(1_500_000), "1.5MB");
+        assert_eq!(super::human_size(123_456_789), "123.5MB");
+    }
 }
