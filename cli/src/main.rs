@@ -39,7 +39,10 @@ fn main() {
     let code = match result {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
-            eprintln!("strata: {}", one_line(&e));
+            match e.downcast_ref::<cmd::Daemon>() {
+                Some(d) if error_code == 1 => eprintln!("Error response from daemon: {d}"),
+                _ => eprintln!("strata: {}", one_line(&e)),
+            }
             error_code
         }
         Err(payload) if is_broken_pipe(payload.as_ref()) => die_of_sigpipe(),

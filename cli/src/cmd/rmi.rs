@@ -202,7 +202,7 @@ pub fn run_history(a: HistoryArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let (img, _) = ctx
         .resolve(&a.image)
-        .map_err(|_| anyhow::anyhow!("No such image: {}", a.image))?;
+        .map_err(|_| crate::cmd::daemon(format!("No such image: {}", a.image)))?;
     let items = history_items(&ctx, &img, &a)?;
     if a.quiet {
         for i in &items {
