@@ -178,7 +178,7 @@ fn format_templates_and_image_filters() {
         root,
         &["images", "-f", "dangling=bogus"],
         1,
-        "invalid filter 'dangling=bogus'",
+        "Error response from daemon: invalid filter 'dangling=[bogus]'",
     );
     fails(
         root,

@@ -214,8 +214,10 @@ pub fn run_history(a: HistoryArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         format.print(&items, &HISTORY_HEADER)?;
         return Ok(0);
     }
+    // docker names the column after what it shows: CREATED AT with --human=false.
+    let created_title = if a.human { "CREATED" } else { "CREATED AT" };
     let mut rows = vec![
-        ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]
+        ["IMAGE", created_title, "CREATED BY", "SIZE", "COMMENT"]
             .map(String::from)
             .to_vec(),
     ];
