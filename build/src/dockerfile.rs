@@ -378,11 +378,21 @@ fn keyword_start(ins: &pd::Instruction<'_>) -> usize {
     }
 }
 
+/// parse-dockerfile's messages in docker's words: "ENV requires at least one argument",
+/// "unknown instruction: FOO".
+fn docker_wording(message: &str) -> String {
+    let m = message.replace(" instruction requires ", " requires ");
+    match m.strip_prefix("unknown instruction '") {
+        Some(rest) => format!("unknown instruction: {}", rest.trim_end_matches('\'')),
+        None => m,
+    }
+}
+
 fn parse(t: &str) -> Result<pd::Dockerfile<'_>, DockerfileError> {
     pd::parse(t).map_err(|e| DockerfileError::Parse {
         line: e.line().max(1),
         // docker's wording: "ENV requires at least one argument".
-        message: format!("{e:#}").replace(" instruction requires ", " requires "),
+        message: docker_wording(&format!("{e:#}")),
     })
 }
 

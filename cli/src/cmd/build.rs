@@ -9,7 +9,7 @@ use strata_fetcher::Reference;
 use strata_fetcher::image::Context;
 use strata_fetcher::store::ImageRecord;
 
-use crate::cmd::mount::find_or_pull;
+use crate::cmd::mount::find_or_pull_quietly;
 use crate::cmd::run::INIT_ARG;
 use crate::global::{GlobalArgs, runtime};
 
@@ -34,6 +34,9 @@ pub struct Args {
     /// Build up to this stage.
     #[arg(long)]
     pub target: Option<String>,
+    /// Set metadata on the image (KEY=VALUE); may be repeated.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
     /// Platform of the base images.
     #[arg(long, default_value = "linux/amd64")]
     pub platform: String,
@@ -49,14 +52,13 @@ struct Printer<'a> {
 
 impl Host for Printer<'_> {
     fn image(&mut self, name: &str, platform: &str) -> Result<ImageRecord, String> {
-        find_or_pull(self.ctx, self.rt, name, platform).map_err(|e| format!("{e:#}"))
+        find_or_pull_quietly(self.ctx, self.rt, name, platform, self.quiet)
+            .map_err(|e| format!("{e:#}"))
     }
 
     fn event(&mut self, event: Event<'_>) {
+        // docker's classic builder with -q prints nothing but the ID (warnings included).
         if self.quiet {
-            if let Event::Warning(w) = event {
-                eprintln!("{w}");
-            }
             return;
         }
         match event {
@@ -96,10 +98,11 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         None => a.context.clone(),
     };
     if !context.is_dir() {
-        anyhow::bail!(
-            "unable to prepare context: path {:?} not found",
+        eprintln!(
+            "\nunable to prepare context: path {:?} not found",
             a.context.display().to_string()
         );
+        return Ok(1);
     }
     let file = match &a.file {
         _ if stdin_ctx.is_some() => PathBuf::new(),
@@ -115,11 +118,36 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
                 )
             })?,
     };
-    let dockerfile = match &stdin_ctx {
+    let mut dockerfile = match &stdin_ctx {
         Some((text, _)) => text.clone(),
-        None => std::fs::read_to_string(&file)
-            .with_context(|| format!("reading the Dockerfile {}", file.display()))?,
+        None => match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let abs = std::path::absolute(&file).unwrap_or_else(|_| file.clone());
+                eprintln!(
+                    "\nunable to prepare context: unable to evaluate symlinks in Dockerfile path: lstat {}: no such file or directory",
+                    abs.display()
+                );
+                return Ok(1);
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading the Dockerfile {}", file.display()));
+            }
+        },
     };
+    // --label: docker's classic builder appends them to the Dockerfile as one LABEL step.
+    if !a.labels.is_empty() {
+        let pairs: Vec<String> = a
+            .labels
+            .iter()
+            .map(|l| {
+                let (k, v) = l.split_once('=').unwrap_or((l, ""));
+                format!("{k:?}={v:?}")
+            })
+            .collect();
+        dockerfile = format!("{}\nLABEL {}\n", dockerfile.trim_end(), pairs.join(" "));
+    }
     let build_args = a
         .build_args
         .iter()
