@@ -445,7 +445,7 @@ fn bad_dockerfiles_fail_with_their_line_and_tag_nothing() {
         let last = err.lines().last().unwrap_or("");
         // As docker: a parse error names its line; a failing step is the last "Step" shown.
         let instruction = text.lines().nth(line - 1).unwrap();
-        let last_step = out.lines().filter(|l| l.starts_with("Step ")).last();
+        let last_step = out.lines().rfind(|l| l.starts_with("Step "));
         let named = last.contains(&format!("line {line}"))
             || last_step.is_some_and(|s| s.ends_with(&format!(" : {instruction}")));
         assert!(named && last.contains(needle), "{text}: {out}{err}");
