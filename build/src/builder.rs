@@ -59,6 +59,21 @@ pub enum BuildError {
     Other(String),
 }
 
+impl BuildError {
+    /// The error as docker's classic builder words it (what its CLI prints after a blank
+    /// line): parse errors come from the daemon, a failed step says only its cause.
+    pub fn docker_message(&self) -> String {
+        match self {
+            Self::Dockerfile(e) => format!("Error response from daemon: {e}"),
+            Self::Step { reason, .. } => reason.clone(),
+            Self::RunFailed { command, code, .. } => {
+                format!("The command '{command}' returned a non-zero code: {code}")
+            }
+            Self::Other(m) => m.clone(),
+        }
+    }
+}
+
 /// What the builder reports as it goes (the CLI prints docker's classic builder lines).
 #[derive(Debug)]
 pub enum Event<'a> {
@@ -176,6 +191,21 @@ impl StageState {
     }
 }
 
+/// The build arguments docker predefines: usable in RUN without an ARG, never reported as
+/// unconsumed, kept out of the image's history.
+const PROXY_ARGS: [&str; 10] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
 /// A builder over a store.
 pub struct Builder<'a> {
     ctx: &'a Context,
@@ -230,10 +260,24 @@ impl<'a> Builder<'a> {
                 .ok_or_else(|| BuildError::Other(format!("target stage {t:?} could not be found")))?,
             None => stages.len() - 1,
         };
-        let total: usize = stages[..=last].iter().map(|s| 1 + s.body.len()).sum();
+        // docker counts and shows the ARGs before the first FROM as steps of their own.
+        let global_steps = self.df.global_args.clone();
+        let total: usize = global_steps.len()
+            + stages[..=last]
+                .iter()
+                .map(|s| 1 + s.body.len())
+                .sum::<usize>();
+        let mut n = 0;
+        for ins in &global_steps {
+            n += 1;
+            host.event(Event::Step {
+                n,
+                total,
+                text: &ins.text,
+            });
+        }
         let globals = self.global_args()?;
         let mut built: Vec<Built> = Vec::new();
-        let mut n = 0;
         for stage in &stages[..=last] {
             n += 1;
             host.event(Event::Step {
@@ -272,7 +316,7 @@ impl<'a> Builder<'a> {
             .build_args
             .iter()
             .map(|(k, _)| k.as_str())
-            .filter(|k| !self.consumed.contains(*k))
+            .filter(|k| !self.consumed.contains(*k) && !PROXY_ARGS.contains(k))
             .collect();
         if !unused.is_empty() {
             host.event(Event::Warning(format!(
@@ -343,6 +387,12 @@ impl<'a> Builder<'a> {
                 .and_then(|(_, v)| v.clone())
         };
         let name = expand(image, &lookup, self.df.escape).map_err(|e| step_err(ins, e))?;
+        if name.is_empty() {
+            return Err(step_err(
+                ins,
+                format!("base name ({image}) should not be blank"),
+            ));
+        }
         let platform = match platform {
             Some(p) => expand(p, &lookup, self.df.escape).map_err(|e| step_err(ins, e))?,
             None => self.opts.platform.clone(),
@@ -490,6 +540,12 @@ impl<'a> Builder<'a> {
         let Some(k) = self.try_cache(st, ins, &created_by, host)? else {
             return Ok(());
         };
+        // docker commits a metadata step through an intermediate container it creates and
+        // removes; strata edits the config directly, but prints the same two lines (with a
+        // fresh id) so that transcripts parse alike.
+        let id = random_id();
+        host.event(Event::RunningIn(&id[..12]));
+        host.event(Event::Removed(&id[..12]));
         let img = self.store(
             st.image.as_ref(),
             &st.config,
@@ -639,7 +695,7 @@ impl<'a> Builder<'a> {
             Kind::Cmd(form) => {
                 let v = argv(form, &st.shell());
                 self.edit(st, |c| {
-                    c.insert("Cmd".into(), json!(v));
+                    c.insert("Cmd".into(), argv_value(&v));
                 });
                 st.cmd_set = true;
                 format!("CMD {}", json!(v))
@@ -648,7 +704,7 @@ impl<'a> Builder<'a> {
                 let v = argv(form, &st.shell());
                 let reset_cmd = !st.cmd_set;
                 self.edit(st, |c| {
-                    c.insert("Entrypoint".into(), json!(v));
+                    c.insert("Entrypoint".into(), argv_value(&v));
                     if reset_cmd {
                         c.insert("Cmd".into(), Value::Null);
                     }
@@ -766,8 +822,15 @@ impl<'a> Builder<'a> {
             .filter(|(k, _)| !env_keys.contains(k))
             .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
             .collect();
+        // The predefined proxy ARGs reach RUN without an ARG but, as docker keeps them, not
+        // its history line (only the `|N` prefix, N not counting them).
+        let proxies: BTreeMap<String, String> = PROXY_ARGS
+            .iter()
+            .filter(|k| !env_keys.iter().any(|e| e == *k) && !st.args.iter().any(|(a, _)| a == *k))
+            .filter_map(|k| self.build_arg(k).flatten().map(|v| (k.to_string(), v)))
+            .collect();
         let mut created_by = String::new();
-        if !build_env.is_empty() {
+        if !build_env.is_empty() || !proxies.is_empty() {
             created_by.push_str(&format!("|{} ", build_env.len()));
             for (k, v) in &build_env {
                 created_by.push_str(&format!("{k}={v} "));
@@ -790,6 +853,7 @@ impl<'a> Builder<'a> {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             env.extend(build_env.iter().map(|(k, v)| format!("{k}={v}")));
+            env.extend(proxies.iter().map(|(k, v)| format!("{k}={v}")));
             let spec = Spec {
                 rootfs: root.rootfs.clone(),
                 args: args.clone(),
@@ -920,9 +984,11 @@ impl<'a> Builder<'a> {
                         || i.to_string() == f
                 }) {
                     Some((_, b)) => b.image.clone(),
+                    // Not an earlier stage (the current or a later one included): an image,
+                    // as docker's classic builder takes it; its message names the flag.
                     None => host
                         .image(&f, &self.opts.platform)
-                        .map_err(|e| step_err(ins, e))?,
+                        .map_err(|e| step_err(ins, format!("invalid from flag value {f}: {e}")))?,
                 };
                 let dir = self.containers.dir_of(&random_id());
                 let m = mount_root(self.ctx, &self.rt, &img, &dir).map_err(|e| step_err(ins, e))?;
@@ -1009,7 +1075,13 @@ impl<'a> Builder<'a> {
             let rootfs = root.rootfs.clone();
             let owner = match &chown {
                 Some(c) => {
-                    let u = strata_runner::user::resolve(&rootfs, c)
+                    // docker's --chown: no group means the group named like the user
+                    // (`--chown=1001` is 1001:1001).
+                    let spec = match c.contains(':') {
+                        true => c.clone(),
+                        false => format!("{c}:{c}"),
+                    };
+                    let u = strata_runner::user::resolve(&rootfs, &spec)
                         .map_err(|e| cleanup(step_err(ins, e)))?;
                     (u.uid, u.gid)
                 }
@@ -1073,4 +1145,9 @@ impl<'a> Builder<'a> {
         drop_source(source_mount);
         result
     }
+}
+
+/// A CMD or ENTRYPOINT as docker stores it: `[]` clears the value (`null`).
+pub(crate) fn argv_value(v: &[String]) -> Value {
+    if v.is_empty() { Value::Null } else { json!(v) }
 }

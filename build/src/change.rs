@@ -84,10 +84,16 @@ fn apply_change(cfg: &mut Map<String, Value>, change: &str) -> Result<(), Change
             }
         }
         Kind::Cmd(form) => {
-            cfg.insert("Cmd".into(), json!(argv(form, &shell)));
+            cfg.insert(
+                "Cmd".into(),
+                crate::builder::argv_value(&argv(form, &shell)),
+            );
         }
         Kind::Entrypoint(form) => {
-            cfg.insert("Entrypoint".into(), json!(argv(form, &shell)));
+            cfg.insert(
+                "Entrypoint".into(),
+                crate::builder::argv_value(&argv(form, &shell)),
+            );
         }
         Kind::Expose(words) => {
             for w in words {

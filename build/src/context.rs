@@ -33,7 +33,9 @@ pub enum ContextError {
     #[error("forbidden path outside the build context: {0}")]
     Outside(String),
     /// A source does not exist (or only matches excluded files).
-    #[error("file not found in build context or excluded by .dockerignore: {0}")]
+    #[error(
+        "file not found in build context or excluded by .dockerignore: stat {0}: file does not exist"
+    )]
     NotFound(String),
     /// Reading a source failed.
     #[error("reading {path}: {source}")]
@@ -73,17 +75,20 @@ fn glob(pattern: &str) -> Result<globset::GlobMatcher, ContextError> {
         })
 }
 
-/// `.dockerignore` rules: the last pattern that matches a path (or one of its parents)
-/// decides; `!` patterns re-include.
+/// `.dockerignore` rules, as moby's `patternmatcher`: the last pattern that matches a path
+/// (or one of its parents) decides; `!` patterns re-include, also below an excluded directory.
 #[derive(Debug, Default)]
 pub struct Ignore {
     rules: Vec<(globset::GlobMatcher, bool)>,
+    /// The cleaned text of each `!` pattern, to know which excluded directories to enter.
+    exceptions: Vec<String>,
 }
 
 impl Ignore {
     /// Parses `.dockerignore` text.
     pub fn parse(text: &str) -> Result<Self, ContextError> {
         let mut rules = Vec::new();
+        let mut exceptions = Vec::new();
         for line in text.lines() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -99,8 +104,21 @@ impl Ignore {
                 continue;
             }
             rules.push((glob(&cleaned)?, exclude));
+            if !exclude {
+                exceptions.push(cleaned);
+            }
         }
-        Ok(Self { rules })
+        Ok(Self { rules, exceptions })
+    }
+
+    /// Whether an excluded directory `dir` must still be entered because a `!` pattern may
+    /// re-include something below it: moby's walk enters it when an exception's text starts
+    /// with `dir/` (its `TarWithOptions` rule).
+    pub fn enter_excluded(&self, dir: &Path) -> bool {
+        let dir_slash = format!("{}/", dir.to_string_lossy());
+        self.exceptions
+            .iter()
+            .any(|e| format!("{e}/").starts_with(&dir_slash))
     }
 
     /// Whether the context-relative `rel` is excluded.
@@ -248,9 +266,12 @@ impl Sources {
     }
 
     /// Every entry at and under `rel` that is not excluded, parents first, sorted, each with
-    /// its host path: `rel` itself followed if it is a symlink, entries below it not.
+    /// its host path: `rel` itself followed if it is a symlink, entries below it not. An
+    /// excluded directory is entered when a `!` pattern may re-include something below it
+    /// (as moby does) and kept only as the parent of what is re-included.
     pub fn walk(&self, rel: &Path) -> Result<Vec<(PathBuf, PathBuf)>, ContextError> {
         let mut out = vec![(rel.to_path_buf(), self.host_path(rel)?)];
+        let mut implied = Vec::new();
         let mut i = 0;
         while i < out.len() {
             let (r, p) = out[i].clone();
@@ -260,18 +281,52 @@ impl Sources {
             };
             let meta = std::fs::symlink_metadata(&p).map_err(read_err)?;
             if meta.is_dir() {
-                let mut names: Vec<_> = std::fs::read_dir(&p)
+                let mut names = Vec::new();
+                for e in std::fs::read_dir(&p)
                     .map_err(read_err)?
                     .filter_map(Result::ok)
-                    .map(|e| (r.join(e.file_name()), p.join(e.file_name())))
-                    .filter(|(c, _)| !self.excluded(c))
-                    .collect();
+                {
+                    let c = r.join(e.file_name());
+                    if self.excluded(&c) {
+                        let dir = e.file_type().is_ok_and(|t| t.is_dir());
+                        if !(dir && self.ignore.enter_excluded(&c)) {
+                            continue;
+                        }
+                        implied.push(c.clone());
+                    }
+                    names.push((c, p.join(e.file_name())));
+                }
                 names.sort();
                 out.splice(i + 1..i + 1, names);
             }
             i += 1;
         }
+        // An entered directory from which nothing was re-included is left out, as moby's
+        // context tar would not have it.
+        let kept: Vec<PathBuf> = out
+            .iter()
+            .filter(|(r, _)| !implied.contains(r))
+            .map(|(r, _)| r.clone())
+            .collect();
+        out.retain(|(r, _)| !implied.contains(r) || kept.iter().any(|k| k.starts_with(r)));
         Ok(out)
+    }
+
+    /// The size of the context as docker's CLI would send it: a tar of everything not
+    /// excluded (512-byte headers, contents padded to 512, two closing blocks).
+    pub fn tar_size(&self) -> Result<u64, ContextError> {
+        let mut size = 1024;
+        for (rel, p) in self.walk(Path::new(""))?.into_iter().skip(1) {
+            let meta = std::fs::symlink_metadata(&p).map_err(|source| ContextError::Read {
+                path: rel.clone(),
+                source,
+            })?;
+            size += 512;
+            if meta.is_file() {
+                size += meta.len().div_ceil(512) * 512;
+            }
+        }
+        Ok(size)
     }
 
     /// The content hash of the given sources: names, kinds, permission bits, symlink targets
@@ -425,5 +480,42 @@ mod tests {
         let a = s.hash(&[PathBuf::new()]).unwrap();
         std::fs::write(d.path().join("skip.txt"), "other").unwrap();
         assert_eq!(a, s.hash(&[PathBuf::new()]).unwrap());
+    }
+
+    #[test]
+    fn exceptions_reinclude_below_an_excluded_dir() {
+        let d = tempfile::tempdir().unwrap();
+        for dir in ["secret/deep", "gone/x", "other"] {
+            std::fs::create_dir_all(d.path().join(dir)).unwrap();
+        }
+        for f in [
+            "secret/keep.txt",
+            "secret/no.txt",
+            "secret/deep/no.txt",
+            "gone/x/f",
+            "other/f",
+        ] {
+            std::fs::write(d.path().join(f), f).unwrap();
+        }
+        // moby's rules: `secret` excluded, `secret/keep.txt` re-included with its parent;
+        // `gone` entered for an exception that matches nothing, so left out entirely.
+        std::fs::write(
+            d.path().join(".dockerignore"),
+            "secret\n!secret/keep.txt\ngone\n!gone/x/nothere\n.dockerignore\n",
+        )
+        .unwrap();
+        let s = Sources::context(d.path()).unwrap();
+        let walked: Vec<String> = s
+            .walk(Path::new(""))
+            .unwrap()
+            .into_iter()
+            .map(|(r, _)| r.display().to_string())
+            .collect();
+        assert_eq!(
+            walked,
+            ["", "other", "other/f", "secret", "secret/keep.txt"]
+        );
+        assert!(s.resolve("secret/no.txt").is_err());
+        assert!(s.resolve("secret/keep.txt").is_ok());
     }
 }

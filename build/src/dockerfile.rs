@@ -8,7 +8,7 @@ use parse_dockerfile as pd;
 #[derive(Debug, thiserror::Error)]
 pub enum DockerfileError {
     /// The parser refused the text.
-    #[error("dockerfile parse error line {line}: {message}")]
+    #[error("dockerfile parse error on line {line}: {message}")]
     Parse {
         /// 1-based line.
         line: usize,
@@ -165,8 +165,40 @@ fn logical_line(text: &str, start: usize, escape: char) -> String {
         .to_string()
 }
 
+/// Stands in for the empty exec form `[]` of CMD and ENTRYPOINT, which docker accepts (it
+/// clears the value) and parse-dockerfile refuses: see [`empty_exec_forms`].
+const EMPTY_EXEC: &str = "__strata_empty_exec_form__";
+
+/// `text` with every `CMD []` / `ENTRYPOINT []` line's `[]` replaced by `["EMPTY_EXEC"]`, so
+/// that the parser takes it; lines are kept, so line numbers stay right.
+fn empty_exec_forms(text: &str) -> String {
+    text.split('\n')
+        .map(|l| {
+            let t = l.trim();
+            let Some((word, rest)) = t.split_once(char::is_whitespace) else {
+                return l.to_string();
+            };
+            let is_cmd = ["cmd", "entrypoint"].contains(&word.to_ascii_lowercase().as_str());
+            let empty = rest
+                .trim()
+                .strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'));
+            match empty {
+                Some(inner) if is_cmd && inner.trim().is_empty() => {
+                    format!("{word} [\"{EMPTY_EXEC}\"]")
+                }
+                _ => l.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn command(c: &pd::Command<'_>, escape: char) -> CommandForm {
     match c {
+        pd::Command::Exec(v) if v.value.len() == 1 && v.value[0].value == EMPTY_EXEC => {
+            CommandForm::Exec(Vec::new())
+        }
         pd::Command::Exec(v) => {
             CommandForm::Exec(v.value.iter().map(|s| s.value.to_string()).collect())
         }
@@ -317,7 +349,7 @@ fn convert(
     };
     Ok(Instruction {
         line,
-        text: logical_line(text, start, escape),
+        text: logical_line(text, start, escape).replace(&format!("[\"{EMPTY_EXEC}\"]"), "[]"),
         kind,
     })
 }
@@ -346,19 +378,41 @@ fn keyword_start(ins: &pd::Instruction<'_>) -> usize {
     }
 }
 
+/// parse-dockerfile's messages in docker's words: "ENV requires at least one argument",
+/// "unknown instruction: FOO".
+fn docker_wording(message: &str) -> String {
+    let m = message.replace(" instruction requires ", " requires ");
+    match m.strip_prefix("unknown instruction '") {
+        Some(rest) => format!("unknown instruction: {}", rest.trim_end_matches('\'')),
+        None => m,
+    }
+}
+
+fn parse(t: &str) -> Result<pd::Dockerfile<'_>, DockerfileError> {
+    pd::parse(t).map_err(|e| DockerfileError::Parse {
+        line: e.line().max(1),
+        // docker's wording: "ENV requires at least one argument".
+        message: docker_wording(&format!("{e:#}")),
+    })
+}
+
 impl Dockerfile {
     /// Reads a Dockerfile's text.
     pub fn parse(text: &str) -> Result<Self, DockerfileError> {
-        let parsed = pd::parse(text).map_err(|e| DockerfileError::Parse {
-            line: e.line().max(1),
-            message: format!("{e:#}"),
-        })?;
-        let escape = parsed
+        let text = empty_exec_forms(text);
+        let escape = parse(&text)?
             .parser_directives
             .escape
             .as_ref()
             .map(|d| d.value.value)
             .unwrap_or('\\');
+        // An escape character ending the file continues nothing: docker drops it.
+        let text = match text.trim_end().strip_suffix(escape) {
+            Some(head) => format!("{head}\n"),
+            None => text,
+        };
+        let text = text.as_str();
+        let parsed = parse(text)?;
         let mut global_args = Vec::new();
         let mut stages: Vec<Stage> = Vec::new();
         for ins in &parsed.instructions {
@@ -531,6 +585,25 @@ mod tests {
             assert!(shown.contains(&format!("line {line}")), "{text:?}: {shown}");
             assert!(shown.contains(needle), "{text:?}: {shown}");
         }
+    }
+
+    #[test]
+    fn empty_exec_forms_and_a_final_escape_parse_as_docker() {
+        let df = Dockerfile::parse("FROM a\nENTRYPOINT []\ncmd [ ]\nRUN echo hi \\").unwrap();
+        let body = &df.stages[0].body;
+        assert_eq!(body[0].kind, Kind::Entrypoint(CommandForm::Exec(vec![])));
+        assert_eq!(body[0].text, "ENTRYPOINT []");
+        assert_eq!(body[1].kind, Kind::Cmd(CommandForm::Exec(vec![])));
+        assert_eq!(
+            body[2].kind,
+            Kind::Run(CommandForm::Shell("echo hi".into()))
+        );
+        assert_eq!(body[2].line, 4);
+        let e = Dockerfile::parse("FROM a\nRUN true\nENV\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "dockerfile parse error on line 3: ENV requires at least one argument"
+        );
     }
 
     #[test]

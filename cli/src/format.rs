@@ -203,7 +203,13 @@ fn text(v: &Value) -> String {
 
 fn json(args: &[Value]) -> Result<Value, FuncError> {
     let v = arg(args, 0, "json")?;
-    Ok(Value::String(to_json(v).to_string()))
+    // Go's json.Marshal escapes <, > and & for HTML; docker's `{{json}}` prints them so.
+    let text = to_json(v)
+        .to_string()
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026");
+    Ok(Value::String(text))
 }
 
 fn join(args: &[Value]) -> Result<Value, FuncError> {
@@ -301,6 +307,10 @@ mod tests {
         assert_eq!(one("{{upper .Repository}}", item.clone()), "APP");
         assert_eq!(one("{{printf \"%s=%d\" .Tag .Size}}", item.clone()), "1=12");
         assert_eq!(one("{{json .Env}}", item.clone()), r#"["A=1","B=2"]"#);
+        assert_eq!(
+            one("{{json .}}", serde_json::json!({"ID": "<missing>&"})),
+            r#"{"ID":"\u003cmissing\u003e\u0026"}"#
+        );
         let back: Json = serde_json::from_str(&one("json", item.clone())).unwrap();
         assert_eq!(back, item);
         assert!(Format::parse(Some("{{.Repository")).is_err());

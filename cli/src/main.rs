@@ -42,7 +42,10 @@ fn main() {
     let code = match result {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
-            eprintln!("strata: {}", one_line(&e));
+            match e.downcast_ref::<cmd::Daemon>() {
+                Some(d) if error_code == 1 => eprintln!("Error response from daemon: {d}"),
+                _ => eprintln!("strata: {}", one_line(&e)),
+            }
             error_code
         }
         Err(payload) if is_broken_pipe(payload.as_ref()) => die_of_sigpipe(),
@@ -80,10 +83,116 @@ fn usage_error(e: &clap::Error) -> i32 {
         let _ = e.print();
         return 1;
     }
+    if let Some(code) = arg_count_error(e, &path) {
+        return code;
+    }
     let first = text.lines().next().unwrap_or("invalid arguments");
     let first = first.strip_prefix("error: ").unwrap_or(first);
     eprintln!("strata: {first}\nSee '{path} --help'.");
     if is_flag_error(e) { 125 } else { 1 }
+}
+
+/// How many arguments a command takes, as docker/cli checks them, and its usage line.
+enum Count {
+    Exact(usize),
+    AtLeast(usize),
+    Range(usize, usize),
+}
+
+/// docker/cli's argument counts and usage lines of the verbs strata shares with docker.
+const ARG_COUNTS: &[(&str, Count, &str)] = &[
+    ("build", Count::Exact(1), "build [OPTIONS] PATH | URL | -"),
+    (
+        "commit",
+        Count::Range(1, 2),
+        "commit [OPTIONS] CONTAINER [REPOSITORY[:TAG]]",
+    ),
+    (
+        "exec",
+        Count::AtLeast(2),
+        "exec [OPTIONS] CONTAINER COMMAND [ARG...]",
+    ),
+    ("export", Count::Exact(1), "export [OPTIONS] CONTAINER"),
+    ("history", Count::Exact(1), "history [OPTIONS] IMAGE"),
+    (
+        "import",
+        Count::AtLeast(1),
+        "import [OPTIONS] file|URL|- [REPOSITORY[:TAG]]",
+    ),
+    (
+        "inspect",
+        Count::AtLeast(1),
+        "inspect [OPTIONS] NAME|ID [NAME|ID...]",
+    ),
+    (
+        "kill",
+        Count::AtLeast(1),
+        "kill [OPTIONS] CONTAINER [CONTAINER...]",
+    ),
+    ("logs", Count::Exact(1), "logs [OPTIONS] CONTAINER"),
+    ("pull", Count::Exact(1), "pull [OPTIONS] NAME[:TAG|@DIGEST]"),
+    ("push", Count::Exact(1), "push [OPTIONS] NAME[:TAG]"),
+    (
+        "restart",
+        Count::AtLeast(1),
+        "restart [OPTIONS] CONTAINER [CONTAINER...]",
+    ),
+    (
+        "rm",
+        Count::AtLeast(1),
+        "rm [OPTIONS] CONTAINER [CONTAINER...]",
+    ),
+    ("rmi", Count::AtLeast(1), "rmi [OPTIONS] IMAGE [IMAGE...]"),
+    (
+        "run",
+        Count::AtLeast(1),
+        "run [OPTIONS] IMAGE [COMMAND] [ARG...]",
+    ),
+    ("save", Count::AtLeast(1), "save [OPTIONS] IMAGE [IMAGE...]"),
+    (
+        "start",
+        Count::AtLeast(1),
+        "start [OPTIONS] CONTAINER [CONTAINER...]",
+    ),
+    (
+        "stop",
+        Count::AtLeast(1),
+        "stop [OPTIONS] CONTAINER [CONTAINER...]",
+    ),
+    (
+        "tag",
+        Count::Exact(2),
+        "tag SOURCE_IMAGE[:TAG] TARGET_IMAGE[:TAG]",
+    ),
+];
+
+/// A wrong count of arguments as docker/cli reports it (`cli.ExactArgs`, `RequiresMinArgs`,
+/// `RequiresRangeArgs`): the count, the usage line and a hint; exit 1.
+fn arg_count_error(e: &clap::Error, path: &str) -> Option<i32> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let wrong_count = match e.kind() {
+        ErrorKind::MissingRequiredArgument => true,
+        ErrorKind::UnknownArgument => matches!(
+            e.get(ContextKind::InvalidArg),
+            Some(ContextValue::String(a)) if !a.starts_with('-')
+        ),
+        _ => false,
+    };
+    let verb = path.strip_prefix("strata ")?;
+    let (_, count, usage) = ARG_COUNTS.iter().find(|(v, _, _)| *v == verb)?;
+    if !wrong_count {
+        return None;
+    }
+    let plural = |n: &usize| if *n == 1 { "argument" } else { "arguments" };
+    let (what, hint) = match count {
+        Count::Exact(n) => (format!("{n} {}", plural(n)), "Run"),
+        Count::AtLeast(n) => (format!("at least {n} {}", plural(n)), "See"),
+        Count::Range(n, m) => (format!("at least {n} and at most {m} arguments"), "Run"),
+    };
+    eprintln!(
+        "strata: '{path}' requires {what}\n\nUsage:  strata {usage}\n\n{hint} '{path} --help' for more information"
+    );
+    Some(1)
 }
 
 /// docker/cli's flag errors (an unknown flag, a bad flag value) exit 125 for every command;

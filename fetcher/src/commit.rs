@@ -11,7 +11,7 @@ use crate::convert::LAYER_MEDIA_TYPE;
 use crate::digest::Digest;
 use crate::image::{Context, ImageError};
 use crate::store::{ImageRecord, LayerFormat, LayerRecord};
-use crate::timefmt::{format_rfc3339, now_secs};
+use crate::timefmt::{now_rfc3339, now_secs};
 
 /// What `commit` records besides the layer.
 #[derive(Debug, Clone, Default)]
@@ -148,7 +148,7 @@ pub fn history_entry(
     author: Option<&str>,
     empty_layer: bool,
 ) -> Value {
-    let mut entry = json!({"created": format_rfc3339(now_secs(), 0), "created_by": created_by});
+    let mut entry = json!({"created": now_rfc3339(), "created_by": created_by});
     if let Some(c) = comment {
         entry["comment"] = json!(c);
     }
@@ -232,7 +232,7 @@ impl Context {
         mut config: Value,
         layer: Option<&NewLayer>,
     ) -> Result<ImageRecord, ImageError> {
-        let now = format_rfc3339(now_secs(), 0);
+        let now = now_rfc3339();
         let cfg = config
             .as_object_mut()
             .ok_or_else(|| bad("config", "not an object"))?;

@@ -18,6 +18,13 @@ pub fn format_rfc3339(secs: i64, nanos: u32) -> String {
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
 }
 
+/// Now as RFC 3339 with nanoseconds, as docker stamps the images it creates: two images
+/// made within one second still differ.
+pub fn now_rfc3339() -> String {
+    let t = OffsetDateTime::now_utc();
+    format_rfc3339(t.unix_timestamp(), t.nanosecond())
+}
+
 /// Seconds since the epoch now.
 pub fn now_secs() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()

@@ -1,5 +1,7 @@
 //! `user[:group]` resolved the way docker does: names through the image's own /etc/passwd and
-//! /etc/group, numbers as they are; the user's supplementary groups come from /etc/group.
+//! /etc/group, numbers as they are. Supplementary groups as docker (runc and moby) sets them:
+//! the user's /etc/group memberships when no group is named, none when one is, and the primary
+//! gid always among them (`id` in a docker container shows `groups=0(root)` for root).
 
 use std::path::Path;
 
@@ -70,11 +72,15 @@ pub fn resolve(root: &Path, spec: &str) -> Result<User, UserError> {
             None => g.parse().map_err(|_| UserError::NoGroup(g.to_string()))?,
         };
     }
-    let supplementary = groups
+    let mut supplementary: Vec<u32> = groups
         .iter()
-        .filter(|f| f.len() >= 4 && !name.is_empty() && f[3].split(',').any(|m| m == name))
+        .filter(|f| g.is_none() && f.len() >= 4 && !name.is_empty())
+        .filter(|f| f[3].split(',').any(|m| m == name))
         .filter_map(|f| f[2].parse().ok())
         .collect();
+    if !supplementary.contains(&gid) {
+        supplementary.push(gid);
+    }
     Ok(User {
         uid,
         gid,
@@ -106,8 +112,13 @@ mod tests {
         let me = resolve(r, "me").unwrap();
         assert_eq!(
             (me.uid, me.gid, me.groups.clone(), me.home.as_str()),
-            (1000, 1000, vec![10], "/home/me")
+            (1000, 1000, vec![10, 1000], "/home/me")
         );
+        assert_eq!(resolve(r, "").unwrap().groups, [0]);
+        // A named group drops the /etc/group memberships, as docker's `-u me:group`.
+        let named = resolve(r, "me:me").unwrap();
+        assert_eq!((named.gid, named.groups), (1000, vec![1000]));
+        assert_eq!(resolve(r, "1000:wheel").unwrap().groups, [10]);
         assert_eq!(resolve(r, "1000:wheel").unwrap().gid, 10);
         assert_eq!(resolve(r, "4242:4343").unwrap().gid, 4343);
         assert!(matches!(resolve(r, "nobody"), Err(UserError::NoUser(_))));

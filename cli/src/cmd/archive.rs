@@ -29,7 +29,7 @@ pub fn run_save(a: SaveArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     for name in &a.images {
         let (img, key) = ctx
             .resolve(name)
-            .with_context(|| format!("No such image: {name}"))?;
+            .map_err(|_| crate::cmd::daemon(format!("No such image: {name}")))?;
         images.push((img, key));
     }
     let rt = runtime()?;

@@ -9,7 +9,7 @@ use strata_fetcher::Reference;
 use strata_fetcher::image::Context;
 use strata_fetcher::store::ImageRecord;
 
-use crate::cmd::mount::find_or_pull;
+use crate::cmd::mount::find_or_pull_quietly;
 use crate::cmd::run::INIT_ARG;
 use crate::global::{GlobalArgs, runtime};
 
@@ -34,10 +34,13 @@ pub struct Args {
     /// Build up to this stage.
     #[arg(long)]
     pub target: Option<String>,
+    /// Set metadata on the image (KEY=VALUE); may be repeated.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
     /// Platform of the base images.
     #[arg(long, default_value = "linux/amd64")]
     pub platform: String,
-    /// The build context directory.
+    /// The build context directory, or `-` for a Dockerfile on stdin and no context.
     pub context: PathBuf,
 }
 
@@ -49,14 +52,13 @@ struct Printer<'a> {
 
 impl Host for Printer<'_> {
     fn image(&mut self, name: &str, platform: &str) -> Result<ImageRecord, String> {
-        find_or_pull(self.ctx, self.rt, name, platform).map_err(|e| format!("{e:#}"))
+        find_or_pull_quietly(self.ctx, self.rt, name, platform, self.quiet)
+            .map_err(|e| format!("{e:#}"))
     }
 
     fn event(&mut self, event: Event<'_>) {
+        // docker's classic builder with -q prints nothing but the ID (warnings included).
         if self.quiet {
-            if let Event::Warning(w) = event {
-                eprintln!("{w}");
-            }
             return;
         }
         match event {
@@ -67,7 +69,8 @@ impl Host for Printer<'_> {
             ),
             Event::UsingCache => println!(" ---> Using cache"),
             Event::RunningIn(id) => println!(" ---> Running in {id}"),
-            Event::Removed(id) => println!("Removing intermediate container {id}"),
+            // moby v2's classic builder wording.
+            Event::Removed(id) => println!(" ---> Removed intermediate container {id}"),
             Event::Image(img) => println!(" ---> {}", img.config.short()),
             Event::Warning(w) => eprintln!("[Warning] {w}"),
         }
@@ -80,13 +83,29 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         .iter()
         .map(|t| t.parse().with_context(|| format!("invalid tag {t:?}")))
         .collect::<anyhow::Result<_>>()?;
-    if !a.context.is_dir() {
-        anyhow::bail!(
-            "unable to prepare context: path {:?} not found",
+    // `build -`: the Dockerfile on stdin and no context (docker's `docker build - < Dockerfile`).
+    let stdin_ctx = if a.context.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("reading the Dockerfile from stdin")?;
+        let empty = tempfile::tempdir().context("creating an empty build context")?;
+        Some((text, empty))
+    } else {
+        None
+    };
+    let context = match &stdin_ctx {
+        Some((_, empty)) => empty.path().to_path_buf(),
+        None => a.context.clone(),
+    };
+    if !context.is_dir() {
+        eprintln!(
+            "\nunable to prepare context: path {:?} not found",
             a.context.display().to_string()
         );
+        return Ok(1);
     }
     let file = match &a.file {
+        _ if stdin_ctx.is_some() => PathBuf::new(),
         Some(f) => f.clone(),
         // The context's own Dockerfile: a symlink is followed inside the context only.
         None => strata_runner::InRoot::open(&a.context)
@@ -99,8 +118,36 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
                 )
             })?,
     };
-    let dockerfile = std::fs::read_to_string(&file)
-        .with_context(|| format!("reading the Dockerfile {}", file.display()))?;
+    let mut dockerfile = match &stdin_ctx {
+        Some((text, _)) => text.clone(),
+        None => match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let abs = std::path::absolute(&file).unwrap_or_else(|_| file.clone());
+                eprintln!(
+                    "\nunable to prepare context: unable to evaluate symlinks in Dockerfile path: lstat {}: no such file or directory",
+                    abs.display()
+                );
+                return Ok(1);
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading the Dockerfile {}", file.display()));
+            }
+        },
+    };
+    // --label: docker's classic builder appends them to the Dockerfile as one LABEL step.
+    if !a.labels.is_empty() {
+        let pairs: Vec<String> = a
+            .labels
+            .iter()
+            .map(|l| {
+                let (k, v) = l.split_once('=').unwrap_or((l, ""));
+                format!("{k:?}={v:?}")
+            })
+            .collect();
+        dockerfile = format!("{}\nLABEL {}\n", dockerfile.trim_end(), pairs.join(" "));
+    }
     let build_args = a
         .build_args
         .iter()
@@ -112,7 +159,7 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let rt = runtime()?;
     let opts = Options {
-        context: a.context.clone(),
+        context,
         dockerfile,
         build_args,
         no_cache: a.no_cache,
@@ -122,16 +169,28 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         exe: std::env::current_exe()?,
         init_arg: INIT_ARG.to_string(),
     };
-    let mut builder = Builder::new(&ctx, rt.handle().clone(), &g.root(), opts)?;
+    if !a.quiet {
+        let size = strata_build::context::Sources::context(&opts.context)
+            .and_then(|s| s.tar_size())
+            .with_context(|| format!("reading the build context {}", opts.context.display()))?;
+        println!(
+            "Sending build context to Docker daemon  {}",
+            human_size(size)
+        );
+    }
     let mut printer = Printer {
         ctx: &ctx,
         rt: &rt,
         quiet: a.quiet,
     };
-    let img = match builder.build(&mut printer) {
+    // Build errors as docker's CLI prints them: a blank line, then the cause; exit 1.
+    let built = Builder::new(&ctx, rt.handle().clone(), &g.root(), opts)
+        .and_then(|mut b| b.build(&mut printer));
+    let img = match built {
         Ok(img) => img,
         Err(e) => {
-            eprintln!("strata: {e}");
+            tracing::debug!(error = %e, "build failed");
+            eprintln!("\n{}", e.docker_message());
             return Ok(1);
         }
     };
@@ -147,4 +206,40 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// A size as docker's go-units `HumanSize` prints it: decimal units, `%.4g` (four significant
+/// digits, trailing zeros dropped): 2048 is "2.048kB".
+fn human_size(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    let int_digits = if v >= 100.0 {
+        3
+    } else if v >= 10.0 {
+        2
+    } else {
+        1
+    };
+    let text = format!("{v:.*}", 4 - int_digits);
+    let text = match text.contains('.') {
+        true => text.trim_end_matches('0').trim_end_matches('.').to_string(),
+        false => text,
+    };
+    format!("{text}{}", units[i])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_print_as_go_units() {
+        assert_eq!(super::human_size(2048), "2.048kB");
+        assert_eq!(super::human_size(512), "512B");
+        assert_eq!(super::human_size(1_500_000), "1.5MB");
+        assert_eq!(super::human_size(123_456_789), "123.5MB");
+    }
 }

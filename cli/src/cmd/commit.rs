@@ -45,7 +45,7 @@ pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let containers = Containers::new(&g.root());
     let c = containers
         .find(&a.container)
-        .with_context(|| format!("No such container: {}", a.container))?;
+        .ok_or_else(|| crate::cmd::daemon(format!("No such container: {}", a.container)))?;
     let ctx = g.context()?;
     let (img, _) = ctx
         .image_of(c.image_manifest.as_deref(), &c.image_id)
@@ -93,7 +93,7 @@ pub fn run_tag(a: TagArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let (img, _) = ctx
         .resolve(&a.source)
-        .with_context(|| format!("No such image: {}", a.source))?;
+        .map_err(|_| crate::cmd::daemon(format!("No such image: {}", a.source)))?;
     ctx.tag(&img, &target)?;
     Ok(0)
 }

@@ -1,7 +1,5 @@
 //! `strata images`: columns as docker's.
 
-use std::collections::BTreeSet;
-
 use strata_fetcher::Reference;
 use strata_fetcher::image::Context;
 use strata_fetcher::store::ImageRecord;
@@ -72,11 +70,9 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     let mut rows = rows(&ctx, a.no_trunc, a.all)?;
     filters.apply(&ctx, &mut rows)?;
     if a.quiet {
-        let mut seen = BTreeSet::new();
+        // One line per row (per tag), as docker prints them.
         for r in rows {
-            if seen.insert(r.id.clone()) {
-                println!("{}", r.id);
-            }
+            println!("{}", r.id);
         }
         return Ok(0);
     }
@@ -126,11 +122,15 @@ pub fn docker_time(secs: i64) -> String {
     format!("{date} {time} +0000 UTC")
 }
 
-/// Prints rows as left-aligned columns three spaces apart, like docker.
+/// Prints rows as docker's tables do (Go's tabwriter with min width 10 and padding 3): every
+/// cell but a row's last padded to its column's width, trailing spaces kept as docker's are.
 pub fn print_table(rows: &[Vec<String>]) {
     let cols = rows.first().map(|r| r.len()).unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            let text = rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0);
+            (text + 3).max(10)
+        })
         .collect();
     for r in rows {
         let mut line = String::new();
@@ -138,10 +138,10 @@ pub fn print_table(rows: &[Vec<String>]) {
             if c + 1 == cols {
                 line.push_str(cell);
             } else {
-                line.push_str(&format!("{cell:<w$}   ", w = widths[c]));
+                line.push_str(&format!("{cell:<w$}", w = widths[c]));
             }
         }
-        println!("{}", line.trim_end());
+        println!("{line}");
     }
 }
 
@@ -153,7 +153,15 @@ fn rows(ctx: &Context, no_trunc: bool, all: bool) -> anyhow::Result<Vec<Row>> {
         let hidden = strata_build::cache::BuildCache::new(&ctx.root).intermediate(&ctx.store)?;
         images.retain(|i| tags.contains_key(&i.manifest) || !hidden.contains(&i.manifest));
     }
-    images.sort_by_key(|i| std::cmp::Reverse(i.pulled));
+    // Newest first by the image's creation time, as docker sorts; then the newest pulled.
+    images.sort_by_cached_key(|i| {
+        let created = ctx.config(i).ok().and_then(|c| {
+            c.get("created")
+                .and_then(|v| v.as_str())
+                .and_then(parse_rfc3339)
+        });
+        std::cmp::Reverse((created, i.pulled))
+    });
     let mut out = Vec::new();
     for img in images {
         let (created, size) = describe(ctx, &img);

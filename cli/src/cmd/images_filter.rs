@@ -34,10 +34,14 @@ pub fn parse(args: &[String]) -> anyhow::Result<Filters> {
                 let b = match value.as_str() {
                     "true" | "1" => true,
                     "false" | "0" => false,
-                    _ => anyhow::bail!("invalid filter 'dangling={value}'"),
+                    _ => {
+                        return Err(crate::cmd::daemon(format!(
+                            "invalid filter 'dangling=[{value}]'"
+                        )));
+                    }
                 };
                 if f.dangling.is_some_and(|d| d != b) {
-                    anyhow::bail!("invalid filter 'dangling=true,false'");
+                    return Err(crate::cmd::daemon("invalid filter 'dangling=[true false]'"));
                 }
                 f.dangling = Some(b);
             }
@@ -51,7 +55,7 @@ pub fn parse(args: &[String]) -> anyhow::Result<Filters> {
             "before" => f.before.push(value),
             "since" => f.since.push(value),
             "reference" => f.reference.push(value),
-            _ => anyhow::bail!("invalid filter '{key}'"),
+            _ => return Err(crate::cmd::daemon(format!("invalid filter '{key}'"))),
         }
     }
     Ok(f)
@@ -114,7 +118,7 @@ impl Filters {
 fn created_of(ctx: &Context, name: &str) -> anyhow::Result<i64> {
     let (img, _) = ctx
         .resolve(name)
-        .map_err(|_| anyhow::anyhow!("No such image: {name}"))?;
+        .map_err(|_| crate::cmd::daemon(format!("No such image: {name}")))?;
     ctx.config(&img)?
         .get("created")
         .and_then(|v| v.as_str())
@@ -132,7 +136,7 @@ mod tests {
         let f = parse(&[" Dangling = true ".into()]).unwrap();
         assert_eq!(f.dangling, Some(true));
         let e = parse(&["dangling=bogus".into()]).unwrap_err();
-        assert_eq!(e.to_string(), "invalid filter 'dangling=bogus'");
+        assert_eq!(e.to_string(), "invalid filter 'dangling=[bogus]'");
         let e = parse(&["color=red".into()]).unwrap_err();
         assert_eq!(e.to_string(), "invalid filter 'color'");
         assert!(parse(&["dangling".into()]).is_err());

@@ -51,7 +51,7 @@ pub struct DiffArgs {
 
 fn find(cs: &Containers, key: &str) -> anyhow::Result<Container> {
     cs.find(key)
-        .with_context(|| format!("No such container: {key}"))
+        .ok_or_else(|| crate::cmd::daemon(format!("No such container: {key}")))
 }
 
 fn running_pid(c: &Container) -> Option<Pid> {

@@ -161,3 +161,21 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::ContainerInit { spec } => Ok(strata_runner::init_main(&spec)),
     }
 }
+
+/// An error docker's daemon would report (a missing image or container, a bad filter): the
+/// CLI prints it as docker's does, "Error response from daemon: MESSAGE", without its own name.
+#[derive(Debug)]
+pub struct Daemon(pub String);
+
+impl std::fmt::Display for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Daemon {}
+
+/// A [`Daemon`] error.
+pub fn daemon(message: impl Into<String>) -> anyhow::Error {
+    Daemon(message.into()).into()
+}

@@ -50,13 +50,29 @@ pub fn find_or_pull(
     name: &str,
     platform: &str,
 ) -> anyhow::Result<ImageRecord> {
+    find_or_pull_quietly(ctx, rt, name, platform, false)
+}
+
+/// [`find_or_pull`], printing nothing when `quiet` (`build -q`'s base images, as docker's).
+pub fn find_or_pull_quietly(
+    ctx: &Context,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    platform: &str,
+    quiet: bool,
+) -> anyhow::Result<ImageRecord> {
     if let Ok((img, _)) = ctx.resolve(name) {
         return Ok(img);
     }
     let r: Reference = name.parse()?;
     let shown = crate::cmd::pull::familiar(&r);
-    eprintln!("Unable to find image '{shown}' locally");
-    let display = Display::on_stderr();
+    let display = match quiet {
+        true => Display::new(true),
+        false => {
+            eprintln!("Unable to find image '{shown}' locally");
+            Display::on_stderr()
+        }
+    };
     let img = rt.block_on(crate::cmd::pull::pull(ctx, &r, platform, false, &display))?;
     display.line(&format!("Status: Downloaded newer image for {shown}"));
     Ok(img)

@@ -263,7 +263,7 @@ pub fn run_history(a: HistoryArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let (img, _) = ctx
         .resolve(&a.image)
-        .map_err(|_| anyhow::anyhow!("No such image: {}", a.image))?;
+        .map_err(|_| crate::cmd::daemon(format!("No such image: {}", a.image)))?;
     let items = history_items(&ctx, &img, &a)?;
     if a.quiet {
         for i in &items {
@@ -275,8 +275,10 @@ pub fn run_history(a: HistoryArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         format.print(&items, &HISTORY_HEADER)?;
         return Ok(0);
     }
+    // docker names the column after what it shows: CREATED AT with --human=false.
+    let created_title = if a.human { "CREATED" } else { "CREATED AT" };
     let mut rows = vec![
-        ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]
+        ["IMAGE", created_title, "CREATED BY", "SIZE", "COMMENT"]
             .map(String::from)
             .to_vec(),
     ];

@@ -22,7 +22,7 @@ pub fn run_start(a: StartArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let containers = Containers::new(&g.root());
     let c = containers
         .find(&a.container)
-        .with_context(|| format!("No such container: {}", a.container))?;
+        .ok_or_else(|| crate::cmd::daemon(format!("No such container: {}", a.container)))?;
     if c.state == State::Running
         && c.pid.is_some_and(|p| {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), None).is_ok()

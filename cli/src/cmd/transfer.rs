@@ -41,7 +41,7 @@ pub fn run_export(a: ExportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let containers = Containers::new(&g.root());
     let c = containers
         .find(&a.container)
-        .with_context(|| format!("No such container: {}", a.container))?;
+        .ok_or_else(|| crate::cmd::daemon(format!("No such container: {}", a.container)))?;
     let dir = containers.dir_of(&c.id);
     let mut out: Box<dyn Write> = match &a.output {
         Some(p) => Box::new(std::io::BufWriter::new(
