@@ -99,7 +99,13 @@ pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     std::thread::spawn(move || {
         if let Err(cause) = readiness.wait() {
             let _ = failed_tx.send(cause);
-            let _ = unmount(&on_failure);
+            // The tree may fail before `serve` has mounted: unmount once it has (bounded).
+            for _ in 0..200 {
+                if is_strata_mount(&on_failure) && unmount(&on_failure).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     });
     let on_signal = dir.clone();
