@@ -184,7 +184,7 @@ fn containment(a: &Args) -> anyhow::Result<(Security, Resources)> {
     }
     let nano_cpus = match a.cpus {
         Some(c) if c.is_nan() || c < 0.0 => bail!("invalid value {c} for --cpus"),
-        Some(c) if c == 0.0 => 0,
+        Some(0.0) => 0,
         Some(c) => {
             // docker's daemon check (moby daemon/daemon_unix.go): 0.01 up to the CPUs there are.
             let n = std::thread::available_parallelism().map_or(1, |n| n.get());
