@@ -154,29 +154,30 @@ impl Security {
     }
 
     /// The capability set the container gets, limited to what `available` holds (the caller's
-    /// bounding set): docker's defaults, plus `cap_add`, minus `cap_drop`; `ALL` in `cap_drop`
-    /// starts from nothing, in `cap_add` from everything; `privileged` is everything.
+    /// bounding set), by docker's rules (moby `oci/caps` TweakCapabilities): `privileged` is
+    /// everything; `ALL` in `cap_add` is everything but `cap_drop`; `ALL` in `cap_drop` is just
+    /// `cap_add`; else docker's defaults minus `cap_drop`, then plus `cap_add` (so
+    /// `--cap-drop X --cap-add X` keeps X).
     pub fn capabilities(&self, available: &CapsHashSet) -> CapsHashSet {
         let named = |list: &[String]| -> BTreeSet<String> {
             list.iter().filter_map(|n| normalize_cap(n).ok()).collect()
         };
-        let add = named(&self.cap_add);
-        let drop = named(&self.cap_drop);
-        let mut set: CapsHashSet = if self.privileged || add.contains("ALL") {
-            available.clone()
-        } else if drop.contains("ALL") {
-            CapsHashSet::new()
-        } else {
-            DEFAULT_CAPS.into_iter().collect()
+        let parsed = |names: &BTreeSet<String>| -> CapsHashSet {
+            names.iter().filter_map(|n| n.parse::<Capability>().ok()).collect()
         };
-        if !self.privileged {
-            set.extend(add.iter().filter_map(|n| n.parse::<Capability>().ok()));
-            for n in &drop {
-                if let Ok(c) = n.parse::<Capability>() {
-                    set.remove(&c);
-                }
-            }
-        }
+        let (add, drop) = (named(&self.cap_add), named(&self.cap_drop));
+        let mut set: CapsHashSet = if self.privileged {
+            available.clone()
+        } else if add.contains("ALL") {
+            available.difference(&parsed(&drop)).copied().collect()
+        } else if drop.contains("ALL") {
+            parsed(&add)
+        } else {
+            let mut set: CapsHashSet = DEFAULT_CAPS.into_iter().collect();
+            set.retain(|c| !parsed(&drop).contains(c));
+            set.extend(parsed(&add));
+            set
+        };
         set.retain(|c| available.contains(c));
         set
     }
@@ -220,6 +221,17 @@ mod tests {
             cap_drop: drop.iter().map(|s| s.to_string()).collect(),
             ..Security::default()
         }
+    }
+
+    #[test]
+    fn drop_then_add_as_docker() {
+        let all = caps::all();
+        let both = sec(&["chown"], &["chown"]).capabilities(&all);
+        assert_eq!(mask(&both), 0xa80425fb, "--cap-drop X --cap-add X keeps X");
+        let all_but = sec(&["ALL"], &["NET_RAW"]).capabilities(&all);
+        assert!(all_but.len() > 30 && !all_but.contains(&Capability::CAP_NET_RAW));
+        let only = sec(&["NET_ADMIN"], &["ALL"]).capabilities(&all);
+        assert_eq!(only, [Capability::CAP_NET_ADMIN].into_iter().collect());
     }
 
     #[test]
