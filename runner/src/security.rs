@@ -163,7 +163,10 @@ impl Security {
             list.iter().filter_map(|n| normalize_cap(n).ok()).collect()
         };
         let parsed = |names: &BTreeSet<String>| -> CapsHashSet {
-            names.iter().filter_map(|n| n.parse::<Capability>().ok()).collect()
+            names
+                .iter()
+                .filter_map(|n| n.parse::<Capability>().ok())
+                .collect()
         };
         let (add, drop) = (named(&self.cap_add), named(&self.cap_drop));
         let mut set: CapsHashSet = if self.privileged {

@@ -247,3 +247,30 @@ async fn rate_limit_past_the_allowed_wait_fails_clearly() {
     assert!(client.get_manifest(&r).await.is_err());
     assert!(t.elapsed() < Duration::from_secs(1));
 }
+
+#[tokio::test]
+async fn rate_limits_without_a_usable_retry_after_back_off_within_the_bound() {
+    let c = Arc::new(Counters::default());
+    let addr = fake(false, c.clone()).await;
+    let client = RegistryClient::new(ClientOptions {
+        rate_limit_wait_secs: 6,
+        ..ClientOptions::default()
+    })
+    .unwrap();
+    let r: Reference = format!("{addr}/r:1").parse().unwrap();
+    // Limited for 2.5 s with an unusable Retry-After: more than the ordinary attempts (1.5 s);
+    // the back-off (1 s, 1 s, 2 s) waits it out.
+    for header in ["garbage", "-5", ""] {
+        c.limit_for(Duration::from_millis(2500), header, false);
+        let t = std::time::Instant::now();
+        client.get_manifest(&r).await.unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(2400), "{header:?}");
+    }
+    // A limit that outlasts the bound fails with the rate-limit line, within the bound.
+    c.limit_for(Duration::from_secs(60), "", false);
+    let t = std::time::Instant::now();
+    let err = client.get_manifest(&r).await.unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert!(matches!(err, RegistryError::RateLimited(_)), "{err}");
+    assert!(err.to_string().contains("--rate-limit-wait"), "{err}");
+}

@@ -11,7 +11,7 @@ use super::{ClientOptions, RegistryError};
 /// A request refused by a rate limit for longer than the allowed wait.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "registry {registry}: {method} {url}: {status} (rate limited): still refused after waiting {waited_secs}s of at most {limit_secs}s as Retry-After asked; next Retry-After {next_secs}s"
+    "registry {registry}: {method} {url}: {status} (rate limited): still refused after waiting {waited_secs}s of at most {limit_secs}s (--rate-limit-wait); next wait {next_secs}s"
 )]
 pub struct RateLimited {
     /// The registry.
@@ -26,13 +26,16 @@ pub struct RateLimited {
     pub waited_secs: u64,
     /// The allowed total wait.
     pub limit_secs: u64,
-    /// What the last `Retry-After` asked for.
+    /// The next wait: what the last `Retry-After` asked for, or the back-off without one.
     pub next_secs: u64,
 }
 
-/// For a 429/503 answer carrying `Retry-After`: how long to wait before asking again, added
-/// to `waited`; an error once the total would pass `rate_limit_wait_secs`. `None` for
-/// other answers (they follow the ordinary retry rules).
+/// For a 429 answer, or a 503 carrying `Retry-After`: how long to wait before asking again,
+/// added to `waited`; an error once the total would pass `rate_limit_wait_secs`. A 429
+/// without a usable `Retry-After` (missing, negative, garbage) backs off 1 s, then as long as
+/// already waited (doubling, at most 30 s a wait), within the same bound. `None` for other
+/// answers (a 503 without the header is an ordinary server error and follows the ordinary
+/// retry rules).
 pub(super) fn rate_limit_wait(
     opts: &ClientOptions,
     registry: &str,
@@ -45,13 +48,17 @@ pub(super) fn rate_limit_wait(
     if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE {
         return Ok(None);
     }
-    let Some(wait) = resp
+    let asked = resp
         .headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
-    else {
-        return Ok(None);
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+    let wait = match asked {
+        Some(wait) => wait,
+        None if status == StatusCode::TOO_MANY_REQUESTS => {
+            (*waited).clamp(Duration::from_secs(1), Duration::from_secs(30))
+        }
+        None => return Ok(None),
     };
     // Never spin: a Retry-After of 0 (or a date in the past) still waits a little.
     let wait = wait.max(Duration::from_millis(100));
