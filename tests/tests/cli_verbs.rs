@@ -98,6 +98,14 @@ fn commit_changes_comment_pause_and_history() {
             "while :; do date > /now; sleep 0.1; done",
         ],
     );
+    // `run -d` returns before the loop's first write: wait for it (bounded; exec waits for
+    // the container's program itself).
+    let t0 = std::time::Instant::now();
+    while !run(root, &["exec", "busy", "cat", "/now"]).status.success()
+        && t0.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     ok(root, &["commit", "busy", "snap:1"]);
     ok(root, &["commit", "--pause=false", "busy", "snap:2"]);
     ok(root, &["commit", "-p", "busy", "snap:3"]);

@@ -82,11 +82,12 @@ fn context_symlinks_that_leave_the_context_fail_and_nothing_of_the_host_is_copie
         ("COPY p? /x/", "pw"),
     ] {
         std::fs::write(ctx.join("Dockerfile"), format!("FROM {b}\n{line}\n")).unwrap();
-        let (okay, _, err) = build(root, &["-t", "leak:1", ctx.to_str().unwrap()]);
+        let (okay, stdout, err) = build(root, &["-t", "leak:1", ctx.to_str().unwrap()]);
         assert!(!okay, "{line} built");
         let last = err.lines().last().unwrap_or("");
+        // docker's classic builder: the failing step's "Step 2/2 : ..." line, then the cause.
         assert!(
-            last.contains("line 2")
+            stdout.contains(&format!("Step 2/2 : {line}"))
                 && last.contains(&format!(
                     "forbidden path outside the build context: {named}"
                 )),

@@ -10,6 +10,8 @@ use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 
 use anyhow::{Context as _, bail};
+use std::time::Duration;
+
 use nix::sched::{CloneFlags, setns};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, fork};
@@ -73,7 +75,7 @@ pub fn run_exec(a: ExecArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         (State::Running, Some(p)) => p as i32,
         _ => bail!("container {} is not running", c.id),
     };
-    let init = init_of(helper).with_context(|| format!("container {} has no process", c.id))?;
+    let init = ready_init(helper).with_context(|| format!("container {} has no process", c.id))?;
     let spec: strata_runner::Spec = serde_json::from_slice(
         &std::fs::read(cs.dir_of(&c.id).join("spec.json")).context("reading the container spec")?,
     )
@@ -111,6 +113,26 @@ pub fn run_exec(a: ExecArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
             }
             Ok(code)
         }
+    }
+}
+
+/// The container's PID 1 once it runs the container's program: `run -d` returns before PID 1
+/// has set up the root and exec'd (it is strata until then), and joining its namespaces
+/// earlier finds the host's root or a half-made one. Waits at most 10 s.
+fn ready_init(helper: i32) -> Option<i32> {
+    let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let helper_exe = exe(helper)?;
+        if let Some(init) = init_of(helper)
+            && exe(init).is_some_and(|e| e != helper_exe)
+        {
+            return Some(init);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
