@@ -210,29 +210,42 @@ impl Context {
                         "layer {d}: table of contents not usable ({e}); indexing it whole"
                     );
                 }
-                let compression = match sniff(bytes) {
-                    Compression::None if media_type.ends_with("zstd") => Compression::Zstd,
-                    c => c,
-                };
-                let indexed = index_plain(bytes, compression, self.fetcher.cache())
-                    .map_err(|e| fail(d, e))?;
-                diff_id = Some(indexed.diff_id);
-                let mut rec = LayerRecord {
-                    digest: d,
-                    size: bytes.len() as u64,
-                    media_type,
-                    format: LayerFormat::Plain { compression },
-                    toc: None,
-                    toc_uncompressed: 0,
-                    toc_offset: 0,
-                    content_bytes: 0,
-                };
-                self.store_local_toc(&mut rec, &indexed.toc)?;
+                let (rec, id) = self.index_whole_layer(d, bytes, media_type)?;
+                diff_id = Some(id);
                 rec
             }
         };
         self.store.put_layer(&rec)?;
         Ok(diff_id)
+    }
+
+    /// Indexes a whole local layer blob without a TOC (plain tar/gzip/zstd, or one whose TOC is
+    /// not trusted): its chunks go to the cache and its local TOC to the store. Returns the
+    /// record and the diff_id (sha256 of the uncompressed tar).
+    pub(crate) fn index_whole_layer(
+        &self,
+        d: Digest,
+        bytes: &[u8],
+        media_type: String,
+    ) -> Result<(LayerRecord, Digest), ImageError> {
+        let compression = match sniff(bytes) {
+            Compression::None if media_type.ends_with("zstd") => Compression::Zstd,
+            c => c,
+        };
+        let indexed =
+            index_plain(bytes, compression, self.fetcher.cache()).map_err(|e| fail(d, e))?;
+        let mut rec = LayerRecord {
+            digest: d,
+            size: bytes.len() as u64,
+            media_type,
+            format: LayerFormat::Plain { compression },
+            toc: None,
+            toc_uncompressed: 0,
+            toc_offset: 0,
+            content_bytes: 0,
+        };
+        self.store_local_toc(&mut rec, &indexed.toc)?;
+        Ok((rec, indexed.diff_id))
     }
 
     fn load_layout(&self, layout: &Path) -> Result<Vec<Loaded>, ImageError> {

@@ -7,9 +7,8 @@ use crate::digest::Digest;
 use crate::estargz;
 use crate::image::{Context, ImageError, Progress, ProgressFn};
 use crate::index::{LayerIndex, Locations};
-use crate::plain::{index_plain, sniff};
 use crate::reference::Reference;
-use crate::store::{Compression, LayerFormat, LayerRecord, StoreError};
+use crate::store::{LayerFormat, LayerRecord, StoreError};
 use crate::toc::{TocAnnotations, TocError, decode_toc};
 
 /// How a pulled layer will be read, as `pull` reports it: lazily through its TOC, or streamed
@@ -65,24 +64,7 @@ impl Context {
         })?;
         let local = self.root.join("cache/blobs").join(d.hex());
         crate::atomic::write_file(&local, &bytes).map_err(|e| fail(e.to_string()))?;
-        let compression = match sniff(&bytes) {
-            Compression::None if media_type.ends_with("zstd") => Compression::Zstd,
-            c => c,
-        };
-        let indexed = index_plain(&bytes[..], compression, self.fetcher.cache())
-            .map_err(|e| fail(e.to_string()))?;
-        let mut rec = LayerRecord {
-            digest: d,
-            size,
-            media_type,
-            format: LayerFormat::Plain { compression },
-            toc: None,
-            toc_uncompressed: 0,
-            toc_offset: 0,
-            content_bytes: 0,
-        };
-        self.store_local_toc(&mut rec, &indexed.toc)?;
-        Ok(rec)
+        Ok(self.index_whole_layer(d, &bytes, media_type.to_string())?.0)
     }
 
     /// The record of a layer whose TOC (zstd:chunked, either generation, or eStargz) is
