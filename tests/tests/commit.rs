@@ -378,7 +378,15 @@ fn commit_of_a_running_container_and_search() {
             loop_script,
         ],
     );
-    std::thread::sleep(std::time::Duration::from_millis(800));
+    // The loop's first write, waited for (bounded): a loaded machine takes more than 0.8 s.
+    let t0 = std::time::Instant::now();
+    while !strata_tests::strata::run(&root, &["exec", "busy", "cat", "/counter"])
+        .status
+        .success()
+        && t0.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     ok(&root, &["commit", "busy", "snap:1"]);
     // The container was paused, not stopped: it keeps running.
     std::thread::sleep(std::time::Duration::from_millis(300));
