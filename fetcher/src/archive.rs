@@ -422,20 +422,7 @@ impl Context {
                 ))
             })?;
             let json = estargz::extract_toc_json(member).map_err(toc_err)?;
-            tocd.verify(&json).map_err(crate::store::StoreError::from)?;
-            let index = estargz::index(&json, toc_offset)
-                .map_err(|source| ImageError::Index { layer: d, source })?;
-            self.store.put_blob(&tocd, &json)?;
-            Ok(LayerRecord {
-                digest: d,
-                size,
-                media_type: media_type.to_string(),
-                format: LayerFormat::Estargz,
-                toc: Some(tocd),
-                toc_uncompressed: json.len() as u64,
-                toc_offset,
-                content_bytes: index.content_bytes(),
-            })
+            self.estargz_layer(d, size, media_type, tocd, &json, toc_offset)
         };
         Some(build())
     }

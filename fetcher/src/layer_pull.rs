@@ -67,6 +67,34 @@ impl Context {
         Ok(self.index_whole_layer(d, &bytes, media_type.to_string())?.0)
     }
 
+    /// The record of eStargz layer `d` from its TOC JSON (taken at `toc_offset`): the JSON is
+    /// checked against the `toc.digest` annotation `tocd`, indexed and stored. Pull (ranges
+    /// from the registry) and load (a local blob) both end here.
+    pub(crate) fn estargz_layer(
+        &self,
+        d: Digest,
+        size: u64,
+        media_type: &str,
+        tocd: Digest,
+        json: &[u8],
+        toc_offset: u64,
+    ) -> Result<LayerRecord, ImageError> {
+        tocd.verify(json).map_err(StoreError::from)?;
+        let index = estargz::index(json, toc_offset)
+            .map_err(|source| ImageError::Index { layer: d, source })?;
+        self.store.put_blob(&tocd, json)?;
+        Ok(LayerRecord {
+            digest: d,
+            size,
+            media_type: media_type.to_string(),
+            format: LayerFormat::Estargz,
+            toc: Some(tocd),
+            toc_uncompressed: json.len() as u64,
+            toc_offset,
+            content_bytes: index.content_bytes(),
+        })
+    }
+
     /// The record of a layer whose TOC (zstd:chunked, either generation, or eStargz) is
     /// fetched, verified and indexed; `None` when the annotations announce no TOC.
     pub(crate) async fn toc_layer(
@@ -133,19 +161,9 @@ impl Context {
                 .range(r, &d, toc_offset, size - estargz::FOOTER_LEN)
                 .await?;
             let json = estargz::extract_toc_json(&member).map_err(toc_err)?;
-            tocd.verify(&json).map_err(StoreError::from)?;
-            let index = estargz::index(&json, toc_offset).map_err(idx_err)?;
-            self.store.put_blob(&tocd, &json)?;
-            return Ok(Some(LayerRecord {
-                digest: d,
-                size,
-                media_type: media_type.to_string(),
-                format: LayerFormat::Estargz,
-                toc: Some(tocd),
-                toc_uncompressed: json.len() as u64,
-                toc_offset,
-                content_bytes: index.content_bytes(),
-            }));
+            return self
+                .estargz_layer(d, size, media_type, tocd, &json, toc_offset)
+                .map(Some);
         }
         Ok(None)
     }
