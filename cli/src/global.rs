@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Args;
-use strata_fetcher::cache::DEFAULT_CACHE_BYTES;
-use strata_fetcher::image::Context;
-use strata_fetcher::registry::ClientOptions;
-use strata_fetcher::registry::auth::CredentialStore;
+use strata_distribution::ClientOptions;
+use strata_distribution::auth::CredentialStore;
+use strata_image::image::Context;
+use strata_storage::cache::DEFAULT_CACHE_BYTES;
 
 /// Global options.
 #[derive(Debug, Args)]

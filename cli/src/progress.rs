@@ -6,8 +6,8 @@ use std::io::IsTerminal;
 use std::sync::Mutex;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use strata_fetcher::Digest;
-use strata_fetcher::image::Progress;
+use strata_image::image::Progress;
+use strata_oci::Digest;
 
 /// Shows [`Progress`] events.
 pub struct Display {

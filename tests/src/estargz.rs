@@ -4,8 +4,8 @@
 
 use std::io::{Read, Write};
 
-use strata_fetcher::tarwalk::{TarVisitor, WalkError, walk_tar};
-use strata_fetcher::toc::TocEntry;
+use strata_formats::tarwalk::{TarVisitor, WalkError, walk_tar};
+use strata_formats::toc::TocEntry;
 
 use crate::layers::sha;
 

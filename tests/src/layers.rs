@@ -348,7 +348,7 @@ fn push_tars_auth(
         let (blob, annotations) = match comp {
             Comp::Native => {
                 let mut out = Vec::new();
-                let w = strata_fetcher::chunked::write_chunked(&tar[..], &mut out, 3).unwrap();
+                let w = strata_formats::chunked::write_chunked(&tar[..], &mut out, 3).unwrap();
                 (out, serde_json::to_value(&w.annotations).unwrap())
             }
             Comp::Estargz => {

@@ -183,7 +183,7 @@ fn escaping_entries_and_bad_tocs_are_rejected_and_nothing_is_listed() {
         serde_json::json!({}),
     );
     let mut native_blob = Vec::new();
-    let w = strata_fetcher::chunked::write_chunked(&tar[..], &mut native_blob, 3).unwrap();
+    let w = strata_formats::chunked::write_chunked(&tar[..], &mut native_blob, 3).unwrap();
     let native = push_single_layer(
         &reg.addr,
         "t/evil-native",

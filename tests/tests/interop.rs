@@ -627,7 +627,7 @@ fn a_layer_with_an_untrusted_toc_streams_with_one_warning() {
         .enumerate()
         .map(|(i, tar)| {
             let mut data = Vec::new();
-            let w = strata_fetcher::chunked::write_chunked(&tar[..], &mut data, 3).unwrap();
+            let w = strata_formats::chunked::write_chunked(&tar[..], &mut data, 3).unwrap();
             let mut annotations = serde_json::to_value(&w.annotations).unwrap();
             if i == 1 {
                 // The TOC checksum names other bytes: the TOC cannot be trusted.

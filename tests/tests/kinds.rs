@@ -532,7 +532,7 @@ fn push_index(reg: &str, repo: &str, tag: &str, entries: &[(&str, &str)]) -> Str
 /// Kind 5: the manifest chosen from an index follows containerd's platform matching. The two
 /// arm cases are what dockerd v29 beta with containerd 2.2.3 pulls (issue 22); the others
 /// follow containerd's platforms module (normalization, compatible variants, best match
-/// whatever the order). Unit tests in fetcher/src/platform.rs cover more cases.
+/// whatever the order). Unit tests in oci/src/platform.rs cover more cases.
 #[test]
 fn platform_selection_from_an_index() {
     if !require_root_fuse("platform_selection_from_an_index") {

@@ -1,13 +1,13 @@
-//! `strata build`: a Dockerfile built on lazily mounted parents (see the strata-build crate),
+//! `strata build`: a Dockerfile built on lazily mounted parents (see the strata-builder crate),
 //! printed like docker's classic builder.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use strata_build::{Builder, Event, Host, Options};
-use strata_fetcher::Reference;
-use strata_fetcher::image::Context;
-use strata_fetcher::store::ImageRecord;
+use strata_builder::{Builder, Event, Host, Options};
+use strata_image::image::Context;
+use strata_oci::Reference;
+use strata_storage::store::ImageRecord;
 
 use crate::cmd::mount::find_or_pull_quietly;
 use crate::cmd::run::INIT_ARG;
@@ -170,7 +170,7 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         init_arg: INIT_ARG.to_string(),
     };
     if !a.quiet {
-        let size = strata_build::context::Sources::context(&opts.context)
+        let size = strata_builder::context::Sources::context(&opts.context)
             .and_then(|s| s.tar_size())
             .with_context(|| format!("reading the build context {}", opts.context.display()))?;
         println!(

@@ -1,12 +1,12 @@
 //! `strata commit` and `strata tag`.
 
 use anyhow::Context as _;
-use strata_fetcher::Reference;
-use strata_fetcher::commit::CommitMeta;
+use strata_image::commit::CommitMeta;
+use strata_oci::Reference;
 use strata_runner::state::Containers;
 
 use crate::global::GlobalArgs;
-use strata_fs::root::is_runtime_artifact;
+use strata_overlay::root::is_runtime_artifact;
 
 /// Arguments of `commit`.
 #[derive(Debug, clap::Args)]
@@ -56,9 +56,9 @@ pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         .and_then(|c| c.as_object())
         .cloned()
         .unwrap_or_default();
-    strata_build::change::apply_changes(&mut config, &a.changes)?;
+    strata_builder::change::apply_changes(&mut config, &a.changes)?;
     let layers = ctx.open_layers(&img)?;
-    let tree = strata_fs::Tree::build(layers.iter().map(|l| &l.index))?;
+    let tree = strata_lazyfs::Tree::build(layers.iter().map(|l| &l.index))?;
     let upper = containers.dir_of(&c.id).join("upper");
     let skip =
         |rel: &std::path::Path, meta: &std::fs::Metadata| is_runtime_artifact(rel, meta, &tree);
@@ -78,9 +78,10 @@ pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         ),
         _ => None,
     };
-    let rec =
-        strata_fs::union::upper_tar_stream(&upper, &skip, |tar| ctx.commit(Some(&img), tar, &meta))
-            .with_context(|| format!("committing the changes of {}", a.container))?;
+    let rec = strata_overlay::union::upper_tar_stream(&upper, &skip, |tar| {
+        ctx.commit(Some(&img), tar, &meta)
+    })
+    .with_context(|| format!("committing the changes of {}", a.container))?;
     if let Some(t) = target {
         ctx.tag(&rec, &t)?;
     }

@@ -1,8 +1,8 @@
 //! What `run` and `start` share: running a container's spec to the end while keeping its record.
 
 use anyhow::Context as _;
-use strata_fetcher::timefmt::now_secs;
-use strata_fs::root::RootMount;
+use strata_oci::timefmt::now_secs;
+use strata_overlay::root::RootMount;
 use strata_runner::state::{Container, Containers, State};
 use strata_runner::{Spec, Stdio};
 

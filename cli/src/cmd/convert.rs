@@ -1,8 +1,8 @@
 //! `strata convert`.
 
 use anyhow::Context as _;
-use strata_fetcher::Reference;
-use strata_fetcher::image::Progress;
+use strata_image::image::Progress;
+use strata_oci::Reference;
 
 use crate::global::{GlobalArgs, runtime};
 use crate::progress::Display;
@@ -43,14 +43,14 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     let display = Display::new(a.quiet);
     let show = |p: Progress| display.event(p);
     let digest = rt
-        .block_on(strata_fetcher::convert::convert(
+        .block_on(strata_image::convert::convert(
             &ctx,
             &src,
             &dst,
             &a.platform,
             match a.format {
-                FormatArg::ZstdChunked => strata_fetcher::convert::Format::ZstdChunked,
-                FormatArg::Estargz => strata_fetcher::convert::Format::Estargz,
+                FormatArg::ZstdChunked => strata_image::convert::Format::ZstdChunked,
+                FormatArg::Estargz => strata_image::convert::Format::Estargz,
             },
             &show,
         ))

@@ -53,7 +53,7 @@ pub fn run_cp(a: CpArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         let (img, _) = ctx
             .resolve(&c.image_id)
             .with_context(|| format!("image {} of container {key}", c.image))?;
-        let m = strata_fs::root::mount_root(&ctx, rt.handle(), &img, &dir)?;
+        let m = strata_overlay::root::mount_root(&ctx, rt.handle(), &img, &dir)?;
         let root = m.rootfs.clone();
         (Some((m, rt)), root)
     };

@@ -1,9 +1,9 @@
 //! `strata images`: columns as docker's.
 
-use strata_fetcher::Reference;
-use strata_fetcher::image::Context;
-use strata_fetcher::store::ImageRecord;
-use strata_fetcher::timefmt::{now_secs, parse_rfc3339};
+use strata_image::image::Context;
+use strata_oci::Reference;
+use strata_oci::timefmt::{now_secs, parse_rfc3339};
+use strata_storage::store::ImageRecord;
 
 use crate::cmd::images_filter as filter;
 use crate::format::Format;
@@ -115,7 +115,7 @@ fn item(r: &Row) -> serde_json::Value {
 
 /// A time as Go prints `time.Time`: `2024-01-02 03:04:05 +0000 UTC`.
 pub fn docker_time(secs: i64) -> String {
-    let t = strata_fetcher::timefmt::format_rfc3339(secs, 0);
+    let t = strata_oci::timefmt::format_rfc3339(secs, 0);
     // "2024-01-02T03:04:05Z" (or with fractional seconds).
     let date = t.get(..10).unwrap_or("");
     let time = t.get(11..19).unwrap_or("");
@@ -150,7 +150,7 @@ fn rows(ctx: &Context, no_trunc: bool, all: bool) -> anyhow::Result<Vec<Row>> {
     let mut images = ctx.store.images()?;
     if !all {
         // Intermediate images of builds stay out of sight, as docker keeps them.
-        let hidden = strata_build::cache::BuildCache::new(&ctx.root).intermediate(&ctx.store)?;
+        let hidden = strata_builder::cache::BuildCache::new(&ctx.root).intermediate(&ctx.store)?;
         images.retain(|i| tags.contains_key(&i.manifest) || !hidden.contains(&i.manifest));
     }
     // Newest first by the image's creation time, as docker sorts; then the newest pulled.

@@ -2,7 +2,7 @@
 //! unknown keys and bad values refused with docker's messages.
 
 use globset::GlobMatcher;
-use strata_fetcher::image::Context;
+use strata_image::image::Context;
 
 use crate::cmd::images::Row;
 
@@ -122,7 +122,7 @@ fn created_of(ctx: &Context, name: &str) -> anyhow::Result<i64> {
     ctx.config(&img)?
         .get("created")
         .and_then(|v| v.as_str())
-        .and_then(strata_fetcher::timefmt::parse_rfc3339)
+        .and_then(strata_oci::timefmt::parse_rfc3339)
         .map(|(s, _)| s)
         .ok_or_else(|| anyhow::anyhow!("image {name} has no creation time"))
 }

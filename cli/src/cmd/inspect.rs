@@ -1,7 +1,7 @@
 //! `strata inspect`: docker-like JSON for images.
 
 use serde_json::json;
-use strata_fetcher::Reference;
+use strata_oci::Reference;
 
 use crate::format::Format;
 use crate::global::GlobalArgs;

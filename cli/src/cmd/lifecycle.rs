@@ -9,7 +9,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use strata_runner::state::{Container, Containers, State};
 
-use strata_fs::root::is_runtime_artifact;
+use strata_overlay::root::is_runtime_artifact;
 
 use crate::global::GlobalArgs;
 
@@ -146,7 +146,7 @@ pub fn run_diff(a: DiffArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let (img, _) = ctx.image_of(c.image_manifest.as_deref(), &c.image_id)?;
     let layers = ctx.open_layers(&img)?;
-    let tree = strata_fs::Tree::build(layers.iter().map(|l| &l.index))?;
+    let tree = strata_lazyfs::Tree::build(layers.iter().map(|l| &l.index))?;
     let upper = cs.dir_of(&c.id).join("upper");
     let mut out = Vec::new();
     walk(&upper, &upper, &tree, &mut out)?;
@@ -160,7 +160,7 @@ pub fn run_diff(a: DiffArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
 fn walk(
     root: &Path,
     dir: &Path,
-    tree: &strata_fs::Tree,
+    tree: &strata_lazyfs::Tree,
     out: &mut Vec<(char, String)>,
 ) -> anyhow::Result<()> {
     for e in std::fs::read_dir(dir)? {

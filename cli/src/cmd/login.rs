@@ -3,8 +3,8 @@
 use std::io::BufRead;
 
 use anyhow::{Context as _, bail};
-use strata_fetcher::Reference;
-use strata_fetcher::registry::auth::{Credential, CredentialStore};
+use strata_distribution::auth::{Credential, CredentialStore};
+use strata_oci::Reference;
 
 use crate::global::{GlobalArgs, runtime};
 
@@ -50,9 +50,9 @@ pub fn run_login(a: LoginArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     // Check the credentials against the registry before keeping them.
     let probe: Reference = format!("{}/strata-login-probe", a.registry).parse()?;
     let tmp = tempdir_store(&root, &a.registry, &cred)?;
-    let ctx = strata_fetcher::image::Context::open(
+    let ctx = strata_image::image::Context::open(
         &root,
-        strata_fetcher::registry::ClientOptions {
+        strata_distribution::ClientOptions {
             insecure_registries: g.insecure_registries.clone(),
             credentials: tmp,
             ..Default::default()
@@ -69,7 +69,7 @@ pub fn run_login(a: LoginArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn ctx_files(ctx: &strata_fetcher::image::Context) -> Vec<std::path::PathBuf> {
+fn ctx_files(ctx: &strata_image::image::Context) -> Vec<std::path::PathBuf> {
     vec![
         ctx.root
             .join("tmp")

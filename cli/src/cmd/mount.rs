@@ -5,11 +5,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use strata_fetcher::Reference;
-use strata_fetcher::image::Context;
-use strata_fetcher::store::ImageRecord;
-use strata_fs::mount::{MountOptions, is_strata_mount, serve, unmount};
-use strata_fs::root::prepare_fs;
+use strata_image::image::Context;
+use strata_lazyfs::mount::{MountOptions, is_strata_mount, serve, unmount};
+use strata_oci::Reference;
+use strata_overlay::root::prepare_fs;
+use strata_storage::store::ImageRecord;
 
 use crate::global::{GlobalArgs, runtime};
 use crate::progress::Display;
@@ -30,7 +30,7 @@ pub struct MountArgs {
     /// What to fetch before it is read: auto (the image's prefetch profile, then the rest of an
     /// image that has one, at low priority), profile, all, none.
     #[arg(long, default_value = "auto")]
-    pub prefetch: strata_fetcher::profile::Prefetch,
+    pub prefetch: strata_formats::profile::Prefetch,
     /// Seconds to wait for a detached mount to come up.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
@@ -141,7 +141,7 @@ fn detach(a: &MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     }
     let log_path = logs.join(format!(
         "{}.log",
-        strata_fetcher::Digest::of(dir.to_string_lossy().as_bytes()).short()
+        strata_oci::Digest::of(dir.to_string_lossy().as_bytes()).short()
     ));
     let log = std::fs::File::create(&log_path)?;
     let mut cmd = Command::new(std::env::current_exe()?);

@@ -3,8 +3,8 @@
 //! fetch them up front (after `strata push`).
 
 use anyhow::{Context as _, bail};
-use strata_fetcher::Reference;
-use strata_fetcher::profile::Prefetch;
+use strata_formats::profile::Prefetch;
+use strata_oci::Reference;
 
 use crate::cmd::run as run_cmd;
 use crate::global::GlobalArgs;

@@ -1,7 +1,7 @@
 //! `strata ps` and `strata rm`.
 
 use anyhow::bail;
-use strata_fetcher::timefmt::now_secs;
+use strata_oci::timefmt::now_secs;
 use strata_runner::state::{Container, Containers, State};
 
 use crate::cmd::images::{ago, docker_time, print_table};

@@ -1,9 +1,9 @@
 //! `strata pull`.
 
 use anyhow::Context as _;
-use strata_fetcher::Reference;
-use strata_fetcher::image::{Context, Progress};
-use strata_fetcher::store::ImageRecord;
+use strata_image::image::{Context, Progress};
+use strata_oci::Reference;
+use strata_storage::store::ImageRecord;
 
 use crate::global::{GlobalArgs, runtime};
 use crate::progress::Display;

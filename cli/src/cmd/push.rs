@@ -1,8 +1,8 @@
 //! `strata push`.
 
 use anyhow::Context as _;
-use strata_fetcher::Reference;
-use strata_fetcher::image::Progress;
+use strata_image::image::Progress;
+use strata_oci::Reference;
 
 use crate::global::{GlobalArgs, runtime};
 use crate::progress::Display;
@@ -31,7 +31,7 @@ pub fn run_push(a: PushArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     ));
     let show = |p: Progress| display.event(p);
     let digest = rt
-        .block_on(strata_fetcher::push::push(&ctx, &img, &target, &show))
+        .block_on(strata_image::push::push(&ctx, &img, &target, &show))
         .with_context(|| format!("pushing {target}"))?;
     display.line(&format!(
         "{}: digest: {digest}",

@@ -121,7 +121,7 @@ pub fn run_system_df(g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let cs = Containers::new(&g.root());
     let images = ctx.store.images()?;
-    let layer_bytes = |layers: &HashSet<&strata_fetcher::Digest>| -> u64 {
+    let layer_bytes = |layers: &HashSet<&strata_oci::Digest>| -> u64 {
         layers
             .iter()
             .filter_map(|d| ctx.store.layer(d).ok().flatten())

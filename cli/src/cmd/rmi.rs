@@ -2,12 +2,12 @@
 
 use std::collections::HashSet;
 
-use strata_build::cache::BuildCache;
-use strata_fetcher::Reference;
-use strata_fetcher::image::Context;
-use strata_fetcher::store::ImageRecord;
-use strata_fetcher::timefmt::{format_rfc3339, now_secs, parse_rfc3339};
+use strata_builder::cache::BuildCache;
+use strata_image::image::Context;
+use strata_oci::Reference;
+use strata_oci::timefmt::{format_rfc3339, now_secs, parse_rfc3339};
 use strata_runner::state::{Containers, State};
+use strata_storage::store::ImageRecord;
 
 use crate::cmd::images::{ago, human_size, print_table};
 use crate::format::Format;

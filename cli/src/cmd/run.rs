@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use strata_fetcher::timefmt::now_secs;
+use strata_oci::timefmt::now_secs;
 use strata_runner::cgroup::Resources;
 use strata_runner::security::{Security, normalize_cap};
 use strata_runner::state::{Container, Containers, State};
@@ -12,8 +12,8 @@ use strata_runner::{Bind, Network, Spec, command_line, merge_env};
 use crate::cmd::container::{Streams, execute, respawn_in_background};
 use crate::cmd::mount::find_or_pull;
 use crate::global::{GlobalArgs, runtime};
-use strata_fetcher::profile::{Prefetch, Profile};
-use strata_fs::root::mount_root_with;
+use strata_formats::profile::{Prefetch, Profile};
+use strata_overlay::root::mount_root_with;
 
 /// The hidden subcommand the container helper runs as.
 pub const INIT_ARG: &str = "__container-init";

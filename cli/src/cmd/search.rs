@@ -1,7 +1,7 @@
 //! `strata search`: repositories of a registry whose name contains a term (from its catalog).
 
 use anyhow::Context as _;
-use strata_fetcher::Reference;
+use strata_oci::Reference;
 
 use crate::cmd::images::print_table;
 use crate::global::{GlobalArgs, runtime};

@@ -6,7 +6,7 @@ use strata_runner::state::{Containers, State};
 
 use crate::cmd::container::{Streams, execute, respawn_in_background};
 use crate::global::{GlobalArgs, runtime};
-use strata_fs::root::mount_root;
+use strata_overlay::root::mount_root;
 
 /// Arguments of `start`.
 #[derive(Debug, clap::Args)]
@@ -41,7 +41,7 @@ pub fn run_start(a: StartArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     )
     .with_context(|| format!("parsing {}", spec_path.display()))?;
     let mut ctx = g.context()?;
-    ctx.prefetch = strata_fetcher::profile::Prefetch::Auto;
+    ctx.prefetch = strata_formats::profile::Prefetch::Auto;
     let rt = runtime()?;
     let (img, _) = ctx
         .image_of(c.image_manifest.as_deref(), &c.image_id)

@@ -5,12 +5,12 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use strata_fetcher::Reference;
-use strata_fetcher::commit::CommitMeta;
+use strata_image::commit::CommitMeta;
+use strata_oci::Reference;
 use strata_runner::state::{Containers, State};
 
 use crate::global::{GlobalArgs, runtime};
-use strata_fs::root::mount_root;
+use strata_overlay::root::mount_root;
 
 /// Arguments of `export`.
 #[derive(Debug, clap::Args)]
@@ -52,7 +52,7 @@ pub fn run_export(a: ExportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let none = |_: &std::path::Path, _: &std::fs::Metadata| false;
     if c.state == State::Running {
         // Its root is mounted by its own strata process.
-        let mut w = strata_fs::union::upper_to_tar(&dir.join("rootfs"), &none, out)?;
+        let mut w = strata_overlay::union::upper_to_tar(&dir.join("rootfs"), &none, out)?;
         w.flush()?;
         return Ok(0);
     }
@@ -60,7 +60,7 @@ pub fn run_export(a: ExportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let rt = runtime()?;
     let (img, _) = ctx.image_of(c.image_manifest.as_deref(), &c.image_id)?;
     let root = mount_root(&ctx, rt.handle(), &img, &dir)?;
-    out = strata_fs::union::upper_to_tar(&root.rootfs, &none, out)?;
+    out = strata_overlay::union::upper_to_tar(&root.rootfs, &none, out)?;
     out.flush()?;
     drop(root);
     Ok(0)
@@ -70,7 +70,7 @@ pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let target: Option<Reference> = a.reference.as_deref().map(str::parse).transpose()?;
     // Checked before any input is read.
     let mut config = serde_json::Map::new();
-    strata_build::change::apply_changes(&mut config, &a.changes)?;
+    strata_builder::change::apply_changes(&mut config, &a.changes)?;
     let ctx = g.context()?;
     let downloaded = g
         .root()
@@ -92,7 +92,7 @@ pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let mut head = [0u8; 4];
     let n = input.read(&mut head)?;
     let chained = std::io::Cursor::new(head[..n].to_vec()).chain(input);
-    let tar = strata_fetcher::plain::decompress(chained, strata_fetcher::plain::sniff(&head[..n]))?;
+    let tar = strata_storage::plain::decompress(chained, strata_storage::plain::sniff(&head[..n]))?;
     let meta = CommitMeta {
         comment: a.message,
         author: None,

@@ -1,0 +1,725 @@
+//! The OCI distribution API client: manifests, blobs, ranges, uploads, with bearer/basic auth,
+//! retries with backoff on 5xx/429/transport errors, timeouts, and digest verification of every
+//! manifest and whole blob it returns.
+
+pub mod auth;
+#[cfg(test)]
+mod fake_tests;
+mod retry;
+mod upload;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, RANGE, WWW_AUTHENTICATE};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use tracing::{debug, info};
+
+use self::auth::{Challenge, CredentialStore, parse_challenge};
+pub use self::retry::{RateLimited, parse_retry_after};
+use strata_oci::digest::{Digest, DigestError};
+use strata_oci::reference::Reference;
+
+/// Media types a manifest request accepts.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+/// Blobs larger than this are uploaded in PATCH chunks of this size.
+pub const UPLOAD_CHUNK_BYTES: u64 = 16 << 20;
+
+/// Largest manifest accepted (the distribution spec's recommended limit is 4 MiB).
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// Errors talking to a registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry answered with an error status.
+    #[error("{method} {url}: {status}{}", if .message.is_empty() { String::new() } else { format!(": {}", .message) })]
+    Status {
+        /// Request method.
+        method: String,
+        /// Request URL.
+        url: String,
+        /// The status.
+        status: StatusCode,
+        /// The registry's own error message, if any.
+        message: String,
+    },
+    /// The request could not be sent or its body not read.
+    #[error("{method} {url}: {source}")]
+    Transport {
+        /// Request method.
+        method: String,
+        /// Request URL.
+        url: String,
+        /// The cause.
+        source: reqwest::Error,
+    },
+    /// Content did not match its digest.
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+    /// The registry kept answering 429/503 with `Retry-After` past the allowed total wait.
+    #[error(transparent)]
+    RateLimited(Box<RateLimited>),
+    /// The registry broke the protocol.
+    #[error("registry {registry}: {reason}")]
+    Protocol {
+        /// The registry.
+        registry: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl RegistryError {
+    /// The HTTP status, when the registry answered with one.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Settings of a [`RegistryClient`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Registries (host[:port]) to reach over plain HTTP besides localhost and 127.0.0.0/8.
+    pub insecure_registries: Vec<String>,
+    /// Time allowed to connect; default 10 s.
+    pub connect_timeout_secs: u64,
+    /// Time allowed for a whole small request (manifests, HEAD, tokens); default 60 s.
+    pub request_timeout_secs: u64,
+    /// Attempts for a request that fails with 5xx, 429 or a transport error; default 4.
+    pub attempts: u32,
+    /// Longest total time one request may spend waiting as a registry's `Retry-After` asks
+    /// (429 and 503 answers); default 60 s. Waits that would go past it fail the request.
+    pub rate_limit_wait_secs: u64,
+    /// Where credentials come from.
+    pub credentials: CredentialStore,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            insecure_registries: Vec::new(),
+            connect_timeout_secs: 10,
+            request_timeout_secs: 60,
+            attempts: 4,
+            rate_limit_wait_secs: 60,
+            credentials: CredentialStore::default(),
+        }
+    }
+}
+
+/// A fetched manifest: raw bytes, media type and digest (verified).
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    /// The exact bytes, as hashed.
+    pub bytes: Vec<u8>,
+    /// Content-Type the registry reported, or the document's own `mediaType`.
+    pub media_type: String,
+    /// sha256 of `bytes`.
+    pub digest: Digest,
+}
+
+/// The answer to a range request.
+#[derive(Debug)]
+pub enum RangeReply {
+    /// 206: exactly the bytes asked for.
+    Partial(Bytes),
+    /// 200: the registry ignored the range and sent the whole blob (already verified).
+    Whole(Bytes),
+}
+
+/// A client for OCI registries. Cheap to share; holds a connection pool and a token cache.
+#[derive(Debug)]
+pub struct RegistryClient {
+    http: reqwest::Client,
+    opts: ClientOptions,
+    /// Bearer tokens by (registry, scope).
+    tokens: Mutex<HashMap<(String, String), String>>,
+    /// Registries that asked for Basic auth.
+    basic: Mutex<std::collections::HashSet<String>>,
+}
+
+fn is_loopback_host(registry: &str) -> bool {
+    let host = if let Some(rest) = registry.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        registry
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(registry)
+    };
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl RegistryClient {
+    /// A client with `opts`.
+    pub fn new(opts: ClientOptions) -> Result<Self, RegistryError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(opts.connect_timeout_secs))
+            // A stalled transfer (no bytes for this long) fails and is retried.
+            .read_timeout(Duration::from_secs(opts.request_timeout_secs))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|source| RegistryError::Transport {
+                method: "INIT".into(),
+                url: String::new(),
+                source,
+            })?;
+        Ok(Self {
+            http,
+            opts,
+            tokens: Mutex::new(HashMap::new()),
+            basic: Mutex::new(Default::default()),
+        })
+    }
+
+    /// `http` for loopback and `--insecure-registry` hosts, else `https`.
+    pub fn scheme(&self, registry: &str) -> &'static str {
+        if is_loopback_host(registry) || self.opts.insecure_registries.iter().any(|r| r == registry)
+        {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    fn base(&self, r: &Reference) -> String {
+        let host = if r.registry == strata_oci::reference::DEFAULT_REGISTRY {
+            "registry-1.docker.io"
+        } else {
+            &r.registry
+        };
+        format!("{}://{host}/v2/{}", self.scheme(&r.registry), r.repository)
+    }
+
+    /// Sends a request built by `build`, authenticating and retrying as needed.
+    async fn send(
+        &self,
+        r: &Reference,
+        actions: &str,
+        method: Method,
+        url: &str,
+        timeout: Option<Duration>,
+        build: &(dyn Fn(RequestBuilder) -> RequestBuilder + Sync),
+    ) -> Result<Response, RegistryError> {
+        let scope = format!("repository:{}:{actions}", r.repository);
+        let mut authed_retry = false;
+        let mut attempt = 0u32;
+        let mut waited = Duration::ZERO;
+        loop {
+            attempt += 1;
+            let mut req = build(self.http.request(method.clone(), url));
+            if let Some(t) = timeout {
+                req = req.timeout(t);
+            }
+            if let Some(h) = self.auth_header(&r.registry, &scope) {
+                req = req.header(AUTHORIZATION, h);
+            }
+            let result = req.send().await;
+            if let Ok(resp) = &result
+                && let Some(wait) = retry::rate_limit_wait(
+                    &self.opts,
+                    &r.registry,
+                    &method,
+                    url,
+                    resp,
+                    &mut waited,
+                )?
+            {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            let transient = match &result {
+                Ok(resp) => {
+                    let s = resp.status();
+                    s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS
+                }
+                Err(e) => !e.is_builder(),
+            };
+            if transient && attempt < self.opts.attempts {
+                let wait = Duration::from_millis(100 * (1 << attempt.min(5)));
+                match &result {
+                    Ok(resp) => {
+                        info!(%url, status = %resp.status(), attempt, "registry error, retrying")
+                    }
+                    Err(e) => info!(%url, error = %e, attempt, "transport error, retrying"),
+                }
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            let resp = result.map_err(|source| RegistryError::Transport {
+                method: method.to_string(),
+                url: url.to_string(),
+                source,
+            })?;
+            if resp.status() == StatusCode::UNAUTHORIZED && !authed_retry {
+                authed_retry = true;
+                if self.authenticate(r, &scope, resp.headers()).await? {
+                    attempt = 0;
+                    continue;
+                }
+            }
+            return Ok(resp);
+        }
+    }
+
+    fn auth_header(&self, registry: &str, scope: &str) -> Option<String> {
+        if let Some(t) = self
+            .tokens
+            .lock()
+            .ok()?
+            .get(&(registry.to_string(), scope.to_string()))
+        {
+            return Some(format!("Bearer {t}"));
+        }
+        if self.basic.lock().ok()?.contains(registry) {
+            return self
+                .opts
+                .credentials
+                .get(registry)
+                .map(|c| c.basic_header());
+        }
+        None
+    }
+
+    /// Handles a 401: returns true when a retry may now succeed.
+    async fn authenticate(
+        &self,
+        r: &Reference,
+        scope: &str,
+        headers: &HeaderMap,
+    ) -> Result<bool, RegistryError> {
+        let challenge = headers
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(parse_challenge);
+        let cred = self.opts.credentials.get(&r.registry);
+        match challenge {
+            Some(Challenge::Basic) => {
+                if cred.is_none() {
+                    return Ok(false);
+                }
+                if let Ok(mut b) = self.basic.lock() {
+                    b.insert(r.registry.clone());
+                }
+                Ok(true)
+            }
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                let mut req = self
+                    .http
+                    .get(&realm)
+                    .timeout(Duration::from_secs(self.opts.request_timeout_secs));
+                let mut query = vec![("scope", scope.to_string())];
+                if let Some(s) = service {
+                    query.push(("service", s));
+                }
+                req = req.query(&query);
+                if let Some(c) = &cred {
+                    req = req.header(AUTHORIZATION, c.basic_header());
+                }
+                let mut waited = Duration::ZERO;
+                let resp = loop {
+                    let attempt = req.try_clone().ok_or_else(|| RegistryError::Protocol {
+                        registry: r.registry.clone(),
+                        reason: "token request cannot be repeated".into(),
+                    })?;
+                    let resp = attempt
+                        .send()
+                        .await
+                        .map_err(|source| RegistryError::Transport {
+                            method: "GET".into(),
+                            url: realm.clone(),
+                            source,
+                        })?;
+                    match retry::rate_limit_wait(
+                        &self.opts,
+                        &r.registry,
+                        &Method::GET,
+                        &realm,
+                        &resp,
+                        &mut waited,
+                    )? {
+                        Some(wait) => tokio::time::sleep(wait).await,
+                        None => break resp,
+                    }
+                };
+                if !resp.status().is_success() {
+                    return Err(status_error("GET", &realm, resp).await);
+                }
+                #[derive(serde::Deserialize)]
+                struct Token {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                }
+                let t: Token = read_json(resp, &realm).await?;
+                let Some(token) = t.token.or(t.access_token) else {
+                    return Err(RegistryError::Protocol {
+                        registry: r.registry.clone(),
+                        reason: format!("token endpoint {realm} returned no token"),
+                    });
+                };
+                debug!(registry = %r.registry, scope, "got bearer token");
+                if let Ok(mut tokens) = self.tokens.lock() {
+                    tokens.insert((r.registry.clone(), scope.to_string()), token);
+                }
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn small_timeout(&self) -> Option<Duration> {
+        Some(Duration::from_secs(self.opts.request_timeout_secs))
+    }
+
+    /// Fetches the manifest (or index) that `r` names, verified against its digest.
+    pub async fn get_manifest(&self, r: &Reference) -> Result<FetchedManifest, RegistryError> {
+        self.get_manifest_by(r, &r.manifest_reference()).await
+    }
+
+    /// Fetches the manifest `reference` (a tag or digest) of `r`'s repository.
+    pub async fn get_manifest_by(
+        &self,
+        r: &Reference,
+        reference: &str,
+    ) -> Result<FetchedManifest, RegistryError> {
+        let url = format!("{}/manifests/{reference}", self.base(r));
+        let resp = self
+            .send(r, "pull", Method::GET, &url, self.small_timeout(), &|b| {
+                b.header(ACCEPT, MANIFEST_ACCEPT)
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(status_error("GET", &url, resp).await);
+        }
+        let media_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.split(';').next().unwrap_or(s).trim().to_string())
+            .unwrap_or_default();
+        let header_digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse::<Digest>().ok());
+        let bytes = read_limited(resp, MAX_MANIFEST_BYTES, &url).await?;
+        let digest = Digest::of(&bytes);
+        let expected = reference.parse::<Digest>().ok().or(header_digest);
+        if let Some(expected) = expected {
+            expected.verify(&bytes)?;
+        }
+        Ok(FetchedManifest {
+            bytes: bytes.to_vec(),
+            media_type,
+            digest,
+        })
+    }
+
+    /// Fetches a whole blob into memory, verified. For small blobs (configs).
+    pub async fn get_blob(&self, r: &Reference, digest: &Digest) -> Result<Bytes, RegistryError> {
+        let url = format!("{}/blobs/{digest}", self.base(r));
+        let resp = self
+            .send(r, "pull", Method::GET, &url, None, &|b| b)
+            .await?;
+        if !resp.status().is_success() {
+            return Err(status_error("GET", &url, resp).await);
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| RegistryError::Transport {
+                method: "GET".into(),
+                url: url.clone(),
+                source,
+            })?;
+        digest.verify(&bytes)?;
+        Ok(bytes)
+    }
+
+    /// Streams a blob. The caller must verify the digest of what it reads before trusting it.
+    pub async fn blob_stream(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+    ) -> Result<impl Stream<Item = Result<Bytes, RegistryError>> + Send + use<>, RegistryError>
+    {
+        let url = format!("{}/blobs/{digest}", self.base(r));
+        let resp = self
+            .send(r, "pull", Method::GET, &url, None, &|b| b)
+            .await?;
+        if !resp.status().is_success() {
+            return Err(status_error("GET", &url, resp).await);
+        }
+        Ok(resp.bytes_stream().map(move |c| {
+            c.map_err(|source| RegistryError::Transport {
+                method: "GET".into(),
+                url: url.clone(),
+                source,
+            })
+        }))
+    }
+
+    /// Downloads a foreign layer (docker's `foreign.diff`, OCI non-distributable) from one of
+    /// the `urls` its descriptor lists; only http and https. The caller verifies the digest.
+    pub async fn get_url(&self, url: &str) -> Result<Bytes, RegistryError> {
+        let transport = |source| RegistryError::Transport {
+            method: "GET".into(),
+            url: url.to_string(),
+            source,
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(RegistryError::Protocol {
+                registry: url.to_string(),
+                reason: "foreign layer URL is not http or https".into(),
+            });
+        }
+        let resp = self.http.get(url).send().await.map_err(transport)?;
+        if !resp.status().is_success() {
+            return Err(status_error("GET", url, resp).await);
+        }
+        resp.bytes().await.map_err(transport)
+    }
+
+    /// Reads `range` of a blob. A registry that ignores ranges sends the whole blob, which is
+    /// verified against `digest` and returned as [`RangeReply::Whole`].
+    pub async fn get_blob_range(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        range: Range<u64>,
+    ) -> Result<RangeReply, RegistryError> {
+        let url = format!("{}/blobs/{digest}", self.base(r));
+        let header = format!("bytes={}-{}", range.start, range.end.saturating_sub(1));
+        let resp = self
+            .send(r, "pull", Method::GET, &url, None, &|b| {
+                b.header(RANGE, header.as_str())
+            })
+            .await?;
+        let status = resp.status();
+        let read = |resp: Response| async {
+            resp.bytes()
+                .await
+                .map_err(|source| RegistryError::Transport {
+                    method: "GET".into(),
+                    url: url.clone(),
+                    source,
+                })
+        };
+        match status {
+            StatusCode::PARTIAL_CONTENT => {
+                let b = read(resp).await?;
+                if b.len() as u64 != range.end - range.start {
+                    return Err(RegistryError::Protocol {
+                        registry: r.registry.clone(),
+                        reason: format!(
+                            "range {header} of {digest} returned {} bytes, expected {}",
+                            b.len(),
+                            range.end - range.start
+                        ),
+                    });
+                }
+                Ok(RangeReply::Partial(b))
+            }
+            StatusCode::OK => {
+                let b = read(resp).await?;
+                digest.verify(&b)?;
+                Ok(RangeReply::Whole(b))
+            }
+            _ => Err(status_error("GET", &url, resp).await),
+        }
+    }
+
+    /// The blob's size if the repository has it.
+    pub async fn blob_exists(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+    ) -> Result<Option<u64>, RegistryError> {
+        let url = format!("{}/blobs/{digest}", self.base(r));
+        let resp = self
+            .send(r, "pull", Method::HEAD, &url, self.small_timeout(), &|b| b)
+            .await?;
+        match resp.status() {
+            s if s.is_success() => Ok(Some(resp.content_length().unwrap_or(0))),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(status_error("HEAD", &url, resp).await),
+        }
+    }
+
+    /// The registry's repositories (`GET /v2/_catalog`, following `Link` pages).
+    pub async fn catalog(&self, r: &Reference) -> Result<Vec<String>, RegistryError> {
+        let base = format!("{}://{}", self.scheme(&r.registry), r.registry);
+        let mut url = format!("{base}/v2/_catalog?n=1000");
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            let resp = self
+                .send(r, "pull", Method::GET, &url, self.small_timeout(), &|b| b)
+                .await?;
+            if !resp.status().is_success() {
+                return Err(status_error("GET", &url, resp).await);
+            }
+            let next = resp
+                .headers()
+                .get("link")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.split(';').next())
+                .map(|l| {
+                    l.trim()
+                        .trim_start_matches('<')
+                        .trim_end_matches('>')
+                        .to_string()
+                });
+            #[derive(serde::Deserialize)]
+            struct Catalog {
+                #[serde(default)]
+                repositories: Vec<String>,
+            }
+            let page: Catalog = read_json(resp, &url).await?;
+            out.extend(page.repositories);
+            match next {
+                Some(n) if !n.is_empty() => {
+                    url = if n.starts_with("http") {
+                        n
+                    } else {
+                        format!("{base}{n}")
+                    }
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Downloads a plain URL (no registry auth) to `to` (for `import URL`).
+    pub async fn download(&self, url: &str, to: &std::path::Path) -> Result<u64, RegistryError> {
+        let t = |source| RegistryError::Transport {
+            method: "GET".into(),
+            url: url.to_string(),
+            source,
+        };
+        let resp = self.http.get(url).send().await.map_err(t)?;
+        if !resp.status().is_success() {
+            return Err(status_error("GET", url, resp).await);
+        }
+        let mut f = std::fs::File::create(to).map_err(|e| RegistryError::Protocol {
+            registry: url.to_string(),
+            reason: format!("{}: {e}", to.display()),
+        })?;
+        let mut body = std::pin::pin!(resp.bytes_stream());
+        let mut n = 0u64;
+        while let Some(piece) = body.try_next().await.map_err(t)? {
+            std::io::Write::write_all(&mut f, &piece).map_err(|e| RegistryError::Protocol {
+                registry: url.to_string(),
+                reason: format!("{}: {e}", to.display()),
+            })?;
+            n += piece.len() as u64;
+        }
+        Ok(n)
+    }
+
+    /// `GET /v2/` — checks that the registry answers and the credentials work.
+    pub async fn ping(&self, r: &Reference) -> Result<(), RegistryError> {
+        let url = format!("{}://{}/v2/", self.scheme(&r.registry), r.registry);
+        let resp = self
+            .send(r, "pull", Method::GET, &url, self.small_timeout(), &|b| b)
+            .await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(status_error("GET", &url, resp).await)
+        }
+    }
+}
+
+/// The JSON body of a GET response.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    resp: Response,
+    url: &str,
+) -> Result<T, RegistryError> {
+    resp.json()
+        .await
+        .map_err(|source| RegistryError::Transport {
+            method: "GET".into(),
+            url: url.to_string(),
+            source,
+        })
+}
+
+async fn read_limited(resp: Response, limit: usize, url: &str) -> Result<Bytes, RegistryError> {
+    if resp.content_length().is_some_and(|l| l as usize > limit) {
+        return Err(RegistryError::Protocol {
+            registry: url.to_string(),
+            reason: format!("manifest larger than {limit} bytes"),
+        });
+    }
+    let b = resp
+        .bytes()
+        .await
+        .map_err(|source| RegistryError::Transport {
+            method: "GET".into(),
+            url: url.to_string(),
+            source,
+        })?;
+    if b.len() > limit {
+        return Err(RegistryError::Protocol {
+            registry: url.to_string(),
+            reason: format!("manifest larger than {limit} bytes"),
+        });
+    }
+    Ok(b)
+}
+
+async fn status_error(method: &str, url: &str, resp: Response) -> RegistryError {
+    let status = resp.status();
+    let body = resp.bytes().await.unwrap_or_default();
+    let message = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            let e = v.get("errors")?.get(0)?;
+            let code = e.get("code").and_then(|c| c.as_str()).unwrap_or("");
+            let msg = e.get("message").and_then(|c| c.as_str()).unwrap_or("");
+            Some(format!("{code} {msg}").trim().to_string())
+        })
+        .unwrap_or_default();
+    RegistryError::Status {
+        method: method.to_string(),
+        url: url.to_string(),
+        status,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_for_loopback_and_insecure() {
+        let c = RegistryClient::new(ClientOptions {
+            insecure_registries: vec!["reg.lan:5000".into()],
+            ..ClientOptions::default()
+        })
+        .unwrap();
+        assert_eq!(c.scheme("127.0.0.1:5000"), "http");
+        assert_eq!(c.scheme("127.5.6.7"), "http");
+        assert_eq!(c.scheme("localhost:5000"), "http");
+        assert_eq!(c.scheme("[::1]:5000"), "http");
+        assert_eq!(c.scheme("reg.lan:5000"), "http");
+        assert_eq!(c.scheme("quay.io"), "https");
+        assert_eq!(c.scheme("10.0.0.1:5000"), "https");
+    }
+}

@@ -1,0 +1,190 @@
+//! docker's own archive format (`docker save` before Docker 25, and the `manifest.json` Docker
+//! 25+ still writes beside its OCI layout): `manifest.json` lists each image as its config file,
+//! its names (`RepoTags`, absent or null for an untagged image) and its layer tars, paths inside
+//! the archive (`<id>.json`, `<id>/layer.tar`, or `blobs/sha256/<hex>` from Docker 25 on).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::archive::Loaded;
+use crate::image::{Context, ImageError};
+use strata_oci::digest::Digest;
+use strata_oci::reference::Reference;
+use strata_oci::timefmt::now_secs;
+use strata_storage::plain::sniff;
+use strata_storage::store::{Compression, ImageRecord};
+
+/// One entry of `manifest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DockerManifestEntry {
+    /// Path of the config JSON in the archive.
+    #[serde(rename = "Config")]
+    pub config: String,
+    /// Names, docker's familiar form (`busybox:latest`).
+    #[serde(rename = "RepoTags", default)]
+    pub repo_tags: Option<Vec<String>>,
+    /// Paths of the layer tars, bottom first.
+    #[serde(rename = "Layers", default)]
+    pub layers: Vec<String>,
+}
+
+fn fail(what: impl std::fmt::Display, e: impl std::fmt::Display) -> ImageError {
+    ImageError::Manifest {
+        what: what.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// A path named by `manifest.json`, kept inside the unpacked archive.
+fn inside(dir: &Path, name: &str) -> Result<PathBuf, ImageError> {
+    let rel = strata_formats::index::normalize_path(name.as_bytes())
+        .map_err(|e| fail("manifest.json", e))?;
+    Ok(dir.join(String::from_utf8_lossy(&rel).into_owned()))
+}
+
+fn entries(dir: &Path) -> Result<Vec<DockerManifestEntry>, ImageError> {
+    let bytes = std::fs::read(dir.join("manifest.json")).map_err(|e| fail("manifest.json", e))?;
+    serde_json::from_slice(&bytes).map_err(|e| fail("manifest.json", e))
+}
+
+fn parse_tags(tags: &Option<Vec<String>>) -> Result<Vec<Reference>, ImageError> {
+    tags.iter()
+        .flatten()
+        .map(|t| {
+            t.parse::<Reference>()
+                .map_err(|e| fail(format!("manifest.json: RepoTags {t:?}"), e))
+        })
+        .collect()
+}
+
+/// The names `manifest.json` gives each config digest (for an OCI layout whose index carries
+/// none); empty when there is no usable `manifest.json`.
+pub(crate) fn repo_tags_by_config(dir: &Path) -> HashMap<Digest, Vec<Reference>> {
+    let mut out = HashMap::new();
+    let Ok(list) = entries(dir) else {
+        return out;
+    };
+    for e in list {
+        let Ok(bytes) =
+            inside(dir, &e.config).and_then(|p| std::fs::read(p).map_err(|x| fail(&e.config, x)))
+        else {
+            continue;
+        };
+        if let Ok(tags) = parse_tags(&e.repo_tags) {
+            out.insert(Digest::of(&bytes), tags);
+        }
+    }
+    out
+}
+
+fn layer_media_type(bytes: &[u8]) -> &'static str {
+    match sniff(bytes) {
+        Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+        Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        Compression::None => "application/vnd.oci.image.layer.v1.tar",
+    }
+}
+
+impl Context {
+    /// Loads every image `manifest.json` lists: each layer file is stored as a blob (indexed
+    /// by streaming it, and checked against the config's diff_id), and an OCI manifest is made
+    /// for the config and layers.
+    pub(crate) fn load_docker(&self, dir: &Path) -> Result<Vec<Loaded>, ImageError> {
+        let mut out = Vec::new();
+        for e in entries(dir)? {
+            let config = std::fs::read(inside(dir, &e.config)?).map_err(|x| fail(&e.config, x))?;
+            let cd = Digest::of(&config);
+            let cfg: serde_json::Value =
+                serde_json::from_slice(&config).map_err(|x| fail(&e.config, x))?;
+            let diff_ids: Vec<String> = cfg["rootfs"]["diff_ids"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|d| d.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if diff_ids.len() != e.layers.len() {
+                return Err(fail(
+                    &e.config,
+                    format!(
+                        "config lists {} layers, manifest.json {}",
+                        diff_ids.len(),
+                        e.layers.len()
+                    ),
+                ));
+            }
+            self.store.put_blob(&cd, &config)?;
+            let mut layers = Vec::new();
+            let mut descs = Vec::new();
+            for (path, want) in e.layers.iter().zip(&diff_ids) {
+                let bytes = std::fs::read(inside(dir, path)?).map_err(|x| fail(path, x))?;
+                let d = Digest::of(&bytes);
+                let media_type = layer_media_type(&bytes);
+                let got = self.load_layer(d, &bytes, media_type.into(), &Default::default())?;
+                if let Some(got) = got
+                    && got.to_string() != *want
+                {
+                    // The layer record stays: it is right for its own digest; no image uses it.
+                    return Err(fail(
+                        path,
+                        format!("layer content is {got}, the config says {want}"),
+                    ));
+                }
+                descs.push(
+                    json!({"mediaType": media_type, "digest": d.to_string(), "size": bytes.len()}),
+                );
+                layers.push(d);
+            }
+            let manifest = serde_json::to_vec(&json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": config.len()},
+                "layers": descs,
+            }))
+            .map_err(|x| fail("manifest", x))?;
+            let md = Digest::of(&manifest);
+            self.store.put_blob(&md, &manifest)?;
+            let rec = ImageRecord {
+                manifest: md,
+                config: cd,
+                layers,
+                sources: Vec::new(),
+                index: None,
+                pulled: now_secs(),
+            };
+            self.store.put_image(&rec)?;
+            let names = parse_tags(&e.repo_tags)?;
+            for n in &names {
+                self.tag(&rec, n)?;
+            }
+            out.push(Loaded { image: rec, names });
+        }
+        Ok(out)
+    }
+}
+
+/// The `manifest.json` entry `save` writes for an image (as Docker 25+ does: paths into the
+/// OCI layout's blobs), so that `docker load` reads the archive.
+pub fn entry_for(img: &ImageRecord, names: &[Reference]) -> DockerManifestEntry {
+    let blob = |d: &Digest| format!("blobs/sha256/{}", d.hex());
+    DockerManifestEntry {
+        config: blob(&img.config),
+        repo_tags: (!names.is_empty()).then(|| {
+            names
+                .iter()
+                .map(|n| {
+                    format!(
+                        "{}:{}",
+                        n.familiar_repository(),
+                        n.tag.as_deref().unwrap_or("latest")
+                    )
+                })
+                .collect()
+        }),
+        layers: img.layers.iter().map(blob).collect(),
+    }
+}

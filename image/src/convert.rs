@@ -1,0 +1,316 @@
+//! `convert`: rewrites any image into the native lazy format, registry to registry. Each layer is
+//! streamed from the source, checked against its digest, decompressed and rewritten as
+//! zstd:chunked; the uncompressed tar is byte-identical, so the config and its diff_ids carry
+//! over unchanged. Layers that are already zstd:chunked are copied as they are.
+//! With [`Format::Estargz`] layers become eStargz instead; its tar gains a landmark and the TOC
+//! entry, so the config is rewritten with the new diff_ids.
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use serde_json::json;
+
+use crate::image::{Context, ImageError, Progress, ProgressFn, digest_of, feed_error};
+use strata_formats::chunked::write_chunked;
+use strata_formats::estargz_write::write_estargz;
+use strata_formats::toc::TocAnnotations;
+use strata_oci::digest::Digest;
+use strata_oci::reference::Reference;
+use strata_storage::lazy::feed_blocking;
+use strata_storage::plain::{HashingReader, decompress, sniff};
+use strata_storage::store::Compression;
+
+/// Media type of native lazy layers (an ordinary zstd layer to every other client).
+pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+/// Media type of eStargz layers (an ordinary gzip layer to every other client).
+pub const ESTARGZ_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// The lazy format `convert` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// containers/storage's zstd:chunked (strata's native format).
+    #[default]
+    ZstdChunked,
+    /// stargz-snapshotter's eStargz.
+    Estargz,
+}
+
+/// A layer as rewritten.
+struct Rewritten {
+    digest: Digest,
+    size: u64,
+    annotations: std::collections::BTreeMap<String, String>,
+    /// The new diff_id, when the uncompressed tar changed (eStargz).
+    diff_id: Option<Digest>,
+}
+
+/// Converts `src` into `dst`; returns the new manifest's digest.
+pub async fn convert(
+    ctx: &Context,
+    src: &Reference,
+    dst: &Reference,
+    platform: &str,
+    format: Format,
+    progress: ProgressFn<'_>,
+) -> Result<Digest, ImageError> {
+    let (manifest, mdigest, _, _) = ctx.resolve_manifest(src, platform).await?;
+    progress(Progress::Resolved {
+        manifest: mdigest,
+        layers: manifest.layers().len(),
+    });
+    let tmp = tempdir_in(&ctx.root.join("tmp")).map_err(|e| ImageError::Layer {
+        layer: mdigest,
+        reason: e.to_string(),
+    })?;
+    let mut layers = Vec::new();
+    let mut new_diff_ids: Vec<Option<Digest>> = Vec::new();
+    for desc in manifest.layers() {
+        let d = digest_of(desc)?;
+        let ann: std::collections::BTreeMap<String, String> = desc
+            .annotations()
+            .as_ref()
+            .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        let native = match format {
+            Format::ZstdChunked => {
+                matches!(TocAnnotations::parse(&ann), Ok(Some(t)) if t.toc_digest.is_some())
+            }
+            Format::Estargz => ann.contains_key(strata_formats::estargz::TOC_DIGEST_ANNOTATION),
+        };
+        if native {
+            new_diff_ids.push(None);
+            copy_blob(ctx, src, dst, &d, &tmp.join(d.hex()), progress).await?;
+            layers.push(json!({
+                "mediaType": desc.media_type().to_string(),
+                "digest": d.to_string(),
+                "size": desc.size(),
+                "annotations": ann,
+            }));
+            progress(Progress::LayerDone {
+                layer: d,
+                what: "Already native",
+            });
+            continue;
+        }
+        progress(Progress::LayerStart {
+            layer: d,
+            size: desc.size(),
+            what: "Converting",
+        });
+        let mt = desc.media_type().to_string();
+        let compression = if mt.ends_with("gzip") {
+            Some(Compression::Gzip)
+        } else if mt.ends_with("zstd") {
+            Some(Compression::Zstd)
+        } else if mt.ends_with(".tar") {
+            Some(Compression::None)
+        } else {
+            None
+        };
+        let out_path = tmp.join(format!("{}.zst", d.hex()));
+        let written = rewrite_layer(ctx, src, d, compression, format, &out_path, progress).await?;
+        new_diff_ids.push(written.diff_id);
+        ctx.client
+            .put_blob_file(dst, &written.digest, &out_path, &|done| {
+                progress(Progress::LayerBytes { layer: d, done })
+            })
+            .await?;
+        let _ = std::fs::remove_file(&out_path);
+        layers.push(json!({
+            "mediaType": if format == Format::Estargz { ESTARGZ_MEDIA_TYPE } else { LAYER_MEDIA_TYPE },
+            "digest": written.digest.to_string(),
+            "size": written.size,
+            "annotations": written.annotations,
+        }));
+        progress(Progress::LayerDone {
+            layer: d,
+            what: "Converted",
+        });
+    }
+    let mut config = digest_of(manifest.config())?;
+    let mut config_bytes = ctx.client.get_blob(src, &config).await?;
+    if new_diff_ids.iter().any(Option::is_some) {
+        config_bytes =
+            with_diff_ids(&config_bytes, &new_diff_ids).map_err(|reason| ImageError::Manifest {
+                what: format!("config {config}"),
+                reason,
+            })?;
+        config = Digest::of(&config_bytes);
+    }
+    ctx.client
+        .put_blob(dst, &config, config_bytes.clone())
+        .await?;
+    let new_manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config.to_string(),
+            "size": config_bytes.len(),
+        },
+        "layers": layers,
+    });
+    let bytes =
+        Bytes::from(
+            serde_json::to_vec(&new_manifest).map_err(|e| ImageError::Manifest {
+                what: dst.to_string(),
+                reason: e.to_string(),
+            })?,
+        );
+    let digest = ctx
+        .client
+        .put_manifest(dst, bytes, "application/vnd.oci.image.manifest.v1+json")
+        .await?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(digest)
+}
+
+/// The config with `rootfs.diff_ids[i]` replaced where `new[i]` is set.
+fn with_diff_ids(config: &[u8], new: &[Option<Digest>]) -> Result<Bytes, String> {
+    let mut v: serde_json::Value = serde_json::from_slice(config).map_err(|e| e.to_string())?;
+    let ids = v["rootfs"]["diff_ids"]
+        .as_array_mut()
+        .filter(|a| a.len() == new.len())
+        .ok_or("rootfs.diff_ids does not list one digest per layer")?;
+    for (id, n) in ids.iter_mut().zip(new) {
+        if let Some(n) = n {
+            *id = json!(n.to_string());
+        }
+    }
+    serde_json::to_vec(&v)
+        .map(Bytes::from)
+        .map_err(|e| e.to_string())
+}
+
+fn tempdir_in(parent: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(parent)?;
+    let p = strata_storage::atomic::temp_path(&parent.join("convert"));
+    std::fs::create_dir(&p)?;
+    Ok(p)
+}
+
+pub(crate) async fn copy_blob(
+    ctx: &Context,
+    src: &Reference,
+    dst: &Reference,
+    d: &Digest,
+    tmp: &std::path::Path,
+    progress: ProgressFn<'_>,
+) -> Result<Copied, ImageError> {
+    if ctx.client.blob_exists(dst, d).await?.is_some() {
+        return Ok(Copied::Present);
+    }
+    if src.registry == dst.registry && ctx.client.mount_blob(dst, d, &src.repository).await? {
+        return Ok(Copied::Mounted);
+    }
+    let mut body = Box::pin(ctx.client.blob_stream(src, d).await?);
+    let mut file = std::fs::File::create(tmp).map_err(|e| io_fail(*d, e))?;
+    let mut hasher = strata_oci::digest::Hasher::default();
+    let mut done = 0u64;
+    while let Some(chunk) = body.try_next().await? {
+        hasher.update(&chunk);
+        std::io::Write::write_all(&mut file, &chunk).map_err(|e| io_fail(*d, e))?;
+        done += chunk.len() as u64;
+        progress(Progress::LayerBytes { layer: *d, done });
+    }
+    let got = hasher.finish();
+    if got != *d {
+        return Err(ImageError::Layer {
+            layer: *d,
+            reason: format!("content hashes to {got}"),
+        });
+    }
+    ctx.client.put_blob_file(dst, d, tmp, &|_| {}).await?;
+    let _ = std::fs::remove_file(tmp);
+    Ok(Copied::Uploaded)
+}
+
+/// How [`copy_blob`] got a blob into the target repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Copied {
+    /// It was there already.
+    Present,
+    /// The registry mounted it from the source repository.
+    Mounted,
+    /// Its bytes were streamed from the source and uploaded.
+    Uploaded,
+}
+
+fn io_fail(layer: Digest, e: std::io::Error) -> ImageError {
+    ImageError::Layer {
+        layer,
+        reason: e.to_string(),
+    }
+}
+
+async fn rewrite_layer(
+    ctx: &Context,
+    src: &Reference,
+    d: Digest,
+    compression: Option<Compression>,
+    format: Format,
+    out_path: &std::path::Path,
+    progress: ProgressFn<'_>,
+) -> Result<Rewritten, ImageError> {
+    let body = ctx.client.blob_stream(src, &d).await?;
+    let out = std::fs::File::create(out_path).map_err(|e| io_fail(d, e))?;
+    let mut done = 0u64;
+    let written = feed_blocking(
+        body,
+        |n| {
+            done += n;
+            progress(Progress::LayerBytes { layer: d, done });
+        },
+        move |reader| -> Result<_, String> {
+            let mut hashed = HashingReader::new(reader);
+            // Unknown media type: tell the compression from the first bytes.
+            let mut head = [0u8; 4];
+            let mut n = 0;
+            if compression.is_none() {
+                while n < head.len() {
+                    let k = std::io::Read::read(&mut hashed, &mut head[n..])
+                        .map_err(|e| e.to_string())?;
+                    if k == 0 {
+                        break;
+                    }
+                    n += k;
+                }
+            }
+            let c = compression.unwrap_or_else(|| sniff(&head[..n]));
+            let written = {
+                let input = std::io::Read::chain(&head[..n], &mut hashed);
+                let tar = decompress(input, c).map_err(|e| e.to_string())?;
+                let out = std::io::BufWriter::new(out);
+                match format {
+                    Format::ZstdChunked => {
+                        let w = write_chunked(tar, out, 3).map_err(|e| e.to_string())?;
+                        Rewritten {
+                            digest: w.digest,
+                            size: w.size,
+                            annotations: w.annotations,
+                            diff_id: None,
+                        }
+                    }
+                    Format::Estargz => {
+                        let w = write_estargz(tar, out, 6).map_err(|e| e.to_string())?;
+                        Rewritten {
+                            digest: w.digest,
+                            size: w.size,
+                            annotations: w.annotations,
+                            diff_id: Some(w.diff_id),
+                        }
+                    }
+                }
+            };
+            let (got, _) = hashed.finish().map_err(|e| e.to_string())?;
+            if got != d {
+                return Err(format!("content hashes to {got}"));
+            }
+            Ok(written)
+        },
+    )
+    .await
+    .map_err(feed_error(d))?
+    .map_err(|reason| ImageError::Layer { layer: d, reason })?;
+    Ok(written)
+}

@@ -1,0 +1,11 @@
+//! strata's lazy filesystem: the merged tree of an image's layers from their indexes, served
+//! read-only over FUSE with file content fetched lazily and verified chunk by chunk.
+
+pub mod fuse;
+pub mod mount;
+pub mod record;
+pub mod tree;
+
+pub use fuse::{LazyFs, Readiness, ReadySetter};
+pub use record::Recording;
+pub use tree::Tree;

@@ -1,0 +1,10 @@
+//! OCI basics shared by every strata crate: content digests, image references, platforms and
+//! the RFC 3339 times of image configs.
+
+pub mod digest;
+pub mod platform;
+pub mod reference;
+pub mod timefmt;
+
+pub use digest::Digest;
+pub use reference::Reference;

@@ -1,0 +1,183 @@
+//! A container's root: the lazily mounted image (strata's read-only FUSE lower) under a
+//! private writable upper layer (kernel overlayfs). Used by `run`, `start`, `export` and
+//! `build`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use strata_formats::profile::Prefetch;
+use strata_image::image::Context;
+use strata_storage::store::ImageRecord;
+use tracing::info;
+
+use crate::union::{mount_overlay, unmount_detached};
+use strata_lazyfs::mount::{MountOptions, spawn};
+use strata_lazyfs::{LazyFs, Recording, Tree};
+
+/// The lazy filesystem of `img`, mountable at once: layers without a TOC stream in the
+/// background and the tree appears (operations wait for it) when they are indexed. What
+/// `ctx.prefetch` asks for is fetched ahead: the image's prefetch profile at once, the rest
+/// once the tree is ready and the profile is in.
+pub fn prepare_fs(ctx: &Context, rt: &tokio::runtime::Handle, img: ImageRecord) -> LazyFs {
+    let (fs, ready) = LazyFs::pending(ctx.fetcher.clone(), rt.clone());
+    let profile = match ctx.prefetch {
+        Prefetch::None => None,
+        _ => ctx.profile_of(&img),
+    };
+    let rest = ctx.prefetch.rest(profile.is_some());
+    let fs = fs.replaying(profile.is_some());
+    // Already under way if this process just pulled the image: then this only waits for it.
+    let profile_done = match (profile, ctx.source_ref(&img)) {
+        (Some(p), Ok(repo)) => {
+            let (ctx, blobs) = (ctx.clone(), img.layers.clone());
+            Some(rt.spawn(async move { ctx.prefetch_profile(&repo, &blobs, &p).await }))
+        }
+        _ => None,
+    };
+    let prep = ctx.clone();
+    rt.spawn(async move {
+        let started = Instant::now();
+        let result = async {
+            prep.ensure_indexed(&img, &|_| {})
+                .await
+                .map_err(|e| e.to_string())?;
+            let layers = prep.open_layers(&img).map_err(|e| e.to_string())?;
+            let tree = Tree::build(layers.iter().map(|l| &l.index)).map_err(|e| e.to_string())?;
+            info!(
+                inodes = tree.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "tree ready"
+            );
+            Ok::<_, String>((tree, layers))
+        }
+        .await;
+        match result {
+            Ok((tree, layers)) => {
+                ready.set(Ok((
+                    tree,
+                    layers.iter().map(|l| l.source.clone()).collect(),
+                )));
+                if rest {
+                    if let Some(h) = profile_done {
+                        let _ = h.await;
+                    }
+                    prep.fetch_rest(&layers).await;
+                }
+            }
+            Err(e) => ready.set(Err(e)),
+        }
+    });
+    fs
+}
+
+/// A container's mounted root; unmounted (overlay, then the FUSE lower) when dropped.
+pub struct RootMount {
+    /// The overlay mount point.
+    pub rootfs: PathBuf,
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl std::fmt::Debug for RootMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RootMount")
+            .field("rootfs", &self.rootfs)
+            .finish()
+    }
+}
+
+impl Drop for RootMount {
+    fn drop(&mut self) {
+        let _ = unmount_detached(&self.rootfs);
+        drop(self.session.take());
+    }
+}
+
+/// Mounts `img` lazily at `dir/lower` (served by this process) and the overlay of `dir/upper`
+/// over it at `dir/rootfs`. An existing upper layer is reused.
+pub fn mount_root(
+    ctx: &Context,
+    rt: &tokio::runtime::Handle,
+    img: &ImageRecord,
+    dir: &Path,
+) -> io::Result<RootMount> {
+    mount_root_with(ctx, rt, img, dir, false).map(|(m, _)| m)
+}
+
+/// [`mount_root`], recording what is read when `record` is set.
+pub fn mount_root_with(
+    ctx: &Context,
+    rt: &tokio::runtime::Handle,
+    img: &ImageRecord,
+    dir: &Path,
+    record: bool,
+) -> io::Result<(RootMount, Option<Recording>)> {
+    let (lower, upper, work, rootfs) = (
+        dir.join("lower"),
+        dir.join("upper"),
+        dir.join("work"),
+        dir.join("rootfs"),
+    );
+    for d in [&lower, &upper, &work, &rootfs] {
+        std::fs::create_dir_all(d)?;
+    }
+    let fs = prepare_fs(ctx, rt, img.clone()).with_passthrough(true);
+    let (fs, recording) = if record {
+        let (fs, r) = fs.recording();
+        (fs, Some(r))
+    } else {
+        (fs, None)
+    };
+    let readiness = fs.readiness();
+    let session = spawn(fs, &lower, &MountOptions::default()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("mounting the image on {}: {e}", lower.display()),
+        )
+    })?;
+    let mut mounted = RootMount {
+        rootfs: rootfs.clone(),
+        session: Some(session),
+    };
+    // The first operation waits for the tree (as the container's would): if it cannot be
+    // built, say why instead of letting the container fail with EIO on some path.
+    if std::fs::read_dir(&lower).is_err()
+        && let Some(cause) = readiness.failure()
+    {
+        drop(mounted.session.take());
+        return Err(io::Error::other(format!(
+            "image {} cannot be used: {cause}",
+            img.manifest
+        )));
+    }
+    if let Err(e) = mount_overlay(&lower, &upper, &work, &rootfs) {
+        drop(mounted.session.take());
+        return Err(io::Error::new(
+            e.kind(),
+            format!("mounting the writable layer on {}: {e}", rootfs.display()),
+        ));
+    }
+    Ok((mounted, recording))
+}
+
+/// Mount points strata itself creates in a container when the image lacks them.
+const RUNTIME_PATHS: [&str; 6] = [
+    "/proc",
+    "/sys",
+    "/dev",
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+];
+
+/// Whether `rel` (a path in a container's upper layer) is only a mount point strata created
+/// because the image lacks it: it is not the container's change.
+pub fn is_runtime_artifact(rel: &Path, meta: &std::fs::Metadata, tree: &Tree) -> bool {
+    let shown = format!("/{}", rel.display());
+    if !RUNTIME_PATHS.contains(&shown.as_str())
+        || tree.resolve(rel.as_os_str().as_encoded_bytes()).is_some()
+    {
+        return false;
+    }
+    meta.is_dir() || meta.len() == 0
+}
