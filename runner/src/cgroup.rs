@@ -51,24 +51,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
     }
 }
 
-/// docker's default device rules (devices cgroup v1 `devices.allow` lines): creating any node
-/// (`m`), and reading/writing only null, zero, full, random, urandom, tty, console, ptmx, the
-/// pseudo-terminals and tun.
-pub const DEFAULT_DEVICES: [&str; 12] = [
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 5:0 rwm",
-    "c 5:1 rwm",
-    "c 5:2 rwm",
-    "c 136:* rwm",
-    "c 10:200 rwm",
-];
-
 /// Where cgroups are: `/sys/fs/cgroup`, `/proc/self/cgroup`, `/proc/self/mountinfo` (tests
 /// point these at fakes).
 #[derive(Debug, Clone)]
@@ -182,7 +164,7 @@ fn make_in(own: &Path, name: &str, made: &mut Cgroups) -> Result<PathBuf, Cgroup
 }
 
 /// Creates the cgroups of container `id` with `limits`; `devices` restricts device access to
-/// [`DEFAULT_DEVICES`]: through the devices cgroup on v1 and, wherever a v2 hierarchy is
+/// [`DEFAULT_DEVICES`](crate::devices::DEFAULT_DEVICES): through the devices cgroup on v1 and, wherever a v2 hierarchy is
 /// mounted (pure v2, or beside v1 on a hybrid host), an eBPF device program attached to the
 /// container's v2 cgroup. The kernel enforces both on a hybrid host.
 /// On failure whatever was created is removed again.
@@ -212,7 +194,7 @@ pub fn create(
 }
 
 /// Makes the container's v2 cgroup beneath `own` (if not made yet) and attaches the device
-/// program for [`DEFAULT_DEVICES`] to it.
+/// program for [`DEFAULT_DEVICES`](crate::devices::DEFAULT_DEVICES) to it.
 fn attach_devices(own: &Path, name: &str, made: &mut Cgroups) -> Result<(), CgroupError> {
     let dir = make_in(own, name, made)?;
     crate::devices::attach(&dir, &crate::devices::default_rules())?;
@@ -229,7 +211,7 @@ fn create_v1(
     if devices {
         let dir = make(host, "devices", name, made)?;
         write(&dir, "devices.deny", "a")?;
-        for rule in DEFAULT_DEVICES {
+        for rule in crate::devices::DEFAULT_DEVICES {
             write(&dir, "devices.allow", rule)?;
         }
     }

@@ -1,7 +1,7 @@
 //! docker's default device list on cgroup v2: an eBPF program of type
 //! `BPF_PROG_TYPE_CGROUP_DEVICE`, attached to the container's v2 cgroup, that the kernel runs
 //! on every open or mknod of a device node and that allows only the rules of
-//! [`crate::cgroup::DEFAULT_DEVICES`] (the same lines the v1 devices cgroup gets).
+//! [`DEFAULT_DEVICES`] (the same lines the v1 devices cgroup gets).
 //!
 //! The program is generated from that table with `rbpf`'s instruction builder, as youki
 //! does, and checked in unit tests by running it in `rbpf`'s interpreter. Loading and
@@ -199,9 +199,27 @@ pub fn program(rules: &[Rule]) -> Vec<u8> {
     (&p).into_bytes().to_vec()
 }
 
-/// The rules of docker's default device list ([`crate::cgroup::DEFAULT_DEVICES`]).
+/// docker's default device rules (devices cgroup v1 `devices.allow` lines): creating any node
+/// (`m`), and reading/writing only null, zero, full, random, urandom, tty, console, ptmx, the
+/// pseudo-terminals and tun.
+pub const DEFAULT_DEVICES: [&str; 12] = [
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+    "c 10:200 rwm",
+];
+
+/// The rules of docker's default device list ([`DEFAULT_DEVICES`]).
 pub fn default_rules() -> Vec<Rule> {
-    crate::cgroup::DEFAULT_DEVICES
+    DEFAULT_DEVICES
         .iter()
         .map(|l| Rule::parse(l).expect("the default device table parses"))
         .collect()
@@ -386,7 +404,7 @@ mod tests {
             let e = Rule::parse(bad).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
-        assert_eq!(default_rules().len(), crate::cgroup::DEFAULT_DEVICES.len());
+        assert_eq!(default_rules().len(), DEFAULT_DEVICES.len());
     }
 
     #[test]

@@ -10,36 +10,9 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, chdir, execve, setgid, setgroups, setuid};
 
+use crate::kernel::{Fail, ctx, fail};
 use crate::user::resolve;
 use crate::{EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_RUNTIME_ERROR, Spec, sys};
-
-/// A failure inside the container setup, with the exit code docker would give it.
-#[derive(Debug)]
-pub(crate) struct Fail {
-    code: i32,
-    msg: String,
-}
-
-impl Fail {
-    /// The message, for callers outside the container's init (`exec`).
-    pub(crate) fn into_message(self) -> String {
-        self.msg
-    }
-}
-
-pub(crate) fn fail(msg: impl Into<String>) -> Fail {
-    Fail {
-        code: EXIT_RUNTIME_ERROR,
-        msg: msg.into(),
-    }
-}
-
-pub(crate) fn ctx<T, E: std::fmt::Display>(
-    r: Result<T, E>,
-    what: impl FnOnce() -> String,
-) -> Result<T, Fail> {
-    r.map_err(|e| fail(format!("{}: {e}", what())))
-}
 
 const FORWARDED: [Signal; 7] = [
     Signal::SIGINT,
@@ -242,7 +215,7 @@ pub(crate) fn confine(spec: &Spec, user: &crate::user::User) -> Result<(), Fail>
 
 fn container_main(spec: &Spec) -> Result<std::convert::Infallible, Fail> {
     let user = resolve(&spec.rootfs, &spec.user).map_err(|e| fail(e.to_string()))?;
-    crate::rootfs::setup_rootfs(&mut crate::rootfs::Linux, spec)?;
+    crate::rootfs::setup_rootfs(&mut crate::kernel::Linux, spec)?;
     if spec.tty {
         open_console()?;
     }

@@ -16,6 +16,7 @@ pub mod devices;
 pub mod freeze;
 mod init;
 pub mod inroot;
+mod kernel;
 mod masks;
 pub mod pty;
 pub mod rootfs;

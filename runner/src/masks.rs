@@ -5,8 +5,17 @@ use std::path::Path;
 
 use nix::mount::MsFlags;
 
-use crate::init::{Fail, ctx};
-use crate::rootfs::{Kernel, mount_at};
+use crate::kernel::{Fail, Kernel, ctx, mount_at};
+
+/// The device nodes every container's /dev holds: name, major, minor (runc's default set).
+pub(crate) const DEFAULT_NODES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
 
 /// What docker hides from a container: files get /dev/null bound over them, directories an
 /// empty read-only tmpfs.
@@ -90,7 +99,7 @@ pub(crate) fn host_devices(
     for e in entries.flatten() {
         let name = e.file_name();
         // Kept: what setup_dev made (the default nodes, pts, shm).
-        let made = crate::rootfs::DEFAULT_NODES.iter().map(|(n, _, _)| *n);
+        let made = DEFAULT_NODES.iter().map(|(n, _, _)| *n);
         if depth == 0
             && ["pts", "shm", "mqueue"]
                 .into_iter()

@@ -7,96 +7,10 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 
-use crate::init::{Fail, ctx, fail};
 use crate::inroot::{InRoot, resolve_in};
+use crate::kernel::{Fail, Kernel, ctx, fail, mount_at};
+use crate::masks::DEFAULT_NODES;
 use crate::{Network, Spec};
-
-/// The privileged system calls of the rootfs sequence.
-pub trait Kernel {
-    /// mount(2).
-    fn mount(
-        &mut self,
-        src: Option<&str>,
-        target: &Path,
-        fstype: Option<&str>,
-        flags: MsFlags,
-        data: Option<&str>,
-    ) -> nix::Result<()>;
-    /// umount2(2) with MNT_DETACH.
-    fn umount_detach(&mut self, target: &Path) -> nix::Result<()>;
-    /// pivot_root(".", ".") in the current directory.
-    fn pivot_root_here(&mut self) -> nix::Result<()>;
-    /// chdir(2).
-    fn chdir(&mut self, dir: &Path) -> nix::Result<()>;
-    /// sethostname(2).
-    fn sethostname(&mut self, name: &str) -> nix::Result<()>;
-    /// Brings `lo` up in the current network namespace.
-    fn loopback_up(&mut self) -> std::io::Result<()>;
-    /// mknod(2) of a device node with exactly `mode` (type and permission bits).
-    fn mknod(&mut self, path: &Path, mode: u32, rdev: u64) -> nix::Result<()>;
-}
-
-/// The real kernel.
-#[derive(Debug, Default)]
-pub struct Linux;
-
-impl Kernel for Linux {
-    fn mount(
-        &mut self,
-        src: Option<&str>,
-        target: &Path,
-        fstype: Option<&str>,
-        flags: MsFlags,
-        data: Option<&str>,
-    ) -> nix::Result<()> {
-        nix::mount::mount(src, target, fstype, flags, data)
-    }
-    fn umount_detach(&mut self, target: &Path) -> nix::Result<()> {
-        nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)
-    }
-    fn pivot_root_here(&mut self) -> nix::Result<()> {
-        nix::unistd::pivot_root(".", ".")
-    }
-    fn chdir(&mut self, dir: &Path) -> nix::Result<()> {
-        nix::unistd::chdir(dir)
-    }
-    fn sethostname(&mut self, name: &str) -> nix::Result<()> {
-        nix::unistd::sethostname(name)
-    }
-    fn loopback_up(&mut self) -> std::io::Result<()> {
-        crate::sys::loopback_up()
-    }
-    fn mknod(&mut self, path: &Path, mode: u32, rdev: u64) -> nix::Result<()> {
-        use nix::sys::stat::{Mode, SFlag};
-        let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
-        let perm = Mode::from_bits_truncate(mode & 0o7777);
-        nix::sys::stat::mknod(path, kind, perm, rdev)?;
-        // mknod applies the umask; the node gets the host's permissions.
-        nix::sys::stat::fchmodat(
-            nix::fcntl::AT_FDCWD,
-            path,
-            perm,
-            nix::sys::stat::FchmodatFlags::FollowSymlink,
-        )
-    }
-}
-
-pub(crate) fn mount_at(
-    k: &mut impl Kernel,
-    src: Option<&str>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> Result<(), Fail> {
-    ctx(k.mount(src, target, fstype, flags, data), || {
-        format!(
-            "mounting {} on {}",
-            src.or(fstype).unwrap_or("?"),
-            target.display()
-        )
-    })
-}
 
 /// A file to bind something onto (created empty if missing), resolved inside `root`.
 fn file_target(root: &Path, path: &str) -> Result<PathBuf, Fail> {
@@ -112,16 +26,6 @@ fn dir_target(root: &Path, path: &str) -> Result<PathBuf, Fail> {
         format!("creating {path} in the container")
     })
 }
-
-/// The device nodes every container's /dev holds: name, major, minor (runc's default set).
-pub(crate) const DEFAULT_NODES: [(&str, u64, u64); 6] = [
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-];
 
 fn setup_dev(k: &mut impl Kernel, root: &Path, privileged: bool) -> Result<(), Fail> {
     let dev = dir_target(root, "dev")?;
