@@ -155,48 +155,54 @@ pub fn program(rules: &[Rule]) -> Vec<u8> {
         .set_off(8)
         .push();
     for r in rules {
-        let all = r.access == ACC_MKNOD | ACC_READ | ACC_WRITE;
-        // Instructions after the type test: the access test (3), one per fixed number, and
-        // the two that return; a mismatch jumps over what is left of them.
-        let mut left = 2 + i16::from(r.major.is_some()) + i16::from(r.minor.is_some());
-        if !all {
-            left += 3;
-        }
-        p.jump_conditional(Cond::NotEquals, Source::Imm)
-            .set_dst(2)
-            .set_imm(r.kind as i32)
-            .set_off(left)
-            .push();
-        if !all {
-            // The request must be a subset of the rule's access: (r3 & access) == r3.
-            left -= 3;
-            p.mov(Source::Reg, Arch::X32).set_dst(1).set_src(3).push();
-            p.bit_and(Source::Imm, Arch::X32)
-                .set_dst(1)
-                .set_imm(r.access as i32)
-                .push();
-            p.jump_conditional(Cond::NotEquals, Source::Reg)
-                .set_dst(1)
-                .set_src(3)
-                .set_off(left)
-                .push();
-        }
-        for (reg, number) in [(4, r.major), (5, r.minor)] {
-            if let Some(n) = number {
-                left -= 1;
-                p.jump_conditional(Cond::NotEquals, Source::Imm)
-                    .set_dst(reg)
-                    .set_imm(n as i32)
-                    .set_off(left)
-                    .push();
-            }
-        }
-        p.mov(Source::Imm, Arch::X32).set_dst(0).set_imm(1).push();
-        p.exit().push();
+        rule_code(&mut p, r);
     }
     p.mov(Source::Imm, Arch::X32).set_dst(0).set_imm(0).push();
     p.exit().push();
     (&p).into_bytes().to_vec()
+}
+
+/// The instructions of one rule: compare the type, the access (unless the rule allows all)
+/// and the fixed numbers, jumping to the next rule on a mismatch; on a match return 1 (allow).
+fn rule_code(p: &mut BpfCode, r: &Rule) {
+    let all = r.access == ACC_MKNOD | ACC_READ | ACC_WRITE;
+    // Instructions after the type test: the access test (3), one per fixed number, and
+    // the two that return; a mismatch jumps over what is left of them.
+    let mut left = 2 + i16::from(r.major.is_some()) + i16::from(r.minor.is_some());
+    if !all {
+        left += 3;
+    }
+    p.jump_conditional(Cond::NotEquals, Source::Imm)
+        .set_dst(2)
+        .set_imm(r.kind as i32)
+        .set_off(left)
+        .push();
+    if !all {
+        // The request must be a subset of the rule's access: (r3 & access) == r3.
+        left -= 3;
+        p.mov(Source::Reg, Arch::X32).set_dst(1).set_src(3).push();
+        p.bit_and(Source::Imm, Arch::X32)
+            .set_dst(1)
+            .set_imm(r.access as i32)
+            .push();
+        p.jump_conditional(Cond::NotEquals, Source::Reg)
+            .set_dst(1)
+            .set_src(3)
+            .set_off(left)
+            .push();
+    }
+    for (reg, number) in [(4, r.major), (5, r.minor)] {
+        if let Some(n) = number {
+            left -= 1;
+            p.jump_conditional(Cond::NotEquals, Source::Imm)
+                .set_dst(reg)
+                .set_imm(n as i32)
+                .set_off(left)
+                .push();
+        }
+    }
+    p.mov(Source::Imm, Arch::X32).set_dst(0).set_imm(1).push();
+    p.exit().push();
 }
 
 /// docker's default device rules (devices cgroup v1 `devices.allow` lines): creating any node

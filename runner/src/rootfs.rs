@@ -102,6 +102,27 @@ pub(crate) fn setup_rootfs(k: &mut impl Kernel, spec: &Spec) -> Result<(), Fail>
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None,
     )?;
+    mount_kernel_filesystems(k, root, spec.security.privileged)?;
+    bind_etc_files(k, spec)?;
+    for b in &spec.binds {
+        bind_volume(k, root, b)?;
+    }
+    if spec.network == Network::None {
+        ctx(k.loopback_up(), || "bringing up loopback".into())?;
+    }
+    ctx(k.sethostname(&spec.hostname), || {
+        "setting the hostname".into()
+    })?;
+    pivot_into(k, root)
+}
+
+/// /proc, /dev and /sys in the container; without `privileged`, /sys read-only and docker's
+/// masked paths hidden.
+fn mount_kernel_filesystems(
+    k: &mut impl Kernel,
+    root: &Path,
+    privileged: bool,
+) -> Result<(), Fail> {
     let proc_dir = dir_target(root, "proc")?;
     mount_at(
         k,
@@ -111,15 +132,16 @@ pub(crate) fn setup_rootfs(k: &mut impl Kernel, spec: &Spec) -> Result<(), Fail>
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;
-    setup_dev(k, root, spec.security.privileged)?;
+    setup_dev(k, root, privileged)?;
     let sys_dir = dir_target(root, "sys")?;
     let mut ro = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    if !spec.security.privileged {
+    if !privileged {
         ro |= MsFlags::MS_RDONLY;
     }
     if k.mount(Some("sysfs"), &sys_dir, Some("sysfs"), ro, None)
         .is_err()
     {
+        // A new sysfs needs a network namespace of our own; otherwise bind the host's.
         mount_at(
             k,
             Some("/sys"),
@@ -137,9 +159,15 @@ pub(crate) fn setup_rootfs(k: &mut impl Kernel, spec: &Spec) -> Result<(), Fail>
             None,
         )?;
     }
-    if !spec.security.privileged {
+    if !privileged {
         crate::masks::mask_paths(k, root)?;
     }
+    Ok(())
+}
+
+/// /etc/hosts, /etc/resolv.conf and /etc/hostname written in the container's state directory
+/// and bound over the image's files (as docker does).
+fn bind_etc_files(k: &mut impl Kernel, spec: &Spec) -> Result<(), Fail> {
     let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
         spec.hostname
@@ -157,7 +185,7 @@ pub(crate) fn setup_rootfs(k: &mut impl Kernel, spec: &Spec) -> Result<(), Fail>
         ctx(std::fs::write(&host_file, content), || {
             format!("writing {}", host_file.display())
         })?;
-        let target = file_target(root, &format!("etc/{name}"))?;
+        let target = file_target(&spec.rootfs, &format!("etc/{name}"))?;
         mount_at(
             k,
             Some(&host_file.to_string_lossy()),
@@ -167,43 +195,43 @@ pub(crate) fn setup_rootfs(k: &mut impl Kernel, spec: &Spec) -> Result<(), Fail>
             None,
         )?;
     }
-    for b in &spec.binds {
-        let is_dir = std::fs::metadata(&b.source)
-            .map(|m| m.is_dir())
-            .map_err(|e| fail(format!("bind source {}: {e}", b.source.display())))?;
-        let target = if is_dir {
-            dir_target(root, &b.target)?
-        } else {
-            file_target(root, &b.target)?
-        };
+    Ok(())
+}
+
+/// A `-v SRC:DST[:ro]` bind: a directory or a file, made read-only after binding if asked.
+fn bind_volume(k: &mut impl Kernel, root: &Path, b: &crate::Bind) -> Result<(), Fail> {
+    let is_dir = std::fs::metadata(&b.source)
+        .map(|m| m.is_dir())
+        .map_err(|e| fail(format!("bind source {}: {e}", b.source.display())))?;
+    let target = if is_dir {
+        dir_target(root, &b.target)?
+    } else {
+        file_target(root, &b.target)?
+    };
+    mount_at(
+        k,
+        Some(&b.source.to_string_lossy()),
+        &target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    if b.readonly {
         mount_at(
             k,
-            Some(&b.source.to_string_lossy()),
+            None,
             &target,
             None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
             None,
         )?;
-        if b.readonly {
-            mount_at(
-                k,
-                None,
-                &target,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                None,
-            )?;
-        }
     }
-    if spec.network == Network::None {
-        ctx(k.loopback_up(), || "bringing up loopback".into())?;
-    }
-    ctx(k.sethostname(&spec.hostname), || {
-        "setting the hostname".into()
-    })?;
-    ctx(k.chdir(root.as_path()), || {
-        format!("entering {}", root.display())
-    })?;
+    Ok(())
+}
+
+/// pivot_root into `root` and detach the old root, leaving the process in the new `/`.
+fn pivot_into(k: &mut impl Kernel, root: &Path) -> Result<(), Fail> {
+    ctx(k.chdir(root), || format!("entering {}", root.display()))?;
     ctx(k.pivot_root_here(), || "pivot_root".into())?;
     ctx(k.umount_detach(Path::new(".")), || {
         "detaching the old root".into()

@@ -14,7 +14,10 @@ const MAX_FILE_LINES: usize = 650;
 const MAX_FN_LINES: usize = 80;
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The library and binary crates of the workspace: `(name, src dir)`.
@@ -46,8 +49,14 @@ fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// `[a]`, `a/b.rs` → `[a, b]`.
 fn module_of(src: &Path, file: &Path) -> Vec<String> {
     let rel = file.strip_prefix(src).unwrap().with_extension("");
-    let mut parts: Vec<String> = rel.iter().map(|s| s.to_string_lossy().into_owned()).collect();
-    if matches!(parts.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+    let mut parts: Vec<String> = rel
+        .iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect();
+    if matches!(
+        parts.last().map(String::as_str),
+        Some("mod" | "lib" | "main")
+    ) {
         parts.pop();
     }
     parts
@@ -206,7 +215,10 @@ fn all_scans() -> Vec<(String, Vec<(PathBuf, Scan)>)> {
             let mut files = Vec::new();
             rs_files(&src, &mut files);
             files.sort();
-            let scans = files.into_iter().map(|f| (f.clone(), scan(&src, &f))).collect();
+            let scans = files
+                .into_iter()
+                .map(|f| (f.clone(), scan(&src, &f)))
+                .collect();
             (name, scans)
         })
         .collect()
@@ -233,7 +245,11 @@ fn files_and_functions_stay_short() {
     let mut long = Vec::new();
     for (_, scans) in all_scans() {
         for (file, s) in scans {
-            let rel = file.strip_prefix(workspace()).unwrap().display().to_string();
+            let rel = file
+                .strip_prefix(workspace())
+                .unwrap()
+                .display()
+                .to_string();
             let lines = std::fs::read_to_string(&file).unwrap().lines().count();
             if lines > MAX_FILE_LINES && !rel.contains("tests") {
                 long.push(format!("{rel}: {lines} lines"));
