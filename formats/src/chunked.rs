@@ -93,13 +93,33 @@ pub fn write_chunked<R: Read, W: Write>(
     let (mut out, digest, size) = w.out.finish();
     out.flush()?;
 
+    let annotations = layer_annotations(&toc_pos, &toc_digest, &split_pos, &split_digest);
+    Ok(WrittenLayer {
+        digest,
+        size,
+        diff_id,
+        annotations,
+        toc,
+        toc_digest,
+        toc_compressed,
+        toc_position: toc_pos,
+    })
+}
+
+/// The layer descriptor's annotations that locate the TOC and the tar-split in the blob, under
+/// both generations' names (containers/storage `pkg/chunked`): podman 4.3 (Debian 12) knows
+/// only the older ones and pulls the layer whole without them.
+fn layer_annotations(
+    toc_pos: &Position,
+    toc_digest: &Digest,
+    split_pos: &Position,
+    split_digest: &Digest,
+) -> BTreeMap<String, String> {
     let mut annotations = BTreeMap::new();
     let position = format!(
         "{}:{}:{}:1",
         toc_pos.offset, toc_pos.compressed, toc_pos.uncompressed
     );
-    // Both generations' names: podman 4.3 (Debian 12) knows only the older ones and pulls the
-    // layer whole without them.
     for (key, old_key) in [
         (ANNOTATION_TOC_CHECKSUM, ANNOTATION_TOC_CHECKSUM_V1),
         (ANNOTATION_TOC_POSITION, ANNOTATION_TOC_POSITION_V1),
@@ -123,16 +143,7 @@ pub fn write_chunked<R: Read, W: Write>(
         ANNOTATION_TARSPLIT_CHECKSUM.to_string(),
         split_digest.to_string(),
     );
-    Ok(WrittenLayer {
-        digest,
-        size,
-        diff_id,
-        annotations,
-        toc,
-        toc_digest,
-        toc_compressed,
-        toc_position: toc_pos,
-    })
+    annotations
 }
 
 fn write_skippable<W: Write>(out: &mut W, data: &[u8]) -> io::Result<()> {

@@ -414,26 +414,11 @@ fn file_chunks(
             (None, Some(n)) => Some(n),
             (o, None) => o.or(file_end),
         };
-        let loc = match (locs, te.chunk_type.as_deref()) {
-            (_, Some("zeros")) => ChunkLoc::Zeros,
-            (Locations::Local, _) => ChunkLoc::Local,
-            (Locations::Gzip | Locations::Zstd, _) => {
-                let end = end.ok_or_else(|| {
-                    bad(format!(
-                        "chunk at {file_offset}: no end of its compressed frames"
-                    ))
-                })?;
-                if locs == Locations::Gzip {
-                    ChunkLoc::Gzip {
-                        start,
-                        end,
-                        inner: te.inner_offset.max(0) as u64,
-                    }
-                } else {
-                    ChunkLoc::Zstd { start, end }
-                }
-            }
-        };
+        let loc = chunk_loc(locs, te, start, end).ok_or_else(|| {
+            bad(format!(
+                "chunk at {file_offset}: no end of its compressed frames"
+            ))
+        })?;
         out.push(Chunk {
             file_offset,
             len,
@@ -442,6 +427,21 @@ fn file_chunks(
         });
     }
     Ok(out)
+}
+
+/// Where a chunk's bytes are: zeros, the local cache, or compressed frames `start..end` of the
+/// blob (`None` when the frames' end is unknown).
+fn chunk_loc(locs: Locations, te: &TocEntry, start: u64, end: Option<u64>) -> Option<ChunkLoc> {
+    Some(match (locs, te.chunk_type.as_deref()) {
+        (_, Some("zeros")) => ChunkLoc::Zeros,
+        (Locations::Local, _) => ChunkLoc::Local,
+        (Locations::Gzip, _) => ChunkLoc::Gzip {
+            start,
+            end: end?,
+            inner: te.inner_offset.max(0) as u64,
+        },
+        (Locations::Zstd, _) => ChunkLoc::Zstd { start, end: end? },
+    })
 }
 
 #[cfg(test)]

@@ -184,30 +184,7 @@ fn walk_sparse<R: Read>(
     let stored = entry.header().entry_size().unwrap_or(0);
     recording.set(false);
     let result = (|| {
-        let mut map_raw = Vec::new();
-        let map = if gnu_old {
-            let segments = gnu_map(entry.header(), recorded).map_err(|r| refuse(&name, r))?;
-            SparseMap {
-                real_size: entry.size(),
-                segments,
-            }
-        } else {
-            let in_data = pax.map_in_data().map_err(|r| refuse(&name, r))?;
-            let segments = if in_data {
-                let (raw, segs) = read_map_1_0(entry).map_err(|r| refuse(&name, r))?;
-                map_raw = raw;
-                segs
-            } else {
-                pairs(pax.map.as_deref().unwrap_or_default()).map_err(|r| refuse(&name, r))?
-            };
-            let real_size = pax
-                .real_size
-                .ok_or_else(|| refuse(&name, "no GNU.sparse.realsize/size".into()))?;
-            SparseMap {
-                real_size,
-                segments,
-            }
-        };
+        let (map, map_raw) = read_sparse_map(entry, &pax, gnu_old, recorded, &name)?;
         map.check().map_err(|r| refuse(&name, r))?;
         let data_len = stored - map_raw.len() as u64;
         if map.data_bytes() != data_len {
@@ -240,6 +217,46 @@ fn walk_sparse<R: Read>(
     })();
     recording.set(true);
     result.map(Some)
+}
+
+/// The sparse map of an entry: from an old GNU header (`recorded` holds its extension
+/// headers), or from PAX records (format 1.0 keeps it at the start of the data; returned raw,
+/// as it must be replayed into the tar-split).
+fn read_sparse_map<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    pax: &PaxSparse,
+    gnu_old: bool,
+    recorded: &[u8],
+    name: &str,
+) -> Result<(SparseMap, Vec<u8>), WalkError> {
+    let refuse = |name: &str, reason: crate::sparse::SparseError| {
+        WalkError::Visitor(format!("sparse file {name:?} in layer tar: {reason}"))
+    };
+    let mut map_raw = Vec::new();
+    let map = if gnu_old {
+        let segments = gnu_map(entry.header(), recorded).map_err(|r| refuse(name, r))?;
+        SparseMap {
+            real_size: entry.size(),
+            segments,
+        }
+    } else {
+        let in_data = pax.map_in_data().map_err(|r| refuse(name, r))?;
+        let segments = if in_data {
+            let (raw, segs) = read_map_1_0(entry).map_err(|r| refuse(name, r))?;
+            map_raw = raw;
+            segs
+        } else {
+            pairs(pax.map.as_deref().unwrap_or_default()).map_err(|r| refuse(name, r))?
+        };
+        let real_size = pax
+            .real_size
+            .ok_or_else(|| refuse(name, "no GNU.sparse.realsize/size".into()))?;
+        SparseMap {
+            real_size,
+            segments,
+        }
+    };
+    Ok((map, map_raw))
 }
 
 struct CountingRead<'a, R> {
