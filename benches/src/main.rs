@@ -287,51 +287,24 @@ fn main() {
                 .arg(format!("{}/bench/py:native", shaper.addr))
                 .args(["python3", "-c", code])
                 .stdout(Stdio::null()));
-            let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); SCENARIOS.len()];
             let workload = Workload {
                 code,
                 profiled_tag,
                 warm_root: &warm_root,
             };
-            for run in 0..o.runs {
-                for (i, s) in SCENARIOS.iter().enumerate() {
-                    let r = run_scenario(s, &shaper, &o.work, &workload);
-                    eprintln!(
-                        "{} {wname} run {run}: {s}: {:.3} s, {} bytes, {} requests",
-                        p.name, r.secs, r.bytes, r.requests
-                    );
-                    samples[i].push(r);
-                }
-            }
-            let full_median = stats(&samples[0].iter().map(|s| s.secs).collect::<Vec<_>>()).0;
-            for (i, s) in SCENARIOS.iter().enumerate() {
-                let secs: Vec<f64> = samples[i].iter().map(|s| s.secs).collect();
-                let (med, min, max) = stats(&secs);
-                let median =
-                    |f: fn(&Sample) -> f64| stats(&samples[i].iter().map(f).collect::<Vec<_>>()).0;
-                let bytes = median(|s| s.bytes as f64);
-                let reqs = median(|s| s.requests as f64);
-                table.push(vec![
-                    p.name.to_string(),
-                    wname.to_string(),
-                    s.to_string(),
-                    format!("{med:.2}"),
-                    format!("{min:.2}"),
-                    format!("{max:.2}"),
-                    format!("{:.1}", bytes / 1e6),
-                    format!("{reqs:.0}"),
-                    format!("{:.3}", med / full_median),
-                    format!("{:.2}", med / floor),
-                ]);
-                results.push(json!({
-                    "link": p.name, "workload": wname, "code": code, "scenario": s,
-                    "seconds": secs, "median": med, "min": min, "max": max,
-                    "bytes": samples[i].iter().map(|s| s.bytes).collect::<Vec<_>>(),
-                    "requests": samples[i].iter().map(|s| s.requests).collect::<Vec<_>>(),
-                    "working_set_files": ws.files, "working_set_bytes": ws.bytes,
-                    "working_set_native_bytes": ws.native_bytes, "floor_seconds": floor,
-                }));
-            }
+            let samples = run_scenarios(&o, &shaper, p.name, wname, &workload);
+            summarize(
+                &Summary {
+                    link: p.name,
+                    wname,
+                    code,
+                    ws,
+                    floor,
+                },
+                &samples,
+                &mut table,
+                &mut results,
+            );
             println!(
                 "{} {wname}: working set {} files, {:.1} MB uncompressed ({:.1} MB in the native format), floor {floor:.2} s",
                 p.name,
@@ -358,6 +331,75 @@ fn main() {
     });
     std::fs::write(&o.json, serde_json::to_vec_pretty(&doc).expect("json")).expect("write json");
     println!("JSON written to {}", o.json.display());
+}
+
+/// Every scenario `o.runs` times, alternating: `samples[scenario][run]`.
+fn run_scenarios(
+    o: &Opts,
+    shaper: &Shaper,
+    link: &str,
+    wname: &str,
+    workload: &Workload<'_>,
+) -> Vec<Vec<Sample>> {
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); SCENARIOS.len()];
+    for run in 0..o.runs {
+        for (i, s) in SCENARIOS.iter().enumerate() {
+            let r = run_scenario(s, shaper, &o.work, workload);
+            eprintln!(
+                "{} {wname} run {run}: {s}: {:.3} s, {} bytes, {} requests",
+                link, r.secs, r.bytes, r.requests
+            );
+            samples[i].push(r);
+        }
+    }
+    samples
+}
+
+/// What one (link, workload) pair's rows are about.
+struct Summary<'a> {
+    link: &'a str,
+    wname: &'a str,
+    code: &'a str,
+    ws: &'a prepare::WorkingSet,
+    floor: f64,
+}
+
+/// One table row and one JSON result per scenario: median/min/max seconds, median bytes and
+/// requests, and the median against the full pull's and against the link's floor.
+fn summarize(
+    m: &Summary<'_>,
+    samples: &[Vec<Sample>],
+    table: &mut Vec<Vec<String>>,
+    results: &mut Vec<serde_json::Value>,
+) {
+    let full_median = stats(&samples[0].iter().map(|s| s.secs).collect::<Vec<_>>()).0;
+    for (i, s) in SCENARIOS.iter().enumerate() {
+        let secs: Vec<f64> = samples[i].iter().map(|s| s.secs).collect();
+        let (med, min, max) = stats(&secs);
+        let median = |f: fn(&Sample) -> f64| stats(&samples[i].iter().map(f).collect::<Vec<_>>()).0;
+        let bytes = median(|s| s.bytes as f64);
+        let reqs = median(|s| s.requests as f64);
+        table.push(vec![
+            m.link.to_string(),
+            m.wname.to_string(),
+            s.to_string(),
+            format!("{med:.2}"),
+            format!("{min:.2}"),
+            format!("{max:.2}"),
+            format!("{:.1}", bytes / 1e6),
+            format!("{reqs:.0}"),
+            format!("{:.3}", med / full_median),
+            format!("{:.2}", med / m.floor),
+        ]);
+        results.push(json!({
+            "link": m.link, "workload": m.wname, "code": m.code, "scenario": s,
+            "seconds": secs, "median": med, "min": min, "max": max,
+            "bytes": samples[i].iter().map(|s| s.bytes).collect::<Vec<_>>(),
+            "requests": samples[i].iter().map(|s| s.requests).collect::<Vec<_>>(),
+            "working_set_files": m.ws.files, "working_set_bytes": m.ws.bytes,
+            "working_set_native_bytes": m.ws.native_bytes, "floor_seconds": m.floor,
+        }));
+    }
 }
 
 fn print_table(rows: &[Vec<String>]) {

@@ -361,22 +361,50 @@ fn mount_pid(dir: &Path) -> Option<u32> {
 pub fn micro(work: &Path, img: &Image, shaper: &Shaper, p: &Profile) -> Value {
     let root = work.join("micro-root");
     let _ = std::fs::remove_dir_all(&root);
-    let s = |args: &[&str]| sh(strata(&root).args(args));
     let native = format!("{}/bench/py:native", img.registry.addr);
-
-    // Cold metadata walk: mount (pull is lazy), drop caches, walk; vs the local rootfs.
     let mnt = work.join("mnt");
     std::fs::create_dir_all(&mnt).expect("mkdir");
-    s(&["mount", "--detach", &native, mnt.to_str().expect("utf8")]);
+    let (n_mnt, t_mnt, n_loc, t_loc, rss) = micro_walk(&root, &mnt, &native, img);
+    let big = micro_big_image(work, &root);
+    let (t_lazy, n_lazy, t_download, blob_size) =
+        micro_sustained(work, &root, &mnt, img, shaper, p);
+    let (n, t_ext4, t_assemble, t_mount) = micro_warm(&root, &mnt, &big);
+    let _ = std::fs::remove_dir_all(big.parent().and_then(Path::parent).expect("big dir"));
+    let t_commit = micro_commit(&root, &native);
+    let _ = std::fs::remove_dir_all(&root);
+
+    let mbs = |b: u64, t: f64| b as f64 / t / 1e6;
+    json!({
+        "sustained_cold_read_1GiB": {"link": p.name, "strata_s": t_lazy, "file_bytes": n_lazy,
+            "download_s": t_download, "blob_bytes": blob_size, "ratio": t_download / t_lazy},
+        "warm_sequential_read_1GiB": {"mount_MBps": mbs(n, t_mount), "ext4_MBps": mbs(n, t_ext4), "ratio": t_ext4 / t_mount,
+            "first_passthrough_read_with_assembly_MBps": mbs(n, t_assemble)},
+        "cold_metadata_walk": {"entries": n_mnt, "mount_s": t_mnt, "local_entries": n_loc, "local_s": t_loc, "ratio": t_mnt / t_loc},
+        "commit_1GiB": {"seconds": t_commit, "MBps": mbs(1 << 30, t_commit)},
+        "mount_memory": {"rss_MiB": rss as f64 / 1024.0, "files": img.files, "budget_MiB": 32.0 + img.files as f64 / 1024.0},
+    })
+}
+
+/// Cold metadata walk: mount (pull is lazy), drop caches, walk; vs the local rootfs. Returns
+/// entries and seconds of both, and the mount's RSS in KiB.
+fn micro_walk(root: &Path, mnt: &Path, native: &str, img: &Image) -> (u64, f64, u64, f64, u64) {
+    let s = |args: &[&str]| sh(strata(root).args(args));
+    // Cold metadata walk: mount (pull is lazy), drop caches, walk; vs the local rootfs.
+    s(&["mount", "--detach", native, mnt.to_str().expect("utf8")]);
     drop_caches();
-    let (n_mnt, t_mnt) = stat_walk(&mnt);
+    let (n_mnt, t_mnt) = stat_walk(mnt);
     drop_caches();
     let (n_loc, t_loc) = stat_walk(&img.rootfs);
-    let pid = mount_pid(&mnt);
+    let pid = mount_pid(mnt);
     let rss = pid.map(rss_kib).unwrap_or(0);
     s(&["umount", mnt.to_str().expect("utf8")]);
 
-    // 1 GiB file: local ext4 vs through the mount with every chunk cached.
+    (n_mnt, t_mnt, n_loc, t_loc, rss)
+}
+
+/// A 1 GiB file of random bytes, imported as `bench/big:1`; returns the file's local path.
+fn micro_big_image(work: &Path, root: &Path) -> PathBuf {
+    let s = |args: &[&str]| sh(strata(root).args(args));
     let big_dir = work.join("big");
     let _ = std::fs::remove_dir_all(&big_dir);
     std::fs::create_dir_all(big_dir.join("data")).expect("mkdir");
@@ -393,12 +421,26 @@ pub fn micro(work: &Path, img: &Image, shaper: &Shaper, p: &Profile) -> Value {
         .arg("data"));
     s(&["import", tar.to_str().expect("utf8"), "bench/big:1"]);
 
-    // Sustained cold read over the shaped link: the same image pushed, read lazily from an
-    // empty root vs a plain download of its layer blob with curl.
+    let _ = std::fs::remove_file(&tar);
+    big
+}
+
+/// Sustained cold read over the shaped link: `bench/big:1` pushed, read lazily from an empty
+/// root vs a plain download of its layer blob with curl. Returns (strata s, file bytes, curl
+/// s, blob bytes).
+fn micro_sustained(
+    work: &Path,
+    root: &Path,
+    mnt: &Path,
+    img: &Image,
+    shaper: &Shaper,
+    p: &Profile,
+) -> (f64, u64, f64, u64) {
+    let s = |args: &[&str]| sh(strata(root).args(args));
     let remote = format!("{}/bench/big:1", img.registry.addr);
     s(&["tag", "bench/big:1", &remote]);
     s(&["push", "-q", &remote]);
-    let (blob, blob_size) = layer_sizes(&root, &remote)
+    let (blob, blob_size) = layer_sizes(root, &remote)
         .into_iter()
         .next()
         .expect("a layer");
@@ -413,10 +455,10 @@ pub fn micro(work: &Path, img: &Image, shaper: &Shaper, p: &Profile) -> Value {
     let via_link = format!("{}/bench/big:1", shaper.addr);
     sh(strata(&cold_root)
         .args(["mount", "--detach", "--prefetch", "none", &via_link])
-        .arg(&mnt));
+        .arg(mnt));
     drop_caches();
     let (n_lazy, t_lazy) = read_all(&mnt.join("data/big.bin"));
-    sh(strata(&cold_root).arg("umount").arg(&mnt));
+    sh(strata(&cold_root).arg("umount").arg(mnt));
     let _ = std::fs::remove_dir_all(&cold_root);
     println!(
         "sustained cold read over {}: strata {:.1} s for {:.0} MB, curl of the {:.0} MB blob {:.1} s",
@@ -427,8 +469,15 @@ pub fn micro(work: &Path, img: &Image, shaper: &Shaper, p: &Profile) -> Value {
         t_download
     );
 
+    (t_lazy, n_lazy, t_download, blob_size)
+}
+
+/// Warm sequential read of the 1 GiB file: local ext4 vs through the mount with every chunk
+/// cached. Returns (bytes, ext4 s, first passthrough read with assembly s, later read s).
+fn micro_warm(root: &Path, mnt: &Path, big: &Path) -> (u64, f64, f64, f64) {
+    let s = |args: &[&str]| sh(strata(root).args(args));
     drop_caches();
-    let (n, t_ext4) = read_all(&big);
+    let (n, t_ext4) = read_all(big);
     s(&[
         "mount",
         "--detach",
@@ -454,15 +503,18 @@ pub fn micro(work: &Path, img: &Image, shaper: &Shaper, p: &Profile) -> Value {
     };
     let t_assemble = remount_read();
     let t_mount = remount_read();
-    let _ = std::fs::remove_file(&tar);
-    let _ = std::fs::remove_dir_all(&big_dir);
 
-    // Commit of a 1 GiB upper layer.
+    (n, t_ext4, t_assemble, t_mount)
+}
+
+/// Commit of a 1 GiB upper layer, in seconds.
+fn micro_commit(root: &Path, native: &str) -> f64 {
+    let s = |args: &[&str]| sh(strata(root).args(args));
     s(&[
         "run",
         "--name",
         "cbench",
-        &native,
+        native,
         "dd",
         "if=/dev/urandom",
         "of=/big",
@@ -474,16 +526,6 @@ pub fn micro(work: &Path, img: &Image, shaper: &Shaper, p: &Profile) -> Value {
     s(&["commit", "cbench", "bench/committed:1"]);
     let t_commit = t.elapsed().as_secs_f64();
     s(&["rm", "cbench"]);
-    let _ = std::fs::remove_dir_all(&root);
 
-    let mbs = |b: u64, t: f64| b as f64 / t / 1e6;
-    json!({
-        "sustained_cold_read_1GiB": {"link": p.name, "strata_s": t_lazy, "file_bytes": n_lazy,
-            "download_s": t_download, "blob_bytes": blob_size, "ratio": t_download / t_lazy},
-        "warm_sequential_read_1GiB": {"mount_MBps": mbs(n, t_mount), "ext4_MBps": mbs(n, t_ext4), "ratio": t_ext4 / t_mount,
-            "first_passthrough_read_with_assembly_MBps": mbs(n, t_assemble)},
-        "cold_metadata_walk": {"entries": n_mnt, "mount_s": t_mnt, "local_entries": n_loc, "local_s": t_loc, "ratio": t_mnt / t_loc},
-        "commit_1GiB": {"seconds": t_commit, "MBps": mbs(1 << 30, t_commit)},
-        "mount_memory": {"rss_MiB": rss as f64 / 1024.0, "files": img.files, "budget_MiB": 32.0 + img.files as f64 / 1024.0},
-    })
+    t_commit
 }

@@ -222,23 +222,36 @@ fn add_dir<W: io::Write>(
             h.set_size(meta.len());
             b.append_data(&mut h, &rel_path, std::fs::File::open(&full)?)?;
         } else {
-            let kind = if ft.is_char_device() {
-                tar::EntryType::Char
-            } else if ft.is_block_device() {
-                tar::EntryType::Block
-            } else if ft.is_fifo() {
-                tar::EntryType::Fifo
-            } else {
-                continue; // sockets cannot be stored in a layer
-            };
-            let mut h = header_for(&meta, kind);
-            let rdev = meta.rdev();
-            h.set_device_major(((rdev >> 32) & 0xffff_f000) as u32 | ((rdev >> 8) & 0xfff) as u32)?;
-            h.set_device_minor(((rdev >> 12) & 0xffff_ff00) as u32 | (rdev & 0xff) as u32)?;
-            b.append_data(&mut h, &rel_path, io::empty())?;
+            append_node(b, &meta, &rel_path)?;
         }
     }
     Ok(())
+}
+
+/// A device node or fifo of the upper layer as its tar entry (sockets cannot be stored in a
+/// layer and are left out).
+fn append_node<W: io::Write>(
+    b: &mut tar::Builder<W>,
+    meta: &std::fs::Metadata,
+    rel_path: &Path,
+) -> io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let ft = meta.file_type();
+    let kind = if ft.is_char_device() {
+        tar::EntryType::Char
+    } else if ft.is_block_device() {
+        tar::EntryType::Block
+    } else if ft.is_fifo() {
+        tar::EntryType::Fifo
+    } else {
+        return Ok(());
+    };
+    let mut h = header_for(meta, kind);
+    let rdev = meta.rdev();
+    let number = |n: u64| u32::try_from(n).map_err(io::Error::other);
+    h.set_device_major(number(nix::sys::stat::major(rdev))?)?;
+    h.set_device_minor(number(nix::sys::stat::minor(rdev))?)?;
+    b.append_data(&mut h, rel_path, io::empty())
 }
 
 #[cfg(test)]

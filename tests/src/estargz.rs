@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use strata_formats::tarwalk::{TarVisitor, WalkError, walk_tar};
 use strata_formats::toc::TocEntry;
 
-use crate::layers::sha;
+use crate::sha;
 
 /// Uncompressed size of a chunk (small, so that test files have several).
 pub const CHUNK: usize = 64 * 1024;

@@ -6,8 +6,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::Command;
 
-use sha2::{Digest as _, Sha256};
-
 /// One thing in a layer.
 #[derive(Debug, Clone)]
 pub enum Item {
@@ -187,10 +185,7 @@ pub enum Comp {
     Estargz,
 }
 
-/// sha256 digest string of bytes.
-pub fn sha(b: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(b)))
-}
+pub use crate::sha;
 
 fn compress(tar: &[u8], c: Comp) -> Vec<u8> {
     match c {

@@ -243,15 +243,19 @@ fn no_module_imports_itself_through_others() {
 #[test]
 fn files_and_functions_stay_short() {
     let mut long = Vec::new();
-    for (_, scans) in all_scans() {
+    for (name, scans) in all_scans() {
         for (file, s) in scans {
+            // The end-to-end harness is test code: its fixtures may be long.
+            if name == "tests" {
+                continue;
+            }
             let rel = file
                 .strip_prefix(workspace())
                 .unwrap()
                 .display()
                 .to_string();
             let lines = std::fs::read_to_string(&file).unwrap().lines().count();
-            if lines > MAX_FILE_LINES && !rel.contains("tests") {
+            if lines > MAX_FILE_LINES {
                 long.push(format!("{rel}: {lines} lines"));
             }
             for (f, n) in s.long_fns {
