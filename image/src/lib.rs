@@ -1,3 +1,9 @@
+#![allow(
+    missing_docs,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)] // TODO(issue 13): lints after the read-path/image/cli merges
 //! Image services over the registry client, the formats and the store: pull, open, convert,
 //! commit, push, profile, save/load and gc.
 
