@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
+use crate::num::{toc_int, up_to};
 use crate::sparse::SparseMap;
 use crate::tarsplit::{CRC64, TarSplit};
 use crate::tarwalk::{TarVisitor, WalkError, walk_tar};
@@ -202,7 +203,7 @@ impl<W: Write> TarVisitor for ChunkedWriter<W> {
             let data = &buf[..n];
             file_hash.update(data);
             crc.update(data);
-            let start = self.out.written() as i64;
+            let start = toc_int(self.out.written(), &meta.name)?;
             let frame = self.compressor.compress(data)?;
             self.out.write_all(&frame)?;
             let zeros = n >= MIN_ZERO_CHUNK && data.iter().all(|b| *b == 0);
@@ -211,14 +212,14 @@ impl<W: Write> TarVisitor for ChunkedWriter<W> {
                 name: meta.name.clone(),
                 name_raw: meta.name_raw.clone(),
                 offset: start,
-                end_offset: self.out.written() as i64,
-                chunk_size: n as i64,
+                end_offset: toc_int(self.out.written(), &meta.name)?,
+                chunk_size: toc_int(n, &meta.name)?,
                 chunk_offset: file_offset,
                 chunk_digest: Some(Digest::of(data).to_string()),
                 chunk_type: zeros.then(|| "zeros".to_string()),
                 ..TocEntry::default()
             });
-            file_offset += n as i64;
+            file_offset += toc_int(n, &meta.name)?;
         }
         if file_offset != meta.size {
             return Err(WalkError::Visitor(format!(
@@ -266,21 +267,17 @@ impl<W: Write> TarVisitor for ChunkedWriter<W> {
         let mut at = 0u64;
         for &(off, len) in &map.segments {
             if off > at {
-                let pos = self.out.written() as i64;
-                chunks.push(hole(&meta, pos, at as i64, off - at, &mut file_hash));
+                let pos = toc_int(self.out.written(), &meta.name)?;
+                chunks.push(hole(&meta, pos, at, off - at, &mut file_hash)?);
             }
-            self.data_frames(&meta, off as i64, len, data, &mut file_hash, &mut chunks)?;
+            let off_toc = toc_int(off, &meta.name)?;
+            self.data_frames(&meta, off_toc, len, data, &mut file_hash, &mut chunks)?;
             at = off + len;
         }
         if map.real_size > at {
-            let pos = self.out.written() as i64;
-            chunks.push(hole(
-                &meta,
-                pos,
-                at as i64,
-                map.real_size - at,
-                &mut file_hash,
-            ));
+            let pos = toc_int(self.out.written(), &meta.name)?;
+            let len = map.real_size - at;
+            chunks.push(hole(&meta, pos, at, len, &mut file_hash)?);
         }
         meta.digest = Some(file_hash.finish().to_string());
         if let Some(first) = chunks.first() {
@@ -314,7 +311,7 @@ impl<W: Write> ChunkedWriter<W> {
         let mut buf = vec![0u8; CHUNK_BYTES];
         let mut left = len;
         while left > 0 {
-            let want = (left as usize).min(CHUNK_BYTES);
+            let want = up_to(left, CHUNK_BYTES);
             let n = read_full(data, &mut buf[..want])?;
             if n < want {
                 return Err(WalkError::Visitor(format!(
@@ -325,7 +322,7 @@ impl<W: Write> ChunkedWriter<W> {
             let piece = &buf[..n];
             file_hash.update(piece);
             self.split.segment(piece);
-            let start = self.out.written() as i64;
+            let start = toc_int(self.out.written(), &meta.name)?;
             let frame = self.compressor.compress(piece)?;
             self.out.write_all(&frame)?;
             chunks.push(TocEntry {
@@ -333,13 +330,13 @@ impl<W: Write> ChunkedWriter<W> {
                 name: meta.name.clone(),
                 name_raw: meta.name_raw.clone(),
                 offset: start,
-                end_offset: self.out.written() as i64,
-                chunk_size: n as i64,
+                end_offset: toc_int(self.out.written(), &meta.name)?,
+                chunk_size: toc_int(n, &meta.name)?,
                 chunk_offset: file_offset,
                 chunk_digest: Some(Digest::of(piece).to_string()),
                 ..TocEntry::default()
             });
-            file_offset += n as i64;
+            file_offset += toc_int(n, &meta.name)?;
             left -= n as u64;
         }
         Ok(())
@@ -347,28 +344,34 @@ impl<W: Write> ChunkedWriter<W> {
 }
 
 /// A hole of `len` bytes at `file_offset`: a zeros chunk with no frame (its digest is of zeros).
-fn hole(meta: &TocEntry, at_blob: i64, file_offset: i64, len: u64, hash: &mut Hasher) -> TocEntry {
+fn hole(
+    meta: &TocEntry,
+    at_blob: i64,
+    file_offset: u64,
+    len: u64,
+    hash: &mut Hasher,
+) -> io::Result<TocEntry> {
     let zeros = vec![0u8; CHUNK_BYTES];
     let mut chunk = Hasher::default();
     let mut left = len;
     while left > 0 {
-        let n = (left as usize).min(CHUNK_BYTES);
+        let n = up_to(left, CHUNK_BYTES);
         hash.update(&zeros[..n]);
         chunk.update(&zeros[..n]);
         left -= n as u64;
     }
-    TocEntry {
+    Ok(TocEntry {
         kind: "chunk".into(),
         name: meta.name.clone(),
         name_raw: meta.name_raw.clone(),
         offset: at_blob,
         end_offset: at_blob,
-        chunk_size: len as i64,
-        chunk_offset: file_offset,
+        chunk_size: toc_int(len, &meta.name)?,
+        chunk_offset: toc_int(file_offset, &meta.name)?,
         chunk_digest: Some(chunk.finish().to_string()),
         chunk_type: Some("zeros".into()),
         ..TocEntry::default()
-    }
+    })
 }
 
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -384,7 +387,13 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+// Test data and blobs are a few hundred KiB: their sizes and offsets fit every integer type.
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 mod tests {
     use super::*;
     use crate::toc::{TocAnnotations, decode_toc};

@@ -20,7 +20,7 @@ const LANDMARKS: [&str; 2] = [".prefetch.landmark", ".no.prefetch.landmark"];
 /// `SG` + `%016x` offset + `STARGZ`).
 pub fn parse_footer(footer: &[u8]) -> Result<u64, TocError> {
     let bad = TocError::Footer;
-    if footer.len() != FOOTER_LEN as usize || footer[0] != 0x1f || footer[1] != 0x8b {
+    if footer.len() as u64 != FOOTER_LEN || footer[0] != 0x1f || footer[1] != 0x8b {
         return Err(bad("eStargz footer is not a gzip member"));
     }
     if footer[3] & 0x04 == 0 {
@@ -77,7 +77,9 @@ pub fn index(json: &[u8], toc_offset: u64) -> Result<LayerIndex, IndexError> {
         .filter(|e| (e.kind == "reg" && e.size > 0) || e.kind == "chunk")
         .map(|e| e.offset)
         .collect();
-    starts.insert(toc_offset as i64);
+    let toc_at = i64::try_from(toc_offset)
+        .map_err(|_| parse_err(format!("TOC offset {toc_offset} out of range")))?;
+    starts.insert(toc_at);
     for e in &mut toc.entries {
         if (e.kind == "reg" && e.size > 0) || e.kind == "chunk" {
             e.end_offset = starts
@@ -108,7 +110,7 @@ mod tests {
     #[test]
     fn reads_footer_and_index() {
         let f = footer(0x1234);
-        assert_eq!(f.len(), FOOTER_LEN as usize);
+        assert_eq!(f.len() as u64, FOOTER_LEN);
         assert_eq!(parse_footer(&f).unwrap(), 0x1234);
         assert!(parse_footer(&[0u8; 51]).is_err());
 
@@ -119,6 +121,8 @@ mod tests {
           {"name":"bin/b","type":"reg","size":8,"offset":200,"chunkSize":4,"chunkDigest":"sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"},
           {"name":"bin/b","type":"chunk","offset":250,"chunkOffset":4,"chunkDigest":"sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"}
         ]}"#;
+        let err = index(json, u64::MAX).unwrap_err().to_string();
+        assert!(err.contains("TOC offset 18446744073709551615 out of range"), "{err}");
         let idx = index(json, 300).unwrap();
         assert_eq!(idx.entries.len(), 3, "landmark hidden");
         let a = &idx.entries[1];

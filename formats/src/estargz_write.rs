@@ -9,6 +9,7 @@ use std::io::{self, Read, Write};
 
 use crate::chunked::CHUNK_BYTES;
 use crate::estargz::{FOOTER_LEN, TOC_DIGEST_ANNOTATION, TOC_NAME};
+use crate::num::toc_int;
 use crate::tarwalk::{TarVisitor, WalkError, walk_tar};
 use crate::toc::{Toc, TocEntry};
 use strata_oci::digest::{Digest, Hasher, HashingWriter};
@@ -78,7 +79,7 @@ impl<W: Write> TarVisitor for Writer<W> {
         if meta.kind == "reg" && meta.size == 0 {
             // stargz-snapshotter's reader wants every regular file at its own member offset:
             // an empty file's is the member holding its header.
-            meta.offset = self.out.written() as i64;
+            meta.offset = toc_int(self.out.written(), &meta.name)?;
             self.flush_pending()?;
         }
         if meta.kind != "reg" || meta.size == 0 {
@@ -101,14 +102,14 @@ impl<W: Write> TarVisitor for Writer<W> {
                 kind: "chunk".into(),
                 name: meta.name.clone(),
                 name_raw: meta.name_raw.clone(),
-                offset: self.out.written() as i64,
+                offset: toc_int(self.out.written(), &meta.name)?,
                 chunk_offset: at,
-                chunk_size: n as i64,
+                chunk_size: toc_int(n, &meta.name)?,
                 chunk_digest: Some(Digest::of(data).to_string()),
                 ..TocEntry::default()
             });
             self.member(data)?;
-            at += n as i64;
+            at += toc_int(n, &meta.name)?;
         }
         if at != meta.size {
             return Err(WalkError::Visitor(format!(
@@ -127,7 +128,8 @@ impl<W: Write> TarVisitor for Writer<W> {
         meta.chunk_digest = first.chunk_digest;
         self.entries.push(meta);
         self.entries.extend(chunks);
-        self.last_padding = (512 - (at as usize) % 512) % 512;
+        let padding = (512 - at.rem_euclid(512)) % 512;
+        self.last_padding = usize::try_from(padding).expect("tar padding is under 512 bytes");
         Ok(())
     }
 }
@@ -192,7 +194,7 @@ pub fn write_estargz<R: Read, W: Write>(
     // The landmark: its header in one member, its byte starting the next (as every payload).
     let landmark = tar_entry(NO_PREFETCH_LANDMARK, &[LANDMARK_CONTENT])?;
     w.member(&landmark[..512])?;
-    let landmark_at = w.out.written() as i64;
+    let landmark_at = toc_int(w.out.written(), NO_PREFETCH_LANDMARK)?;
     w.member(&landmark[512..513])?;
     w.pending.extend_from_slice(&landmark[513..]);
     w.entries.push(TocEntry {
@@ -238,7 +240,9 @@ pub fn write_estargz<R: Read, W: Write>(
     })
 }
 
+// Test data and blobs are a few hundred KiB: their sizes and offsets fit every integer type.
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::estargz::{extract_toc_json, index, parse_footer};

@@ -5,6 +5,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
+use crate::num::clamp_offset;
 use crate::toc::{Toc, TocEntry};
 use strata_oci::digest::Digest;
 use strata_oci::timefmt::parse_rfc3339;
@@ -235,7 +236,7 @@ fn entry_of(e: &TocEntry) -> Result<Entry, IndexError> {
     Ok(Entry {
         path,
         kind,
-        mode: (e.mode & 0o7777) as u32,
+        mode: num(e.mode & 0o7777, "mode")?,
         uid: num(e.uid, "uid")?,
         gid: num(e.gid, "gid")?,
         mtime: e
@@ -326,8 +327,10 @@ fn fallback_ends(groups: &[FileGroup<'_>], data_end: Option<u64>) -> Vec<Option<
     let mut next = data_end;
     for (i, g) in groups.iter().enumerate().rev() {
         out[i] = next;
-        if g.main.offset > 0 {
-            next = Some(g.main.offset as u64);
+        if let Ok(offset) = u64::try_from(g.main.offset)
+            && offset > 0
+        {
+            next = Some(offset);
         }
     }
     out
@@ -375,27 +378,28 @@ fn file_chunks(
         name: g.main.name.clone(),
         reason,
     };
+    let end_of = |e: i64| u64::try_from(e).map_err(|_| bad(format!("endOffset {e} is negative")));
     // The last frame ends at the last entry's endOffset (chunk entries of older writers carry
     // none), else at the file's own endOffset, else where the next content starts.
     let last_start = all[all.len() - 1].offset;
     let file_end = [all[all.len() - 1].end_offset, g.main.end_offset]
         .into_iter()
         .find(|e| *e > last_start)
-        .map(|e| e as u64)
+        .map(end_of)
+        .transpose()?
         .or(fallback_end);
     let mut out = Vec::with_capacity(all.len());
     for (i, te) in all.iter().enumerate() {
         let file_offset = if i == 0 {
             0
         } else {
-            te.chunk_offset.max(0) as u64
+            clamp_offset(te.chunk_offset)
         };
-        let next_offset = all.get(i + 1).map(|n| n.chunk_offset.max(0) as u64);
+        let next_offset = all.get(i + 1).map(|n| clamp_offset(n.chunk_offset));
         // chunkSize absent: up to the next chunk, or the end of the file (eStargz's rule too).
-        let len = if te.chunk_size > 0 {
-            te.chunk_size as u64
-        } else {
-            next_offset.unwrap_or(size).saturating_sub(file_offset)
+        let len = match u64::try_from(te.chunk_size) {
+            Ok(n) if n > 0 => n,
+            _ => next_offset.unwrap_or(size).saturating_sub(file_offset),
         };
         let single = all.len() == 1;
         let digest = match parse_digest(&te.name, &te.chunk_digest)? {
@@ -403,12 +407,14 @@ fn file_chunks(
             None if single && len == size => parse_digest(&te.name, &te.digest)?,
             None => None,
         };
-        let start = te.offset.max(0) as u64;
+        let start = clamp_offset(te.offset);
         let next_start = all[i + 1..]
             .iter()
-            .map(|n| n.offset.max(0) as u64)
+            .map(|n| clamp_offset(n.offset))
             .find(|s| *s > start);
-        let own_end = (te.end_offset > te.offset).then_some(te.end_offset as u64);
+        let own_end = (te.end_offset > te.offset)
+            .then(|| end_of(te.end_offset))
+            .transpose()?;
         let end = match (own_end, next_start) {
             (Some(o), Some(n)) => Some(o.min(n)),
             (None, Some(n)) => Some(n),
@@ -438,13 +444,15 @@ fn chunk_loc(locs: Locations, te: &TocEntry, start: u64, end: Option<u64>) -> Op
         (Locations::Gzip, _) => ChunkLoc::Gzip {
             start,
             end: end?,
-            inner: te.inner_offset.max(0) as u64,
+            inner: clamp_offset(te.inner_offset),
         },
         (Locations::Zstd, _) => ChunkLoc::Zstd { start, end: end? },
     })
 }
 
+// Test data and blobs are a few hundred KiB: their sizes and offsets fit every integer type.
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::chunked::{CHUNK_BYTES, write_chunked};

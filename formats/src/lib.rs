@@ -6,6 +6,7 @@ pub mod chunked;
 pub mod estargz;
 pub mod estargz_write;
 pub mod index;
+mod num;
 pub mod profile;
 pub mod sparse;
 #[cfg(test)]

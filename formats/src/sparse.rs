@@ -7,6 +7,8 @@
 
 use std::io::{self, Read};
 
+use crate::num::up_to;
+
 /// Errors reading a sparse file's map.
 #[derive(Debug, thiserror::Error)]
 pub enum SparseError {
@@ -165,10 +167,10 @@ pub fn read_map_1_0(r: &mut dyn Read) -> Result<(Vec<u8>, Segments), SparseError
             used += nl + 1;
             if want.is_none() {
                 let count = numbers[0];
-                if count > 1 << 24 {
-                    return Err(format!("sparse map claims {count} segments").into());
+                match usize::try_from(count) {
+                    Ok(n) if n <= 1 << 24 => want = Some(n),
+                    _ => return Err(format!("sparse map claims {count} segments").into()),
                 }
-                want = Some(count as usize);
             }
             continue;
         }
@@ -260,13 +262,13 @@ impl Read for Expand<'_> {
                 None => (self.size, self.size),
             };
             if self.at < start {
-                let n = ((start - self.at) as usize).min(buf.len());
+                let n = up_to(start - self.at, buf.len());
                 buf[..n].fill(0);
                 self.at += n as u64;
                 return Ok(n);
             }
             if self.at < end {
-                let want = ((end - self.at) as usize).min(buf.len());
+                let want = up_to(end - self.at, buf.len());
                 let n = self.data.read(&mut buf[..want])?;
                 if n == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
@@ -320,7 +322,7 @@ impl Read for DataOnly<'_> {
                 if buf.is_empty() {
                     return Ok(0);
                 }
-                let want = ((end - self.at) as usize).min(buf.len());
+                let want = up_to(end - self.at, buf.len());
                 let n = self.file.read(&mut buf[..want])?;
                 if n == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());

@@ -1,5 +1,7 @@
 //! Sparse files as GNU tar writes them, in every dialect, through the tar walk (plain layers),
 //! the native writer and its index (convert, import): the file read back is the original.
+// Test files are 10 MiB: their sizes and offsets fit every integer type.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
 use std::io::Read;
 use std::path::Path;

@@ -127,7 +127,7 @@ pub fn walk_tar<R: Read>(
                 let r = visitor.entry(meta.clone(), &mut counted);
                 recording.set(true);
                 r?;
-                if counted.n != meta.size as u64 {
+                if u64::try_from(meta.size) != Ok(counted.n) {
                     return Err(WalkError::Visitor(format!(
                         "payload of {} not fully consumed",
                         meta.name
@@ -198,7 +198,8 @@ fn walk_sparse<R: Read>(
             ));
         }
         visitor.segment(&map_raw)?;
-        meta.size = map.real_size as i64;
+        meta.size = i64::try_from(map.real_size)
+            .map_err(|_| refuse(&name, "its real size is out of range".into()))?;
         let mut counted = CountingRead { inner: entry, n: 0 };
         if gnu_old {
             // tar's reader already expands old GNU entries: take the data back out of it.
@@ -293,10 +294,11 @@ fn toc_entry_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<TocEntr
         _ => return Err(unsupported("unknown tar entry type")),
     };
     // Empty (all-NUL) numeric fields read as 0, as GNU tar reads them.
-    let mode = header.mode().unwrap_or(0) as i64 & 0o7777;
-    let uid = header.uid().unwrap_or(0) as i64;
-    let gid = header.gid().unwrap_or(0) as i64;
-    let mtime = header.mtime().unwrap_or(0) as i64;
+    let int = |v: u64, reason| i64::try_from(v).map_err(|_| unsupported(reason));
+    let mode = i64::from(header.mode().unwrap_or(0)) & 0o7777;
+    let uid = int(header.uid().unwrap_or(0), "uid out of range")?;
+    let gid = int(header.gid().unwrap_or(0), "gid out of range")?;
+    let mtime = signed_time(header.mtime().unwrap_or(0));
     let mut meta = TocEntry {
         kind: kind.to_string(),
         name,
@@ -308,7 +310,7 @@ fn toc_entry_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<TocEntr
         ..TocEntry::default()
     };
     if kind == "reg" {
-        meta.size = entry.size() as i64;
+        meta.size = int(entry.size(), "size out of range")?;
     }
     if kind == "char" || kind == "block" {
         meta.dev_major = header.device_major().ok().flatten().unwrap_or(0) as i64;
@@ -338,6 +340,13 @@ fn toc_entry_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<TocEntr
         }
     }
     Ok(Some(meta))
+}
+
+/// A tar time field: GNU tar stores times before 1970 in base-256 two's complement, which the
+/// tar crate returns as the bits of a `u64`; read back as `i64` they are the signed time.
+#[allow(clippy::cast_possible_wrap)]
+fn signed_time(v: u64) -> i64 {
+    v as i64
 }
 
 fn parse_pax_time(v: &str) -> Option<(i64, u32)> {

@@ -298,7 +298,9 @@ pub fn decode_toc(compressed: &[u8], uncompressed_len: u64) -> Result<Toc, TocEr
             "TOC claims {uncompressed_len} bytes, more than the 1 GiB limit"
         )));
     }
-    let json = zstd::bulk::decompress(compressed, uncompressed_len.max(1) as usize)
+    let capacity = usize::try_from(uncompressed_len.max(1))
+        .map_err(|_| TocError::Parse(format!("TOC of {uncompressed_len} bytes")))?;
+    let json = zstd::bulk::decompress(compressed, capacity)
         .map_err(|e| TocError::Parse(format!("zstd: {e}")))?;
     let toc: Toc = serde_json::from_slice(&json).map_err(|e| TocError::Parse(e.to_string()))?;
     if toc.version != 1 {
