@@ -248,7 +248,7 @@ mod tests {
                 }
                 serde_json::json!({
                     "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "digest": Digest::of(&[i as u8]).to_string(),
+                    "digest": Digest::of(&i.to_le_bytes()).to_string(),
                     "size": 1,
                     "platform": plat,
                 })
@@ -262,7 +262,7 @@ mod tests {
     fn pick(platforms: &[&str], wanted: &str) -> Result<usize, PlatformError> {
         let d = select(&index(platforms), wanted)?;
         Ok((0..platforms.len())
-            .find(|i| Digest::of(&[*i as u8]) == d)
+            .find(|i| Digest::of(&i.to_le_bytes()) == d)
             .unwrap())
     }
 

@@ -46,7 +46,7 @@ pub fn prepare_fs(ctx: &Context, rt: &tokio::runtime::Handle, img: ImageRecord) 
             let tree = Tree::build(layers.iter().map(|l| &l.index)).map_err(|e| e.to_string())?;
             info!(
                 inodes = tree.len(),
-                ms = started.elapsed().as_millis() as u64,
+                ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 "tree ready"
             );
             Ok::<_, String>((tree, layers))

@@ -135,7 +135,7 @@ fn header_for(meta: &std::fs::Metadata, kind: tar::EntryType) -> tar::Header {
     h.set_mode(meta.mode() & 0o7777);
     h.set_uid(meta.uid() as u64);
     h.set_gid(meta.gid() as u64);
-    h.set_mtime(meta.mtime().max(0) as u64);
+    h.set_mtime(u64::try_from(meta.mtime()).unwrap_or(0));
     h.set_size(0);
     h
 }

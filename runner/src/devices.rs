@@ -8,7 +8,7 @@
 //! attaching are three `bpf(2)` commands made here: the crates that wrap them (libbpf-sys,
 //! aya) build a C library or load ELF objects, which is much more than three syscalls.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use rbpf::insn_builder::{Arch, BpfCode, Cond, Instruction, IntoBytes, MemSize, Source};
@@ -162,6 +162,13 @@ pub fn program(rules: &[Rule]) -> Vec<u8> {
     (&p).into_bytes().to_vec()
 }
 
+/// A 32-bit value as a BPF immediate: the kernel compares the bits, so reinterpreting the sign
+/// is what is meant (device types, access bits and numbers are far below 2^31 anyway).
+#[allow(clippy::cast_possible_wrap)]
+fn imm(v: u32) -> i32 {
+    v as i32
+}
+
 /// The instructions of one rule: compare the type, the access (unless the rule allows all)
 /// and the fixed numbers, jumping to the next rule on a mismatch; on a match return 1 (allow).
 fn rule_code(p: &mut BpfCode, r: &Rule) {
@@ -174,7 +181,7 @@ fn rule_code(p: &mut BpfCode, r: &Rule) {
     }
     p.jump_conditional(Cond::NotEquals, Source::Imm)
         .set_dst(2)
-        .set_imm(r.kind as i32)
+        .set_imm(imm(r.kind))
         .set_off(left)
         .push();
     if !all {
@@ -183,7 +190,7 @@ fn rule_code(p: &mut BpfCode, r: &Rule) {
         p.mov(Source::Reg, Arch::X32).set_dst(1).set_src(3).push();
         p.bit_and(Source::Imm, Arch::X32)
             .set_dst(1)
-            .set_imm(r.access as i32)
+            .set_imm(imm(r.access))
             .push();
         p.jump_conditional(Cond::NotEquals, Source::Reg)
             .set_dst(1)
@@ -196,7 +203,7 @@ fn rule_code(p: &mut BpfCode, r: &Rule) {
             left -= 1;
             p.jump_conditional(Cond::NotEquals, Source::Imm)
                 .set_dst(reg)
-                .set_imm(n as i32)
+                .set_imm(imm(n))
                 .set_off(left)
                 .push();
         }
@@ -232,17 +239,11 @@ pub fn default_rules() -> Vec<Rule> {
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
+    let size = libc::c_uint::try_from(std::mem::size_of::<T>()).expect("bpf_attr is small");
     // SAFETY: `attr` is a live, fully initialised `#[repr(C)]` prefix of `union bpf_attr` for
     // `cmd`, and its size is passed with it; the kernel copies at most that many bytes in and
     // writes only the fields of the command (query results) inside it.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T,
-            std::mem::size_of::<T>() as libc::c_uint,
-        )
-    };
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size) };
     if r < 0 {
         Err(std::io::Error::last_os_error())
     } else {
@@ -286,7 +287,10 @@ fn load(code: &[u8]) -> Result<OwnedFd, DevicesError> {
     const LICENSE: &[u8] = b"Apache-2.0\0";
     let mut attr = ProgLoad {
         prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
-        insn_cnt: (code.len() / 8) as u32,
+        insn_cnt: u32::try_from(code.len() / 8).map_err(|_| DevicesError::Load {
+            log: String::new(),
+            source: std::io::Error::other("the program is longer than 2^32 instructions"),
+        })?,
         insns: code.as_ptr() as u64,
         license: LICENSE.as_ptr() as u64,
         ..Default::default()
@@ -294,17 +298,17 @@ fn load(code: &[u8]) -> Result<OwnedFd, DevicesError> {
     let first = bpf(BPF_PROG_LOAD, &mut attr);
     let err = match first {
         // SAFETY: BPF_PROG_LOAD returned a new descriptor that nothing else owns.
-        Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+        Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(raw_fd(fd)) }),
         Err(e) => e,
     };
     // Again with the verifier's log, to say why.
     let mut log = vec![0u8; 1 << 16];
     attr.log_level = 1;
-    attr.log_size = log.len() as u32;
+    attr.log_size = u32::try_from(log.len()).expect("the log buffer is 64 KiB");
     attr.log_buf = log.as_mut_ptr() as u64;
     let _ = bpf(BPF_PROG_LOAD, &mut attr).map(|fd| {
         // SAFETY: as above; loaded the second time, closed again at once.
-        drop(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        drop(unsafe { OwnedFd::from_raw_fd(raw_fd(fd)) })
     });
     let text = String::from_utf8_lossy(&log);
     let last = text
@@ -321,6 +325,16 @@ fn load(code: &[u8]) -> Result<OwnedFd, DevicesError> {
         },
         source: err,
     })
+}
+
+/// A descriptor the bpf syscall returned (a `long`) as the `int` it is.
+fn raw_fd(fd: libc::c_long) -> RawFd {
+    RawFd::try_from(fd).expect("the kernel returns descriptors as int")
+}
+
+/// An open descriptor as the `__u32` field of `union bpf_attr`.
+fn fd_u32(fd: &impl AsRawFd) -> u32 {
+    u32::try_from(fd.as_raw_fd()).expect("an open descriptor is not negative")
 }
 
 fn open_dir(dir: &Path) -> Result<std::fs::File, DevicesError> {
@@ -343,8 +357,8 @@ pub fn attach(dir: &Path, rules: &[Rule]) -> Result<(), DevicesError> {
     let cgroup = open_dir(dir)?;
     let prog = load(&program(rules))?;
     let mut attr = ProgAttach {
-        target_fd: cgroup.as_raw_fd() as u32,
-        attach_bpf_fd: prog.as_raw_fd() as u32,
+        target_fd: fd_u32(&cgroup),
+        attach_bpf_fd: fd_u32(&prog),
         attach_type: BPF_CGROUP_DEVICE,
         attach_flags: BPF_F_ALLOW_MULTI,
     };
@@ -361,7 +375,7 @@ pub fn attach(dir: &Path, rules: &[Rule]) -> Result<(), DevicesError> {
 pub fn attached(dir: &Path) -> Result<u32, DevicesError> {
     let cgroup = open_dir(dir)?;
     let mut attr = ProgQuery {
-        target_fd: cgroup.as_raw_fd() as u32,
+        target_fd: fd_u32(&cgroup),
         attach_type: BPF_CGROUP_DEVICE,
         ..Default::default()
     };

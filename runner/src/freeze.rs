@@ -41,7 +41,8 @@ fn all_pids() -> Vec<i32> {
 
 /// Stops every process of the container whose supervising helper is `helper`.
 pub fn freeze(helper: u32) -> std::io::Result<Frozen> {
-    let helper = helper as i32;
+    let helper = i32::try_from(helper)
+        .map_err(|_| std::io::Error::other(format!("helper pid {helper} out of range")))?;
     let init = all_pids()
         .into_iter()
         .find(|p| ppid_and_state(*p).is_some_and(|(pp, _)| pp == helper))

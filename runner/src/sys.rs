@@ -56,15 +56,17 @@ pub fn loopback_up() -> std::io::Result<()> {
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
+        *dst = libc::c_char::from_ne_bytes([*src]);
     }
+    let up = libc::c_short::try_from(libc::IFF_UP | libc::IFF_RUNNING)
+        .expect("IFF_UP and IFF_RUNNING are low bits of the 16-bit flags");
     // SAFETY: fd is a valid socket and req a valid, initialized ifreq that outlives the calls;
     // SIOCGIFFLAGS/SIOCSIFFLAGS read and write only the ifr_flags member of the union.
     let rc = unsafe {
         if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
             -1
         } else {
-            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            req.ifr_ifru.ifru_flags |= up;
             libc::ioctl(fd, libc::SIOCSIFFLAGS, &req)
         }
     };
