@@ -79,6 +79,7 @@ fn opts() -> Opts {
     o
 }
 
+/// Runs `cmd` (its stderr shown) and returns its stdout; panics when it fails.
 pub fn sh(cmd: &mut Command) -> String {
     let out = cmd
         .stderr(Stdio::inherit())
@@ -88,6 +89,7 @@ pub fn sh(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Writes dirty pages back and drops the page cache, so the next read is cold.
 pub fn drop_caches() {
     let _ = Command::new("sync").status();
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
@@ -100,6 +102,7 @@ pub fn strata(root: &Path) -> Command {
     c
 }
 
+/// The `strata` binary next to this one (both in the same target directory).
 pub fn strata_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("exe");
     exe.parent().expect("dir").join("strata")

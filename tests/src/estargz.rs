@@ -57,12 +57,12 @@ impl TarVisitor for Writer {
         let chunks: Vec<&[u8]> = data.chunks(CHUNK).collect();
         let mut extra = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
-            let offset = self.out.len() as i64;
+            let offset = i64::try_from(self.out.len()).unwrap();
             self.out.extend_from_slice(&gz(c));
             if i == 0 {
                 meta.offset = offset;
                 if chunks.len() > 1 {
-                    meta.chunk_size = c.len() as i64;
+                    meta.chunk_size = i64::try_from(c.len()).unwrap();
                     meta.chunk_digest = Some(sha(c));
                 }
             } else {
@@ -70,12 +70,12 @@ impl TarVisitor for Writer {
                     kind: "chunk".into(),
                     name: meta.name.clone(),
                     offset,
-                    chunk_offset: (i * CHUNK) as i64,
+                    chunk_offset: i64::try_from(i * CHUNK).unwrap(),
                     // The last chunk says 0: "to the end of the file".
                     chunk_size: if i + 1 == chunks.len() {
                         0
                     } else {
-                        c.len() as i64
+                        i64::try_from(c.len()).unwrap()
                     },
                     chunk_digest: Some(sha(c)),
                     ..TocEntry::default()

@@ -10,33 +10,67 @@ use std::process::Command;
 #[derive(Debug, Clone)]
 pub enum Item {
     /// A directory.
-    Dir { path: Vec<u8>, mode: u32 },
+    Dir {
+        /// Its path in the layer.
+        path: Vec<u8>,
+        /// Permission bits.
+        mode: u32,
+    },
     /// A regular file with owner and xattrs.
     File {
+        /// Its path in the layer.
         path: Vec<u8>,
+        /// Permission bits.
         mode: u32,
+        /// Its content.
         data: Vec<u8>,
+        /// Owner.
         uid: u64,
+        /// Group.
         gid: u64,
+        /// Extended attributes, name and value.
         xattrs: Vec<(String, Vec<u8>)>,
     },
     /// A symlink.
-    Symlink { path: Vec<u8>, target: Vec<u8> },
+    Symlink {
+        /// Its path in the layer.
+        path: Vec<u8>,
+        /// What it points to.
+        target: Vec<u8>,
+    },
     /// A hardlink to `target` (a path in the image).
-    Hardlink { path: Vec<u8>, target: Vec<u8> },
+    Hardlink {
+        /// Its path in the layer.
+        path: Vec<u8>,
+        /// The path it links to.
+        target: Vec<u8>,
+    },
     /// A character (`c`) or block (`b`) device.
     Device {
+        /// Its path in the layer.
         path: Vec<u8>,
+        /// `c` or `b`.
         kind: char,
+        /// Device major number.
         major: u32,
+        /// Device minor number.
         minor: u32,
     },
     /// A named pipe.
-    Fifo { path: Vec<u8> },
+    Fifo {
+        /// Its path in the layer.
+        path: Vec<u8>,
+    },
     /// `.wh.NAME`: hides `path` of the layers below.
-    Whiteout { path: Vec<u8> },
+    Whiteout {
+        /// The path hidden.
+        path: Vec<u8>,
+    },
     /// `.wh..wh..opq` in `dir`.
-    Opaque { dir: Vec<u8> },
+    Opaque {
+        /// The directory made opaque.
+        dir: Vec<u8>,
+    },
 }
 
 /// Shorthands.

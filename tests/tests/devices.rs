@@ -77,7 +77,7 @@ fn device_programs(dir: &Path) -> u32 {
     }
     let f = std::fs::File::open(dir).unwrap();
     let mut q = Query {
-        target_fd: std::os::fd::AsRawFd::as_raw_fd(&f) as u32,
+        target_fd: u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&f)).unwrap(),
         attach_type: 6,
         query_flags: 0,
         attach_flags: 0,
