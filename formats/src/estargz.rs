@@ -122,7 +122,10 @@ mod tests {
           {"name":"bin/b","type":"chunk","offset":250,"chunkOffset":4,"chunkDigest":"sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"}
         ]}"#;
         let err = index(json, u64::MAX).unwrap_err().to_string();
-        assert!(err.contains("TOC offset 18446744073709551615 out of range"), "{err}");
+        assert!(
+            err.contains("TOC offset 18446744073709551615 out of range"),
+            "{err}"
+        );
         let idx = index(json, 300).unwrap();
         assert_eq!(idx.entries.len(), 3, "landmark hidden");
         let a = &idx.entries[1];
