@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
+use strata_image::Images;
 use strata_image::commit::history_entry;
-use strata_image::image::Context;
 use strata_oci::timefmt::now_secs;
 use strata_overlay::root::{RootMount, is_runtime_artifact, mount_root};
 use strata_runner::state::{Container, Containers, State};
@@ -208,7 +208,7 @@ const PROXY_ARGS: [&str; 10] = [
 
 /// A builder over a store.
 pub struct Builder<'a> {
-    ctx: &'a Context,
+    ctx: &'a Images,
     rt: tokio::runtime::Handle,
     opts: Options,
     cache: BuildCache,
@@ -233,7 +233,7 @@ fn random_id() -> String {
 impl<'a> Builder<'a> {
     /// Reads the Dockerfile; nothing runs yet.
     pub fn new(
-        ctx: &'a Context,
+        ctx: &'a Images,
         rt: tokio::runtime::Handle,
         root: &Path,
         opts: Options,
@@ -410,6 +410,7 @@ impl<'a> Builder<'a> {
         };
         let config = self
             .ctx
+            .committer()
             .base_config(image.as_ref())
             .map_err(|e| step_err(ins, e))?;
         let mut st = StageState {
@@ -475,6 +476,7 @@ impl<'a> Builder<'a> {
             }
         }
         self.ctx
+            .committer()
             .derive(parent, config, layer)
             .map_err(|e| match step {
                 Some((i, _)) => step_err(i, e),
@@ -495,11 +497,15 @@ impl<'a> Builder<'a> {
         if !self.opts.no_cache
             && let Some(hit) = self
                 .cache
-                .lookup(&self.ctx.store, &k)
+                .lookup(self.ctx.store(), &k)
                 .map_err(|e| step_err(ins, e))?
         {
             host.event(Event::UsingCache);
-            st.config = self.ctx.config(&hit).map_err(|e| step_err(ins, e))?;
+            st.config = self
+                .ctx
+                .catalog()
+                .config(&hit)
+                .map_err(|e| step_err(ins, e))?;
             st.image = Some(hit);
             return Ok(None);
         }
@@ -524,7 +530,11 @@ impl<'a> Builder<'a> {
                 },
             )
             .map_err(|e| step_err(ins, e))?;
-        st.config = self.ctx.config(&img).map_err(|e| step_err(ins, e))?;
+        st.config = self
+            .ctx
+            .catalog()
+            .config(&img)
+            .map_err(|e| step_err(ins, e))?;
         st.image = Some(img);
         Ok(())
     }
@@ -790,12 +800,16 @@ impl<'a> Builder<'a> {
         parent: &ImageRecord,
         created_by: &str,
     ) -> Result<ImageRecord, BuildError> {
-        let layers = self.ctx.open_layers(parent).map_err(|e| step_err(ins, e))?;
+        let layers = self
+            .ctx
+            .catalog()
+            .open_layers(parent)
+            .map_err(|e| step_err(ins, e))?;
         let tree = strata_lazyfs::Tree::build(layers.iter().map(|l| &l.index))
             .map_err(|e| step_err(ins, e))?;
         let skip = |rel: &Path, meta: &std::fs::Metadata| is_runtime_artifact(rel, meta, &tree);
         let layer = strata_overlay::union::upper_tar_stream(&dir.join("upper"), &skip, |tar| {
-            self.ctx.write_layer(tar)
+            self.ctx.committer().write_layer(tar)
         })
         .map_err(|e| step_err(ins, e))?;
         self.store(
@@ -1021,11 +1035,7 @@ impl<'a> Builder<'a> {
         };
         for s in &srcs {
             if add && (s.starts_with("http://") || s.starts_with("https://")) {
-                let tmp = self
-                    .ctx
-                    .root
-                    .join("tmp")
-                    .join(format!("add-{}", random_id()));
+                let tmp = self.ctx.layout().tmp().join(format!("add-{}", random_id()));
                 let digest = crate::fetch::download(&self.rt, s, &tmp)
                     .map_err(|e| fail(&mut source_mount, step_err(ins, e)))?;
                 hashes.push(format!("url:{digest}"));

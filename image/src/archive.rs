@@ -9,15 +9,22 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::image::{Context, ImageError};
+use std::sync::Arc;
+
+use strata_distribution::RegistryClient;
+use strata_storage::store::Store;
+
+use crate::catalog::{Catalog, source_ref};
+use crate::error::ImageError;
+use crate::index::LayerIndexer;
+use crate::layout::Layout;
 use strata_formats::estargz;
 use strata_formats::index::{LayerIndex, Locations};
 use strata_formats::toc::{TocAnnotations, decode_toc};
 use strata_oci::digest::{Digest, Hasher};
 use strata_oci::reference::Reference;
 use strata_oci::timefmt::now_secs;
-use strata_storage::plain::{index_plain, sniff};
-use strata_storage::store::{Compression, ImageRecord, LayerFormat, LayerRecord};
+use strata_storage::store::{ImageRecord, LayerFormat, LayerRecord};
 
 fn fail(what: impl std::fmt::Display, e: impl std::fmt::Display) -> ImageError {
     ImageError::Manifest {
@@ -26,7 +33,35 @@ fn fail(what: impl std::fmt::Display, e: impl std::fmt::Display) -> ImageError {
     }
 }
 
-impl Context {
+/// Writes images to archives and loads them from archives.
+#[derive(Debug, Clone)]
+pub struct Archives {
+    pub(crate) store: Store,
+    client: Arc<RegistryClient>,
+    indexer: LayerIndexer,
+    layout: Layout,
+}
+
+impl Archives {
+    pub(crate) fn new(
+        store: Store,
+        client: Arc<RegistryClient>,
+        indexer: LayerIndexer,
+        layout: Layout,
+    ) -> Self {
+        Self {
+            store,
+            client,
+            indexer,
+            layout,
+        }
+    }
+
+    /// Points `name` at `rec`.
+    pub(crate) fn tag(&self, rec: &ImageRecord, name: &Reference) -> Result<(), ImageError> {
+        Catalog::new(self.store.clone()).tag(rec, name)
+    }
+
     /// A local file holding blob `d` of `img` (fetched from its source into the cache's blob
     /// directory if it is not there yet, and checked).
     async fn local_blob(
@@ -35,12 +70,12 @@ impl Context {
         d: &Digest,
     ) -> Result<std::path::PathBuf, ImageError> {
         use futures_util::TryStreamExt;
-        let path = self.root.join("cache/blobs").join(d.hex());
+        let path = self.layout.blob(d);
         if path.exists() {
             return Ok(path);
         }
-        std::fs::create_dir_all(self.root.join("cache/blobs")).map_err(|e| fail(d, e))?;
-        let src = self.source_ref(img)?;
+        std::fs::create_dir_all(self.layout.blobs()).map_err(|e| fail(d, e))?;
+        let src = source_ref(img)?;
         let mut body = Box::pin(self.client.blob_stream(&src, d).await?);
         let tmp = strata_storage::atomic::temp_path(&path);
         let mut f = std::fs::File::create(&tmp).map_err(|e| fail(d, e))?;
@@ -134,7 +169,7 @@ impl Context {
     /// it: an OCI layout (`index.json`, whose entries may be image indexes) or docker's format
     /// (`manifest.json` with `Config`, `RepoTags` and `Layers` paths, `<id>/layer.tar`).
     pub fn load(&self, archive: impl Read) -> Result<Vec<Loaded>, ImageError> {
-        let dir = self.root.join("tmp");
+        let dir = self.layout.tmp();
         std::fs::create_dir_all(&dir).map_err(|e| fail("load", e))?;
         let tmp = strata_storage::atomic::temp_path(&dir.join("load"));
         std::fs::create_dir(&tmp).map_err(|e| fail("load", e))?;
@@ -145,7 +180,7 @@ impl Context {
             if tmp.join("index.json").exists() {
                 self.load_layout(&tmp)
             } else if tmp.join("manifest.json").exists() {
-                self.load_docker(&tmp)
+                crate::archive_docker::load_docker(self, &tmp)
             } else {
                 Err(fail(
                     "archive",
@@ -169,7 +204,7 @@ impl Context {
         if self.store.layer(&d)?.is_some() {
             return Ok(None);
         }
-        let local = self.root.join("cache/blobs").join(d.hex());
+        let local = self.layout.blob(&d);
         strata_storage::atomic::write_file(&local, bytes).map_err(|e| fail(d, e))?;
         let mut diff_id = None;
         let from_toc = TocAnnotations::parse(ann)
@@ -210,42 +245,13 @@ impl Context {
                         "layer {d}: table of contents not usable ({e}); indexing it whole"
                     );
                 }
-                let (rec, id) = self.index_whole_layer(d, bytes, media_type)?;
+                let (rec, id) = self.indexer.index_whole_layer(d, bytes, media_type)?;
                 diff_id = Some(id);
                 rec
             }
         };
         self.store.put_layer(&rec)?;
         Ok(diff_id)
-    }
-
-    /// Indexes a whole local layer blob without a TOC (plain tar/gzip/zstd, or one whose TOC is
-    /// not trusted): its chunks go to the cache and its local TOC to the store. Returns the
-    /// record and the diff_id (sha256 of the uncompressed tar).
-    pub(crate) fn index_whole_layer(
-        &self,
-        d: Digest,
-        bytes: &[u8],
-        media_type: String,
-    ) -> Result<(LayerRecord, Digest), ImageError> {
-        let compression = match sniff(bytes) {
-            Compression::None if media_type.ends_with("zstd") => Compression::Zstd,
-            c => c,
-        };
-        let indexed =
-            index_plain(bytes, compression, self.fetcher.cache()).map_err(|e| fail(d, e))?;
-        let mut rec = LayerRecord {
-            digest: d,
-            size: bytes.len() as u64,
-            media_type,
-            format: LayerFormat::Plain { compression },
-            toc: None,
-            toc_uncompressed: 0,
-            toc_offset: 0,
-            content_bytes: 0,
-        };
-        self.store_local_toc(&mut rec, &indexed.toc)?;
-        Ok((rec, indexed.diff_id))
     }
 
     fn load_layout(&self, layout: &Path) -> Result<Vec<Loaded>, ImageError> {
@@ -398,7 +404,7 @@ fn pick_manifest(layout: &Path, d: &Digest, bytes: &[u8]) -> Result<Digest, Imag
     }
 }
 
-impl Context {
+impl Archives {
     /// The record of a loaded eStargz layer (TOC digest annotation, footer, TOC entry), indexed
     /// as a pull indexes it; `None` when the layer does not announce eStargz.
     fn estargz_record(
@@ -423,7 +429,8 @@ impl Context {
                 ))
             })?;
             let json = estargz::extract_toc_json(member).map_err(toc_err)?;
-            self.estargz_layer(d, size, media_type, tocd, &json, toc_offset)
+            self.indexer
+                .estargz_layer(d, size, media_type, tocd, &json, toc_offset)
         };
         Some(build())
     }

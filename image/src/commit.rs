@@ -6,12 +6,14 @@ use std::io::Read;
 
 use serde_json::{Value, json};
 
+use crate::catalog::Catalog;
 use crate::convert::LAYER_MEDIA_TYPE;
-use crate::image::{Context, ImageError};
+use crate::error::ImageError;
+use crate::layout::Layout;
 use strata_formats::chunked::write_chunked;
 use strata_oci::digest::Digest;
 use strata_oci::timefmt::{now_rfc3339, now_secs};
-use strata_storage::store::{ImageRecord, LayerFormat, LayerRecord};
+use strata_storage::store::{ImageRecord, LayerFormat, LayerRecord, Store};
 
 /// What `commit` records besides the layer.
 #[derive(Debug, Clone, Default)]
@@ -128,7 +130,7 @@ pub fn apply_change(
     Ok(())
 }
 
-/// A layer written by [`Context::write_layer`], ready to go on top of an image.
+/// A layer written by [`Committer::write_layer`], ready to go on top of an image.
 #[derive(Debug, Clone)]
 pub struct NewLayer {
     /// Digest of the compressed blob.
@@ -161,12 +163,24 @@ pub fn history_entry(
     entry
 }
 
-impl Context {
+/// Writes new layers and stores new images on top of stored ones (`commit`, `import`, `build`).
+#[derive(Debug, Clone)]
+pub struct Committer {
+    store: Store,
+    layout: Layout,
+}
+
+impl Committer {
+    /// A committer writing into `store` and the blob directory of `layout`.
+    pub fn new(store: Store, layout: Layout) -> Self {
+        Self { store, layout }
+    }
+
     /// The config a new image on `parent` starts from: the parent's, or an empty linux/amd64
     /// one (`FROM scratch`, `import`).
     pub fn base_config(&self, parent: Option<&ImageRecord>) -> Result<Value, ImageError> {
         match parent {
-            Some(p) => self.config(p),
+            Some(p) => Catalog::new(self.store.clone()).config(p),
             None => Ok(
                 json!({"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []}),
             ),
@@ -177,7 +191,7 @@ impl Context {
     /// lazy reads of registry-less blobs look for it, with its TOC and layer record stored.
     /// Entries that would land outside the image are refused before anything is stored.
     pub fn write_layer(&self, tar: impl Read) -> Result<NewLayer, ImageError> {
-        let tmp_dir = self.root.join("tmp");
+        let tmp_dir = self.layout.tmp();
         std::fs::create_dir_all(&tmp_dir).map_err(|e| bad("commit", e.to_string()))?;
         let tmp = strata_storage::atomic::temp_path(&tmp_dir.join("commit-layer"));
         let written = {
@@ -200,7 +214,7 @@ impl Context {
                 });
             }
         };
-        let blob_dir = self.root.join("cache/blobs");
+        let blob_dir = self.layout.blobs();
         std::fs::create_dir_all(&blob_dir).map_err(|e| bad("commit", e.to_string()))?;
         let blob_path = blob_dir.join(written.digest.hex());
         std::fs::rename(&tmp, &blob_path).map_err(|e| bad("commit", e.to_string()))?;
@@ -338,17 +352,6 @@ impl Context {
             }
         }
         self.derive(parent, config, Some(&layer))
-    }
-
-    /// Points `name` at an image.
-    pub fn tag(
-        &self,
-        rec: &ImageRecord,
-        name: &strata_oci::reference::Reference,
-    ) -> Result<(), ImageError> {
-        let lock = self.store.lock()?;
-        self.store.set_ref(&lock, &name.tag_key(), &rec.manifest)?;
-        Ok(())
     }
 }
 

@@ -9,7 +9,13 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use serde_json::json;
 
-use crate::image::{Context, ImageError, Progress, ProgressFn, digest_of, feed_error};
+use std::sync::Arc;
+
+use strata_distribution::RegistryClient;
+
+use crate::error::{ImageError, Progress, ProgressFn, digest_of, feed_error};
+use crate::layout::Layout;
+use crate::pull::resolve_manifest;
 use strata_formats::chunked::write_chunked;
 use strata_formats::estargz_write::write_estargz;
 use strata_formats::toc::TocAnnotations;
@@ -44,21 +50,56 @@ struct Rewritten {
     diff_id: Option<Digest>,
 }
 
-/// Converts `src` into `dst`; returns the new manifest's digest.
-pub async fn convert(
-    ctx: &Context,
+/// Rewrites images registry to registry into a lazy format.
+#[derive(Debug, Clone)]
+pub struct Converter {
+    client: Arc<RegistryClient>,
+    layout: Layout,
+}
+
+impl Converter {
+    /// A converter talking to registries through `client`, with scratch space in `layout`.
+    pub fn new(client: Arc<RegistryClient>, layout: Layout) -> Self {
+        Self { client, layout }
+    }
+
+    /// Converts `src` into `dst`; returns the new manifest's digest.
+    pub async fn convert(
+        &self,
+        src: &Reference,
+        dst: &Reference,
+        platform: &str,
+        format: Format,
+        progress: ProgressFn<'_>,
+    ) -> Result<Digest, ImageError> {
+        convert(
+            &self.client,
+            &self.layout,
+            src,
+            dst,
+            platform,
+            format,
+            progress,
+        )
+        .await
+    }
+}
+
+async fn convert(
+    client: &RegistryClient,
+    layout: &Layout,
     src: &Reference,
     dst: &Reference,
     platform: &str,
     format: Format,
     progress: ProgressFn<'_>,
 ) -> Result<Digest, ImageError> {
-    let (manifest, mdigest, _, _) = ctx.resolve_manifest(src, platform).await?;
+    let (manifest, mdigest, _, _) = resolve_manifest(client, src, platform).await?;
     progress(Progress::Resolved {
         manifest: mdigest,
         layers: manifest.layers().len(),
     });
-    let tmp = tempdir_in(&ctx.root.join("tmp")).map_err(|e| ImageError::Layer {
+    let tmp = tempdir_in(&layout.tmp()).map_err(|e| ImageError::Layer {
         layer: mdigest,
         reason: e.to_string(),
     })?;
@@ -79,7 +120,7 @@ pub async fn convert(
         };
         if native {
             new_diff_ids.push(None);
-            copy_blob(ctx, src, dst, &d, &tmp.join(d.hex()), progress).await?;
+            copy_blob(client, src, dst, &d, &tmp.join(d.hex()), progress).await?;
             layers.push(json!({
                 "mediaType": desc.media_type().to_string(),
                 "digest": d.to_string(),
@@ -108,9 +149,10 @@ pub async fn convert(
             None
         };
         let out_path = tmp.join(format!("{}.zst", d.hex()));
-        let written = rewrite_layer(ctx, src, d, compression, format, &out_path, progress).await?;
+        let written =
+            rewrite_layer(client, src, d, compression, format, &out_path, progress).await?;
         new_diff_ids.push(written.diff_id);
-        ctx.client
+        client
             .put_blob_file(dst, &written.digest, &out_path, &|done| {
                 progress(Progress::LayerBytes { layer: d, done })
             })
@@ -128,7 +170,7 @@ pub async fn convert(
         });
     }
     let mut config = digest_of(manifest.config())?;
-    let mut config_bytes = ctx.client.get_blob(src, &config).await?;
+    let mut config_bytes = client.get_blob(src, &config).await?;
     if new_diff_ids.iter().any(Option::is_some) {
         config_bytes =
             with_diff_ids(&config_bytes, &new_diff_ids).map_err(|reason| ImageError::Manifest {
@@ -137,9 +179,7 @@ pub async fn convert(
             })?;
         config = Digest::of(&config_bytes);
     }
-    ctx.client
-        .put_blob(dst, &config, config_bytes.clone())
-        .await?;
+    client.put_blob(dst, &config, config_bytes.clone()).await?;
     let new_manifest = json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -157,8 +197,7 @@ pub async fn convert(
                 reason: e.to_string(),
             })?,
         );
-    let digest = ctx
-        .client
+    let digest = client
         .put_manifest(dst, bytes, "application/vnd.oci.image.manifest.v1+json")
         .await?;
     let _ = std::fs::remove_dir_all(&tmp);
@@ -190,20 +229,20 @@ fn tempdir_in(parent: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
 }
 
 pub(crate) async fn copy_blob(
-    ctx: &Context,
+    client: &RegistryClient,
     src: &Reference,
     dst: &Reference,
     d: &Digest,
     tmp: &std::path::Path,
     progress: ProgressFn<'_>,
 ) -> Result<Copied, ImageError> {
-    if ctx.client.blob_exists(dst, d).await?.is_some() {
+    if client.blob_exists(dst, d).await?.is_some() {
         return Ok(Copied::Present);
     }
-    if src.registry == dst.registry && ctx.client.mount_blob(dst, d, &src.repository).await? {
+    if src.registry == dst.registry && client.mount_blob(dst, d, &src.repository).await? {
         return Ok(Copied::Mounted);
     }
-    let mut body = Box::pin(ctx.client.blob_stream(src, d).await?);
+    let mut body = Box::pin(client.blob_stream(src, d).await?);
     let mut file = std::fs::File::create(tmp).map_err(|e| io_fail(*d, e))?;
     let mut hasher = strata_oci::digest::Hasher::default();
     let mut done = 0u64;
@@ -220,7 +259,7 @@ pub(crate) async fn copy_blob(
             reason: format!("content hashes to {got}"),
         });
     }
-    ctx.client.put_blob_file(dst, d, tmp, &|_| {}).await?;
+    client.put_blob_file(dst, d, tmp, &|_| {}).await?;
     let _ = std::fs::remove_file(tmp);
     Ok(Copied::Uploaded)
 }
@@ -244,7 +283,7 @@ fn io_fail(layer: Digest, e: std::io::Error) -> ImageError {
 }
 
 async fn rewrite_layer(
-    ctx: &Context,
+    client: &RegistryClient,
     src: &Reference,
     d: Digest,
     compression: Option<Compression>,
@@ -252,7 +291,7 @@ async fn rewrite_layer(
     out_path: &std::path::Path,
     progress: ProgressFn<'_>,
 ) -> Result<Rewritten, ImageError> {
-    let body = ctx.client.blob_stream(src, &d).await?;
+    let body = client.blob_stream(src, &d).await?;
     let out = std::fs::File::create(out_path).map_err(|e| io_fail(d, e))?;
     let mut done = 0u64;
     let written = feed_blocking(

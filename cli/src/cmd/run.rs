@@ -262,7 +262,7 @@ pub fn run_recorded(
     if a.detach && a.cid.is_none() {
         return detach(&containers, a.name.as_deref()).map(|c| (c, None));
     }
-    let config = ctx.config(&img)?;
+    let config = ctx.catalog().config(&img)?;
     let cfg = config.get("config");
     let args = command_line(
         &strings(cfg.and_then(|c| c.get("Entrypoint"))),
