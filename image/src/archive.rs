@@ -7,8 +7,6 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use serde_json::{Value, json};
-
 use std::sync::Arc;
 
 use strata_distribution::RegistryClient;
@@ -22,6 +20,7 @@ use strata_formats::estargz;
 use strata_formats::index::{LayerIndex, Locations};
 use strata_formats::toc::{TocAnnotations, decode_toc};
 use strata_oci::digest::{Digest, Hasher};
+use strata_oci::manifest::{Descriptor, Index, Manifest, media_type_of};
 use strata_oci::reference::Reference;
 use strata_oci::timefmt::now_secs;
 use strata_storage::store::{ImageRecord, LayerFormat, LayerRecord};
@@ -124,19 +123,22 @@ impl Archives {
                 let bytes = std::fs::read(&path).map_err(|e| fail(d, e))?;
                 add(&mut b, d, &bytes)?;
             }
-            let media_type = serde_json::from_slice::<Value>(&manifest)
-                .ok()
-                .and_then(|v| v["mediaType"].as_str().map(str::to_string))
-                .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
-            let mut desc = json!({"mediaType": media_type, "digest": img.manifest.to_string(), "size": manifest.len()});
+            let media_type = media_type_of(&manifest);
+            let mut desc = Descriptor::new(&media_type, img.manifest, manifest.len() as u64);
             // Named as Docker 25+ names them: the whole reference for containerd, the tag as
             // the OCI ref name.
             let parsed: Option<Reference> = name.as_deref().and_then(|n| n.parse().ok());
             if let Some(n) = &parsed {
-                desc["annotations"] = json!({
-                    "io.containerd.image.name": n.tag_key(),
-                    "org.opencontainers.image.ref.name": n.tag.as_deref().unwrap_or("latest"),
-                });
+                desc.annotations = Some(
+                    [
+                        ("io.containerd.image.name".to_string(), n.tag_key()),
+                        (
+                            "org.opencontainers.image.ref.name".to_string(),
+                            n.tag.clone().unwrap_or_else(|| "latest".into()),
+                        ),
+                    ]
+                    .into(),
+                );
             }
             manifests.push(desc);
             docker.push(crate::archive_docker::entry_for(img, parsed.as_slice()));
@@ -144,14 +146,11 @@ impl Archives {
         for (name, bytes) in [
             (
                 "oci-layout",
-                serde_json::to_vec(&json!({"imageLayoutVersion": "1.0.0"})),
+                serde_json::to_vec(&OciLayout {
+                    image_layout_version: "1.0.0",
+                }),
             ),
-            (
-                "index.json",
-                serde_json::to_vec(
-                    &json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}),
-                ),
-            ),
+            ("index.json", serde_json::to_vec(&Index::new(manifests))),
             ("manifest.json", serde_json::to_vec(&docker)),
         ] {
             let bytes = bytes.map_err(|e| fail(name, e))?;
@@ -255,22 +254,15 @@ impl Archives {
     }
 
     fn load_layout(&self, layout: &Path) -> Result<Vec<Loaded>, ImageError> {
-        let index: Value = serde_json::from_slice(
-            &std::fs::read(layout.join("index.json")).map_err(|e| fail("index.json", e))?,
-        )
-        .map_err(|e| fail("index.json", e))?;
+        let bytes = std::fs::read(layout.join("index.json")).map_err(|e| fail("index.json", e))?;
+        let index = Index::from_slice(&bytes, "index.json")?;
         // Docker 25+ writes both; its manifest.json carries the names as RepoTags.
         let docker_names = crate::archive_docker::repo_tags_by_config(layout);
         let mut out = Vec::new();
-        for m in index["manifests"].as_array().cloned().unwrap_or_default() {
-            let d: Digest = m["digest"]
-                .as_str()
-                .unwrap_or("")
-                .parse()
-                .map_err(|e| fail("index.json: manifest digest", e))?;
+        for m in &index.manifests {
+            let d = m.digest;
             let bytes = layout_blob(layout, &d)?;
-            let doc: Value = serde_json::from_slice(&bytes).map_err(|e| fail(d, e))?;
-            let (md, mbytes, from_index) = if doc.get("manifests").is_some() {
+            let (md, mbytes, from_index) = if is_index(&bytes) {
                 let md = pick_manifest(layout, &d, &bytes)?;
                 self.store.put_blob(&d, &bytes)?;
                 (md, layout_blob(layout, &md)?, Some(d))
@@ -278,7 +270,7 @@ impl Archives {
                 (d, bytes, None)
             };
             let rec = self.load_manifest(layout, md, &mbytes, from_index)?;
-            let mut names: Vec<Reference> = name_of(&m).into_iter().collect();
+            let mut names: Vec<Reference> = name_of(m).into_iter().collect();
             if names.is_empty() {
                 names = docker_names.get(&rec.config).cloned().unwrap_or_default();
             }
@@ -297,28 +289,18 @@ impl Archives {
         mbytes: &[u8],
         index: Option<Digest>,
     ) -> Result<ImageRecord, ImageError> {
-        let manifest: Value = serde_json::from_slice(mbytes).map_err(|e| fail(md, e))?;
-        let cd: Digest = manifest["config"]["digest"]
-            .as_str()
-            .unwrap_or("")
-            .parse()
-            .map_err(|e| fail(md, e))?;
+        let manifest = Manifest::from_slice(mbytes, &md.to_string())?;
+        let cd = manifest.config.digest;
         self.store.put_blob(&cd, &layout_blob(layout, &cd)?)?;
         let mut layers = Vec::new();
-        for l in manifest["layers"].as_array().cloned().unwrap_or_default() {
-            let d: Digest = l["digest"]
-                .as_str()
-                .unwrap_or("")
-                .parse()
-                .map_err(|e| fail(md, e))?;
+        for l in &manifest.layers {
+            let d = l.digest;
             layers.push(d);
             if self.store.layer(&d)?.is_some() {
                 continue;
             }
-            let ann: std::collections::BTreeMap<String, String> =
-                serde_json::from_value(l["annotations"].clone()).unwrap_or_default();
-            let media_type = l["mediaType"].as_str().unwrap_or("").to_string();
-            self.load_layer(d, &layout_blob(layout, &d)?, media_type, &ann)?;
+            let blob = layout_blob(layout, &d)?;
+            self.load_layer(d, &blob, l.media_type.clone(), &l.annotations())?;
         }
         self.store.put_blob(&md, mbytes)?;
         let rec = ImageRecord {
@@ -332,6 +314,22 @@ impl Archives {
         self.store.put_image(&rec)?;
         Ok(rec)
     }
+}
+
+/// `oci-layout`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OciLayout {
+    image_layout_version: &'static str,
+}
+
+/// Whether a blob of a layout is an image index (it lists manifests) rather than a manifest.
+fn is_index(bytes: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        manifests: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Probe>(bytes).is_ok_and(|p| p.manifests.is_some())
 }
 
 /// An image loaded from an archive, with the names it was given.
@@ -355,15 +353,14 @@ pub(crate) fn layout_blob(layout: &Path, d: &Digest) -> Result<Vec<u8>, ImageErr
 /// The name an `index.json` entry gives its image, as docker's containerd image store reads it:
 /// `io.containerd.image.name`, else `org.opencontainers.image.ref.name` when it is a whole
 /// reference (a bare tag such as `latest` names no repository).
-fn name_of(desc: &Value) -> Option<Reference> {
-    let ann = &desc["annotations"];
-    if let Some(n) = ann["io.containerd.image.name"].as_str()
+fn name_of(desc: &Descriptor) -> Option<Reference> {
+    let ann = desc.annotations.as_ref()?;
+    if let Some(n) = ann.get("io.containerd.image.name")
         && let Ok(r) = n.parse::<Reference>()
     {
         return Some(r);
     }
-    ann["org.opencontainers.image.ref.name"]
-        .as_str()
+    ann.get("org.opencontainers.image.ref.name")
         .filter(|n| n.contains('/') || n.contains(':'))
         .and_then(|n| n.parse::<Reference>().ok())
 }

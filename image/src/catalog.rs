@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use strata_formats::estargz;
 use strata_formats::index::{LayerIndex, Locations};
 use strata_formats::toc::decode_toc;
+use strata_oci::config::ImageConfig;
 use strata_oci::digest::Digest;
 use strata_oci::reference::Reference;
 use strata_storage::lazy::LayerSource;
@@ -156,8 +157,14 @@ impl Catalog {
             .collect())
     }
 
-    /// The image config as JSON.
-    pub fn config(&self, rec: &ImageRecord) -> Result<serde_json::Value, ImageError> {
+    /// The image config.
+    pub fn config(&self, rec: &ImageRecord) -> Result<ImageConfig, ImageError> {
+        let bytes = self.store.get_blob(&rec.config)?;
+        Ok(ImageConfig::from_slice(&bytes, &rec.config.to_string())?)
+    }
+
+    /// The image config as JSON, for showing it as it is (`inspect`).
+    pub fn config_json(&self, rec: &ImageRecord) -> Result<serde_json::Value, ImageError> {
         let bytes = self.store.get_blob(&rec.config)?;
         serde_json::from_slice(&bytes).map_err(|e| ImageError::Manifest {
             what: rec.config.to_string(),

@@ -7,7 +7,6 @@
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
-use serde_json::json;
 
 use std::sync::Arc;
 
@@ -16,10 +15,14 @@ use strata_distribution::RegistryClient;
 use crate::error::{ImageError, Progress, ProgressFn, digest_of, feed_error};
 use crate::layout::Layout;
 use crate::pull::resolve_manifest;
+use std::collections::BTreeMap;
 use strata_formats::chunked::write_chunked;
 use strata_formats::estargz_write::write_estargz;
 use strata_formats::toc::TocAnnotations;
+
+use strata_oci::config::ImageConfig;
 use strata_oci::digest::Digest;
+use strata_oci::manifest::{CONFIG_MEDIA_TYPE, Descriptor, MANIFEST_MEDIA_TYPE, Manifest};
 use strata_oci::reference::Reference;
 use strata_storage::lazy::feed_blocking;
 use strata_storage::plain::{HashingReader, decompress, sniff};
@@ -45,7 +48,7 @@ pub enum Format {
 struct Rewritten {
     digest: Digest,
     size: u64,
-    annotations: std::collections::BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
     /// The new diff_id, when the uncompressed tar changed (eStargz).
     diff_id: Option<Digest>,
 }
@@ -85,6 +88,16 @@ impl Converter {
     }
 }
 
+/// One conversion under way: where from, where to, into what, and its scratch directory.
+struct Job<'a> {
+    client: &'a RegistryClient,
+    src: &'a Reference,
+    dst: &'a Reference,
+    format: Format,
+    tmp: std::path::PathBuf,
+    progress: ProgressFn<'a>,
+}
+
 async fn convert(
     client: &RegistryClient,
     layout: &Layout,
@@ -103,35 +116,67 @@ async fn convert(
         layer: mdigest,
         reason: e.to_string(),
     })?;
+    let job = Job {
+        client,
+        src,
+        dst,
+        format,
+        tmp,
+        progress,
+    };
     let mut layers = Vec::new();
     let mut new_diff_ids: Vec<Option<Digest>> = Vec::new();
     for desc in manifest.layers() {
+        let (layer, diff_id) = job.layer(desc).await?;
+        layers.push(layer);
+        new_diff_ids.push(diff_id);
+    }
+    let mut config = digest_of(manifest.config())?;
+    let mut config_bytes = client.get_blob(src, &config).await?;
+    if new_diff_ids.iter().any(Option::is_some) {
+        let mut parsed = ImageConfig::from_slice(&config_bytes, &config.to_string())?;
+        parsed.replace_diff_ids(&new_diff_ids)?;
+        config_bytes = Bytes::from(parsed.to_vec());
+        config = Digest::of(&config_bytes);
+    }
+    client.put_blob(dst, &config, config_bytes.clone()).await?;
+    let config_desc = Descriptor::new(CONFIG_MEDIA_TYPE, config, config_bytes.len() as u64);
+    let bytes = Bytes::from(Manifest::new(config_desc, layers).to_vec());
+    let digest = client.put_manifest(dst, bytes, MANIFEST_MEDIA_TYPE).await?;
+    let _ = std::fs::remove_dir_all(&job.tmp);
+    Ok(digest)
+}
+
+impl Job<'_> {
+    /// Copies or rewrites one layer into the target; returns its new descriptor and, when
+    /// its uncompressed tar changed (eStargz), its new diff_id.
+    async fn layer(
+        &self,
+        desc: &oci_spec::image::Descriptor,
+    ) -> Result<(Descriptor, Option<Digest>), ImageError> {
+        let (client, progress) = (self.client, self.progress);
         let d = digest_of(desc)?;
-        let ann: std::collections::BTreeMap<String, String> = desc
+        let ann: BTreeMap<String, String> = desc
             .annotations()
             .as_ref()
             .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
-        let native = match format {
+        let native = match self.format {
             Format::ZstdChunked => {
                 matches!(TocAnnotations::parse(&ann), Ok(Some(t)) if t.toc_digest.is_some())
             }
             Format::Estargz => ann.contains_key(strata_formats::estargz::TOC_DIGEST_ANNOTATION),
         };
         if native {
-            new_diff_ids.push(None);
-            copy_blob(client, src, dst, &d, &tmp.join(d.hex()), progress).await?;
-            layers.push(json!({
-                "mediaType": desc.media_type().to_string(),
-                "digest": d.to_string(),
-                "size": desc.size(),
-                "annotations": ann,
-            }));
+            let tmp = self.tmp.join(d.hex());
+            copy_blob(client, self.src, self.dst, &d, &tmp, progress).await?;
             progress(Progress::LayerDone {
                 layer: d,
                 what: "Already native",
             });
-            continue;
+            let mut out = Descriptor::new(&desc.media_type().to_string(), d, desc.size());
+            out.annotations = Some(ann);
+            return Ok((out, None));
         }
         progress(Progress::LayerStart {
             layer: d,
@@ -148,77 +193,35 @@ async fn convert(
         } else {
             None
         };
-        let out_path = tmp.join(format!("{}.zst", d.hex()));
-        let written =
-            rewrite_layer(client, src, d, compression, format, &out_path, progress).await?;
-        new_diff_ids.push(written.diff_id);
+        let out_path = self.tmp.join(format!("{}.zst", d.hex()));
+        let written = rewrite_layer(
+            client,
+            self.src,
+            d,
+            compression,
+            self.format,
+            &out_path,
+            progress,
+        )
+        .await?;
         client
-            .put_blob_file(dst, &written.digest, &out_path, &|done| {
+            .put_blob_file(self.dst, &written.digest, &out_path, &|done| {
                 progress(Progress::LayerBytes { layer: d, done })
             })
             .await?;
         let _ = std::fs::remove_file(&out_path);
-        layers.push(json!({
-            "mediaType": if format == Format::Estargz { ESTARGZ_MEDIA_TYPE } else { LAYER_MEDIA_TYPE },
-            "digest": written.digest.to_string(),
-            "size": written.size,
-            "annotations": written.annotations,
-        }));
         progress(Progress::LayerDone {
             layer: d,
             what: "Converted",
         });
+        let media_type = match self.format {
+            Format::Estargz => ESTARGZ_MEDIA_TYPE,
+            Format::ZstdChunked => LAYER_MEDIA_TYPE,
+        };
+        let mut out = Descriptor::new(media_type, written.digest, written.size);
+        out.annotations = Some(written.annotations);
+        Ok((out, written.diff_id))
     }
-    let mut config = digest_of(manifest.config())?;
-    let mut config_bytes = client.get_blob(src, &config).await?;
-    if new_diff_ids.iter().any(Option::is_some) {
-        config_bytes =
-            with_diff_ids(&config_bytes, &new_diff_ids).map_err(|reason| ImageError::Manifest {
-                what: format!("config {config}"),
-                reason,
-            })?;
-        config = Digest::of(&config_bytes);
-    }
-    client.put_blob(dst, &config, config_bytes.clone()).await?;
-    let new_manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config.to_string(),
-            "size": config_bytes.len(),
-        },
-        "layers": layers,
-    });
-    let bytes =
-        Bytes::from(
-            serde_json::to_vec(&new_manifest).map_err(|e| ImageError::Manifest {
-                what: dst.to_string(),
-                reason: e.to_string(),
-            })?,
-        );
-    let digest = client
-        .put_manifest(dst, bytes, "application/vnd.oci.image.manifest.v1+json")
-        .await?;
-    let _ = std::fs::remove_dir_all(&tmp);
-    Ok(digest)
-}
-
-/// The config with `rootfs.diff_ids[i]` replaced where `new[i]` is set.
-fn with_diff_ids(config: &[u8], new: &[Option<Digest>]) -> Result<Bytes, String> {
-    let mut v: serde_json::Value = serde_json::from_slice(config).map_err(|e| e.to_string())?;
-    let ids = v["rootfs"]["diff_ids"]
-        .as_array_mut()
-        .filter(|a| a.len() == new.len())
-        .ok_or("rootfs.diff_ids does not list one digest per layer")?;
-    for (id, n) in ids.iter_mut().zip(new) {
-        if let Some(n) = n {
-            *id = json!(n.to_string());
-        }
-    }
-    serde_json::to_vec(&v)
-        .map(Bytes::from)
-        .map_err(|e| e.to_string())
 }
 
 fn tempdir_in(parent: &std::path::Path) -> std::io::Result<std::path::PathBuf> {

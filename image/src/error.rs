@@ -45,6 +45,12 @@ pub enum ImageError {
         /// What is wrong.
         reason: String,
     },
+    /// An image config is malformed.
+    #[error(transparent)]
+    Config(#[from] strata_oci::config::ConfigError),
+    /// A manifest or index strata reads back is malformed.
+    #[error(transparent)]
+    ManifestJson(#[from] strata_oci::manifest::ManifestError),
     /// No manifest of an index fits the wanted platform.
     #[error("{what}: {source}")]
     Platform {

@@ -4,6 +4,7 @@
 
 use strata_formats::profile::{ANNOTATION, Profile, profile_in};
 use strata_oci::digest::Digest;
+use strata_oci::manifest::Manifest;
 use strata_storage::store::{ImageRecord, Store};
 
 use crate::error::ImageError;
@@ -34,21 +35,11 @@ impl Profiles {
         profile: &Profile,
     ) -> Result<ImageRecord, ImageError> {
         let bytes = self.store.get_blob(&img.manifest)?;
-        let bad = |reason: String| ImageError::Manifest {
-            what: img.manifest.to_string(),
-            reason,
-        };
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-        let ann = v
-            .as_object_mut()
-            .ok_or_else(|| bad("not a JSON object".into()))?
-            .entry("annotations")
-            .or_insert_with(|| serde_json::json!({}))
-            .as_object_mut()
-            .ok_or_else(|| bad("annotations is not an object".into()))?;
-        ann.insert(ANNOTATION.into(), profile.encode().into());
-        let out = serde_json::to_vec(&v).map_err(|e| bad(e.to_string()))?;
+        let mut m = Manifest::from_slice(&bytes, &img.manifest.to_string())?;
+        m.annotations
+            .get_or_insert_with(Default::default)
+            .insert(ANNOTATION.into(), profile.encode());
+        let out = m.to_vec();
         let manifest = Digest::of(&out);
         self.store.put_blob(&manifest, &out)?;
         let rec = ImageRecord {

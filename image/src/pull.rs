@@ -360,12 +360,19 @@ pub async fn resolve_manifest(
         what: what.clone(),
         reason,
     };
-    let v: serde_json::Value =
+    /// Just enough of a manifest or index to tell which it is.
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        schema_version: Option<u64>,
+        manifests: Option<serde::de::IgnoredAny>,
+    }
+    let probe: Probe =
         serde_json::from_slice(&m.bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
-    if v.get("schemaVersion").and_then(|s| s.as_u64()) == Some(1) {
+    if probe.schema_version == Some(1) {
         return Err(bad("docker schema 1 manifests are not supported".into()));
     }
-    if v.get("manifests").is_some() {
+    if probe.manifests.is_some() {
         let index = ImageIndex::from_reader(&m.bytes[..]).map_err(|e| bad(e.to_string()))?;
         let d = strata_oci::platform::select(&index, platform).map_err(|source| {
             ImageError::Platform {

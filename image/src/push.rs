@@ -113,14 +113,7 @@ async fn push(
         .put_blob(target, &img.config, Bytes::from(config))
         .await?;
     let manifest = ctx.store.get_blob(&img.manifest)?;
-    let media_type = serde_json::from_slice::<serde_json::Value>(&manifest)
-        .ok()
-        .and_then(|v| {
-            v.get("mediaType")
-                .and_then(|m| m.as_str())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
+    let media_type = strata_oci::manifest::media_type_of(&manifest);
     let digest = ctx
         .client
         .put_manifest(target, Bytes::from(manifest), &media_type)

@@ -51,13 +51,7 @@ pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         .catalog()
         .image_of(c.image_manifest.as_deref(), &c.image_id)
         .with_context(|| format!("image {} of container {}", c.image, a.container))?;
-    let mut config = ctx
-        .catalog()
-        .config(&img)?
-        .get("config")
-        .and_then(|c| c.as_object())
-        .cloned()
-        .unwrap_or_default();
+    let mut config = ctx.catalog().config(&img)?.config.unwrap_or_default();
     strata_builder::change::apply_changes(&mut config, &a.changes)?;
     let layers = ctx.catalog().open_layers(&img)?;
     let tree = strata_lazyfs::Tree::build(layers.iter().map(|l| &l.index))?;
@@ -67,7 +61,6 @@ pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let meta = CommitMeta {
         comment: a.message,
         author: a.author,
-        changes: Vec::new(),
         created_by: format!("strata commit {}", c.command.join(" ")),
         config: Some(config),
     };

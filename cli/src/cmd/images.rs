@@ -156,7 +156,7 @@ fn rows(ctx: &Images, no_trunc: bool, all: bool) -> anyhow::Result<Vec<Row>> {
     }
     // Newest first by the image's creation time, as docker sorts; then the newest pulled.
     images.sort_by_cached_key(|i| {
-        let created = ctx.catalog().config(i).ok().and_then(|c| {
+        let created = ctx.catalog().config_json(i).ok().and_then(|c| {
             c.get("created")
                 .and_then(|v| v.as_str())
                 .and_then(parse_rfc3339)
@@ -166,7 +166,7 @@ fn rows(ctx: &Images, no_trunc: bool, all: bool) -> anyhow::Result<Vec<Row>> {
     let mut out = Vec::new();
     for img in images {
         let (created, size) = describe(ctx, &img);
-        let config = ctx.catalog().config(&img).ok();
+        let config = ctx.catalog().config_json(&img).ok();
         let created_at = config
             .as_ref()
             .and_then(|c| c.get("created").and_then(|v| v.as_str()))
@@ -216,7 +216,7 @@ fn rows(ctx: &Images, no_trunc: bool, all: bool) -> anyhow::Result<Vec<Row>> {
 fn describe(ctx: &Images, img: &ImageRecord) -> (String, String) {
     let created = ctx
         .catalog()
-        .config(img)
+        .config_json(img)
         .ok()
         .and_then(|c| {
             c.get("created")

@@ -121,7 +121,7 @@ fn created_of(ctx: &Images, name: &str) -> anyhow::Result<i64> {
         .resolve(name)
         .map_err(|_| crate::cmd::daemon(format!("No such image: {name}")))?;
     ctx.catalog()
-        .config(&img)?
+        .config_json(&img)?
         .get("created")
         .and_then(|v| v.as_str())
         .and_then(strata_oci::timefmt::parse_rfc3339)

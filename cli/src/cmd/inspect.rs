@@ -76,7 +76,7 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
                 continue;
             }
         };
-        let config = ctx.catalog().config(&img)?;
+        let config = ctx.catalog().config_json(&img)?;
         let repo_tags: Vec<String> = tags
             .get(&img.manifest)
             .into_iter()

@@ -308,7 +308,7 @@ fn history_items(
     img: &ImageRecord,
     a: &HistoryArgs,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    let config = ctx.catalog().config(img)?;
+    let config = ctx.catalog().config_json(img)?;
     let history = config
         .get("history")
         .and_then(|h| h.as_array())

@@ -71,7 +71,7 @@ pub fn run_export(a: ExportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
 pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let target: Option<Reference> = a.reference.as_deref().map(str::parse).transpose()?;
     // Checked before any input is read.
-    let mut config = serde_json::Map::new();
+    let mut config = strata_oci::config::ContainerConfig::default();
     strata_builder::change::apply_changes(&mut config, &a.changes)?;
     let ctx = g.context()?;
     let downloaded = g
@@ -98,7 +98,6 @@ pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let meta = CommitMeta {
         comment: a.message,
         author: None,
-        changes: Vec::new(),
         created_by: format!("strata import {}", a.file),
         config: Some(config),
     };
