@@ -5,17 +5,19 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use serde_json::{Map, Value, json};
+use serde_json::json;
+use strata_image::Images;
 use strata_image::commit::history_entry;
-use strata_image::image::Context;
+use strata_oci::config::{ContainerConfig, ImageConfig};
+use strata_oci::nullable::Nullable;
 use strata_oci::timefmt::now_secs;
 use strata_overlay::root::{RootMount, is_runtime_artifact, mount_root};
 use strata_runner::state::{Container, Containers, State};
-use strata_runner::{InRoot, Network, Spec, Stdio};
+use strata_runner::{InRoot, Network, Process, Spec, Stdio, container_spec};
 use strata_storage::store::ImageRecord;
 
 use crate::cache::{BuildCache, Entry, key};
-use crate::config::{self as cfgedit, argv, default_shell};
+use crate::config::{self as cfgedit, argv, argv_value, default_shell};
 use crate::context::Sources;
 use crate::copy::{self, Attrs};
 use crate::dockerfile::{CommandForm, CopyArgs, Dockerfile, Health, Instruction, Kind};
@@ -141,37 +143,26 @@ struct Built {
 /// The state of the stage being built.
 struct StageState {
     image: Option<ImageRecord>,
-    config: Value,
+    config: ImageConfig,
     args: Vec<(String, Option<String>)>,
     cmd_set: bool,
 }
 
 impl StageState {
-    /// The config's `config` object, to edit.
-    fn inner(&self) -> Map<String, Value> {
-        self.config
-            .get("config")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// One field of the config's `config` object.
-    fn field(&self, key: &str) -> Option<&Value> {
-        self.config.get("config")?.get(key)
+    /// The config's `config` object.
+    fn container(&self) -> std::borrow::Cow<'_, ContainerConfig> {
+        self.config.container()
     }
 
     fn env(&self) -> Vec<(String, String)> {
-        self.config
-            .get("config")
-            .and_then(Value::as_object)
-            .map(cfgedit::env_pairs)
-            .unwrap_or_default()
+        self.container().env_pairs()
     }
 
     fn shell(&self) -> Vec<String> {
-        self.field("Shell")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
+        self.container()
+            .shell
+            .get()
+            .cloned()
             .unwrap_or_else(default_shell)
     }
 
@@ -208,7 +199,7 @@ const PROXY_ARGS: [&str; 10] = [
 
 /// A builder over a store.
 pub struct Builder<'a> {
-    ctx: &'a Context,
+    ctx: &'a Images,
     rt: tokio::runtime::Handle,
     opts: Options,
     cache: BuildCache,
@@ -233,7 +224,7 @@ fn random_id() -> String {
 impl<'a> Builder<'a> {
     /// Reads the Dockerfile; nothing runs yet.
     pub fn new(
-        ctx: &'a Context,
+        ctx: &'a Images,
         rt: tokio::runtime::Handle,
         root: &Path,
         opts: Options,
@@ -410,6 +401,7 @@ impl<'a> Builder<'a> {
         };
         let config = self
             .ctx
+            .committer()
             .base_config(image.as_ref())
             .map_err(|e| step_err(ins, e))?;
         let mut st = StageState {
@@ -419,13 +411,10 @@ impl<'a> Builder<'a> {
             cmd_set: false,
         };
         // ONBUILD triggers of the base run now and are not inherited.
-        let triggers: Vec<String> = st
-            .field("OnBuild")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .unwrap_or_default();
+        let triggers: Vec<String> = st.container().on_build.get().cloned().unwrap_or_default();
         if !triggers.is_empty() {
             self.edit(&mut st, |c| {
-                c.remove("OnBuild");
+                c.on_build = Nullable::Absent;
             });
             host.event(Event::Triggers(triggers.len()));
             for t in &triggers {
@@ -442,10 +431,8 @@ impl<'a> Builder<'a> {
         Ok(st)
     }
 
-    fn edit(&self, st: &mut StageState, f: impl FnOnce(&mut Map<String, Value>)) {
-        let mut inner = st.inner();
-        f(&mut inner);
-        st.config["config"] = Value::Object(inner);
+    fn edit(&self, st: &mut StageState, f: impl FnOnce(&mut ContainerConfig)) {
+        f(st.config.container_mut());
     }
 
     fn expand_in(
@@ -462,19 +449,16 @@ impl<'a> Builder<'a> {
     fn store(
         &self,
         parent: Option<&ImageRecord>,
-        config: &Value,
+        config: &ImageConfig,
         layer: Option<&strata_image::commit::NewLayer>,
         step: Option<(&Instruction, &str)>,
     ) -> Result<ImageRecord, BuildError> {
         let mut config = config.clone();
         if let Some((_, created_by)) = step {
-            let entry = history_entry(created_by, None, None, layer.is_none());
-            match config.get_mut("history").and_then(Value::as_array_mut) {
-                Some(h) => h.push(entry),
-                None => config["history"] = json!([entry]),
-            }
+            config.push_history(history_entry(created_by, None, None, layer.is_none()));
         }
         self.ctx
+            .committer()
             .derive(parent, config, layer)
             .map_err(|e| match step {
                 Some((i, _)) => step_err(i, e),
@@ -495,11 +479,15 @@ impl<'a> Builder<'a> {
         if !self.opts.no_cache
             && let Some(hit) = self
                 .cache
-                .lookup(&self.ctx.store, &k)
+                .lookup(self.ctx.store(), &k)
                 .map_err(|e| step_err(ins, e))?
         {
             host.event(Event::UsingCache);
-            st.config = self.ctx.config(&hit).map_err(|e| step_err(ins, e))?;
+            st.config = self
+                .ctx
+                .catalog()
+                .config(&hit)
+                .map_err(|e| step_err(ins, e))?;
             st.image = Some(hit);
             return Ok(None);
         }
@@ -524,7 +512,11 @@ impl<'a> Builder<'a> {
                 },
             )
             .map_err(|e| step_err(ins, e))?;
-        st.config = self.ctx.config(&img).map_err(|e| step_err(ins, e))?;
+        st.config = self
+            .ctx
+            .catalog()
+            .config(&img)
+            .map_err(|e| step_err(ins, e))?;
         st.image = Some(img);
         Ok(())
     }
@@ -588,7 +580,7 @@ impl<'a> Builder<'a> {
                 }
                 self.edit(st, |c| {
                     for (k, v) in &sets {
-                        cfgedit::set_env(c, k, v);
+                        c.set_env(k, v);
                     }
                 });
                 format!("ENV {}", shown.join(" "))
@@ -624,14 +616,14 @@ impl<'a> Builder<'a> {
                 }
                 self.edit(st, |c| {
                     for (k, v) in &sets {
-                        cfgedit::set_label(c, k, v);
+                        c.set_label(k, v);
                     }
                 });
                 let shown: Vec<String> = sets.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 format!("LABEL {}", shown.join(" "))
             }
             Kind::Maintainer(name) => {
-                st.config["author"] = json!(name);
+                st.config.author = Some(name.clone());
                 format!("MAINTAINER {name}")
             }
             Kind::Expose(words) => {
@@ -639,11 +631,7 @@ impl<'a> Builder<'a> {
                 for w in words {
                     ports.push(cfgedit::port(&self.expand_in(st, ins, w)?));
                 }
-                self.edit(st, |c| {
-                    ports
-                        .iter()
-                        .for_each(|p| cfgedit::add_to_set(c, "ExposedPorts", p))
-                });
+                self.edit(st, |c| ports.iter().for_each(|p| c.expose(p)));
                 format!("EXPOSE {}", ports.join(" "))
             }
             Kind::Volume(words) => {
@@ -654,35 +642,23 @@ impl<'a> Builder<'a> {
                 if vols.iter().any(String::is_empty) {
                     return Err(step_err(ins, "VOLUME specified can not be an empty string"));
                 }
-                self.edit(st, |c| {
-                    vols.iter()
-                        .for_each(|v| cfgedit::add_to_set(c, "Volumes", v))
-                });
+                self.edit(st, |c| vols.iter().for_each(|v| c.add_volume(v)));
                 format!("VOLUME {vols:?}")
             }
             Kind::User(raw) => {
                 let u = self.expand_in(st, ins, raw)?;
                 self.edit(st, |c| {
-                    c.insert("User".into(), json!(u));
+                    c.user = Nullable::Set(u.clone());
                 });
                 format!("USER {u}")
             }
             Kind::Workdir(raw) => {
                 let w = self.expand_in(st, ins, raw)?;
-                let current = st
-                    .field("WorkingDir")
-                    .and_then(Value::as_str)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string);
-                let w = cfgedit::workdir(current.as_deref(), &w);
+                let w = cfgedit::workdir(st.container().workdir(), &w);
                 self.edit(st, |c| {
-                    c.insert("WorkingDir".into(), json!(w));
+                    c.working_dir = Nullable::Set(w.clone());
                 });
-                let user = st
-                    .field("User")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
+                let user = st.container().user_or_default().to_string();
                 if !workdir::is_root(&user) {
                     let result = self.workdir_as_user(st, ins, &w, &user, host);
                     if result.is_err() {
@@ -695,7 +671,7 @@ impl<'a> Builder<'a> {
             Kind::Cmd(form) => {
                 let v = argv(form, &st.shell());
                 self.edit(st, |c| {
-                    c.insert("Cmd".into(), argv_value(&v));
+                    c.cmd = argv_value(&v);
                 });
                 st.cmd_set = true;
                 format!("CMD {}", json!(v))
@@ -704,9 +680,9 @@ impl<'a> Builder<'a> {
                 let v = argv(form, &st.shell());
                 let reset_cmd = !st.cmd_set;
                 self.edit(st, |c| {
-                    c.insert("Entrypoint".into(), argv_value(&v));
+                    c.entrypoint = argv_value(&v);
                     if reset_cmd {
-                        c.insert("Cmd".into(), Value::Null);
+                        c.cmd = Nullable::Null;
                     }
                 });
                 format!("ENTRYPOINT {}", json!(v))
@@ -714,11 +690,7 @@ impl<'a> Builder<'a> {
             Kind::Onbuild(trigger) => {
                 let t = trigger.clone();
                 self.edit(st, |c| {
-                    let list = c.entry("OnBuild").or_insert_with(|| json!([]));
-                    if !list.is_array() {
-                        *list = json!([]);
-                    }
-                    list.as_array_mut().expect("an array").push(json!(t));
+                    c.on_build.get_or_default().push(t);
                 });
                 format!("ONBUILD {trigger}")
             }
@@ -731,14 +703,14 @@ impl<'a> Builder<'a> {
                 }
                 let v = v.clone();
                 self.edit(st, |c| {
-                    c.insert("Shell".into(), json!(v));
+                    c.shell = Nullable::Set(v);
                 });
                 format!("SHELL {}", json!(st.shell()))
             }
             Kind::Stopsignal(raw) => {
                 let s = self.expand_in(st, ins, raw)?;
                 self.edit(st, |c| {
-                    c.insert("StopSignal".into(), json!(s));
+                    c.stop_signal = Nullable::Set(s.clone());
                 });
                 format!("STOPSIGNAL {s}")
             }
@@ -748,9 +720,13 @@ impl<'a> Builder<'a> {
                     Health::Check { flags, cmd } => cfgedit::healthcheck(flags, Some(cmd)),
                 }
                 .map_err(|e| step_err(ins, e))?;
-                let shown = format!("HEALTHCHECK {value}");
+                // As the JSON object (keys sorted), the way earlier versions wrote it.
+                let shown = format!(
+                    "HEALTHCHECK {}",
+                    serde_json::to_value(&value).unwrap_or_default()
+                );
                 self.edit(st, |c| {
-                    c.insert("Healthcheck".into(), value);
+                    c.healthcheck = Nullable::Set(value);
                 });
                 shown
             }
@@ -790,12 +766,16 @@ impl<'a> Builder<'a> {
         parent: &ImageRecord,
         created_by: &str,
     ) -> Result<ImageRecord, BuildError> {
-        let layers = self.ctx.open_layers(parent).map_err(|e| step_err(ins, e))?;
+        let layers = self
+            .ctx
+            .catalog()
+            .open_layers(parent)
+            .map_err(|e| step_err(ins, e))?;
         let tree = strata_lazyfs::Tree::build(layers.iter().map(|l| &l.index))
             .map_err(|e| step_err(ins, e))?;
         let skip = |rel: &Path, meta: &std::fs::Metadata| is_runtime_artifact(rel, meta, &tree);
         let layer = strata_overlay::union::upper_tar_stream(&dir.join("upper"), &skip, |tar| {
-            self.ctx.write_layer(tar)
+            self.ctx.committer().write_layer(tar)
         })
         .map_err(|e| step_err(ins, e))?;
         self.store(
@@ -847,28 +827,16 @@ impl<'a> Builder<'a> {
         let img = {
             let id = random_id();
             let (dir, root, parent) = b.mount_step(st, ins, &id)?;
-            let mut env: Vec<String> = st
-                .env()
-                .into_iter()
+            let env: Vec<String> = (build_env.iter().chain(&proxies))
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
-            env.extend(build_env.iter().map(|(k, v)| format!("{k}={v}")));
-            env.extend(proxies.iter().map(|(k, v)| format!("{k}={v}")));
-            let spec = Spec {
-                rootfs: root.rootfs.clone(),
+            let process = Process {
                 args: args.clone(),
-                env: strata_runner::merge_env(&env, &[]),
-                cwd: st
-                    .field("WorkingDir")
-                    .and_then(Value::as_str)
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or("/")
-                    .to_string(),
-                user: st
-                    .field("User")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
+                env,
+                ..Process::default()
+            };
+            let place = Spec {
+                rootfs: root.rootfs.clone(),
                 hostname: id[..12].to_string(),
                 network: Network::Host,
                 binds: Vec::new(),
@@ -876,6 +844,7 @@ impl<'a> Builder<'a> {
                 // docker's default profile, as `run` gets it.
                 ..Spec::default()
             };
+            let spec = container_spec(st.config.config.as_ref(), process, place);
             let record = Container {
                 id: id.clone(),
                 name: format!("strata_build_{}", &id[..8]),
@@ -946,9 +915,10 @@ impl<'a> Builder<'a> {
         }
         let dest_raw = self.expand_in(st, ins, &args.dest)?;
         let workdir = st
-            .field("WorkingDir")
-            .and_then(Value::as_str)
-            .unwrap_or("/")
+            .container()
+            .working_dir
+            .get()
+            .map_or("/", String::as_str)
             .to_string();
         let dest = if dest_raw.starts_with('/') {
             dest_raw.clone()
@@ -1021,11 +991,7 @@ impl<'a> Builder<'a> {
         };
         for s in &srcs {
             if add && (s.starts_with("http://") || s.starts_with("https://")) {
-                let tmp = self
-                    .ctx
-                    .root
-                    .join("tmp")
-                    .join(format!("add-{}", random_id()));
+                let tmp = self.ctx.layout().tmp().join(format!("add-{}", random_id()));
                 let digest = crate::fetch::download(&self.rt, s, &tmp)
                     .map_err(|e| fail(&mut source_mount, step_err(ins, e)))?;
                 hashes.push(format!("url:{digest}"));
@@ -1145,9 +1111,4 @@ impl<'a> Builder<'a> {
         drop_source(source_mount);
         result
     }
-}
-
-/// A CMD or ENTRYPOINT as docker stores it: `[]` clears the value (`null`).
-pub(crate) fn argv_value(v: &[String]) -> Value {
-    if v.is_empty() { Value::Null } else { json!(v) }
 }

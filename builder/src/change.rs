@@ -2,9 +2,10 @@
 //! same parser as `build` (so `ENV A=1 B=2`, `LABEL k v`, quotes and `ONBUILD` mean what they
 //! mean in a Dockerfile). Only the instructions docker's commit accepts are allowed.
 
-use serde_json::{Map, Value, json};
+use strata_oci::config::ContainerConfig;
+use strata_oci::nullable::Nullable;
 
-use crate::config::{self as cfgedit, argv, default_shell, env_pairs};
+use crate::config::{self as cfgedit, argv, argv_value, default_shell};
 use crate::dockerfile::{Dockerfile, Health, Kind};
 use crate::words::{expand, key_values};
 
@@ -38,14 +39,14 @@ pub enum ChangeError {
 
 /// Applies `changes` in order to `cfg` (the config's `config` object). Variables expand from
 /// the config's `Env` as it is at each change, as docker's commit does.
-pub fn apply_changes(cfg: &mut Map<String, Value>, changes: &[String]) -> Result<(), ChangeError> {
+pub fn apply_changes(cfg: &mut ContainerConfig, changes: &[String]) -> Result<(), ChangeError> {
     for c in changes {
         apply_change(cfg, c)?;
     }
     Ok(())
 }
 
-fn apply_change(cfg: &mut Map<String, Value>, change: &str) -> Result<(), ChangeError> {
+fn apply_change(cfg: &mut ContainerConfig, change: &str) -> Result<(), ChangeError> {
     let ins =
         Dockerfile::parse_trigger(change.trim(), '\\').map_err(|source| ChangeError::Parse {
             change: change.to_string(),
@@ -55,7 +56,7 @@ fn apply_change(cfg: &mut Map<String, Value>, change: &str) -> Result<(), Change
         change: change.to_string(),
         reason,
     };
-    let env = env_pairs(cfg);
+    let env = cfg.env_pairs();
     let lookup = |n: &str| {
         env.iter()
             .rev()
@@ -63,10 +64,7 @@ fn apply_change(cfg: &mut Map<String, Value>, change: &str) -> Result<(), Change
             .map(|(_, v)| v.clone())
     };
     let ex = |w: &str| expand(w, &lookup, '\\').map_err(|e| bad(e.to_string()));
-    let shell: Vec<String> = cfg
-        .get("Shell")
-        .and_then(|s| serde_json::from_value(s.clone()).ok())
-        .unwrap_or_else(default_shell);
+    let shell: Vec<String> = cfg.shell.get().cloned().unwrap_or_else(default_shell);
     match &ins.kind {
         Kind::Env(raw) | Kind::Label(raw) => {
             let is_env = matches!(ins.kind, Kind::Env(_));
@@ -77,27 +75,21 @@ fn apply_change(cfg: &mut Map<String, Value>, change: &str) -> Result<(), Change
                     if k.is_empty() || k.contains('=') {
                         return Err(bad(format!("ENV key {k:?} is not a name")));
                     }
-                    cfgedit::set_env(cfg, &k, &v);
+                    cfg.set_env(&k, &v);
                 } else {
-                    cfgedit::set_label(cfg, &k, &v);
+                    cfg.set_label(&k, &v);
                 }
             }
         }
         Kind::Cmd(form) => {
-            cfg.insert(
-                "Cmd".into(),
-                crate::builder::argv_value(&argv(form, &shell)),
-            );
+            cfg.cmd = argv_value(&argv(form, &shell));
         }
         Kind::Entrypoint(form) => {
-            cfg.insert(
-                "Entrypoint".into(),
-                crate::builder::argv_value(&argv(form, &shell)),
-            );
+            cfg.entrypoint = argv_value(&argv(form, &shell));
         }
         Kind::Expose(words) => {
             for w in words {
-                cfgedit::add_to_set(cfg, "ExposedPorts", &cfgedit::port(&ex(w)?));
+                cfg.expose(&cfgedit::port(&ex(w)?));
             }
         }
         Kind::Volume(words) => {
@@ -106,30 +98,21 @@ fn apply_change(cfg: &mut Map<String, Value>, change: &str) -> Result<(), Change
                 if v.is_empty() {
                     return Err(bad("VOLUME specified can not be an empty string".into()));
                 }
-                cfgedit::add_to_set(cfg, "Volumes", &v);
+                cfg.add_volume(&v);
             }
         }
         Kind::User(raw) => {
-            cfg.insert("User".into(), json!(ex(raw)?));
+            cfg.user = Nullable::Set(ex(raw)?);
         }
         Kind::Workdir(raw) => {
-            let current = cfg
-                .get("WorkingDir")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string);
-            let w = cfgedit::workdir(current.as_deref(), &ex(raw)?);
-            cfg.insert("WorkingDir".into(), json!(w));
+            let w = cfgedit::workdir(cfg.workdir(), &ex(raw)?);
+            cfg.working_dir = Nullable::Set(w);
         }
         Kind::Stopsignal(raw) => {
-            cfg.insert("StopSignal".into(), json!(ex(raw)?));
+            cfg.stop_signal = Nullable::Set(ex(raw)?);
         }
         Kind::Onbuild(trigger) => {
-            let list = cfg.entry("OnBuild").or_insert_with(|| json!([]));
-            if !list.is_array() {
-                *list = json!([]);
-            }
-            list.as_array_mut().expect("an array").push(json!(trigger));
+            cfg.on_build.get_or_default().push(trigger.clone());
         }
         Kind::Healthcheck(h) => {
             let value = match h {
@@ -137,7 +120,7 @@ fn apply_change(cfg: &mut Map<String, Value>, change: &str) -> Result<(), Change
                 Health::Check { flags, cmd } => cfgedit::healthcheck(flags, Some(cmd)),
             }
             .map_err(bad)?;
-            cfg.insert("Healthcheck".into(), value);
+            cfg.healthcheck = Nullable::Set(value);
         }
         _ => {
             let keyword = change
@@ -154,13 +137,16 @@ fn apply_change(cfg: &mut Map<String, Value>, change: &str) -> Result<(), Change
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
-    fn applied(changes: &[&str]) -> Map<String, Value> {
-        let mut cfg = Map::new();
-        cfg.insert("Env".into(), json!(["PATH=/bin", "HOME=/root"]));
+    fn applied(changes: &[&str]) -> serde_json::Value {
+        let mut cfg = ContainerConfig {
+            env: Nullable::Set(vec!["PATH=/bin".into(), "HOME=/root".into()]),
+            ..ContainerConfig::default()
+        };
         let changes: Vec<String> = changes.iter().map(|s| s.to_string()).collect();
         apply_changes(&mut cfg, &changes).unwrap();
-        cfg
+        serde_json::to_value(&cfg).unwrap()
     }
 
     #[test]
@@ -191,7 +177,7 @@ mod tests {
         assert_eq!(c["OnBuild"], json!(["RUN echo x"]));
         assert_eq!(c["ExposedPorts"], json!({"80/tcp": {}, "53/udp": {}}));
         assert_eq!(c["WorkingDir"], "/a/b");
-        let mut cfg = Map::new();
+        let mut cfg = ContainerConfig::default();
         let e = apply_changes(&mut cfg, &["RUN rm -rf /".into()]).unwrap_err();
         assert_eq!(e.to_string(), "run is not a valid change command");
         assert!(apply_changes(&mut cfg, &["ENV".into()]).is_err());

@@ -2,7 +2,8 @@
 //! `Env`, `Cmd`, `Entrypoint`, `WorkingDir`, `User`, `Labels`, `ExposedPorts`, `Volumes`,
 //! `StopSignal`, `Healthcheck`, `OnBuild`, `Shell`).
 
-use serde_json::{Map, Value, json};
+use strata_oci::config::Healthcheck;
+use strata_oci::nullable::Nullable;
 
 use crate::dockerfile::CommandForm;
 
@@ -21,51 +22,6 @@ pub fn argv(form: &CommandForm, shell: &[String]) -> Vec<String> {
             v
         }
     }
-}
-
-/// `Env` as `(key, value)` pairs.
-pub fn env_pairs(cfg: &Map<String, Value>) -> Vec<(String, String)> {
-    cfg.get("Env")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(|e| match e.split_once('=') {
-                    Some((k, v)) => (k.to_string(), v.to_string()),
-                    None => (e.to_string(), String::new()),
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Sets (or replaces) `key` in `Env`.
-pub fn set_env(cfg: &mut Map<String, Value>, key: &str, value: &str) {
-    let mut env = env_pairs(cfg);
-    match env.iter_mut().find(|(k, _)| k == key) {
-        Some(e) => e.1 = value.to_string(),
-        None => env.push((key.to_string(), value.to_string())),
-    }
-    let list: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-    cfg.insert("Env".into(), json!(list));
-}
-
-fn object<'a>(cfg: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
-    let v = cfg.entry(key.to_string()).or_insert_with(|| json!({}));
-    if !v.is_object() {
-        *v = json!({});
-    }
-    v.as_object_mut().expect("just made an object")
-}
-
-/// Adds `key` → `{}` to a set-like object (`ExposedPorts`, `Volumes`).
-pub fn add_to_set(cfg: &mut Map<String, Value>, set: &str, key: &str) {
-    object(cfg, set).insert(key.to_string(), json!({}));
-}
-
-/// Sets a label.
-pub fn set_label(cfg: &mut Map<String, Value>, key: &str, value: &str) {
-    object(cfg, "Labels").insert(key.to_string(), json!(value));
 }
 
 /// `80` → `80/tcp`; `53/udp` kept.
@@ -129,9 +85,15 @@ pub fn duration_ns(s: &str) -> Option<i64> {
 }
 
 /// The `Healthcheck` object of `HEALTHCHECK [flags] CMD ...` (or `NONE` when `cmd` is None).
-pub fn healthcheck(flags: &[(String, String)], cmd: Option<&CommandForm>) -> Result<Value, String> {
+pub fn healthcheck(
+    flags: &[(String, String)],
+    cmd: Option<&CommandForm>,
+) -> Result<Healthcheck, String> {
     let Some(cmd) = cmd else {
-        return Ok(json!({"Test": ["NONE"]}));
+        return Ok(Healthcheck {
+            test: vec!["NONE".into()],
+            ..Healthcheck::default()
+        });
     };
     let test = match cmd {
         CommandForm::Exec(v) => {
@@ -141,32 +103,46 @@ pub fn healthcheck(flags: &[(String, String)], cmd: Option<&CommandForm>) -> Res
         }
         CommandForm::Shell(s) => vec!["CMD-SHELL".into(), s.clone()],
     };
-    let mut h = json!({"Test": test});
+    let mut h = Healthcheck {
+        test,
+        ..Healthcheck::default()
+    };
     for (name, value) in flags {
-        let key = match name.as_str() {
-            "interval" => "Interval",
-            "timeout" => "Timeout",
-            "start-period" => "StartPeriod",
-            "start-interval" => "StartInterval",
+        let field = match name.as_str() {
+            "interval" => &mut h.interval,
+            "timeout" => &mut h.timeout,
+            "start-period" => &mut h.start_period,
+            "start-interval" => &mut h.start_interval,
             "retries" => {
                 let n: i64 = value
                     .parse()
                     .map_err(|_| format!("HEALTHCHECK --retries={value}: not a number"))?;
-                h["Retries"] = json!(n);
+                h.retries = Some(n);
                 continue;
             }
             other => return Err(format!("HEALTHCHECK --{other} is not a known flag")),
         };
         let ns = duration_ns(value)
             .ok_or_else(|| format!("HEALTHCHECK --{name}={value}: not a duration"))?;
-        h[key] = json!(ns);
+        *field = Some(ns);
     }
     Ok(h)
+}
+
+/// A CMD or ENTRYPOINT as docker stores it: `[]` clears the value (`null`).
+pub fn argv_value(v: &[String]) -> Nullable<Vec<String>> {
+    if v.is_empty() {
+        Nullable::Null
+    } else {
+        Nullable::Set(v.to_vec())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use strata_oci::config::ContainerConfig;
 
     #[test]
     fn workdir_table() {
@@ -197,10 +173,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            h,
+            serde_json::to_value(&h).unwrap(),
             json!({"Test": ["CMD-SHELL", "curl -f localhost"], "Interval": 5_000_000_000i64, "Retries": 3})
         );
-        assert_eq!(healthcheck(&[], None).unwrap(), json!({"Test": ["NONE"]}));
+        assert_eq!(
+            serde_json::to_value(healthcheck(&[], None).unwrap()).unwrap(),
+            json!({"Test": ["NONE"]})
+        );
         assert!(
             healthcheck(
                 &[("bogus".into(), "1".into())],
@@ -212,14 +191,16 @@ mod tests {
 
     #[test]
     fn env_and_sets() {
-        let mut cfg = Map::new();
-        set_env(&mut cfg, "A", "1");
-        set_env(&mut cfg, "B", "2");
-        set_env(&mut cfg, "A", "3");
-        assert_eq!(cfg["Env"], json!(["A=3", "B=2"]));
-        add_to_set(&mut cfg, "ExposedPorts", &port("80"));
-        add_to_set(&mut cfg, "ExposedPorts", &port("53/UDP"));
-        assert_eq!(cfg["ExposedPorts"], json!({"80/tcp": {}, "53/udp": {}}));
+        let mut cfg = ContainerConfig::default();
+        cfg.set_env("A", "1");
+        cfg.set_env("B", "2");
+        cfg.set_env("A", "3");
+        let v = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(v["Env"], json!(["A=3", "B=2"]));
+        cfg.expose(&port("80"));
+        cfg.expose(&port("53/UDP"));
+        let v = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(v["ExposedPorts"], json!({"80/tcp": {}, "53/udp": {}}));
         assert_eq!(
             argv(&CommandForm::Shell("echo".into()), &default_shell()),
             ["/bin/sh", "-c", "echo"]

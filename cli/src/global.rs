@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::Args;
 use strata_distribution::ClientOptions;
 use strata_distribution::auth::CredentialStore;
-use strata_image::image::Context;
+use strata_image::Images;
 use strata_storage::cache::DEFAULT_CACHE_BYTES;
 
 /// Global options.
@@ -66,7 +66,7 @@ impl GlobalArgs {
     }
 
     /// Opens the store, cache and registry client.
-    pub fn context(&self) -> anyhow::Result<Context> {
+    pub fn context(&self) -> anyhow::Result<Images> {
         let root = self.root();
         let opts = ClientOptions {
             insecure_registries: self.insecure_registries.clone(),
@@ -78,7 +78,7 @@ impl GlobalArgs {
             .cache_mb
             .map(|m| m << 20)
             .unwrap_or(DEFAULT_CACHE_BYTES);
-        Context::open(&root, opts, cache)
+        Images::open(&root, opts, cache)
             .with_context(|| format!("opening state root {}", root.display()))
     }
 }

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::sync::Mutex;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use strata_image::image::Progress;
+use strata_image::Progress;
 use strata_oci::Digest;
 
 /// Shows [`Progress`] events.

@@ -9,8 +9,11 @@
 //! manifest and whole blob it returns.
 
 pub mod auth;
+mod error;
 #[cfg(test)]
 mod fake_tests;
+mod misc;
+mod response;
 mod retry;
 mod upload;
 
@@ -21,14 +24,16 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt, TryStreamExt};
+use futures_util::{Stream, StreamExt};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, RANGE, WWW_AUTHENTICATE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use tracing::{debug, info};
 
 use self::auth::{Challenge, CredentialStore, parse_challenge};
+pub use self::error::RegistryError;
+use self::response::{read_json, read_limited, status_error};
 pub use self::retry::{RateLimited, parse_retry_after};
-use strata_oci::digest::{Digest, DigestError};
+use strata_oci::digest::Digest;
 use strata_oci::reference::Reference;
 
 /// Media types a manifest request accepts.
@@ -42,57 +47,6 @@ pub const UPLOAD_CHUNK_BYTES: u64 = 16 << 20;
 
 /// Largest manifest accepted (the distribution spec's recommended limit is 4 MiB).
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
-
-/// Errors talking to a registry.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    /// The registry answered with an error status.
-    #[error("{method} {url}: {status}{}", if .message.is_empty() { String::new() } else { format!(": {}", .message) })]
-    Status {
-        /// Request method.
-        method: String,
-        /// Request URL.
-        url: String,
-        /// The status.
-        status: StatusCode,
-        /// The registry's own error message, if any.
-        message: String,
-    },
-    /// The request could not be sent or its body not read.
-    #[error("{method} {url}: {source}")]
-    Transport {
-        /// Request method.
-        method: String,
-        /// Request URL.
-        url: String,
-        /// The cause.
-        source: reqwest::Error,
-    },
-    /// Content did not match its digest.
-    #[error(transparent)]
-    Digest(#[from] DigestError),
-    /// The registry kept answering 429/503 with `Retry-After` past the allowed total wait.
-    #[error(transparent)]
-    RateLimited(Box<RateLimited>),
-    /// The registry broke the protocol.
-    #[error("registry {registry}: {reason}")]
-    Protocol {
-        /// The registry.
-        registry: String,
-        /// What went wrong.
-        reason: String,
-    },
-}
-
-impl RegistryError {
-    /// The HTTP status, when the registry answered with one.
-    pub fn status(&self) -> Option<StatusCode> {
-        match self {
-            Self::Status { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-}
 
 /// Settings of a [`RegistryClient`].
 #[derive(Debug, Clone)]
@@ -564,148 +518,6 @@ impl RegistryClient {
             StatusCode::NOT_FOUND => Ok(None),
             _ => Err(status_error("HEAD", &url, resp).await),
         }
-    }
-
-    /// The registry's repositories (`GET /v2/_catalog`, following `Link` pages).
-    pub async fn catalog(&self, r: &Reference) -> Result<Vec<String>, RegistryError> {
-        let base = format!("{}://{}", self.scheme(&r.registry), r.registry);
-        let mut url = format!("{base}/v2/_catalog?n=1000");
-        let mut out = Vec::new();
-        for _ in 0..100 {
-            let resp = self
-                .send(r, "pull", Method::GET, &url, self.small_timeout(), &|b| b)
-                .await?;
-            if !resp.status().is_success() {
-                return Err(status_error("GET", &url, resp).await);
-            }
-            let next = resp
-                .headers()
-                .get("link")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|l| l.split(';').next())
-                .map(|l| {
-                    l.trim()
-                        .trim_start_matches('<')
-                        .trim_end_matches('>')
-                        .to_string()
-                });
-            #[derive(serde::Deserialize)]
-            struct Catalog {
-                #[serde(default)]
-                repositories: Vec<String>,
-            }
-            let page: Catalog = read_json(resp, &url).await?;
-            out.extend(page.repositories);
-            match next {
-                Some(n) if !n.is_empty() => {
-                    url = if n.starts_with("http") {
-                        n
-                    } else {
-                        format!("{base}{n}")
-                    }
-                }
-                _ => break,
-            }
-        }
-        Ok(out)
-    }
-
-    /// Downloads a plain URL (no registry auth) to `to` (for `import URL`).
-    pub async fn download(&self, url: &str, to: &std::path::Path) -> Result<u64, RegistryError> {
-        let t = |source| RegistryError::Transport {
-            method: "GET".into(),
-            url: url.to_string(),
-            source,
-        };
-        let resp = self.http.get(url).send().await.map_err(t)?;
-        if !resp.status().is_success() {
-            return Err(status_error("GET", url, resp).await);
-        }
-        let mut f = std::fs::File::create(to).map_err(|e| RegistryError::Protocol {
-            registry: url.to_string(),
-            reason: format!("{}: {e}", to.display()),
-        })?;
-        let mut body = std::pin::pin!(resp.bytes_stream());
-        let mut n = 0u64;
-        while let Some(piece) = body.try_next().await.map_err(t)? {
-            std::io::Write::write_all(&mut f, &piece).map_err(|e| RegistryError::Protocol {
-                registry: url.to_string(),
-                reason: format!("{}: {e}", to.display()),
-            })?;
-            n += piece.len() as u64;
-        }
-        Ok(n)
-    }
-
-    /// `GET /v2/` — checks that the registry answers and the credentials work.
-    pub async fn ping(&self, r: &Reference) -> Result<(), RegistryError> {
-        let url = format!("{}://{}/v2/", self.scheme(&r.registry), r.registry);
-        let resp = self
-            .send(r, "pull", Method::GET, &url, self.small_timeout(), &|b| b)
-            .await?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(status_error("GET", &url, resp).await)
-        }
-    }
-}
-
-/// The JSON body of a GET response.
-async fn read_json<T: serde::de::DeserializeOwned>(
-    resp: Response,
-    url: &str,
-) -> Result<T, RegistryError> {
-    resp.json()
-        .await
-        .map_err(|source| RegistryError::Transport {
-            method: "GET".into(),
-            url: url.to_string(),
-            source,
-        })
-}
-
-async fn read_limited(resp: Response, limit: usize, url: &str) -> Result<Bytes, RegistryError> {
-    if resp.content_length().is_some_and(|l| l as usize > limit) {
-        return Err(RegistryError::Protocol {
-            registry: url.to_string(),
-            reason: format!("manifest larger than {limit} bytes"),
-        });
-    }
-    let b = resp
-        .bytes()
-        .await
-        .map_err(|source| RegistryError::Transport {
-            method: "GET".into(),
-            url: url.to_string(),
-            source,
-        })?;
-    if b.len() > limit {
-        return Err(RegistryError::Protocol {
-            registry: url.to_string(),
-            reason: format!("manifest larger than {limit} bytes"),
-        });
-    }
-    Ok(b)
-}
-
-async fn status_error(method: &str, url: &str, resp: Response) -> RegistryError {
-    let status = resp.status();
-    let body = resp.bytes().await.unwrap_or_default();
-    let message = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| {
-            let e = v.get("errors")?.get(0)?;
-            let code = e.get("code").and_then(|c| c.as_str()).unwrap_or("");
-            let msg = e.get("message").and_then(|c| c.as_str()).unwrap_or("");
-            Some(format!("{code} {msg}").trim().to_string())
-        })
-        .unwrap_or_default();
-    RegistryError::Status {
-        method: method.to_string(),
-        url: url.to_string(),
-        status,
-        message,
     }
 }
 

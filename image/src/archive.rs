@@ -7,17 +7,23 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use serde_json::{Value, json};
+use std::sync::Arc;
 
-use crate::image::{Context, ImageError};
+use strata_distribution::RegistryClient;
+use strata_storage::store::Store;
+
+use crate::catalog::{Catalog, source_ref};
+use crate::error::ImageError;
+use crate::index::LayerIndexer;
+use crate::layout::Layout;
 use strata_formats::estargz;
 use strata_formats::index::{LayerIndex, Locations};
 use strata_formats::toc::{TocAnnotations, decode_toc};
 use strata_oci::digest::{Digest, Hasher};
+use strata_oci::manifest::{Descriptor, Index, Manifest, media_type_of};
 use strata_oci::reference::Reference;
 use strata_oci::timefmt::now_secs;
-use strata_storage::plain::{index_plain, sniff};
-use strata_storage::store::{Compression, ImageRecord, LayerFormat, LayerRecord};
+use strata_storage::store::{ImageRecord, LayerFormat, LayerRecord};
 
 fn fail(what: impl std::fmt::Display, e: impl std::fmt::Display) -> ImageError {
     ImageError::Manifest {
@@ -26,7 +32,35 @@ fn fail(what: impl std::fmt::Display, e: impl std::fmt::Display) -> ImageError {
     }
 }
 
-impl Context {
+/// Writes images to archives and loads them from archives.
+#[derive(Debug, Clone)]
+pub struct Archives {
+    pub(crate) store: Store,
+    client: Arc<RegistryClient>,
+    indexer: LayerIndexer,
+    layout: Layout,
+}
+
+impl Archives {
+    pub(crate) fn new(
+        store: Store,
+        client: Arc<RegistryClient>,
+        indexer: LayerIndexer,
+        layout: Layout,
+    ) -> Self {
+        Self {
+            store,
+            client,
+            indexer,
+            layout,
+        }
+    }
+
+    /// Points `name` at `rec`.
+    pub(crate) fn tag(&self, rec: &ImageRecord, name: &Reference) -> Result<(), ImageError> {
+        Catalog::new(self.store.clone()).tag(rec, name)
+    }
+
     /// A local file holding blob `d` of `img` (fetched from its source into the cache's blob
     /// directory if it is not there yet, and checked).
     async fn local_blob(
@@ -35,12 +69,12 @@ impl Context {
         d: &Digest,
     ) -> Result<std::path::PathBuf, ImageError> {
         use futures_util::TryStreamExt;
-        let path = self.root.join("cache/blobs").join(d.hex());
+        let path = self.layout.blob(d);
         if path.exists() {
             return Ok(path);
         }
-        std::fs::create_dir_all(self.root.join("cache/blobs")).map_err(|e| fail(d, e))?;
-        let src = self.source_ref(img)?;
+        std::fs::create_dir_all(self.layout.blobs()).map_err(|e| fail(d, e))?;
+        let src = source_ref(img)?;
         let mut body = Box::pin(self.client.blob_stream(&src, d).await?);
         let tmp = strata_storage::atomic::temp_path(&path);
         let mut f = std::fs::File::create(&tmp).map_err(|e| fail(d, e))?;
@@ -89,19 +123,22 @@ impl Context {
                 let bytes = std::fs::read(&path).map_err(|e| fail(d, e))?;
                 add(&mut b, d, &bytes)?;
             }
-            let media_type = serde_json::from_slice::<Value>(&manifest)
-                .ok()
-                .and_then(|v| v["mediaType"].as_str().map(str::to_string))
-                .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
-            let mut desc = json!({"mediaType": media_type, "digest": img.manifest.to_string(), "size": manifest.len()});
+            let media_type = media_type_of(&manifest);
+            let mut desc = Descriptor::new(&media_type, img.manifest, manifest.len() as u64);
             // Named as Docker 25+ names them: the whole reference for containerd, the tag as
             // the OCI ref name.
             let parsed: Option<Reference> = name.as_deref().and_then(|n| n.parse().ok());
             if let Some(n) = &parsed {
-                desc["annotations"] = json!({
-                    "io.containerd.image.name": n.tag_key(),
-                    "org.opencontainers.image.ref.name": n.tag.as_deref().unwrap_or("latest"),
-                });
+                desc.annotations = Some(
+                    [
+                        ("io.containerd.image.name".to_string(), n.tag_key()),
+                        (
+                            "org.opencontainers.image.ref.name".to_string(),
+                            n.tag.clone().unwrap_or_else(|| "latest".into()),
+                        ),
+                    ]
+                    .into(),
+                );
             }
             manifests.push(desc);
             docker.push(crate::archive_docker::entry_for(img, parsed.as_slice()));
@@ -109,14 +146,11 @@ impl Context {
         for (name, bytes) in [
             (
                 "oci-layout",
-                serde_json::to_vec(&json!({"imageLayoutVersion": "1.0.0"})),
+                serde_json::to_vec(&OciLayout {
+                    image_layout_version: "1.0.0",
+                }),
             ),
-            (
-                "index.json",
-                serde_json::to_vec(
-                    &json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}),
-                ),
-            ),
+            ("index.json", serde_json::to_vec(&Index::new(manifests))),
             ("manifest.json", serde_json::to_vec(&docker)),
         ] {
             let bytes = bytes.map_err(|e| fail(name, e))?;
@@ -134,7 +168,7 @@ impl Context {
     /// it: an OCI layout (`index.json`, whose entries may be image indexes) or docker's format
     /// (`manifest.json` with `Config`, `RepoTags` and `Layers` paths, `<id>/layer.tar`).
     pub fn load(&self, archive: impl Read) -> Result<Vec<Loaded>, ImageError> {
-        let dir = self.root.join("tmp");
+        let dir = self.layout.tmp();
         std::fs::create_dir_all(&dir).map_err(|e| fail("load", e))?;
         let tmp = strata_storage::atomic::temp_path(&dir.join("load"));
         std::fs::create_dir(&tmp).map_err(|e| fail("load", e))?;
@@ -145,7 +179,7 @@ impl Context {
             if tmp.join("index.json").exists() {
                 self.load_layout(&tmp)
             } else if tmp.join("manifest.json").exists() {
-                self.load_docker(&tmp)
+                crate::archive_docker::load_docker(self, &tmp)
             } else {
                 Err(fail(
                     "archive",
@@ -169,7 +203,7 @@ impl Context {
         if self.store.layer(&d)?.is_some() {
             return Ok(None);
         }
-        let local = self.root.join("cache/blobs").join(d.hex());
+        let local = self.layout.blob(&d);
         strata_storage::atomic::write_file(&local, bytes).map_err(|e| fail(d, e))?;
         let mut diff_id = None;
         let from_toc = TocAnnotations::parse(ann)
@@ -210,7 +244,7 @@ impl Context {
                         "layer {d}: table of contents not usable ({e}); indexing it whole"
                     );
                 }
-                let (rec, id) = self.index_whole_layer(d, bytes, media_type)?;
+                let (rec, id) = self.indexer.index_whole_layer(d, bytes, media_type)?;
                 diff_id = Some(id);
                 rec
             }
@@ -219,52 +253,16 @@ impl Context {
         Ok(diff_id)
     }
 
-    /// Indexes a whole local layer blob without a TOC (plain tar/gzip/zstd, or one whose TOC is
-    /// not trusted): its chunks go to the cache and its local TOC to the store. Returns the
-    /// record and the diff_id (sha256 of the uncompressed tar).
-    pub(crate) fn index_whole_layer(
-        &self,
-        d: Digest,
-        bytes: &[u8],
-        media_type: String,
-    ) -> Result<(LayerRecord, Digest), ImageError> {
-        let compression = match sniff(bytes) {
-            Compression::None if media_type.ends_with("zstd") => Compression::Zstd,
-            c => c,
-        };
-        let indexed =
-            index_plain(bytes, compression, self.fetcher.cache()).map_err(|e| fail(d, e))?;
-        let mut rec = LayerRecord {
-            digest: d,
-            size: bytes.len() as u64,
-            media_type,
-            format: LayerFormat::Plain { compression },
-            toc: None,
-            toc_uncompressed: 0,
-            toc_offset: 0,
-            content_bytes: 0,
-        };
-        self.store_local_toc(&mut rec, &indexed.toc)?;
-        Ok((rec, indexed.diff_id))
-    }
-
     fn load_layout(&self, layout: &Path) -> Result<Vec<Loaded>, ImageError> {
-        let index: Value = serde_json::from_slice(
-            &std::fs::read(layout.join("index.json")).map_err(|e| fail("index.json", e))?,
-        )
-        .map_err(|e| fail("index.json", e))?;
+        let bytes = std::fs::read(layout.join("index.json")).map_err(|e| fail("index.json", e))?;
+        let index = Index::from_slice(&bytes, "index.json")?;
         // Docker 25+ writes both; its manifest.json carries the names as RepoTags.
         let docker_names = crate::archive_docker::repo_tags_by_config(layout);
         let mut out = Vec::new();
-        for m in index["manifests"].as_array().cloned().unwrap_or_default() {
-            let d: Digest = m["digest"]
-                .as_str()
-                .unwrap_or("")
-                .parse()
-                .map_err(|e| fail("index.json: manifest digest", e))?;
+        for m in &index.manifests {
+            let d = m.digest;
             let bytes = layout_blob(layout, &d)?;
-            let doc: Value = serde_json::from_slice(&bytes).map_err(|e| fail(d, e))?;
-            let (md, mbytes, from_index) = if doc.get("manifests").is_some() {
+            let (md, mbytes, from_index) = if is_index(&bytes) {
                 let md = pick_manifest(layout, &d, &bytes)?;
                 self.store.put_blob(&d, &bytes)?;
                 (md, layout_blob(layout, &md)?, Some(d))
@@ -272,7 +270,7 @@ impl Context {
                 (d, bytes, None)
             };
             let rec = self.load_manifest(layout, md, &mbytes, from_index)?;
-            let mut names: Vec<Reference> = name_of(&m).into_iter().collect();
+            let mut names: Vec<Reference> = name_of(m).into_iter().collect();
             if names.is_empty() {
                 names = docker_names.get(&rec.config).cloned().unwrap_or_default();
             }
@@ -291,28 +289,18 @@ impl Context {
         mbytes: &[u8],
         index: Option<Digest>,
     ) -> Result<ImageRecord, ImageError> {
-        let manifest: Value = serde_json::from_slice(mbytes).map_err(|e| fail(md, e))?;
-        let cd: Digest = manifest["config"]["digest"]
-            .as_str()
-            .unwrap_or("")
-            .parse()
-            .map_err(|e| fail(md, e))?;
+        let manifest = Manifest::from_slice(mbytes, &md.to_string())?;
+        let cd = manifest.config.digest;
         self.store.put_blob(&cd, &layout_blob(layout, &cd)?)?;
         let mut layers = Vec::new();
-        for l in manifest["layers"].as_array().cloned().unwrap_or_default() {
-            let d: Digest = l["digest"]
-                .as_str()
-                .unwrap_or("")
-                .parse()
-                .map_err(|e| fail(md, e))?;
+        for l in &manifest.layers {
+            let d = l.digest;
             layers.push(d);
             if self.store.layer(&d)?.is_some() {
                 continue;
             }
-            let ann: std::collections::BTreeMap<String, String> =
-                serde_json::from_value(l["annotations"].clone()).unwrap_or_default();
-            let media_type = l["mediaType"].as_str().unwrap_or("").to_string();
-            self.load_layer(d, &layout_blob(layout, &d)?, media_type, &ann)?;
+            let blob = layout_blob(layout, &d)?;
+            self.load_layer(d, &blob, l.media_type.clone(), &l.annotations())?;
         }
         self.store.put_blob(&md, mbytes)?;
         let rec = ImageRecord {
@@ -326,6 +314,22 @@ impl Context {
         self.store.put_image(&rec)?;
         Ok(rec)
     }
+}
+
+/// `oci-layout`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OciLayout {
+    image_layout_version: &'static str,
+}
+
+/// Whether a blob of a layout is an image index (it lists manifests) rather than a manifest.
+fn is_index(bytes: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        manifests: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Probe>(bytes).is_ok_and(|p| p.manifests.is_some())
 }
 
 /// An image loaded from an archive, with the names it was given.
@@ -349,15 +353,14 @@ pub(crate) fn layout_blob(layout: &Path, d: &Digest) -> Result<Vec<u8>, ImageErr
 /// The name an `index.json` entry gives its image, as docker's containerd image store reads it:
 /// `io.containerd.image.name`, else `org.opencontainers.image.ref.name` when it is a whole
 /// reference (a bare tag such as `latest` names no repository).
-fn name_of(desc: &Value) -> Option<Reference> {
-    let ann = &desc["annotations"];
-    if let Some(n) = ann["io.containerd.image.name"].as_str()
+fn name_of(desc: &Descriptor) -> Option<Reference> {
+    let ann = desc.annotations.as_ref()?;
+    if let Some(n) = ann.get("io.containerd.image.name")
         && let Ok(r) = n.parse::<Reference>()
     {
         return Some(r);
     }
-    ann["org.opencontainers.image.ref.name"]
-        .as_str()
+    ann.get("org.opencontainers.image.ref.name")
         .filter(|n| n.contains('/') || n.contains(':'))
         .and_then(|n| n.parse::<Reference>().ok())
 }
@@ -398,7 +401,7 @@ fn pick_manifest(layout: &Path, d: &Digest, bytes: &[u8]) -> Result<Digest, Imag
     }
 }
 
-impl Context {
+impl Archives {
     /// The record of a loaded eStargz layer (TOC digest annotation, footer, TOC entry), indexed
     /// as a pull indexes it; `None` when the layer does not announce eStargz.
     fn estargz_record(
@@ -423,7 +426,8 @@ impl Context {
                 ))
             })?;
             let json = estargz::extract_toc_json(member).map_err(toc_err)?;
-            self.estargz_layer(d, size, media_type, tocd, &json, toc_offset)
+            self.indexer
+                .estargz_layer(d, size, media_type, tocd, &json, toc_offset)
         };
         Some(build())
     }

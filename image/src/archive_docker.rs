@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use crate::archive::Loaded;
-use crate::image::{Context, ImageError};
+use crate::archive::{Archives, Loaded};
+use crate::error::ImageError;
+use strata_oci::config::ImageConfig;
 use strata_oci::digest::Digest;
+use strata_oci::manifest::{CONFIG_MEDIA_TYPE, Descriptor, Manifest};
 use strata_oci::reference::Reference;
 use strata_oci::timefmt::now_secs;
 use strata_storage::plain::sniff;
@@ -88,83 +89,66 @@ fn layer_media_type(bytes: &[u8]) -> &'static str {
     }
 }
 
-impl Context {
-    /// Loads every image `manifest.json` lists: each layer file is stored as a blob (indexed
-    /// by streaming it, and checked against the config's diff_id), and an OCI manifest is made
-    /// for the config and layers.
-    pub(crate) fn load_docker(&self, dir: &Path) -> Result<Vec<Loaded>, ImageError> {
-        let mut out = Vec::new();
-        for e in entries(dir)? {
-            let config = std::fs::read(inside(dir, &e.config)?).map_err(|x| fail(&e.config, x))?;
-            let cd = Digest::of(&config);
-            let cfg: serde_json::Value =
-                serde_json::from_slice(&config).map_err(|x| fail(&e.config, x))?;
-            let diff_ids: Vec<String> = cfg["rootfs"]["diff_ids"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|d| d.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if diff_ids.len() != e.layers.len() {
+/// Loads every image `manifest.json` lists: each layer file is stored as a blob (indexed
+/// by streaming it, and checked against the config's diff_id), and an OCI manifest is made
+/// for the config and layers.
+pub(crate) fn load_docker(a: &Archives, dir: &Path) -> Result<Vec<Loaded>, ImageError> {
+    let mut out = Vec::new();
+    for e in entries(dir)? {
+        let config = std::fs::read(inside(dir, &e.config)?).map_err(|x| fail(&e.config, x))?;
+        let cd = Digest::of(&config);
+        let cfg = ImageConfig::from_slice(&config, &e.config)?;
+        let diff_ids: Vec<Digest> = cfg.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+        if diff_ids.len() != e.layers.len() {
+            return Err(fail(
+                &e.config,
+                format!(
+                    "config lists {} layers, manifest.json {}",
+                    diff_ids.len(),
+                    e.layers.len()
+                ),
+            ));
+        }
+        a.store.put_blob(&cd, &config)?;
+        let mut layers = Vec::new();
+        let mut descs = Vec::new();
+        for (path, want) in e.layers.iter().zip(&diff_ids) {
+            let bytes = std::fs::read(inside(dir, path)?).map_err(|x| fail(path, x))?;
+            let d = Digest::of(&bytes);
+            let media_type = layer_media_type(&bytes);
+            let got = a.load_layer(d, &bytes, media_type.into(), &Default::default())?;
+            if let Some(got) = got
+                && got != *want
+            {
+                // The layer record stays: it is right for its own digest; no image uses it.
                 return Err(fail(
-                    &e.config,
-                    format!(
-                        "config lists {} layers, manifest.json {}",
-                        diff_ids.len(),
-                        e.layers.len()
-                    ),
+                    path,
+                    format!("layer content is {got}, the config says {want}"),
                 ));
             }
-            self.store.put_blob(&cd, &config)?;
-            let mut layers = Vec::new();
-            let mut descs = Vec::new();
-            for (path, want) in e.layers.iter().zip(&diff_ids) {
-                let bytes = std::fs::read(inside(dir, path)?).map_err(|x| fail(path, x))?;
-                let d = Digest::of(&bytes);
-                let media_type = layer_media_type(&bytes);
-                let got = self.load_layer(d, &bytes, media_type.into(), &Default::default())?;
-                if let Some(got) = got
-                    && got.to_string() != *want
-                {
-                    // The layer record stays: it is right for its own digest; no image uses it.
-                    return Err(fail(
-                        path,
-                        format!("layer content is {got}, the config says {want}"),
-                    ));
-                }
-                descs.push(
-                    json!({"mediaType": media_type, "digest": d.to_string(), "size": bytes.len()}),
-                );
-                layers.push(d);
-            }
-            let manifest = serde_json::to_vec(&json!({
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": config.len()},
-                "layers": descs,
-            }))
-            .map_err(|x| fail("manifest", x))?;
-            let md = Digest::of(&manifest);
-            self.store.put_blob(&md, &manifest)?;
-            let rec = ImageRecord {
-                manifest: md,
-                config: cd,
-                layers,
-                sources: Vec::new(),
-                index: None,
-                pulled: now_secs(),
-            };
-            self.store.put_image(&rec)?;
-            let names = parse_tags(&e.repo_tags)?;
-            for n in &names {
-                self.tag(&rec, n)?;
-            }
-            out.push(Loaded { image: rec, names });
+            descs.push(Descriptor::new(media_type, d, bytes.len() as u64));
+            layers.push(d);
         }
-        Ok(out)
+        let config_desc = Descriptor::new(CONFIG_MEDIA_TYPE, cd, config.len() as u64);
+        let manifest = Manifest::new(config_desc, descs).to_vec();
+        let md = Digest::of(&manifest);
+        a.store.put_blob(&md, &manifest)?;
+        let rec = ImageRecord {
+            manifest: md,
+            config: cd,
+            layers,
+            sources: Vec::new(),
+            index: None,
+            pulled: now_secs(),
+        };
+        a.store.put_image(&rec)?;
+        let names = parse_tags(&e.repo_tags)?;
+        for n in &names {
+            a.tag(&rec, n)?;
+        }
+        out.push(Loaded { image: rec, names });
     }
+    Ok(out)
 }
 
 /// The `manifest.json` entry `save` writes for an image (as Docker 25+ does: paths into the

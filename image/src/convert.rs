@@ -7,13 +7,22 @@
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
-use serde_json::json;
 
-use crate::image::{Context, ImageError, Progress, ProgressFn, digest_of, feed_error};
+use std::sync::Arc;
+
+use strata_distribution::RegistryClient;
+
+use crate::error::{ImageError, Progress, ProgressFn, digest_of, feed_error};
+use crate::layout::Layout;
+use crate::pull::resolve_manifest;
+use std::collections::BTreeMap;
 use strata_formats::chunked::write_chunked;
 use strata_formats::estargz_write::write_estargz;
 use strata_formats::toc::TocAnnotations;
+
+use strata_oci::config::ImageConfig;
 use strata_oci::digest::Digest;
+use strata_oci::manifest::{CONFIG_MEDIA_TYPE, Descriptor, MANIFEST_MEDIA_TYPE, Manifest};
 use strata_oci::reference::Reference;
 use strata_storage::lazy::feed_blocking;
 use strata_storage::plain::{HashingReader, decompress, sniff};
@@ -39,58 +48,135 @@ pub enum Format {
 struct Rewritten {
     digest: Digest,
     size: u64,
-    annotations: std::collections::BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
     /// The new diff_id, when the uncompressed tar changed (eStargz).
     diff_id: Option<Digest>,
 }
 
-/// Converts `src` into `dst`; returns the new manifest's digest.
-pub async fn convert(
-    ctx: &Context,
+/// Rewrites images registry to registry into a lazy format.
+#[derive(Debug, Clone)]
+pub struct Converter {
+    client: Arc<RegistryClient>,
+    layout: Layout,
+}
+
+impl Converter {
+    /// A converter talking to registries through `client`, with scratch space in `layout`.
+    pub fn new(client: Arc<RegistryClient>, layout: Layout) -> Self {
+        Self { client, layout }
+    }
+
+    /// Converts `src` into `dst`; returns the new manifest's digest.
+    pub async fn convert(
+        &self,
+        src: &Reference,
+        dst: &Reference,
+        platform: &str,
+        format: Format,
+        progress: ProgressFn<'_>,
+    ) -> Result<Digest, ImageError> {
+        convert(
+            &self.client,
+            &self.layout,
+            src,
+            dst,
+            platform,
+            format,
+            progress,
+        )
+        .await
+    }
+}
+
+/// One conversion under way: where from, where to, into what, and its scratch directory.
+struct Job<'a> {
+    client: &'a RegistryClient,
+    src: &'a Reference,
+    dst: &'a Reference,
+    format: Format,
+    tmp: std::path::PathBuf,
+    progress: ProgressFn<'a>,
+}
+
+async fn convert(
+    client: &RegistryClient,
+    layout: &Layout,
     src: &Reference,
     dst: &Reference,
     platform: &str,
     format: Format,
     progress: ProgressFn<'_>,
 ) -> Result<Digest, ImageError> {
-    let (manifest, mdigest, _, _) = ctx.resolve_manifest(src, platform).await?;
+    let (manifest, mdigest, _, _) = resolve_manifest(client, src, platform).await?;
     progress(Progress::Resolved {
         manifest: mdigest,
         layers: manifest.layers().len(),
     });
-    let tmp = tempdir_in(&ctx.root.join("tmp")).map_err(|e| ImageError::Layer {
+    let tmp = tempdir_in(&layout.tmp()).map_err(|e| ImageError::Layer {
         layer: mdigest,
         reason: e.to_string(),
     })?;
+    let job = Job {
+        client,
+        src,
+        dst,
+        format,
+        tmp,
+        progress,
+    };
     let mut layers = Vec::new();
     let mut new_diff_ids: Vec<Option<Digest>> = Vec::new();
     for desc in manifest.layers() {
+        let (layer, diff_id) = job.layer(desc).await?;
+        layers.push(layer);
+        new_diff_ids.push(diff_id);
+    }
+    let mut config = digest_of(manifest.config())?;
+    let mut config_bytes = client.get_blob(src, &config).await?;
+    if new_diff_ids.iter().any(Option::is_some) {
+        let mut parsed = ImageConfig::from_slice(&config_bytes, &config.to_string())?;
+        parsed.replace_diff_ids(&new_diff_ids)?;
+        config_bytes = Bytes::from(parsed.to_vec());
+        config = Digest::of(&config_bytes);
+    }
+    client.put_blob(dst, &config, config_bytes.clone()).await?;
+    let config_desc = Descriptor::new(CONFIG_MEDIA_TYPE, config, config_bytes.len() as u64);
+    let bytes = Bytes::from(Manifest::new(config_desc, layers).to_vec());
+    let digest = client.put_manifest(dst, bytes, MANIFEST_MEDIA_TYPE).await?;
+    let _ = std::fs::remove_dir_all(&job.tmp);
+    Ok(digest)
+}
+
+impl Job<'_> {
+    /// Copies or rewrites one layer into the target; returns its new descriptor and, when
+    /// its uncompressed tar changed (eStargz), its new diff_id.
+    async fn layer(
+        &self,
+        desc: &oci_spec::image::Descriptor,
+    ) -> Result<(Descriptor, Option<Digest>), ImageError> {
+        let (client, progress) = (self.client, self.progress);
         let d = digest_of(desc)?;
-        let ann: std::collections::BTreeMap<String, String> = desc
+        let ann: BTreeMap<String, String> = desc
             .annotations()
             .as_ref()
             .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
-        let native = match format {
+        let native = match self.format {
             Format::ZstdChunked => {
                 matches!(TocAnnotations::parse(&ann), Ok(Some(t)) if t.toc_digest.is_some())
             }
             Format::Estargz => ann.contains_key(strata_formats::estargz::TOC_DIGEST_ANNOTATION),
         };
         if native {
-            new_diff_ids.push(None);
-            copy_blob(ctx, src, dst, &d, &tmp.join(d.hex()), progress).await?;
-            layers.push(json!({
-                "mediaType": desc.media_type().to_string(),
-                "digest": d.to_string(),
-                "size": desc.size(),
-                "annotations": ann,
-            }));
+            let tmp = self.tmp.join(d.hex());
+            copy_blob(client, self.src, self.dst, &d, &tmp, progress).await?;
             progress(Progress::LayerDone {
                 layer: d,
                 what: "Already native",
             });
-            continue;
+            let mut out = Descriptor::new(&desc.media_type().to_string(), d, desc.size());
+            out.annotations = Some(ann);
+            return Ok((out, None));
         }
         progress(Progress::LayerStart {
             layer: d,
@@ -107,79 +193,35 @@ pub async fn convert(
         } else {
             None
         };
-        let out_path = tmp.join(format!("{}.zst", d.hex()));
-        let written = rewrite_layer(ctx, src, d, compression, format, &out_path, progress).await?;
-        new_diff_ids.push(written.diff_id);
-        ctx.client
-            .put_blob_file(dst, &written.digest, &out_path, &|done| {
+        let out_path = self.tmp.join(format!("{}.zst", d.hex()));
+        let written = rewrite_layer(
+            client,
+            self.src,
+            d,
+            compression,
+            self.format,
+            &out_path,
+            progress,
+        )
+        .await?;
+        client
+            .put_blob_file(self.dst, &written.digest, &out_path, &|done| {
                 progress(Progress::LayerBytes { layer: d, done })
             })
             .await?;
         let _ = std::fs::remove_file(&out_path);
-        layers.push(json!({
-            "mediaType": if format == Format::Estargz { ESTARGZ_MEDIA_TYPE } else { LAYER_MEDIA_TYPE },
-            "digest": written.digest.to_string(),
-            "size": written.size,
-            "annotations": written.annotations,
-        }));
         progress(Progress::LayerDone {
             layer: d,
             what: "Converted",
         });
+        let media_type = match self.format {
+            Format::Estargz => ESTARGZ_MEDIA_TYPE,
+            Format::ZstdChunked => LAYER_MEDIA_TYPE,
+        };
+        let mut out = Descriptor::new(media_type, written.digest, written.size);
+        out.annotations = Some(written.annotations);
+        Ok((out, written.diff_id))
     }
-    let mut config = digest_of(manifest.config())?;
-    let mut config_bytes = ctx.client.get_blob(src, &config).await?;
-    if new_diff_ids.iter().any(Option::is_some) {
-        config_bytes =
-            with_diff_ids(&config_bytes, &new_diff_ids).map_err(|reason| ImageError::Manifest {
-                what: format!("config {config}"),
-                reason,
-            })?;
-        config = Digest::of(&config_bytes);
-    }
-    ctx.client
-        .put_blob(dst, &config, config_bytes.clone())
-        .await?;
-    let new_manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config.to_string(),
-            "size": config_bytes.len(),
-        },
-        "layers": layers,
-    });
-    let bytes =
-        Bytes::from(
-            serde_json::to_vec(&new_manifest).map_err(|e| ImageError::Manifest {
-                what: dst.to_string(),
-                reason: e.to_string(),
-            })?,
-        );
-    let digest = ctx
-        .client
-        .put_manifest(dst, bytes, "application/vnd.oci.image.manifest.v1+json")
-        .await?;
-    let _ = std::fs::remove_dir_all(&tmp);
-    Ok(digest)
-}
-
-/// The config with `rootfs.diff_ids[i]` replaced where `new[i]` is set.
-fn with_diff_ids(config: &[u8], new: &[Option<Digest>]) -> Result<Bytes, String> {
-    let mut v: serde_json::Value = serde_json::from_slice(config).map_err(|e| e.to_string())?;
-    let ids = v["rootfs"]["diff_ids"]
-        .as_array_mut()
-        .filter(|a| a.len() == new.len())
-        .ok_or("rootfs.diff_ids does not list one digest per layer")?;
-    for (id, n) in ids.iter_mut().zip(new) {
-        if let Some(n) = n {
-            *id = json!(n.to_string());
-        }
-    }
-    serde_json::to_vec(&v)
-        .map(Bytes::from)
-        .map_err(|e| e.to_string())
 }
 
 fn tempdir_in(parent: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
@@ -190,20 +232,20 @@ fn tempdir_in(parent: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
 }
 
 pub(crate) async fn copy_blob(
-    ctx: &Context,
+    client: &RegistryClient,
     src: &Reference,
     dst: &Reference,
     d: &Digest,
     tmp: &std::path::Path,
     progress: ProgressFn<'_>,
 ) -> Result<Copied, ImageError> {
-    if ctx.client.blob_exists(dst, d).await?.is_some() {
+    if client.blob_exists(dst, d).await?.is_some() {
         return Ok(Copied::Present);
     }
-    if src.registry == dst.registry && ctx.client.mount_blob(dst, d, &src.repository).await? {
+    if src.registry == dst.registry && client.mount_blob(dst, d, &src.repository).await? {
         return Ok(Copied::Mounted);
     }
-    let mut body = Box::pin(ctx.client.blob_stream(src, d).await?);
+    let mut body = Box::pin(client.blob_stream(src, d).await?);
     let mut file = std::fs::File::create(tmp).map_err(|e| io_fail(*d, e))?;
     let mut hasher = strata_oci::digest::Hasher::default();
     let mut done = 0u64;
@@ -220,7 +262,7 @@ pub(crate) async fn copy_blob(
             reason: format!("content hashes to {got}"),
         });
     }
-    ctx.client.put_blob_file(dst, d, tmp, &|_| {}).await?;
+    client.put_blob_file(dst, d, tmp, &|_| {}).await?;
     let _ = std::fs::remove_file(tmp);
     Ok(Copied::Uploaded)
 }
@@ -244,7 +286,7 @@ fn io_fail(layer: Digest, e: std::io::Error) -> ImageError {
 }
 
 async fn rewrite_layer(
-    ctx: &Context,
+    client: &RegistryClient,
     src: &Reference,
     d: Digest,
     compression: Option<Compression>,
@@ -252,7 +294,7 @@ async fn rewrite_layer(
     out_path: &std::path::Path,
     progress: ProgressFn<'_>,
 ) -> Result<Rewritten, ImageError> {
-    let body = ctx.client.blob_stream(src, &d).await?;
+    let body = client.blob_stream(src, &d).await?;
     let out = std::fs::File::create(out_path).map_err(|e| io_fail(d, e))?;
     let mut done = 0u64;
     let written = feed_blocking(

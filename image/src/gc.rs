@@ -3,10 +3,15 @@
 
 use std::collections::HashSet;
 
-use crate::image::{Context, ImageError};
+use std::sync::Arc;
+
+use crate::catalog::Catalog;
+use crate::error::ImageError;
+use crate::layout::Layout;
 use strata_formats::index::Kind;
 use strata_oci::digest::Digest;
-use strata_storage::store::ImageRecord;
+use strata_storage::cache::ChunkCache;
+use strata_storage::store::Store;
 
 /// What a collection freed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -17,12 +22,22 @@ pub struct Freed {
     pub bytes: u64,
 }
 
-impl Context {
-    /// Deletes an image's record (its references must be gone already); layers and blobs that
-    /// no other image uses go with the next [`Context::collect`].
-    pub fn remove_image(&self, img: &ImageRecord) -> Result<(), ImageError> {
-        self.store.remove_image(&img.manifest)?;
-        Ok(())
+/// Collects what no stored image references, in the store and the cache.
+#[derive(Debug, Clone)]
+pub struct Collector {
+    store: Store,
+    cache: Arc<ChunkCache>,
+    layout: Layout,
+}
+
+impl Collector {
+    /// A collector of `store`, `cache` and the local files under `layout`.
+    pub fn new(store: Store, cache: Arc<ChunkCache>, layout: Layout) -> Self {
+        Self {
+            store,
+            cache,
+            layout,
+        }
     }
 
     /// Removes everything no stored image references. Returns what was freed.
@@ -39,7 +54,7 @@ impl Context {
             layers.extend(img.layers.iter().copied());
         }
         let mut freed = Freed::default();
-        let layer_dir = self.root.join("store/layers");
+        let layer_dir = self.layout.store().join("layers");
         for e in std::fs::read_dir(&layer_dir)
             .map(|d| d.flatten().collect::<Vec<_>>())
             .unwrap_or_default()
@@ -53,7 +68,7 @@ impl Context {
                 && !layers.contains(&d)
             {
                 self.store.remove_layer(&d)?;
-                let local = self.root.join("cache/blobs").join(d.hex());
+                let local = self.layout.blob(&d);
                 if let Ok(m) = std::fs::metadata(&local)
                     && std::fs::remove_file(&local).is_ok()
                 {
@@ -64,8 +79,9 @@ impl Context {
         }
         // Chunks still referenced by a kept layer.
         let mut chunks: HashSet<Digest> = HashSet::new();
+        let catalog = Catalog::new(self.store.clone());
         for img in &images {
-            let Ok(open) = self.open_layers(img) else {
+            let Ok(open) = catalog.open_layers(img) else {
                 continue;
             };
             for l in open {
@@ -83,11 +99,11 @@ impl Context {
         let (n, b) = self.store.retain_blobs(|d| blobs.contains(d))?;
         freed.files += n;
         freed.bytes += b;
-        let (n, b) = self.fetcher.cache().retain(|d| chunks.contains(d))?;
+        let (n, b) = self.cache.retain(|d| chunks.contains(d))?;
         freed.files += n;
         freed.bytes += b;
         // Assembled files are rebuilt on demand: drop them all.
-        let files = self.root.join("cache/files");
+        let files = self.layout.files();
         for e in std::fs::read_dir(&files)
             .map(|d| d.flatten().collect::<Vec<_>>())
             .unwrap_or_default()

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::image::{Context, ImageError, Progress, ProgressFn};
+use crate::error::{ImageError, Progress, ProgressFn};
+use crate::pull::Puller;
 use strata_formats::estargz;
 use strata_formats::index::{LayerIndex, Locations};
 use strata_formats::toc::{TocAnnotations, TocError, decode_toc};
@@ -27,7 +28,7 @@ pub fn pulled_path(rec: &LayerRecord) -> &'static str {
     }
 }
 
-impl Context {
+impl Puller {
     /// A foreign layer, fetched whole from the first of its `urls` that serves it (as docker and
     /// podman do), verified by digest, kept as a local blob and indexed.
     pub(crate) async fn pull_foreign(
@@ -62,37 +63,9 @@ impl Context {
                 failures.join("; ")
             ))
         })?;
-        let local = self.root.join("cache/blobs").join(d.hex());
+        let local = self.layout.blob(&d);
         strata_storage::atomic::write_file(&local, &bytes).map_err(|e| fail(e.to_string()))?;
-        Ok(self.index_whole_layer(d, &bytes, media_type.to_string())?.0)
-    }
-
-    /// The record of eStargz layer `d` from its TOC JSON (taken at `toc_offset`): the JSON is
-    /// checked against the `toc.digest` annotation `tocd`, indexed and stored. Pull (ranges
-    /// from the registry) and load (a local blob) both end here.
-    pub(crate) fn estargz_layer(
-        &self,
-        d: Digest,
-        size: u64,
-        media_type: &str,
-        tocd: Digest,
-        json: &[u8],
-        toc_offset: u64,
-    ) -> Result<LayerRecord, ImageError> {
-        tocd.verify(json).map_err(StoreError::from)?;
-        let index = estargz::index(json, toc_offset)
-            .map_err(|source| ImageError::Index { layer: d, source })?;
-        self.store.put_blob(&tocd, json)?;
-        Ok(LayerRecord {
-            digest: d,
-            size,
-            media_type: media_type.to_string(),
-            format: LayerFormat::Estargz,
-            toc: Some(tocd),
-            toc_uncompressed: json.len() as u64,
-            toc_offset,
-            content_bytes: index.content_bytes(),
-        })
+        Ok(self.indexer.index_whole_layer(d, &bytes, media_type)?.0)
     }
 
     /// The record of a layer whose TOC (zstd:chunked, either generation, or eStargz) is
@@ -162,6 +135,7 @@ impl Context {
                 .await?;
             let json = estargz::extract_toc_json(&member).map_err(toc_err)?;
             return self
+                .indexer
                 .estargz_layer(d, size, media_type, tocd, &json, toc_offset)
                 .map(Some);
         }

@@ -6,14 +6,49 @@
 use bytes::Bytes;
 
 use crate::convert::{Copied, copy_blob};
-use crate::image::{Context, ImageError, Progress, ProgressFn};
+use std::sync::Arc;
+
+use strata_distribution::RegistryClient;
+use strata_storage::store::Store;
+
+use crate::catalog::source_ref;
+use crate::error::{ImageError, Progress, ProgressFn};
+use crate::layout::Layout;
 use strata_oci::digest::Digest;
 use strata_oci::reference::Reference;
 use strata_storage::store::ImageRecord;
 
-/// Pushes `img` as `target`; returns the manifest digest.
-pub async fn push(
-    ctx: &Context,
+/// Uploads stored images to registries.
+#[derive(Debug, Clone)]
+pub struct Pusher {
+    store: Store,
+    client: Arc<RegistryClient>,
+    layout: Layout,
+}
+
+impl Pusher {
+    /// A pusher of the images in `store` (and local blobs in `layout`) through `client`.
+    pub fn new(store: Store, client: Arc<RegistryClient>, layout: Layout) -> Self {
+        Self {
+            store,
+            client,
+            layout,
+        }
+    }
+
+    /// Pushes `img` as `target`; returns the manifest digest.
+    pub async fn push(
+        &self,
+        img: &ImageRecord,
+        target: &Reference,
+        progress: ProgressFn<'_>,
+    ) -> Result<Digest, ImageError> {
+        push(self, img, target, progress).await
+    }
+}
+
+async fn push(
+    ctx: &Pusher,
     img: &ImageRecord,
     target: &Reference,
     progress: ProgressFn<'_>,
@@ -22,8 +57,8 @@ pub async fn push(
         manifest: img.manifest,
         layers: img.layers.len(),
     });
-    let source = ctx.source_ref(img).ok();
-    let tmp = ctx.root.join("tmp");
+    let source = source_ref(img).ok();
+    let tmp = ctx.layout.tmp();
     std::fs::create_dir_all(&tmp).map_err(|e| ImageError::Layer {
         layer: img.manifest,
         reason: e.to_string(),
@@ -36,7 +71,7 @@ pub async fn push(
             });
             continue;
         }
-        let local = ctx.root.join("cache/blobs").join(d.hex());
+        let local = ctx.layout.blob(d);
         if local.exists() {
             let size = std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0);
             progress(Progress::LayerStart {
@@ -59,7 +94,7 @@ pub async fn push(
                 size: 0,
                 what: "Copying from the source repository",
             });
-            let how = copy_blob(ctx, src, target, d, &tmp.join(d.hex()), progress).await?;
+            let how = copy_blob(&ctx.client, src, target, d, &tmp.join(d.hex()), progress).await?;
             if how == Copied::Mounted {
                 progress(Progress::Mounted {
                     layer: *d,
@@ -78,14 +113,7 @@ pub async fn push(
         .put_blob(target, &img.config, Bytes::from(config))
         .await?;
     let manifest = ctx.store.get_blob(&img.manifest)?;
-    let media_type = serde_json::from_slice::<serde_json::Value>(&manifest)
-        .ok()
-        .and_then(|v| {
-            v.get("mediaType")
-                .and_then(|m| m.as_str())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
+    let media_type = strata_oci::manifest::media_type_of(&manifest);
     let digest = ctx
         .client
         .put_manifest(target, Bytes::from(manifest), &media_type)

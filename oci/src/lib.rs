@@ -1,7 +1,10 @@
 //! OCI basics shared by every strata crate: content digests, image references, platforms and
-//! the RFC 3339 times of image configs.
+//! the RFC 3339 times of image configs, and typed image configs and manifests.
 
+pub mod config;
 pub mod digest;
+pub mod manifest;
+pub mod nullable;
 pub mod platform;
 pub mod reference;
 pub mod timefmt;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use strata_formats::profile::Prefetch;
-use strata_image::image::Context;
+use strata_image::{Images, source_ref};
 use strata_storage::store::ImageRecord;
 use tracing::info;
 
@@ -17,32 +17,34 @@ use strata_lazyfs::{LazyFs, Recording, Tree};
 
 /// The lazy filesystem of `img`, mountable at once: layers without a TOC stream in the
 /// background and the tree appears (operations wait for it) when they are indexed. What
-/// `ctx.prefetch` asks for is fetched ahead: the image's prefetch profile at once, the rest
+/// `images.prefetch` asks for is fetched ahead: the image's prefetch profile at once, the rest
 /// once the tree is ready and the profile is in.
-pub fn prepare_fs(ctx: &Context, rt: &tokio::runtime::Handle, img: ImageRecord) -> LazyFs {
-    let (fs, ready) = LazyFs::pending(ctx.fetcher.clone(), rt.clone());
-    let profile = match ctx.prefetch {
+pub fn prepare_fs(images: &Images, rt: &tokio::runtime::Handle, img: ImageRecord) -> LazyFs {
+    let (fs, ready) = LazyFs::pending(images.fetcher().clone(), rt.clone());
+    let profile = match images.prefetch {
         Prefetch::None => None,
-        _ => ctx.profile_of(&img),
+        _ => images.profiles().profile_of(&img),
     };
-    let rest = ctx.prefetch.rest(profile.is_some());
+    let rest = images.prefetch.rest(profile.is_some());
     let fs = fs.replaying(profile.is_some());
+    let prefetcher = images.prefetcher();
     // Already under way if this process just pulled the image: then this only waits for it.
-    let profile_done = match (profile, ctx.source_ref(&img)) {
+    let profile_done = match (profile, source_ref(&img)) {
         (Some(p), Ok(repo)) => {
-            let (ctx, blobs) = (ctx.clone(), img.layers.clone());
-            Some(rt.spawn(async move { ctx.prefetch_profile(&repo, &blobs, &p).await }))
+            let (pf, blobs) = (prefetcher.clone(), img.layers.clone());
+            Some(rt.spawn(async move { pf.prefetch_profile(&repo, &blobs, &p).await }))
         }
         _ => None,
     };
-    let prep = ctx.clone();
+    let (puller, catalog) = (images.puller(), images.catalog());
     rt.spawn(async move {
         let started = Instant::now();
         let result = async {
-            prep.ensure_indexed(&img, &|_| {})
+            puller
+                .ensure_indexed(&img, &|_| {})
                 .await
                 .map_err(|e| e.to_string())?;
-            let layers = prep.open_layers(&img).map_err(|e| e.to_string())?;
+            let layers = catalog.open_layers(&img).map_err(|e| e.to_string())?;
             let tree = Tree::build(layers.iter().map(|l| &l.index)).map_err(|e| e.to_string())?;
             info!(
                 inodes = tree.len(),
@@ -62,7 +64,7 @@ pub fn prepare_fs(ctx: &Context, rt: &tokio::runtime::Handle, img: ImageRecord) 
                     if let Some(h) = profile_done {
                         let _ = h.await;
                     }
-                    prep.fetch_rest(&layers).await;
+                    prefetcher.fetch_rest(&layers).await;
                 }
             }
             Err(e) => ready.set(Err(e)),
@@ -96,17 +98,17 @@ impl Drop for RootMount {
 /// Mounts `img` lazily at `dir/lower` (served by this process) and the overlay of `dir/upper`
 /// over it at `dir/rootfs`. An existing upper layer is reused.
 pub fn mount_root(
-    ctx: &Context,
+    images: &Images,
     rt: &tokio::runtime::Handle,
     img: &ImageRecord,
     dir: &Path,
 ) -> io::Result<RootMount> {
-    mount_root_with(ctx, rt, img, dir, false).map(|(m, _)| m)
+    mount_root_with(images, rt, img, dir, false).map(|(m, _)| m)
 }
 
 /// [`mount_root`], recording what is read when `record` is set.
 pub fn mount_root_with(
-    ctx: &Context,
+    images: &Images,
     rt: &tokio::runtime::Handle,
     img: &ImageRecord,
     dir: &Path,
@@ -121,7 +123,7 @@ pub fn mount_root_with(
     for d in [&lower, &upper, &work, &rootfs] {
         std::fs::create_dir_all(d)?;
     }
-    let fs = prepare_fs(ctx, rt, img.clone()).with_passthrough(true);
+    let fs = prepare_fs(images, rt, img.clone()).with_passthrough(true);
     let (fs, recording) = if record {
         let (fs, r) = fs.recording();
         (fs, Some(r))

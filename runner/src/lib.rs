@@ -14,6 +14,7 @@
 pub mod cgroup;
 pub mod devices;
 pub mod freeze;
+mod image_spec;
 mod init;
 pub mod inroot;
 mod kernel;
@@ -45,6 +46,7 @@ pub use init::init_main;
 pub fn confine(spec: &Spec, user: &user::User) -> Result<(), String> {
     init::confine(spec, user).map_err(|f| f.into_message())
 }
+pub use image_spec::{Process, container_spec, image_command};
 pub use inroot::{InRoot, InRootError, resolve_in};
 
 pub mod state;

@@ -28,6 +28,7 @@ pub fn run_save(a: SaveArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let mut images = Vec::new();
     for name in &a.images {
         let (img, key) = ctx
+            .catalog()
             .resolve(name)
             .map_err(|_| crate::cmd::daemon(format!("No such image: {name}")))?;
         images.push((img, key));
@@ -38,12 +39,13 @@ pub fn run_save(a: SaveArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
             let tmp = p.with_extension("partial");
             let f = std::fs::File::create(&tmp)
                 .with_context(|| format!("creating {}", tmp.display()))?;
-            rt.block_on(ctx.save(&images, std::io::BufWriter::new(f)))?;
+            rt.block_on(ctx.archives().save(&images, std::io::BufWriter::new(f)))?;
             std::fs::rename(&tmp, p)?;
         }
-        None => {
-            rt.block_on(ctx.save(&images, std::io::BufWriter::new(std::io::stdout().lock())))?
-        }
+        None => rt.block_on(
+            ctx.archives()
+                .save(&images, std::io::BufWriter::new(std::io::stdout().lock())),
+        )?,
     }
     Ok(0)
 }
@@ -51,10 +53,10 @@ pub fn run_save(a: SaveArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
 pub fn run_load(a: LoadArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let loaded = match &a.input {
-        Some(p) => {
-            ctx.load(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?)
-        }
-        None => ctx.load(std::io::stdin().lock()),
+        Some(p) => ctx
+            .archives()
+            .load(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?),
+        None => ctx.archives().load(std::io::stdin().lock()),
     }
     .context("loading the archive")?;
     // As docker prints it: each name in its familiar form, or the ID of an unnamed image.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use strata_builder::{Builder, Event, Host, Options};
-use strata_image::image::Context;
+use strata_image::Images;
 use strata_oci::Reference;
 use strata_storage::store::ImageRecord;
 
@@ -45,7 +45,7 @@ pub struct Args {
 }
 
 struct Printer<'a> {
-    ctx: &'a Context,
+    ctx: &'a Images,
     rt: &'a tokio::runtime::Runtime,
     quiet: bool,
 }
@@ -195,7 +195,7 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         }
     };
     for t in &tags {
-        ctx.tag(&img, t)?;
+        ctx.catalog().tag(&img, t)?;
     }
     if a.quiet {
         println!("{}", img.config);

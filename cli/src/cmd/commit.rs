@@ -1,7 +1,7 @@
 //! `strata commit` and `strata tag`.
 
 use anyhow::Context as _;
-use strata_image::commit::CommitMeta;
+use strata_image::CommitMeta;
 use strata_oci::Reference;
 use strata_runner::state::Containers;
 
@@ -48,16 +48,12 @@ pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         .ok_or_else(|| crate::cmd::daemon(format!("No such container: {}", a.container)))?;
     let ctx = g.context()?;
     let (img, _) = ctx
+        .catalog()
         .image_of(c.image_manifest.as_deref(), &c.image_id)
         .with_context(|| format!("image {} of container {}", c.image, a.container))?;
-    let mut config = ctx
-        .config(&img)?
-        .get("config")
-        .and_then(|c| c.as_object())
-        .cloned()
-        .unwrap_or_default();
+    let mut config = ctx.catalog().config(&img)?.config.unwrap_or_default();
     strata_builder::change::apply_changes(&mut config, &a.changes)?;
-    let layers = ctx.open_layers(&img)?;
+    let layers = ctx.catalog().open_layers(&img)?;
     let tree = strata_lazyfs::Tree::build(layers.iter().map(|l| &l.index))?;
     let upper = containers.dir_of(&c.id).join("upper");
     let skip =
@@ -65,7 +61,6 @@ pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let meta = CommitMeta {
         comment: a.message,
         author: a.author,
-        changes: Vec::new(),
         created_by: format!("strata commit {}", c.command.join(" ")),
         config: Some(config),
     };
@@ -79,11 +74,11 @@ pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         _ => None,
     };
     let rec = strata_overlay::union::upper_tar_stream(&upper, &skip, |tar| {
-        ctx.commit(Some(&img), tar, &meta)
+        ctx.committer().commit(Some(&img), tar, &meta)
     })
     .with_context(|| format!("committing the changes of {}", a.container))?;
     if let Some(t) = target {
-        ctx.tag(&rec, &t)?;
+        ctx.catalog().tag(&rec, &t)?;
     }
     println!("{}", rec.config);
     Ok(0)
@@ -93,9 +88,10 @@ pub fn run_tag(a: TagArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let target = tag_target(&a.target)?;
     let ctx = g.context()?;
     let (img, _) = ctx
+        .catalog()
         .resolve(&a.source)
         .map_err(|_| crate::cmd::daemon(format!("No such image: {}", a.source)))?;
-    ctx.tag(&img, &target)?;
+    ctx.catalog().tag(&img, &target)?;
     Ok(0)
 }
 

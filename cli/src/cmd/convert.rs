@@ -1,7 +1,7 @@
 //! `strata convert`.
 
 use anyhow::Context as _;
-use strata_image::image::Progress;
+use strata_image::Progress;
 use strata_oci::Reference;
 
 use crate::global::{GlobalArgs, runtime};
@@ -43,14 +43,13 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     let display = Display::new(a.quiet);
     let show = |p: Progress| display.event(p);
     let digest = rt
-        .block_on(strata_image::convert::convert(
-            &ctx,
+        .block_on(ctx.converter().convert(
             &src,
             &dst,
             &a.platform,
             match a.format {
-                FormatArg::ZstdChunked => strata_image::convert::Format::ZstdChunked,
-                FormatArg::Estargz => strata_image::convert::Format::Estargz,
+                FormatArg::ZstdChunked => strata_image::Format::ZstdChunked,
+                FormatArg::Estargz => strata_image::Format::Estargz,
             },
             &show,
         ))

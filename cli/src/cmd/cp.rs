@@ -51,6 +51,7 @@ pub fn run_cp(a: CpArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         let ctx = g.context()?;
         let rt = runtime()?;
         let (img, _) = ctx
+            .catalog()
             .resolve(&c.image_id)
             .with_context(|| format!("image {} of container {key}", c.image))?;
         let m = strata_overlay::root::mount_root(&ctx, rt.handle(), &img, &dir)?;

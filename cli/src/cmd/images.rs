@@ -1,6 +1,6 @@
 //! `strata images`: columns as docker's.
 
-use strata_image::image::Context;
+use strata_image::Images;
 use strata_oci::Reference;
 use strata_oci::timefmt::{now_secs, parse_rfc3339};
 use strata_storage::store::ImageRecord;
@@ -145,17 +145,18 @@ pub fn print_table(rows: &[Vec<String>]) {
     }
 }
 
-fn rows(ctx: &Context, no_trunc: bool, all: bool) -> anyhow::Result<Vec<Row>> {
-    let tags = ctx.tags_by_manifest()?;
-    let mut images = ctx.store.images()?;
+fn rows(ctx: &Images, no_trunc: bool, all: bool) -> anyhow::Result<Vec<Row>> {
+    let tags = ctx.catalog().tags_by_manifest()?;
+    let mut images = ctx.store().images()?;
     if !all {
         // Intermediate images of builds stay out of sight, as docker keeps them.
-        let hidden = strata_builder::cache::BuildCache::new(&ctx.root).intermediate(&ctx.store)?;
+        let hidden = strata_builder::cache::BuildCache::new(ctx.layout().root())
+            .intermediate(ctx.store())?;
         images.retain(|i| tags.contains_key(&i.manifest) || !hidden.contains(&i.manifest));
     }
     // Newest first by the image's creation time, as docker sorts; then the newest pulled.
     images.sort_by_cached_key(|i| {
-        let created = ctx.config(i).ok().and_then(|c| {
+        let created = ctx.catalog().config_json(i).ok().and_then(|c| {
             c.get("created")
                 .and_then(|v| v.as_str())
                 .and_then(parse_rfc3339)
@@ -165,7 +166,7 @@ fn rows(ctx: &Context, no_trunc: bool, all: bool) -> anyhow::Result<Vec<Row>> {
     let mut out = Vec::new();
     for img in images {
         let (created, size) = describe(ctx, &img);
-        let config = ctx.config(&img).ok();
+        let config = ctx.catalog().config_json(&img).ok();
         let created_at = config
             .as_ref()
             .and_then(|c| c.get("created").and_then(|v| v.as_str()))
@@ -212,9 +213,10 @@ fn rows(ctx: &Context, no_trunc: bool, all: bool) -> anyhow::Result<Vec<Row>> {
     Ok(out)
 }
 
-fn describe(ctx: &Context, img: &ImageRecord) -> (String, String) {
+fn describe(ctx: &Images, img: &ImageRecord) -> (String, String) {
     let created = ctx
-        .config(img)
+        .catalog()
+        .config_json(img)
         .ok()
         .and_then(|c| {
             c.get("created")
@@ -226,7 +228,7 @@ fn describe(ctx: &Context, img: &ImageRecord) -> (String, String) {
     let bytes: u64 = img
         .layers
         .iter()
-        .filter_map(|l| ctx.store.layer(l).ok().flatten())
+        .filter_map(|l| ctx.store().layer(l).ok().flatten())
         // A layer not streamed yet counts with its compressed size.
         .map(|l| {
             if l.toc.is_some() {

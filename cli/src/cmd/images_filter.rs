@@ -2,7 +2,7 @@
 //! unknown keys and bad values refused with docker's messages.
 
 use globset::GlobMatcher;
-use strata_image::image::Context;
+use strata_image::Images;
 
 use crate::cmd::images::Row;
 
@@ -78,7 +78,7 @@ fn glob(p: &str) -> anyhow::Result<GlobMatcher> {
 
 impl Filters {
     /// Keeps the rows every filter accepts.
-    pub fn apply(&self, ctx: &Context, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    pub fn apply(&self, ctx: &Images, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         if let Some(d) = self.dangling {
             rows.retain(|r| (r.tag == "<none>") == d);
         }
@@ -115,11 +115,13 @@ impl Filters {
 }
 
 /// The creation time of the image `before=`/`since=` name.
-fn created_of(ctx: &Context, name: &str) -> anyhow::Result<i64> {
+fn created_of(ctx: &Images, name: &str) -> anyhow::Result<i64> {
     let (img, _) = ctx
+        .catalog()
         .resolve(name)
         .map_err(|_| crate::cmd::daemon(format!("No such image: {name}")))?;
-    ctx.config(&img)?
+    ctx.catalog()
+        .config_json(&img)?
         .get("created")
         .and_then(|v| v.as_str())
         .and_then(strata_oci::timefmt::parse_rfc3339)

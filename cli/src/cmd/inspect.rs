@@ -43,11 +43,11 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         f => Format::parse(f)?,
     };
     let ctx = g.context()?;
-    let tags = ctx.tags_by_manifest()?;
+    let tags = ctx.catalog().tags_by_manifest()?;
     let mut out = Vec::new();
     let mut missing = Vec::new();
     for name in &a.images {
-        let (img, _) = match ctx.resolve(name) {
+        let (img, _) = match ctx.catalog().resolve(name) {
             Ok(x) => x,
             Err(_) => {
                 // Not an image: a container, as docker inspect also accepts.
@@ -76,7 +76,7 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
                 continue;
             }
         };
-        let config = ctx.config(&img)?;
+        let config = ctx.catalog().config_json(&img)?;
         let repo_tags: Vec<String> = tags
             .get(&img.manifest)
             .into_iter()
@@ -95,7 +95,7 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         let mut size = 0u64;
         let mut layers = Vec::new();
         for d in &img.layers {
-            if let Some(l) = ctx.store.layer(d)? {
+            if let Some(l) = ctx.store().layer(d)? {
                 size += l.content_bytes;
                 layers.push(json!({
                     "Digest": l.digest.to_string(),

@@ -144,8 +144,10 @@ pub fn run_diff(a: DiffArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let cs = Containers::new(&g.root());
     let c = find(&cs, &a.container)?;
     let ctx = g.context()?;
-    let (img, _) = ctx.image_of(c.image_manifest.as_deref(), &c.image_id)?;
-    let layers = ctx.open_layers(&img)?;
+    let (img, _) = ctx
+        .catalog()
+        .image_of(c.image_manifest.as_deref(), &c.image_id)?;
+    let layers = ctx.catalog().open_layers(&img)?;
     let tree = strata_lazyfs::Tree::build(layers.iter().map(|l| &l.index))?;
     let upper = cs.dir_of(&c.id).join("upper");
     let mut out = Vec::new();

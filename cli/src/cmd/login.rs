@@ -50,7 +50,7 @@ pub fn run_login(a: LoginArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     // Check the credentials against the registry before keeping them.
     let probe: Reference = format!("{}/strata-login-probe", a.registry).parse()?;
     let tmp = tempdir_store(&root, &a.registry, &cred)?;
-    let ctx = strata_image::image::Context::open(
+    let ctx = strata_image::Images::open(
         &root,
         strata_distribution::ClientOptions {
             insecure_registries: g.insecure_registries.clone(),
@@ -59,7 +59,7 @@ pub fn run_login(a: LoginArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         },
         1 << 30,
     )?;
-    let checked = runtime()?.block_on(ctx.client.ping(&probe));
+    let checked = runtime()?.block_on(ctx.client().ping(&probe));
     for f in &ctx_files(&ctx) {
         let _ = std::fs::remove_file(f);
     }
@@ -69,9 +69,10 @@ pub fn run_login(a: LoginArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn ctx_files(ctx: &strata_image::image::Context) -> Vec<std::path::PathBuf> {
+fn ctx_files(ctx: &strata_image::Images) -> Vec<std::path::PathBuf> {
     vec![
-        ctx.root
+        ctx.layout()
+            .root()
             .join("tmp")
             .join(format!("login-{}.json", std::process::id())),
     ]

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use strata_image::image::Context;
+use strata_image::Images;
 use strata_lazyfs::mount::{MountOptions, is_strata_mount, serve, unmount};
 use strata_oci::Reference;
 use strata_overlay::root::prepare_fs;
@@ -45,7 +45,7 @@ pub struct UmountArgs {
 
 /// Finds an image locally, pulling it lazily if it is missing (docker's "Unable to find image").
 pub fn find_or_pull(
-    ctx: &Context,
+    ctx: &Images,
     rt: &tokio::runtime::Runtime,
     name: &str,
     platform: &str,
@@ -55,13 +55,13 @@ pub fn find_or_pull(
 
 /// [`find_or_pull`], printing nothing when `quiet` (`build -q`'s base images, as docker's).
 pub fn find_or_pull_quietly(
-    ctx: &Context,
+    ctx: &Images,
     rt: &tokio::runtime::Runtime,
     name: &str,
     platform: &str,
     quiet: bool,
 ) -> anyhow::Result<ImageRecord> {
-    if let Ok((img, _)) = ctx.resolve(name) {
+    if let Ok((img, _)) = ctx.catalog().resolve(name) {
         return Ok(img);
     }
     let r: Reference = name.parse()?;

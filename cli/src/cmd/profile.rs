@@ -43,10 +43,11 @@ pub fn run(a: ProfileArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let profile = profile.context("the container's reads were not recorded")?;
     let ctx = g.context()?;
     let (img, _) = ctx
+        .catalog()
         .resolve(&image)
         .with_context(|| format!("No such image: {image}"))?;
-    let rec = ctx.with_profile(&img, &profile)?;
-    ctx.tag(&rec, &target)?;
+    let rec = ctx.profiles().with_profile(&img, &profile)?;
+    ctx.catalog().tag(&rec, &target)?;
     eprintln!(
         "Profile: {} files, {} chunks, {:.1} MB to prefetch",
         profile.files.len(),

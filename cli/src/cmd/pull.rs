@@ -1,7 +1,7 @@
 //! `strata pull`.
 
 use anyhow::Context as _;
-use strata_image::image::{Context, Progress};
+use strata_image::{Images, Progress};
 use strata_oci::Reference;
 use strata_storage::store::ImageRecord;
 
@@ -29,7 +29,11 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let rt = runtime()?;
     let display = Display::new(a.quiet);
-    let before = ctx.resolve(&a.image).ok().map(|(i, _)| i.manifest);
+    let before = ctx
+        .catalog()
+        .resolve(&a.image)
+        .ok()
+        .map(|(i, _)| i.manifest);
     let rec = rt.block_on(pull(&ctx, &r, &a.platform, a.all, &display))?;
     display.line(&status_line(&r, before == Some(rec.manifest)));
     if a.quiet {
@@ -62,7 +66,7 @@ pub fn familiar(r: &Reference) -> String {
 
 /// Pulls `r` lazily (and everything with `all`), showing progress.
 pub async fn pull(
-    ctx: &Context,
+    ctx: &Images,
     r: &Reference,
     platform: &str,
     all: bool,
@@ -75,12 +79,14 @@ pub async fn pull(
     display.line(&format!("{what}: Pulling from {}", r.familiar_repository()));
     let show = |p: Progress| display.event(p);
     let rec = ctx
+        .puller()
         .pull(r, platform, all, &show)
         .await
         .with_context(|| format!("pulling {r}"))?;
     if all {
-        let layers = ctx.open_layers(&rec)?;
-        ctx.fetch_all(&layers)
+        let layers = ctx.catalog().open_layers(&rec)?;
+        ctx.prefetcher()
+            .fetch_all(&layers)
             .await
             .with_context(|| format!("fetching all content of {r}"))?;
         display.line("All content fetched");

@@ -1,7 +1,7 @@
 //! `strata push`.
 
 use anyhow::Context as _;
-use strata_image::image::Progress;
+use strata_image::Progress;
 use strata_oci::Reference;
 
 use crate::global::{GlobalArgs, runtime};
@@ -21,6 +21,7 @@ pub fn run_push(a: PushArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let target: Reference = a.image.parse()?;
     let ctx = g.context()?;
     let (img, _) = ctx
+        .catalog()
         .resolve(&a.image)
         .with_context(|| format!("An image does not exist locally with the tag: {}", a.image))?;
     let rt = runtime()?;
@@ -31,7 +32,7 @@ pub fn run_push(a: PushArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     ));
     let show = |p: Progress| display.event(p);
     let digest = rt
-        .block_on(strata_image::push::push(&ctx, &img, &target, &show))
+        .block_on(ctx.pusher().push(&img, &target, &show))
         .with_context(|| format!("pushing {target}"))?;
     display.line(&format!(
         "{}: digest: {digest}",

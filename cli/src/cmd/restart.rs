@@ -120,11 +120,11 @@ pub fn run_system_df(g: &GlobalArgs) -> anyhow::Result<i32> {
     use crate::cmd::rmi::{dir_size, in_use};
     let ctx = g.context()?;
     let cs = Containers::new(&g.root());
-    let images = ctx.store.images()?;
+    let images = ctx.store().images()?;
     let layer_bytes = |layers: &HashSet<&strata_oci::Digest>| -> u64 {
         layers
             .iter()
-            .filter_map(|d| ctx.store.layer(d).ok().flatten())
+            .filter_map(|d| ctx.store().layer(d).ok().flatten())
             .map(|l| l.content_bytes)
             .sum()
     };
@@ -145,7 +145,7 @@ pub fn run_system_df(g: &GlobalArgs) -> anyhow::Result<i32> {
         .map(upper)
         .sum();
     let running = list.iter().filter(|c| c.state == State::Running).count();
-    let (chunks, cache_bytes) = ctx.fetcher.cache().usage()?;
+    let (chunks, cache_bytes) = ctx.fetcher().cache().usage()?;
     let reclaim = |part: u64, total: u64| {
         let pct = (part * 100).checked_div(total).unwrap_or(0);
         format!("{} ({pct}%)", human_size(part))

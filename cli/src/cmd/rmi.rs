@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use strata_builder::cache::BuildCache;
-use strata_image::image::Context;
+use strata_image::Images;
 use strata_oci::Reference;
 use strata_oci::timefmt::{format_rfc3339, now_secs, parse_rfc3339};
 use strata_runner::state::{Containers, State};
@@ -117,13 +117,13 @@ fn names_id(name: &str, img: &ImageRecord) -> bool {
 /// several names needs `-f`, as does one a container uses; then all names go and every image
 /// of that id no container uses is deleted.
 fn remove_id(
-    ctx: &Context,
+    ctx: &Images,
     containers: &Containers,
     img: &ImageRecord,
     force: bool,
 ) -> anyhow::Result<bool> {
-    let group = ctx.images_with_config(&img.config)?;
-    let tags = ctx.tags_by_manifest()?;
+    let group = ctx.catalog().images_with_config(&img.config)?;
+    let tags = ctx.catalog().tags_by_manifest()?;
     let mut names: Vec<String> = group
         .iter()
         .flat_map(|i| tags.get(&i.manifest).cloned().unwrap_or_default())
@@ -136,15 +136,15 @@ fn remove_id(
             return Ok(false);
         }
     }
-    let lock = ctx.store.lock()?;
+    let lock = ctx.store().lock()?;
     for t in &names {
-        ctx.store.remove_ref(&lock, t)?;
+        ctx.store().remove_ref(&lock, t)?;
         println!("Untagged: {}", familiar(t));
     }
     drop(lock);
     // Forced by id, containers that exited no longer keep the image (docker deletes it).
     for i in &group {
-        ctx.remove_image(i)?;
+        ctx.catalog().remove_image(i)?;
     }
     println!("Deleted: {}", img.config);
     Ok(true)
@@ -156,8 +156,9 @@ fn familiar(t: &str) -> String {
         .unwrap_or_else(|_| t.to_string())
 }
 
-fn names_of(ctx: &Context, img: &ImageRecord) -> anyhow::Result<Vec<String>> {
+fn names_of(ctx: &Images, img: &ImageRecord) -> anyhow::Result<Vec<String>> {
     Ok(ctx
+        .catalog()
         .tags_by_manifest()?
         .remove(&img.manifest)
         .unwrap_or_default())
@@ -168,7 +169,7 @@ pub fn run_rmi(a: RmiArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let containers = Containers::new(&g.root());
     let mut failed = false;
     for name in &a.images {
-        let Ok((img, by_ref)) = ctx.resolve(name) else {
+        let Ok((img, by_ref)) = ctx.catalog().resolve(name) else {
             eprintln!("Error response from daemon: No such image: {name}");
             failed = true;
             continue;
@@ -192,7 +193,7 @@ pub fn run_rmi(a: RmiArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         } else {
             used
         };
-        let lock = ctx.store.lock()?;
+        let lock = ctx.store().lock()?;
         let to_untag: Vec<String> = match &by_ref {
             Some(r) if names.len() > 1 => vec![r.clone()],
             Some(r) => vec![r.clone()],
@@ -209,22 +210,22 @@ pub fn run_rmi(a: RmiArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
             continue;
         }
         for t in &to_untag {
-            ctx.store.remove_ref(&lock, t)?;
+            ctx.store().remove_ref(&lock, t)?;
             println!("Untagged: {}", familiar(t));
         }
         drop(lock);
         if last && used.is_empty() {
-            ctx.remove_image(&img)?;
+            ctx.catalog().remove_image(&img)?;
             // Another manifest may still carry this id (e.g. the image's conversion): then
             // only this manifest is gone.
-            if ctx.images_with_config(&img.config)?.is_empty() {
+            if ctx.catalog().images_with_config(&img.config)?.is_empty() {
                 println!("Deleted: {}", img.config);
             } else {
                 println!("Deleted: {}", img.manifest);
             }
         }
     }
-    let _ = ctx.collect()?;
+    let _ = ctx.collector().collect()?;
     // Each failure has had its line; docker exits 1 without another.
     Ok(if failed { 1 } else { 0 })
 }
@@ -262,6 +263,7 @@ pub fn run_history(a: HistoryArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let format = Format::parse(a.format.as_deref())?;
     let ctx = g.context()?;
     let (img, _) = ctx
+        .catalog()
         .resolve(&a.image)
         .map_err(|_| crate::cmd::daemon(format!("No such image: {}", a.image)))?;
     let items = history_items(&ctx, &img, &a)?;
@@ -302,18 +304,18 @@ pub fn run_history(a: HistoryArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
 
 /// The history entries, newest first, as docker's `history --format` sees them.
 fn history_items(
-    ctx: &Context,
+    ctx: &Images,
     img: &ImageRecord,
     a: &HistoryArgs,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    let config = ctx.config(img)?;
+    let config = ctx.catalog().config_json(img)?;
     let history = config
         .get("history")
         .and_then(|h| h.as_array())
         .cloned()
         .unwrap_or_default();
     let mut sizes = img.layers.iter().rev().map(|d| {
-        ctx.store
+        ctx.store()
             .layer(d)
             .ok()
             .flatten()
@@ -365,7 +367,7 @@ pub fn run_image(cmd: ImageCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
 pub fn run_builder(cmd: BuilderCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
     let BuilderCmd::Prune = cmd;
     let ctx = g.context()?;
-    let dropped = BuildCache::new(&ctx.root).prune(&ctx.store, true)?;
+    let dropped = BuildCache::new(ctx.layout().root()).prune(ctx.store(), true)?;
     println!("Forgot {dropped} build cache entries");
     prune(g, true)
 }
@@ -376,7 +378,7 @@ pub fn run_builder(cmd: BuilderCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
 pub fn prune_images(g: &GlobalArgs, all: bool) -> anyhow::Result<i32> {
     if all {
         let ctx = g.context()?;
-        BuildCache::new(&ctx.root).prune(&ctx.store, true)?;
+        BuildCache::new(ctx.layout().root()).prune(ctx.store(), true)?;
     }
     prune(g, all)
 }
@@ -385,14 +387,14 @@ pub fn prune_images(g: &GlobalArgs, all: bool) -> anyhow::Result<i32> {
 pub fn untag_unused(g: &GlobalArgs) -> anyhow::Result<()> {
     let ctx = g.context()?;
     let containers = Containers::new(&g.root());
-    let tags = ctx.tags_by_manifest()?;
-    let lock = ctx.store.lock()?;
-    for img in ctx.store.images()? {
+    let tags = ctx.catalog().tags_by_manifest()?;
+    let lock = ctx.store().lock()?;
+    for img in ctx.store().images()? {
         if !users(&containers, &img).is_empty() {
             continue;
         }
         for t in tags.get(&img.manifest).into_iter().flatten() {
-            ctx.store.remove_ref(&lock, t)?;
+            ctx.store().remove_ref(&lock, t)?;
             let shown = t
                 .parse::<Reference>()
                 .map(|r| crate::cmd::pull::familiar(&r))
@@ -406,31 +408,31 @@ pub fn untag_unused(g: &GlobalArgs) -> anyhow::Result<()> {
 fn prune(g: &GlobalArgs, all: bool) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let containers = Containers::new(&g.root());
-    let cache = BuildCache::new(&ctx.root);
-    let named: HashSet<_> = ctx.tags_by_manifest()?.into_keys().collect();
+    let cache = BuildCache::new(ctx.layout().root());
+    let named: HashSet<_> = ctx.catalog().tags_by_manifest()?.into_keys().collect();
     loop {
         let kept: HashSet<_> = if all {
             HashSet::new()
         } else {
-            cache.intermediate(&ctx.store)?.into_iter().collect()
+            cache.intermediate(ctx.store())?.into_iter().collect()
         };
         let mut removed = 0;
-        for img in ctx.store.images()? {
+        for img in ctx.store().images()? {
             if !named.contains(&img.manifest)
                 && !kept.contains(&img.manifest)
                 && users(&containers, &img).is_empty()
             {
-                ctx.remove_image(&img)?;
+                ctx.catalog().remove_image(&img)?;
                 println!("Deleted: {}", img.config);
                 removed += 1;
             }
         }
-        cache.prune(&ctx.store, false)?;
+        cache.prune(ctx.store(), false)?;
         if removed == 0 {
             break;
         }
     }
-    let freed = ctx.collect()?;
+    let freed = ctx.collector().collect()?;
     println!("Total reclaimed space: {}", human_size(freed.bytes));
     Ok(0)
 }

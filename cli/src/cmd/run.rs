@@ -7,7 +7,7 @@ use strata_oci::timefmt::now_secs;
 use strata_runner::cgroup::Resources;
 use strata_runner::security::{Security, normalize_cap};
 use strata_runner::state::{Container, Containers, State};
-use strata_runner::{Bind, Network, Spec, command_line, merge_env};
+use strata_runner::{Bind, Network, Process, Spec, container_spec, image_command};
 
 use crate::cmd::container::{Streams, execute, respawn_in_background};
 use crate::cmd::mount::find_or_pull;
@@ -97,16 +97,6 @@ pub struct Args {
     /// Command and arguments (default: the image's).
     #[arg(allow_hyphen_values = true)]
     pub command: Vec<String>,
-}
-
-fn strings(v: Option<&serde_json::Value>) -> Vec<String> {
-    v.and_then(|v| v.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn parse_volume(v: &str) -> anyhow::Result<Bind> {
@@ -262,14 +252,9 @@ pub fn run_recorded(
     if a.detach && a.cid.is_none() {
         return detach(&containers, a.name.as_deref()).map(|c| (c, None));
     }
-    let config = ctx.config(&img)?;
-    let cfg = config.get("config");
-    let args = command_line(
-        &strings(cfg.and_then(|c| c.get("Entrypoint"))),
-        &strings(cfg.and_then(|c| c.get("Cmd"))),
-        a.entrypoint.as_deref(),
-        &a.command,
-    );
+    let config = ctx.catalog().config(&img)?;
+    let cfg = config.container();
+    let args = image_command(&cfg, a.entrypoint.as_deref(), &a.command);
     if args.is_empty() {
         bail!("no command specified");
     }
@@ -288,29 +273,14 @@ pub fn run_recorded(
     };
     let (root_mount, recording) = mount_root_with(&ctx, rt.handle(), &img, &dir, record)
         .map_err(|e| cleanup_dir(e.into()))?;
-    let spec = Spec {
-        rootfs: root_mount.rootfs.clone(),
+    let process = Process {
         args: args.clone(),
-        env: merge_env(&strings(cfg.and_then(|c| c.get("Env"))), &env_args),
-        cwd: a
-            .workdir
-            .clone()
-            .or_else(|| {
-                cfg.and_then(|c| c.get("WorkingDir"))
-                    .and_then(|v| v.as_str())
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-            })
-            .unwrap_or_else(|| "/".into()),
-        user: a
-            .user
-            .clone()
-            .or_else(|| {
-                cfg.and_then(|c| c.get("User"))
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string)
-            })
-            .unwrap_or_default(),
+        env: env_args,
+        workdir: a.workdir.clone(),
+        user: a.user.clone(),
+    };
+    let host = Spec {
+        rootfs: root_mount.rootfs.clone(),
         hostname: a.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
         network,
         binds,
@@ -320,6 +290,7 @@ pub fn run_recorded(
         resources,
         ..Spec::default()
     };
+    let spec = container_spec(Some(&cfg), process, host);
     if let Err(e) = strata_runner::user::resolve(&spec.rootfs, &spec.user) {
         drop(root_mount);
         return Err(cleanup_dir(e.into()));

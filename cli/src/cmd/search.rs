@@ -30,7 +30,7 @@ pub fn run_search(a: SearchArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let probe: Reference = format!("{registry}/strata-search:latest").parse()?;
     let ctx = g.context()?;
     let repos = runtime()?
-        .block_on(ctx.client.catalog(&probe))
+        .block_on(ctx.client().catalog(&probe))
         .with_context(|| format!("searching {registry}"))?;
     let mut rows = vec![vec!["NAME".to_string()]];
     rows.extend(

@@ -44,6 +44,7 @@ pub fn run_start(a: StartArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     ctx.prefetch = strata_formats::profile::Prefetch::Auto;
     let rt = runtime()?;
     let (img, _) = ctx
+        .catalog()
         .image_of(c.image_manifest.as_deref(), &c.image_id)
         .with_context(|| format!("image {} of container {}", c.image, a.container))?;
     let root_mount = mount_root(&ctx, rt.handle(), &img, &dir)?;

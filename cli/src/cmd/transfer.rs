@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use strata_image::commit::CommitMeta;
+use strata_image::CommitMeta;
 use strata_oci::Reference;
 use strata_runner::state::{Containers, State};
 
@@ -58,7 +58,9 @@ pub fn run_export(a: ExportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     }
     let ctx = g.context()?;
     let rt = runtime()?;
-    let (img, _) = ctx.image_of(c.image_manifest.as_deref(), &c.image_id)?;
+    let (img, _) = ctx
+        .catalog()
+        .image_of(c.image_manifest.as_deref(), &c.image_id)?;
     let root = mount_root(&ctx, rt.handle(), &img, &dir)?;
     out = strata_overlay::union::upper_to_tar(&root.rootfs, &none, out)?;
     out.flush()?;
@@ -69,7 +71,7 @@ pub fn run_export(a: ExportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
 pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let target: Option<Reference> = a.reference.as_deref().map(str::parse).transpose()?;
     // Checked before any input is read.
-    let mut config = serde_json::Map::new();
+    let mut config = strata_oci::config::ContainerConfig::default();
     strata_builder::change::apply_changes(&mut config, &a.changes)?;
     let ctx = g.context()?;
     let downloaded = g
@@ -81,7 +83,7 @@ pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     } else if a.file.starts_with("http://") || a.file.starts_with("https://") {
         std::fs::create_dir_all(g.root().join("tmp"))?;
         runtime()?
-            .block_on(ctx.client.download(&a.file, &downloaded))
+            .block_on(ctx.client().download(&a.file, &downloaded))
             .with_context(|| format!("downloading {}", a.file))?;
         let f = std::fs::File::open(&downloaded)?;
         let _ = std::fs::remove_file(&downloaded);
@@ -96,15 +98,15 @@ pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let meta = CommitMeta {
         comment: a.message,
         author: None,
-        changes: Vec::new(),
         created_by: format!("strata import {}", a.file),
         config: Some(config),
     };
     let rec = ctx
+        .committer()
         .commit(None, tar, &meta)
         .with_context(|| format!("importing {}", a.file))?;
     if let Some(t) = target {
-        ctx.tag(&rec, &t)?;
+        ctx.catalog().tag(&rec, &t)?;
     }
     println!("{}", rec.config);
     Ok(0)

@@ -1,0 +1,395 @@
+//! Lazy pull: resolving a reference to a manifest, then fetching the config and each layer's
+//! TOC (a layer without one is streamed once, now or on first mount). How each layer is taken
+//! is in [`crate::layer_pull`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
+use tracing::info;
+
+use strata_distribution::{RangeReply, RegistryClient};
+use strata_formats::profile::{Prefetch, profile_in};
+use strata_formats::toc::Toc;
+use strata_oci::digest::Digest;
+use strata_oci::reference::Reference;
+use strata_oci::timefmt::now_secs;
+use strata_storage::lazy::feed_blocking;
+use strata_storage::plain::{index_plain, sniff};
+use strata_storage::store::{
+    Compression, ImageRecord, LayerFormat, LayerRecord, Store, StoreError,
+};
+
+use crate::catalog::source_ref;
+use crate::error::{ImageError, Progress, ProgressFn, digest_of, feed_error};
+use crate::index::LayerIndexer;
+use crate::layer_pull::pulled_path;
+use crate::layout::Layout;
+use crate::prefetch::Prefetcher;
+
+/// A resolved manifest: the manifest, its digest and bytes, and the index it was chosen from
+/// (digest and bytes) when the reference named an index.
+pub type Resolved = (ImageManifest, Digest, Bytes, Option<(Digest, Bytes)>);
+
+/// Pulls images lazily and streams layers that have no TOC.
+#[derive(Debug, Clone)]
+pub struct Puller {
+    pub(crate) store: Store,
+    pub(crate) client: Arc<RegistryClient>,
+    pub(crate) indexer: LayerIndexer,
+    pub(crate) layout: Layout,
+    prefetcher: Prefetcher,
+    prefetch: Prefetch,
+}
+
+impl Puller {
+    /// A puller over `store` and `client` that indexes plain layers into `indexer`'s cache and
+    /// starts a profile's prefetch through `prefetcher` unless `prefetch` is `None`.
+    pub(crate) fn new(
+        store: Store,
+        client: Arc<RegistryClient>,
+        indexer: LayerIndexer,
+        layout: Layout,
+        prefetcher: Prefetcher,
+        prefetch: Prefetch,
+    ) -> Self {
+        Self {
+            store,
+            client,
+            indexer,
+            layout,
+            prefetcher,
+            prefetch,
+        }
+    }
+
+    pub(crate) async fn range(
+        &self,
+        r: &Reference,
+        blob: &Digest,
+        start: u64,
+        end: u64,
+    ) -> Result<Bytes, ImageError> {
+        Ok(
+            match self.client.get_blob_range(r, blob, start..end).await? {
+                RangeReply::Partial(b) => b,
+                RangeReply::Whole(b) => {
+                    if end as usize > b.len() {
+                        return Err(ImageError::Layer {
+                            layer: *blob,
+                            reason: format!(
+                                "range {start}-{end} past the blob's {} bytes",
+                                b.len()
+                            ),
+                        });
+                    }
+                    b.slice(start as usize..end as usize)
+                }
+            },
+        )
+    }
+
+    /// Fetches the manifest `r` names; an index is resolved to the manifest for `platform`.
+    pub async fn resolve_manifest(
+        &self,
+        r: &Reference,
+        platform: &str,
+    ) -> Result<Resolved, ImageError> {
+        resolve_manifest(&self.client, r, platform).await
+    }
+
+    /// Lazy pull: manifest, config and each layer's TOC (a layer without one is streamed once).
+    /// The reference is written last, so an interrupted pull lists nothing.
+    /// With `stream_plain`, layers without a TOC are streamed and indexed now (`pull --all`);
+    /// otherwise that happens when the image is first mounted.
+    pub async fn pull(
+        &self,
+        r: &Reference,
+        platform: &str,
+        stream_plain: bool,
+        progress: ProgressFn<'_>,
+    ) -> Result<ImageRecord, ImageError> {
+        let (manifest, mdigest, mbytes, index) = self.resolve_manifest(r, platform).await?;
+        progress(Progress::Resolved {
+            manifest: mdigest,
+            layers: manifest.layers().len(),
+        });
+        let config = digest_of(manifest.config())?;
+        let layers = manifest
+            .layers()
+            .iter()
+            .map(digest_of)
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.prefetch != Prefetch::None
+            && let Some(profile) = profile_in(&mbytes, layers.len())
+        {
+            // The profile's chunks carry their own digests: fetch them alongside the TOCs.
+            let (pf, repo, blobs) = (self.prefetcher.clone(), r.clone(), layers.clone());
+            tokio::spawn(async move { pf.prefetch_profile(&repo, &blobs, &profile).await });
+        }
+        self.fetch_config_and_layers(r, &manifest, config, &layers, stream_plain, progress)
+            .await?;
+        self.store.put_blob(&mdigest, &mbytes)?;
+        if let Some((idig, ibytes)) = &index {
+            self.store.put_blob(idig, ibytes)?;
+        }
+        let source = r.full_repository();
+        let mut sources = vec![source.clone()];
+        if let Some(old) = self.store.image(&mdigest)? {
+            sources.extend(old.sources.into_iter().filter(|s| *s != source));
+        }
+        let rec = ImageRecord {
+            manifest: mdigest,
+            config,
+            layers,
+            sources,
+            index: index.map(|i| i.0),
+            pulled: now_secs(),
+        };
+        let lock = self.store.lock()?;
+        self.store.put_image(&rec)?;
+        if r.tag.is_some() {
+            self.store.set_ref(&lock, &r.tag_key(), &mdigest)?;
+        }
+        info!(reference = %r, manifest = %mdigest, "pulled");
+        Ok(rec)
+    }
+
+    /// Config and TOCs in parallel: each is one round trip.
+    async fn fetch_config_and_layers(
+        &self,
+        r: &Reference,
+        manifest: &ImageManifest,
+        config: Digest,
+        layers: &[Digest],
+        stream_plain: bool,
+        progress: ProgressFn<'_>,
+    ) -> Result<(), ImageError> {
+        let fetch_config = async {
+            if !self.store.has_blob(&config) {
+                let bytes = self.client.get_blob(r, &config).await?;
+                self.store.put_blob(&config, &bytes)?;
+            }
+            Ok::<(), ImageError>(())
+        };
+        let fetch_layers = manifest
+            .layers()
+            .iter()
+            .zip(layers)
+            .map(|(desc, &d)| async move {
+                if let Some(existing) = self.store.layer(&d)? {
+                    if stream_plain && existing.toc.is_none() {
+                        self.index_plain_layer(r, existing, progress).await?;
+                    }
+                    progress(Progress::LayerDone {
+                        layer: d,
+                        what: "Already exists",
+                    });
+                } else {
+                    let rec = self.pull_layer(r, desc, d, stream_plain, progress).await?;
+                    self.store.put_layer(&rec)?;
+                    progress(Progress::LayerDone {
+                        layer: d,
+                        what: pulled_path(&rec),
+                    });
+                }
+                Ok::<(), ImageError>(())
+            });
+        futures_util::future::try_join(
+            fetch_config,
+            futures_util::future::try_join_all(fetch_layers),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn pull_layer(
+        &self,
+        r: &Reference,
+        desc: &Descriptor,
+        d: Digest,
+        stream_plain: bool,
+        progress: ProgressFn<'_>,
+    ) -> Result<LayerRecord, ImageError> {
+        let media_type = desc.media_type().to_string();
+        let size = desc.size();
+        let ann: BTreeMap<String, String> = desc
+            .annotations()
+            .as_ref()
+            .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        let urls = desc.urls().clone().unwrap_or_default();
+        if !urls.is_empty() {
+            return self
+                .pull_foreign(d, size, media_type, &urls, progress)
+                .await;
+        }
+        match self
+            .toc_layer(r, d, size, &media_type, &ann, progress)
+            .await
+        {
+            Ok(Some(rec)) => return Ok(rec),
+            Ok(None) => {}
+            // A layer any client can extract is never refused for its TOC: it streams instead.
+            Err(e) if e.toc_untrusted() => {
+                tracing::warn!("layer {d}: table of contents not usable ({e}); streaming it");
+            }
+            Err(e) => return Err(e),
+        }
+        let compression = if media_type.ends_with("gzip") {
+            Compression::Gzip
+        } else if media_type.ends_with("zstd") {
+            Compression::Zstd
+        } else if media_type.ends_with(".tar") {
+            Compression::None
+        } else {
+            let head = self.range(r, &d, 0, size.min(4)).await?;
+            sniff(&head)
+        };
+        let rec = LayerRecord {
+            digest: d,
+            size,
+            media_type,
+            format: LayerFormat::Plain { compression },
+            toc: None,
+            toc_uncompressed: 0,
+            toc_offset: 0,
+            content_bytes: 0,
+        };
+        if stream_plain {
+            self.index_plain_layer(r, rec, progress).await
+        } else {
+            Ok(rec)
+        }
+    }
+
+    /// Streams a layer that has no TOC once: every chunk goes into the cache and its local TOC
+    /// into the store. The stream must hash to the layer digest or nothing is recorded.
+    pub async fn index_plain_layer(
+        &self,
+        r: &Reference,
+        mut rec: LayerRecord,
+        progress: ProgressFn<'_>,
+    ) -> Result<LayerRecord, ImageError> {
+        let LayerFormat::Plain { compression } = rec.format else {
+            return Ok(rec);
+        };
+        let d = rec.digest;
+        progress(Progress::LayerStart {
+            layer: d,
+            size: rec.size,
+            what: "Streaming (no TOC)",
+        });
+        let indexed = self.stream_index(r, d, compression, progress).await?;
+        self.indexer.store_local_toc(&mut rec, &indexed)?;
+        self.store.put_layer(&rec)?;
+        Ok(rec)
+    }
+
+    /// Streams and indexes, in parallel, every layer of `img` that has no TOC yet.
+    pub async fn ensure_indexed(
+        &self,
+        img: &ImageRecord,
+        progress: ProgressFn<'_>,
+    ) -> Result<(), ImageError> {
+        let repo = source_ref(img)?;
+        let mut pending = Vec::new();
+        for d in &img.layers {
+            let lr = self
+                .store
+                .layer(d)?
+                .ok_or_else(|| StoreError::NotFound(d.to_string()))?;
+            if lr.toc.is_none() {
+                pending.push(lr);
+            }
+        }
+        futures_util::future::try_join_all(
+            pending
+                .into_iter()
+                .map(|l| self.index_plain_layer(&repo, l, progress)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn stream_index(
+        &self,
+        r: &Reference,
+        d: Digest,
+        c: Compression,
+        progress: ProgressFn<'_>,
+    ) -> Result<Toc, ImageError> {
+        let body = self.client.blob_stream(r, &d).await?;
+        let cache = self.indexer.cache.clone();
+        let mut done = 0u64;
+        let indexed = feed_blocking(
+            body,
+            |n| {
+                done += n;
+                progress(Progress::LayerBytes { layer: d, done });
+            },
+            move |reader| index_plain(reader, c, &cache),
+        )
+        .await
+        .map_err(feed_error(d))?
+        .map_err(|e| ImageError::Layer {
+            layer: d,
+            reason: e.to_string(),
+        })?;
+        if indexed.blob_digest != d {
+            return Err(ImageError::Layer {
+                layer: d,
+                reason: format!("content hashes to {}", indexed.blob_digest),
+            });
+        }
+        Ok(indexed.toc)
+    }
+}
+
+/// Fetches the manifest `r` names through `client`; an index is resolved to the manifest for
+/// `platform`.
+pub async fn resolve_manifest(
+    client: &RegistryClient,
+    r: &Reference,
+    platform: &str,
+) -> Result<Resolved, ImageError> {
+    let m = client.get_manifest(r).await?;
+    let what = r.to_string();
+    let bad = |reason: String| ImageError::Manifest {
+        what: what.clone(),
+        reason,
+    };
+    /// Just enough of a manifest or index to tell which it is.
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        schema_version: Option<u64>,
+        manifests: Option<serde::de::IgnoredAny>,
+    }
+    let probe: Probe =
+        serde_json::from_slice(&m.bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+    if probe.schema_version == Some(1) {
+        return Err(bad("docker schema 1 manifests are not supported".into()));
+    }
+    if probe.manifests.is_some() {
+        let index = ImageIndex::from_reader(&m.bytes[..]).map_err(|e| bad(e.to_string()))?;
+        let d = strata_oci::platform::select(&index, platform).map_err(|source| {
+            ImageError::Platform {
+                what: what.clone(),
+                source,
+            }
+        })?;
+        let inner = client.get_manifest_by(r, &d.to_string()).await?;
+        let manifest =
+            ImageManifest::from_reader(&inner.bytes[..]).map_err(|e| bad(e.to_string()))?;
+        return Ok((
+            manifest,
+            inner.digest,
+            Bytes::from(inner.bytes),
+            Some((m.digest, Bytes::from(m.bytes))),
+        ));
+    }
+    let manifest = ImageManifest::from_reader(&m.bytes[..]).map_err(|e| bad(e.to_string()))?;
+    Ok((manifest, m.digest, Bytes::from(m.bytes), None))
+}
