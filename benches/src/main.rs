@@ -241,29 +241,10 @@ fn main() {
     println!("strata-bench on {machine}");
     let img = prepare::image(&o.work);
     if o.serve {
-        let p = o.profiles.first().expect("a profile");
-        let shaper = Shaper::start(&img.registry.addr, *p);
-        println!(
-            "serving {0}/bench/py:native and :gzip over {1} (registry {2}); Ctrl-C to stop",
-            shaper.addr, p.name, img.registry.addr
-        );
-        loop {
-            std::thread::park();
-        }
+        serve(&o, &img);
     }
     let mut results = Vec::new();
-    let mut table = vec![vec![
-        "link".to_string(),
-        "workload".into(),
-        "scenario".into(),
-        "median s".into(),
-        "min s".into(),
-        "max s".into(),
-        "MB fetched".into(),
-        "requests".into(),
-        "× full pull".into(),
-        "× floor".into(),
-    ]];
+    let mut table = vec![table_header()];
     // Per workload, whatever the link: its working set and its profiled image.
     let prepared: Vec<_> = WORKLOADS
         .iter()
@@ -327,6 +308,17 @@ fn main() {
     for (k, v) in micro.as_object().into_iter().flatten() {
         println!("{k}: {v}");
     }
+    write_json(&o, &machine, &img, results, micro);
+}
+
+/// The whole run as JSON in `o.json`.
+fn write_json(
+    o: &Opts,
+    machine: &str,
+    img: &prepare::Image,
+    results: Vec<serde_json::Value>,
+    micro: serde_json::Value,
+) {
     let doc = json!({
         "machine": machine, "runs": o.runs,
         "image": {"compressed_gzip": img.gzip_bytes, "compressed_native": img.native_bytes, "uncompressed": img.uncompressed_bytes, "files": img.files},
@@ -334,6 +326,35 @@ fn main() {
     });
     std::fs::write(&o.json, serde_json::to_vec_pretty(&doc).expect("json")).expect("write json");
     println!("JSON written to {}", o.json.display());
+}
+
+/// The columns of the printed table.
+fn table_header() -> Vec<String> {
+    vec![
+        "link".to_string(),
+        "workload".into(),
+        "scenario".into(),
+        "median s".into(),
+        "min s".into(),
+        "max s".into(),
+        "MB fetched".into(),
+        "requests".into(),
+        "× full pull".into(),
+        "× floor".into(),
+    ]
+}
+
+/// `--serve`: the images over the first profile's link until interrupted.
+fn serve(o: &Opts, img: &prepare::Image) -> ! {
+    let p = o.profiles.first().expect("a profile");
+    let shaper = Shaper::start(&img.registry.addr, *p);
+    println!(
+        "serving {0}/bench/py:native and :gzip over {1} (registry {2}); Ctrl-C to stop",
+        shaper.addr, p.name, img.registry.addr
+    );
+    loop {
+        std::thread::park();
+    }
 }
 
 /// Every scenario `o.runs` times, alternating: `samples[scenario][run]`.

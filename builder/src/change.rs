@@ -67,19 +67,7 @@ fn apply_change(cfg: &mut ContainerConfig, change: &str) -> Result<(), ChangeErr
     let shell: Vec<String> = cfg.shell.get().cloned().unwrap_or_else(default_shell);
     match &ins.kind {
         Kind::Env(raw) | Kind::Label(raw) => {
-            let is_env = matches!(ins.kind, Kind::Env(_));
-            for (k, v) in key_values(raw, '\\', true).map_err(|e| bad(e.to_string()))? {
-                let v = v.ok_or_else(|| bad(format!("{k} has no value")))?;
-                let (k, v) = (ex(&k)?, ex(&v)?);
-                if is_env {
-                    if k.is_empty() || k.contains('=') {
-                        return Err(bad(format!("ENV key {k:?} is not a name")));
-                    }
-                    cfg.set_env(&k, &v);
-                } else {
-                    cfg.set_label(&k, &v);
-                }
-            }
+            set_pairs(cfg, raw, matches!(ins.kind, Kind::Env(_)), &ex, &bad)?;
         }
         Kind::Cmd(form) => {
             cfg.cmd = argv_value(&argv(form, &shell));
@@ -129,6 +117,29 @@ fn apply_change(cfg: &mut ContainerConfig, change: &str) -> Result<(), ChangeErr
                 .unwrap_or("")
                 .to_ascii_lowercase();
             return Err(ChangeError::NotAllowed { keyword });
+        }
+    }
+    Ok(())
+}
+
+/// ENV or LABEL pairs of a change, expanded and set.
+fn set_pairs(
+    cfg: &mut ContainerConfig,
+    raw: &str,
+    is_env: bool,
+    ex: &dyn Fn(&str) -> Result<String, ChangeError>,
+    bad: &dyn Fn(String) -> ChangeError,
+) -> Result<(), ChangeError> {
+    for (k, v) in key_values(raw, '\\', true).map_err(|e| bad(e.to_string()))? {
+        let v = v.ok_or_else(|| bad(format!("{k} has no value")))?;
+        let (k, v) = (ex(&k)?, ex(&v)?);
+        if is_env {
+            if k.is_empty() || k.contains('=') {
+                return Err(bad(format!("ENV key {k:?} is not a name")));
+            }
+            cfg.set_env(&k, &v);
+        } else {
+            cfg.set_label(&k, &v);
         }
     }
     Ok(())

@@ -272,34 +272,8 @@ fn convert(
     let line = line_of(text, start);
     let unsupported = |message: String| DockerfileError::Unsupported { line, message };
     let kind = match ins {
-        pd::Instruction::From(f) => {
-            let mut platform = None;
-            for (name, value) in flags(&f.options) {
-                match name.as_str() {
-                    "platform" => platform = Some(value),
-                    other => return Err(unsupported(format!("FROM --{other} is not supported"))),
-                }
-            }
-            Kind::From {
-                image: f.image.value.to_string(),
-                alias: f.as_.as_ref().map(|(_, a)| a.value.to_string()),
-                platform,
-            }
-        }
-        pd::Instruction::Run(r) => {
-            if let Some(f) = r.options.first() {
-                return Err(unsupported(format!(
-                    "RUN --{} is not supported",
-                    f.name.value
-                )));
-            }
-            if !r.here_docs.is_empty() {
-                return Err(unsupported(
-                    "RUN with a here-document is not supported".into(),
-                ));
-            }
-            Kind::Run(command(&r.arguments, escape))
-        }
+        pd::Instruction::From(f) => from_kind(f, &unsupported)?,
+        pd::Instruction::Run(r) => run_kind(r, escape, &unsupported)?,
         pd::Instruction::Cmd(c) => Kind::Cmd(command(&c.arguments, escape)),
         pd::Instruction::Entrypoint(e) => Kind::Entrypoint(command(&e.arguments, escape)),
         pd::Instruction::Env(e) => Kind::Env(e.arguments.value.to_string()),
@@ -319,20 +293,7 @@ fn convert(
             Kind::Copy(copy_args(line, "COPY", &c.options, &c.src, &c.dest)?)
         }
         pd::Instruction::Add(a) => Kind::Add(copy_args(line, "ADD", &a.options, &a.src, &a.dest)?),
-        pd::Instruction::Onbuild(o) => {
-            let trigger = logical_line(text, o.onbuild.span.end, escape);
-            let word = trigger
-                .split_whitespace()
-                .next()
-                .unwrap_or("")
-                .to_ascii_uppercase();
-            if matches!(word.as_str(), "ONBUILD" | "FROM" | "MAINTAINER") {
-                return Err(unsupported(format!(
-                    "{word} isn't allowed as an ONBUILD trigger"
-                )));
-            }
-            Kind::Onbuild(trigger)
-        }
+        pd::Instruction::Onbuild(o) => onbuild_kind(text, o, escape, &unsupported)?,
         pd::Instruction::Shell(s) => {
             Kind::Shell(s.arguments.iter().map(|a| a.value.to_string()).collect())
         }
@@ -352,6 +313,68 @@ fn convert(
         text: logical_line(text, start, escape).replace(&format!("[\"{EMPTY_EXEC}\"]"), "[]"),
         kind,
     })
+}
+
+type Unsupported<'a> = dyn Fn(String) -> DockerfileError + 'a;
+
+/// FROM with its only supported flag, `--platform`.
+fn from_kind(
+    f: &pd::FromInstruction<'_>,
+    unsupported: &Unsupported<'_>,
+) -> Result<Kind, DockerfileError> {
+    let mut platform = None;
+    for (name, value) in flags(&f.options) {
+        match name.as_str() {
+            "platform" => platform = Some(value),
+            other => return Err(unsupported(format!("FROM --{other} is not supported"))),
+        }
+    }
+    Ok(Kind::From {
+        image: f.image.value.to_string(),
+        alias: f.as_.as_ref().map(|(_, a)| a.value.to_string()),
+        platform,
+    })
+}
+
+/// RUN in shell or exec form (no `--mount`/`--network` flags, no here-documents).
+fn run_kind(
+    r: &pd::RunInstruction<'_>,
+    escape: char,
+    unsupported: &Unsupported<'_>,
+) -> Result<Kind, DockerfileError> {
+    if let Some(f) = r.options.first() {
+        return Err(unsupported(format!(
+            "RUN --{} is not supported",
+            f.name.value
+        )));
+    }
+    if !r.here_docs.is_empty() {
+        return Err(unsupported(
+            "RUN with a here-document is not supported".into(),
+        ));
+    }
+    Ok(Kind::Run(command(&r.arguments, escape)))
+}
+
+/// ONBUILD: the trigger's logical line, refused for the triggers docker refuses.
+fn onbuild_kind(
+    text: &str,
+    o: &pd::OnbuildInstruction<'_>,
+    escape: char,
+    unsupported: &Unsupported<'_>,
+) -> Result<Kind, DockerfileError> {
+    let trigger = logical_line(text, o.onbuild.span.end, escape);
+    let word = trigger
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    if matches!(word.as_str(), "ONBUILD" | "FROM" | "MAINTAINER") {
+        return Err(unsupported(format!(
+            "{word} isn't allowed as an ONBUILD trigger"
+        )));
+    }
+    Ok(Kind::Onbuild(trigger))
 }
 
 fn keyword_start(ins: &pd::Instruction<'_>) -> usize {

@@ -181,6 +181,15 @@ fn variable(
     };
     i += 1;
     let arg_start = i;
+    i = matching_brace(chars, i, escape).ok_or_else(bad)?;
+    let arg: String = chars[arg_start..i].iter().collect();
+    apply_operator(&name, op, colon, &arg, lookup, escape, out)?;
+    Ok(i + 1)
+}
+
+/// The index of the `}` closing a `${...}` whose word starts at `i` (escapes skipped, nested
+/// braces counted), or `None` if it is never closed.
+fn matching_brace(chars: &[char], mut i: usize, escape: char) -> Option<usize> {
     let mut depth = 1;
     while let Some(&c) = chars.get(i) {
         if c == escape {
@@ -192,39 +201,48 @@ fn variable(
         } else if c == '}' {
             depth -= 1;
             if depth == 0 {
-                break;
+                return Some(i);
             }
         }
         i += 1;
     }
-    if depth != 0 {
-        return Err(bad());
-    }
-    let arg: String = chars[arg_start..i].iter().collect();
-    let value = lookup(&name);
-    // With ':' an empty value counts as unset.
+    None
+}
+
+/// `${name-word}`, `${name+word}`, `${name?word}` and their `:` forms (with `:` an empty value
+/// counts as unset), as the shell and BuildKit's shell lexer define them.
+fn apply_operator(
+    name: &str,
+    op: char,
+    colon: bool,
+    arg: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    escape: char,
+    out: &mut String,
+) -> Result<(), WordError> {
+    let value = lookup(name);
     let set = match &value {
         Some(v) => !colon || !v.is_empty(),
         None => false,
     };
     match op {
         '-' if set => out.push_str(&value.unwrap_or_default()),
-        '-' => out.push_str(&expand(&arg, lookup, escape)?),
-        '+' if set => out.push_str(&expand(&arg, lookup, escape)?),
+        '-' => out.push_str(&expand(arg, lookup, escape)?),
+        '+' if set => out.push_str(&expand(arg, lookup, escape)?),
         '+' => {}
         _ if set => out.push_str(&value.unwrap_or_default()),
         _ => {
             return Err(WordError::Required {
-                name,
+                name: name.to_string(),
                 message: if arg.is_empty() {
                     "is not allowed to be unset".into()
                 } else {
-                    expand(&arg, lookup, escape)?
+                    expand(arg, lookup, escape)?
                 },
             });
         }
     }
-    Ok(i + 1)
+    Ok(())
 }
 
 /// Parses the arguments of ENV, LABEL or ARG into raw (unexpanded) `(key, value)` pairs.
