@@ -14,12 +14,22 @@ use strata_storage::store::{ImageRecord, Store};
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     /// Reading or writing it failed.
-    #[error("build cache {path}: {reason}")]
+    #[error("build cache {path}")]
     File {
         /// The file.
         path: PathBuf,
         /// Why.
-        reason: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// It is not the JSON strata writes.
+    #[error("build cache {path}: malformed")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
     },
 }
 
@@ -66,26 +76,26 @@ impl BuildCache {
     /// All entries.
     pub fn entries(&self) -> Result<BTreeMap<String, Entry>, CacheError> {
         match std::fs::read(&self.path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| CacheError::File {
+            Ok(b) => serde_json::from_slice(&b).map_err(|source| CacheError::Format {
                 path: self.path.clone(),
-                reason: e.to_string(),
+                source,
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(e) => Err(CacheError::File {
+            Err(source) => Err(CacheError::File {
                 path: self.path.clone(),
-                reason: e.to_string(),
+                source,
             }),
         }
     }
 
     fn save(&self, entries: &BTreeMap<String, Entry>) -> Result<(), CacheError> {
-        let bytes = serde_json::to_vec_pretty(entries).map_err(|e| CacheError::File {
+        let bytes = serde_json::to_vec_pretty(entries).map_err(|source| CacheError::Format {
             path: self.path.clone(),
-            reason: e.to_string(),
+            source,
         })?;
-        strata_storage::atomic::write_file(&self.path, &bytes).map_err(|e| CacheError::File {
+        strata_storage::atomic::write_file(&self.path, &bytes).map_err(|source| CacheError::File {
             path: self.path.clone(),
-            reason: e.to_string(),
+            source,
         })
     }
 

@@ -81,6 +81,11 @@ pub fn duration_ns(s: &str) -> Option<i64> {
         total += n * scale;
         rest = &rest[unit_len..];
     }
+    // Nanoseconds in an i64, as Go's time.Duration: longer durations are refused.
+    if !(0.0..9.2e18).contains(&total) {
+        return None;
+    }
+    #[allow(clippy::cast_possible_truncation)] // in range (checked above); fractions of a ns drop
     Some(total as i64)
 }
 

@@ -387,7 +387,7 @@ fn escaping_link(root: &Path, rel: &Path) -> Option<(PathBuf, PathBuf)> {
             continue;
         }
         let target = std::fs::read_link(root.join(&at)).ok()?;
-        let mut depth = at.components().count() as i64 - 1;
+        let mut depth = i64::try_from(at.components().count()).unwrap_or(i64::MAX) - 1;
         let mut leaves = target.is_absolute();
         for t in target.components() {
             match t {

@@ -31,6 +31,9 @@ pub enum CopyError {
     /// An archive entry would land outside its destination.
     #[error("archive entry {0:?} leaves the destination")]
     Escape(String),
+    /// An archive entry's owner does not fit a uid/gid (32 bits).
+    #[error("archive entry {0:?}: owner out of range")]
+    Owner(String),
 }
 
 /// How copied entries are owned and moded.
@@ -204,8 +207,13 @@ pub fn extract(root: &InRoot, archive: Box<dyn Read>, dest: &Path) -> Result<(),
         let target = join(dest, &rel);
         let h = e.header();
         let mode = h.mode().unwrap_or(0o644);
-        let owner = (h.uid().unwrap_or(0) as u32, h.gid().unwrap_or(0) as u32);
-        let mtime = h.mtime().ok().map(|t| t as i64);
+        let id = |n: Option<u64>| u32::try_from(n.unwrap_or(0));
+        let owner = match (id(h.uid().ok()), id(h.gid().ok())) {
+            (Ok(u), Ok(g)) => (u, g),
+            _ => return Err(CopyError::Owner(raw.display().to_string())),
+        };
+        // Times past 2^63 s are not times: treated as absent.
+        let mtime = h.mtime().ok().and_then(|t| i64::try_from(t).ok());
         let link = e
             .link_name_bytes()
             .map(|t| PathBuf::from(OsStr::from_bytes(&t)));

@@ -1,9 +1,3 @@
-#![allow(
-    missing_docs,
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    clippy::cast_possible_wrap
-)] // TODO(issue 13): lints after the read-path/image/cli merges
 //! `strata build`: Dockerfile builds whose steps run on lazily mounted parents and commit
 //! each change as one layer in the native lazy format, with a build cache.
 

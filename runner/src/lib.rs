@@ -63,12 +63,13 @@ pub const EXIT_NOT_FOUND: i32 = 127;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The spec could not be written or read.
-    #[error("container spec {path}: {reason}")]
+    #[error("container spec {path}")]
     Spec {
         /// The spec file.
         path: PathBuf,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
     /// The helper process could not be started or waited for.
     #[error("starting the container process: {0}")]
@@ -216,14 +217,12 @@ fn spawn_helper(
     init_arg: &str,
     stdio: Stdio,
 ) -> Result<std::process::Child, RunError> {
-    let bytes = serde_json::to_vec_pretty(spec).map_err(|e| RunError::Spec {
+    let spec_error = |source| RunError::Spec {
         path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    stateroot::write_private(path, &bytes).map_err(|e| RunError::Spec {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+        source,
+    };
+    let bytes = serde_json::to_vec_pretty(spec).map_err(|e| spec_error(e.into()))?;
+    stateroot::write_private(path, &bytes).map_err(spec_error)?;
     let mut cmd = Command::new(exe);
     cmd.arg(init_arg).arg(path);
     // Our copy of the container's end of the console socket, closed once the helper has it.
