@@ -32,23 +32,37 @@ pub struct DockerManifestEntry {
     pub layers: Vec<String>,
 }
 
-fn fail(what: impl std::fmt::Display, e: impl std::fmt::Display) -> ImageError {
-    ImageError::Manifest {
+/// A problem with part `what` of the archive.
+fn fail(what: impl std::fmt::Display, problem: impl std::fmt::Display) -> ImageError {
+    ImageError::Archive {
         what: what.to_string(),
-        reason: e.to_string(),
+        problem: problem.to_string(),
     }
+}
+
+/// An I/O error reading part `what` of the archive.
+fn io_fail(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> ImageError {
+    let what = what.to_string();
+    move |source| ImageError::ArchiveIo { what, source }
 }
 
 /// A path named by `manifest.json`, kept inside the unpacked archive.
 fn inside(dir: &Path, name: &str) -> Result<PathBuf, ImageError> {
-    let rel = strata_formats::index::normalize_path(name.as_bytes())
-        .map_err(|e| fail("manifest.json", e))?;
+    let rel = strata_formats::index::normalize_path(name.as_bytes()).map_err(|source| {
+        ImageError::ArchivePath {
+            path: name.to_string(),
+            source,
+        }
+    })?;
     Ok(dir.join(String::from_utf8_lossy(&rel).into_owned()))
 }
 
 fn entries(dir: &Path) -> Result<Vec<DockerManifestEntry>, ImageError> {
-    let bytes = std::fs::read(dir.join("manifest.json")).map_err(|e| fail("manifest.json", e))?;
-    serde_json::from_slice(&bytes).map_err(|e| fail("manifest.json", e))
+    let bytes = std::fs::read(dir.join("manifest.json")).map_err(io_fail("manifest.json"))?;
+    serde_json::from_slice(&bytes).map_err(|source| ImageError::ArchiveJson {
+        what: "manifest.json".into(),
+        source,
+    })
 }
 
 fn parse_tags(tags: &Option<Vec<String>>) -> Result<Vec<Reference>, ImageError> {
@@ -56,7 +70,10 @@ fn parse_tags(tags: &Option<Vec<String>>) -> Result<Vec<Reference>, ImageError> 
         .flatten()
         .map(|t| {
             t.parse::<Reference>()
-                .map_err(|e| fail(format!("manifest.json: RepoTags {t:?}"), e))
+                .map_err(|source| ImageError::BadReference {
+                    what: format!("{t:?} in manifest.json RepoTags"),
+                    source,
+                })
         })
         .collect()
 }
@@ -70,7 +87,7 @@ pub(crate) fn repo_tags_by_config(dir: &Path) -> HashMap<Digest, Vec<Reference>>
     };
     for e in list {
         let Ok(bytes) =
-            inside(dir, &e.config).and_then(|p| std::fs::read(p).map_err(|x| fail(&e.config, x)))
+            inside(dir, &e.config).and_then(|p| std::fs::read(p).map_err(io_fail(&e.config)))
         else {
             continue;
         };
@@ -95,7 +112,7 @@ fn layer_media_type(bytes: &[u8]) -> &'static str {
 pub(crate) fn load_docker(a: &Archives, dir: &Path) -> Result<Vec<Loaded>, ImageError> {
     let mut out = Vec::new();
     for e in entries(dir)? {
-        let config = std::fs::read(inside(dir, &e.config)?).map_err(|x| fail(&e.config, x))?;
+        let config = std::fs::read(inside(dir, &e.config)?).map_err(io_fail(&e.config))?;
         let cd = Digest::of(&config);
         let cfg = ImageConfig::from_slice(&config, &e.config)?;
         let diff_ids: Vec<Digest> = cfg.rootfs.map(|r| r.diff_ids).unwrap_or_default();
@@ -113,7 +130,7 @@ pub(crate) fn load_docker(a: &Archives, dir: &Path) -> Result<Vec<Loaded>, Image
         let mut layers = Vec::new();
         let mut descs = Vec::new();
         for (path, want) in e.layers.iter().zip(&diff_ids) {
-            let bytes = std::fs::read(inside(dir, path)?).map_err(|x| fail(path, x))?;
+            let bytes = std::fs::read(inside(dir, path)?).map_err(io_fail(path))?;
             let d = Digest::of(&bytes);
             let media_type = layer_media_type(&bytes);
             let got = a.load_layer(d, &bytes, media_type.into(), &Default::default())?;

@@ -30,13 +30,6 @@ pub struct CommitMeta {
     pub config: Option<ContainerConfig>,
 }
 
-fn bad(what: &str, reason: impl Into<String>) -> ImageError {
-    ImageError::Manifest {
-        what: what.to_string(),
-        reason: reason.into(),
-    }
-}
-
 /// A layer written by [`Committer::write_layer`], ready to go on top of an image.
 #[derive(Debug, Clone)]
 pub struct NewLayer {
@@ -94,13 +87,13 @@ impl Committer {
     /// Entries that would land outside the image are refused before anything is stored.
     pub fn write_layer(&self, tar: impl Read) -> Result<NewLayer, ImageError> {
         let tmp_dir = self.layout.tmp();
-        std::fs::create_dir_all(&tmp_dir).map_err(|e| bad("commit", e.to_string()))?;
+        std::fs::create_dir_all(&tmp_dir).map_err(ImageError::io(&tmp_dir))?;
         let tmp = strata_storage::atomic::temp_path(&tmp_dir.join("commit-layer"));
         let written = {
-            let out = std::fs::File::create(&tmp).map_err(|e| bad("commit", e.to_string()))?;
-            write_chunked(tar, std::io::BufWriter::new(out), 3).map_err(|e| {
+            let out = std::fs::File::create(&tmp).map_err(ImageError::io(&tmp))?;
+            write_chunked(tar, std::io::BufWriter::new(out), 3).map_err(|source| {
                 let _ = std::fs::remove_file(&tmp);
-                bad("commit", e.to_string())
+                ImageError::WriteLayer { source }
             })?
         };
         let index = match strata_formats::index::LayerIndex::from_toc(
@@ -117,9 +110,9 @@ impl Committer {
             }
         };
         let blob_dir = self.layout.blobs();
-        std::fs::create_dir_all(&blob_dir).map_err(|e| bad("commit", e.to_string()))?;
+        std::fs::create_dir_all(&blob_dir).map_err(ImageError::io(&blob_dir))?;
         let blob_path = blob_dir.join(written.digest.hex());
-        std::fs::rename(&tmp, &blob_path).map_err(|e| bad("commit", e.to_string()))?;
+        std::fs::rename(&tmp, &blob_path).map_err(ImageError::io(&blob_path))?;
         self.store
             .put_blob(&written.toc_digest, &written.toc_compressed)?;
         self.store.put_layer(&LayerRecord {

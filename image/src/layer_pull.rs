@@ -56,15 +56,12 @@ impl Puller {
                 Err(e) => failures.push(e.to_string()),
             }
         }
-        let fail = |reason: String| ImageError::Layer { layer: d, reason };
-        let bytes = bytes.ok_or_else(|| {
-            fail(format!(
-                "foreign layer: none of its URLs served it ({})",
-                failures.join("; ")
-            ))
+        let bytes = bytes.ok_or_else(|| ImageError::Foreign {
+            layer: d,
+            failures: failures.join("; "),
         })?;
         let local = self.layout.blob(&d);
-        strata_storage::atomic::write_file(&local, &bytes).map_err(|e| fail(e.to_string()))?;
+        strata_storage::atomic::write_file(&local, &bytes).map_err(ImageError::io(&local))?;
         Ok(self.indexer.index_whole_layer(d, &bytes, media_type)?.0)
     }
 

@@ -76,12 +76,11 @@ impl Puller {
                 RangeReply::Partial(b) => b,
                 RangeReply::Whole(b) => {
                     if end as usize > b.len() {
-                        return Err(ImageError::Layer {
+                        return Err(ImageError::RangePastEnd {
                             layer: *blob,
-                            reason: format!(
-                                "range {start}-{end} past the blob's {} bytes",
-                                b.len()
-                            ),
+                            start,
+                            end,
+                            len: b.len(),
                         });
                     }
                     b.slice(start as usize..end as usize)
@@ -333,14 +332,11 @@ impl Puller {
         )
         .await
         .map_err(feed_error(d))?
-        .map_err(|e| ImageError::Layer {
-            layer: d,
-            reason: e.to_string(),
-        })?;
+        .map_err(|source| ImageError::Walk { layer: d, source })?;
         if indexed.blob_digest != d {
-            return Err(ImageError::Layer {
+            return Err(ImageError::Mismatch {
                 layer: d,
-                reason: format!("content hashes to {}", indexed.blob_digest),
+                actual: indexed.blob_digest,
             });
         }
         Ok(indexed.toc)
@@ -356,9 +352,9 @@ pub async fn resolve_manifest(
 ) -> Result<Resolved, ImageError> {
     let m = client.get_manifest(r).await?;
     let what = r.to_string();
-    let bad = |reason: String| ImageError::Manifest {
+    let unparsed = |source| ImageError::ManifestParse {
         what: what.clone(),
-        reason,
+        source,
     };
     /// Just enough of a manifest or index to tell which it is.
     #[derive(serde::Deserialize)]
@@ -368,12 +364,18 @@ pub async fn resolve_manifest(
         manifests: Option<serde::de::IgnoredAny>,
     }
     let probe: Probe =
-        serde_json::from_slice(&m.bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+        serde_json::from_slice(&m.bytes).map_err(|source| strata_oci::manifest::ManifestError {
+            what: what.clone(),
+            source,
+        })?;
     if probe.schema_version == Some(1) {
-        return Err(bad("docker schema 1 manifests are not supported".into()));
+        return Err(ImageError::Manifest {
+            what,
+            problem: "docker schema 1 manifests are not supported".into(),
+        });
     }
     if probe.manifests.is_some() {
-        let index = ImageIndex::from_reader(&m.bytes[..]).map_err(|e| bad(e.to_string()))?;
+        let index = ImageIndex::from_reader(&m.bytes[..]).map_err(unparsed)?;
         let d = strata_oci::platform::select(&index, platform).map_err(|source| {
             ImageError::Platform {
                 what: what.clone(),
@@ -381,8 +383,7 @@ pub async fn resolve_manifest(
             }
         })?;
         let inner = client.get_manifest_by(r, &d.to_string()).await?;
-        let manifest =
-            ImageManifest::from_reader(&inner.bytes[..]).map_err(|e| bad(e.to_string()))?;
+        let manifest = ImageManifest::from_reader(&inner.bytes[..]).map_err(unparsed)?;
         return Ok((
             manifest,
             inner.digest,
@@ -390,6 +391,6 @@ pub async fn resolve_manifest(
             Some((m.digest, Bytes::from(m.bytes))),
         ));
     }
-    let manifest = ImageManifest::from_reader(&m.bytes[..]).map_err(|e| bad(e.to_string()))?;
+    let manifest = ImageManifest::from_reader(&m.bytes[..]).map_err(unparsed)?;
     Ok((manifest, m.digest, Bytes::from(m.bytes), None))
 }
