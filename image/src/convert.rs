@@ -171,7 +171,7 @@ impl Job<'_> {
                 layer: d,
                 what: "Already native",
             });
-            let mut out = Descriptor::new(&desc.media_type().to_string(), d, desc.size());
+            let mut out = Descriptor::new(desc.media_type().as_ref(), d, desc.size());
             out.annotations = Some(ann);
             return Ok((out, None));
         }

@@ -17,6 +17,8 @@
 //! | [`Archives`] | `save` and `load` |
 //! | [`Collector`] | remove what no image references |
 
+#![warn(missing_docs)]
+
 pub mod archive;
 pub mod archive_docker;
 pub mod catalog;
