@@ -211,3 +211,66 @@ impl Committer {
         self.derive(parent, config, Some(&layer))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_oci::nullable::Nullable;
+
+    fn tar_of(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, data).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_commit_stacks_a_layer_over_its_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let store = Store::open(&layout.store()).unwrap();
+        let committer = Committer::new(store.clone(), layout.clone());
+        let import = CommitMeta {
+            created_by: "import".into(),
+            config: Some(ContainerConfig {
+                cmd: Nullable::Set(vec!["sh".into()]),
+                ..ContainerConfig::default()
+            }),
+            ..CommitMeta::default()
+        };
+        let base = committer
+            .commit(None, &tar_of("a", b"1")[..], &import)
+            .unwrap();
+        let commit = CommitMeta {
+            comment: Some("msg".into()),
+            created_by: "commit".into(),
+            ..CommitMeta::default()
+        };
+        let top = committer
+            .commit(Some(&base), &tar_of("b", b"2")[..], &commit)
+            .unwrap();
+        assert_eq!(top.layers.len(), 2);
+        assert_eq!(top.layers[0], base.layers[0]);
+        assert!(layout.blob(&top.layers[1]).exists());
+
+        let catalog = Catalog::new(store.clone());
+        let cfg = catalog.config(&top).unwrap();
+        // The parent's config carries over; the new layer and history entry are added.
+        assert_eq!(cfg.container().cmd.get().unwrap(), &["sh"]);
+        assert_eq!(cfg.rootfs.as_ref().unwrap().diff_ids.len(), 2);
+        assert_eq!(cfg.history.as_ref().unwrap().len(), 2);
+        assert_eq!(cfg.comment.as_deref(), Some("msg"));
+        let manifest =
+            Manifest::from_slice(&store.get_blob(&top.manifest).unwrap(), "top").unwrap();
+        assert_eq!(manifest.config.digest, top.config);
+        let digests: Vec<Digest> = manifest.layers.iter().map(|l| l.digest).collect();
+        assert_eq!(digests, top.layers);
+        assert!(manifest.layers[1].annotations.is_some());
+
+        let layers = catalog.open_layers(&top).unwrap();
+        assert!(layers[1].index.entries.iter().any(|e| e.path == b"b"));
+        assert!(!layers[1].index.entries.iter().any(|e| e.path == b"a"));
+    }
+}
