@@ -12,6 +12,7 @@ use std::sync::Arc;
 use strata_distribution::RegistryClient;
 use strata_storage::store::Store;
 
+use crate::archive_docker::{entries, inside, layer_media_type, parse_tags};
 use crate::catalog::{Catalog, source_ref};
 use crate::error::ImageError;
 use crate::index::LayerIndexer;
@@ -19,8 +20,9 @@ use crate::layout::Layout;
 use strata_formats::estargz;
 use strata_formats::index::{LayerIndex, Locations};
 use strata_formats::toc::{TocAnnotations, decode_toc};
+use strata_oci::config::ImageConfig;
 use strata_oci::digest::{Digest, Hasher};
-use strata_oci::manifest::{Descriptor, Index, Manifest, media_type_of};
+use strata_oci::manifest::{CONFIG_MEDIA_TYPE, Descriptor, Index, Manifest, media_type_of};
 use strata_oci::reference::Reference;
 use strata_oci::timefmt::now_secs;
 use strata_storage::store::{ImageRecord, LayerFormat, LayerRecord};
@@ -193,7 +195,7 @@ impl Archives {
             if tmp.join("index.json").exists() {
                 self.load_layout(&tmp)
             } else if tmp.join("manifest.json").exists() {
-                crate::archive_docker::load_docker(self, &tmp)
+                load_docker(self, &tmp)
             } else {
                 Err(fail(
                     "archive",
@@ -460,4 +462,66 @@ impl Archives {
         };
         Some(build())
     }
+}
+
+/// Loads every image `manifest.json` lists: each layer file is stored as a blob (indexed
+/// by streaming it, and checked against the config's diff_id), and an OCI manifest is made
+/// for the config and layers.
+fn load_docker(a: &Archives, dir: &Path) -> Result<Vec<Loaded>, ImageError> {
+    let mut out = Vec::new();
+    for e in entries(dir)? {
+        let config = std::fs::read(inside(dir, &e.config)?).map_err(io_fail(&e.config))?;
+        let cd = Digest::of(&config);
+        let cfg = ImageConfig::from_slice(&config, &e.config)?;
+        let diff_ids: Vec<Digest> = cfg.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+        if diff_ids.len() != e.layers.len() {
+            return Err(fail(
+                &e.config,
+                format!(
+                    "config lists {} layers, manifest.json {}",
+                    diff_ids.len(),
+                    e.layers.len()
+                ),
+            ));
+        }
+        a.store.put_blob(&cd, &config)?;
+        let mut layers = Vec::new();
+        let mut descs = Vec::new();
+        for (path, want) in e.layers.iter().zip(&diff_ids) {
+            let bytes = std::fs::read(inside(dir, path)?).map_err(io_fail(path))?;
+            let d = Digest::of(&bytes);
+            let media_type = layer_media_type(&bytes);
+            let got = a.load_layer(d, &bytes, media_type.into(), &Default::default())?;
+            if let Some(got) = got
+                && got != *want
+            {
+                // The layer record stays: it is right for its own digest; no image uses it.
+                return Err(fail(
+                    path,
+                    format!("layer content is {got}, the config says {want}"),
+                ));
+            }
+            descs.push(Descriptor::new(media_type, d, bytes.len() as u64));
+            layers.push(d);
+        }
+        let config_desc = Descriptor::new(CONFIG_MEDIA_TYPE, cd, config.len() as u64);
+        let manifest = Manifest::new(config_desc, descs).to_vec();
+        let md = Digest::of(&manifest);
+        a.store.put_blob(&md, &manifest)?;
+        let rec = ImageRecord {
+            manifest: md,
+            config: cd,
+            layers,
+            sources: Vec::new(),
+            index: None,
+            pulled: now_secs(),
+        };
+        a.store.put_image(&rec)?;
+        let names = parse_tags(&e.repo_tags)?;
+        for n in &names {
+            a.tag(&rec, n)?;
+        }
+        out.push(Loaded { image: rec, names });
+    }
+    Ok(out)
 }

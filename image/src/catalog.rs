@@ -189,7 +189,7 @@ impl Catalog {
     }
 
     /// Deletes an image's record (its references must be gone already); layers and blobs that
-    /// no other image uses go with the next [`crate::gc::Collector::collect`].
+    /// no other image uses go with the next garbage collection (`Collector::collect`).
     pub fn remove_image(&self, img: &ImageRecord) -> Result<(), ImageError> {
         self.store.remove_image(&img.manifest)?;
         Ok(())

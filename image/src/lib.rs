@@ -27,7 +27,6 @@ pub mod convert;
 pub mod error;
 pub mod gc;
 mod index;
-pub mod layer_pull;
 pub mod layout;
 pub mod prefetch;
 pub mod profile;
