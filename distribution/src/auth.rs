@@ -127,12 +127,13 @@ pub enum AuthError {
         source: std::io::Error,
     },
     /// The file is not the docker config JSON shape.
-    #[error("credentials file {path}: {reason}")]
+    #[error("credentials file {path}: not docker's config.json")]
     Format {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
-        reason: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
     },
 }
 
@@ -152,9 +153,9 @@ fn registry_keys(registry: &str) -> Vec<String> {
 
 fn read_auth_file(path: &Path) -> Result<AuthFile, AuthError> {
     match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| AuthError::Format {
+        Ok(b) => serde_json::from_slice(&b).map_err(|source| AuthError::Format {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            source,
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AuthFile::default()),
         Err(source) => Err(AuthError::Io {
@@ -234,9 +235,9 @@ impl CredentialStore {
             path: path.clone(),
             source,
         };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| AuthError::Format {
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|source| AuthError::Format {
             path: path.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         write_private(path, &bytes).map_err(io)
     }

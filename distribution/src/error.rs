@@ -36,7 +36,16 @@ pub enum RegistryError {
     /// The registry kept answering 429/503 with `Retry-After` past the allowed total wait.
     #[error(transparent)]
     RateLimited(Box<RateLimited>),
-    /// The registry broke the protocol.
+    /// A local file to upload or download into could not be read or written.
+    #[error("{}", .path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The registry broke the protocol (`reason` says how; there is no underlying error).
     #[error("registry {registry}: {reason}")]
     Protocol {
         /// The registry.

@@ -8,6 +8,8 @@
 //! retries with backoff on 5xx/429/transport errors, timeouts, and digest verification of every
 //! manifest and whole blob it returns.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 mod error;
 #[cfg(test)]
@@ -51,7 +53,7 @@ const MAX_MANIFEST_BYTES: usize = 4 << 20;
 /// Settings of a [`RegistryClient`].
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// Registries (host[:port]) to reach over plain HTTP besides localhost and 127.0.0.0/8.
+    /// Registries (`host[:port]`) to reach over plain HTTP besides localhost and 127.0.0.0/8.
     pub insecure_registries: Vec<String>,
     /// Time allowed to connect; default 10 s.
     pub connect_timeout_secs: u64,
@@ -278,59 +280,9 @@ impl RegistryClient {
                 Ok(true)
             }
             Some(Challenge::Bearer { realm, service, .. }) => {
-                let mut req = self
-                    .http
-                    .get(&realm)
-                    .timeout(Duration::from_secs(self.opts.request_timeout_secs));
-                let mut query = vec![("scope", scope.to_string())];
-                if let Some(s) = service {
-                    query.push(("service", s));
-                }
-                req = req.query(&query);
-                if let Some(c) = &cred {
-                    req = req.header(AUTHORIZATION, c.basic_header());
-                }
-                let mut waited = Duration::ZERO;
-                let resp = loop {
-                    let attempt = req.try_clone().ok_or_else(|| RegistryError::Protocol {
-                        registry: r.registry.clone(),
-                        reason: "token request cannot be repeated".into(),
-                    })?;
-                    let resp = attempt
-                        .send()
-                        .await
-                        .map_err(|source| RegistryError::Transport {
-                            method: "GET".into(),
-                            url: realm.clone(),
-                            source,
-                        })?;
-                    match retry::rate_limit_wait(
-                        &self.opts,
-                        &r.registry,
-                        &Method::GET,
-                        &realm,
-                        &resp,
-                        &mut waited,
-                    )? {
-                        Some(wait) => tokio::time::sleep(wait).await,
-                        None => break resp,
-                    }
-                };
-                if !resp.status().is_success() {
-                    return Err(status_error("GET", &realm, resp).await);
-                }
-                #[derive(serde::Deserialize)]
-                struct Token {
-                    token: Option<String>,
-                    access_token: Option<String>,
-                }
-                let t: Token = read_json(resp, &realm).await?;
-                let Some(token) = t.token.or(t.access_token) else {
-                    return Err(RegistryError::Protocol {
-                        registry: r.registry.clone(),
-                        reason: format!("token endpoint {realm} returned no token"),
-                    });
-                };
+                let token = self
+                    .fetch_token(r, scope, &realm, service, cred.as_ref())
+                    .await?;
                 debug!(registry = %r.registry, scope, "got bearer token");
                 if let Ok(mut tokens) = self.tokens.lock() {
                     tokens.insert((r.registry.clone(), scope.to_string()), token);
@@ -339,6 +291,71 @@ impl RegistryClient {
             }
             None => Ok(false),
         }
+    }
+
+    /// Asks the token endpoint `realm` for a bearer token for `scope` (with `cred` as basic
+    /// auth if there is one), waiting out rate limits as other requests do.
+    async fn fetch_token(
+        &self,
+        r: &Reference,
+        scope: &str,
+        realm: &str,
+        service: Option<String>,
+        cred: Option<&auth::Credential>,
+    ) -> Result<String, RegistryError> {
+        let mut req = self
+            .http
+            .get(realm)
+            .timeout(Duration::from_secs(self.opts.request_timeout_secs));
+        let mut query = vec![("scope", scope.to_string())];
+        if let Some(s) = service {
+            query.push(("service", s));
+        }
+        req = req.query(&query);
+        if let Some(c) = cred {
+            req = req.header(AUTHORIZATION, c.basic_header());
+        }
+        let mut waited = Duration::ZERO;
+        let resp = loop {
+            let attempt = req.try_clone().ok_or_else(|| RegistryError::Protocol {
+                registry: r.registry.clone(),
+                reason: "token request cannot be repeated".into(),
+            })?;
+            let resp = attempt
+                .send()
+                .await
+                .map_err(|source| RegistryError::Transport {
+                    method: "GET".into(),
+                    url: realm.to_string(),
+                    source,
+                })?;
+            match retry::rate_limit_wait(
+                &self.opts,
+                &r.registry,
+                &Method::GET,
+                realm,
+                &resp,
+                &mut waited,
+            )? {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => break resp,
+            }
+        };
+        if !resp.status().is_success() {
+            return Err(status_error("GET", realm, resp).await);
+        }
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let t: Token = read_json(resp, realm).await?;
+        t.token
+            .or(t.access_token)
+            .ok_or_else(|| RegistryError::Protocol {
+                registry: r.registry.clone(),
+                reason: format!("token endpoint {realm} returned no token"),
+            })
     }
 
     fn small_timeout(&self) -> Option<Duration> {

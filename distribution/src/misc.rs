@@ -64,17 +64,15 @@ impl RegistryClient {
         if !resp.status().is_success() {
             return Err(status_error("GET", url, resp).await);
         }
-        let mut f = std::fs::File::create(to).map_err(|e| RegistryError::Protocol {
-            registry: url.to_string(),
-            reason: format!("{}: {e}", to.display()),
-        })?;
+        let file_err = |source| RegistryError::File {
+            path: to.to_path_buf(),
+            source,
+        };
+        let mut f = std::fs::File::create(to).map_err(file_err)?;
         let mut body = std::pin::pin!(resp.bytes_stream());
         let mut n = 0u64;
         while let Some(piece) = body.try_next().await.map_err(t)? {
-            std::io::Write::write_all(&mut f, &piece).map_err(|e| RegistryError::Protocol {
-                registry: url.to_string(),
-                reason: format!("{}: {e}", to.display()),
-            })?;
+            std::io::Write::write_all(&mut f, &piece).map_err(file_err)?;
             n += piece.len() as u64;
         }
         Ok(n)

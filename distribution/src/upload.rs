@@ -53,19 +53,16 @@ impl RegistryClient {
         let path = path.to_path_buf();
         if size > UPLOAD_CHUNK_BYTES {
             use std::os::unix::fs::FileExt;
-            let file = std::fs::File::open(&path).map_err(|e| RegistryError::Protocol {
-                registry: r.registry.clone(),
-                reason: format!("{}: {e}", path.display()),
-            })?;
+            let file_err = |source| RegistryError::File {
+                path: path.clone(),
+                source,
+            };
+            let file = std::fs::File::open(&path).map_err(file_err)?;
             let mut at = 0u64;
             while at < size {
                 let len = UPLOAD_CHUNK_BYTES.min(size - at);
                 let mut piece = vec![0u8; len as usize];
-                file.read_exact_at(&mut piece, at)
-                    .map_err(|e| RegistryError::Protocol {
-                        registry: r.registry.clone(),
-                        reason: format!("{}: {e}", path.display()),
-                    })?;
+                file.read_exact_at(&mut piece, at).map_err(file_err)?;
                 let piece = Bytes::from(piece);
                 let range = format!("{at}-{}", at + len - 1);
                 let resp = self

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use strata_distribution::RegistryClient;
 use strata_storage::store::Store;
 
+use crate::archive_docker::{entries, inside, layer_media_type, parse_tags};
 use crate::catalog::{Catalog, source_ref};
 use crate::error::ImageError;
 use crate::index::LayerIndexer;
@@ -19,17 +20,25 @@ use crate::layout::Layout;
 use strata_formats::estargz;
 use strata_formats::index::{LayerIndex, Locations};
 use strata_formats::toc::{TocAnnotations, decode_toc};
+use strata_oci::config::ImageConfig;
 use strata_oci::digest::{Digest, Hasher};
-use strata_oci::manifest::{Descriptor, Index, Manifest, media_type_of};
+use strata_oci::manifest::{CONFIG_MEDIA_TYPE, Descriptor, Index, Manifest, media_type_of};
 use strata_oci::reference::Reference;
 use strata_oci::timefmt::now_secs;
 use strata_storage::store::{ImageRecord, LayerFormat, LayerRecord};
 
-fn fail(what: impl std::fmt::Display, e: impl std::fmt::Display) -> ImageError {
-    ImageError::Manifest {
+/// A problem with part `what` of an archive.
+fn fail(what: impl std::fmt::Display, problem: impl std::fmt::Display) -> ImageError {
+    ImageError::Archive {
         what: what.to_string(),
-        reason: e.to_string(),
+        problem: problem.to_string(),
     }
+}
+
+/// An I/O error on part `what` of an archive.
+fn io_fail(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> ImageError {
+    let what = what.to_string();
+    move |source| ImageError::ArchiveIo { what, source }
 }
 
 /// Writes images to archives and loads them from archives.
@@ -73,22 +82,26 @@ impl Archives {
         if path.exists() {
             return Ok(path);
         }
-        std::fs::create_dir_all(self.layout.blobs()).map_err(|e| fail(d, e))?;
+        std::fs::create_dir_all(self.layout.blobs())
+            .map_err(ImageError::io(self.layout.blobs()))?;
         let src = source_ref(img)?;
         let mut body = Box::pin(self.client.blob_stream(&src, d).await?);
         let tmp = strata_storage::atomic::temp_path(&path);
-        let mut f = std::fs::File::create(&tmp).map_err(|e| fail(d, e))?;
+        let mut f = std::fs::File::create(&tmp).map_err(ImageError::io(&tmp))?;
         let mut h = Hasher::default();
         while let Some(piece) = body.try_next().await? {
             h.update(&piece);
-            f.write_all(&piece).map_err(|e| fail(d, e))?;
+            f.write_all(&piece).map_err(ImageError::io(&tmp))?;
         }
         let got = h.finish();
         if got != *d {
             let _ = std::fs::remove_file(&tmp);
-            return Err(fail(d, format!("content hashes to {got}")));
+            return Err(ImageError::Mismatch {
+                layer: *d,
+                actual: got,
+            });
         }
-        std::fs::rename(&tmp, &path).map_err(|e| fail(d, e))?;
+        std::fs::rename(&tmp, &path).map_err(ImageError::io(&path))?;
         Ok(path)
     }
 
@@ -107,7 +120,7 @@ impl Archives {
                     h.set_size(bytes.len() as u64);
                     h.set_mode(0o644);
                     b.append_data(&mut h, format!("blobs/sha256/{}", d.hex()), bytes)
-                        .map_err(|e| fail(d, e))?;
+                        .map_err(io_fail(format!("blob {d}")))?;
                 }
                 Ok(())
             };
@@ -120,7 +133,7 @@ impl Archives {
             add(&mut b, &img.config, &config)?;
             for d in &img.layers {
                 let path = self.local_blob(img, d).await?;
-                let bytes = std::fs::read(&path).map_err(|e| fail(d, e))?;
+                let bytes = std::fs::read(&path).map_err(ImageError::io(&path))?;
                 add(&mut b, d, &bytes)?;
             }
             let media_type = media_type_of(&manifest);
@@ -153,14 +166,17 @@ impl Archives {
             ("index.json", serde_json::to_vec(&Index::new(manifests))),
             ("manifest.json", serde_json::to_vec(&docker)),
         ] {
-            let bytes = bytes.map_err(|e| fail(name, e))?;
+            let bytes = bytes.map_err(|source| ImageError::ArchiveJson {
+                what: name.into(),
+                source,
+            })?;
             let mut h = tar::Header::new_gnu();
             h.set_size(bytes.len() as u64);
             h.set_mode(0o644);
             b.append_data(&mut h, name, &bytes[..])
-                .map_err(|e| fail(name, e))?;
+                .map_err(io_fail(name))?;
         }
-        b.into_inner().map_err(|e| fail("archive", e))?;
+        b.into_inner().map_err(io_fail("output"))?;
         Ok(())
     }
 
@@ -169,17 +185,17 @@ impl Archives {
     /// (`manifest.json` with `Config`, `RepoTags` and `Layers` paths, `<id>/layer.tar`).
     pub fn load(&self, archive: impl Read) -> Result<Vec<Loaded>, ImageError> {
         let dir = self.layout.tmp();
-        std::fs::create_dir_all(&dir).map_err(|e| fail("load", e))?;
+        std::fs::create_dir_all(&dir).map_err(ImageError::io(&dir))?;
         let tmp = strata_storage::atomic::temp_path(&dir.join("load"));
-        std::fs::create_dir(&tmp).map_err(|e| fail("load", e))?;
+        std::fs::create_dir(&tmp).map_err(ImageError::io(&tmp))?;
         let result = (|| {
             tar::Archive::new(archive)
                 .unpack(&tmp)
-                .map_err(|e| fail("archive", e))?;
+                .map_err(io_fail("input"))?;
             if tmp.join("index.json").exists() {
                 self.load_layout(&tmp)
             } else if tmp.join("manifest.json").exists() {
-                crate::archive_docker::load_docker(self, &tmp)
+                load_docker(self, &tmp)
             } else {
                 Err(fail(
                     "archive",
@@ -204,7 +220,7 @@ impl Archives {
             return Ok(None);
         }
         let local = self.layout.blob(&d);
-        strata_storage::atomic::write_file(&local, bytes).map_err(|e| fail(d, e))?;
+        strata_storage::atomic::write_file(&local, bytes).map_err(ImageError::io(&local))?;
         let mut diff_id = None;
         let from_toc = TocAnnotations::parse(ann)
             .ok()
@@ -254,7 +270,7 @@ impl Archives {
     }
 
     fn load_layout(&self, layout: &Path) -> Result<Vec<Loaded>, ImageError> {
-        let bytes = std::fs::read(layout.join("index.json")).map_err(|e| fail("index.json", e))?;
+        let bytes = std::fs::read(layout.join("index.json")).map_err(io_fail("index.json"))?;
         let index = Index::from_slice(&bytes, "index.json")?;
         // Docker 25+ writes both; its manifest.json carries the names as RepoTags.
         let docker_names = crate::archive_docker::repo_tags_by_config(layout);
@@ -344,7 +360,7 @@ pub struct Loaded {
 /// Blob `d` of an OCI layout, checked against its digest.
 pub(crate) fn layout_blob(layout: &Path, d: &Digest) -> Result<Vec<u8>, ImageError> {
     let bytes = std::fs::read(layout.join("blobs/sha256").join(d.hex()))
-        .map_err(|e| fail(format!("archive blob {d}"), e))?;
+        .map_err(io_fail(format!("blob {d}")))?;
     d.verify(&bytes)
         .map_err(strata_storage::store::StoreError::from)?;
     Ok(bytes)
@@ -369,7 +385,12 @@ fn name_of(desc: &Descriptor) -> Option<Reference> {
 /// (docker saves only its own platform's), the best for linux/amd64 by containerd's rules, or
 /// the only one there is. Attestation manifests (platform unknown/unknown) never count.
 fn pick_manifest(layout: &Path, d: &Digest, bytes: &[u8]) -> Result<Digest, ImageError> {
-    let mut index = oci_spec::image::ImageIndex::from_reader(bytes).map_err(|e| fail(d, e))?;
+    let mut index = oci_spec::image::ImageIndex::from_reader(bytes).map_err(|source| {
+        ImageError::ManifestParse {
+            what: d.to_string(),
+            source,
+        }
+    })?;
     let present: Vec<_> = index
         .manifests()
         .iter()
@@ -395,8 +416,18 @@ fn pick_manifest(layout: &Path, d: &Digest, bytes: &[u8]) -> Result<Digest, Imag
     match strata_oci::platform::select(&index, "linux/amd64") {
         Ok(md) => Ok(md),
         Err(e) => match only {
-            Some(m) => m.digest().to_string().parse().map_err(|e| fail(d, e)),
-            None => Err(fail(d, e)),
+            Some(m) => m
+                .digest()
+                .to_string()
+                .parse()
+                .map_err(|source| ImageError::BadDigest {
+                    what: format!("index {d}"),
+                    source,
+                }),
+            None => Err(ImageError::Platform {
+                what: format!("index {d}"),
+                source: e,
+            }),
         },
     }
 }
@@ -431,4 +462,66 @@ impl Archives {
         };
         Some(build())
     }
+}
+
+/// Loads every image `manifest.json` lists: each layer file is stored as a blob (indexed
+/// by streaming it, and checked against the config's diff_id), and an OCI manifest is made
+/// for the config and layers.
+fn load_docker(a: &Archives, dir: &Path) -> Result<Vec<Loaded>, ImageError> {
+    let mut out = Vec::new();
+    for e in entries(dir)? {
+        let config = std::fs::read(inside(dir, &e.config)?).map_err(io_fail(&e.config))?;
+        let cd = Digest::of(&config);
+        let cfg = ImageConfig::from_slice(&config, &e.config)?;
+        let diff_ids: Vec<Digest> = cfg.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+        if diff_ids.len() != e.layers.len() {
+            return Err(fail(
+                &e.config,
+                format!(
+                    "config lists {} layers, manifest.json {}",
+                    diff_ids.len(),
+                    e.layers.len()
+                ),
+            ));
+        }
+        a.store.put_blob(&cd, &config)?;
+        let mut layers = Vec::new();
+        let mut descs = Vec::new();
+        for (path, want) in e.layers.iter().zip(&diff_ids) {
+            let bytes = std::fs::read(inside(dir, path)?).map_err(io_fail(path))?;
+            let d = Digest::of(&bytes);
+            let media_type = layer_media_type(&bytes);
+            let got = a.load_layer(d, &bytes, media_type.into(), &Default::default())?;
+            if let Some(got) = got
+                && got != *want
+            {
+                // The layer record stays: it is right for its own digest; no image uses it.
+                return Err(fail(
+                    path,
+                    format!("layer content is {got}, the config says {want}"),
+                ));
+            }
+            descs.push(Descriptor::new(media_type, d, bytes.len() as u64));
+            layers.push(d);
+        }
+        let config_desc = Descriptor::new(CONFIG_MEDIA_TYPE, cd, config.len() as u64);
+        let manifest = Manifest::new(config_desc, descs).to_vec();
+        let md = Digest::of(&manifest);
+        a.store.put_blob(&md, &manifest)?;
+        let rec = ImageRecord {
+            manifest: md,
+            config: cd,
+            layers,
+            sources: Vec::new(),
+            index: None,
+            pulled: now_secs(),
+        };
+        a.store.put_image(&rec)?;
+        let names = parse_tags(&e.repo_tags)?;
+        for n in &names {
+            a.tag(&rec, n)?;
+        }
+        out.push(Loaded { image: rec, names });
+    }
+    Ok(out)
 }

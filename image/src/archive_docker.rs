@@ -8,13 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::archive::{Archives, Loaded};
 use crate::error::ImageError;
-use strata_oci::config::ImageConfig;
 use strata_oci::digest::Digest;
-use strata_oci::manifest::{CONFIG_MEDIA_TYPE, Descriptor, Manifest};
 use strata_oci::reference::Reference;
-use strata_oci::timefmt::now_secs;
 use strata_storage::plain::sniff;
 use strata_storage::store::{Compression, ImageRecord};
 
@@ -32,31 +28,40 @@ pub struct DockerManifestEntry {
     pub layers: Vec<String>,
 }
 
-fn fail(what: impl std::fmt::Display, e: impl std::fmt::Display) -> ImageError {
-    ImageError::Manifest {
-        what: what.to_string(),
-        reason: e.to_string(),
-    }
+/// An I/O error reading part `what` of the archive.
+pub(crate) fn io_fail(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> ImageError {
+    let what = what.to_string();
+    move |source| ImageError::ArchiveIo { what, source }
 }
 
 /// A path named by `manifest.json`, kept inside the unpacked archive.
-fn inside(dir: &Path, name: &str) -> Result<PathBuf, ImageError> {
-    let rel = strata_formats::index::normalize_path(name.as_bytes())
-        .map_err(|e| fail("manifest.json", e))?;
+pub(crate) fn inside(dir: &Path, name: &str) -> Result<PathBuf, ImageError> {
+    let rel = strata_formats::index::normalize_path(name.as_bytes()).map_err(|source| {
+        ImageError::ArchivePath {
+            path: name.to_string(),
+            source,
+        }
+    })?;
     Ok(dir.join(String::from_utf8_lossy(&rel).into_owned()))
 }
 
-fn entries(dir: &Path) -> Result<Vec<DockerManifestEntry>, ImageError> {
-    let bytes = std::fs::read(dir.join("manifest.json")).map_err(|e| fail("manifest.json", e))?;
-    serde_json::from_slice(&bytes).map_err(|e| fail("manifest.json", e))
+pub(crate) fn entries(dir: &Path) -> Result<Vec<DockerManifestEntry>, ImageError> {
+    let bytes = std::fs::read(dir.join("manifest.json")).map_err(io_fail("manifest.json"))?;
+    serde_json::from_slice(&bytes).map_err(|source| ImageError::ArchiveJson {
+        what: "manifest.json".into(),
+        source,
+    })
 }
 
-fn parse_tags(tags: &Option<Vec<String>>) -> Result<Vec<Reference>, ImageError> {
+pub(crate) fn parse_tags(tags: &Option<Vec<String>>) -> Result<Vec<Reference>, ImageError> {
     tags.iter()
         .flatten()
         .map(|t| {
             t.parse::<Reference>()
-                .map_err(|e| fail(format!("manifest.json: RepoTags {t:?}"), e))
+                .map_err(|source| ImageError::BadReference {
+                    what: format!("{t:?} in manifest.json RepoTags"),
+                    source,
+                })
         })
         .collect()
 }
@@ -70,7 +75,7 @@ pub(crate) fn repo_tags_by_config(dir: &Path) -> HashMap<Digest, Vec<Reference>>
     };
     for e in list {
         let Ok(bytes) =
-            inside(dir, &e.config).and_then(|p| std::fs::read(p).map_err(|x| fail(&e.config, x)))
+            inside(dir, &e.config).and_then(|p| std::fs::read(p).map_err(io_fail(&e.config)))
         else {
             continue;
         };
@@ -81,74 +86,12 @@ pub(crate) fn repo_tags_by_config(dir: &Path) -> HashMap<Digest, Vec<Reference>>
     out
 }
 
-fn layer_media_type(bytes: &[u8]) -> &'static str {
+pub(crate) fn layer_media_type(bytes: &[u8]) -> &'static str {
     match sniff(bytes) {
         Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
         Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
         Compression::None => "application/vnd.oci.image.layer.v1.tar",
     }
-}
-
-/// Loads every image `manifest.json` lists: each layer file is stored as a blob (indexed
-/// by streaming it, and checked against the config's diff_id), and an OCI manifest is made
-/// for the config and layers.
-pub(crate) fn load_docker(a: &Archives, dir: &Path) -> Result<Vec<Loaded>, ImageError> {
-    let mut out = Vec::new();
-    for e in entries(dir)? {
-        let config = std::fs::read(inside(dir, &e.config)?).map_err(|x| fail(&e.config, x))?;
-        let cd = Digest::of(&config);
-        let cfg = ImageConfig::from_slice(&config, &e.config)?;
-        let diff_ids: Vec<Digest> = cfg.rootfs.map(|r| r.diff_ids).unwrap_or_default();
-        if diff_ids.len() != e.layers.len() {
-            return Err(fail(
-                &e.config,
-                format!(
-                    "config lists {} layers, manifest.json {}",
-                    diff_ids.len(),
-                    e.layers.len()
-                ),
-            ));
-        }
-        a.store.put_blob(&cd, &config)?;
-        let mut layers = Vec::new();
-        let mut descs = Vec::new();
-        for (path, want) in e.layers.iter().zip(&diff_ids) {
-            let bytes = std::fs::read(inside(dir, path)?).map_err(|x| fail(path, x))?;
-            let d = Digest::of(&bytes);
-            let media_type = layer_media_type(&bytes);
-            let got = a.load_layer(d, &bytes, media_type.into(), &Default::default())?;
-            if let Some(got) = got
-                && got != *want
-            {
-                // The layer record stays: it is right for its own digest; no image uses it.
-                return Err(fail(
-                    path,
-                    format!("layer content is {got}, the config says {want}"),
-                ));
-            }
-            descs.push(Descriptor::new(media_type, d, bytes.len() as u64));
-            layers.push(d);
-        }
-        let config_desc = Descriptor::new(CONFIG_MEDIA_TYPE, cd, config.len() as u64);
-        let manifest = Manifest::new(config_desc, descs).to_vec();
-        let md = Digest::of(&manifest);
-        a.store.put_blob(&md, &manifest)?;
-        let rec = ImageRecord {
-            manifest: md,
-            config: cd,
-            layers,
-            sources: Vec::new(),
-            index: None,
-            pulled: now_secs(),
-        };
-        a.store.put_image(&rec)?;
-        let names = parse_tags(&e.repo_tags)?;
-        for n in &names {
-            a.tag(&rec, n)?;
-        }
-        out.push(Loaded { image: rec, names });
-    }
-    Ok(out)
 }
 
 /// The `manifest.json` entry `save` writes for an image (as Docker 25+ does: paths into the

@@ -41,12 +41,12 @@ pub fn source_ref(img: &ImageRecord) -> Result<Reference, ImageError> {
         .map(String::as_str)
         .unwrap_or(LOCAL_SOURCE)
         .to_string();
-    format!("{source}@{}", img.manifest).parse().map_err(
-        |e: strata_oci::reference::ReferenceError| ImageError::Manifest {
+    format!("{source}@{}", img.manifest)
+        .parse()
+        .map_err(|e| ImageError::BadReference {
             what: source.clone(),
-            reason: e.to_string(),
-        },
-    )
+            source: e,
+        })
 }
 
 impl Catalog {
@@ -133,12 +133,10 @@ impl Catalog {
         image_id: &str,
     ) -> Result<(ImageRecord, Option<String>), ImageError> {
         if let Some(m) = manifest {
-            let d: Digest =
-                m.parse()
-                    .map_err(|e: strata_oci::digest::DigestError| ImageError::Manifest {
-                        what: m.to_string(),
-                        reason: e.to_string(),
-                    })?;
+            let d: Digest = m.parse().map_err(|source| ImageError::BadDigest {
+                what: "the container's image record".into(),
+                source,
+            })?;
             return match self.store.image(&d)? {
                 Some(rec) => Ok((rec, None)),
                 None => Err(StoreError::NotFound(m.to_string()).into()),
@@ -166,10 +164,12 @@ impl Catalog {
     /// The image config as JSON, for showing it as it is (`inspect`).
     pub fn config_json(&self, rec: &ImageRecord) -> Result<serde_json::Value, ImageError> {
         let bytes = self.store.get_blob(&rec.config)?;
-        serde_json::from_slice(&bytes).map_err(|e| ImageError::Manifest {
-            what: rec.config.to_string(),
-            reason: e.to_string(),
-        })
+        Ok(serde_json::from_slice(&bytes).map_err(|source| {
+            strata_oci::config::ConfigError::Parse {
+                what: rec.config.to_string(),
+                source,
+            }
+        })?)
     }
 
     /// References that point at each manifest.
@@ -189,7 +189,7 @@ impl Catalog {
     }
 
     /// Deletes an image's record (its references must be gone already); layers and blobs that
-    /// no other image uses go with the next [`crate::gc::Collector::collect`].
+    /// no other image uses go with the next garbage collection (`Collector::collect`).
     pub fn remove_image(&self, img: &ImageRecord) -> Result<(), ImageError> {
         self.store.remove_image(&img.manifest)?;
         Ok(())
@@ -219,10 +219,7 @@ impl Catalog {
             .store
             .layer(d)?
             .ok_or_else(|| StoreError::NotFound(d.to_string()))?;
-        let toc_digest = lr.toc.ok_or_else(|| ImageError::Layer {
-            layer: *d,
-            reason: "layer has no TOC yet (it is streamed on first mount)".into(),
-        })?;
+        let toc_digest = lr.toc.ok_or(ImageError::NotIndexed { layer: *d })?;
         let toc = self.store.get_blob(&toc_digest)?;
         let idx_err = |source| ImageError::Index { layer: *d, source };
         let index = match lr.format {

@@ -30,13 +30,6 @@ pub struct CommitMeta {
     pub config: Option<ContainerConfig>,
 }
 
-fn bad(what: &str, reason: impl Into<String>) -> ImageError {
-    ImageError::Manifest {
-        what: what.to_string(),
-        reason: reason.into(),
-    }
-}
-
 /// A layer written by [`Committer::write_layer`], ready to go on top of an image.
 #[derive(Debug, Clone)]
 pub struct NewLayer {
@@ -94,13 +87,13 @@ impl Committer {
     /// Entries that would land outside the image are refused before anything is stored.
     pub fn write_layer(&self, tar: impl Read) -> Result<NewLayer, ImageError> {
         let tmp_dir = self.layout.tmp();
-        std::fs::create_dir_all(&tmp_dir).map_err(|e| bad("commit", e.to_string()))?;
+        std::fs::create_dir_all(&tmp_dir).map_err(ImageError::io(&tmp_dir))?;
         let tmp = strata_storage::atomic::temp_path(&tmp_dir.join("commit-layer"));
         let written = {
-            let out = std::fs::File::create(&tmp).map_err(|e| bad("commit", e.to_string()))?;
-            write_chunked(tar, std::io::BufWriter::new(out), 3).map_err(|e| {
+            let out = std::fs::File::create(&tmp).map_err(ImageError::io(&tmp))?;
+            write_chunked(tar, std::io::BufWriter::new(out), 3).map_err(|source| {
                 let _ = std::fs::remove_file(&tmp);
-                bad("commit", e.to_string())
+                ImageError::WriteLayer { source }
             })?
         };
         let index = match strata_formats::index::LayerIndex::from_toc(
@@ -117,9 +110,9 @@ impl Committer {
             }
         };
         let blob_dir = self.layout.blobs();
-        std::fs::create_dir_all(&blob_dir).map_err(|e| bad("commit", e.to_string()))?;
+        std::fs::create_dir_all(&blob_dir).map_err(ImageError::io(&blob_dir))?;
         let blob_path = blob_dir.join(written.digest.hex());
-        std::fs::rename(&tmp, &blob_path).map_err(|e| bad("commit", e.to_string()))?;
+        std::fs::rename(&tmp, &blob_path).map_err(ImageError::io(&blob_path))?;
         self.store
             .put_blob(&written.toc_digest, &written.toc_compressed)?;
         self.store.put_layer(&LayerRecord {
@@ -216,5 +209,68 @@ impl Committer {
             false,
         ));
         self.derive(parent, config, Some(&layer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_oci::nullable::Nullable;
+
+    fn tar_of(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, data).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_commit_stacks_a_layer_over_its_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let store = Store::open(&layout.store()).unwrap();
+        let committer = Committer::new(store.clone(), layout.clone());
+        let import = CommitMeta {
+            created_by: "import".into(),
+            config: Some(ContainerConfig {
+                cmd: Nullable::Set(vec!["sh".into()]),
+                ..ContainerConfig::default()
+            }),
+            ..CommitMeta::default()
+        };
+        let base = committer
+            .commit(None, &tar_of("a", b"1")[..], &import)
+            .unwrap();
+        let commit = CommitMeta {
+            comment: Some("msg".into()),
+            created_by: "commit".into(),
+            ..CommitMeta::default()
+        };
+        let top = committer
+            .commit(Some(&base), &tar_of("b", b"2")[..], &commit)
+            .unwrap();
+        assert_eq!(top.layers.len(), 2);
+        assert_eq!(top.layers[0], base.layers[0]);
+        assert!(layout.blob(&top.layers[1]).exists());
+
+        let catalog = Catalog::new(store.clone());
+        let cfg = catalog.config(&top).unwrap();
+        // The parent's config carries over; the new layer and history entry are added.
+        assert_eq!(cfg.container().cmd.get().unwrap(), &["sh"]);
+        assert_eq!(cfg.rootfs.as_ref().unwrap().diff_ids.len(), 2);
+        assert_eq!(cfg.history.as_ref().unwrap().len(), 2);
+        assert_eq!(cfg.comment.as_deref(), Some("msg"));
+        let manifest =
+            Manifest::from_slice(&store.get_blob(&top.manifest).unwrap(), "top").unwrap();
+        assert_eq!(manifest.config.digest, top.config);
+        let digests: Vec<Digest> = manifest.layers.iter().map(|l| l.digest).collect();
+        assert_eq!(digests, top.layers);
+        assert!(manifest.layers[1].annotations.is_some());
+
+        let layers = catalog.open_layers(&top).unwrap();
+        assert!(layers[1].index.entries.iter().any(|e| e.path == b"b"));
+        assert!(!layers[1].index.entries.iter().any(|e| e.path == b"a"));
     }
 }

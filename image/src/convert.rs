@@ -112,10 +112,7 @@ async fn convert(
         manifest: mdigest,
         layers: manifest.layers().len(),
     });
-    let tmp = tempdir_in(&layout.tmp()).map_err(|e| ImageError::Layer {
-        layer: mdigest,
-        reason: e.to_string(),
-    })?;
+    let tmp = tempdir_in(&layout.tmp()).map_err(ImageError::io(layout.tmp()))?;
     let job = Job {
         client,
         src,
@@ -174,7 +171,7 @@ impl Job<'_> {
                 layer: d,
                 what: "Already native",
             });
-            let mut out = Descriptor::new(&desc.media_type().to_string(), d, desc.size());
+            let mut out = Descriptor::new(desc.media_type().as_ref(), d, desc.size());
             out.annotations = Some(ann);
             return Ok((out, None));
         }
@@ -255,12 +252,9 @@ pub(crate) async fn copy_blob(
         done += chunk.len() as u64;
         progress(Progress::LayerBytes { layer: *d, done });
     }
-    let got = hasher.finish();
-    if got != *d {
-        return Err(ImageError::Layer {
-            layer: *d,
-            reason: format!("content hashes to {got}"),
-        });
+    let actual = hasher.finish();
+    if actual != *d {
+        return Err(ImageError::Mismatch { layer: *d, actual });
     }
     client.put_blob_file(dst, d, tmp, &|_| {}).await?;
     let _ = std::fs::remove_file(tmp);
@@ -278,11 +272,8 @@ pub(crate) enum Copied {
     Uploaded,
 }
 
-fn io_fail(layer: Digest, e: std::io::Error) -> ImageError {
-    ImageError::Layer {
-        layer,
-        reason: e.to_string(),
-    }
+fn io_fail(layer: Digest, source: std::io::Error) -> ImageError {
+    ImageError::LayerIo { layer, source }
 }
 
 async fn rewrite_layer(
@@ -295,64 +286,73 @@ async fn rewrite_layer(
     progress: ProgressFn<'_>,
 ) -> Result<Rewritten, ImageError> {
     let body = client.blob_stream(src, &d).await?;
-    let out = std::fs::File::create(out_path).map_err(|e| io_fail(d, e))?;
+    let out = std::fs::File::create(out_path).map_err(ImageError::io(out_path))?;
     let mut done = 0u64;
-    let written = feed_blocking(
+    feed_blocking(
         body,
         |n| {
             done += n;
             progress(Progress::LayerBytes { layer: d, done });
         },
-        move |reader| -> Result<_, String> {
-            let mut hashed = HashingReader::new(reader);
-            // Unknown media type: tell the compression from the first bytes.
-            let mut head = [0u8; 4];
-            let mut n = 0;
-            if compression.is_none() {
-                while n < head.len() {
-                    let k = std::io::Read::read(&mut hashed, &mut head[n..])
-                        .map_err(|e| e.to_string())?;
-                    if k == 0 {
-                        break;
-                    }
-                    n += k;
-                }
-            }
-            let c = compression.unwrap_or_else(|| sniff(&head[..n]));
-            let written = {
-                let input = std::io::Read::chain(&head[..n], &mut hashed);
-                let tar = decompress(input, c).map_err(|e| e.to_string())?;
-                let out = std::io::BufWriter::new(out);
-                match format {
-                    Format::ZstdChunked => {
-                        let w = write_chunked(tar, out, 3).map_err(|e| e.to_string())?;
-                        Rewritten {
-                            digest: w.digest,
-                            size: w.size,
-                            annotations: w.annotations,
-                            diff_id: None,
-                        }
-                    }
-                    Format::Estargz => {
-                        let w = write_estargz(tar, out, 6).map_err(|e| e.to_string())?;
-                        Rewritten {
-                            digest: w.digest,
-                            size: w.size,
-                            annotations: w.annotations,
-                            diff_id: Some(w.diff_id),
-                        }
-                    }
-                }
-            };
-            let (got, _) = hashed.finish().map_err(|e| e.to_string())?;
-            if got != d {
-                return Err(format!("content hashes to {got}"));
-            }
-            Ok(written)
-        },
+        move |reader| rewrite(reader, d, compression, format, out),
     )
     .await
     .map_err(feed_error(d))?
-    .map_err(|reason| ImageError::Layer { layer: d, reason })?;
+}
+
+/// Reads layer `d` from `reader` (checking its digest), decompresses it (`compression`, or
+/// told from its first bytes) and writes it to `out` in `format`.
+fn rewrite(
+    reader: impl std::io::Read,
+    d: Digest,
+    compression: Option<Compression>,
+    format: Format,
+    out: std::fs::File,
+) -> Result<Rewritten, ImageError> {
+    let io = |source| ImageError::LayerIo { layer: d, source };
+    let walk = |source| ImageError::Walk { layer: d, source };
+    let mut hashed = HashingReader::new(reader);
+    // Unknown media type: tell the compression from the first bytes.
+    let mut head = [0u8; 4];
+    let mut n = 0;
+    if compression.is_none() {
+        while n < head.len() {
+            let k = std::io::Read::read(&mut hashed, &mut head[n..]).map_err(io)?;
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+    }
+    let c = compression.unwrap_or_else(|| sniff(&head[..n]));
+    let written = {
+        let input = std::io::Read::chain(&head[..n], &mut hashed);
+        let tar = decompress(input, c).map_err(io)?;
+        let out = std::io::BufWriter::new(out);
+        match format {
+            Format::ZstdChunked => {
+                let w = write_chunked(tar, out, 3).map_err(walk)?;
+                Rewritten {
+                    digest: w.digest,
+                    size: w.size,
+                    annotations: w.annotations,
+                    diff_id: None,
+                }
+            }
+            Format::Estargz => {
+                let w = write_estargz(tar, out, 6).map_err(walk)?;
+                Rewritten {
+                    digest: w.digest,
+                    size: w.size,
+                    annotations: w.annotations,
+                    diff_id: Some(w.diff_id),
+                }
+            }
+        }
+    };
+    let (actual, _) = hashed.finish().map_err(io)?;
+    if actual != d {
+        return Err(ImageError::Mismatch { layer: d, actual });
+    }
     Ok(written)
 }

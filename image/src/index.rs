@@ -57,11 +57,11 @@ impl LayerIndexer {
         toc: &Toc,
     ) -> Result<(), ImageError> {
         let d = rec.digest;
-        let fail = |reason: String| ImageError::Layer { layer: d, reason };
+        let io = |source| ImageError::LayerIo { layer: d, source };
         let index = LayerIndex::from_toc(toc, Locations::Local)
             .map_err(|source| ImageError::Index { layer: d, source })?;
-        let json = serde_json::to_vec(toc).map_err(|e| fail(e.to_string()))?;
-        let compressed = zstd::bulk::compress(&json, 3).map_err(|e| fail(e.to_string()))?;
+        let json = serde_json::to_vec(toc).map_err(|e| io(std::io::Error::other(e)))?;
+        let compressed = zstd::bulk::compress(&json, 3).map_err(io)?;
         let toc_digest = Digest::of(&compressed);
         self.store.put_blob(&toc_digest, &compressed)?;
         rec.toc = Some(toc_digest);
@@ -83,11 +83,8 @@ impl LayerIndexer {
             Compression::None if media_type.ends_with("zstd") => Compression::Zstd,
             c => c,
         };
-        let indexed =
-            index_plain(bytes, compression, &self.cache).map_err(|e| ImageError::Layer {
-                layer: d,
-                reason: e.to_string(),
-            })?;
+        let indexed = index_plain(bytes, compression, &self.cache)
+            .map_err(|source| ImageError::Walk { layer: d, source })?;
         let mut rec = LayerRecord {
             digest: d,
             size: bytes.len() as u64,

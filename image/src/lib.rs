@@ -23,6 +23,8 @@
 //! | [`Archives`] | `save` and `load` |
 //! | [`Collector`] | remove what no image references |
 
+#![warn(missing_docs)]
+
 pub mod archive;
 pub mod archive_docker;
 pub mod catalog;
@@ -31,7 +33,6 @@ pub mod convert;
 pub mod error;
 pub mod gc;
 mod index;
-pub mod layer_pull;
 pub mod layout;
 pub mod prefetch;
 pub mod profile;

@@ -37,7 +37,7 @@ impl Prefetcher {
 
     /// Fetches the profile's chunks of `layers` (the image's layer blobs, in order) from
     /// `repo`, in the order the recorded run first read them: batches of neighbouring chunks,
-    /// [`PREFETCH_STREAMS`] at a time, so the first files a process needs arrive first and it
+    /// `PREFETCH_STREAMS` at a time, so the first files a process needs arrive first and it
     /// can start while the rest are on their way. Failures are only logged: the reads that need
     /// a chunk fetch it again.
     pub async fn prefetch_profile(&self, repo: &Reference, layers: &[Digest], profile: &Profile) {

@@ -59,10 +59,7 @@ async fn push(
     });
     let source = source_ref(img).ok();
     let tmp = ctx.layout.tmp();
-    std::fs::create_dir_all(&tmp).map_err(|e| ImageError::Layer {
-        layer: img.manifest,
-        reason: e.to_string(),
-    })?;
+    std::fs::create_dir_all(&tmp).map_err(ImageError::io(&tmp))?;
     for d in &img.layers {
         if ctx.client.blob_exists(target, d).await?.is_some() {
             progress(Progress::LayerDone {
@@ -85,10 +82,7 @@ async fn push(
                 })
                 .await?;
         } else {
-            let src = source.as_ref().ok_or_else(|| ImageError::Layer {
-                layer: *d,
-                reason: "layer is neither local nor in a known repository".into(),
-            })?;
+            let src = source.as_ref().ok_or(ImageError::NoSource { layer: *d })?;
             progress(Progress::LayerStart {
                 layer: *d,
                 size: 0,

@@ -1,6 +1,8 @@
 //! OCI basics shared by every strata crate: content digests, image references, platforms and
 //! the RFC 3339 times of image configs, and typed image configs and manifests.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod digest;
 pub mod manifest;
