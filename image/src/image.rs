@@ -175,7 +175,7 @@ impl Context {
         let cache = Arc::new(ChunkCache::open(&root.join("cache"), cache_bytes)?);
         let client = Arc::new(RegistryClient::new(opts)?);
         let fetcher = Arc::new(ChunkFetcher::new(
-            client.clone(),
+            Arc::new(crate::blobs::RegistryBlobs(client.clone())),
             cache,
             root.join("cache/blobs"),
         ));
@@ -690,9 +690,9 @@ impl Context {
 }
 
 /// Maps a failed [`feed_blocking`] of `layer` to an image error.
-pub(crate) fn feed_error(layer: Digest) -> impl FnOnce(FeedError) -> ImageError {
+pub(crate) fn feed_error(layer: Digest) -> impl FnOnce(FeedError<RegistryError>) -> ImageError {
     move |e| match e {
-        FeedError::Registry(r) => ImageError::Registry(r),
+        FeedError::Source(r) => ImageError::Registry(r),
         other => ImageError::Layer {
             layer,
             reason: other.to_string(),

@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod archive_docker;
+pub mod blobs;
 pub mod commit;
 pub mod convert;
 pub mod gc;
