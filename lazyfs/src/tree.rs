@@ -37,6 +37,90 @@ pub enum TreeError {
     },
 }
 
+/// The entries of a directory by name: a map while the tree is built, then a list sorted by
+/// name, so that a listing resumes at an index instead of skipping from the start.
+#[derive(Debug, Clone)]
+pub enum Children {
+    /// While the tree is built.
+    Building(BTreeMap<Vec<u8>, u64>),
+    /// Once it is built.
+    Sorted(Vec<(Vec<u8>, u64)>),
+}
+
+impl Default for Children {
+    fn default() -> Self {
+        Self::Building(BTreeMap::new())
+    }
+}
+
+impl Children {
+    /// The inode of entry `name`.
+    pub fn get(&self, name: &[u8]) -> Option<u64> {
+        match self {
+            Self::Building(m) => m.get(name).copied(),
+            Self::Sorted(v) => v
+                .binary_search_by(|(n, _)| n.as_slice().cmp(name))
+                .ok()
+                .map(|i| v[i].1),
+        }
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Building(m) => m.len(),
+            Self::Sorted(v) => v.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `(name, inode)` of the entries from the `index`th on, by name.
+    pub fn from(&self, index: usize) -> Box<dyn Iterator<Item = (&[u8], u64)> + '_> {
+        match self {
+            Self::Building(m) => Box::new(m.iter().skip(index).map(|(n, c)| (n.as_slice(), *c))),
+            Self::Sorted(v) => Box::new(
+                v.get(index..)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|(n, c)| (n.as_slice(), *c)),
+            ),
+        }
+    }
+
+    /// `(name, inode)` of every entry, by name.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (&[u8], u64)> + '_> {
+        self.from(0)
+    }
+
+    fn map(&mut self) -> &mut BTreeMap<Vec<u8>, u64> {
+        if let Self::Sorted(v) = self {
+            *self = Self::Building(std::mem::take(v).into_iter().collect());
+        }
+        match self {
+            Self::Building(m) => m,
+            Self::Sorted(_) => unreachable!("just made a map"),
+        }
+    }
+
+    fn insert(&mut self, name: Vec<u8>, ino: u64) {
+        self.map().insert(name, ino);
+    }
+
+    fn remove(&mut self, name: &[u8]) {
+        self.map().remove(name);
+    }
+
+    fn freeze(&mut self) {
+        if let Self::Building(m) = self {
+            *self = Self::Sorted(std::mem::take(m).into_iter().collect());
+        }
+    }
+}
+
 /// File content: which layer's blob, and its chunks.
 #[derive(Debug, Clone)]
 pub struct Content {
@@ -74,7 +158,7 @@ pub struct Node {
     /// Regular file content.
     pub content: Option<Content>,
     /// Children of a directory, by name.
-    pub children: BTreeMap<Vec<u8>, u64>,
+    pub children: Children,
 }
 
 impl Node {
@@ -92,7 +176,7 @@ impl Node {
             nlink: 2,
             parent,
             content: None,
-            children: BTreeMap::new(),
+            children: Children::default(),
         }
     }
 
@@ -121,7 +205,7 @@ impl Node {
                 layer,
                 chunks: e.chunks.clone().into(),
             }),
-            children: BTreeMap::new(),
+            children: Children::default(),
         }
     }
 }
@@ -153,6 +237,9 @@ impl Tree {
             t.apply(li, layer)?;
         }
         t.count_dir_links();
+        for n in &mut t.nodes {
+            n.children.freeze();
+        }
         Ok(t)
     }
 
@@ -173,7 +260,7 @@ impl Tree {
 
     /// The child `name` of directory `parent`.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Option<u64> {
-        self.get(parent)?.children.get(name).copied()
+        self.get(parent)?.children.get(name)
     }
 
     /// Resolves a path (no symlinks followed).
@@ -196,7 +283,7 @@ impl Tree {
             let Some(name) = self.get(parent).and_then(|p| {
                 p.children
                     .iter()
-                    .find(|(_, c)| **c == cur)
+                    .find(|(_, c)| *c == cur)
                     .map(|(n, _)| lossy(n))
             }) else {
                 break;
@@ -256,7 +343,7 @@ impl Tree {
                         .node_mut(d)
                         .children
                         .iter()
-                        .map(|(k, v)| (k.clone(), *v))
+                        .map(|(k, v)| (k.to_vec(), v))
                         .collect();
                     for (n, c) in names {
                         self.unlink(d, &n, c);
@@ -334,8 +421,8 @@ impl Tree {
             }
             let subdirs = self.nodes[i]
                 .children
-                .values()
-                .filter(|c| self.nodes[(**c - 1) as usize].kind == Kind::Dir)
+                .iter()
+                .filter(|(_, c)| self.nodes[(*c - 1) as usize].kind == Kind::Dir)
                 .count() as u32;
             self.nodes[i].nlink = 2 + subdirs;
         }
@@ -371,8 +458,8 @@ mod tests {
         t.get(d)
             .unwrap()
             .children
-            .keys()
-            .map(|k| lossy(k))
+            .iter()
+            .map(|(k, _)| lossy(k))
             .collect()
     }
 
