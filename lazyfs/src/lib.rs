@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod attr;
+mod children;
 pub mod fuse;
 pub mod mount;
 mod open;

@@ -269,6 +269,36 @@ async fn a_failed_fetch_wakes_its_waiters_and_the_next_read_retries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_fetch_waits_until_no_read_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (blob, chunks) = chunked_layer(3);
+    let fake = Fake::new(blob, false);
+    let f = fetcher(&dir, &fake);
+    let chunks = Arc::new(chunks);
+    let readers = held_readers(&f, &fake, &chunks, 1).await;
+    let background = {
+        let (f, chunks) = (f.clone(), chunks.clone());
+        tokio::spawn(async move {
+            let layer = source(LayerFormat::ZstdChunked);
+            f.ensure_when_idle(&layer, &chunks[2..]).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(fake.requests().len(), 1, "the background fetch held back");
+    fake.gate.send_replace(true);
+    for r in readers {
+        r.await.unwrap().unwrap();
+    }
+    tokio::time::timeout(BOUND, background)
+        .await
+        .expect("woken when the read ended")
+        .unwrap()
+        .unwrap();
+    assert_eq!(fake.requests().len(), 2);
+    assert!(f.cache().contains(&chunks[2].digest.unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_that_ignores_ranges_is_read_from_the_kept_whole_blob() {
     let dir = tempfile::tempdir().unwrap();
     let (blob, chunks) = chunked_layer(5);
@@ -295,7 +325,7 @@ async fn a_source_that_ignores_ranges_is_read_from_the_kept_whole_blob() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_layer_without_toc_is_streamed_whole_once() {
-    let data: Vec<u8> = (0..3 * CHUNK).flat_map(|i| content(i % 3)).collect();
+    let data: Vec<u8> = (0..3).flat_map(content).collect();
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_size(data.len() as u64);

@@ -71,3 +71,31 @@ pub trait BlobSource: Send + Sync + Debug {
         blob: &'a Digest,
     ) -> BoxFuture<'a, Result<BlobStream, SourceError>>;
 }
+
+/// A source without blobs: every request fails (for caches used offline, and tests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoSource;
+
+/// The error of [`NoSource`].
+#[derive(Debug, thiserror::Error)]
+#[error("blob {0} is not available offline")]
+pub struct Offline(pub Digest);
+
+impl BlobSource for NoSource {
+    fn range<'a>(
+        &'a self,
+        _repo: &'a Reference,
+        blob: &'a Digest,
+        _range: Range<u64>,
+    ) -> BoxFuture<'a, Result<RangeReply, SourceError>> {
+        Box::pin(std::future::ready(Err(SourceError::new(Offline(*blob)))))
+    }
+
+    fn stream<'a>(
+        &'a self,
+        _repo: &'a Reference,
+        blob: &'a Digest,
+    ) -> BoxFuture<'a, Result<BlobStream, SourceError>> {
+        Box::pin(std::future::ready(Err(SourceError::new(Offline(*blob)))))
+    }
+}
