@@ -368,6 +368,29 @@ mod tests {
     }
 
     #[test]
+    fn read_into_fills_the_callers_buffer_or_says_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+        let d = Digest::of(b"0123456789");
+        let mut buf = [0u8; 4];
+        assert!(!c.read_into(&d, 0, &mut buf).unwrap());
+        c.put(&d, b"0123456789").unwrap();
+        for _ in 0..2 {
+            // The second time through the kept descriptor.
+            assert!(c.read_into(&d, 3, &mut buf).unwrap());
+            assert_eq!(&buf, b"3456");
+        }
+        assert!(
+            !c.read_into(&d, 8, &mut buf).unwrap(),
+            "past the chunk's end"
+        );
+        // A new process checks the chunk on its first read.
+        let fresh = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+        assert!(fresh.read_into(&d, 6, &mut buf).unwrap());
+        assert_eq!(&buf, b"6789");
+    }
+
+    #[test]
     fn evicts_oldest_over_limit() {
         let dir = tempfile::tempdir().unwrap();
         let c = ChunkCache::open(dir.path(), 3000).unwrap();

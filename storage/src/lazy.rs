@@ -22,6 +22,7 @@ use crate::ranges::{PARALLEL_REQUESTS, RangeGroup, coalesce, store_group};
 use crate::source::{BlobSource, RangeReply, SourceError};
 use crate::store::LayerFormat;
 use strata_formats::index::{Chunk, ChunkLoc};
+use strata_formats::tarwalk::WalkError;
 use strata_oci::digest::Digest;
 use strata_oci::reference::Reference;
 
@@ -55,7 +56,36 @@ pub enum FetchError {
     /// Another reader's fetch of this chunk failed.
     #[error("chunk {0} is not available (its fetch failed)")]
     Unavailable(Digest),
-    /// Re-streaming a layer without a TOC, or reading a kept whole blob, failed.
+    /// Reading a kept whole blob failed.
+    #[error("layer {blob}: reading {path}: {source}")]
+    Io {
+        /// The layer blob.
+        blob: Digest,
+        /// The kept copy.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Indexing a layer without a TOC again (to refill the cache) failed.
+    #[error("streaming layer {blob}: {source}")]
+    Index {
+        /// The layer blob.
+        blob: Digest,
+        /// The cause.
+        #[source]
+        source: WalkError,
+    },
+    /// The source's stream of a layer without a TOC failed.
+    #[error("streaming layer {blob}: {source}")]
+    Feed {
+        /// The layer blob.
+        blob: Digest,
+        /// The cause.
+        #[source]
+        source: FeedError<SourceError>,
+    },
+    /// Re-streaming a layer without a TOC, or a range of a whole blob, went wrong otherwise.
     #[error("streaming layer {blob}: {reason}")]
     Stream {
         /// The layer blob.
@@ -141,20 +171,6 @@ impl ChunkFetcher {
             filled = (to - offset) as usize;
         }
         Ok(Some(filled))
-    }
-
-    /// Reads `len` bytes at `offset` of a file from the cache alone; `None` if a chunk is missing.
-    pub fn read_cached(
-        &self,
-        chunks: &[Chunk],
-        offset: u64,
-        len: u64,
-    ) -> Result<Option<Vec<u8>>, CacheError> {
-        let mut buf = vec![0; len as usize];
-        Ok(self.read_cached_into(chunks, offset, &mut buf)?.map(|n| {
-            buf.truncate(n);
-            buf
-        }))
     }
 
     /// Reads the file bytes at `offset` into `buf`, first fetching what is missing of
@@ -299,9 +315,10 @@ impl ChunkFetcher {
         let kept = whole.clone();
         let local = blocking(blob, move || read_range_of_file(&kept, start, end))
             .await?
-            .map_err(|e| FetchError::Stream {
+            .map_err(|source| FetchError::Io {
                 blob,
-                reason: format!("{}: {e}", whole.display()),
+                path: whole.clone(),
+                source,
             })?;
         let (data, keep) = match local {
             Some(data) => (data, None),
@@ -357,13 +374,17 @@ impl ChunkFetcher {
         let cache = self.cache.clone();
         let indexed = if local.exists() {
             // A blob made or loaded here: index it from disk.
+            let path = local.clone();
             blocking(blob, move || {
-                let f = std::fs::File::open(&local).map_err(|e| e.to_string())?;
+                let f = std::fs::File::open(&local).map_err(|source| FetchError::Io {
+                    blob,
+                    path,
+                    source,
+                })?;
                 index_plain(std::io::BufReader::new(f), compression, &cache)
-                    .map_err(|e| e.to_string())
+                    .map_err(|source| FetchError::Index { blob, source })
             })
-            .await?
-            .map_err(stream_err)?
+            .await??
         } else {
             let body = self
                 .source
@@ -372,8 +393,8 @@ impl ChunkFetcher {
                 .map_err(|source| FetchError::Source { blob, source })?;
             feed_blocking(body, |_| {}, move |r| index_plain(r, compression, &cache))
                 .await
-                .map_err(|e| stream_err(e.to_string()))?
-                .map_err(|e| stream_err(e.to_string()))?
+                .map_err(|source| FetchError::Feed { blob, source })?
+                .map_err(|source| FetchError::Index { blob, source })?
         };
         if indexed.blob_digest != blob {
             return Err(stream_err(format!(

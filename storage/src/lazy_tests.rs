@@ -1,5 +1,7 @@
 //! The lazy fetch against a counting fake [`BlobSource`].
 
+#![allow(clippy::single_range_in_vec_init)] // one request is exactly the point
+
 use super::*;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
