@@ -116,7 +116,7 @@ pub enum ImageError {
         layer: Digest,
         /// The cause.
         #[source]
-        source: FeedError,
+        source: FeedError<strata_distribution::RegistryError>,
     },
     /// A layer's tar could not be read or rewritten.
     #[error("layer {layer}: reading its tar")]
@@ -274,9 +274,11 @@ pub enum Progress {
 pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Send + Sync);
 
 /// Maps a failed [`strata_storage::lazy::feed_blocking`] of `layer` to an image error.
-pub(crate) fn feed_error(layer: Digest) -> impl FnOnce(FeedError) -> ImageError {
+pub(crate) fn feed_error(
+    layer: Digest,
+) -> impl FnOnce(FeedError<strata_distribution::RegistryError>) -> ImageError {
     move |e| match e {
-        FeedError::Registry(r) => ImageError::Registry(r),
+        FeedError::Source(r) => ImageError::Registry(r),
         source => ImageError::Stream { layer, source },
     }
 }

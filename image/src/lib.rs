@@ -27,6 +27,7 @@
 
 pub mod archive;
 pub mod archive_docker;
+pub mod blobs;
 pub mod catalog;
 pub mod commit;
 pub mod convert;
@@ -82,7 +83,11 @@ impl Images {
         let store = Store::open(&layout.store())?;
         let cache = Arc::new(ChunkCache::open(&layout.cache(), cache_bytes)?);
         let client = Arc::new(RegistryClient::new(opts)?);
-        let fetcher = Arc::new(ChunkFetcher::new(client.clone(), cache, layout.blobs()));
+        let fetcher = Arc::new(ChunkFetcher::new(
+            Arc::new(crate::blobs::RegistryBlobs(client.clone())),
+            cache,
+            layout.blobs(),
+        ));
         Ok(Self {
             layout,
             store,

@@ -1,43 +1,34 @@
 //! The read-only FUSE filesystem over the merged tree. Metadata (lookup, getattr, readdir,
-//! readlink, xattrs) is answered from memory with no network request. `read` is served from the
-//! chunk cache on the FUSE thread when every chunk it needs is cached; otherwise the reply is
-//! handed to a tokio task, so a slow fetch never blocks other requests.
+//! readlink, xattrs) is answered from memory with no network request, attributes computed once
+//! per inode. `read` is served from the chunk cache on the FUSE thread when every chunk it
+//! needs is cached; otherwise the reply is handed to a tokio task, so a slow fetch never blocks
+//! other requests. How much more than asked is fetched is [`crate::readahead`]'s decision.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
-use strata_formats::index::Kind;
+use strata_formats::index::{Chunk, Kind};
 use strata_storage::lazy::{ChunkFetcher, LayerSource};
 use tracing::{debug, error, warn};
 
-use crate::mount::{PROFILE_READ_AHEAD_KB, READ_AHEAD_KB};
+use crate::open::{Mode, OpenModes, passthrough_file};
+use crate::readahead::{self, Sequential};
+use crate::ready::{Ready, ReadyCell};
 use crate::record::{Recorder, Recording};
+use crate::seek::seek_data_hole;
 use crate::tree::{Content, Node, Tree};
+
+pub use crate::ready::{Readiness, ReadySetter};
 
 /// Lower content never changes: the kernel may cache entries and attributes for long.
 const TTL: Duration = Duration::from_secs(3600);
-/// Smaller complete files are served from the page cache through FUSE reads; larger ones by
-/// kernel passthrough to an assembled local copy.
-const PASSTHROUGH_MIN_BYTES: u64 = 1 << 20;
-/// How far ahead a sequential reader's next bytes are fetched.
-const SEQUENTIAL_WINDOW: u64 = 8 << 20;
-
-/// What the filesystem serves once its layers are indexed.
-#[derive(Debug)]
-pub(crate) struct Ready {
-    pub(crate) tree: Tree,
-    pub(crate) layers: Vec<LayerSource>,
-}
-
-pub(crate) type ReadyCell = Arc<OnceLock<Result<Ready, String>>>;
 
 /// The read-only lazy filesystem of one image.
 #[derive(Debug)]
@@ -45,68 +36,24 @@ pub struct LazyFs {
     ready: ReadyCell,
     fetcher: Arc<ChunkFetcher>,
     rt: tokio::runtime::Handle,
-    /// End of the last read of each file, to recognize sequential reads.
-    last_read: Mutex<HashMap<u64, u64>>,
+    /// Recognises sequential reads, to fetch ahead of them.
+    sequential: Sequential,
     /// The kernel serves complete files from a local backing file.
     passthrough: bool,
-    /// How each inode is open: the kernel refuses (EIO) a passthrough open of an inode that is
-    /// open through FUSE reads, and the reverse, so an inode stays in one mode while open.
-    open_modes: Mutex<HashMap<u64, OpenMode>>,
+    /// How each inode is open (FUSE reads or passthrough).
+    open_modes: OpenModes,
     /// Notes first reads of chunks, to make a prefetch profile.
     recorder: Option<Arc<Recorder>>,
     /// The image's prefetch profile is being fetched for this mount.
     replaying: bool,
 }
 
-/// The open handles of one inode.
-#[derive(Debug)]
-enum OpenMode {
-    /// Read through FUSE; the number of handles.
-    Fuse(u32),
-    /// Passed through to a backing file (closed when the last handle is released).
-    Passthrough(u32, fuser::BackingId),
-}
-
-/// One directory entry: `(offset of the next entry, inode, node, name)`.
-type DirEntry<'a> = (u64, u64, &'a Node, &'a [u8]);
+/// One directory entry: `(offset of the next entry, inode, attributes, name)`.
+type DirEntry<'a> = (u64, u64, &'a FileAttr, &'a [u8]);
 
 /// File handle of opens served through FUSE reads; passthrough opens get 1.
 const FH_FUSE: u64 = 0;
 const FH_PASSTHROUGH: u64 = 1;
-
-/// Whether a [`LazyFs::pending`] filesystem's tree could be built, for callers that must report
-/// why an image cannot be used rather than the EIO every operation then gets.
-#[derive(Debug, Clone)]
-pub struct Readiness(ReadyCell);
-
-impl Readiness {
-    /// `Some(cause)` once the tree is known not to be buildable; `None` while pending or ready.
-    pub fn failure(&self) -> Option<String> {
-        self.0.get().and_then(|r| r.as_ref().err().cloned())
-    }
-
-    /// Blocks until the tree is built (`Ok`) or known not to be buildable (`Err(cause)`); as
-    /// long as every filesystem operation would wait.
-    pub fn wait(&self) -> Result<(), String> {
-        self.0.wait().as_ref().map(|_| ()).map_err(Clone::clone)
-    }
-}
-
-/// Completes a [`LazyFs::pending`] filesystem.
-#[derive(Debug)]
-pub struct ReadySetter(ReadyCell);
-
-impl ReadySetter {
-    /// Makes the tree visible (or makes every operation fail with EIO, logging `Err` once).
-    pub fn set(self, result: Result<(Tree, Vec<LayerSource>), String>) {
-        if let Err(e) = &result {
-            error!(error = %e, "image could not be prepared; every operation fails with EIO");
-        }
-        let _ = self
-            .0
-            .set(result.map(|(tree, layers)| Ready { tree, layers }));
-    }
-}
 
 impl LazyFs {
     /// A filesystem over `tree`, whose content indexes refer to `layers`; fetches run on `rt`.
@@ -135,9 +82,9 @@ impl LazyFs {
                 ready: cell.clone(),
                 fetcher,
                 rt,
-                last_read: Mutex::new(HashMap::new()),
+                sequential: Sequential::default(),
                 passthrough: false,
-                open_modes: Mutex::new(HashMap::new()),
+                open_modes: OpenModes::default(),
                 recorder: None,
                 replaying: false,
             },
@@ -170,38 +117,18 @@ impl LazyFs {
         self
     }
 
-    /// The kernel readahead this mount wants: small while a profile is recorded or replayed
-    /// (the profile holds what the process reads, not what the kernel read ahead, and a replay
-    /// must not read ahead past it), large otherwise.
+    /// The kernel readahead this mount wants ([`readahead::kernel_kb`]).
     pub fn read_ahead_kb(&self) -> u32 {
-        if self.recorder.is_some() || self.replaying {
-            PROFILE_READ_AHEAD_KB
-        } else {
-            READ_AHEAD_KB
-        }
+        readahead::kernel_kb(self.recorder.is_some() || self.replaying)
     }
 
     fn ready(&self) -> Result<&Ready, Errno> {
         self.ready.wait().as_ref().map_err(|_| Errno::EIO)
     }
 
-    /// Records a read; true when it continues the previous read of the same file.
-    fn is_sequential(&self, ino: u64, offset: u64, len: u64) -> bool {
-        let Ok(mut last) = self.last_read.lock() else {
-            return false;
-        };
-        let seq = offset > 0 && last.get(&ino) == Some(&offset);
-        if last.len() > 4096 {
-            last.clear();
-        }
-        last.insert(ino, offset + len);
-        seq
-    }
-
-    /// During a sequential read, keeps the next [`SEQUENTIAL_WINDOW`] bytes of the file on
-    /// their way, so the network never waits for the reader.
-    fn prefetch_after(&self, content: &Content, from: u64) {
-        let ahead = ChunkFetcher::touching(&content.chunks, from, SEQUENTIAL_WINDOW);
+    /// Keeps `len` bytes of the file from `from` on their way (behind a sequential reader).
+    fn prefetch(&self, content: &Content, from: u64, len: u64) {
+        let ahead = ChunkFetcher::touching(&content.chunks, from, len);
         let Some(probe) = ahead.get(ahead.len() / 2).and_then(|c| c.digest) else {
             return;
         };
@@ -219,33 +146,14 @@ impl LazyFs {
         });
     }
 
-    /// A complete local copy of a regular file whose chunks are all cached (files of at least
-    /// [`PASSTHROUGH_MIN_BYTES`]), for the kernel to read directly.
-    fn passthrough_file(&self, n: &Node) -> Option<std::fs::File> {
-        if !self.passthrough || n.kind != Kind::Reg || n.size < PASSTHROUGH_MIN_BYTES {
-            return None;
-        }
-        let content = n.content.as_ref()?;
-        let cache = self.fetcher.cache();
-        let assembled = cache.assembled_path(&content.chunks);
-        if let Ok(f) = std::fs::File::open(&assembled) {
-            return Some(f);
-        }
-        // Files fill from the front: a missing last chunk ends the check after one stat.
-        let cached = |c: &strata_formats::index::Chunk| {
-            c.loc == strata_formats::index::ChunkLoc::Zeros
-                || c.digest.is_some_and(|d| cache.contains(&d))
-        };
-        if !content.chunks.last().is_some_and(cached) || !content.chunks.iter().all(cached) {
-            return None;
-        }
-        match cache.assemble(&content.chunks, n.size) {
-            Ok(Some(path)) => std::fs::File::open(path).ok(),
-            Ok(None) => None,
-            Err(e) => {
-                debug!(error = %e, "assembling a file for passthrough failed");
-                None
-            }
+    /// Notes a read for the profile being recorded, if one is.
+    fn record(&self, ino: u64, content: &Content, offset: u64, len: u64) {
+        let Some(rec) = &self.recorder else { return };
+        let chunks = &content.chunks;
+        let first = chunks.partition_point(|c| c.file_offset + c.len <= offset);
+        let end = chunks.partition_point(|c| c.file_offset < offset + len);
+        if end > first {
+            rec.note(ino, first, end - 1);
         }
     }
 
@@ -258,92 +166,45 @@ impl LazyFs {
         self.ready()?.tree.get(ino.0).ok_or(Errno::ENOENT)
     }
 
+    fn attr(&self, ino: u64) -> Result<&FileAttr, Errno> {
+        self.ready()?.attr(ino).ok_or(Errno::ENOENT)
+    }
+
     /// The entries of directory `ino` from position `offset` on (`.` and `..` first), each
-    /// with the offset of the one after it; produced as the reply buffer takes them.
+    /// with the offset of the one after it; resumed at `offset` directly (no skipping), and
+    /// produced as the reply buffer takes them.
     fn dir_entries(
         &self,
         ino: INodeNo,
         offset: u64,
     ) -> Result<impl Iterator<Item = DirEntry<'_>>, Errno> {
-        let tree = &self.ready()?.tree;
-        let n = match tree.get(ino.0) {
+        let ready = self.ready()?;
+        let n = match ready.tree.get(ino.0) {
             Some(n) if n.kind == Kind::Dir => n,
             Some(_) => return Err(Errno::ENOTDIR),
             None => return Err(Errno::ENOENT),
         };
-        let parent = tree.get(n.parent).unwrap_or(n);
-        let dots = [(ino.0, n, &b"."[..]), (n.parent, parent, &b".."[..])];
+        let dots = [(ino.0, &b"."[..]), (n.parent, &b".."[..])];
+        let from = (offset as usize).saturating_sub(dots.len());
+        let dots =
+            (offset as usize..dots.len()).map(move |i| ((i + 1) as u64, dots[i].0, dots[i].1));
         let children = n
             .children
-            .iter()
-            .filter_map(|(name, c)| tree.get(*c).map(|cn| (*c, cn, name.as_slice())));
+            .from(from)
+            .zip(from + 3..)
+            .map(|((name, c), next)| (next as u64, c, name));
         Ok(dots
-            .into_iter()
             .chain(children)
-            .enumerate()
-            .skip(offset as usize)
-            .map(|(i, (child, node, name))| ((i + 1) as u64, child, node, name)))
+            .filter_map(|(next, c, name)| ready.attr(c).map(|a| (next, c, a, name))))
     }
 }
 
-fn file_type(k: Kind) -> FileType {
-    match k {
-        Kind::Dir => FileType::Directory,
-        Kind::Reg | Kind::Hardlink => FileType::RegularFile,
-        Kind::Symlink => FileType::Symlink,
-        Kind::Char => FileType::CharDevice,
-        Kind::Block => FileType::BlockDevice,
-        Kind::Fifo => FileType::NamedPipe,
-    }
-}
-
-/// The kernel's `new_encode_dev`.
-fn encode_dev(major: u32, minor: u32) -> u32 {
-    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
-}
-
-fn time_of((secs, nanos): (i64, u32)) -> SystemTime {
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::new(secs as u64, nanos)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-    }
-}
-
-/// The attributes the kernel sees for `ino`.
-pub fn attr_of(ino: u64, n: &Node) -> FileAttr {
-    let t = time_of(n.mtime);
-    let blocks = match &n.content {
-        Some(c) => c
-            .chunks
-            .iter()
-            .filter(|c| c.loc != strata_formats::index::ChunkLoc::Zeros)
-            .map(|c| c.len)
-            .sum::<u64>()
-            .div_ceil(512),
-        None => 0,
-    };
-    FileAttr {
-        ino: INodeNo(ino),
-        size: n.size,
-        blocks,
-        atime: t,
-        mtime: t,
-        ctime: t,
-        crtime: t,
-        kind: file_type(n.kind),
-        perm: (n.mode & 0o7777) as u16,
-        nlink: n.nlink,
-        uid: n.uid,
-        gid: n.gid,
-        rdev: if matches!(n.kind, Kind::Char | Kind::Block) {
-            encode_dev(n.rdev.0, n.rdev.1)
-        } else {
-            0
-        },
-        blksize: 4096,
-        flags: 0,
-    }
+/// Bytes of file content from `offset` to the end of the last chunk.
+fn n_remaining(chunks: &[Chunk], offset: u64) -> u64 {
+    chunks
+        .last()
+        .map(|c| (c.file_offset + c.len).saturating_sub(offset))
+        .unwrap_or(0)
 }
 
 impl Filesystem for LazyFs {
@@ -358,7 +219,7 @@ impl Filesystem for LazyFs {
                 warn!(?cap, "kernel lacks FUSE capability");
             }
         }
-        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_readahead(readahead::FUSE_MAX_READAHEAD_BYTES);
         // Passthrough for complete files, where wanted; depth 1 lets overlayfs stack on this.
         if self.passthrough
             && (config
@@ -373,22 +234,23 @@ impl Filesystem for LazyFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let tree = match self.ready() {
-            Ok(r) => &r.tree,
+        let ready = match self.ready() {
+            Ok(r) => r,
             Err(e) => return reply.error(e),
         };
-        match tree.lookup(parent.0, name.as_bytes()) {
-            Some(ino) => match tree.get(ino) {
-                Some(n) => reply.entry(&TTL, &attr_of(ino, n), Generation(0)),
-                None => reply.error(Errno::ENOENT),
-            },
+        match ready
+            .tree
+            .lookup(parent.0, name.as_bytes())
+            .and_then(|ino| ready.attr(ino))
+        {
+            Some(attr) => reply.entry(&TTL, attr, Generation(0)),
             None => reply.error(Errno::ENOENT),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.node(ino) {
-            Ok(n) => reply.attr(&TTL, &attr_of(ino.0, n)),
+        match self.attr(ino.0) {
+            Ok(attr) => reply.attr(&TTL, attr),
             Err(e) => reply.error(e),
         }
     }
@@ -402,51 +264,39 @@ impl Filesystem for LazyFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.node(ino) {
-            Ok(n) if n.kind == Kind::Dir => reply.error(Errno::EISDIR),
-            Ok(_) if flags.0 & libc::O_ACCMODE != libc::O_RDONLY => reply.error(Errno::EROFS),
-            Ok(n) => {
-                let Ok(mut modes) = self.open_modes.lock() else {
-                    return reply.error(Errno::EIO);
-                };
-                match modes.get_mut(&ino.0) {
-                    Some(OpenMode::Fuse(count)) => {
-                        *count += 1;
-                        reply.opened(FileHandle(FH_FUSE), FopenFlags::FOPEN_KEEP_CACHE);
-                    }
-                    Some(OpenMode::Passthrough(count, id)) => {
-                        *count += 1;
-                        reply.opened_passthrough(
-                            FileHandle(FH_PASSTHROUGH),
-                            FopenFlags::empty(),
-                            id,
-                        );
-                    }
-                    None => {
-                        let backing = self.passthrough_file(n).and_then(|file| {
-                            reply
-                                .open_backing(&file)
-                                .map_err(|e| debug!(error = %e, "passthrough refused; serving through FUSE"))
-                                .ok()
-                        });
-                        match backing {
-                            Some(id) => {
-                                reply.opened_passthrough(
-                                    FileHandle(FH_PASSTHROUGH),
-                                    FopenFlags::empty(),
-                                    &id,
-                                );
-                                modes.insert(ino.0, OpenMode::Passthrough(1, id));
-                            }
-                            None => {
-                                reply.opened(FileHandle(FH_FUSE), FopenFlags::FOPEN_KEEP_CACHE);
-                                modes.insert(ino.0, OpenMode::Fuse(1));
-                            }
-                        }
-                    }
-                }
+        let n = match self.node(ino) {
+            Ok(n) if n.kind == Kind::Dir => return reply.error(Errno::EISDIR),
+            Ok(_) if flags.0 & libc::O_ACCMODE != libc::O_RDONLY => {
+                return reply.error(Errno::EROFS);
             }
-            Err(e) => reply.error(e),
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let mode = match self.open_modes.join(ino.0) {
+            Some(mode) => mode,
+            None => {
+                // First open: find (or assemble) the backing file holding no lock.
+                let backing = self
+                    .passthrough
+                    .then(|| passthrough_file(self.fetcher.cache(), n))
+                    .flatten()
+                    .and_then(|file| {
+                        reply
+                            .open_backing(&file)
+                            .map_err(
+                                |e| debug!(error = %e, "passthrough refused; serving through FUSE"),
+                            )
+                            .ok()
+                    });
+                let mode = backing.map_or(Mode::Fuse, |id| Mode::Passthrough(Arc::new(id)));
+                self.open_modes.open(ino.0, mode)
+            }
+        };
+        match mode {
+            Mode::Fuse => reply.opened(FileHandle(FH_FUSE), FopenFlags::FOPEN_KEEP_CACHE),
+            Mode::Passthrough(id) => {
+                reply.opened_passthrough(FileHandle(FH_PASSTHROUGH), FopenFlags::empty(), &id)
+            }
         }
     }
 
@@ -454,24 +304,13 @@ impl Filesystem for LazyFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if let Ok(mut modes) = self.open_modes.lock()
-            && let Some(mode) = modes.get_mut(&ino.0)
-        {
-            let count = match mode {
-                OpenMode::Fuse(c) | OpenMode::Passthrough(c, _) => c,
-            };
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                modes.remove(&ino.0);
-            }
-        }
-        let _ = fh;
+        self.open_modes.release(ino.0);
         reply.ok();
     }
 
@@ -494,25 +333,19 @@ impl Filesystem for LazyFs {
             return reply.data(&[]);
         }
         let len = (size as u64).min(n.size - offset);
+        let mut buf = vec![0u8; len as usize];
         let Some(content) = n.content.clone() else {
-            return reply.data(&vec![0u8; len as usize]);
+            return reply.data(&buf);
         };
-        if let Some(rec) = &self.recorder {
-            let first = content
-                .chunks
-                .partition_point(|c| c.file_offset + c.len <= offset);
-            let end = content
-                .chunks
-                .partition_point(|c| c.file_offset < offset + len);
-            if end > first {
-                rec.note(ino.0, first, end - 1);
-            }
+        self.record(ino.0, &content, offset, len);
+        if let Some((from, ahead)) = self.sequential.on_read(ino.0, offset, len) {
+            self.prefetch(&content, from, ahead);
         }
-        if self.is_sequential(ino.0, offset, len) {
-            self.prefetch_after(&content, offset + len);
-        }
-        match self.fetcher.read_cached(&content.chunks, offset, len) {
-            Ok(Some(data)) => return reply.data(&data),
+        match self
+            .fetcher
+            .read_cached_into(&content.chunks, offset, &mut buf)
+        {
+            Ok(Some(k)) => return reply.data(&buf[..k]),
             Ok(None) => {}
             Err(e) => {
                 error!(ino = ino.0, error = %e, "cache read failed");
@@ -522,25 +355,16 @@ impl Filesystem for LazyFs {
         let Some(layer) = self.layer_of(&content) else {
             return reply.error(Errno::EIO);
         };
+        let fetch_len = readahead::miss_fetch_len(len, n_remaining(&content.chunks, offset));
         let fetcher = self.fetcher.clone();
         self.rt.spawn(async move {
-            // Fetch ahead within the file: a file being read is usually read to its end.
-            let ahead = (len.max(1 << 20)).min(n_remaining(&content.chunks, offset));
-            if let Err(e) = fetcher
-                .ensure(
-                    &layer,
-                    ChunkFetcher::touching(&content.chunks, offset, ahead),
-                )
+            match fetcher
+                .read_into(&layer, &content.chunks, offset, &mut buf, fetch_len)
                 .await
             {
-                error!(ino = ino.0, offset, error = %e, "read failed");
-                return reply.error(Errno::EIO);
-            }
-            match fetcher.read_cached(&content.chunks, offset, len) {
-                Ok(Some(data)) => reply.data(&data),
-                Ok(None) => reply.error(Errno::EIO),
+                Ok(k) => reply.data(&buf[..k]),
                 Err(e) => {
-                    error!(ino = ino.0, error = %e, "cache read failed");
+                    error!(ino = ino.0, offset, error = %e, "read failed");
                     reply.error(Errno::EIO)
                 }
             }
@@ -559,13 +383,8 @@ impl Filesystem for LazyFs {
             Ok(e) => e,
             Err(e) => return reply.error(e),
         };
-        for (next, child, node, name) in entries {
-            if reply.add(
-                INodeNo(child),
-                next,
-                file_type(node.kind),
-                OsStr::from_bytes(name),
-            ) {
+        for (next, child, attr, name) in entries {
+            if reply.add(INodeNo(child), next, attr.kind, OsStr::from_bytes(name)) {
                 break;
             }
         }
@@ -586,14 +405,13 @@ impl Filesystem for LazyFs {
             Ok(e) => e,
             Err(e) => return reply.error(e),
         };
-        for (next, child, node, name) in entries {
-            let attr = attr_of(child, node);
+        for (next, child, attr, name) in entries {
             if reply.add(
                 INodeNo(child),
                 next,
                 OsStr::from_bytes(name),
                 &TTL,
-                &attr,
+                attr,
                 Generation(0),
             ) {
                 break;
@@ -662,8 +480,7 @@ impl Filesystem for LazyFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        let chunks: &[strata_formats::index::Chunk] =
-            n.content.as_ref().map(|c| &c.chunks[..]).unwrap_or(&[]);
+        let chunks: &[Chunk] = n.content.as_ref().map(|c| &c.chunks[..]).unwrap_or(&[]);
         match seek_data_hole(chunks, n.size, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(e),
@@ -698,77 +515,67 @@ impl Filesystem for LazyFs {
     }
 }
 
-/// SEEK_DATA / SEEK_HOLE over a file's chunks: holes are the `zeros` chunks (and a file
-/// without content is one hole), so copy-up and `cp --sparse` keep them.
-fn seek_data_hole(
-    chunks: &[strata_formats::index::Chunk],
-    size: u64,
-    offset: i64,
-    whence: i32,
-) -> Result<i64, Errno> {
-    use strata_formats::index::ChunkLoc;
-    let Ok(off) = u64::try_from(offset) else {
-        return Err(Errno::EINVAL);
-    };
-    if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
-        return Err(Errno::EINVAL);
-    }
-    if off >= size {
-        return Err(Errno::ENXIO);
-    }
-    let want_data = whence == libc::SEEK_DATA;
-    for c in chunks.iter().filter(|c| c.file_offset + c.len > off) {
-        let is_data = c.loc != ChunkLoc::Zeros;
-        if is_data == want_data {
-            return Ok(off.max(c.file_offset) as i64);
-        }
-    }
-    if want_data {
-        Err(Errno::ENXIO)
-    } else {
-        Ok(size as i64)
-    }
-}
-
-fn n_remaining(chunks: &[strata_formats::index::Chunk], offset: u64) -> u64 {
-    chunks
-        .last()
-        .map(|c| (c.file_offset + c.len).saturating_sub(offset))
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strata_formats::index::{Entry, LayerIndex};
+    use strata_storage::cache::ChunkCache;
+    use strata_storage::source::NoSource;
 
-    #[test]
-    fn seek_data_and_hole_follow_zero_chunks() {
-        use strata_formats::index::{Chunk, ChunkLoc};
-        let c = |off, len, zeros: bool| Chunk {
-            file_offset: off,
-            len,
-            digest: None,
-            loc: if zeros {
-                ChunkLoc::Zeros
-            } else {
-                ChunkLoc::Local
-            },
-        };
-        let chunks = [c(0, 10, false), c(10, 10, true), c(20, 5, false)];
-        let (d, h) = (libc::SEEK_DATA, libc::SEEK_HOLE);
-        assert_eq!(seek_data_hole(&chunks, 25, 0, d), Ok(0));
-        assert_eq!(seek_data_hole(&chunks, 25, 0, h), Ok(10));
-        assert_eq!(seek_data_hole(&chunks, 25, 12, d), Ok(20));
-        assert_eq!(seek_data_hole(&chunks, 25, 21, h), Ok(25));
-        assert_eq!(seek_data_hole(&chunks, 25, 25, d), Err(Errno::ENXIO));
-        assert_eq!(seek_data_hole(&[], 0, 0, d), Err(Errno::ENXIO));
+    fn entry(path: &str, kind: Kind) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: (0, 0),
+            size: 0,
+            link: Vec::new(),
+            rdev: (0, 0),
+            xattrs: Vec::new(),
+            chunks: Vec::new(),
+        }
     }
 
     #[test]
-    fn device_numbers_encode_like_the_kernel() {
-        // glibc's makedev agrees with the kernel encoding for 32-bit device numbers.
-        for (ma, mi) in [(1, 3), (8, 0x1234), (259, 70000)] {
-            assert_eq!(encode_dev(ma, mi) as u64, libc::makedev(ma, mi));
+    fn readdir_resumes_at_any_offset_with_the_same_entries() {
+        let mut entries = vec![entry("d", Kind::Dir), entry("d/sub", Kind::Dir)];
+        entries.extend((0..7).map(|i| entry(&format!("d/f{}", 7 - i), Kind::Reg)));
+        let tree = Tree::build([&LayerIndex { entries }]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(ChunkCache::open(dir.path(), 1 << 20).unwrap());
+        let fetcher = Arc::new(ChunkFetcher::new(
+            Arc::new(NoSource),
+            cache,
+            dir.path().into(),
+        ));
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let d = INodeNo(tree.resolve(b"d").unwrap());
+        let fs = LazyFs::new(tree, Vec::new(), fetcher, rt.handle().clone());
+        let list = |offset| -> Vec<(u64, String, u64)> {
+            let e = fs.dir_entries(d, offset).unwrap();
+            e.map(|(next, ino, attr, name)| {
+                assert_eq!(attr.ino.0, ino);
+                (next, String::from_utf8_lossy(name).into_owned(), ino)
+            })
+            .collect()
+        };
+        let all = list(0);
+        let names: Vec<&str> = all.iter().map(|e| e.1.as_str()).collect();
+        assert_eq!(
+            names,
+            [".", "..", "f1", "f2", "f3", "f4", "f5", "f6", "f7", "sub"]
+        );
+        assert!(all.iter().enumerate().all(|(i, e)| e.0 == i as u64 + 1));
+        assert_eq!(all[0].2, d.0);
+        assert_eq!(all[1].2, crate::tree::ROOT_INO);
+        for offset in 0..=all.len() + 1 {
+            assert_eq!(
+                list(offset as u64),
+                all[offset.min(all.len())..],
+                "at {offset}"
+            );
         }
     }
 }

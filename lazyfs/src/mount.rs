@@ -8,14 +8,6 @@ use tracing::{debug, warn};
 
 use crate::fuse::LazyFs;
 
-/// Kernel readahead of a mount, in KiB: large, so that a cold reader's misses go out as
-/// several parallel requests.
-pub const READ_AHEAD_KB: u32 = 4096;
-/// Kernel readahead of a mount that records or replays a prefetch profile: the kernel asks for
-/// little more than the process reads, so the profile holds what the process needs and a
-/// replay is not sent past it by readahead.
-pub const PROFILE_READ_AHEAD_KB: u32 = 128;
-
 /// How to mount.
 #[derive(Debug, Clone)]
 pub struct MountOptions {
@@ -69,7 +61,8 @@ pub fn spawn(fs: LazyFs, dir: &Path, opts: &MountOptions) -> io::Result<fuser::B
     session.spawn()
 }
 
-/// Sets the kernel readahead of the FUSE mount at `dir` (best effort). The device number
+/// Sets the kernel readahead of the FUSE mount at `dir` (best effort; the value is
+/// [`crate::readahead::kernel_kb`]'s). The device number
 /// comes from mountinfo: a stat of the mount point would wait for the not-yet-served FUSE.
 pub fn set_read_ahead(dir: &Path, kb: u32) {
     let Some(dev) = mount_entry(dir).map(|m| m.dev) else {

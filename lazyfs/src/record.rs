@@ -8,7 +8,7 @@ use strata_formats::index::ChunkLoc;
 use strata_formats::profile::{Profile, ProfileFile};
 use strata_storage::store::LayerFormat;
 
-use crate::fuse::ReadyCell;
+use crate::ready::ReadyCell;
 
 /// First reads of chunks.
 #[derive(Debug, Default)]

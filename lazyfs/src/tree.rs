@@ -2,10 +2,11 @@
 //! whiteouts (`.wh.NAME` hides NAME below) and opaque directories (`.wh..wh..opq` hides all that
 //! lies below in that directory). Whiteout entries themselves never appear in the tree.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use strata_formats::index::{Chunk, Entry, Kind, LayerIndex};
+
+pub use crate::children::Children;
 
 /// Prefix of whiteout entries.
 pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -74,7 +75,7 @@ pub struct Node {
     /// Regular file content.
     pub content: Option<Content>,
     /// Children of a directory, by name.
-    pub children: BTreeMap<Vec<u8>, u64>,
+    pub children: Children,
 }
 
 impl Node {
@@ -92,7 +93,7 @@ impl Node {
             nlink: 2,
             parent,
             content: None,
-            children: BTreeMap::new(),
+            children: Children::default(),
         }
     }
 
@@ -121,7 +122,7 @@ impl Node {
                 layer,
                 chunks: e.chunks.clone().into(),
             }),
-            children: BTreeMap::new(),
+            children: Children::default(),
         }
     }
 }
@@ -153,6 +154,9 @@ impl Tree {
             t.apply(li, layer)?;
         }
         t.count_dir_links();
+        for n in &mut t.nodes {
+            n.children.freeze();
+        }
         Ok(t)
     }
 
@@ -173,7 +177,7 @@ impl Tree {
 
     /// The child `name` of directory `parent`.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Option<u64> {
-        self.get(parent)?.children.get(name).copied()
+        self.get(parent)?.children.get(name)
     }
 
     /// Resolves a path (no symlinks followed).
@@ -196,7 +200,7 @@ impl Tree {
             let Some(name) = self.get(parent).and_then(|p| {
                 p.children
                     .iter()
-                    .find(|(_, c)| **c == cur)
+                    .find(|(_, c)| *c == cur)
                     .map(|(n, _)| lossy(n))
             }) else {
                 break;
@@ -246,84 +250,107 @@ impl Tree {
     fn apply(&mut self, li: usize, layer: &LayerIndex) -> Result<(), TreeError> {
         // Whiteouts hide what lies below, so they go first.
         for e in &layer.entries {
-            let (dir, name) = split_parent(&e.path);
-            if name == OPAQUE_MARKER {
-                if let Some(d) = self
-                    .resolve(dir)
-                    .filter(|d| self.nodes[(*d - 1) as usize].kind == Kind::Dir)
-                {
-                    let names: Vec<(Vec<u8>, u64)> = self
-                        .node_mut(d)
-                        .children
-                        .iter()
-                        .map(|(k, v)| (k.clone(), *v))
-                        .collect();
-                    for (n, c) in names {
-                        self.unlink(d, &n, c);
-                    }
-                }
-            } else if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX)
-                && let Some(d) = self.resolve(dir)
-                && let Some(c) = self.lookup(d, hidden)
-            {
-                self.unlink(d, hidden, c);
-            }
+            self.apply_whiteout(e);
         }
         for e in &layer.entries {
-            let (dir, name) = split_parent(&e.path);
-            if name.starts_with(WHITEOUT_PREFIX) {
-                continue;
-            }
-            if e.path.is_empty() {
-                let root = self.node_mut(ROOT_INO);
-                root.mode = e.mode;
-                root.uid = e.uid;
-                root.gid = e.gid;
-                root.mtime = e.mtime;
-                root.xattrs = e.xattrs.clone();
-                continue;
-            }
-            let parent = self.ensure_dir(dir);
-            let existing = self.lookup(parent, name);
-            if e.kind == Kind::Hardlink {
-                let target = self
-                    .resolve(&e.link)
-                    .ok_or_else(|| TreeError::DanglingHardlink {
-                        layer: li,
-                        path: lossy(&e.path),
-                        target: lossy(&e.link),
-                    })?;
-                if self.nodes[(target - 1) as usize].kind == Kind::Dir {
-                    return Err(TreeError::HardlinkToDir {
-                        layer: li,
-                        path: lossy(&e.path),
-                    });
-                }
-                if existing == Some(target) {
-                    continue;
-                }
-                if let Some(old) = existing {
-                    self.unlink(parent, name, old);
-                }
-                self.node_mut(target).nlink += 1;
-                self.node_mut(parent).children.insert(name.to_vec(), target);
-                continue;
-            }
-            if let Some(old) = existing {
-                let old_node = &mut self.nodes[(old - 1) as usize];
-                if old_node.kind == Kind::Dir && e.kind == Kind::Dir {
-                    old_node.mode = e.mode;
-                    old_node.uid = e.uid;
-                    old_node.gid = e.gid;
-                    old_node.mtime = e.mtime;
-                    old_node.xattrs = e.xattrs.clone();
-                    continue;
-                }
-                self.unlink(parent, name, old);
-            }
-            let ino = self.alloc(Node::from_entry(e, li, parent));
-            self.node_mut(parent).children.insert(name.to_vec(), ino);
+            self.apply_entry(li, e)?;
         }
+        Ok(())
+    }
+
+    /// Applies `e` if it is a whiteout or an opaque marker.
+    fn apply_whiteout(&mut self, e: &Entry) {
+        let (dir, name) = split_parent(&e.path);
+        if name == OPAQUE_MARKER {
+            if let Some(d) = self
+                .resolve(dir)
+                .filter(|d| self.nodes[(*d - 1) as usize].kind == Kind::Dir)
+            {
+                let names: Vec<(Vec<u8>, u64)> = self
+                    .node_mut(d)
+                    .children
+                    .iter()
+                    .map(|(k, v)| (k.to_vec(), v))
+                    .collect();
+                for (n, c) in names {
+                    self.unlink(d, &n, c);
+                }
+            }
+        } else if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX)
+            && let Some(d) = self.resolve(dir)
+            && let Some(c) = self.lookup(d, hidden)
+        {
+            self.unlink(d, hidden, c);
+        }
+    }
+
+    /// Applies `e` of layer `li` unless it is a whiteout.
+    fn apply_entry(&mut self, li: usize, e: &Entry) -> Result<(), TreeError> {
+        let (dir, name) = split_parent(&e.path);
+        if name.starts_with(WHITEOUT_PREFIX) {
+            return Ok(());
+        }
+        if e.path.is_empty() {
+            let root = self.node_mut(ROOT_INO);
+            root.mode = e.mode;
+            root.uid = e.uid;
+            root.gid = e.gid;
+            root.mtime = e.mtime;
+            root.xattrs = e.xattrs.clone();
+            return Ok(());
+        }
+        let parent = self.ensure_dir(dir);
+        let existing = self.lookup(parent, name);
+        if e.kind == Kind::Hardlink {
+            return self.apply_hardlink(li, e, parent, name, existing);
+        }
+        if let Some(old) = existing {
+            let old_node = &mut self.nodes[(old - 1) as usize];
+            if old_node.kind == Kind::Dir && e.kind == Kind::Dir {
+                old_node.mode = e.mode;
+                old_node.uid = e.uid;
+                old_node.gid = e.gid;
+                old_node.mtime = e.mtime;
+                old_node.xattrs = e.xattrs.clone();
+                return Ok(());
+            }
+            self.unlink(parent, name, old);
+        }
+        let ino = self.alloc(Node::from_entry(e, li, parent));
+        self.node_mut(parent).children.insert(name.to_vec(), ino);
+        Ok(())
+    }
+
+    /// Links `name` in `parent` (where `existing` is) to the target of hardlink `e`.
+    fn apply_hardlink(
+        &mut self,
+        li: usize,
+        e: &Entry,
+        parent: u64,
+        name: &[u8],
+        existing: Option<u64>,
+    ) -> Result<(), TreeError> {
+        let target = self
+            .resolve(&e.link)
+            .ok_or_else(|| TreeError::DanglingHardlink {
+                layer: li,
+                path: lossy(&e.path),
+                target: lossy(&e.link),
+            })?;
+        if self.nodes[(target - 1) as usize].kind == Kind::Dir {
+            return Err(TreeError::HardlinkToDir {
+                layer: li,
+                path: lossy(&e.path),
+            });
+        }
+        if existing == Some(target) {
+            return Ok(());
+        }
+        if let Some(old) = existing {
+            self.unlink(parent, name, old);
+        }
+        self.node_mut(target).nlink += 1;
+        self.node_mut(parent).children.insert(name.to_vec(), target);
         Ok(())
     }
 
@@ -334,8 +361,8 @@ impl Tree {
             }
             let subdirs = self.nodes[i]
                 .children
-                .values()
-                .filter(|c| self.nodes[(**c - 1) as usize].kind == Kind::Dir)
+                .iter()
+                .filter(|(_, c)| self.nodes[(*c - 1) as usize].kind == Kind::Dir)
                 .count() as u32;
             self.nodes[i].nlink = 2 + subdirs;
         }
@@ -371,8 +398,8 @@ mod tests {
         t.get(d)
             .unwrap()
             .children
-            .keys()
-            .map(|k| lossy(k))
+            .iter()
+            .map(|(k, _)| lossy(k))
             .collect()
     }
 
@@ -428,6 +455,32 @@ mod tests {
         let ino = t.resolve(b"usr/bin/python3").unwrap();
         assert_eq!(t.path_of(ino), "usr/bin/python3");
         assert_eq!(t.path_of(ROOT_INO), "");
+    }
+
+    #[test]
+    fn a_built_directory_lists_from_any_index_in_name_order() {
+        let l0 = layer(vec![
+            e("d/c", Kind::Reg),
+            e("d/a", Kind::Reg),
+            e("d/b", Kind::Reg),
+        ]);
+        let l1 = layer(vec![e("d/.wh.b", Kind::Reg), e("d/aa", Kind::Reg)]);
+        let t = Tree::build([&l0, &l1]).unwrap();
+        let d = t.get(t.resolve(b"d").unwrap()).unwrap();
+        assert!(
+            matches!(d.children, Children::Sorted(_)),
+            "frozen after the build"
+        );
+        let from = |i| -> Vec<String> { d.children.from(i).map(|(n, _)| lossy(n)).collect() };
+        assert_eq!(from(0), ["a", "aa", "c"]);
+        assert_eq!(from(1), ["aa", "c"]);
+        assert_eq!(from(3), Vec::<String>::new());
+        assert_eq!(from(9), Vec::<String>::new());
+        assert_eq!(
+            t.lookup(t.resolve(b"d").unwrap(), b"aa"),
+            t.resolve(b"d/aa")
+        );
+        assert_eq!(d.children.get(b"b"), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::{debug, info, warn};
 
 use crate::atomic;
+use crate::descriptors::Descriptors;
 use strata_oci::digest::{Digest, DigestError};
 
 /// Errors of the chunk cache.
@@ -47,6 +48,8 @@ pub struct ChunkCache {
     evicting: Mutex<()>,
     /// Chunks this process wrote or has checked once.
     verified: Mutex<HashSet<Digest>>,
+    /// Open files of verified chunks.
+    fds: Descriptors,
 }
 
 impl ChunkCache {
@@ -63,6 +66,7 @@ impl ChunkCache {
             added_since_check: AtomicU64::new(CHECK_EVERY_BYTES),
             evicting: Mutex::new(()),
             verified: Mutex::new(HashSet::new()),
+            fds: Descriptors::default(),
         })
     }
 
@@ -127,6 +131,34 @@ impl ChunkCache {
         }
         buf.truncate(n);
         Ok(Some(buf))
+    }
+
+    /// Reads bytes at `offset` of a cached chunk into all of `buf`, through a kept descriptor:
+    /// false if the chunk is not cached or ends before `buf` is full.
+    pub fn read_into(&self, d: &Digest, offset: u64, buf: &mut [u8]) -> Result<bool, CacheError> {
+        if !self.is_verified(d) {
+            // The first read checks the whole chunk (and marks it verified).
+            return Ok(match self.read_at(d, offset, buf.len())? {
+                Some(b) if b.len() == buf.len() => {
+                    buf.copy_from_slice(&b);
+                    true
+                }
+                _ => false,
+            });
+        }
+        let path = self.path(d);
+        let io = |source| CacheError::Io {
+            path: path.clone(),
+            source,
+        };
+        let Some(f) = self.fds.get(d, &path).map_err(io)? else {
+            return Ok(false);
+        };
+        match f.read_exact_at(buf, offset) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(io(e)),
+        }
     }
 
     /// Verifies `bytes` against `d` and stores them. Returns false if already cached.
@@ -233,6 +265,7 @@ impl ChunkCache {
                 debug!(path = %path.display(), "evicted chunk");
             }
         }
+        self.fds.clear();
         info!(
             freed_bytes = freed,
             limit_bytes = self.limit_bytes,
@@ -255,6 +288,7 @@ impl ChunkCache {
                 bytes += len;
             }
         }
+        self.fds.clear();
         Ok((n, bytes))
     }
 
@@ -331,6 +365,29 @@ mod tests {
         let c = ChunkCache::open(dir.path(), 1 << 20).unwrap();
         assert!(c.read_at(&d, 0, 8).unwrap().is_none());
         assert!(!c.contains(&d), "the damaged chunk is dropped");
+    }
+
+    #[test]
+    fn read_into_fills_the_callers_buffer_or_says_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+        let d = Digest::of(b"0123456789");
+        let mut buf = [0u8; 4];
+        assert!(!c.read_into(&d, 0, &mut buf).unwrap());
+        c.put(&d, b"0123456789").unwrap();
+        for _ in 0..2 {
+            // The second time through the kept descriptor.
+            assert!(c.read_into(&d, 3, &mut buf).unwrap());
+            assert_eq!(&buf, b"3456");
+        }
+        assert!(
+            !c.read_into(&d, 8, &mut buf).unwrap(),
+            "past the chunk's end"
+        );
+        // A new process checks the chunk on its first read.
+        let fresh = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+        assert!(fresh.read_into(&d, 6, &mut buf).unwrap());
+        assert_eq!(&buf, b"6789");
     }
 
     #[test]

@@ -1,0 +1,99 @@
+//! Readahead: every decision about reading more than a process asked for, in one place.
+//!
+//! The knobs, from the kernel down to the registry:
+//! - [`FUSE_MAX_READAHEAD_BYTES`]: the readahead the mount starts with (FUSE `init`); replaced
+//!   by the next knob as soon as the mount exists.
+//! - [`READ_AHEAD_KB`] / [`PROFILE_READ_AHEAD_KB`]: the kernel's readahead of the mount (its
+//!   bdi `read_ahead_kb`), large so that a cold reader's misses go out as several parallel
+//!   requests; small while a prefetch profile is recorded or replayed (see [`kernel_kb`]).
+//! - [`MISS_FETCH_AHEAD_BYTES`]: a read that misses the cache fetches at least this much of
+//!   the file from where it reads (in the same requests), since a file being read is usually
+//!   read to its end.
+//! - [`SEQUENTIAL_WINDOW_BYTES`]: while a file is read sequentially, the next this-many bytes
+//!   are kept on their way in the background, so that the network never waits for the reader.
+//! - Request shaping below that (how misses become range requests: the coalescing gap, the
+//!   largest request, requests in parallel) is `strata_storage::ranges`; prefetch of a whole
+//!   profile is `strata_image::profile`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Readahead the mount starts with, until [`READ_AHEAD_KB`] is set on it.
+pub const FUSE_MAX_READAHEAD_BYTES: u32 = 1 << 20;
+/// Kernel readahead of a mount, in KiB.
+pub const READ_AHEAD_KB: u32 = 4096;
+/// Kernel readahead of a mount that records or replays a prefetch profile: the kernel asks for
+/// little more than the process reads, so the profile holds what the process needs and a
+/// replay is not sent past it by readahead.
+pub const PROFILE_READ_AHEAD_KB: u32 = 128;
+/// Least a read that misses the cache fetches from where it reads.
+pub const MISS_FETCH_AHEAD_BYTES: u64 = 1 << 20;
+/// How far ahead of a sequential reader its next bytes are fetched.
+pub const SEQUENTIAL_WINDOW_BYTES: u64 = 8 << 20;
+/// Files whose last read position is remembered (to recognise sequential reads); the memory is
+/// cleared when it grows past this.
+const TRACKED_FILES: usize = 4096;
+
+/// The kernel readahead a mount wants, in KiB: small while a profile is recorded or replayed
+/// (the profile holds what the process reads, not what the kernel read ahead, and a replay
+/// must not read ahead past it), large otherwise.
+pub fn kernel_kb(profiling: bool) -> u32 {
+    if profiling {
+        PROFILE_READ_AHEAD_KB
+    } else {
+        READ_AHEAD_KB
+    }
+}
+
+/// How much of a file a read that misses the cache fetches: the bytes read, at least
+/// [`MISS_FETCH_AHEAD_BYTES`], no further than the file's content (`remaining` bytes).
+pub fn miss_fetch_len(len: u64, remaining: u64) -> u64 {
+    len.max(MISS_FETCH_AHEAD_BYTES).min(remaining).max(len)
+}
+
+/// Sequential-read detection for one mount.
+#[derive(Debug, Default)]
+pub(crate) struct Sequential {
+    /// End of the last read of each file.
+    last_end: Mutex<HashMap<u64, u64>>,
+}
+
+impl Sequential {
+    /// Notes a read of `len` bytes at `offset` of `ino`; when it continues the previous read
+    /// of that file, the range to keep on its way behind it (`offset`, `len`).
+    pub(crate) fn on_read(&self, ino: u64, offset: u64, len: u64) -> Option<(u64, u64)> {
+        let mut last = self.last_end.lock().unwrap_or_else(|p| p.into_inner());
+        let sequential = offset > 0 && last.get(&ino) == Some(&offset);
+        if last.len() > TRACKED_FILES {
+            last.clear();
+        }
+        last.insert(ino, offset + len);
+        sequential.then_some((offset + len, SEQUENTIAL_WINDOW_BYTES))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_read_that_continues_the_last_one_prefetches() {
+        let s = Sequential::default();
+        assert_eq!(s.on_read(7, 0, 100), None);
+        assert_eq!(s.on_read(7, 100, 50), Some((150, SEQUENTIAL_WINDOW_BYTES)));
+        assert_eq!(s.on_read(7, 0, 10), None, "a jump back is not sequential");
+        assert_eq!(
+            s.on_read(8, 10, 10),
+            None,
+            "another file has its own position"
+        );
+    }
+
+    #[test]
+    fn a_miss_fetches_ahead_within_the_file() {
+        assert_eq!(miss_fetch_len(4096, 10 << 20), MISS_FETCH_AHEAD_BYTES);
+        assert_eq!(miss_fetch_len(4096, 8192), 8192);
+        assert_eq!(miss_fetch_len(2 << 20, 10 << 20), 2 << 20);
+        assert_eq!(kernel_kb(true), PROFILE_READ_AHEAD_KB);
+    }
+}

@@ -1,0 +1,133 @@
+//! Bookkeeping of the lazy fetch: which chunks are being fetched (so that each is fetched once
+//! however many readers want it), and whether any reader is waiting for the network (so that
+//! background fetches hold back).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use strata_formats::index::Chunk;
+use strata_oci::digest::Digest;
+use tokio::sync::watch;
+
+/// Chunks being fetched; the receiver of each wakes when its fetch ends, however it ends.
+#[derive(Debug, Default)]
+pub(crate) struct Inflight {
+    map: Mutex<HashMap<Digest, watch::Receiver<()>>>,
+}
+
+/// What [`Inflight::claim`] found.
+pub(crate) struct Claimed<'a> {
+    /// The claim on the chunks this caller fetches.
+    pub(crate) claim: Claim<'a>,
+    /// Those chunks.
+    pub(crate) mine: Vec<Chunk>,
+    /// Chunks someone else is fetching, with the receiver that wakes when that fetch ends.
+    pub(crate) waits: Vec<(Digest, watch::Receiver<()>)>,
+}
+
+impl Inflight {
+    /// Claims every chunk of `missing` (chunks with a digest, each once) that nobody is
+    /// fetching yet. Only map operations run under the lock.
+    pub(crate) fn claim(&self, missing: &[Chunk]) -> Claimed<'_> {
+        let mut mine = Vec::new();
+        let mut waits = Vec::new();
+        let mut senders = HashMap::new();
+        {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            for c in missing {
+                let Some(d) = c.digest else { continue };
+                if let Some(rx) = map.get(&d) {
+                    waits.push((d, rx.clone()));
+                    continue;
+                }
+                let (tx, rx) = watch::channel(());
+                map.insert(d, rx);
+                senders.insert(d, tx);
+                mine.push(*c);
+            }
+        }
+        Claimed {
+            claim: Claim {
+                map: &self.map,
+                senders: Mutex::new(senders),
+            },
+            mine,
+            waits,
+        }
+    }
+}
+
+/// Removes claimed chunks from the in-flight map when their fetch ends, however it ends;
+/// dropping the senders wakes the waiters.
+pub(crate) struct Claim<'a> {
+    map: &'a Mutex<HashMap<Digest, watch::Receiver<()>>>,
+    senders: Mutex<HashMap<Digest, watch::Sender<()>>>,
+}
+
+impl Claim<'_> {
+    /// Ends the claim on `digests` (their waiters wake and look in the cache).
+    pub(crate) fn release(&self, digests: impl IntoIterator<Item = Digest>) {
+        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        for d in digests {
+            map.remove(&d);
+            senders.remove(&d);
+        }
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let all: Vec<Digest> = self
+            .senders
+            .lock()
+            .map(|s| s.keys().copied().collect())
+            .unwrap_or_default();
+        self.release(all);
+    }
+}
+
+/// How many reads wait for the network now.
+#[derive(Debug)]
+pub(crate) struct Foreground {
+    waiting: watch::Sender<usize>,
+}
+
+impl Default for Foreground {
+    fn default() -> Self {
+        Self {
+            waiting: watch::Sender::new(0),
+        }
+    }
+}
+
+/// Counts one read as waiting for as long as it lives.
+pub(crate) struct Waiting<'a>(&'a watch::Sender<usize>);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+impl Foreground {
+    /// Counts a read that waits for the network until the guard is dropped.
+    pub(crate) fn enter(&self) -> Waiting<'_> {
+        self.waiting.send_modify(|n| *n += 1);
+        Waiting(&self.waiting)
+    }
+
+    /// Reads waiting now.
+    #[cfg(test)]
+    pub(crate) fn count(&self) -> usize {
+        *self.waiting.borrow()
+    }
+
+    /// Returns once no read is waiting (at once if none is); woken by the last waiting read,
+    /// not by polling.
+    pub(crate) async fn idle(&self) {
+        let mut rx = self.waiting.subscribe();
+        // The sender lives as long as `self`: this cannot fail while we borrow it.
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
