@@ -1,14 +1,6 @@
-#![allow(
-    missing_docs,
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    clippy::cast_possible_wrap
-)] // TODO(issue 13): lints after the read-path/image/cli merges
 //! The OCI distribution API client: manifests, blobs, ranges, uploads, with bearer/basic auth,
 //! retries with backoff on 5xx/429/transport errors, timeouts, and digest verification of every
 //! manifest and whole blob it returns.
-
-#![warn(missing_docs)]
 
 pub mod auth;
 mod error;

@@ -25,7 +25,10 @@ pub(crate) async fn read_limited(
     limit: usize,
     url: &str,
 ) -> Result<Bytes, RegistryError> {
-    if resp.content_length().is_some_and(|l| l as usize > limit) {
+    if resp
+        .content_length()
+        .is_some_and(|l| usize::try_from(l).map_or(true, |l| l > limit))
+    {
         return Err(RegistryError::Protocol {
             registry: url.to_string(),
             reason: format!("manifest larger than {limit} bytes"),

@@ -71,11 +71,11 @@ pub(super) fn rate_limit_wait(
             status,
             waited_secs: waited.as_secs(),
             limit_secs: limit.as_secs(),
-            next_secs: wait.as_secs_f64().ceil() as u64,
+            next_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
         })));
     }
     *waited += wait;
-    info!(%url, %status, wait_ms = wait.as_millis() as u64, "registry asks to retry later");
+    info!(%url, %status, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "registry asks to retry later");
     Ok(Some(wait))
 }
 

@@ -61,7 +61,8 @@ impl RegistryClient {
             let mut at = 0u64;
             while at < size {
                 let len = UPLOAD_CHUNK_BYTES.min(size - at);
-                let mut piece = vec![0u8; len as usize];
+                // At most UPLOAD_CHUNK_BYTES, which fits any usize.
+                let mut piece = vec![0u8; usize::try_from(len).expect("a chunk fits memory")];
                 file.read_exact_at(&mut piece, at).map_err(file_err)?;
                 let piece = Bytes::from(piece);
                 let range = format!("{at}-{}", at + len - 1);

@@ -228,7 +228,10 @@ impl Archives {
             .and_then(|t| t.toc_digest.map(|dg| (t, dg)))
             .map(|(t, toc_digest)| -> Result<LayerRecord, ImageError> {
                 let toc = bytes
-                    .get(t.toc.offset as usize..(t.toc.offset + t.toc.compressed) as usize)
+                    .get(
+                        strata_oci::usize_of(t.toc.offset)
+                            ..strata_oci::usize_of(t.toc.offset + t.toc.compressed),
+                    )
                     .ok_or_else(|| fail(d, "TOC outside the blob"))?;
                 toc_digest
                     .verify(toc)
@@ -449,13 +452,15 @@ impl Archives {
         }
         let toc_err = |source| ImageError::Toc { layer: d, source };
         let build = || -> Result<LayerRecord, ImageError> {
-            let footer_at = (size - estargz::FOOTER_LEN) as usize;
+            let footer_at = strata_oci::usize_of(size - estargz::FOOTER_LEN);
             let toc_offset = estargz::parse_footer(&bytes[footer_at..]).map_err(toc_err)?;
-            let member = bytes.get(toc_offset as usize..footer_at).ok_or_else(|| {
-                toc_err(strata_formats::toc::TocError::Footer(
-                    "eStargz TOC offset past the footer",
-                ))
-            })?;
+            let member = bytes
+                .get(strata_oci::usize_of(toc_offset)..footer_at)
+                .ok_or_else(|| {
+                    toc_err(strata_formats::toc::TocError::Footer(
+                        "eStargz TOC offset past the footer",
+                    ))
+                })?;
             let json = estargz::extract_toc_json(member).map_err(toc_err)?;
             self.indexer
                 .estargz_layer(d, size, media_type, tocd, &json, toc_offset)

@@ -1,9 +1,3 @@
-#![allow(
-    missing_docs,
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    clippy::cast_possible_wrap
-)] // TODO(issue 13): lints after the read-path/image/cli merges
 //! Image services over the registry client, the formats and the store: pull, open, convert,
 //! commit, push, profile, save/load and gc.
 //!
@@ -22,8 +16,6 @@
 //! | [`Converter`] | rewrite an image into a lazy format, registry to registry |
 //! | [`Archives`] | `save` and `load` |
 //! | [`Collector`] | remove what no image references |
-
-#![warn(missing_docs)]
 
 pub mod archive;
 pub mod archive_docker;

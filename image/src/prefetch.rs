@@ -67,7 +67,7 @@ impl Prefetcher {
             files = profile.files.len(),
             chunks = profile.chunk_count(),
             bytes = profile.bytes(),
-            ms = started.elapsed().as_millis() as u64,
+            ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "profile prefetched"
         );
     }
@@ -103,7 +103,7 @@ impl Prefetcher {
             }
         }
         info!(
-            ms = started.elapsed().as_millis() as u64,
+            ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "rest of the image fetched"
         );
     }

@@ -77,7 +77,7 @@ impl Puller {
             match self.client.get_blob_range(r, blob, start..end).await? {
                 RangeReply::Partial(b) => b,
                 RangeReply::Whole(b) => {
-                    if end as usize > b.len() {
+                    if strata_oci::usize_of(end) > b.len() {
                         return Err(ImageError::RangePastEnd {
                             layer: *blob,
                             start,
@@ -85,7 +85,7 @@ impl Puller {
                             len: b.len(),
                         });
                     }
-                    b.slice(start as usize..end as usize)
+                    b.slice(strata_oci::usize_of(start)..strata_oci::usize_of(end))
                 }
             },
         )

@@ -26,7 +26,7 @@ fn encode_dev(major: u32, minor: u32) -> u32 {
 
 fn time_of((secs, nanos): (i64, u32)) -> SystemTime {
     if secs >= 0 {
-        UNIX_EPOCH + Duration::new(secs as u64, nanos)
+        UNIX_EPOCH + Duration::new(secs.unsigned_abs(), nanos)
     } else {
         UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
     }

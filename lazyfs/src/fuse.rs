@@ -185,9 +185,9 @@ impl LazyFs {
             None => return Err(Errno::ENOENT),
         };
         let dots = [(ino.0, &b"."[..]), (n.parent, &b".."[..])];
-        let from = (offset as usize).saturating_sub(dots.len());
-        let dots =
-            (offset as usize..dots.len()).map(move |i| ((i + 1) as u64, dots[i].0, dots[i].1));
+        let from = (strata_oci::usize_of(offset)).saturating_sub(dots.len());
+        let dots = (strata_oci::usize_of(offset)..dots.len())
+            .map(move |i| ((i + 1) as u64, dots[i].0, dots[i].1));
         let children = n
             .children
             .from(from)
@@ -333,7 +333,7 @@ impl Filesystem for LazyFs {
             return reply.data(&[]);
         }
         let len = (size as u64).min(n.size - offset);
-        let mut buf = vec![0u8; len as usize];
+        let mut buf = vec![0u8; strata_oci::usize_of(len)];
         let Some(content) = n.content.clone() else {
             return reply.data(&buf);
         };
@@ -431,7 +431,7 @@ impl Filesystem for LazyFs {
             .find(|(k, _)| k.as_slice() == name.as_bytes())
         {
             None => reply.error(Errno::NO_XATTR),
-            Some((_, v)) if size == 0 => reply.size(v.len() as u32),
+            Some((_, v)) if size == 0 => reply.size(u32::try_from(v.len()).unwrap_or(u32::MAX)),
             Some((_, v)) if (size as usize) < v.len() => reply.error(Errno::ERANGE),
             Some((_, v)) => reply.data(v),
         }
@@ -448,7 +448,7 @@ impl Filesystem for LazyFs {
             buf.push(0);
         }
         if size == 0 {
-            reply.size(buf.len() as u32)
+            reply.size(u32::try_from(buf.len()).unwrap_or(u32::MAX))
         } else if (size as usize) < buf.len() {
             reply.error(Errno::ERANGE)
         } else {

@@ -33,7 +33,7 @@ impl Ready {
 
     /// The attributes of `ino`.
     pub(crate) fn attr(&self, ino: u64) -> Option<&FileAttr> {
-        self.attrs.get(ino.checked_sub(1)? as usize)
+        self.attrs.get(strata_oci::usize_of(ino.checked_sub(1)?))
     }
 }
 

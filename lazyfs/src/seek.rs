@@ -24,13 +24,13 @@ pub(crate) fn seek_data_hole(
     for c in chunks.iter().filter(|c| c.file_offset + c.len > off) {
         let is_data = c.loc != ChunkLoc::Zeros;
         if is_data == want_data {
-            return Ok(off.max(c.file_offset) as i64);
+            return Ok(i64::try_from(off.max(c.file_offset)).unwrap_or(i64::MAX));
         }
     }
     if want_data {
         Err(Errno::ENXIO)
     } else {
-        Ok(size as i64)
+        Ok(i64::try_from(size).unwrap_or(i64::MAX))
     }
 }
 

@@ -162,7 +162,7 @@ impl Tree {
 
     /// The node of `ino`.
     pub fn get(&self, ino: u64) -> Option<&Node> {
-        self.nodes.get(ino.checked_sub(1)? as usize)
+        self.nodes.get(strata_oci::usize_of(ino.checked_sub(1)?))
     }
 
     /// Number of inodes allocated.
@@ -213,7 +213,7 @@ impl Tree {
     }
 
     fn node_mut(&mut self, ino: u64) -> &mut Node {
-        &mut self.nodes[(ino - 1) as usize]
+        &mut self.nodes[strata_oci::usize_of(ino - 1)]
     }
 
     fn alloc(&mut self, n: Node) -> u64 {
@@ -227,7 +227,7 @@ impl Tree {
         let mut ino = ROOT_INO;
         for comp in path.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
             ino = match self.lookup(ino, comp) {
-                Some(c) if self.nodes[(c - 1) as usize].kind == Kind::Dir => c,
+                Some(c) if self.nodes[strata_oci::usize_of(c - 1)].kind == Kind::Dir => c,
                 existing => {
                     if let Some(old) = existing {
                         self.unlink(ino, comp, old);
@@ -264,7 +264,7 @@ impl Tree {
         if name == OPAQUE_MARKER {
             if let Some(d) = self
                 .resolve(dir)
-                .filter(|d| self.nodes[(*d - 1) as usize].kind == Kind::Dir)
+                .filter(|d| self.nodes[strata_oci::usize_of(*d - 1)].kind == Kind::Dir)
             {
                 let names: Vec<(Vec<u8>, u64)> = self
                     .node_mut(d)
@@ -305,7 +305,7 @@ impl Tree {
             return self.apply_hardlink(li, e, parent, name, existing);
         }
         if let Some(old) = existing {
-            let old_node = &mut self.nodes[(old - 1) as usize];
+            let old_node = &mut self.nodes[strata_oci::usize_of(old - 1)];
             if old_node.kind == Kind::Dir && e.kind == Kind::Dir {
                 old_node.mode = e.mode;
                 old_node.uid = e.uid;
@@ -337,7 +337,7 @@ impl Tree {
                 path: lossy(&e.path),
                 target: lossy(&e.link),
             })?;
-        if self.nodes[(target - 1) as usize].kind == Kind::Dir {
+        if self.nodes[strata_oci::usize_of(target - 1)].kind == Kind::Dir {
             return Err(TreeError::HardlinkToDir {
                 layer: li,
                 path: lossy(&e.path),
@@ -362,8 +362,9 @@ impl Tree {
             let subdirs = self.nodes[i]
                 .children
                 .iter()
-                .filter(|(_, c)| self.nodes[(*c - 1) as usize].kind == Kind::Dir)
-                .count() as u32;
+                .filter(|(_, c)| self.nodes[strata_oci::usize_of(*c - 1)].kind == Kind::Dir)
+                .count();
+            let subdirs = u32::try_from(subdirs).unwrap_or(u32::MAX - 2);
             self.nodes[i].nlink = 2 + subdirs;
         }
     }

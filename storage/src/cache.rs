@@ -110,7 +110,7 @@ impl ChunkCache {
                 return Ok(None);
             }
             self.mark_verified(d);
-            let start = (offset as usize).min(whole.len());
+            let start = (strata_oci::usize_of(offset)).min(whole.len());
             let end = start.saturating_add(len).min(whole.len());
             return Ok(Some(whole[start..end].to_vec()));
         }
@@ -225,7 +225,7 @@ impl ChunkCache {
                 else {
                     continue;
                 };
-                let Some(bytes) = self.read_at(&d, 0, c.len as usize)? else {
+                let Some(bytes) = self.read_at(&d, 0, strata_oci::usize_of(c.len))? else {
                     return Ok(false);
                 };
                 file.write_all_at(&bytes, c.file_offset).map_err(io(&tmp))?;

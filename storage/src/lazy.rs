@@ -159,7 +159,8 @@ impl ChunkFetcher {
         for c in Self::touching(chunks, offset, len) {
             let from = offset.max(c.file_offset);
             let to = (offset + len).min(c.file_offset + c.len);
-            let out = &mut buf[(from - offset) as usize..(to - offset) as usize];
+            let out =
+                &mut buf[strata_oci::usize_of(from - offset)..strata_oci::usize_of(to - offset)];
             match (c.loc, c.digest) {
                 (ChunkLoc::Zeros, _) | (_, None) => out.fill(0),
                 (_, Some(d)) => {
@@ -168,7 +169,7 @@ impl ChunkFetcher {
                     }
                 }
             }
-            filled = (to - offset) as usize;
+            filled = strata_oci::usize_of(to - offset);
         }
         Ok(Some(filled))
     }
@@ -326,7 +327,8 @@ impl ChunkFetcher {
                 Ok(RangeReply::Partial(b)) => (b, None),
                 Ok(RangeReply::Whole(b)) => {
                     debug!(blob = %blob, "source ignored Range: keeping the whole blob");
-                    let Some(data) = b.get(start as usize..end as usize) else {
+                    let Some(data) = b.get(strata_oci::usize_of(start)..strata_oci::usize_of(end))
+                    else {
                         return Err(FetchError::Stream {
                             blob,
                             reason: format!("range ends at {end} past blob size {}", b.len()),
@@ -429,7 +431,7 @@ fn read_range_of_file(
     let Ok(f) = std::fs::File::open(path) else {
         return Ok(None);
     };
-    let mut buf = vec![0u8; (end - start) as usize];
+    let mut buf = vec![0u8; strata_oci::usize_of(end - start)];
     f.read_exact_at(&mut buf, start)?;
     Ok(Some(Bytes::from(buf)))
 }

@@ -1,5 +1,5 @@
 //! The lazy fetch against a counting fake [`BlobSource`].
-
+#![allow(clippy::cast_possible_truncation)] // small test data
 #![allow(clippy::single_range_in_vec_init)] // one request is exactly the point
 
 use super::*;

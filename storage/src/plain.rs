@@ -151,13 +151,13 @@ impl TarVisitor for Indexer<'_> {
                 kind: "chunk".into(),
                 name: meta.name.clone(),
                 name_raw: meta.name_raw.clone(),
-                chunk_size: n as i64,
+                chunk_size: i64::try_from(n).expect("a chunk is at most CHUNK_BYTES"),
                 chunk_offset: at,
                 chunk_digest: Some(d.to_string()),
                 chunk_type: zeros.then(|| "zeros".into()),
                 ..TocEntry::default()
             });
-            at += n as i64;
+            at += i64::try_from(n).expect("a chunk is at most CHUNK_BYTES");
         }
         meta.digest = Some(file_hash.finish().to_string());
         let first = chunks.remove(0);
@@ -171,6 +171,7 @@ impl TarVisitor for Indexer<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // small test data
 mod tests {
     use super::*;
     use std::io::Write;

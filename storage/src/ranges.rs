@@ -80,7 +80,7 @@ pub(crate) fn coalesce(chunks: &[Chunk]) -> Vec<RangeGroup> {
 
 /// Decompresses one chunk from its compressed bytes (which may run on past its end).
 fn decompress(c: &Chunk, slice: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(c.len as usize);
+    let mut out = Vec::with_capacity(strata_oci::usize_of(c.len));
     match c.loc {
         ChunkLoc::Zstd { .. } => {
             // The range may run on into the frames of following tar headers (when the TOC
@@ -119,7 +119,7 @@ pub(crate) fn store_group(
         let Some(digest) = c.digest else { continue };
         let bad = |reason: String| BadChunk { digest, reason };
         let slice = data
-            .get((start - base) as usize..(end - base) as usize)
+            .get(strata_oci::usize_of(start - base)..strata_oci::usize_of(end - base))
             .ok_or_else(|| bad("range reply too short".into()))?;
         let plain = decompress(c, slice).map_err(bad)?;
         if plain.len() as u64 != c.len {
