@@ -6,6 +6,7 @@
 mod cmd;
 mod format;
 mod global;
+mod gotmpl;
 mod progress;
 
 use clap::Parser;
@@ -42,16 +43,32 @@ fn main() {
     let code = match result {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
-            match e.downcast_ref::<cmd::Daemon>() {
-                Some(d) if error_code == 1 => eprintln!("Error response from daemon: {d}"),
-                _ => eprintln!("strata: {}", one_line(&e)),
-            }
-            error_code
+            report(&e, error_code == 125);
+            e.downcast_ref::<cmd::Coded>()
+                .map_or(error_code, |c| c.code)
         }
         Err(payload) if is_broken_pipe(payload.as_ref()) => die_of_sigpipe(),
         Err(payload) => std::panic::resume_unwind(payload),
     };
     std::process::exit(code);
+}
+
+/// An error as docker's CLI prints it: a daemon's error as "Error response from daemon: …",
+/// others as their message alone; `run`'s with the CLI's name before and a hint after.
+fn report(e: &anyhow::Error, run: bool) {
+    if let Some(c) = e.downcast_ref::<cmd::Coded>() {
+        eprintln!("{c}");
+        return;
+    }
+    let msg = match e.downcast_ref::<cmd::Daemon>() {
+        Some(d) => format!("Error response from daemon: {d}"),
+        None => one_line(e),
+    };
+    if run {
+        eprintln!("strata: {msg}\n\nRun 'strata run --help' for more information");
+    } else {
+        eprintln!("{msg}");
+    }
 }
 
 /// A usage error as docker prints it: one line and where to read more; exit 125 for a bad

@@ -12,9 +12,11 @@ mod images_filter;
 mod inspect;
 pub mod lifecycle;
 mod login;
+mod logs;
 pub mod mount;
 mod profile;
 pub mod ps;
+mod ps_filter;
 pub mod pull;
 mod push;
 mod restart;
@@ -179,3 +181,20 @@ impl std::error::Error for Daemon {}
 pub fn daemon(message: impl Into<String>) -> anyhow::Error {
     Daemon(message.into()).into()
 }
+
+/// An error with its own exit code (docker's `inspect` exits 64 on a template it cannot parse).
+#[derive(Debug)]
+pub struct Coded {
+    /// The exit code.
+    pub code: i32,
+    /// The message.
+    pub message: String,
+}
+
+impl std::fmt::Display for Coded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Coded {}

@@ -34,6 +34,9 @@ pub struct Args {
     /// Read environment variables from a file (KEY=VALUE lines).
     #[arg(long = "env-file")]
     pub env_file: Vec<PathBuf>,
+    /// Set metadata on the container (KEY=VALUE, or KEY for an empty value).
+    #[arg(short = 'l', long = "label")]
+    pub labels: Vec<String>,
     /// Working directory inside the container.
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
@@ -246,14 +249,7 @@ pub fn run_recorded(
     env_args.extend(a.env.iter().cloned());
     let root = g.root();
     let containers = Containers::new(&root);
-    if let Some(n) = &a.name
-        && let Some(c) = containers.find(n).filter(|c| &c.name == n)
-    {
-        bail!(
-            "Conflict. The container name \"/{n}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
-            c.id
-        );
-    }
+    crate::cmd::run_checks::check_daemon_side(&a, &containers)?;
     let mut ctx = g.context()?;
     ctx.prefetch = a.prefetch;
     let rt = runtime()?;
@@ -262,6 +258,13 @@ pub fn run_recorded(
     if a.detach && a.cid.is_none() {
         return detach(&containers, a.name.as_deref()).map(|c| (c, None));
     }
+    // The background half: its output (the container's) goes to the log as records.
+    let _capture = match &a.cid {
+        Some(id) => Some(crate::cmd::logs::capture(
+            &containers.dir_of(id).join("container.log"),
+        )?),
+        None => None,
+    };
     let config = ctx.config(&img)?;
     let cfg = config.get("config");
     let args = command_line(
@@ -271,7 +274,7 @@ pub fn run_recorded(
         &a.command,
     );
     if args.is_empty() {
-        bail!("no command specified");
+        return Err(crate::cmd::daemon("no command specified"));
     }
     let id = match &a.cid {
         Some(id) => id.clone(),
@@ -322,7 +325,7 @@ pub fn run_recorded(
     };
     if let Err(e) = strata_runner::user::resolve(&spec.rootfs, &spec.user) {
         drop(root_mount);
-        return Err(cleanup_dir(e.into()));
+        return Err(cleanup_dir(crate::cmd::daemon(e.to_string())));
     }
     let record = Container {
         id: id.clone(),
@@ -338,6 +341,7 @@ pub fn run_recorded(
         finished: None,
     };
     containers.save(&record)?;
+    crate::cmd::run_checks::extra(&ctx, &img, &config, &a.labels, &a.network).save(&dir)?;
     let streams = if a.tty {
         Streams::Tty
     } else if a.interactive {
@@ -381,14 +385,9 @@ fn detach(containers: &Containers, name: Option<&str>) -> anyhow::Result<i32> {
                 println!("{id}");
                 return Ok(0);
             }
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = crate::cmd::logs::last_line(&log_path);
             let _ = std::fs::remove_dir_all(&dir);
-            let last = text
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim_start_matches("strata: ");
+            let last = last.trim_start_matches("strata: ");
             bail!(
                 "container {} did not start ({status}): {last}",
                 name.unwrap_or(&id[..12])
