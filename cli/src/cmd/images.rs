@@ -69,7 +69,8 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let mut rows = rows(&ctx, a.no_trunc, a.all)?;
     filters.apply(&ctx, &mut rows)?;
-    if a.quiet {
+    // docker: a --format other than `table` wins over -q.
+    if a.quiet && format.is_default() {
         // One line per row (per tag), as docker prints them.
         for r in rows {
             println!("{}", r.id);

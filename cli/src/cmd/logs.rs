@@ -3,14 +3,13 @@
 //! it came from and `--tail` counts lines of both streams in the order they came.
 //!
 //! The background `run` captures its own standard output and error (which the container
-//! inherits) through two pipes and a thread per stream that writes the records. Lines that are
+//! inherits) through two pipes and a thread that writes the records. Lines that are
 //! not records (a log written before this format, or by `start -a` in the background) read as
 //! standard output.
 
-use std::io::{BufRead as _, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -29,7 +28,7 @@ pub struct Record {
 /// The capture of this process's standard output and error into a log; dropping it closes
 /// them and waits (bounded) until what is left in the pipes is written.
 pub struct Capture {
-    threads: Vec<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     log: std::path::PathBuf,
 }
 
@@ -39,47 +38,80 @@ pub fn capture(log: &Path) -> anyhow::Result<Capture> {
         .create(true)
         .append(true)
         .open(log)?;
-    let file = Arc::new(Mutex::new(file));
-    let mut threads = Vec::new();
-    for (fd, stream) in [(1, "stdout"), (2, "stderr")] {
+    let mut readers = Vec::new();
+    for fd in [1, 2] {
         let (reader, writer) = std::io::pipe()?;
         // SAFETY: dup2 onto fd 1 or 2 of this process; `writer` stays open until after it.
         if unsafe { libc::dup2(writer.as_raw_fd(), fd) } < 0 {
             return Err(std::io::Error::last_os_error().into());
         }
-        drop(writer);
-        let file = Arc::clone(&file);
-        threads.push(std::thread::spawn(move || {
-            copy_lines(reader, stream, &file)
-        }));
+        readers.push(reader);
     }
+    let thread = std::thread::spawn(move || copy_records(readers, file));
     Ok(Capture {
-        threads,
+        thread: Some(thread),
         log: log.to_path_buf(),
     })
 }
 
-fn copy_lines(reader: std::io::PipeReader, stream: &str, file: &Mutex<std::fs::File>) {
-    let mut r = std::io::BufReader::new(reader);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match r.read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+/// One thread polls both pipes, so lines keep the order they came in; what both pipes hold at
+/// one wake-up is taken standard output first.
+fn copy_records(mut readers: Vec<std::io::PipeReader>, mut file: std::fs::File) {
+    const STREAMS: [&str; 2] = ["stdout", "stderr"];
+    let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    let mut open = [true, true];
+    let mut buf = vec![0u8; 64 << 10];
+    while open.iter().any(|o| *o) {
+        let mut fds: Vec<libc::pollfd> = readers
+            .iter()
+            .zip(open)
+            .map(|(r, o)| libc::pollfd {
+                fd: if o { r.as_raw_fd() } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let rec = Record {
-            log: String::from_utf8_lossy(&line).into_owned(),
-            stream: stream.to_string(),
-            time: strata_fetcher::timefmt::format_rfc3339(now.as_secs() as i64, now.subsec_nanos()),
-        };
-        if let (Ok(mut f), Ok(mut text)) = (file.lock(), serde_json::to_string(&rec)) {
-            text.push('\n');
-            let _ = f.write_all(text.as_bytes());
+        for i in 0..2 {
+            if !open[i] || fds[i].revents == 0 {
+                continue;
+            }
+            let got = readers[i].read(&mut buf).unwrap_or(0);
+            if got == 0 {
+                open[i] = false;
+                if !partial[i].is_empty() {
+                    write_record(&mut file, STREAMS[i], &std::mem::take(&mut partial[i]));
+                }
+                continue;
+            }
+            partial[i].extend_from_slice(&buf[..got]);
+            while let Some(nl) = partial[i].iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = partial[i].drain(..=nl).collect();
+                write_record(&mut file, STREAMS[i], &line);
+            }
         }
+    }
+}
+
+fn write_record(file: &mut std::fs::File, stream: &str, line: &[u8]) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let rec = Record {
+        log: String::from_utf8_lossy(line).into_owned(),
+        stream: stream.to_string(),
+        time: strata_fetcher::timefmt::format_rfc3339(now.as_secs() as i64, now.subsec_nanos()),
+    };
+    if let Ok(mut text) = serde_json::to_string(&rec) {
+        text.push('\n');
+        let _ = file.write_all(text.as_bytes());
     }
 }
 
@@ -100,7 +132,7 @@ impl Drop for Capture {
             }
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        for t in self.threads.drain(..) {
+        if let Some(t) = self.thread.take() {
             while !t.is_finished() && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -111,11 +143,11 @@ impl Drop for Capture {
     }
 }
 
-/// The records of a log, in order (plain lines as standard output).
+/// The records of a log, in the order they came (plain lines as standard output, in place).
 pub fn read(log: &Path) -> std::io::Result<Vec<Record>> {
     let mut text = String::new();
     std::fs::File::open(log)?.read_to_string(&mut text)?;
-    Ok(text
+    let records: Vec<Record> = text
         .split_inclusive('\n')
         .map(|l| {
             serde_json::from_str::<Record>(l.trim_end()).unwrap_or_else(|_| Record {
@@ -124,7 +156,8 @@ pub fn read(log: &Path) -> std::io::Result<Vec<Record>> {
                 time: String::new(),
             })
         })
-        .collect())
+        .collect();
+    Ok(records)
 }
 
 /// What a failed background start said: the log's last line that strata wrote (it starts

@@ -2,14 +2,15 @@
 
 mod archive;
 mod build;
-mod commit;
+pub mod commit;
 mod container;
 mod convert;
 mod cp;
 mod exec;
 pub mod images;
 mod images_filter;
-mod inspect;
+pub mod inspect;
+mod inspect_json;
 pub mod lifecycle;
 mod login;
 mod logs;
@@ -18,7 +19,8 @@ mod profile;
 pub mod ps;
 mod ps_filter;
 pub mod pull;
-mod push;
+pub mod push;
+mod refs;
 mod restart;
 pub mod rmi;
 pub mod run;

@@ -153,7 +153,7 @@ pub fn run_ps(a: PsArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         .iter()
         .map(|c| {
             let c = effective(c);
-            let extra = Extra::load(&root, &containers, &c);
+            let extra = Extra::load(&containers, &c);
             (c, extra)
         })
         .collect();

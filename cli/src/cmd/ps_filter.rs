@@ -56,7 +56,7 @@ impl Extra {
     }
 
     /// A container's extra record (defaults when it has none).
-    pub fn load(_root: &Path, cs: &Containers, c: &Container) -> Self {
+    pub fn load(cs: &Containers, c: &Container) -> Self {
         let dir = cs.dir_of(&c.id);
         let mut x: Extra = std::fs::read(Self::path(&dir))
             .ok()

@@ -25,16 +25,15 @@ pub struct Args {
 }
 
 pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
-    let r: Reference = a.image.parse()?;
+    let r: Reference = crate::cmd::refs::parse(&a.image)?;
     let ctx = g.context()?;
     let rt = runtime()?;
     let display = Display::new(a.quiet);
     let before = ctx.resolve(&a.image).ok().map(|(i, _)| i.manifest);
     let rec = rt.block_on(pull(&ctx, &r, &a.platform, a.all, &display))?;
     display.line(&status_line(&r, before == Some(rec.manifest)));
-    if a.quiet {
-        println!("{r}");
-    }
+    // docker ends with the reference pulled (alone with -q).
+    println!("{r}");
     Ok(0)
 }
 
@@ -68,16 +67,18 @@ pub async fn pull(
     all: bool,
     display: &Display,
 ) -> anyhow::Result<ImageRecord> {
+    // docker: "TAG: Pulling from PATH", or the whole reference for one by digest.
     let what = match (&r.digest, &r.tag) {
-        (Some(d), _) => d.to_string(),
+        (Some(_), _) => familiar(r),
         (None, t) => t.as_deref().unwrap_or("latest").to_string(),
     };
-    display.line(&format!("{what}: Pulling from {}", r.familiar_repository()));
+    display.line(&format!("{what}: Pulling from {}", r.repository));
     let show = |p: Progress| display.event(p);
     let rec = ctx
         .pull(r, platform, all, &show)
         .await
         .with_context(|| format!("pulling {r}"))?;
+    display.line(&format!("Digest: {}", rec.index.unwrap_or(rec.manifest)));
     if all {
         let layers = ctx.open_layers(&rec)?;
         ctx.fetch_all(&layers)

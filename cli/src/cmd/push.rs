@@ -18,7 +18,7 @@ pub struct PushArgs {
 }
 
 pub fn run_push(a: PushArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
-    let target: Reference = a.image.parse()?;
+    let target: Reference = crate::cmd::refs::parse(&a.image)?;
     let ctx = g.context()?;
     let (img, _) = ctx
         .resolve(&a.image)

@@ -58,6 +58,22 @@ const HISTORY_HEADER: [(&str, &str); 6] = [
 /// `image` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum ImageCmd {
+    /// List images.
+    #[command(name = "ls", alias = "list")]
+    Ls(crate::cmd::images::Args),
+    /// Show low-level information on images, as JSON.
+    Inspect(crate::cmd::inspect::Args),
+    /// Show the history of an image.
+    History(HistoryArgs),
+    /// Remove images.
+    #[command(name = "rm", alias = "remove")]
+    Rm(RmiArgs),
+    /// Give an image another name.
+    Tag(crate::cmd::commit::TagArgs),
+    /// Pull an image lazily.
+    Pull(crate::cmd::pull::Args),
+    /// Upload an image to its registry.
+    Push(crate::cmd::push::PushArgs),
     /// Remove images with no name that no container uses, then unreferenced data.
     Prune {
         /// Also the intermediate images the build cache keeps.
@@ -150,6 +166,12 @@ fn remove_id(
     Ok(true)
 }
 
+/// Whether a name could be a (short) image id, which docker does not complete with `:latest`.
+fn names_hex(name: &str) -> bool {
+    let hex = name.strip_prefix("sha256:").unwrap_or(name);
+    !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn familiar(t: &str) -> String {
     t.parse::<Reference>()
         .map(|r| format!("{}:{}", r.familiar_repository(), r.tag.unwrap_or_default()))
@@ -169,7 +191,14 @@ pub fn run_rmi(a: RmiArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let mut failed = false;
     for name in &a.images {
         let Ok((img, by_ref)) = ctx.resolve(name) else {
-            eprintln!("Error response from daemon: No such image: {name}");
+            let why = match name.parse::<Reference>() {
+                Ok(r) if r.tag.is_none() && r.digest.is_none() && !names_hex(name) => {
+                    format!("No such image: {name}:latest")
+                }
+                Ok(_) => format!("No such image: {name}"),
+                Err(_) => crate::cmd::refs::docker_reason(name),
+            };
+            eprintln!("Error response from daemon: {why}");
             failed = true;
             continue;
         };
@@ -358,8 +387,19 @@ fn history_items(
 }
 
 pub fn run_image(cmd: ImageCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
-    let ImageCmd::Prune { all } = cmd;
-    prune(g, all)
+    match cmd {
+        ImageCmd::Ls(a) => crate::cmd::images::run(a, g),
+        ImageCmd::Inspect(mut a) => {
+            a.kind = Some("image".into());
+            crate::cmd::inspect::run(a, g)
+        }
+        ImageCmd::History(a) => run_history(a, g),
+        ImageCmd::Rm(a) => run_rmi(a, g),
+        ImageCmd::Tag(a) => crate::cmd::commit::run_tag(a, g),
+        ImageCmd::Pull(a) => crate::cmd::pull::run(a, g),
+        ImageCmd::Push(a) => crate::cmd::push::run_push(a, g),
+        ImageCmd::Prune { all } => prune(g, all),
+    }
 }
 
 pub fn run_builder(cmd: BuilderCmd, g: &GlobalArgs) -> anyhow::Result<i32> {

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use strata_fetcher::timefmt::now_secs;
 use strata_runner::cgroup::Resources;
 use strata_runner::security::{Security, normalize_cap};
 use strata_runner::state::{Container, Containers, State};
@@ -327,6 +326,9 @@ pub fn run_recorded(
         drop(root_mount);
         return Err(cleanup_dir(crate::cmd::daemon(e.to_string())));
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let record = Container {
         id: id.clone(),
         name,
@@ -334,14 +336,16 @@ pub fn run_recorded(
         image_id: img.config.to_string(),
         image_manifest: Some(img.manifest.to_string()),
         command: args,
-        created: now_secs(),
+        created: now.as_secs() as i64,
         state: State::Created,
         pid: None,
         exit_code: None,
         finished: None,
     };
     containers.save(&record)?;
-    crate::cmd::run_checks::extra(&ctx, &img, &config, &a.labels, &a.network).save(&dir)?;
+    let mut extra = crate::cmd::run_checks::extra(&ctx, &img, &config, &a.labels, &a.network);
+    extra.created_nanos = now.subsec_nanos();
+    extra.save(&dir)?;
     let streams = if a.tty {
         Streams::Tty
     } else if a.interactive {

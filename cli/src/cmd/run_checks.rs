@@ -40,7 +40,7 @@ pub fn check_daemon_side(a: &crate::cmd::run::Args, cs: &Containers) -> anyhow::
 }
 
 /// What `ps` and `inspect` show beyond the container record: labels (the image's, then
-/// `-l KEY=VALUE` over them), platform, network, the image's size, creation nanoseconds.
+/// `-l KEY=VALUE` over them), platform, network, the image's size.
 pub fn extra(
     ctx: &Context,
     img: &ImageRecord,
@@ -74,13 +74,10 @@ pub fn extra(
         .filter_map(|l| ctx.store.layer(l).ok().flatten())
         .map(|l| l.content_bytes.max(l.size))
         .sum();
-    let created_nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
     Extra {
         labels: all,
         own_labels: own,
-        created_nanos,
+        created_nanos: 0,
         network: network.to_string(),
         os: text("os"),
         arch: text("architecture"),
