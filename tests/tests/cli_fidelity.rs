@@ -186,10 +186,11 @@ fn format_templates_and_image_filters() {
         1,
         "invalid filter 'color'",
     );
+    // A flag error on docker's CLI (recorded: tests/golden 02-images/f-no-equals): exit 125.
     fails(
         root,
         &["images", "-f", "dangling"],
-        1,
+        125,
         "bad format of filter",
     );
     let q = |args: &[&str]| {

@@ -429,7 +429,10 @@ fn multi_platform_image_shows_the_index_digest_it_was_pulled_by() {
         .arg(format!("http://{}/v2/t/multi/manifests/1", reg.addr)));
     let root = state.path().join("root");
     let reference = format!("{}/t/multi:1", reg.addr);
-    let pulled = ok(&root, &["pull", &reference]);
+    // How each layer will be read is logged at info level (the transcript is docker's).
+    let out = strata_tests::strata::run(&root, &["--log-level", "info", "pull", &reference]);
+    assert!(out.status.success());
+    let pulled = String::from_utf8_lossy(&out.stderr);
     assert_eq!(pulled.matches("lazy: zstd:chunked").count(), 4, "{pulled}");
 
     let inspect: serde_json::Value =
@@ -651,7 +654,7 @@ fn a_layer_with_an_untrusted_toc_streams_with_one_warning() {
     let reference = push_blobs(&reg.addr, "t/untrusted", "1", &blobs);
     let state = tempfile::tempdir().unwrap();
     let root = state.path().join("root");
-    let out = strata_tests::strata::run(&root, &["pull", &reference]);
+    let out = strata_tests::strata::run(&root, &["--log-level", "info", "pull", &reference]);
     assert!(out.status.success());
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
@@ -660,12 +663,13 @@ fn a_layer_with_an_untrusted_toc_streams_with_one_warning() {
     let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN")).collect();
     assert_eq!(warnings.len(), 1, "{stderr}");
     assert!(warnings[0].contains(&bad_layer), "{stderr}");
-    assert_eq!(stdout.matches("lazy: zstd:chunked").count(), 3, "{stdout}");
+    assert_eq!(stderr.matches("lazy: zstd:chunked").count(), 3, "{stderr}");
     assert_eq!(
-        stdout.matches("stream: no usable TOC").count(),
+        stderr.matches("stream: no usable TOC").count(),
         1,
-        "{stdout}"
+        "{stderr}"
     );
+    assert_eq!(stdout.matches("Pull complete").count(), 4, "{stdout}");
     let want = snapshot(&ReferenceTree::new(&tars).root);
     let m = Mounted::new(&root, &reference, &state.path().join("mnt"));
     assert_same("untrusted TOC", &snapshot(&m.dir), &want);

@@ -146,7 +146,7 @@ pub fn print_table(rows: &[Vec<String>]) {
     }
 }
 
-fn rows(ctx: &Context, no_trunc: bool, all: bool) -> anyhow::Result<Vec<Row>> {
+pub fn rows(ctx: &Context, no_trunc: bool, all: bool) -> anyhow::Result<Vec<Row>> {
     let tags = ctx.tags_by_manifest()?;
     let mut images = ctx.store.images()?;
     if !all {

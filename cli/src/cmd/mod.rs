@@ -6,6 +6,7 @@ pub mod commit;
 mod container;
 mod convert;
 mod cp;
+mod df;
 mod exec;
 pub mod images;
 mod images_filter;
@@ -182,6 +183,23 @@ impl std::error::Error for Daemon {}
 /// A [`Daemon`] error.
 pub fn daemon(message: impl Into<String>) -> anyhow::Error {
     Daemon(message.into()).into()
+}
+
+/// Opens a file a command reads; failing, says so as Go does ("open nope.tar: no such file
+/// or directory").
+pub fn open_file(p: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    std::fs::File::open(p).map_err(|e| anyhow::anyhow!("open {}: {}", p.display(), go_errno(&e)))
+}
+
+/// An I/O error as Go's syscall errors read: strerror in lower case, without "(os error N)".
+pub fn go_errno(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }
 
 /// An error with its own exit code (docker's `inspect` exits 64 on a template it cannot parse).

@@ -93,7 +93,7 @@ pub enum BuilderCmd {
 #[derive(Debug, clap::Subcommand)]
 pub enum SystemCmd {
     /// Show disk usage.
-    Df,
+    Df(crate::cmd::df::DfArgs),
     /// Remove stopped containers, images no container uses that have no name (with -a: every
     /// image no container uses), the build cache, then unreferenced data.
     Prune(crate::cmd::restart::SystemPruneArgs),
@@ -478,7 +478,7 @@ fn prune(g: &GlobalArgs, all: bool) -> anyhow::Result<i32> {
 pub fn run_system(cmd: SystemCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
     match cmd {
         SystemCmd::Prune(a) => crate::cmd::restart::run_system_prune(a, g),
-        SystemCmd::Df => crate::cmd::restart::run_system_df(g),
+        SystemCmd::Df(a) => crate::cmd::df::run_df(a, g),
     }
 }
 

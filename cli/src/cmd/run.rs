@@ -236,8 +236,8 @@ pub fn run_recorded(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut env_args = Vec::new();
     for f in &a.env_file {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("env file {}", f.display()))?;
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| anyhow::anyhow!("open {}: {}", f.display(), crate::cmd::go_errno(&e)))?;
         env_args.extend(
             text.lines()
                 .map(str::trim)
