@@ -103,6 +103,9 @@ fn usage_error(e: &clap::Error) -> i32 {
     if let Some(code) = arg_count_error(e, &path) {
         return code;
     }
+    if let Some(code) = unknown_flag(e, &path) {
+        return code;
+    }
     let first = text.lines().next().unwrap_or("invalid arguments");
     let first = first.strip_prefix("error: ").unwrap_or(first);
     eprintln!("strata: {first}\nSee '{path} --help'.");
@@ -182,6 +185,48 @@ const ARG_COUNTS: &[(&str, Count, &str)] = &[
         "tag SOURCE_IMAGE[:TAG] TARGET_IMAGE[:TAG]",
     ),
 ];
+
+/// Usage lines of verbs whose arguments docker/cli does not count (for flag errors).
+const MORE_USAGES: &[(&str, &str)] = &[
+    ("images", "images [OPTIONS] [REPOSITORY[:TAG]]"),
+    ("ps", "ps [OPTIONS]"),
+    ("load", "load [OPTIONS]"),
+    ("system df", "system df [OPTIONS]"),
+    ("image ls", "image ls [OPTIONS] [REPOSITORY[:TAG]]"),
+];
+
+/// An unknown flag as docker/cli reports it (cobra's words, the usage line, a hint; exit 125):
+/// "unknown flag: --nope", "unknown shorthand flag: 'x' in -x".
+fn unknown_flag(e: &clap::Error, path: &str) -> Option<i32> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let verb = path.strip_prefix("strata ")?;
+    let usage = ARG_COUNTS
+        .iter()
+        .find(|(v, _, _)| *v == verb)
+        .map(|(_, _, u)| *u)
+        .or_else(|| {
+            MORE_USAGES
+                .iter()
+                .find(|(v, _)| *v == verb)
+                .map(|(_, u)| *u)
+        })?;
+    let what = if let Some(long) = arg.strip_prefix("--") {
+        format!("unknown flag: --{}", long.split('=').next().unwrap_or(long))
+    } else if let Some(short) = arg.strip_prefix('-') {
+        let c = short.chars().next()?;
+        format!("unknown shorthand flag: '{c}' in -{short}")
+    } else {
+        return None;
+    };
+    eprintln!("{what}\n\nUsage:  strata {usage}\n\nRun '{path} --help' for more information");
+    Some(125)
+}
 
 /// A wrong count of arguments as docker/cli reports it (`cli.ExactArgs`, `RequiresMinArgs`,
 /// `RequiresRangeArgs`): the count, the usage line and a hint; exit 1.

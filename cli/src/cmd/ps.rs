@@ -148,11 +148,21 @@ pub fn run_ps(a: PsArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let filters = Filters::parse(&a.filter)?;
     let root = g.root();
     let containers = Containers::new(&root);
+    let ctx = g.context().ok();
     let mut list: Vec<(Container, Extra)> = containers
         .list()
         .iter()
         .map(|c| {
-            let c = effective(c);
+            let mut c = effective(c);
+            // docker shows the image's id once the name no longer names the container's image.
+            let named = ctx.as_ref().is_none_or(|ctx| {
+                ctx.resolve(&c.image)
+                    .is_ok_and(|(i, _)| i.config.to_string() == c.image_id)
+            });
+            if !named {
+                let hex = c.image_id.trim_start_matches("sha256:");
+                c.image = hex[..12.min(hex.len())].to_string();
+            }
             let extra = Extra::load(&containers, &c);
             (c, extra)
         })

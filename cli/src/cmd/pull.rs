@@ -37,6 +37,22 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Whether a pull failed because the registry has no such manifest or repository.
+fn not_found(e: &dyn std::error::Error) -> bool {
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if text.contains("404 Not Found")
+            || text.contains("MANIFEST_UNKNOWN")
+            || text.contains("NAME_UNKNOWN")
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// docker's last line of a pull.
 fn status_line(r: &Reference, up_to_date: bool) -> String {
     let what = if up_to_date {
@@ -72,12 +88,26 @@ pub async fn pull(
         (Some(_), _) => familiar(r),
         (None, t) => t.as_deref().unwrap_or("latest").to_string(),
     };
-    display.line(&format!("{what}: Pulling from {}", r.repository));
-    let show = |p: Progress| display.event(p);
-    let rec = ctx
-        .pull(r, platform, all, &show)
-        .await
-        .with_context(|| format!("pulling {r}"))?;
+    // Printed once the manifest is found, as docker's (a missing one prints only the error).
+    let pulling = format!("{what}: Pulling from {}", r.repository);
+    let resolved = std::sync::atomic::AtomicBool::new(false);
+    let show = |p: Progress| {
+        if matches!(p, Progress::Resolved { .. })
+            && !resolved.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            display.line(&pulling);
+        }
+        display.event(p)
+    };
+    let rec = match ctx.pull(r, platform, all, &show).await {
+        Ok(rec) => rec,
+        Err(e) if !resolved.load(std::sync::atomic::Ordering::SeqCst) && not_found(&e) => {
+            return Err(crate::cmd::daemon(format!(
+                "failed to resolve reference \"{r}\": {r}: not found"
+            )));
+        }
+        Err(e) => return Err(anyhow::Error::from(e).context(format!("pulling {r}"))),
+    };
     display.line(&format!("Digest: {}", rec.index.unwrap_or(rec.manifest)));
     if all {
         let layers = ctx.open_layers(&rec)?;

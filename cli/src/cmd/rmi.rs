@@ -230,7 +230,7 @@ pub fn run_rmi(a: RmiArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         let last = to_untag.len() == names.len();
         if last && !used.is_empty() && !a.force {
             eprintln!(
-                "Error response from daemon: conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {}",
+                "Error response from daemon: conflict: unable to delete {name} (must be forced) - container {} is using its referenced image {}",
                 used[0],
                 img.config.short()
             );

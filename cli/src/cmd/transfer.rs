@@ -97,7 +97,8 @@ pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         comment: a.message,
         author: None,
         changes: Vec::new(),
-        created_by: format!("strata import {}", a.file),
+        // docker leaves an imported layer's history without a command.
+        created_by: String::new(),
         config: Some(config),
     };
     let rec = ctx
