@@ -122,6 +122,9 @@ impl Format {
         else {
             return Ok(String::new());
         };
+        // docker's listing contexts marshal themselves with HTML escapes; `json` of anything
+        // else (inspect's objects, fields) does not escape.
+        ESCAPE_TOP.with(|e| e.set(matches!(missing, Missing::Field(_))));
         template
             .render(&Context::from(to_value(item, true)))
             .map_err(|e| TemplateError(gotmpl::exec_error(text, &e, *missing)).into())
@@ -301,13 +304,23 @@ fn text(v: &Value) -> String {
     }
 }
 
+thread_local! {
+    /// Whether `json` of a listing's whole item escapes <, > and & (see [`Format::render`]).
+    static ESCAPE_TOP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn json(args: &[Value]) -> Result<Value, FuncError> {
     let v = arg(args, 0, "json")?;
-    // Go's json.Marshal escapes <, > and & for HTML; docker's `{{json}}` prints them so.
-    let text = go_json(v)
-        .replace('<', "\\u003c")
-        .replace('>', "\\u003e")
-        .replace('&', "\\u0026");
+    let text = go_json(v);
+    // A listing's item marshals itself with json.Marshal, which escapes <, > and & for HTML;
+    // docker's `json` function itself does not (SetEscapeHTML(false)).
+    if matches!(v, Value::Object(_)) && ESCAPE_TOP.with(std::cell::Cell::get) {
+        return Ok(Value::String(
+            text.replace('<', "\\u003c")
+                .replace('>', "\\u003e")
+                .replace('&', "\\u0026"),
+        ));
+    }
     Ok(Value::String(text))
 }
 

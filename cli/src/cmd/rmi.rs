@@ -192,7 +192,11 @@ pub fn run_rmi(a: RmiArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     for name in &a.images {
         let Ok((img, by_ref)) = ctx.resolve(name) else {
             let why = match name.parse::<Reference>() {
-                Ok(r) if r.tag.is_none() && r.digest.is_none() && !names_hex(name) => {
+                Ok(_)
+                    if !name.rsplit('/').next().unwrap_or(name).contains(':')
+                        && !name.contains('@')
+                        && !names_hex(name) =>
+                {
                     format!("No such image: {name}:latest")
                 }
                 Ok(_) => format!("No such image: {name}"),
@@ -346,7 +350,14 @@ fn history_items(
             .layer(d)
             .ok()
             .flatten()
-            .map(|l| l.content_bytes)
+            // A layer not streamed yet counts with its compressed size, as in `images`.
+            .map(|l| {
+                if l.toc.is_some() || l.content_bytes > 0 {
+                    l.content_bytes
+                } else {
+                    l.size
+                }
+            })
             .unwrap_or(0)
     });
     let mut items = Vec::new();
