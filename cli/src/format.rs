@@ -69,6 +69,7 @@ impl Format {
         let mut template = Template::default();
         template.add_funcs(&FUNCS);
         template.add_func(gotmpl::GO_PRINT, gotmpl::go_print);
+        template.add_func(gotmpl::LABEL, gotmpl::label);
         let prepared = gotmpl::prepare(&text).map_err(TemplateError)?;
         template
             .parse(prepared)

@@ -76,6 +76,43 @@ fn prints(body: &str) -> bool {
         || (first.starts_with('$') && body[first.len()..].trim_start().starts_with('=')))
 }
 
+/// The name of the function docker's `.Label "KEY"` method becomes.
+pub const LABEL: &str = "__label";
+
+/// gtmpl cannot call a method with arguments: docker's `.Label "KEY"` (of `ps` and `images`)
+/// becomes a call of [`LABEL`] on the item.
+fn methods(body: &str) -> String {
+    static LABEL_CALL: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"(^|[\s(])\.Label\s+("(?:[^"\\]|\\.)*"|`[^`]*`)"#)
+            .expect("a valid pattern")
+    });
+    LABEL_CALL
+        .replace_all(body, format!("${{1}}({LABEL} . ${{2}})").as_str())
+        .into_owned()
+}
+
+/// [`LABEL`]: the value of a label in the item's `Labels` ("k=v,k2=v2"), as docker's
+/// `ContainerContext.Label`; "" when it has none.
+pub fn label(args: &[Value]) -> Result<Value, FuncError> {
+    let (Some(item), Some(Value::String(key))) = (args.first(), args.get(1)) else {
+        return Err(FuncError::ExactlyXArgs("Label".into(), 1));
+    };
+    let labels = match item {
+        Value::Object(m) | Value::Map(m) => match m.get("Labels") {
+            Some(Value::String(s)) => s.clone(),
+            _ => String::new(),
+        },
+        _ => String::new(),
+    };
+    let value = labels
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_default();
+    Ok(Value::String(value))
+}
+
 /// The template text gtmpl parses: printing actions piped through [`GO_PRINT`]; an unclosed
 /// action is an error worded as Go's.
 pub fn prepare(text: &str) -> Result<String, String> {
@@ -86,7 +123,10 @@ pub fn prepare(text: &str) -> Result<String, String> {
         let right_trim = inner.ends_with(" -") || inner.ends_with("\t-") || inner.ends_with("\n-");
         let body_end = a.end - 2 - if right_trim { 2 } else { 0 };
         let body_start = a.start + 2 + usize::from(inner.starts_with("- ")) * 2;
-        out.push_str(&text[last..body_end.max(body_start)]);
+        out.push_str(&text[last..body_start.min(body_end)]);
+        out.push_str(&methods(
+            &text[body_start.min(body_end)..body_end.max(body_start)],
+        ));
         if body_start <= body_end && prints(&text[body_start..body_end]) {
             out.push_str(" | ");
             out.push_str(GO_PRINT);
@@ -195,6 +235,18 @@ mod tests {
             prepare("a\n{{.ID}").unwrap_err(),
             "template: :2: unclosed action"
         );
+    }
+
+    #[test]
+    fn label_method_calls_become_functions() {
+        assert_eq!(
+            prepare("{{json .Labels}} {{.Label \"team\"}}").unwrap(),
+            "{{json .Labels | __go}} {{(__label . \"team\") | __go}}"
+        );
+        let mut m = std::collections::HashMap::new();
+        m.insert("Labels".to_string(), Value::from("team=a,tier=one"));
+        let got = label(&[Value::Object(m), Value::from("tier")]).unwrap();
+        assert_eq!(got, Value::from("one"));
     }
 
     #[test]

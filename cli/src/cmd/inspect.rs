@@ -99,7 +99,14 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         // Not an image: a container, as docker inspect also accepts.
         match cs.find(name).filter(|_| containers) {
             Some(c) => {
-                let j = inspect_json::container(&cs, &c, a.size);
+                let image_env: Vec<String> = ctx
+                    .image_of(c.image_manifest.as_deref(), &c.image_id)
+                    .ok()
+                    .and_then(|(img, _)| ctx.config(&img).ok())
+                    .and_then(|cfg| cfg.pointer("/config/Env").cloned())
+                    .and_then(|e| serde_json::from_value(e).ok())
+                    .unwrap_or_default();
+                let j = inspect_json::container(&cs, &c, a.size, &image_env);
                 printed.push(j.clone());
                 templated.push(j);
             }

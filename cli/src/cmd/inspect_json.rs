@@ -151,8 +151,17 @@ fn time(secs: Option<i64>) -> String {
     }
 }
 
-/// A container's inspect JSON; `size` adds `SizeRw` and `SizeRootFs`.
-pub fn container(cs: &Containers, c: &Container, size: bool) -> Value {
+/// A container's environment as docker's `Config.Env` lists it: what `run` set first, then
+/// the image's variables it did not change.
+fn docker_env(env: &[String], image_env: &[String]) -> Vec<String> {
+    let (from_image, own): (Vec<&String>, Vec<&String>) =
+        env.iter().partition(|e| image_env.contains(e));
+    own.into_iter().chain(from_image).cloned().collect()
+}
+
+/// A container's inspect JSON; `size` adds `SizeRw` and `SizeRootFs`; `image_env` is its
+/// image's `Env`.
+pub fn container(cs: &Containers, c: &Container, size: bool, image_env: &[String]) -> Value {
     let dir = cs.dir_of(&c.id);
     let spec: Value = std::fs::read(dir.join("spec.json"))
         .ok()
@@ -204,7 +213,11 @@ pub fn container(cs: &Containers, c: &Container, size: bool) -> Value {
             "Hostname": field("hostname"),
             "User": field("user"),
             "Tty": field("tty"),
-            "Env": field("env"),
+            "Env": spec
+                .get("env")
+                .and_then(|e| serde_json::from_value::<Vec<String>>(e.clone()).ok())
+                .map(|e| json!(docker_env(&e, image_env)))
+                .unwrap_or(json!(null)),
             "Cmd": c.command,
             "Image": c.image,
             "WorkingDir": field("cwd"),
