@@ -97,7 +97,7 @@ impl Display {
                 // strata will read the layer (lazily by its TOC, or streamed) is logged.
                 tracing::info!("{}: {what}", layer.short());
                 if what != "Already exists" {
-                    let shown = what.split(" (").next().unwrap_or(&what).to_string();
+                    let shown = what.split(" (").next().unwrap_or(what).to_string();
                     self.line(&format!("{}: {shown}", layer.short()));
                 }
             }

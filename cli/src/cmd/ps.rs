@@ -167,7 +167,7 @@ pub fn run_ps(a: PsArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
             (c, extra)
         })
         .collect();
-    list.sort_by(|(a, x), (b, y)| (b.created, y.created_nanos).cmp(&(a.created, x.created_nanos)));
+    list.sort_by_key(|(c, x)| std::cmp::Reverse((c.created, x.created_nanos)));
     let last = if a.latest { 1 } else { a.last };
     // docker: -n and -l take containers of every state; a status filter too.
     let all = a.all || last > 0 || filters.has("status");
