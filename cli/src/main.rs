@@ -31,6 +31,11 @@ fn main() {
     };
     global::init_logging(&cli.global);
     // docker gives 125 only for errors of commands that start a container.
+    // `run`'s errors end with a hint naming the verb.
+    let verb = match &cli.command {
+        cmd::Command::Profile(_) => "profile",
+        _ => "run",
+    };
     let error_code = if cli.command.starts_container() {
         125
     } else {
@@ -43,7 +48,7 @@ fn main() {
     let code = match result {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
-            report(&e, error_code == 125);
+            report(&e, (error_code == 125).then_some(verb));
             e.downcast_ref::<cmd::Coded>()
                 .map_or(error_code, |c| c.code)
         }
@@ -54,8 +59,9 @@ fn main() {
 }
 
 /// An error as docker's CLI prints it: a daemon's error as "Error response from daemon: …",
-/// others as their message alone; `run`'s with the CLI's name before and a hint after.
-fn report(e: &anyhow::Error, run: bool) {
+/// others as their message alone; `run`'s (and `profile`'s) with the CLI's name before and
+/// a hint after.
+fn report(e: &anyhow::Error, run: Option<&str>) {
     if let Some(c) = e.downcast_ref::<cmd::Coded>() {
         eprintln!("{c}");
         return;
@@ -64,8 +70,8 @@ fn report(e: &anyhow::Error, run: bool) {
         Some(d) => format!("Error response from daemon: {d}"),
         None => one_line(e),
     };
-    if run {
-        eprintln!("strata: {msg}\n\nRun 'strata run --help' for more information");
+    if let Some(verb) = run {
+        eprintln!("strata: {msg}\n\nRun 'strata {verb} --help' for more information");
     } else {
         eprintln!("{msg}");
     }
