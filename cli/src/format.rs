@@ -5,21 +5,47 @@
 
 use std::collections::HashMap;
 
-use anyhow::Context as _;
 use gtmpl::{Context, Func, FuncError, Template, Value};
 use serde_json::Value as Json;
+
+use crate::gotmpl::{self, Missing};
 
 /// How a listing prints.
 pub enum Format {
     /// The command's own columns (`--format table` or no `--format`).
     Default,
     /// A template rendered per item; `table` adds a header row and aligns tab-separated cells.
-    Template { template: Template, table: bool },
+    Template {
+        template: Template,
+        table: bool,
+        /// The text as the user wrote it (for error messages).
+        text: String,
+        missing: Missing,
+    },
 }
 
+/// A template error, printed as docker prints it: the message alone, exit 1.
+#[derive(Debug)]
+pub struct TemplateError(pub String);
+
+impl std::fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "template parsing error: {}", self.0)
+    }
+}
+
+impl std::error::Error for TemplateError {}
+
 impl Format {
-    /// Parses `--format`; a template that does not parse is an error naming it.
+    /// Parses `--format` of a listing (`ps`, `images`, `history`) whose items are docker's
+    /// formatter context of Go type `context` (named in errors about a missing field).
     pub fn parse(arg: Option<&str>) -> anyhow::Result<Self> {
+        Self::parse_for(arg, Missing::Field("*formatter.imageContext"), true)
+    }
+
+    /// Parses `--format`; `escapes`: `\t` and `\n` in the text are a tab and a newline (docker's
+    /// listings, not `inspect`). A template that does not parse is an error worded as docker's.
+    pub fn parse_for(arg: Option<&str>, missing: Missing, escapes: bool) -> anyhow::Result<Self> {
         let Some(arg) = arg else {
             return Ok(Self::Default);
         };
@@ -34,14 +60,26 @@ impl Format {
         } else {
             (arg, false)
         };
-        // docker's templates write tabs and newlines as escapes on the command line.
-        let text = text.replace("\\t", "\t").replace("\\n", "\n");
+        // docker's listings write tabs and newlines as escapes on the command line.
+        let text = if escapes {
+            text.replace("\\t", "\t").replace("\\n", "\n")
+        } else {
+            text.to_string()
+        };
         let mut template = Template::default();
         template.add_funcs(&FUNCS);
+        template.add_func(gotmpl::GO_PRINT, gotmpl::go_print);
+        template.add_func(gotmpl::LABEL, gotmpl::label);
+        let prepared = gotmpl::prepare(&text).map_err(TemplateError)?;
         template
-            .parse(text)
-            .map_err(|e| anyhow::anyhow!("template parsing error: {e}"))?;
-        Ok(Self::Template { template, table })
+            .parse(prepared)
+            .map_err(|e| TemplateError(e.to_string()))?;
+        Ok(Self::Template {
+            template,
+            table,
+            text,
+            missing,
+        })
     }
 
     /// Whether the command's default columns print.
@@ -52,15 +90,15 @@ impl Format {
     /// Renders items (JSON objects) and prints them; `header` names each field's column for
     /// `table` templates (fields it lacks head with their own name in upper case).
     pub fn print(&self, items: &[Json], header: &[(&str, &str)]) -> anyhow::Result<()> {
-        let Self::Template { template, table } = self else {
+        let Self::Template { table, .. } = self else {
             return Ok(());
         };
         let mut lines = Vec::new();
         if *table {
-            lines.push(render(template, &header_item(items, header))?);
+            lines.push(self.render(&header_item(items, header))?);
         }
         for item in items {
-            lines.push(render(template, item)?);
+            lines.push(self.render(item)?);
         }
         if *table {
             for line in align(&lines) {
@@ -73,14 +111,25 @@ impl Format {
         }
         Ok(())
     }
-}
 
-/// Renders one item.
-pub fn render(template: &Template, item: &Json) -> anyhow::Result<String> {
-    template
-        .render(&Context::from(to_value(item, true)))
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("executing the --format template")
+    /// Renders one item (a template; the default format renders nothing).
+    pub fn render(&self, item: &Json) -> anyhow::Result<String> {
+        let Self::Template {
+            template,
+            text,
+            missing,
+            ..
+        } = self
+        else {
+            return Ok(String::new());
+        };
+        // docker's listing contexts marshal themselves with HTML escapes; `json` of anything
+        // else (inspect's objects, fields) does not escape.
+        ESCAPE_TOP.with(|e| e.set(matches!(missing, Missing::Field(_))));
+        template
+            .render(&Context::from(to_value(item, true)))
+            .map_err(|e| TemplateError(gotmpl::exec_error(text, &e, *missing)).into())
+    }
 }
 
 /// The header row's item: each field of the first item mapped to its column title.
@@ -178,6 +227,61 @@ fn to_json(v: &Value) -> Json {
     }
 }
 
+/// Fields in the order of docker's Go structs (OCI image config, health check), which Go's
+/// encoder keeps; gtmpl's maps have no order, so `json` sorts keys by this rank, then by name.
+const GO_FIELD_ORDER: &[&str] = &[
+    "User",
+    "ExposedPorts",
+    "Env",
+    "Entrypoint",
+    "Cmd",
+    "Healthcheck",
+    "Volumes",
+    "WorkingDir",
+    "Labels",
+    "StopSignal",
+    "ArgsEscaped",
+    "OnBuild",
+    "Shell",
+    "Test",
+    "Interval",
+    "Timeout",
+    "StartPeriod",
+    "StartInterval",
+    "Retries",
+];
+
+/// A value as Go's `json.Marshal` writes it (compact; object keys in [`GO_FIELD_ORDER`]).
+fn go_json(v: &Value) -> String {
+    match v {
+        // The top level of a listing's item is docker's formatter map: keys sorted.
+        Value::Object(o) | Value::Map(o) => {
+            let top = matches!(v, Value::Object(_));
+            let rank = |k: &str| {
+                if top {
+                    return 0;
+                }
+                GO_FIELD_ORDER
+                    .iter()
+                    .position(|f| *f == k)
+                    .unwrap_or(GO_FIELD_ORDER.len())
+            };
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort_by(|a, b| rank(a).cmp(&rank(b)).then(a.cmp(b)));
+            let items: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{}:{}", Json::String(k.clone()), go_json(&o[k])))
+                .collect();
+            format!("{{{}}}", items.join(","))
+        }
+        Value::Array(a) => {
+            let items: Vec<String> = a.iter().map(go_json).collect();
+            format!("[{}]", items.join(","))
+        }
+        other => to_json(other).to_string(),
+    }
+}
+
 const FUNCS: [(&str, Func); 8] = [
     ("json", json),
     ("join", join),
@@ -201,14 +305,23 @@ fn text(v: &Value) -> String {
     }
 }
 
+thread_local! {
+    /// Whether `json` of a listing's whole item escapes <, > and & (see [`Format::render`]).
+    static ESCAPE_TOP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn json(args: &[Value]) -> Result<Value, FuncError> {
     let v = arg(args, 0, "json")?;
-    // Go's json.Marshal escapes <, > and & for HTML; docker's `{{json}}` prints them so.
-    let text = to_json(v)
-        .to_string()
-        .replace('<', "\\u003c")
-        .replace('>', "\\u003e")
-        .replace('&', "\\u0026");
+    let text = go_json(v);
+    // A listing's item marshals itself with json.Marshal, which escapes <, > and & for HTML;
+    // docker's `json` function itself does not (SetEscapeHTML(false)).
+    if matches!(v, Value::Object(_)) && ESCAPE_TOP.with(std::cell::Cell::get) {
+        return Ok(Value::String(
+            text.replace('<', "\\u003c")
+                .replace('>', "\\u003e")
+                .replace('&', "\\u0026"),
+        ));
+    }
     Ok(Value::String(text))
 }
 
@@ -260,7 +373,7 @@ fn count(v: &Value, name: &str) -> Result<usize, FuncError> {
     match v {
         Value::Number(n) => n
             .as_u64()
-            .map(|u| u as usize)
+            .map(strata_oci::usize_of)
             .ok_or_else(|| FuncError::Generic(format!("{name}: not a count: {n}"))),
         other => Err(FuncError::Generic(format!("{name}: not a count: {other}"))),
     }
@@ -288,10 +401,7 @@ mod tests {
     use super::*;
 
     fn one(fmt: &str, item: Json) -> String {
-        let Format::Template { template, .. } = Format::parse(Some(fmt)).unwrap() else {
-            panic!("{fmt} is not a template");
-        };
-        render(&template, &item).unwrap()
+        Format::parse(Some(fmt)).unwrap().render(&item).unwrap()
     }
 
     #[test]
@@ -314,10 +424,15 @@ mod tests {
         let back: Json = serde_json::from_str(&one("json", item.clone())).unwrap();
         assert_eq!(back, item);
         assert!(Format::parse(Some("{{.Repository")).is_err());
-        let Format::Template { template, .. } = Format::parse(Some("{{.Bogus}}")).unwrap() else {
-            panic!()
-        };
-        assert!(render(&template, &item).is_err());
+        let bogus = Format::parse(Some("{{.Bogus}}")).unwrap();
+        assert_eq!(
+            bogus.render(&item).unwrap_err().to_string(),
+            "template parsing error: template: :1:2: executing \"\" at <.Bogus>: can't evaluate field Bogus in type *formatter.imageContext"
+        );
+        assert_eq!(
+            one("{{.Env}} {{.Labels}}", item.clone()),
+            "[A=1 B=2] map[k:v]"
+        );
         assert!(Format::parse(Some("table")).unwrap().is_default());
     }
 

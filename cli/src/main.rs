@@ -1,9 +1,3 @@
-#![allow(
-    missing_docs,
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    clippy::cast_possible_wrap
-)] // TODO(issue 13): lints after the read-path/image/cli merges
 //! The `strata` command: wiring only. Each subcommand lives in its own file under `cmd/` with its
 //! arguments beside its handler. Errors print one line and exit like docker's CLI: 1, or 125 for
 //! `run`-time errors (the container's own failures give 126/127 or its exit code).
@@ -12,6 +6,7 @@
 mod cmd;
 mod format;
 mod global;
+mod gotmpl;
 mod progress;
 
 use clap::Parser;
@@ -36,6 +31,11 @@ fn main() {
     };
     global::init_logging(&cli.global);
     // docker gives 125 only for errors of commands that start a container.
+    // `run`'s errors end with a hint naming the verb.
+    let verb = match &cli.command {
+        cmd::Command::Profile(_) => "profile",
+        _ => "run",
+    };
     let error_code = if cli.command.starts_container() {
         125
     } else {
@@ -48,16 +48,33 @@ fn main() {
     let code = match result {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
-            match e.downcast_ref::<cmd::Daemon>() {
-                Some(d) if error_code == 1 => eprintln!("Error response from daemon: {d}"),
-                _ => eprintln!("strata: {}", one_line(&e)),
-            }
-            error_code
+            report(&e, (error_code == 125).then_some(verb));
+            e.downcast_ref::<cmd::Coded>()
+                .map_or(error_code, |c| c.code)
         }
         Err(payload) if is_broken_pipe(payload.as_ref()) => die_of_sigpipe(),
         Err(payload) => std::panic::resume_unwind(payload),
     };
     std::process::exit(code);
+}
+
+/// An error as docker's CLI prints it: a daemon's error as "Error response from daemon: …",
+/// others as their message alone; `run`'s (and `profile`'s) with the CLI's name before and
+/// a hint after.
+fn report(e: &anyhow::Error, run: Option<&str>) {
+    if let Some(c) = e.downcast_ref::<cmd::Coded>() {
+        eprintln!("{c}");
+        return;
+    }
+    let msg = match e.downcast_ref::<cmd::Daemon>() {
+        Some(d) => format!("Error response from daemon: {d}"),
+        None => one_line(e),
+    };
+    if let Some(verb) = run {
+        eprintln!("strata: {msg}\n\nRun 'strata {verb} --help' for more information");
+    } else {
+        eprintln!("{msg}");
+    }
 }
 
 /// A usage error as docker prints it: one line and where to read more; exit 125 for a bad
@@ -90,6 +107,9 @@ fn usage_error(e: &clap::Error) -> i32 {
         return 1;
     }
     if let Some(code) = arg_count_error(e, &path) {
+        return code;
+    }
+    if let Some(code) = unknown_flag(e, &path) {
         return code;
     }
     let first = text.lines().next().unwrap_or("invalid arguments");
@@ -171,6 +191,48 @@ const ARG_COUNTS: &[(&str, Count, &str)] = &[
         "tag SOURCE_IMAGE[:TAG] TARGET_IMAGE[:TAG]",
     ),
 ];
+
+/// Usage lines of verbs whose arguments docker/cli does not count (for flag errors).
+const MORE_USAGES: &[(&str, &str)] = &[
+    ("images", "images [OPTIONS] [REPOSITORY[:TAG]]"),
+    ("ps", "ps [OPTIONS]"),
+    ("load", "load [OPTIONS]"),
+    ("system df", "system df [OPTIONS]"),
+    ("image ls", "image ls [OPTIONS] [REPOSITORY[:TAG]]"),
+];
+
+/// An unknown flag as docker/cli reports it (cobra's words, the usage line, a hint; exit 125):
+/// "unknown flag: --nope", "unknown shorthand flag: 'x' in -x".
+fn unknown_flag(e: &clap::Error, path: &str) -> Option<i32> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let verb = path.strip_prefix("strata ")?;
+    let usage = ARG_COUNTS
+        .iter()
+        .find(|(v, _, _)| *v == verb)
+        .map(|(_, _, u)| *u)
+        .or_else(|| {
+            MORE_USAGES
+                .iter()
+                .find(|(v, _)| *v == verb)
+                .map(|(_, u)| *u)
+        })?;
+    let what = if let Some(long) = arg.strip_prefix("--") {
+        format!("unknown flag: --{}", long.split('=').next().unwrap_or(long))
+    } else if let Some(short) = arg.strip_prefix('-') {
+        let c = short.chars().next()?;
+        format!("unknown shorthand flag: '{c}' in -{short}")
+    } else {
+        return None;
+    };
+    eprintln!("{what}\n\nUsage:  strata {usage}\n\nRun '{path} --help' for more information");
+    Some(125)
+}
 
 /// A wrong count of arguments as docker/cli reports it (`cli.ExactArgs`, `RequiresMinArgs`,
 /// `RequiresRangeArgs`): the count, the usage line and a hint; exit 1.

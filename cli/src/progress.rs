@@ -61,8 +61,9 @@ impl Display {
     pub fn event(&self, p: Progress) {
         let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
         match p {
+            // docker prints the digest after the layers (the pull prints it at the end).
             Progress::Resolved { manifest, layers } => {
-                self.line(&format!("Digest: {manifest} ({layers} layers)"));
+                tracing::info!("{manifest}: {layers} layers");
             }
             Progress::LayerStart { layer, size, what } => {
                 let bar = self.multi.add(ProgressBar::new(size));
@@ -92,7 +93,13 @@ impl Display {
                 if let Some(b) = bars.remove(&layer) {
                     b.finish_and_clear();
                 }
-                self.line(&format!("{}: {what}", layer.short()));
+                // As docker's: a line per layer fetched, none for one the store has; how
+                // strata will read the layer (lazily by its TOC, or streamed) is logged.
+                tracing::info!("{}: {what}", layer.short());
+                if what != "Already exists" {
+                    let shown = what.split(" (").next().unwrap_or(what).to_string();
+                    self.line(&format!("{}: {shown}", layer.short()));
+                }
             }
         }
     }

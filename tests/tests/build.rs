@@ -208,8 +208,8 @@ CMD ["/run.txt"]
     assert_eq!(history_len("me/all:v1"), parent_len + 2 + 23, "{hist}");
     let newest = hist.lines().nth(1).unwrap();
     assert!(newest.contains("CMD [\"/run.txt\"]"), "{newest}");
-    let layers = c["RootFS"]["diff_ids"].as_array().unwrap().len();
-    let base_layers = base_cfg["RootFS"]["diff_ids"].as_array().unwrap().len();
+    let layers = c["RootFS"]["Layers"].as_array().unwrap().len();
+    let base_layers = base_cfg["RootFS"]["Layers"].as_array().unwrap().len();
     // trigger RUN + COPY x2 + ADD x2 + RUN x2.
     assert_eq!(layers, base_layers + 7);
 
@@ -337,7 +337,7 @@ fn multi_stage_copies_a_binary_into_a_small_final_image_that_pushes_and_runs_laz
     let (okay, out, _) = build(root, &["-t", &target, ctx.to_str().unwrap()]);
     assert!(okay, "{out}");
     let c = config(root, &target);
-    assert_eq!(c["RootFS"]["diff_ids"].as_array().unwrap().len(), 2, "{c}");
+    assert_eq!(c["RootFS"]["Layers"].as_array().unwrap().len(), 2, "{c}");
     assert_eq!(ok(root, &["run", "--rm", &target]), "built\n");
     // --target stops at the builder.
     let (okay, _, _) = build(
@@ -352,7 +352,7 @@ fn multi_stage_copies_a_binary_into_a_small_final_image_that_pushes_and_runs_laz
     );
     assert!(okay);
     assert!(
-        config(root, "only-builder")["RootFS"]["diff_ids"]
+        config(root, "only-builder")["RootFS"]["Layers"]
             .as_array()
             .unwrap()
             .len()

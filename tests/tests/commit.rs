@@ -78,7 +78,7 @@ fn commit_makes_a_lazy_image_of_the_changes() {
         serde_json::json!(["cat", "/hellodocker"])
     );
     assert_eq!(img["Author"], "ops <ops@example.invalid>");
-    assert_eq!(img["RootFS"]["diff_ids"].as_array().unwrap().len(), 5);
+    assert_eq!(img["RootFS"]["Layers"].as_array().unwrap().len(), 5);
     let layers = img["Strata"]["Layers"].as_array().unwrap();
     let top = layers.last().unwrap();
     assert_eq!(top["Format"]["kind"], "zstd-chunked");

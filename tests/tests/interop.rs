@@ -127,6 +127,18 @@ fn toc_bytes(desc: &serde_json::Value) -> Option<u64> {
 /// A foreign-written lazy image, pushed to `reg` as `repo:1`, behaves as its original: a pull
 /// through a counting proxy fetches only TOCs, the mount is the tree GNU tar extracts from the
 /// original layers, a container runs in it, and `save` → `load` round-trips it.
+/// Pulls; returns what strata logs at info level, where it says how each layer will be read
+/// (`lazy: …`, `stream: …`, `full: …`; the transcript on stdout is docker's).
+fn pull_paths(root: &std::path::Path, reference: &str) -> String {
+    let out = strata_tests::strata::run(root, &["--log-level", "info", "pull", reference]);
+    assert!(
+        out.status.success(),
+        "pull {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn assert_reads_like_original(reg: &Registry, repo: &str, tars: &[Vec<u8>]) {
     let descs = layer_descs(&format!("{}/{repo}:1", reg.addr));
     assert_eq!(descs.len(), tars.len());
@@ -137,7 +149,7 @@ fn assert_reads_like_original(reg: &Registry, repo: &str, tars: &[Vec<u8>]) {
     let state = tempfile::tempdir().unwrap();
     let root = state.path().join("root");
 
-    let pulled = ok(&root, &["pull", &reference]);
+    let pulled = pull_paths(&root, &reference);
     let (_, bytes) = proxy.counts();
     eprintln!(
         "{repo}: pull fetched {bytes} of {blob_total} blob bytes (TOCs {toc_total:?})\n{pulled}"
@@ -429,7 +441,10 @@ fn multi_platform_image_shows_the_index_digest_it_was_pulled_by() {
         .arg(format!("http://{}/v2/t/multi/manifests/1", reg.addr)));
     let root = state.path().join("root");
     let reference = format!("{}/t/multi:1", reg.addr);
-    let pulled = ok(&root, &["pull", &reference]);
+    // How each layer will be read is logged at info level (the transcript is docker's).
+    let out = strata_tests::strata::run(&root, &["--log-level", "info", "pull", &reference]);
+    assert!(out.status.success());
+    let pulled = String::from_utf8_lossy(&out.stderr);
     assert_eq!(pulled.matches("lazy: zstd:chunked").count(), 4, "{pulled}");
 
     let inspect: serde_json::Value =
@@ -522,7 +537,7 @@ fn foreign_layer_is_fetched_from_its_url_and_runs() {
 
     let root = scratch.path().join("root");
     let reference = format!("{}/t/foreign:1", reg.addr);
-    let pulled = ok(&root, &["pull", &reference]);
+    let pulled = pull_paths(&root, &reference);
     assert!(pulled.contains("full: foreign layer"), "{pulled}");
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     let out = ok(
@@ -592,7 +607,15 @@ fn run_says_why_an_image_tree_cannot_be_built() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
-    let last = err.lines().last().unwrap_or("");
+    // run's error is "strata: …" followed by docker's hint.
+    let last = err
+        .lines()
+        .rfind(|l| l.starts_with("strata: "))
+        .unwrap_or("");
+    assert!(
+        err.ends_with("Run 'strata run --help' for more information\n"),
+        "{err}"
+    );
     assert!(
         last.contains("cannot be used") && last.contains(&layer) && last.contains("404"),
         "{err}"
@@ -651,7 +674,7 @@ fn a_layer_with_an_untrusted_toc_streams_with_one_warning() {
     let reference = push_blobs(&reg.addr, "t/untrusted", "1", &blobs);
     let state = tempfile::tempdir().unwrap();
     let root = state.path().join("root");
-    let out = strata_tests::strata::run(&root, &["pull", &reference]);
+    let out = strata_tests::strata::run(&root, &["--log-level", "info", "pull", &reference]);
     assert!(out.status.success());
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
@@ -660,12 +683,13 @@ fn a_layer_with_an_untrusted_toc_streams_with_one_warning() {
     let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN")).collect();
     assert_eq!(warnings.len(), 1, "{stderr}");
     assert!(warnings[0].contains(&bad_layer), "{stderr}");
-    assert_eq!(stdout.matches("lazy: zstd:chunked").count(), 3, "{stdout}");
+    assert_eq!(stderr.matches("lazy: zstd:chunked").count(), 3, "{stderr}");
     assert_eq!(
-        stdout.matches("stream: no usable TOC").count(),
+        stderr.matches("stream: no usable TOC").count(),
         1,
-        "{stdout}"
+        "{stderr}"
     );
+    assert_eq!(stdout.matches("Pull complete").count(), 4, "{stdout}");
     let want = snapshot(&ReferenceTree::new(&tars).root);
     let m = Mounted::new(&root, &reference, &state.path().join("mnt"));
     assert_same("untrusted TOC", &snapshot(&m.dir), &want);

@@ -21,6 +21,9 @@ pub struct LoadArgs {
     /// Read from this file (default: standard input).
     #[arg(short = 'i', long)]
     pub input: Option<std::path::PathBuf>,
+    /// Suppress the load output (the loaded names still print, as docker's).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
 }
 
 pub fn run_save(a: SaveArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
@@ -53,9 +56,7 @@ pub fn run_save(a: SaveArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
 pub fn run_load(a: LoadArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let loaded = match &a.input {
-        Some(p) => ctx
-            .archives()
-            .load(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?),
+        Some(p) => ctx.archives().load(crate::cmd::open_file(p)?),
         None => ctx.archives().load(std::io::stdin().lock()),
     }
     .context("loading the archive")?;

@@ -81,7 +81,18 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     let tags: Vec<Reference> = a
         .tags
         .iter()
-        .map(|t| t.parse().with_context(|| format!("invalid tag {t:?}")))
+        .map(|t| {
+            // docker/cli checks -t as a flag value: a flag error, exit 125.
+            t.parse().map_err(|_| {
+                anyhow::Error::from(crate::cmd::Coded {
+                    code: 125,
+                    message: format!(
+                        "\ninvalid argument {t:?} for \"-t, --tag\" flag: {}\n\nUsage:  strata build [OPTIONS] PATH | URL | -\n\nRun 'strata build --help' for more information",
+                        crate::cmd::refs::docker_reason(t)
+                    ),
+                })
+            })
+        })
         .collect::<anyhow::Result<_>>()?;
     // `build -`: the Dockerfile on stdin and no context (docker's `docker build - < Dockerfile`).
     let stdin_ctx = if a.context.as_os_str() == "-" {

@@ -41,7 +41,36 @@ pub struct TagArgs {
 }
 
 pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
-    let target: Option<Reference> = a.reference.as_deref().map(tag_target).transpose()?;
+    let target: Option<Reference> = a
+        .reference
+        .as_deref()
+        .map(crate::cmd::refs::parse)
+        .transpose()?;
+    if target.as_ref().is_some_and(|t| t.digest.is_some()) {
+        anyhow::bail!("refusing to create a tag with a digest reference");
+    }
+    // docker's daemon takes only these instructions in --change.
+    const CHANGES: [&str; 11] = [
+        "CMD",
+        "ENTRYPOINT",
+        "ENV",
+        "EXPOSE",
+        "HEALTHCHECK",
+        "LABEL",
+        "ONBUILD",
+        "STOPSIGNAL",
+        "USER",
+        "VOLUME",
+        "WORKDIR",
+    ];
+    for ch in &a.changes {
+        let word = ch.split_whitespace().next().unwrap_or("").to_uppercase();
+        if !CHANGES.contains(&word.as_str()) {
+            return Err(crate::cmd::daemon(format!(
+                "{word} is not a valid change command"
+            )));
+        }
+    }
     let containers = Containers::new(&g.root());
     let c = containers
         .find(&a.container)
@@ -52,6 +81,11 @@ pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         .image_of(c.image_manifest.as_deref(), &c.image_id)
         .with_context(|| format!("image {} of container {}", c.image, a.container))?;
     let mut config = ctx.catalog().config(&img)?.config.unwrap_or_default();
+    // As docker: the container's command becomes the new image's (after its entrypoint).
+    let entrypoint: Vec<String> = config.entrypoint.get().cloned().unwrap_or_default();
+    if let Some(cmd) = c.command.strip_prefix(entrypoint.as_slice()) {
+        config.cmd = strata_oci::nullable::Nullable::Set(cmd.to_vec());
+    }
     strata_builder::change::apply_changes(&mut config, &a.changes)?;
     let layers = ctx.catalog().open_layers(&img)?;
     let tree = strata_lazyfs::Tree::build(layers.iter().map(|l| &l.index))?;
@@ -61,7 +95,7 @@ pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let meta = CommitMeta {
         comment: a.message,
         author: a.author,
-        created_by: format!("strata commit {}", c.command.join(" ")),
+        created_by: c.command.join(" "),
         config: Some(config),
     };
     // A running container stands still while its upper layer is read, as docker pauses it.
@@ -98,18 +132,10 @@ pub fn run_tag(a: TagArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
 /// The target of `tag` (and of `commit`), refused as docker/cli refuses it.
 pub fn tag_target(name: &str) -> anyhow::Result<Reference> {
     let target: Reference = name.parse().map_err(|_| {
-        let reason = if name
-            .split(['@', ':'])
-            .next()
-            .unwrap_or("")
-            .bytes()
-            .any(|b| b.is_ascii_uppercase())
-        {
-            "invalid reference format: repository name must be lowercase"
-        } else {
-            "invalid reference format"
-        };
-        anyhow::anyhow!("error parsing reference: {name:?} is not a valid repository/tag: {reason}")
+        anyhow::anyhow!(
+            "Error parsing reference: {name:?} is not a valid repository/tag: {}",
+            crate::cmd::refs::docker_reason(name)
+        )
     })?;
     if target.digest.is_some() {
         anyhow::bail!("refusing to create a tag with a digest reference");

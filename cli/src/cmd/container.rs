@@ -125,7 +125,7 @@ async fn forward_signals(pid: u32) {
         let Ok(mut s) = signal(kind) else { continue };
         tokio::spawn(async move {
             while s.recv().await.is_some() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+                let _ = nix::sys::signal::kill(crate::cmd::pid(pid), sig);
             }
         });
     }

@@ -72,7 +72,7 @@ pub fn run_exec(a: ExecArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("No such container: {}", a.container))?;
     let c = crate::cmd::ps::effective(&c);
     let helper = match (c.state, c.pid) {
-        (State::Running, Some(p)) => p as i32,
+        (State::Running, Some(p)) => i32::try_from(p).unwrap_or(i32::MAX),
         _ => bail!("container {} is not running", c.id),
     };
     let init = ready_init(helper).with_context(|| format!("container {} has no process", c.id))?;

@@ -69,7 +69,8 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let mut rows = rows(&ctx, a.no_trunc, a.all)?;
     filters.apply(&ctx, &mut rows)?;
-    if a.quiet {
+    // docker: a --format other than `table` wins over -q.
+    if a.quiet && format.is_default() {
         // One line per row (per tag), as docker prints them.
         for r in rows {
             println!("{}", r.id);
@@ -145,7 +146,7 @@ pub fn print_table(rows: &[Vec<String>]) {
     }
 }
 
-fn rows(ctx: &Images, no_trunc: bool, all: bool) -> anyhow::Result<Vec<Row>> {
+pub fn rows(ctx: &Images, no_trunc: bool, all: bool) -> anyhow::Result<Vec<Row>> {
     let tags = ctx.catalog().tags_by_manifest()?;
     let mut images = ctx.store().images()?;
     if !all {
@@ -243,20 +244,27 @@ fn describe(ctx: &Images, img: &ImageRecord) -> (String, String) {
 
 /// "2 hours ago", as docker words it.
 pub fn ago(secs: i64) -> String {
+    format!("{} ago", human_duration(secs))
+}
+
+/// A duration as docker words it (go-units' `HumanDuration`): "Less than a second",
+/// "5 seconds", "About a minute", "3 hours", "2 weeks".
+pub fn human_duration(secs: i64) -> String {
     let s = secs.max(0);
-    let (n, unit) = match s {
-        0..=59 => return "Less than a minute ago".into(),
-        60..=3599 => (s / 60, "minute"),
-        3600..=86_399 => (s / 3600, "hour"),
-        86_400..=604_799 => (s / 86_400, "day"),
-        604_800..=2_591_999 => (s / 604_800, "week"),
-        2_592_000..=31_535_999 => (s / 2_592_000, "month"),
-        _ => (s / 31_536_000, "year"),
-    };
-    if n == 1 {
-        format!("{} {unit} ago", if unit == "hour" { "An" } else { "1" })
-    } else {
-        format!("{n} {unit}s ago")
+    // Rounded to the nearest hour, as go-units rounds.
+    let hours = (s + 1800) / 3600;
+    match s {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        2..=59 => format!("{s} seconds"),
+        60..=119 => "About a minute".into(),
+        120..=3599 => format!("{} minutes", s / 60),
+        _ if hours == 1 => "About an hour".into(),
+        _ if hours < 48 => format!("{hours} hours"),
+        _ if hours < 24 * 7 * 2 => format!("{} days", hours / 24),
+        _ if hours < 24 * 30 * 2 => format!("{} weeks", hours / 24 / 7),
+        _ if hours < 24 * 365 * 2 => format!("{} months", hours / 24 / 30),
+        _ => format!("{} years", s / 3600 / 24 / 365),
     }
 }
 
@@ -296,7 +304,10 @@ mod tests {
         assert_eq!(human_size(5_600), "5.6kB");
         assert_eq!(human_size(12), "12B");
         assert_eq!(ago(7200), "2 hours ago");
-        assert_eq!(ago(3700), "An hour ago");
-        assert_eq!(ago(5), "Less than a minute ago");
+        assert_eq!(ago(3700), "About an hour ago");
+        assert_eq!(ago(5), "5 seconds ago");
+        assert_eq!(ago(0), "Less than a second ago");
+        assert_eq!(ago(90), "About a minute ago");
+        assert_eq!(ago(86_400 * 20), "2 weeks ago");
     }
 }

@@ -17,6 +17,19 @@ pub struct Filters {
     pub reference: Vec<String>,
 }
 
+/// docker/cli's error for a `-f` value without `=`: a flag error (exit 125) with the usage line
+/// of the command (`usage`, its first word the verb).
+pub fn bad_filter_format(arg: &str, usage: &str) -> anyhow::Error {
+    let verb = usage.split_whitespace().next().unwrap_or("");
+    crate::cmd::Coded {
+        code: 125,
+        message: format!(
+            "invalid argument \"{arg}\" for \"-f, --filter\" flag: bad format of filter (expected name=value)\n\nUsage:  strata {usage}\n\nRun 'strata {verb} --help' for more information"
+        ),
+    }
+    .into()
+}
+
 /// Parses `-f` values.
 pub fn parse(args: &[String]) -> anyhow::Result<Filters> {
     let mut f = Filters::default();
@@ -25,7 +38,10 @@ pub fn parse(args: &[String]) -> anyhow::Result<Filters> {
             continue;
         }
         let Some((k, v)) = arg.split_once('=') else {
-            anyhow::bail!("bad format of filter (expected name=value)");
+            return Err(bad_filter_format(
+                arg,
+                "images [OPTIONS] [REPOSITORY[:TAG]]",
+            ));
         };
         let key = k.trim().to_lowercase();
         let value = v.trim().to_string();

@@ -1,10 +1,12 @@
-//! `strata inspect`: docker-like JSON for images.
+//! `strata inspect`: docker-like JSON for images and containers.
 
-use serde_json::json;
-use strata_oci::Reference;
+use serde_json::Value;
+use strata_runner::state::Containers;
 
-use crate::format::Format;
+use crate::cmd::inspect_json;
+use crate::format::{Format, TemplateError};
 use crate::global::GlobalArgs;
+use crate::gotmpl::Missing;
 
 /// Arguments of `inspect`.
 #[derive(Debug, clap::Args)]
@@ -15,125 +17,122 @@ pub struct Args {
     /// Print each object through a Go template (`{{.Id}}`, `{{json .Config}}`).
     #[arg(short = 'f', long)]
     pub format: Option<String>,
+    /// Display total file sizes if the type is container.
+    #[arg(short = 's', long)]
+    pub size: bool,
+    /// Only objects of this type: image or container.
+    #[arg(long = "type")]
+    pub kind: Option<String>,
 }
 
-/// docker's `HostConfig` fields for a container's limits and security settings.
-fn host_config(spec: &serde_json::Value) -> serde_json::Value {
-    let spec: Option<strata_runner::Spec> = serde_json::from_value(spec.clone()).ok();
-    let Some(spec) = spec else {
-        return json!(null);
-    };
-    let (sec, res) = (&spec.security, &spec.resources);
-    let or_null = |v: &[String]| if v.is_empty() { json!(null) } else { json!(v) };
-    json!({
-        "Memory": res.memory,
-        "NanoCpus": res.nano_cpus,
-        "PidsLimit": (res.pids_limit > 0).then_some(res.pids_limit),
-        "CapAdd": or_null(&sec.cap_add),
-        "CapDrop": or_null(&sec.cap_drop),
-        "Privileged": sec.privileged,
-        "SecurityOpt": or_null(&sec.security_opt()),
-    })
+/// The types docker's `inspect --type` knows.
+const TYPES: [&str; 10] = [
+    "config",
+    "container",
+    "image",
+    "network",
+    "node",
+    "plugin",
+    "secret",
+    "service",
+    "task",
+    "volume",
+];
+
+/// docker's JSON indentation (4 spaces) and HTML-safe escapes (`\u003c`).
+fn docker_json(v: &Value) -> anyhow::Result<String> {
+    let mut buf = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
+    serde::Serialize::serialize(v, &mut ser)?;
+    Ok(String::from_utf8(buf)?
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026"))
 }
 
 pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
+    if let Some(k) = &a.kind
+        && !TYPES.contains(&k.as_str())
+    {
+        let known: Vec<String> = TYPES.iter().map(|t| format!("{t:?}")).collect();
+        anyhow::bail!("unknown type: {k:?}: must be one of {}", known.join(", "));
+    }
+    let (images, containers) = match a.kind.as_deref() {
+        None => (true, true),
+        Some("image") => (true, false),
+        Some("container") => (false, true),
+        Some(_) => (false, false),
+    };
     let format = match a.format.as_deref() {
         // docker's inspect has no table: `json` is its default array of objects.
         Some(f) if f.trim() == "json" => Format::Default,
-        f => Format::parse(f)?,
+        f => Format::parse_for(f, Missing::MapKey, false).map_err(|e| {
+            // docker's inspect exits 64 on a template it cannot parse.
+            match e.downcast_ref::<TemplateError>() {
+                Some(t) => crate::cmd::Coded {
+                    code: 64,
+                    message: t.to_string(),
+                }
+                .into(),
+                None => e,
+            }
+        })?,
     };
     let ctx = g.context()?;
     let tags = ctx.catalog().tags_by_manifest()?;
-    let mut out = Vec::new();
+    let cs = Containers::new(&g.root());
+    let (mut printed, mut templated) = (Vec::new(), Vec::new());
     let mut missing = Vec::new();
+    let mut warned = false;
     for name in &a.images {
-        let (img, _) = match ctx.catalog().resolve(name) {
-            Ok(x) => x,
-            Err(_) => {
-                // Not an image: a container, as docker inspect also accepts.
-                let containers = strata_runner::state::Containers::new(&g.root());
-                match containers.find(name) {
-                    Some(c) => {
-                        let spec: serde_json::Value =
-                            std::fs::read(containers.dir_of(&c.id).join("spec.json"))
-                                .ok()
-                                .and_then(|b| serde_json::from_slice(&b).ok())
-                                .unwrap_or(json!(null));
-                        let host_config = host_config(&spec);
-                        out.push(json!({
-                            "Id": c.id, "Name": format!("/{}", c.name), "Image": c.image_id,
-                            "HostConfig": host_config,
-                            "Config": {"Image": c.image, "Cmd": c.command},
-                            "State": {"Status": c.state, "Running": c.state == strata_runner::state::State::Running,
-                                      "Pid": c.pid, "ExitCode": c.exit_code},
-                            "Created": c.created, "Finished": c.finished,
-                            "GraphDriver": {"Name": "overlay", "Data": {"UpperDir": containers.dir_of(&c.id).join("upper")}},
-                            "Strata": {"Spec": spec},
-                        }));
-                    }
-                    None => missing.push(name.clone()),
-                }
-                continue;
+        if images && let Ok((img, _)) = ctx.catalog().resolve(name) {
+            if a.size && !warned {
+                eprintln!("WARNING: --size ignored for image");
+                warned = true;
             }
-        };
-        let config = ctx.catalog().config_json(&img)?;
-        let repo_tags: Vec<String> = tags
-            .get(&img.manifest)
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t.parse::<Reference>().ok())
-            .map(|r| format!("{}:{}", r.familiar_repository(), r.tag.unwrap_or_default()))
-            .collect();
-        // As docker: the digest the user pulled by (a multi-platform image's index); the
-        // platform manifest's digest stays in strata's own section.
-        let pulled_by = img.index.unwrap_or(img.manifest);
-        let repo_digests: Vec<String> = img
-            .sources
-            .iter()
-            .map(|s| format!("{s}@{pulled_by}"))
-            .collect();
-        let mut size = 0u64;
-        let mut layers = Vec::new();
-        for d in &img.layers {
-            if let Some(l) = ctx.store().layer(d)? {
-                size += l.content_bytes;
-                layers.push(json!({
-                    "Digest": l.digest.to_string(),
-                    "MediaType": l.media_type,
-                    "Size": l.size,
-                    "Format": l.format,
-                    "TOC": l.toc.map(|d| d.to_string()),
-                    "ContentSize": l.content_bytes,
-                }));
-            }
+            let j = inspect_json::image(&ctx, &img, &tags)?;
+            printed.push(j.printed);
+            templated.push(j.template);
+            continue;
         }
-        out.push(json!({
-            "Id": img.config.to_string(),
-            "RepoTags": repo_tags,
-            "RepoDigests": repo_digests,
-            "Created": config.get("created").cloned().unwrap_or(json!(null)),
-            "Comment": config.get("comment").cloned().unwrap_or(json!("")),
-            "Author": config.get("author").cloned().unwrap_or(json!("")),
-            "Architecture": config.get("architecture").cloned().unwrap_or(json!("")),
-            "Os": config.get("os").cloned().unwrap_or(json!("")),
-            "Size": size,
-            "Config": config.get("config").cloned().unwrap_or(json!({})),
-            "RootFS": config.get("rootfs").cloned().unwrap_or(json!({})),
-            "Strata": {
-                "Manifest": img.manifest.to_string(),
-                "Index": img.index.map(|d| d.to_string()),
-                "Layers": layers,
-            },
-        }));
+        // Not an image: a container, as docker inspect also accepts.
+        match cs.find(name).filter(|_| containers) {
+            Some(c) => {
+                let image_env: Vec<String> = ctx
+                    .catalog()
+                    .image_of(c.image_manifest.as_deref(), &c.image_id)
+                    .ok()
+                    .and_then(|(img, _)| ctx.catalog().config(&img).ok())
+                    .and_then(|cfg| cfg.config.and_then(|c| c.env.get().cloned()))
+                    .unwrap_or_default();
+                let j = inspect_json::container(&cs, &c, a.size, &image_env);
+                printed.push(j.clone());
+                templated.push(j);
+            }
+            None => missing.push(name.clone()),
+        }
     }
     if format.is_default() {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", docker_json(&Value::Array(printed))?);
     } else {
-        format.print(&out, &[])?;
+        for item in &templated {
+            println!("{}", format.render(item)?);
+        }
     }
-    if !missing.is_empty() {
-        eprintln!("Error: No such object: {}", missing.join(", "));
-        return Ok(1);
+    if missing.is_empty() {
+        return Ok(0);
     }
-    Ok(0)
+    let what = match a.kind.as_deref() {
+        Some("image") => "image",
+        Some("container") => "container",
+        _ => {
+            eprintln!("Error: No such object: {}", missing.join(", "));
+            return Ok(1);
+        }
+    };
+    for m in &missing {
+        eprintln!("Error response from daemon: No such {what}: {m}");
+    }
+    Ok(1)
 }

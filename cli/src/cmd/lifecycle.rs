@@ -16,6 +16,12 @@ use crate::global::GlobalArgs;
 /// Arguments of `logs`.
 #[derive(Debug, clap::Args)]
 pub struct LogsArgs {
+    /// Number of lines to show from the end of the logs ("all" for every line).
+    #[arg(short = 'n', long, default_value = "all")]
+    pub tail: String,
+    /// Show timestamps.
+    #[arg(short = 't', long)]
+    pub timestamps: bool,
     /// Container (name or id).
     pub container: String,
 }
@@ -55,7 +61,7 @@ fn find(cs: &Containers, key: &str) -> anyhow::Result<Container> {
 }
 
 fn running_pid(c: &Container) -> Option<Pid> {
-    let pid = Pid::from_raw(c.pid? as i32);
+    let pid = crate::cmd::pid(c.pid?);
     (c.state == State::Running && kill(pid, None).is_ok()).then_some(pid)
 }
 
@@ -63,11 +69,14 @@ pub fn run_logs(a: LogsArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let cs = Containers::new(&g.root());
     let c = find(&cs, &a.container)?;
     let log = cs.dir_of(&c.id).join("container.log");
-    match std::fs::read(&log) {
-        Ok(b) => {
-            std::io::Write::write_all(&mut std::io::stdout(), &b)?;
-            Ok(0)
-        }
+    // docker: a negative or unreadable --tail means all lines.
+    let tail = a.tail.parse::<i64>().ok().filter(|n| *n >= 0);
+    match crate::cmd::logs::print(
+        &log,
+        tail.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        a.timestamps,
+    ) {
+        Ok(()) => Ok(0),
         Err(_) => bail!(
             "container {} keeps no log (only detached containers do)",
             a.container
@@ -128,15 +137,26 @@ fn parse_signal(s: &str) -> anyhow::Result<Signal> {
 pub fn run_kill(a: KillArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let sig = parse_signal(&a.signal)?;
     let cs = Containers::new(&g.root());
+    // As docker: every container is tried; each failure is one line, and the exit is 1.
+    let mut failed = false;
     for key in &a.containers {
-        let c = find(&cs, key)?;
-        let Some(pid) = running_pid(&c) else {
-            bail!("cannot kill container {key}: it is not running");
+        let why = match cs.find(key) {
+            None => format!("No such container: {key}"),
+            Some(c) => match running_pid(&c) {
+                None => format!("container {} is not running", c.id),
+                Some(pid) => match kill(pid, sig) {
+                    Ok(()) => {
+                        println!("{key}");
+                        continue;
+                    }
+                    Err(e) => format!("signalling {}: {e}", c.id),
+                },
+            },
         };
-        kill(pid, sig).with_context(|| format!("signalling {key}"))?;
-        println!("{key}");
+        eprintln!("Error response from daemon: cannot kill container: {key}: {why}");
+        failed = true;
     }
-    Ok(0)
+    Ok(if failed { 1 } else { 0 })
 }
 
 /// `A`/`C`/`D` lines like docker's, from the container's upper layer (overlayfs format).

@@ -2,21 +2,26 @@
 
 mod archive;
 mod build;
-mod commit;
+pub mod commit;
 mod container;
 mod convert;
 mod cp;
+mod df;
 mod exec;
 pub mod images;
 mod images_filter;
-mod inspect;
+pub mod inspect;
+mod inspect_json;
 pub mod lifecycle;
 mod login;
+mod logs;
 pub mod mount;
 mod profile;
 pub mod ps;
+mod ps_filter;
 pub mod pull;
-mod push;
+pub mod push;
+mod refs;
 mod restart;
 pub mod rmi;
 pub mod run;
@@ -178,4 +183,44 @@ impl std::error::Error for Daemon {}
 /// A [`Daemon`] error.
 pub fn daemon(message: impl Into<String>) -> anyhow::Error {
     Daemon(message.into()).into()
+}
+
+/// Opens a file a command reads; failing, says so as Go does ("open nope.tar: no such file
+/// or directory").
+pub fn open_file(p: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    std::fs::File::open(p).map_err(|e| anyhow::anyhow!("open {}: {}", p.display(), go_errno(&e)))
+}
+
+/// An I/O error as Go's syscall errors read: strerror in lower case, without "(os error N)".
+pub fn go_errno(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// An error with its own exit code (docker's `inspect` exits 64 on a template it cannot parse).
+#[derive(Debug)]
+pub struct Coded {
+    /// The exit code.
+    pub code: i32,
+    /// The message.
+    pub message: String,
+}
+
+impl std::fmt::Display for Coded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Coded {}
+
+/// The process id of a container's recorded pid (a `u32` on disk; pids are below 2^22 on
+/// Linux, so the conversion never saturates in practice).
+pub fn pid(p: u32) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(i32::try_from(p).unwrap_or(i32::MAX))
 }

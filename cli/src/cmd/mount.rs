@@ -64,7 +64,7 @@ pub fn find_or_pull_quietly(
     if let Ok((img, _)) = ctx.catalog().resolve(name) {
         return Ok(img);
     }
-    let r: Reference = name.parse()?;
+    let r: Reference = crate::cmd::refs::parse(name)?;
     let shown = crate::cmd::pull::familiar(&r);
     let display = match quiet {
         true => Display::new(true),

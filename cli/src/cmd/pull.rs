@@ -25,7 +25,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
-    let r: Reference = a.image.parse()?;
+    let r: Reference = crate::cmd::refs::parse(&a.image)?;
     let ctx = g.context()?;
     let rt = runtime()?;
     let display = Display::new(a.quiet);
@@ -36,10 +36,25 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         .map(|(i, _)| i.manifest);
     let rec = rt.block_on(pull(&ctx, &r, &a.platform, a.all, &display))?;
     display.line(&status_line(&r, before == Some(rec.manifest)));
-    if a.quiet {
-        println!("{r}");
-    }
+    // docker ends with the reference pulled (alone with -q).
+    println!("{r}");
     Ok(0)
+}
+
+/// Whether a pull failed because the registry has no such manifest or repository.
+fn not_found(e: &dyn std::error::Error) -> bool {
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if text.contains("404 Not Found")
+            || text.contains("MANIFEST_UNKNOWN")
+            || text.contains("NAME_UNKNOWN")
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// docker's last line of a pull.
@@ -72,17 +87,32 @@ pub async fn pull(
     all: bool,
     display: &Display,
 ) -> anyhow::Result<ImageRecord> {
+    // docker: "TAG: Pulling from PATH", or the whole reference for one by digest.
     let what = match (&r.digest, &r.tag) {
-        (Some(d), _) => d.to_string(),
+        (Some(_), _) => familiar(r),
         (None, t) => t.as_deref().unwrap_or("latest").to_string(),
     };
-    display.line(&format!("{what}: Pulling from {}", r.familiar_repository()));
-    let show = |p: Progress| display.event(p);
-    let rec = ctx
-        .puller()
-        .pull(r, platform, all, &show)
-        .await
-        .with_context(|| format!("pulling {r}"))?;
+    // Printed once the manifest is found, as docker's (a missing one prints only the error).
+    let pulling = format!("{what}: Pulling from {}", r.repository);
+    let resolved = std::sync::atomic::AtomicBool::new(false);
+    let show = |p: Progress| {
+        if matches!(p, Progress::Resolved { .. })
+            && !resolved.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            display.line(&pulling);
+        }
+        display.event(p)
+    };
+    let rec = match ctx.puller().pull(r, platform, all, &show).await {
+        Ok(rec) => rec,
+        Err(e) if !resolved.load(std::sync::atomic::Ordering::SeqCst) && not_found(&e) => {
+            return Err(crate::cmd::daemon(format!(
+                "failed to resolve reference \"{r}\": {r}: not found"
+            )));
+        }
+        Err(e) => return Err(anyhow::Error::from(e).context(format!("pulling {r}"))),
+    };
+    display.line(&format!("Digest: {}", rec.index.unwrap_or(rec.manifest)));
     if all {
         let layers = ctx.catalog().open_layers(&rec)?;
         ctx.prefetcher()

@@ -1,6 +1,5 @@
-//! `restart`, `system prune` and `system df`, as docker's.
+//! `restart` and `system prune`, as docker's (`system df` is in df.rs).
 
-use std::collections::HashSet;
 use std::io::BufRead as _;
 
 use anyhow::Context as _;
@@ -111,72 +110,4 @@ pub fn run_system_prune(a: SystemPruneArgs, g: &GlobalArgs) -> anyhow::Result<i3
         crate::cmd::rmi::untag_unused(g)?;
     }
     crate::cmd::rmi::prune_images(g, true)
-}
-
-/// Disk usage by kind, with what pruning would give back (docker's RECLAIMABLE: images no
-/// container uses, containers that do not run, and the whole chunk cache, which refills).
-pub fn run_system_df(g: &GlobalArgs) -> anyhow::Result<i32> {
-    use crate::cmd::images::{human_size, print_table};
-    use crate::cmd::rmi::{dir_size, in_use};
-    let ctx = g.context()?;
-    let cs = Containers::new(&g.root());
-    let images = ctx.store().images()?;
-    let layer_bytes = |layers: &HashSet<&strata_oci::Digest>| -> u64 {
-        layers
-            .iter()
-            .filter_map(|d| ctx.store().layer(d).ok().flatten())
-            .map(|l| l.content_bytes)
-            .sum()
-    };
-    let (used, unused): (Vec<_>, Vec<_>) = images.iter().partition(|i| in_use(&cs, i));
-    let all_layers: HashSet<_> = images.iter().flat_map(|i| i.layers.iter()).collect();
-    let used_layers: HashSet<_> = used.iter().flat_map(|i| i.layers.iter()).collect();
-    let only_unused: HashSet<_> = unused
-        .iter()
-        .flat_map(|i| i.layers.iter())
-        .filter(|d| !used_layers.contains(d))
-        .collect();
-    let list: Vec<_> = cs.list().iter().map(crate::cmd::ps::effective).collect();
-    let upper = |c: &strata_runner::state::Container| dir_size(&cs.dir_of(&c.id).join("upper"));
-    let upper_total: u64 = list.iter().map(upper).sum();
-    let upper_idle: u64 = list
-        .iter()
-        .filter(|c| c.state != State::Running)
-        .map(upper)
-        .sum();
-    let running = list.iter().filter(|c| c.state == State::Running).count();
-    let (chunks, cache_bytes) = ctx.fetcher().cache().usage()?;
-    let reclaim = |part: u64, total: u64| {
-        let pct = (part * 100).checked_div(total).unwrap_or(0);
-        format!("{} ({pct}%)", human_size(part))
-    };
-    let image_total = layer_bytes(&all_layers);
-    let rows = vec![
-        ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
-            .map(String::from)
-            .to_vec(),
-        vec![
-            "Images".into(),
-            images.len().to_string(),
-            used.len().to_string(),
-            human_size(image_total),
-            reclaim(layer_bytes(&only_unused), image_total),
-        ],
-        vec![
-            "Containers".into(),
-            list.len().to_string(),
-            running.to_string(),
-            human_size(upper_total),
-            reclaim(upper_idle, upper_total),
-        ],
-        vec![
-            "Chunk cache".into(),
-            chunks.to_string(),
-            "-".into(),
-            human_size(cache_bytes),
-            reclaim(cache_bytes, cache_bytes),
-        ],
-    ];
-    print_table(&rows);
-    Ok(0)
 }

@@ -58,6 +58,22 @@ const HISTORY_HEADER: [(&str, &str); 6] = [
 /// `image` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum ImageCmd {
+    /// List images.
+    #[command(name = "ls", alias = "list")]
+    Ls(crate::cmd::images::Args),
+    /// Show low-level information on images, as JSON.
+    Inspect(crate::cmd::inspect::Args),
+    /// Show the history of an image.
+    History(HistoryArgs),
+    /// Remove images.
+    #[command(name = "rm", alias = "remove")]
+    Rm(RmiArgs),
+    /// Give an image another name.
+    Tag(crate::cmd::commit::TagArgs),
+    /// Pull an image lazily.
+    Pull(crate::cmd::pull::Args),
+    /// Upload an image to its registry.
+    Push(crate::cmd::push::PushArgs),
     /// Remove images with no name that no container uses, then unreferenced data.
     Prune {
         /// Also the intermediate images the build cache keeps.
@@ -77,7 +93,7 @@ pub enum BuilderCmd {
 #[derive(Debug, clap::Subcommand)]
 pub enum SystemCmd {
     /// Show disk usage.
-    Df,
+    Df(crate::cmd::df::DfArgs),
     /// Remove stopped containers, images no container uses that have no name (with -a: every
     /// image no container uses), the build cache, then unreferenced data.
     Prune(crate::cmd::restart::SystemPruneArgs),
@@ -150,6 +166,12 @@ fn remove_id(
     Ok(true)
 }
 
+/// Whether a name could be a (short) image id, which docker does not complete with `:latest`.
+fn names_hex(name: &str) -> bool {
+    let hex = name.strip_prefix("sha256:").unwrap_or(name);
+    !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn familiar(t: &str) -> String {
     t.parse::<Reference>()
         .map(|r| format!("{}:{}", r.familiar_repository(), r.tag.unwrap_or_default()))
@@ -170,7 +192,18 @@ pub fn run_rmi(a: RmiArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let mut failed = false;
     for name in &a.images {
         let Ok((img, by_ref)) = ctx.catalog().resolve(name) else {
-            eprintln!("Error response from daemon: No such image: {name}");
+            let why = match name.parse::<Reference>() {
+                Ok(_)
+                    if !name.rsplit('/').next().unwrap_or(name).contains(':')
+                        && !name.contains('@')
+                        && !names_hex(name) =>
+                {
+                    format!("No such image: {name}:latest")
+                }
+                Ok(_) => format!("No such image: {name}"),
+                Err(_) => crate::cmd::refs::docker_reason(name),
+            };
+            eprintln!("Error response from daemon: {why}");
             failed = true;
             continue;
         };
@@ -202,7 +235,7 @@ pub fn run_rmi(a: RmiArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         let last = to_untag.len() == names.len();
         if last && !used.is_empty() && !a.force {
             eprintln!(
-                "Error response from daemon: conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {}",
+                "Error response from daemon: conflict: unable to delete {name} (must be forced) - container {} is using its referenced image {}",
                 used[0],
                 img.config.short()
             );
@@ -319,7 +352,14 @@ fn history_items(
             .layer(d)
             .ok()
             .flatten()
-            .map(|l| l.content_bytes)
+            // A layer not streamed yet counts with its compressed size, as in `images`.
+            .map(|l| {
+                if l.toc.is_some() || l.content_bytes > 0 {
+                    l.content_bytes
+                } else {
+                    l.size
+                }
+            })
             .unwrap_or(0)
     });
     let mut items = Vec::new();
@@ -360,8 +400,19 @@ fn history_items(
 }
 
 pub fn run_image(cmd: ImageCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
-    let ImageCmd::Prune { all } = cmd;
-    prune(g, all)
+    match cmd {
+        ImageCmd::Ls(a) => crate::cmd::images::run(a, g),
+        ImageCmd::Inspect(mut a) => {
+            a.kind = Some("image".into());
+            crate::cmd::inspect::run(a, g)
+        }
+        ImageCmd::History(a) => run_history(a, g),
+        ImageCmd::Rm(a) => run_rmi(a, g),
+        ImageCmd::Tag(a) => crate::cmd::commit::run_tag(a, g),
+        ImageCmd::Pull(a) => crate::cmd::pull::run(a, g),
+        ImageCmd::Push(a) => crate::cmd::push::run_push(a, g),
+        ImageCmd::Prune { all } => prune(g, all),
+    }
 }
 
 pub fn run_builder(cmd: BuilderCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
@@ -440,7 +491,7 @@ fn prune(g: &GlobalArgs, all: bool) -> anyhow::Result<i32> {
 pub fn run_system(cmd: SystemCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
     match cmd {
         SystemCmd::Prune(a) => crate::cmd::restart::run_system_prune(a, g),
-        SystemCmd::Df => crate::cmd::restart::run_system_df(g),
+        SystemCmd::Df(a) => crate::cmd::df::run_df(a, g),
     }
 }
 

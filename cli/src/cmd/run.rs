@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use strata_oci::timefmt::now_secs;
 use strata_runner::cgroup::Resources;
 use strata_runner::security::{Security, normalize_cap};
 use strata_runner::state::{Container, Containers, State};
@@ -34,6 +33,9 @@ pub struct Args {
     /// Read environment variables from a file (KEY=VALUE lines).
     #[arg(long = "env-file")]
     pub env_file: Vec<PathBuf>,
+    /// Set metadata on the container (KEY=VALUE, or KEY for an empty value).
+    #[arg(short = 'l', long = "label")]
+    pub labels: Vec<String>,
     /// Working directory inside the container.
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
@@ -144,7 +146,12 @@ fn parse_bytes(s: &str) -> anyhow::Result<i64> {
     if n < 0.0 {
         bail!("invalid size: {s:?}");
     }
-    Ok((n * (1u64 << shift) as f64) as i64)
+    let bytes = n * 2f64.powi(shift);
+    if bytes >= 9.2e18 {
+        bail!("invalid size: {s:?}");
+    }
+    #[allow(clippy::cast_possible_truncation)] // in range (checked above); fractions of a byte drop
+    Ok(bytes as i64)
 }
 
 /// `--privileged`, `--cap-add/--cap-drop`, `--security-opt`, `--memory`, `--cpus`,
@@ -181,7 +188,10 @@ fn containment(a: &Args) -> anyhow::Result<(Security, Resources)> {
             if c < 0.01 || c > n as f64 {
                 bail!("Range of CPUs is from 0.01 to {n}.00, as there are only {n} CPUs available");
             }
-            (c * 1e9) as i64
+            // At most the CPU count × 1e9 (checked above): far inside i64.
+            #[allow(clippy::cast_possible_truncation)]
+            let nanos = (c * 1e9) as i64;
+            nanos
         }
         None => 0,
     };
@@ -224,8 +234,8 @@ pub fn run_recorded(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut env_args = Vec::new();
     for f in &a.env_file {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("env file {}", f.display()))?;
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| anyhow::anyhow!("open {}: {}", f.display(), crate::cmd::go_errno(&e)))?;
         env_args.extend(
             text.lines()
                 .map(str::trim)
@@ -236,14 +246,7 @@ pub fn run_recorded(
     env_args.extend(a.env.iter().cloned());
     let root = g.root();
     let containers = Containers::new(&root);
-    if let Some(n) = &a.name
-        && let Some(c) = containers.find(n).filter(|c| &c.name == n)
-    {
-        bail!(
-            "Conflict. The container name \"/{n}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
-            c.id
-        );
-    }
+    crate::cmd::run_checks::check_daemon_side(&a, &containers)?;
     let mut ctx = g.context()?;
     ctx.prefetch = a.prefetch;
     let rt = runtime()?;
@@ -252,11 +255,18 @@ pub fn run_recorded(
     if a.detach && a.cid.is_none() {
         return detach(&containers, a.name.as_deref()).map(|c| (c, None));
     }
+    // The background half: its output (the container's) goes to the log as records.
+    let _capture = match &a.cid {
+        Some(id) => Some(crate::cmd::logs::capture(
+            &containers.dir_of(id).join("container.log"),
+        )?),
+        None => None,
+    };
     let config = ctx.catalog().config(&img)?;
     let cfg = config.container();
     let args = image_command(&cfg, a.entrypoint.as_deref(), &a.command);
     if args.is_empty() {
-        bail!("no command specified");
+        return Err(crate::cmd::daemon("no command specified"));
     }
     let id = match &a.cid {
         Some(id) => id.clone(),
@@ -293,8 +303,11 @@ pub fn run_recorded(
     let spec = container_spec(Some(&cfg), process, host);
     if let Err(e) = strata_runner::user::resolve(&spec.rootfs, &spec.user) {
         drop(root_mount);
-        return Err(cleanup_dir(e.into()));
+        return Err(cleanup_dir(crate::cmd::daemon(e.to_string())));
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let record = Container {
         id: id.clone(),
         name,
@@ -302,13 +315,16 @@ pub fn run_recorded(
         image_id: img.config.to_string(),
         image_manifest: Some(img.manifest.to_string()),
         command: args,
-        created: now_secs(),
+        created: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
         state: State::Created,
         pid: None,
         exit_code: None,
         finished: None,
     };
     containers.save(&record)?;
+    let mut extra = crate::cmd::run_checks::extra(&ctx, &img, &config, &a.labels, &a.network);
+    extra.created_nanos = now.subsec_nanos();
+    extra.save(&dir)?;
     let streams = if a.tty {
         Streams::Tty
     } else if a.interactive {
@@ -352,14 +368,9 @@ fn detach(containers: &Containers, name: Option<&str>) -> anyhow::Result<i32> {
                 println!("{id}");
                 return Ok(0);
             }
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = crate::cmd::logs::last_line(&log_path);
             let _ = std::fs::remove_dir_all(&dir);
-            let last = text
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim_start_matches("strata: ");
+            let last = last.trim_start_matches("strata: ");
             bail!(
                 "container {} did not start ({status}): {last}",
                 name.unwrap_or(&id[..12])

@@ -1,6 +1,83 @@
-//! What `run` refuses before it starts anything, as docker does.
+//! What `run` refuses before it starts anything, as docker does, and what it records beside
+//! the container for `ps` and `inspect`.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
+
+use strata_image::Images;
+use strata_runner::state::Containers;
+use strata_storage::store::ImageRecord;
+
+use crate::cmd::ps_filter::Extra;
+
+/// What docker's daemon refuses of `run`'s options (exit 125, "Error response from daemon"):
+/// a name in use or not of docker's characters, a relative working directory.
+pub fn check_daemon_side(a: &crate::cmd::run::Args, cs: &Containers) -> anyhow::Result<()> {
+    if let Some(n) = &a.name {
+        let valid = n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !valid {
+            return Err(crate::cmd::daemon(format!(
+                "Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            )));
+        }
+        if let Some(c) = cs.find(n).filter(|c| &c.name == n) {
+            return Err(crate::cmd::daemon(format!(
+                "Conflict. The container name \"/{n}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                c.id
+            )));
+        }
+    }
+    if let Some(w) = &a.workdir
+        && !w.starts_with('/')
+    {
+        return Err(crate::cmd::daemon(format!(
+            "the working directory '{w}' is invalid, it needs to be an absolute path"
+        )));
+    }
+    Ok(())
+}
+
+/// What `ps` and `inspect` show beyond the container record: labels (the image's, then
+/// `-l KEY=VALUE` over them), platform, network, the image's size.
+pub fn extra(
+    ctx: &Images,
+    img: &ImageRecord,
+    config: &strata_oci::config::ImageConfig,
+    labels: &[String],
+    network: &str,
+) -> Extra {
+    let mut all: BTreeMap<String, String> = config
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.get().cloned())
+        .unwrap_or_default();
+    let own: BTreeMap<String, String> = labels
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (l.clone(), String::new()),
+        })
+        .collect();
+    all.extend(own.clone());
+    let image_size = img
+        .layers
+        .iter()
+        .filter_map(|l| ctx.store().layer(l).ok().flatten())
+        .map(|l| l.content_bytes.max(l.size))
+        .sum();
+    Extra {
+        labels: all,
+        own_labels: own,
+        created_nanos: 0,
+        network: network.to_string(),
+        os: config.os.clone().unwrap_or_default(),
+        arch: config.architecture.clone().unwrap_or_default(),
+        image_size,
+        upper: Default::default(),
+    }
+}
 
 /// The largest uid or gid docker accepts (`1<<31 - 1`, for 32-bit compatibility).
 const MAX_ID: i64 = (1 << 31) - 1;
@@ -14,7 +91,9 @@ pub fn check_user(user: &str) -> anyhow::Result<()> {
         }
         let in_range = part.parse::<i64>().is_ok_and(|n| (0..=MAX_ID).contains(&n));
         if !in_range {
-            anyhow::bail!("linux spec user: uids and gids must be in range 0-{MAX_ID}");
+            return Err(crate::cmd::daemon(format!(
+                "uids and gids must be in range 0-{MAX_ID}"
+            )));
         }
     }
     Ok(())

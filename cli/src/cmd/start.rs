@@ -20,13 +20,16 @@ pub struct StartArgs {
 
 pub fn run_start(a: StartArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let containers = Containers::new(&g.root());
-    let c = containers
-        .find(&a.container)
-        .ok_or_else(|| crate::cmd::daemon(format!("No such container: {}", a.container)))?;
+    let Some(c) = containers.find(&a.container) else {
+        eprintln!(
+            "Error response from daemon: No such container: {}",
+            a.container
+        );
+        bail!("Error: failed to start containers: {}", a.container);
+    };
     if c.state == State::Running
-        && c.pid.is_some_and(|p| {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), None).is_ok()
-        })
+        && c.pid
+            .is_some_and(|p| nix::sys::signal::kill(crate::cmd::pid(p), None).is_ok())
     {
         println!("{}", a.container);
         return Ok(0);

@@ -89,7 +89,7 @@ pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         let _ = std::fs::remove_file(&downloaded);
         Box::new(f)
     } else {
-        Box::new(std::fs::File::open(&a.file).with_context(|| format!("opening {}", a.file))?)
+        Box::new(crate::cmd::open_file(std::path::Path::new(&a.file))?)
     };
     let mut head = [0u8; 4];
     let n = input.read(&mut head)?;
@@ -98,7 +98,8 @@ pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let meta = CommitMeta {
         comment: a.message,
         author: None,
-        created_by: format!("strata import {}", a.file),
+        // docker leaves an imported layer's history without a command.
+        created_by: String::new(),
         config: Some(config),
     };
     let rec = ctx

@@ -1,0 +1,253 @@
+//! `system df`, as docker's: images, containers, local volumes (strata has none) and the
+//! build cache, with what pruning would give back; `-v` lists each, and adds strata's chunk
+//! cache (fetched file content, which refills on demand).
+
+use std::collections::{HashMap, HashSet};
+
+use strata_oci::Digest;
+use strata_runner::state::{Container, Containers, State};
+
+use crate::cmd::images::{ago, human_size, print_table};
+use crate::cmd::rmi::{dir_size, in_use};
+use crate::format::Format;
+use crate::global::GlobalArgs;
+use crate::gotmpl::Missing;
+
+/// Arguments of `system df`.
+#[derive(Debug, clap::Args)]
+pub struct DfArgs {
+    /// Show detailed information on space usage.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// `table`, `json`, `table TEMPLATE` or a Go template (fields: .Type .TotalCount .Active
+    /// .Size .Reclaimable).
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+/// docker's RECLAIMABLE: the size, with its share of the total when there is a total.
+fn reclaim(part: u64, total: u64) -> String {
+    match (part * 100).checked_div(total) {
+        Some(pct) => format!("{} ({pct}%)", human_size(part)),
+        None => human_size(part),
+    }
+}
+
+pub fn run_df(a: DfArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let format = Format::parse_for(
+        a.format.as_deref(),
+        Missing::Field("*formatter.diskUsageContext"),
+        true,
+    )?;
+    let ctx = g.context()?;
+    let cs = Containers::new(&g.root());
+    let images = ctx.store().images()?;
+    let layer_size: HashMap<Digest, u64> = images
+        .iter()
+        .flat_map(|i| i.layers.iter())
+        .filter_map(|d| ctx.store().layer(d).ok().flatten())
+        // A layer not streamed yet counts with its compressed size, as in `images`.
+        .map(|l| {
+            let size = if l.toc.is_some() {
+                l.content_bytes
+            } else {
+                l.size
+            };
+            (l.digest, size)
+        })
+        .collect();
+    let bytes = |layers: &HashSet<&Digest>| -> u64 {
+        layers.iter().filter_map(|d| layer_size.get(*d)).sum()
+    };
+    let (used, _): (Vec<_>, Vec<_>) = images.iter().partition(|i| in_use(&cs, i));
+    let all_layers: HashSet<&Digest> = images.iter().flat_map(|i| i.layers.iter()).collect();
+    let used_layers: HashSet<&Digest> = used.iter().flat_map(|i| i.layers.iter()).collect();
+    let image_total = bytes(&all_layers);
+    let image_reclaim = image_total - bytes(&used_layers);
+    let list: Vec<Container> = cs.list().iter().map(crate::cmd::ps::effective).collect();
+    let upper = |c: &Container| dir_size(&cs.dir_of(&c.id).join("upper"));
+    let upper_total: u64 = list.iter().map(upper).sum();
+    let upper_idle: u64 = list
+        .iter()
+        .filter(|c| c.state != State::Running)
+        .map(upper)
+        .sum();
+    let running = list.iter().filter(|c| c.state == State::Running).count();
+    let build_entries = strata_builder::cache::BuildCache::new(ctx.layout().root())
+        .entries()
+        .map(|e| e.len())
+        .unwrap_or(0);
+    let rows: Vec<[String; 5]> = vec![
+        [
+            "Images".into(),
+            images.len().to_string(),
+            used.len().to_string(),
+            human_size(image_total),
+            reclaim(image_reclaim, image_total),
+        ],
+        [
+            "Containers".into(),
+            list.len().to_string(),
+            running.to_string(),
+            human_size(upper_total),
+            reclaim(upper_idle, upper_total),
+        ],
+        [
+            "Local Volumes".into(),
+            "0".into(),
+            "0".into(),
+            human_size(0),
+            human_size(0),
+        ],
+        // Build cache entries name images, whose layers count under Images.
+        [
+            "Build Cache".into(),
+            build_entries.to_string(),
+            "0".into(),
+            human_size(0),
+            human_size(0),
+        ],
+    ];
+    if !format.is_default() {
+        let items: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|[t, n, act, size, rec]| {
+                serde_json::json!({"Type": t, "TotalCount": n, "Active": act, "Size": size,
+                                   "Reclaimable": rec})
+            })
+            .collect();
+        let header = [
+            ("Type", "TYPE"),
+            ("TotalCount", "TOTAL"),
+            ("Active", "ACTIVE"),
+            ("Size", "SIZE"),
+            ("Reclaimable", "RECLAIMABLE"),
+        ];
+        format.print(&items, &header)?;
+        return Ok(0);
+    }
+    if a.verbose {
+        return verbose(&ctx, &cs, &list, &layer_size);
+    }
+    let mut table = vec![
+        ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    table.extend(rows.into_iter().map(|r| r.to_vec()));
+    print_table(&table);
+    Ok(0)
+}
+
+/// `system df -v`: every image (shared and unique sizes, containers using it), container,
+/// and the caches.
+fn verbose(
+    ctx: &strata_image::Images,
+    cs: &Containers,
+    list: &[Container],
+    layer_size: &HashMap<Digest, u64>,
+) -> anyhow::Result<i32> {
+    let images = ctx.store().images()?;
+    let mut users: HashMap<&Digest, usize> = HashMap::new();
+    for i in &images {
+        for d in &i.layers {
+            *users.entry(d).or_default() += 1;
+        }
+    }
+    println!("Images space usage:\n");
+    let mut table = vec![
+        [
+            "REPOSITORY",
+            "TAG",
+            "IMAGE ID",
+            "CREATED",
+            "SIZE",
+            "SHARED SIZE",
+            "UNIQUE SIZE",
+            "CONTAINERS",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for row in crate::cmd::images::rows(ctx, false, false)? {
+        let Some(img) = images.iter().find(|i| i.config.short() == row.id) else {
+            continue;
+        };
+        let (mut shared, mut unique) = (0, 0);
+        for d in &img.layers {
+            let n = layer_size.get(d).copied().unwrap_or(0);
+            if users.get(d).copied().unwrap_or(0) > 1 {
+                shared += n;
+            } else {
+                unique += n;
+            }
+        }
+        let containers = list
+            .iter()
+            .filter(|c| c.image_id == img.config.to_string())
+            .count();
+        table.push(vec![
+            row.repository,
+            row.tag,
+            row.id,
+            row.created,
+            human_size(shared + unique),
+            human_size(shared),
+            human_size(unique),
+            containers.to_string(),
+        ]);
+    }
+    print_table(&table);
+    println!("\nContainers space usage:\n");
+    let mut table = vec![
+        [
+            "CONTAINER ID",
+            "IMAGE",
+            "COMMAND",
+            "LOCAL VOLUMES",
+            "SIZE",
+            "CREATED",
+            "STATUS",
+            "NAMES",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for c in list {
+        let mut command = crate::cmd::ps::shell_join(&c.command);
+        if command.chars().count() > 20 {
+            command = format!("{}…", command.chars().take(19).collect::<String>());
+        }
+        table.push(vec![
+            c.id[..12.min(c.id.len())].to_string(),
+            c.image.clone(),
+            format!("\"{command}\""),
+            "0".into(),
+            human_size(dir_size(&cs.dir_of(&c.id).join("upper"))),
+            ago(strata_oci::timefmt::now_secs() - c.created),
+            crate::cmd::ps::status(c),
+            c.name.clone(),
+        ]);
+    }
+    print_table(&table);
+    println!("\nLocal Volumes space usage:\n");
+    print_table(&[["VOLUME NAME", "LINKS", "SIZE"].map(String::from).to_vec()]);
+    println!("\nBuild cache usage: {}\n", human_size(0));
+    print_table(&[[
+        "CACHE ID",
+        "CACHE TYPE",
+        "SIZE",
+        "CREATED",
+        "LAST USED",
+        "USAGE",
+        "SHARED",
+    ]
+    .map(String::from)
+    .to_vec()]);
+    let (chunks, cache_bytes) = ctx.fetcher().cache().usage()?;
+    println!(
+        "\nChunk cache usage: {} ({chunks} chunks of fetched file content, reclaimable)",
+        human_size(cache_bytes)
+    );
+    Ok(0)
+}

@@ -1,0 +1,234 @@
+//! The JSON `inspect` prints, in the shape of docker's (Docker Engine API's `ImageInspect` and
+//! `ContainerJSON`, the fields strata can fill truthfully), with strata's own in `Strata`.
+
+use serde_json::{Value, json};
+use strata_image::Images;
+use strata_oci::Reference;
+use strata_runner::state::{Container, Containers, State};
+use strata_storage::store::ImageRecord;
+
+use crate::cmd::ps_filter::Extra;
+
+/// docker's `HostConfig` fields for a container's limits and security settings.
+fn host_config(spec: &Value) -> Value {
+    let spec: Option<strata_runner::Spec> = serde_json::from_value(spec.clone()).ok();
+    let Some(spec) = spec else {
+        return json!(null);
+    };
+    let (sec, res) = (&spec.security, &spec.resources);
+    let or_null = |v: &[String]| if v.is_empty() { json!(null) } else { json!(v) };
+    json!({
+        "Memory": res.memory,
+        "NanoCpus": res.nano_cpus,
+        "PidsLimit": (res.pids_limit > 0).then_some(res.pids_limit),
+        "CapAdd": or_null(&sec.cap_add),
+        "CapDrop": or_null(&sec.cap_drop),
+        "Privileged": sec.privileged,
+        "SecurityOpt": or_null(&sec.security_opt()),
+        "NetworkMode": match spec.network {
+            strata_runner::Network::Host => "host",
+            strata_runner::Network::None => "none",
+        },
+        "AutoRemove": false,
+    })
+}
+
+/// An image as docker's `inspect` shows it, and as its templates see it (the config's own
+/// keys only, as docker's typed config omits empty ones; `.ID` beside `.Id`).
+pub struct ImageJson {
+    pub printed: Value,
+    pub template: Value,
+}
+
+/// An image's inspect JSON.
+pub fn image(
+    ctx: &Images,
+    img: &ImageRecord,
+    tags: &std::collections::HashMap<strata_oci::Digest, Vec<String>>,
+) -> anyhow::Result<ImageJson> {
+    let config = ctx.catalog().config_json(img)?;
+    let repo_tags: Vec<String> = tags
+        .get(&img.manifest)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.parse::<Reference>().ok())
+        .map(|r| format!("{}:{}", r.familiar_repository(), r.tag.unwrap_or_default()))
+        .collect();
+    // As docker: the digest the user pulled by (a multi-platform image's index); the
+    // platform manifest's digest stays in strata's own section.
+    let pulled_by = img.index.unwrap_or(img.manifest);
+    let repo_digests: Vec<String> = img
+        .sources
+        .iter()
+        .map(|s| format!("{s}@{pulled_by}"))
+        .collect();
+    let mut size = 0u64;
+    let mut layers = Vec::new();
+    for d in &img.layers {
+        if let Some(l) = ctx.store().layer(d)? {
+            size += l.content_bytes;
+            layers.push(json!({
+                "Digest": l.digest.to_string(),
+                "MediaType": l.media_type,
+                "Size": l.size,
+                "Format": l.format,
+                "TOC": l.toc.map(|d| d.to_string()),
+                "ContentSize": l.content_bytes,
+            }));
+        }
+    }
+    let manifest = ctx.store().get_blob(&img.manifest).unwrap_or_default();
+    let media_type = serde_json::from_slice::<Value>(&manifest)
+        .ok()
+        .and_then(|m| m.get("mediaType").cloned())
+        .unwrap_or(json!("application/vnd.oci.image.manifest.v1+json"));
+    let get = |k: &str, default: Value| config.get(k).cloned().unwrap_or(default);
+    let raw_config = get("config", json!({}));
+    let mut full_config = raw_config.clone();
+    if let Some(m) = full_config.as_object_mut() {
+        for (k, v) in [
+            ("Cmd", json!(null)),
+            ("Entrypoint", json!(null)),
+            ("Env", json!(null)),
+            ("Labels", json!(null)),
+            ("OnBuild", json!(null)),
+            ("User", json!("")),
+            ("Volumes", json!(null)),
+            ("WorkingDir", json!("")),
+        ] {
+            m.entry(k).or_insert(v);
+        }
+    }
+    let rootfs = config.get("rootfs");
+    let diff_ids = rootfs
+        .and_then(|r| r.get("diff_ids"))
+        .cloned()
+        .unwrap_or(json!([]));
+    let mut printed = json!({
+        "Id": img.config.to_string(),
+        "RepoTags": repo_tags,
+        "RepoDigests": repo_digests,
+        "Parent": "",
+        "Comment": get("comment", json!("")),
+        "Created": get("created", json!(null)),
+        "DockerVersion": get("docker_version", json!("")),
+        "Author": get("author", json!("")),
+        "Architecture": get("architecture", json!("")),
+        "Os": get("os", json!("")),
+        "Size": size,
+        "GraphDriver": {"Data": null, "Name": "overlayfs"},
+        "RootFS": {
+            "Type": rootfs.and_then(|r| r.get("type")).cloned().unwrap_or(json!("layers")),
+            "Layers": diff_ids,
+        },
+        "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
+        "Descriptor": {
+            "mediaType": media_type,
+            "digest": img.manifest.to_string(),
+            "size": manifest.len(),
+        },
+        "Config": full_config,
+        "Strata": {
+            "Manifest": img.manifest.to_string(),
+            "Index": img.index.map(|d| d.to_string()),
+            "Layers": layers,
+        },
+    });
+    if let Some(v) = config.get("variant") {
+        printed["Variant"] = v.clone();
+    }
+    let mut template = printed.clone();
+    template["Config"] = raw_config;
+    template["ID"] = printed["Id"].clone();
+    Ok(ImageJson { printed, template })
+}
+
+/// RFC 3339 of seconds since the epoch.
+fn time(secs: Option<i64>) -> String {
+    match secs {
+        Some(s) => strata_oci::timefmt::format_rfc3339(s, 0),
+        None => "0001-01-01T00:00:00Z".into(),
+    }
+}
+
+/// A container's environment as docker's `Config.Env` lists it: what `run` set first, then
+/// the image's variables it did not change.
+fn docker_env(env: &[String], image_env: &[String]) -> Vec<String> {
+    let (from_image, own): (Vec<&String>, Vec<&String>) =
+        env.iter().partition(|e| image_env.contains(e));
+    own.into_iter().chain(from_image).cloned().collect()
+}
+
+/// A container's inspect JSON; `size` adds `SizeRw` and `SizeRootFs`; `image_env` is its
+/// image's `Env`.
+pub fn container(cs: &Containers, c: &Container, size: bool, image_env: &[String]) -> Value {
+    let dir = cs.dir_of(&c.id);
+    let spec: Value = std::fs::read(dir.join("spec.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(json!(null));
+    let extra = Extra::load(cs, c);
+    let args: Vec<String> = spec
+        .get("args")
+        .and_then(|a| serde_json::from_value(a.clone()).ok())
+        .unwrap_or_else(|| c.command.clone());
+    let field = |k: &str| spec.get(k).cloned().unwrap_or(json!(null));
+    let running = c.state == State::Running;
+    let status = match c.state {
+        State::Created => "created",
+        State::Running => "running",
+        State::Exited => "exited",
+    };
+    let labels = if extra.labels.is_empty() {
+        json!({})
+    } else {
+        json!(extra.labels)
+    };
+    let mut out = json!({
+        "Id": c.id,
+        "Created": time(Some(c.created)),
+        "Path": args.first().cloned().unwrap_or_default(),
+        "Args": args.iter().skip(1).collect::<Vec<_>>(),
+        "State": {
+            "Status": status,
+            "Running": running,
+            "Paused": false,
+            "Restarting": false,
+            "OOMKilled": false,
+            "Dead": false,
+            "Pid": if running { c.pid.unwrap_or(0) } else { 0 },
+            "ExitCode": c.exit_code.unwrap_or(0),
+            "Error": "",
+            "StartedAt": time(Some(c.created)),
+            "FinishedAt": time(c.finished),
+        },
+        "Image": c.image_id,
+        "Name": format!("/{}", c.name),
+        "RestartCount": 0,
+        "Driver": "overlay",
+        "Platform": if extra.os.is_empty() { "linux" } else { &extra.os },
+        "HostConfig": host_config(&spec),
+        "GraphDriver": {"Name": "overlay", "Data": {"UpperDir": dir.join("upper")}},
+        "Config": {
+            "Hostname": field("hostname"),
+            "User": field("user"),
+            "Tty": field("tty"),
+            "Env": spec
+                .get("env")
+                .and_then(|e| serde_json::from_value::<Vec<String>>(e.clone()).ok())
+                .map(|e| json!(docker_env(&e, image_env)))
+                .unwrap_or(json!(null)),
+            "Cmd": c.command,
+            "Image": c.image,
+            "WorkingDir": field("cwd"),
+            "Labels": labels,
+        },
+        "Strata": {"Spec": spec},
+    });
+    if size {
+        let rw = extra.size_rw();
+        out["SizeRw"] = json!(rw);
+        out["SizeRootFs"] = json!(rw + extra.image_size);
+    }
+    out
+}
