@@ -9,8 +9,8 @@ use strata_image::Images;
 use strata_oci::Reference;
 use strata_storage::store::ImageRecord;
 
+use crate::cmd::container::INIT_ARG;
 use crate::cmd::mount::find_or_pull_quietly;
-use crate::cmd::run::INIT_ARG;
 use crate::global::{GlobalArgs, runtime};
 
 /// Arguments of `build`.

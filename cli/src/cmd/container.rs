@@ -6,7 +6,8 @@ use strata_overlay::root::RootMount;
 use strata_runner::state::{Container, Containers, State};
 use strata_runner::{Spec, Stdio};
 
-use crate::cmd::run::INIT_ARG;
+/// The hidden subcommand the container helper runs as.
+pub const INIT_ARG: &str = "__container-init";
 
 /// How the container's standard streams are connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

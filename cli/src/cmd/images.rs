@@ -6,6 +6,7 @@ use strata_oci::timefmt::{now_secs, parse_rfc3339};
 use strata_storage::store::ImageRecord;
 
 use crate::cmd::images_filter as filter;
+use crate::cmd::images_filter::Row;
 use crate::format::Format;
 use crate::global::GlobalArgs;
 
@@ -34,19 +35,6 @@ pub struct Args {
     /// .Digest .CreatedSince .CreatedAt .Size).
     #[arg(long)]
     pub format: Option<String>,
-}
-
-/// One row of the listing.
-pub struct Row {
-    pub repository: String,
-    pub tag: String,
-    pub digest: String,
-    pub id: String,
-    pub created: String,
-    pub size: String,
-    /// Seconds since the epoch from the config's `created`.
-    pub created_at: Option<i64>,
-    pub labels: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Column titles of `table` templates.

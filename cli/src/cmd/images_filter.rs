@@ -4,7 +4,18 @@
 use globset::GlobMatcher;
 use strata_image::Images;
 
-use crate::cmd::images::Row;
+/// One row of the `images` listing.
+pub struct Row {
+    pub repository: String,
+    pub tag: String,
+    pub digest: String,
+    pub id: String,
+    pub created: String,
+    pub size: String,
+    /// Seconds since the epoch from the config's `created`.
+    pub created_at: Option<i64>,
+    pub labels: serde_json::Map<String, serde_json::Value>,
+}
 
 /// The filters of one listing; every given filter must hold.
 #[derive(Debug, Default)]

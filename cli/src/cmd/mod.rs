@@ -28,6 +28,7 @@ pub mod run;
 mod run_checks;
 mod search;
 mod start;
+mod system;
 mod transfer;
 
 use clap::Subcommand;
@@ -90,7 +91,7 @@ pub enum Command {
     Image(rmi::ImageCmd),
     /// Manage strata's data.
     #[command(subcommand)]
-    System(rmi::SystemCmd),
+    System(system::SystemCmd),
     /// Manage the build cache.
     #[command(subcommand)]
     Builder(rmi::BuilderCmd),
@@ -153,7 +154,7 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::Import(a) => transfer::run_import(a, g),
         Command::History(a) => rmi::run_history(a, g),
         Command::Image(c) => rmi::run_image(c, g),
-        Command::System(c) => rmi::run_system(c, g),
+        Command::System(c) => system::run_system(c, g),
         Command::Builder(c) => rmi::run_builder(c, g),
         Command::Start(a) => start::run_start(a, g),
         Command::Restart(a) => restart::run_restart(a, g),

@@ -1,9 +1,7 @@
-//! `restart` and `system prune`, as docker's (`system df` is in df.rs).
-
-use std::io::BufRead as _;
+//! `restart`, as docker's.
 
 use anyhow::Context as _;
-use strata_runner::state::{Containers, State};
+use strata_runner::state::Containers;
 
 use crate::global::GlobalArgs;
 
@@ -16,17 +14,6 @@ pub struct RestartArgs {
     /// Containers (name or id).
     #[arg(required = true)]
     pub containers: Vec<String>,
-}
-
-/// Arguments of `system prune`.
-#[derive(Debug, clap::Args)]
-pub struct SystemPruneArgs {
-    /// Also images with a name that no container uses, and the build cache.
-    #[arg(short = 'a', long)]
-    pub all: bool,
-    /// Do not ask for confirmation.
-    #[arg(short = 'f', long)]
-    pub force: bool,
 }
 
 /// Stops each container and starts it again in the background, on its own writable layer.
@@ -69,45 +56,4 @@ fn global_args(g: &GlobalArgs) -> Vec<String> {
     }
     v.extend(["--log-level".to_string(), g.log_level.clone()]);
     v
-}
-
-/// Removes stopped containers, then images no container uses (dangling ones; with `--all`
-/// every unused one and the build cache), then unreferenced data.
-pub fn run_system_prune(a: SystemPruneArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
-    if !a.force {
-        let images = if a.all {
-            "all images without at least one container associated to them"
-        } else {
-            "all dangling images"
-        };
-        println!(
-            "WARNING! This will remove:\n  - all stopped containers\n  - {images}\n  - unused build cache\n\nAre you sure you want to continue? [y/N] "
-        );
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "Y") {
-            return Ok(0);
-        }
-    }
-    let cs = Containers::new(&g.root());
-    let mut removed = Vec::new();
-    for c in cs.list() {
-        let c = crate::cmd::ps::effective(&c);
-        if c.state == State::Running {
-            continue;
-        }
-        let dir = cs.dir_of(&c.id);
-        for m in ["rootfs", "lower"] {
-            let _ = nix::mount::umount2(&dir.join(m), nix::mount::MntFlags::MNT_DETACH);
-        }
-        cs.remove(&c.id)?;
-        removed.push(c.id);
-    }
-    if !removed.is_empty() {
-        println!("Deleted Containers:\n{}\n", removed.join("\n"));
-    }
-    if a.all {
-        crate::cmd::rmi::untag_unused(g)?;
-    }
-    crate::cmd::rmi::prune_images(g, true)
 }

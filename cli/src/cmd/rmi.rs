@@ -89,16 +89,6 @@ pub enum BuilderCmd {
     Prune,
 }
 
-/// `system` subcommands.
-#[derive(Debug, clap::Subcommand)]
-pub enum SystemCmd {
-    /// Show disk usage.
-    Df(crate::cmd::df::DfArgs),
-    /// Remove stopped containers, images no container uses that have no name (with -a: every
-    /// image no container uses), the build cache, then unreferenced data.
-    Prune(crate::cmd::restart::SystemPruneArgs),
-}
-
 /// Containers made from `img`: by the manifest they recorded (two images can share an id);
 /// records of older versions, which have none, by the image id.
 fn users(containers: &Containers, img: &ImageRecord) -> Vec<String> {
@@ -486,13 +476,6 @@ fn prune(g: &GlobalArgs, all: bool) -> anyhow::Result<i32> {
     let freed = ctx.collector().collect()?;
     println!("Total reclaimed space: {}", human_size(freed.bytes));
     Ok(0)
-}
-
-pub fn run_system(cmd: SystemCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
-    match cmd {
-        SystemCmd::Prune(a) => crate::cmd::restart::run_system_prune(a, g),
-        SystemCmd::Df(a) => crate::cmd::df::run_df(a, g),
-    }
 }
 
 /// Whether any container (running or not) was made from the image.

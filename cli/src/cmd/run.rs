@@ -14,9 +14,6 @@ use crate::global::{GlobalArgs, runtime};
 use strata_formats::profile::{Prefetch, Profile};
 use strata_overlay::root::mount_root_with;
 
-/// The hidden subcommand the container helper runs as.
-pub const INIT_ARG: &str = "__container-init";
-
 /// Arguments of `run`.
 #[derive(Debug, clap::Args)]
 #[command(trailing_var_arg = true)]
@@ -246,7 +243,11 @@ pub fn run_recorded(
     env_args.extend(a.env.iter().cloned());
     let root = g.root();
     let containers = Containers::new(&root);
-    crate::cmd::run_checks::check_daemon_side(&a, &containers)?;
+    crate::cmd::run_checks::check_daemon_side(
+        a.name.as_deref(),
+        a.workdir.as_deref(),
+        &containers,
+    )?;
     let mut ctx = g.context()?;
     ctx.prefetch = a.prefetch;
     let rt = runtime()?;

@@ -12,8 +12,12 @@ use crate::cmd::ps_filter::Extra;
 
 /// What docker's daemon refuses of `run`'s options (exit 125, "Error response from daemon"):
 /// a name in use or not of docker's characters, a relative working directory.
-pub fn check_daemon_side(a: &crate::cmd::run::Args, cs: &Containers) -> anyhow::Result<()> {
-    if let Some(n) = &a.name {
+pub fn check_daemon_side(
+    name: Option<&str>,
+    workdir: Option<&str>,
+    cs: &Containers,
+) -> anyhow::Result<()> {
+    if let Some(n) = name {
         let valid = n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
             && n.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
@@ -22,14 +26,14 @@ pub fn check_daemon_side(a: &crate::cmd::run::Args, cs: &Containers) -> anyhow::
                 "Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
             )));
         }
-        if let Some(c) = cs.find(n).filter(|c| &c.name == n) {
+        if let Some(c) = cs.find(n).filter(|c| c.name == n) {
             return Err(crate::cmd::daemon(format!(
                 "Conflict. The container name \"/{n}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
                 c.id
             )));
         }
     }
-    if let Some(w) = &a.workdir
+    if let Some(w) = workdir
         && !w.starts_with('/')
     {
         return Err(crate::cmd::daemon(format!(
