@@ -78,101 +78,17 @@ impl Host for Printer<'_> {
 }
 
 pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
-    let tags: Vec<Reference> = a
-        .tags
-        .iter()
-        .map(|t| {
-            // docker/cli checks -t as a flag value: a flag error, exit 125.
-            t.parse().map_err(|_| {
-                anyhow::Error::from(crate::cmd::Coded {
-                    code: 125,
-                    message: format!(
-                        "\ninvalid argument {t:?} for \"-t, --tag\" flag: {}\n\nUsage:  strata build [OPTIONS] PATH | URL | -\n\nRun 'strata build --help' for more information",
-                        crate::cmd::refs::docker_reason(t)
-                    ),
-                })
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
-    // `build -`: the Dockerfile on stdin and no context (docker's `docker build - < Dockerfile`).
-    let stdin_ctx = if a.context.as_os_str() == "-" {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-            .context("reading the Dockerfile from stdin")?;
-        let empty = tempfile::tempdir().context("creating an empty build context")?;
-        Some((text, empty))
-    } else {
-        None
+    let tags = parse_tags(&a.tags)?;
+    let input = match read_input(&a)? {
+        Ok(input) => input,
+        Err(code) => return Ok(code),
     };
-    let context = match &stdin_ctx {
-        Some((_, empty)) => empty.path().to_path_buf(),
-        None => a.context.clone(),
-    };
-    if !context.is_dir() {
-        eprintln!(
-            "\nunable to prepare context: path {:?} not found",
-            a.context.display().to_string()
-        );
-        return Ok(1);
-    }
-    let file = match &a.file {
-        _ if stdin_ctx.is_some() => PathBuf::new(),
-        Some(f) => f.clone(),
-        // The context's own Dockerfile: a symlink is followed inside the context only.
-        None => strata_runner::InRoot::open(&a.context)
-            .and_then(|r| r.resolve(std::path::Path::new("Dockerfile")))
-            .map_err(std::io::Error::from)
-            .with_context(|| {
-                format!(
-                    "reading the Dockerfile {}",
-                    a.context.join("Dockerfile").display()
-                )
-            })?,
-    };
-    let mut dockerfile = match &stdin_ctx {
-        Some((text, _)) => text.clone(),
-        None => match std::fs::read_to_string(&file) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let abs = std::path::absolute(&file).unwrap_or_else(|_| file.clone());
-                eprintln!(
-                    "\nunable to prepare context: unable to evaluate symlinks in Dockerfile path: lstat {}: no such file or directory",
-                    abs.display()
-                );
-                return Ok(1);
-            }
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("reading the Dockerfile {}", file.display()));
-            }
-        },
-    };
-    // --label: docker's classic builder appends them to the Dockerfile as one LABEL step.
-    if !a.labels.is_empty() {
-        let pairs: Vec<String> = a
-            .labels
-            .iter()
-            .map(|l| {
-                let (k, v) = l.split_once('=').unwrap_or((l, ""));
-                format!("{k:?}={v:?}")
-            })
-            .collect();
-        dockerfile = format!("{}\nLABEL {}\n", dockerfile.trim_end(), pairs.join(" "));
-    }
-    let build_args = a
-        .build_args
-        .iter()
-        .map(|b| match b.split_once('=') {
-            Some((k, v)) => (k.to_string(), Some(v.to_string())),
-            None => (b.clone(), None),
-        })
-        .collect();
     let ctx = g.context()?;
     let rt = runtime()?;
     let opts = Options {
-        context,
-        dockerfile,
-        build_args,
+        context: input.context,
+        dockerfile: with_labels(input.dockerfile, &a.labels),
+        build_args: build_args(&a.build_args),
         no_cache: a.no_cache,
         target: a.target.clone(),
         quiet: a.quiet,
@@ -217,6 +133,112 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The `-t` names, refused as docker/cli refuses a bad flag value (exit 125).
+fn parse_tags(tags: &[String]) -> anyhow::Result<Vec<Reference>> {
+    tags.iter()
+        .map(|t| {
+            t.parse().map_err(|_| {
+                anyhow::Error::from(crate::cmd::Coded {
+                    code: 125,
+                    message: format!(
+                        "\ninvalid argument {t:?} for \"-t, --tag\" flag: {}\n\nUsage:  strata build [OPTIONS] PATH | URL | -\n\nRun 'strata build --help' for more information",
+                        crate::cmd::refs::docker_reason(t)
+                    ),
+                })
+            })
+        })
+        .collect()
+}
+
+/// What a build reads: its context directory and the Dockerfile's text.
+struct Input {
+    context: PathBuf,
+    dockerfile: String,
+    /// The empty context of `build -`, removed when the build is done.
+    _empty: Option<tempfile::TempDir>,
+}
+
+/// The context and Dockerfile of the build; `Err(1)` once docker's message for a missing
+/// context or Dockerfile is printed.
+fn read_input(a: &Args) -> anyhow::Result<Result<Input, i32>> {
+    // `build -`: the Dockerfile on stdin and no context (docker's `docker build - < Dockerfile`).
+    if a.context.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("reading the Dockerfile from stdin")?;
+        let empty = tempfile::tempdir().context("creating an empty build context")?;
+        return Ok(Ok(Input {
+            context: empty.path().to_path_buf(),
+            dockerfile: text,
+            _empty: Some(empty),
+        }));
+    }
+    if !a.context.is_dir() {
+        eprintln!(
+            "\nunable to prepare context: path {:?} not found",
+            a.context.display().to_string()
+        );
+        return Ok(Err(1));
+    }
+    let file = match &a.file {
+        Some(f) => f.clone(),
+        // The context's own Dockerfile: a symlink is followed inside the context only.
+        None => strata_runner::InRoot::open(&a.context)
+            .and_then(|r| r.resolve(std::path::Path::new("Dockerfile")))
+            .map_err(std::io::Error::from)
+            .with_context(|| {
+                format!(
+                    "reading the Dockerfile {}",
+                    a.context.join("Dockerfile").display()
+                )
+            })?,
+    };
+    let dockerfile = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let abs = std::path::absolute(&file).unwrap_or_else(|_| file.clone());
+            eprintln!(
+                "\nunable to prepare context: unable to evaluate symlinks in Dockerfile path: lstat {}: no such file or directory",
+                abs.display()
+            );
+            return Ok(Err(1));
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading the Dockerfile {}", file.display()));
+        }
+    };
+    Ok(Ok(Input {
+        context: a.context.clone(),
+        dockerfile,
+        _empty: None,
+    }))
+}
+
+/// `--label`: docker's classic builder appends them to the Dockerfile as one LABEL step.
+fn with_labels(dockerfile: String, labels: &[String]) -> String {
+    if labels.is_empty() {
+        return dockerfile;
+    }
+    let pairs: Vec<String> = labels
+        .iter()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            format!("{k:?}={v:?}")
+        })
+        .collect();
+    format!("{}\nLABEL {}\n", dockerfile.trim_end(), pairs.join(" "))
+}
+
+/// `--build-arg KEY=VALUE` or `KEY` (taken from the environment).
+fn build_args(args: &[String]) -> Vec<(String, Option<String>)> {
+    args.iter()
+        .map(|b| match b.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (b.clone(), None),
+        })
+        .collect()
 }
 
 /// A size as docker's go-units `HumanSize` prints it: decimal units, `%.4g` (four significant

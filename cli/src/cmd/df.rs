@@ -4,8 +4,10 @@
 
 use std::collections::{HashMap, HashSet};
 
+use strata_image::Images;
 use strata_oci::Digest;
 use strata_runner::state::{Container, Containers, State};
+use strata_storage::store::ImageRecord;
 
 use crate::cmd::images::{ago, human_size, print_table};
 use crate::cmd::rmi::{dir_size, in_use};
@@ -42,11 +44,33 @@ pub fn run_df(a: DfArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let ctx = g.context()?;
     let cs = Containers::new(&g.root());
     let images = ctx.store().images()?;
-    let layer_size: HashMap<Digest, u64> = images
+    let layer_size = layer_sizes(&ctx, &images);
+    let list: Vec<Container> = cs.list().iter().map(crate::cmd::ps::effective).collect();
+    let rows = summary(&ctx, &cs, &images, &list, &layer_size);
+    if !format.is_default() {
+        print_formatted(&format, &rows)?;
+        return Ok(0);
+    }
+    if a.verbose {
+        return verbose(&ctx, &cs, &list, &layer_size);
+    }
+    let mut table = vec![
+        ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    table.extend(rows.into_iter().map(|r| r.to_vec()));
+    print_table(&table);
+    Ok(0)
+}
+
+/// The size of each layer of the images; a layer not streamed yet counts with its
+/// compressed size, as in `images`.
+fn layer_sizes(ctx: &Images, images: &[ImageRecord]) -> HashMap<Digest, u64> {
+    images
         .iter()
         .flat_map(|i| i.layers.iter())
         .filter_map(|d| ctx.store().layer(d).ok().flatten())
-        // A layer not streamed yet counts with its compressed size, as in `images`.
         .map(|l| {
             let size = if l.toc.is_some() {
                 l.content_bytes
@@ -55,16 +79,25 @@ pub fn run_df(a: DfArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
             };
             (l.digest, size)
         })
-        .collect();
+        .collect()
+}
+
+/// The rows of `system df`: TYPE, TOTAL, ACTIVE, SIZE, RECLAIMABLE.
+fn summary(
+    ctx: &Images,
+    cs: &Containers,
+    images: &[ImageRecord],
+    list: &[Container],
+    layer_size: &HashMap<Digest, u64>,
+) -> Vec<[String; 5]> {
     let bytes = |layers: &HashSet<&Digest>| -> u64 {
         layers.iter().filter_map(|d| layer_size.get(*d)).sum()
     };
-    let (used, _): (Vec<_>, Vec<_>) = images.iter().partition(|i| in_use(&cs, i));
+    let (used, _): (Vec<_>, Vec<_>) = images.iter().partition(|i| in_use(cs, i));
     let all_layers: HashSet<&Digest> = images.iter().flat_map(|i| i.layers.iter()).collect();
     let used_layers: HashSet<&Digest> = used.iter().flat_map(|i| i.layers.iter()).collect();
     let image_total = bytes(&all_layers);
     let image_reclaim = image_total - bytes(&used_layers);
-    let list: Vec<Container> = cs.list().iter().map(crate::cmd::ps::effective).collect();
     let upper = |c: &Container| dir_size(&cs.dir_of(&c.id).join("upper"));
     let upper_total: u64 = list.iter().map(upper).sum();
     let upper_idle: u64 = list
@@ -77,7 +110,7 @@ pub fn run_df(a: DfArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         .entries()
         .map(|e| e.len())
         .unwrap_or(0);
-    let rows: Vec<[String; 5]> = vec![
+    vec![
         [
             "Images".into(),
             images.len().to_string(),
@@ -107,46 +140,68 @@ pub fn run_df(a: DfArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
             human_size(0),
             human_size(0),
         ],
+    ]
+}
+
+/// The summary rows through `--format`.
+fn print_formatted(format: &Format, rows: &[[String; 5]]) -> anyhow::Result<()> {
+    let items: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|[t, n, act, size, rec]| {
+            serde_json::json!({"Type": t, "TotalCount": n, "Active": act, "Size": size,
+                               "Reclaimable": rec})
+        })
+        .collect();
+    let header = [
+        ("Type", "TYPE"),
+        ("TotalCount", "TOTAL"),
+        ("Active", "ACTIVE"),
+        ("Size", "SIZE"),
+        ("Reclaimable", "RECLAIMABLE"),
     ];
-    if !format.is_default() {
-        let items: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|[t, n, act, size, rec]| {
-                serde_json::json!({"Type": t, "TotalCount": n, "Active": act, "Size": size,
-                                   "Reclaimable": rec})
-            })
-            .collect();
-        let header = [
-            ("Type", "TYPE"),
-            ("TotalCount", "TOTAL"),
-            ("Active", "ACTIVE"),
-            ("Size", "SIZE"),
-            ("Reclaimable", "RECLAIMABLE"),
-        ];
-        format.print(&items, &header)?;
-        return Ok(0);
-    }
-    if a.verbose {
-        return verbose(&ctx, &cs, &list, &layer_size);
-    }
-    let mut table = vec![
-        ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
-            .map(String::from)
-            .to_vec(),
-    ];
-    table.extend(rows.into_iter().map(|r| r.to_vec()));
-    print_table(&table);
-    Ok(0)
+    format.print(&items, &header)
 }
 
 /// `system df -v`: every image (shared and unique sizes, containers using it), container,
 /// and the caches.
 fn verbose(
-    ctx: &strata_image::Images,
+    ctx: &Images,
     cs: &Containers,
     list: &[Container],
     layer_size: &HashMap<Digest, u64>,
 ) -> anyhow::Result<i32> {
+    println!("Images space usage:\n");
+    print_images(ctx, list, layer_size)?;
+    println!("\nContainers space usage:\n");
+    print_containers(cs, list);
+    println!("\nLocal Volumes space usage:\n");
+    print_table(&[["VOLUME NAME", "LINKS", "SIZE"].map(String::from).to_vec()]);
+    println!("\nBuild cache usage: {}\n", human_size(0));
+    print_table(&[[
+        "CACHE ID",
+        "CACHE TYPE",
+        "SIZE",
+        "CREATED",
+        "LAST USED",
+        "USAGE",
+        "SHARED",
+    ]
+    .map(String::from)
+    .to_vec()]);
+    let (chunks, cache_bytes) = ctx.fetcher().cache().usage()?;
+    println!(
+        "\nChunk cache usage: {} ({chunks} chunks of fetched file content, reclaimable)",
+        human_size(cache_bytes)
+    );
+    Ok(0)
+}
+
+/// The images table of `system df -v`: sizes shared with other images and unique to each.
+fn print_images(
+    ctx: &Images,
+    list: &[Container],
+    layer_size: &HashMap<Digest, u64>,
+) -> anyhow::Result<()> {
     let images = ctx.store().images()?;
     let mut users: HashMap<&Digest, usize> = HashMap::new();
     for i in &images {
@@ -154,7 +209,6 @@ fn verbose(
             *users.entry(d).or_default() += 1;
         }
     }
-    println!("Images space usage:\n");
     let mut table = vec![
         [
             "REPOSITORY",
@@ -198,7 +252,11 @@ fn verbose(
         ]);
     }
     print_table(&table);
-    println!("\nContainers space usage:\n");
+    Ok(())
+}
+
+/// The containers table of `system df -v`.
+fn print_containers(cs: &Containers, list: &[Container]) {
     let mut table = vec![
         [
             "CONTAINER ID",
@@ -230,24 +288,4 @@ fn verbose(
         ]);
     }
     print_table(&table);
-    println!("\nLocal Volumes space usage:\n");
-    print_table(&[["VOLUME NAME", "LINKS", "SIZE"].map(String::from).to_vec()]);
-    println!("\nBuild cache usage: {}\n", human_size(0));
-    print_table(&[[
-        "CACHE ID",
-        "CACHE TYPE",
-        "SIZE",
-        "CREATED",
-        "LAST USED",
-        "USAGE",
-        "SHARED",
-    ]
-    .map(String::from)
-    .to_vec()]);
-    let (chunks, cache_bytes) = ctx.fetcher().cache().usage()?;
-    println!(
-        "\nChunk cache usage: {} ({chunks} chunks of fetched file content, reclaimable)",
-        human_size(cache_bytes)
-    );
-    Ok(0)
 }
