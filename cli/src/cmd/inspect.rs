@@ -64,21 +64,7 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         Some("container") => (false, true),
         Some(_) => (false, false),
     };
-    let format = match a.format.as_deref() {
-        // docker's inspect has no table: `json` is its default array of objects.
-        Some(f) if f.trim() == "json" => Format::Default,
-        f => Format::parse_for(f, Missing::MapKey, false).map_err(|e| {
-            // docker's inspect exits 64 on a template it cannot parse.
-            match e.downcast_ref::<TemplateError>() {
-                Some(t) => crate::cmd::Coded {
-                    code: 64,
-                    message: t.to_string(),
-                }
-                .into(),
-                None => e,
-            }
-        })?,
-    };
+    let format = parse_format(a.format.as_deref())?;
     let ctx = g.context()?;
     let tags = ctx.catalog().tags_by_manifest()?;
     let cs = Containers::new(&g.root());
@@ -123,16 +109,40 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     if missing.is_empty() {
         return Ok(0);
     }
-    let what = match a.kind.as_deref() {
+    report_missing(a.kind.as_deref(), &missing);
+    Ok(1)
+}
+
+/// `--format`: docker's inspect has no table, and `json` is its default array of objects.
+fn parse_format(f: Option<&str>) -> anyhow::Result<Format> {
+    Ok(match f {
+        Some(f) if f.trim() == "json" => Format::Default,
+        f => Format::parse_for(f, Missing::MapKey, false).map_err(|e| {
+            // docker's inspect exits 64 on a template it cannot parse.
+            match e.downcast_ref::<TemplateError>() {
+                Some(t) => crate::cmd::Coded {
+                    code: 64,
+                    message: t.to_string(),
+                }
+                .into(),
+                None => e,
+            }
+        })?,
+    })
+}
+
+/// docker's errors for the names that matched nothing: one line per name with `--type`,
+/// one line for all of them without.
+fn report_missing(kind: Option<&str>, missing: &[String]) {
+    let what = match kind {
         Some("image") => "image",
         Some("container") => "container",
         _ => {
             eprintln!("Error: No such object: {}", missing.join(", "));
-            return Ok(1);
+            return;
         }
     };
-    for m in &missing {
+    for m in missing {
         eprintln!("Error response from daemon: No such {what}: {m}");
     }
-    Ok(1)
 }

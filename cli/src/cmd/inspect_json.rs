@@ -47,36 +47,8 @@ pub fn image(
     tags: &std::collections::HashMap<strata_oci::Digest, Vec<String>>,
 ) -> anyhow::Result<ImageJson> {
     let config = ctx.catalog().config_json(img)?;
-    let repo_tags: Vec<String> = tags
-        .get(&img.manifest)
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t.parse::<Reference>().ok())
-        .map(|r| format!("{}:{}", r.familiar_repository(), r.tag.unwrap_or_default()))
-        .collect();
-    // As docker: the digest the user pulled by (a multi-platform image's index); the
-    // platform manifest's digest stays in strata's own section.
-    let pulled_by = img.index.unwrap_or(img.manifest);
-    let repo_digests: Vec<String> = img
-        .sources
-        .iter()
-        .map(|s| format!("{s}@{pulled_by}"))
-        .collect();
-    let mut size = 0u64;
-    let mut layers = Vec::new();
-    for d in &img.layers {
-        if let Some(l) = ctx.store().layer(d)? {
-            size += l.content_bytes;
-            layers.push(json!({
-                "Digest": l.digest.to_string(),
-                "MediaType": l.media_type,
-                "Size": l.size,
-                "Format": l.format,
-                "TOC": l.toc.map(|d| d.to_string()),
-                "ContentSize": l.content_bytes,
-            }));
-        }
-    }
+    let (repo_tags, repo_digests) = repo_names(img, tags);
+    let (size, layers) = layers_json(ctx, img)?;
     let manifest = ctx.store().get_blob(&img.manifest).unwrap_or_default();
     let media_type = serde_json::from_slice::<Value>(&manifest)
         .ok()
@@ -84,21 +56,7 @@ pub fn image(
         .unwrap_or(json!("application/vnd.oci.image.manifest.v1+json"));
     let get = |k: &str, default: Value| config.get(k).cloned().unwrap_or(default);
     let raw_config = get("config", json!({}));
-    let mut full_config = raw_config.clone();
-    if let Some(m) = full_config.as_object_mut() {
-        for (k, v) in [
-            ("Cmd", json!(null)),
-            ("Entrypoint", json!(null)),
-            ("Env", json!(null)),
-            ("Labels", json!(null)),
-            ("OnBuild", json!(null)),
-            ("User", json!("")),
-            ("Volumes", json!(null)),
-            ("WorkingDir", json!("")),
-        ] {
-            m.entry(k).or_insert(v);
-        }
-    }
+    let full_config = with_empty_fields(raw_config.clone());
     let rootfs = config.get("rootfs");
     let diff_ids = rootfs
         .and_then(|r| r.get("diff_ids"))
@@ -141,6 +99,68 @@ pub fn image(
     template["Config"] = raw_config;
     template["ID"] = printed["Id"].clone();
     Ok(ImageJson { printed, template })
+}
+
+/// docker's `RepoTags` (familiar names) and `RepoDigests` of an image.
+fn repo_names(
+    img: &ImageRecord,
+    tags: &std::collections::HashMap<strata_oci::Digest, Vec<String>>,
+) -> (Vec<String>, Vec<String>) {
+    let repo_tags: Vec<String> = tags
+        .get(&img.manifest)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.parse::<Reference>().ok())
+        .map(|r| format!("{}:{}", r.familiar_repository(), r.tag.unwrap_or_default()))
+        .collect();
+    // As docker: the digest the user pulled by (a multi-platform image's index); the
+    // platform manifest's digest stays in strata's own section.
+    let pulled_by = img.index.unwrap_or(img.manifest);
+    let repo_digests: Vec<String> = img
+        .sources
+        .iter()
+        .map(|s| format!("{s}@{pulled_by}"))
+        .collect();
+    (repo_tags, repo_digests)
+}
+
+/// The image's size (its layers' content) and strata's description of each layer.
+fn layers_json(ctx: &Images, img: &ImageRecord) -> anyhow::Result<(u64, Vec<Value>)> {
+    let mut size = 0u64;
+    let mut layers = Vec::new();
+    for d in &img.layers {
+        if let Some(l) = ctx.store().layer(d)? {
+            size += l.content_bytes;
+            layers.push(json!({
+                "Digest": l.digest.to_string(),
+                "MediaType": l.media_type,
+                "Size": l.size,
+                "Format": l.format,
+                "TOC": l.toc.map(|d| d.to_string()),
+                "ContentSize": l.content_bytes,
+            }));
+        }
+    }
+    Ok((size, layers))
+}
+
+/// The config as docker's typed one prints it: absent fields as null or empty.
+fn with_empty_fields(mut config: Value) -> Value {
+    if let Some(m) = config.as_object_mut() {
+        for (k, v) in [
+            ("Cmd", json!(null)),
+            ("Entrypoint", json!(null)),
+            ("Env", json!(null)),
+            ("Labels", json!(null)),
+            ("OnBuild", json!(null)),
+            ("User", json!("")),
+            ("Volumes", json!(null)),
+            ("WorkingDir", json!("")),
+        ] {
+            m.entry(k).or_insert(v);
+        }
+    }
+    config
 }
 
 /// RFC 3339 of seconds since the epoch.

@@ -1,5 +1,6 @@
 //! `strata ps` and `strata rm`.
 
+use strata_image::Images;
 use strata_oci::timefmt::now_secs;
 use strata_runner::state::{Container, Containers, State};
 
@@ -149,25 +150,7 @@ pub fn run_ps(a: PsArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let root = g.root();
     let containers = Containers::new(&root);
     let ctx = g.context().ok();
-    let mut list: Vec<(Container, Extra)> = containers
-        .list()
-        .iter()
-        .map(|c| {
-            let mut c = effective(c);
-            // docker shows the image's id once the name no longer names the container's image.
-            let named = ctx.as_ref().is_none_or(|ctx| {
-                ctx.catalog()
-                    .resolve(&c.image)
-                    .is_ok_and(|(i, _)| i.config.to_string() == c.image_id)
-            });
-            if !named {
-                let hex = c.image_id.trim_start_matches("sha256:");
-                c.image = hex[..12.min(hex.len())].to_string();
-            }
-            let extra = Extra::load(&containers, &c);
-            (c, extra)
-        })
-        .collect();
+    let mut list = listed(&containers, ctx.as_ref());
     list.sort_by_key(|(c, x)| std::cmp::Reverse((c.created, x.created_nanos)));
     let last = if a.latest { 1 } else { a.last };
     // docker: -n and -l take containers of every state; a status filter too.
@@ -192,6 +175,35 @@ pub fn run_ps(a: PsArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         format.print(&items, &HEADER)?;
         return Ok(0);
     }
+    print_containers(&list, &a, id_len);
+    Ok(0)
+}
+
+/// Every container with what `ps` shows of it beside its record, in the order stored.
+fn listed(containers: &Containers, ctx: Option<&Images>) -> Vec<(Container, Extra)> {
+    containers
+        .list()
+        .iter()
+        .map(|c| {
+            let mut c = effective(c);
+            // docker shows the image's id once the name no longer names the container's image.
+            let named = ctx.is_none_or(|ctx| {
+                ctx.catalog()
+                    .resolve(&c.image)
+                    .is_ok_and(|(i, _)| i.config.to_string() == c.image_id)
+            });
+            if !named {
+                let hex = c.image_id.trim_start_matches("sha256:");
+                c.image = hex[..12.min(hex.len())].to_string();
+            }
+            let extra = Extra::load(containers, &c);
+            (c, extra)
+        })
+        .collect()
+}
+
+/// `ps`'s default table, with a SIZE column for `--size`.
+fn print_containers(list: &[(Container, Extra)], a: &PsArgs, id_len: usize) {
     let mut header = [
         "CONTAINER ID",
         "IMAGE",
@@ -207,7 +219,7 @@ pub fn run_ps(a: PsArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         header.push("SIZE".into());
     }
     let mut rows = vec![header];
-    for (c, x) in &list {
+    for (c, x) in list {
         let it = item(c, x, !a.no_trunc, a.size);
         let cell = |k: &str| it[k].as_str().unwrap_or("").to_string();
         let mut row = vec![
@@ -225,7 +237,6 @@ pub fn run_ps(a: PsArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         rows.push(row);
     }
     print_table(&rows);
-    Ok(0)
 }
 
 /// A container as docker's `ps --format` sees it (docker's `ContainerContext` fields).
