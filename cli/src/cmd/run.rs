@@ -1,6 +1,6 @@
 //! `strata run`: a container on the lazily mounted image, with a private writable layer.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use strata_runner::cgroup::Resources;
@@ -12,6 +12,7 @@ use crate::cmd::container::{Streams, execute, respawn_in_background};
 use crate::cmd::mount::find_or_pull;
 use crate::global::{GlobalArgs, runtime};
 use strata_formats::profile::{Prefetch, Profile};
+use strata_oci::config::ContainerConfig;
 use strata_overlay::root::mount_root_with;
 
 /// Arguments of `run`.
@@ -218,29 +219,7 @@ pub fn run_recorded(
     g: &GlobalArgs,
     record: bool,
 ) -> anyhow::Result<(i32, Option<Profile>)> {
-    let network = match a.network.as_str() {
-        "host" => Network::Host,
-        "none" => Network::None,
-        other => bail!("network {other:?} not supported (host or none)"),
-    };
-    let (security, resources) = containment(&a)?;
-    let binds = a
-        .volumes
-        .iter()
-        .map(|v| parse_volume(v))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut env_args = Vec::new();
-    for f in &a.env_file {
-        let text = std::fs::read_to_string(f)
-            .map_err(|e| anyhow::anyhow!("open {}: {}", f.display(), crate::cmd::go_errno(&e)))?;
-        env_args.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_string),
-        );
-    }
-    env_args.extend(a.env.iter().cloned());
+    let setup = setup(&a)?;
     let root = g.root();
     let containers = Containers::new(&root);
     crate::cmd::run_checks::check_daemon_side(
@@ -284,24 +263,7 @@ pub fn run_recorded(
     };
     let (root_mount, recording) = mount_root_with(&ctx, rt.handle(), &img, &dir, record)
         .map_err(|e| cleanup_dir(e.into()))?;
-    let process = Process {
-        args: args.clone(),
-        env: env_args,
-        workdir: a.workdir.clone(),
-        user: a.user.clone(),
-    };
-    let host = Spec {
-        rootfs: root_mount.rootfs.clone(),
-        hostname: a.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
-        network,
-        binds,
-        state_dir: dir.clone(),
-        tty: a.tty,
-        security,
-        resources,
-        ..Spec::default()
-    };
-    let spec = container_spec(Some(&cfg), process, host);
+    let spec = setup.spec(&a, &cfg, args.clone(), &id, &root_mount.rootfs, &dir);
     if let Err(e) = strata_runner::user::resolve(&spec.rootfs, &spec.user) {
         drop(root_mount);
         return Err(cleanup_dir(crate::cmd::daemon(e.to_string())));
@@ -309,30 +271,12 @@ pub fn run_recorded(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let record = Container {
-        id: id.clone(),
-        name,
-        image: a.image.clone(),
-        image_id: img.config.to_string(),
-        image_manifest: Some(img.manifest.to_string()),
-        command: args,
-        created: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
-        state: State::Created,
-        pid: None,
-        exit_code: None,
-        finished: None,
-    };
+    let record = new_record(&id, name, &a.image, &img, args, now);
     containers.save(&record)?;
     let mut extra = crate::cmd::run_checks::extra(&ctx, &img, &config, &a.labels, &a.network);
     extra.created_nanos = now.subsec_nanos();
     extra.save(&dir)?;
-    let streams = if a.tty {
-        Streams::Tty
-    } else if a.interactive {
-        Streams::Interactive
-    } else {
-        Streams::Output
-    };
+    let streams = streams(&a);
     let code = match execute(&rt, &containers, &spec, record, streams, root_mount) {
         Ok(code) => code,
         Err(e) => {
@@ -344,6 +288,129 @@ pub fn run_recorded(
         containers.remove(&id)?;
     }
     Ok((code, recording.map(|r| r.profile())))
+}
+
+/// What `run`'s options ask of the container, checked before anything is pulled or started.
+struct Setup {
+    network: Network,
+    security: Security,
+    resources: Resources,
+    binds: Vec<Bind>,
+    env: Vec<String>,
+}
+
+/// `run`'s network, containment, volumes and environment; an error for the first bad one.
+fn setup(a: &Args) -> anyhow::Result<Setup> {
+    let network = parse_network(&a.network)?;
+    let (security, resources) = containment(a)?;
+    let binds = a
+        .volumes
+        .iter()
+        .map(|v| parse_volume(v))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let env = env_args(a)?;
+    Ok(Setup {
+        network,
+        security,
+        resources,
+        binds,
+        env,
+    })
+}
+
+impl Setup {
+    /// The container's spec: the image's config with the options over it, running `args`
+    /// on `rootfs`, its state in `dir`; the host name defaults to the short container id.
+    fn spec(
+        self,
+        a: &Args,
+        cfg: &ContainerConfig,
+        args: Vec<String>,
+        id: &str,
+        rootfs: &Path,
+        dir: &Path,
+    ) -> Spec {
+        let process = Process {
+            args,
+            env: self.env,
+            workdir: a.workdir.clone(),
+            user: a.user.clone(),
+        };
+        let host = Spec {
+            rootfs: rootfs.to_path_buf(),
+            hostname: a.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
+            network: self.network,
+            binds: self.binds,
+            state_dir: dir.to_path_buf(),
+            tty: a.tty,
+            security: self.security,
+            resources: self.resources,
+            ..Spec::default()
+        };
+        container_spec(Some(cfg), process, host)
+    }
+}
+
+/// `--network`: the host's or none.
+fn parse_network(network: &str) -> anyhow::Result<Network> {
+    Ok(match network {
+        "host" => Network::Host,
+        "none" => Network::None,
+        other => bail!("network {other:?} not supported (host or none)"),
+    })
+}
+
+/// The environment given on the command line: `--env-file` lines (blank lines and comments
+/// skipped), then `-e`.
+fn env_args(a: &Args) -> anyhow::Result<Vec<String>> {
+    let mut env_args = Vec::new();
+    for f in &a.env_file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| anyhow::anyhow!("open {}: {}", f.display(), crate::cmd::go_errno(&e)))?;
+        env_args.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    env_args.extend(a.env.iter().cloned());
+    Ok(env_args)
+}
+
+/// The record of a container just created from `img`, `now` since the epoch.
+fn new_record(
+    id: &str,
+    name: String,
+    image: &str,
+    img: &strata_storage::store::ImageRecord,
+    command: Vec<String>,
+    now: std::time::Duration,
+) -> Container {
+    Container {
+        id: id.to_string(),
+        name,
+        image: image.to_string(),
+        image_id: img.config.to_string(),
+        image_manifest: Some(img.manifest.to_string()),
+        command,
+        created: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
+        state: State::Created,
+        pid: None,
+        exit_code: None,
+        finished: None,
+    }
+}
+
+/// How the container's streams are connected: `-t`, `-i`, or output only.
+fn streams(a: &Args) -> Streams {
+    if a.tty {
+        Streams::Tty
+    } else if a.interactive {
+        Streams::Interactive
+    } else {
+        Streams::Output
+    }
 }
 
 /// `run -d`: the same command line without `-d`, in the background with its output in the
