@@ -364,7 +364,10 @@ fn commit_of_a_running_container_and_search() {
     let base = format!("{}/t/base:1", reg.addr);
     let state = tempfile::tempdir().unwrap();
     let root = state.path().join("root");
-    let loop_script = "i=0; while true; do i=$((i+1)); echo $i > /counter; sleep 0.05; done";
+    // Each value is written whole then renamed: a pause between `>` truncating the file and
+    // `echo` writing it would otherwise commit an empty counter.
+    let loop_script =
+        "i=0; while true; do i=$((i+1)); echo $i > /counter.new; mv /counter.new /counter; sleep 0.05; done";
     ok(
         &root,
         &[
