@@ -49,50 +49,11 @@ impl RegistryClient {
             return Ok(false);
         }
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        let mut location = self.start_upload(r).await?;
+        let location = self.start_upload(r).await?;
         let path = path.to_path_buf();
         if size > UPLOAD_CHUNK_BYTES {
-            use std::os::unix::fs::FileExt;
-            let file_err = |source| RegistryError::File {
-                path: path.clone(),
-                source,
-            };
-            let file = std::fs::File::open(&path).map_err(file_err)?;
-            let mut at = 0u64;
-            while at < size {
-                let len = UPLOAD_CHUNK_BYTES.min(size - at);
-                // At most UPLOAD_CHUNK_BYTES, which fits any usize.
-                let mut piece = vec![0u8; usize::try_from(len).expect("a chunk fits memory")];
-                file.read_exact_at(&mut piece, at).map_err(file_err)?;
-                let piece = Bytes::from(piece);
-                let range = format!("{at}-{}", at + len - 1);
-                let resp = self
-                    .send(r, "pull,push", Method::PATCH, &location, None, &|b| {
-                        b.header(CONTENT_TYPE, "application/octet-stream")
-                            .header("Content-Range", range.as_str())
-                            .header(reqwest::header::CONTENT_LENGTH, len)
-                            .body(piece.clone())
-                    })
-                    .await?;
-                if resp.status() != StatusCode::ACCEPTED {
-                    return Err(status_error("PATCH", &location, resp).await);
-                }
-                if let Some(next) = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()) {
-                    location = self.absolute(r, next);
-                }
-                at += len;
-                on_bytes(at);
-            }
-            let sep = if location.contains('?') { '&' } else { '?' };
-            let url = format!("{location}{sep}digest={digest}");
-            let resp = self
-                .send(r, "pull,push", Method::PUT, &url, None, &|b| {
-                    b.header(reqwest::header::CONTENT_LENGTH, 0)
-                })
+            self.put_blob_chunked(r, digest, &path, size, location, on_bytes)
                 .await?;
-            if !resp.status().is_success() {
-                return Err(status_error("PUT", &url, resp).await);
-            }
             return Ok(true);
         }
         let sep = if location.contains('?') { '&' } else { '?' };
@@ -115,6 +76,62 @@ impl RegistryClient {
         }
         on_bytes(size);
         Ok(true)
+    }
+
+    /// A blob larger than [`UPLOAD_CHUNK_BYTES`] sent as a chunked upload (PATCH per chunk with
+    /// its `Content-Range`, then the closing PUT with the digest), as the distribution spec's
+    /// "chunked upload" describes; `on_bytes` is told the bytes sent after each chunk.
+    async fn put_blob_chunked(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        path: &std::path::Path,
+        size: u64,
+        mut location: String,
+        on_bytes: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), RegistryError> {
+        use std::os::unix::fs::FileExt;
+        let file_err = |source| RegistryError::File {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(file_err)?;
+        let mut at = 0u64;
+        while at < size {
+            let len = UPLOAD_CHUNK_BYTES.min(size - at);
+            // At most UPLOAD_CHUNK_BYTES, which fits any usize.
+            let mut piece = vec![0u8; usize::try_from(len).expect("a chunk fits memory")];
+            file.read_exact_at(&mut piece, at).map_err(file_err)?;
+            let piece = Bytes::from(piece);
+            let range = format!("{at}-{}", at + len - 1);
+            let resp = self
+                .send(r, "pull,push", Method::PATCH, &location, None, &|b| {
+                    b.header(CONTENT_TYPE, "application/octet-stream")
+                        .header("Content-Range", range.as_str())
+                        .header(reqwest::header::CONTENT_LENGTH, len)
+                        .body(piece.clone())
+                })
+                .await?;
+            if resp.status() != StatusCode::ACCEPTED {
+                return Err(status_error("PATCH", &location, resp).await);
+            }
+            if let Some(next) = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()) {
+                location = self.absolute(r, next);
+            }
+            at += len;
+            on_bytes(at);
+        }
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let url = format!("{location}{sep}digest={digest}");
+        let resp = self
+            .send(r, "pull,push", Method::PUT, &url, None, &|b| {
+                b.header(reqwest::header::CONTENT_LENGTH, 0)
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(status_error("PUT", &url, resp).await);
+        }
+        Ok(())
     }
 
     /// Asks the registry to mount `digest` from repository `from` into `r`'s repository.

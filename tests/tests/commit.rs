@@ -366,8 +366,7 @@ fn commit_of_a_running_container_and_search() {
     let root = state.path().join("root");
     // Each value is written whole then renamed: a pause between `>` truncating the file and
     // `echo` writing it would otherwise commit an empty counter.
-    let loop_script =
-        "i=0; while true; do i=$((i+1)); echo $i > /counter.new; mv /counter.new /counter; sleep 0.05; done";
+    let loop_script = "i=0; while true; do i=$((i+1)); echo $i > /counter.new; mv /counter.new /counter; sleep 0.05; done";
     ok(
         &root,
         &[
