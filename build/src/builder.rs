@@ -1021,11 +1021,13 @@ impl<'a> Builder<'a> {
         };
         for s in &srcs {
             if add && (s.starts_with("http://") || s.starts_with("https://")) {
-                let tmp = self
-                    .ctx
-                    .root
-                    .join("tmp")
-                    .join(format!("add-{}", random_id()));
+                let tmp = strata_fetcher::atomic::temp_path(
+                    &self
+                        .ctx
+                        .root
+                        .join("tmp")
+                        .join(format!("add-{}", random_id())),
+                );
                 let digest = crate::fetch::download(&self.rt, s, &tmp)
                     .map_err(|e| fail(&mut source_mount, step_err(ins, e)))?;
                 hashes.push(format!("url:{digest}"));

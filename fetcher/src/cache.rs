@@ -276,7 +276,12 @@ impl ChunkCache {
             };
             for e in entries.flatten() {
                 let name = e.file_name();
-                if name.to_string_lossy().starts_with(".tmp-") {
+                let name = name.to_string_lossy();
+                if name.starts_with(".tmp-") {
+                    // A killed writer's temporary: nobody will rename it.
+                    if crate::leftovers::is_dead_temporary(&name) {
+                        let _ = fs::remove_file(e.path());
+                    }
                     continue;
                 }
                 if let Ok(m) = e.metadata() {

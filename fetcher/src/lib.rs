@@ -16,6 +16,7 @@ pub mod image;
 pub mod index;
 pub mod layer_pull;
 pub mod lazy;
+pub mod leftovers;
 pub mod plain;
 pub mod platform;
 pub mod profile;

@@ -59,7 +59,15 @@ pub async fn push(
                 size: 0,
                 what: "Copying from the source repository",
             });
-            let how = copy_blob(ctx, src, target, d, &tmp.join(d.hex()), progress).await?;
+            let how = copy_blob(
+                ctx,
+                src,
+                target,
+                d,
+                &crate::atomic::temp_path(&tmp.join(d.hex())),
+                progress,
+            )
+            .await?;
             if how == Copied::Mounted {
                 progress(Progress::Mounted {
                     layer: *d,

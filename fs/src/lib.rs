@@ -4,6 +4,7 @@ pub mod fuse;
 pub mod mount;
 pub mod record;
 pub mod root;
+pub mod stale;
 pub mod tree;
 pub mod union;
 

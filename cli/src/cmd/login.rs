@@ -73,7 +73,7 @@ fn ctx_files(ctx: &strata_fetcher::image::Context) -> Vec<std::path::PathBuf> {
     vec![
         ctx.root
             .join("tmp")
-            .join(format!("login-{}.json", std::process::id())),
+            .join(format!(".tmp-{}-login.json", std::process::id())),
     ]
 }
 
@@ -84,7 +84,7 @@ fn tempdir_store(
 ) -> anyhow::Result<CredentialStore> {
     let path = root
         .join("tmp")
-        .join(format!("login-{}.json", std::process::id()));
+        .join(format!(".tmp-{}-login.json", std::process::id()));
     let s = CredentialStore { files: vec![path] };
     s.store(registry, cred)?;
     Ok(s)

@@ -151,7 +151,7 @@ pub fn run_system_df(g: &GlobalArgs) -> anyhow::Result<i32> {
         format!("{} ({pct}%)", human_size(part))
     };
     let image_total = layer_bytes(&all_layers);
-    let rows = vec![
+    let mut rows = vec![
         ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
             .map(String::from)
             .to_vec(),
@@ -177,6 +177,18 @@ pub fn run_system_df(g: &GlobalArgs) -> anyhow::Result<i32> {
             reclaim(cache_bytes, cache_bytes),
         ],
     ];
+    // Temporaries of commands still running (a killed command's were removed when this one
+    // opened the root): shown only when there are some.
+    let temps = strata_fetcher::leftovers::pending(&g.root());
+    if temps.entries > 0 {
+        rows.push(vec![
+            "Temporary files".into(),
+            temps.entries.to_string(),
+            temps.entries.to_string(),
+            human_size(temps.bytes),
+            reclaim(0, temps.bytes),
+        ]);
+    }
     print_table(&rows);
     Ok(0)
 }

@@ -75,7 +75,7 @@ pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let downloaded = g
         .root()
         .join("tmp")
-        .join(format!("import-{}.tar", std::process::id()));
+        .join(format!(".tmp-{}-import.tar", std::process::id()));
     let mut input: Box<dyn Read> = if a.file == "-" {
         Box::new(std::io::stdin().lock())
     } else if a.file.starts_with("http://") || a.file.starts_with("https://") {
