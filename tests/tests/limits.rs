@@ -1,0 +1,114 @@
+//! Limits (issue 17): the chunk cache limit holds as chunks are added, and a plain gzip layer
+//! larger than the whole cache still reads.
+#![allow(clippy::print_stderr, clippy::print_stdout)]
+
+use std::path::Path;
+
+use strata_tests::fixtures::{BIG_PATH, big, rich_layers, runnable_layers};
+use strata_tests::layers::{Comp, file, noise, push_image};
+use strata_tests::registry::Registry;
+use strata_tests::require_root_fuse;
+use strata_tests::strata::{Mounted, ok};
+
+/// Bytes of cached chunks and assembled files.
+fn cache_bytes(root: &Path) -> u64 {
+    fn walk(p: &Path) -> u64 {
+        std::fs::read_dir(p)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| match e.file_type() {
+                        Ok(t) if t.is_dir() => walk(&e.path()),
+                        _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    walk(&root.join("cache/chunks")) + walk(&root.join("cache/files"))
+}
+
+fn drop_caches() {
+    let _ = std::process::Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// `--cache-mb 8`: reading a 64 MiB file of a native image leaves at most the limit plus what
+/// a reader was waiting for (half the limit) in the cache, not 35 MB.
+#[test]
+fn the_cache_limit_holds_as_chunks_are_added() {
+    if !require_root_fuse("the_cache_limit_holds_as_chunks_are_added") {
+        return;
+    }
+    let reg = Registry::start();
+    let image = push_image(&reg.addr, "t/limit", "1", &rich_layers(true), Comp::Native).reference;
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    ok(&root, &["pull", &image]);
+    let mnt = state.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    ok(
+        &root,
+        &[
+            "--cache-mb",
+            "8",
+            "mount",
+            "--detach",
+            "--prefetch",
+            "none",
+            &image,
+            mnt.to_str().unwrap(),
+        ],
+    );
+    let m = Mounted::adopt(&root, &mnt);
+    let got = std::fs::read(m.dir.join(BIG_PATH)).unwrap();
+    assert!(got == big(), "the big file read wrong");
+    let used = cache_bytes(&root);
+    assert!(used <= 12 << 20, "{used} bytes cached with an 8 MiB limit");
+}
+
+/// `--cache-mb 8` and a plain gzip layer of 16 MiB: every read of its file works (it used to
+/// give EIO with no message), and the cache gives the room back afterwards.
+#[test]
+fn a_gzip_layer_larger_than_the_cache_still_reads() {
+    if !require_root_fuse("a_gzip_layer_larger_than_the_cache_still_reads") {
+        return;
+    }
+    let reg = Registry::start();
+    let data = noise(16 << 20, 11);
+    let mut layers = runnable_layers();
+    layers.push(vec![file("big/data", &data)]);
+    let image = push_image(&reg.addr, "t/gzbig", "1", &layers, Comp::Gzip).reference;
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    ok(&root, &["pull", &image]);
+    let mnt = state.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    ok(
+        &root,
+        &[
+            "--cache-mb",
+            "8",
+            "mount",
+            "--detach",
+            &image,
+            mnt.to_str().unwrap(),
+        ],
+    );
+    let m = Mounted::adopt(&root, &mnt);
+    let got = std::fs::read(m.dir.join("big/data")).unwrap();
+    assert!(got == data, "the file read wrong");
+    drop_caches();
+    // A read in the middle, cold again.
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(m.dir.join("big/data")).unwrap();
+    let mut buf = vec![0u8; 100_000];
+    f.read_exact_at(&mut buf, 11 << 20).unwrap();
+    assert!(buf == data[11 << 20..(11 << 20) + 100_000]);
+    assert_eq!(
+        std::fs::read(m.dir.join("data/owned")).unwrap(),
+        b"mine",
+        "a small file of another layer"
+    );
+    let used = cache_bytes(&root);
+    assert!(used <= 14 << 20, "{used} bytes cached with an 8 MiB limit");
+}
