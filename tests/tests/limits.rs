@@ -112,3 +112,76 @@ fn a_gzip_layer_larger_than_the_cache_still_reads() {
     let used = cache_bytes(&root);
     assert!(used <= 14 << 20, "{used} bytes cached with an 8 MiB limit");
 }
+
+/// A 64 MiB tmpfs mounted at `dir` (a file system that is full to the byte); unmounted when
+/// dropped.
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn new(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m,mode=0700", "strata-full"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "tmpfs mount failed");
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// A container that fills the state root's disk: `run` returns the container's own exit code
+/// (not 125), the container and what it wrote are kept, and once it is removed the disk works.
+#[test]
+fn a_full_disk_keeps_the_container_and_its_exit_code() {
+    if !require_root_fuse("a_full_disk_keeps_the_container_and_its_exit_code") {
+        return;
+    }
+    let reg = Registry::start();
+    let image = push_image(&reg.addr, "t/full", "1", &runnable_layers(), Comp::Native).reference;
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    let disk = SmallDisk::new(&root);
+    ok(&root, &["pull", &image]);
+    let out = strata_tests::strata::run(
+        &root,
+        &[
+            "run",
+            "--name",
+            "filler",
+            &image,
+            "sh",
+            "-c",
+            "busybox dd if=/dev/zero of=/fill bs=1M; exit 3",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let ps = ok(&root, &["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(ps.contains("filler Exited (3)"), "{ps}");
+    let id = ok(&root, &["ps", "-aq", "--no-trunc"]);
+    let fill = root.join("containers").join(id.trim()).join("upper/fill");
+    assert!(
+        std::fs::metadata(&fill).unwrap().len() > 30 << 20,
+        "what the container wrote is kept"
+    );
+    ok(&root, &["rm", "filler"]);
+    assert_eq!(
+        ok(&root, &["run", "--rm", &image, "cat", "/data/owned"]),
+        "mine"
+    );
+    drop(disk);
+}
