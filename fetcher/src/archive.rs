@@ -141,7 +141,7 @@ impl Context {
         let result = (|| {
             tar::Archive::new(archive)
                 .unpack(&tmp)
-                .map_err(|e| fail("archive", e))?;
+                .map_err(|e| fail("archive", crate::tarwalk::clean_io_error(e)))?;
             if tmp.join("index.json").exists() {
                 self.load_layout(&tmp)
             } else if tmp.join("manifest.json").exists() {

@@ -91,6 +91,9 @@ pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     };
     let mut head = [0u8; 4];
     let n = input.read(&mut head)?;
+    if n == 0 {
+        anyhow::bail!("importing {}: the file is empty, not a tar archive", a.file);
+    }
     let chained = std::io::Cursor::new(head[..n].to_vec()).chain(input);
     let tar = strata_fetcher::plain::decompress(chained, strata_fetcher::plain::sniff(&head[..n]))?;
     let meta = CommitMeta {
