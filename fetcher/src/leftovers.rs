@@ -49,7 +49,8 @@ fn digits(s: &str) -> Option<u32> {
         .flatten()
 }
 
-/// Whether process `pid` exists (this process counts as alive).
+/// Whether process `pid` exists and has not exited (this process counts as alive; a zombie,
+/// which a parent or an init that does not reap leaves, does not).
 pub fn pid_alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
@@ -60,10 +61,20 @@ pub fn pid_alive(pid: u32) -> bool {
     if raw <= 0 {
         return false;
     }
-    !matches!(
+    if matches!(
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
         Err(nix::errno::Errno::ESRCH)
-    )
+    ) {
+        return false;
+    }
+    // `pid (comm) S ...`: the state follows the last parenthesis.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()),
+            Some('Z' | 'X')
+        ),
+        Err(_) => true,
+    }
 }
 
 /// Whether `name` is a temporary whose owner is dead. Entries of `tmp/` that carry no pid (an
@@ -183,6 +194,21 @@ mod tests {
         let pid = c.id();
         c.wait().unwrap();
         pid
+    }
+
+    #[test]
+    fn a_zombie_is_dead() {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        // Not reaped yet: a zombie once it has exited.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while pid_alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!pid_alive(pid));
+        assert!(Path::new(&format!("/proc/{pid}")).exists(), "still a zombie");
+        c.wait().unwrap();
+        assert!(pid_alive(std::process::id()));
     }
 
     #[test]

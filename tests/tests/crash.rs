@@ -264,3 +264,134 @@ fn killed_runs_and_builds_leave_no_mounts() {
     );
     ok(&root, &["rm", "-f", "sleeper"]);
 }
+
+/// A small deterministic pseudo-random sequence (the loop must be repeatable).
+fn next(seed: &mut u64) -> u64 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *seed >> 33
+}
+
+/// After every kill: the listing commands work, no temporary and no mount is left, and
+/// `system df` shows no temporaries.
+fn assert_clean(root: &Path, what: &str) {
+    ok(root, &["images"]);
+    ok(root, &["ps", "-a"]);
+    let df = ok(root, &["system", "df"]);
+    if df.contains("Temporary files") {
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "find {0} -name '.tmp-*' -o -name '.*.tmp' | xargs ls -la",
+                root.display()
+            ))
+            .status();
+    }
+    assert!(!df.contains("Temporary files"), "after {what}: {df}");
+    assert_eq!(tmp_entries(root), Vec::<String>::new(), "after {what}");
+    assert!(
+        mounts_under(root).is_empty(),
+        "after {what}: {:?}",
+        mounts_under(root)
+    );
+}
+
+/// `kill -9` of pull, convert, commit, build and a detached mount's server at pseudo-random
+/// moments, 20 times (STRATA_KILL_LOOP=N for more): after each, `images`, `ps -a` and
+/// `system df` work and nothing is left behind; at the end a fresh run works and no strata
+/// process of this root is left.
+#[test]
+fn kill_nine_at_random_moments() {
+    if !require_root_fuse("kill_nine_at_random_moments") {
+        return;
+    }
+    let rounds: u64 = std::env::var("STRATA_KILL_LOOP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let reg = Registry::start();
+    let image = push_big(&reg);
+    let small = push_image(&reg.addr, "t/small", "1", &runnable_layers(), Comp::Native).reference;
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    ok(&root, &["pull", &small]);
+    ok(&root, &["pull", "--all", &image]);
+    ok(
+        &root,
+        &["run", "--name", "src", &image, "sh", "-c", "cat /big/data > /new"],
+    );
+    let ctx = state.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {image}\nRUN cat /big/data /big/data > /twice\n"),
+    )
+    .unwrap();
+    let mnt = state.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let m = mnt.to_str().unwrap().to_string();
+    let mut seed = 17u64;
+    for round in 0..rounds {
+        let delay = Duration::from_millis(50 + next(&mut seed) % 2500);
+        let what = ["pull", "convert", "commit", "build", "mount"][(round % 5) as usize];
+        eprintln!("round {round}: {what}, killed after {delay:?}");
+        match what {
+            "mount" => {
+                // The server of a detached mount, killed while a reader streams a file.
+                if run(&root, &["mount", "--detach", &image, &m]).status.success() {
+                    let pid = pid_with(&["mount", &m]).expect("the mount's server");
+                    let file = mnt.join("big/data");
+                    let reader = std::thread::spawn(move || std::fs::read(file).map(|b| b.len()));
+                    std::thread::sleep(delay);
+                    kill_pid(pid);
+                    let _ = reader.join();
+                }
+            }
+            _ => {
+                let tag = format!("{}/t/crash:r{round}", reg.addr);
+                let ctx_dir = ctx.to_str().unwrap().to_string();
+                let args: Vec<&str> = match what {
+                    "pull" => {
+                        let _ = run(&root, &["rmi", "-f", &image]);
+                        vec!["pull", "--all", &image]
+                    }
+                    "convert" => vec!["convert", &image, &tag],
+                    "commit" => vec!["commit", "src", &tag],
+                    _ => vec!["build", "--no-cache", "-t", &tag, &ctx_dir],
+                };
+                let mut child = spawn(&root, &args);
+                std::thread::sleep(delay);
+                kill9(&mut child);
+            }
+        }
+        // A killed pull may have taken the image away: the next round's commands need it.
+        assert_clean(&root, what);
+        if what == "pull" {
+            ok(&root, &["pull", "--all", &image]);
+        }
+    }
+    // A mount point a killed server left is taken back by the next mount.
+    ok(&root, &["mount", "--detach", &small, &m]);
+    ok(&root, &["umount", &m]);
+    // Record-less container directories of killed builds go once they are old enough.
+    std::thread::sleep(Duration::from_secs(11));
+    assert_clean(&root, "the loop");
+    for e in std::fs::read_dir(root.join("containers")).unwrap().flatten() {
+        assert!(
+            e.path().join("container.json").exists(),
+            "{} has no record",
+            e.path().display()
+        );
+    }
+    assert_eq!(
+        ok(&root, &["run", "--rm", &image, "cat", "/data/owned"]),
+        "mine"
+    );
+    let ps = ok(&root, &["ps", "-a"]);
+    assert!(ps.contains("src"), "{ps}");
+    assert!(
+        pid_with(&[root.to_str().unwrap()]).is_none(),
+        "a strata process of this root is left"
+    );
+}
