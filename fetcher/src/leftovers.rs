@@ -70,7 +70,8 @@ pub fn pid_alive(pid: u32) -> bool {
     // `pid (comm) S ...`: the state follows the last parenthesis.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !matches!(
-            stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()),
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next()),
             Some('Z' | 'X')
         ),
         Err(_) => true,
@@ -206,7 +207,10 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert!(!pid_alive(pid));
-        assert!(Path::new(&format!("/proc/{pid}")).exists(), "still a zombie");
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "still a zombie"
+        );
         c.wait().unwrap();
         assert!(pid_alive(std::process::id()));
     }

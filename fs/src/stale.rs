@@ -9,7 +9,7 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 /// How long a probe of a mount may take before its server is taken to be alive but busy.
-const PROBE_WAIT: Duration = Duration::from_secs(2);
+const PROBE_WAIT: Duration = Duration::from_secs(1);
 /// A container directory with no record and no mount is a killed command's once it is this old
 /// (a live `run` or build step mounts it right after making it).
 const ORPHAN_DIR_AGE: Duration = Duration::from_secs(10);
@@ -64,29 +64,40 @@ fn parse_line(l: &str) -> Option<Mount> {
     })
 }
 
-/// Whether the FUSE mount at `point` has lost its server: a statfs of it fails with ENOTCONN
-/// (or ECONNABORTED once aborted). The probe runs on a thread of its own so that a live but
-/// stuck server cannot hold this command: a probe that takes longer counts as alive.
-fn is_dead(point: &Path) -> bool {
+/// Which of `points` (FUSE mounts) have lost their server: a statfs of it fails with ENOTCONN
+/// (or ECONNABORTED once aborted). statfs always goes to the server (a stat may be answered
+/// from cached attributes) and the mount point's own needs no lookup. The probes run at once,
+/// each on a thread of its own, so that a live but busy server (one still building its tree)
+/// holds this command at most [`PROBE_WAIT`] in all: a probe that takes longer counts as alive.
+fn dead_among(points: &[PathBuf]) -> Vec<PathBuf> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let p = point.to_path_buf();
-    let spawned = std::thread::Builder::new()
-        .name("strata-probe".into())
-        .spawn(move || {
-            // statfs always goes to the server (a stat may be answered from cached
-            // attributes), and the mount point's own statfs needs no lookup.
-            let _ = tx.send(nix::sys::statfs::statfs(&p).map(|_| ()));
-        });
-    if spawned.is_err() {
-        return false;
+    let mut asked = 0;
+    for p in points {
+        let (tx, p) = (tx.clone(), p.clone());
+        let spawned = std::thread::Builder::new()
+            .name("strata-probe".into())
+            .spawn(move || {
+                let dead = matches!(
+                    nix::sys::statfs::statfs(&p),
+                    Err(nix::errno::Errno::ENOTCONN | nix::errno::Errno::ECONNABORTED)
+                );
+                let _ = tx.send((p, dead));
+            });
+        if spawned.is_ok() {
+            asked += 1;
+        }
     }
-    match rx.recv_timeout(PROBE_WAIT) {
-        Ok(Err(e)) => matches!(
-            e,
-            nix::errno::Errno::ENOTCONN | nix::errno::Errno::ECONNABORTED
-        ),
-        _ => false,
+    let deadline = std::time::Instant::now() + PROBE_WAIT;
+    let mut dead = Vec::new();
+    for _ in 0..asked {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((p, true)) => dead.push(p),
+            Ok((_, false)) => {}
+            Err(_) => break,
+        }
     }
+    dead
 }
 
 fn detach(point: &Path) -> bool {
@@ -103,18 +114,28 @@ fn detach(point: &Path) -> bool {
 /// Returns the mount points unmounted.
 fn unmount_dead(pick: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
     let all = mounts();
+    let mut candidates: Vec<PathBuf> = all
+        .iter()
+        .filter(|m| m.is_strata_fuse() && pick(&m.point))
+        .map(|m| m.point.clone())
+        .collect();
+    candidates.dedup();
     let mut done = Vec::new();
-    for m in all.iter().filter(|m| m.is_strata_fuse() && pick(&m.point)) {
-        if done.contains(&m.point) || !is_dead(&m.point) {
-            continue;
-        }
-        for o in all.iter().filter(|o| o.lowers().contains(&m.point)) {
-            if detach(&o.point) {
+    for point in dead_among(&candidates) {
+        // Overlays on it: by their lowerdir option, or (when that was given as a relative
+        // path) as a container root beside it.
+        let beside = point.parent().map(|d| d.join("rootfs"));
+        let stacked = |o: &&Mount| {
+            o.lowers().contains(&point)
+                || (o.fstype == "overlay" && Some(&o.point) == beside.as_ref())
+        };
+        for o in all.iter().filter(stacked) {
+            if !done.contains(&o.point) && detach(&o.point) {
                 done.push(o.point.clone());
             }
         }
-        if detach(&m.point) {
-            done.push(m.point.clone());
+        if detach(&point) {
+            done.push(point);
         }
     }
     debug!(unmounted = done.len(), "stale mounts checked");

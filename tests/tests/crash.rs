@@ -319,7 +319,15 @@ fn kill_nine_at_random_moments() {
     ok(&root, &["pull", "--all", &image]);
     ok(
         &root,
-        &["run", "--name", "src", &image, "sh", "-c", "cat /big/data > /new"],
+        &[
+            "run",
+            "--name",
+            "src",
+            &image,
+            "sh",
+            "-c",
+            "cat /big/data > /new",
+        ],
     );
     let ctx = state.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
@@ -339,7 +347,10 @@ fn kill_nine_at_random_moments() {
         match what {
             "mount" => {
                 // The server of a detached mount, killed while a reader streams a file.
-                if run(&root, &["mount", "--detach", &image, &m]).status.success() {
+                if run(&root, &["mount", "--detach", &image, &m])
+                    .status
+                    .success()
+                {
                     let pid = pid_with(&["mount", &m]).expect("the mount's server");
                     let file = mnt.join("big/data");
                     let reader = std::thread::spawn(move || std::fs::read(file).map(|b| b.len()));
@@ -377,7 +388,10 @@ fn kill_nine_at_random_moments() {
     // Record-less container directories of killed builds go once they are old enough.
     std::thread::sleep(Duration::from_secs(11));
     assert_clean(&root, "the loop");
-    for e in std::fs::read_dir(root.join("containers")).unwrap().flatten() {
+    for e in std::fs::read_dir(root.join("containers"))
+        .unwrap()
+        .flatten()
+    {
         assert!(
             e.path().join("container.json").exists(),
             "{} has no record",
