@@ -185,3 +185,52 @@ fn a_full_disk_keeps_the_container_and_its_exit_code() {
     );
     drop(disk);
 }
+
+/// A disk a container has filled: `pull --all` fails with one line naming the cause and lists
+/// nothing; once the container is removed, reads work (the failed pull's chunks do not stand in
+/// the way: the cache gives room back when the disk is full).
+#[test]
+fn a_pull_on_a_full_disk_fails_plainly_and_leaves_room() {
+    if !require_root_fuse("a_pull_on_a_full_disk_fails_plainly_and_leaves_room") {
+        return;
+    }
+    let reg = Registry::start();
+    let small = push_image(&reg.addr, "t/small", "1", &runnable_layers(), Comp::Native).reference;
+    let mut layers = runnable_layers();
+    layers.push(vec![file("big/data", &noise(16 << 20, 5))]);
+    let big = push_image(&reg.addr, "t/huge", "1", &layers, Comp::Gzip).reference;
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    let disk = SmallDisk::new(&root);
+    ok(&root, &["pull", &small]);
+    let out = strata_tests::strata::run(
+        &root,
+        &[
+            "run",
+            "--name",
+            "filler",
+            &small,
+            "sh",
+            "-c",
+            "busybox dd if=/dev/zero of=/fill bs=64k; exit 0",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = strata_tests::strata::run(&root, &["pull", "--all", &big]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.trim_end().lines().last().unwrap_or("");
+    assert!(last.contains("No space left on device"), "{err}");
+    assert!(!ok(&root, &["images"]).contains("t/huge"));
+    ok(&root, &["rm", "filler"]);
+    assert_eq!(
+        ok(&root, &["run", "--rm", &small, "cat", "/data/owned"]),
+        "mine"
+    );
+    ok(&root, &["pull", "--all", &big]);
+    drop(disk);
+}
