@@ -297,7 +297,7 @@ fn assert_clean(root: &Path, what: &str) {
     );
 }
 
-/// `kill -9` of pull, convert, commit, build and a detached mount's server at pseudo-random
+/// `kill -9` of pull, convert, commit, push, build and a detached mount's server at pseudo-random
 /// moments, 20 times (STRATA_KILL_LOOP=N for more): after each, `images`, `ps -a` and
 /// `system df` work and nothing is left behind; at the end a fresh run works and no strata
 /// process of this root is left.
@@ -329,6 +329,8 @@ fn kill_nine_at_random_moments() {
             "cat /big/data > /new",
         ],
     );
+    let committed = format!("{}/t/crash:committed", reg.addr);
+    ok(&root, &["commit", "src", &committed]);
     let ctx = state.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::write(
@@ -342,7 +344,7 @@ fn kill_nine_at_random_moments() {
     let mut seed = 17u64;
     for round in 0..rounds {
         let delay = Duration::from_millis(50 + next(&mut seed) % 2500);
-        let what = ["pull", "convert", "commit", "build", "mount"][(round % 5) as usize];
+        let what = ["pull", "convert", "commit", "push", "build", "mount"][(round % 6) as usize];
         eprintln!("round {round}: {what}, killed after {delay:?}");
         match what {
             "mount" => {
@@ -369,6 +371,7 @@ fn kill_nine_at_random_moments() {
                     }
                     "convert" => vec!["convert", &image, &tag],
                     "commit" => vec!["commit", "src", &tag],
+                    "push" => vec!["push", &committed],
                     _ => vec!["build", "--no-cache", "-t", &tag, &ctx_dir],
                 };
                 let mut child = spawn(&root, &args);
@@ -404,6 +407,16 @@ fn kill_nine_at_random_moments() {
     );
     let ps = ok(&root, &["ps", "-a"]);
     assert!(ps.contains("src"), "{ps}");
+    // A push killed midway is done again whole.
+    ok(&root, &["push", &committed]);
+    let again = tempfile::tempdir().unwrap();
+    assert_eq!(
+        ok(
+            again.path(),
+            &["run", "--rm", &committed, "cat", "/data/owned"]
+        ),
+        "mine"
+    );
     assert!(
         pid_with(&[root.to_str().unwrap()]).is_none(),
         "a strata process of this root is left"
