@@ -45,6 +45,11 @@ impl GlobalArgs {
             if let Err(e) = strata_runner::stateroot::secure_root(&root) {
                 tracing::warn!("making state root {} private: {e}", root.display());
             }
+            // What killed commands left: their temporaries and the mounts nobody serves.
+            strata_storage::leftovers::sweep(&root);
+            for point in strata_lazyfs::stale::sweep_root(&root) {
+                eprintln!("strata: unmounted {} (its server is gone)", point.display());
+            }
         });
         root
     }

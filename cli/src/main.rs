@@ -322,5 +322,12 @@ fn one_line(e: &anyhow::Error) -> String {
         }
         out.push_str(&s);
     }
-    out.replace('\n', " ")
+    // One line, and never raw bytes from the input (a library quoting a binary header).
+    out.chars()
+        .map(|c| match c {
+            '\n' | '\r' | '\t' => ' ',
+            c if c.is_control() => '?',
+            c => c,
+        })
+        .collect()
 }

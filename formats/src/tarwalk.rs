@@ -83,8 +83,54 @@ pub fn encode_name(raw: &[u8]) -> (String, Option<String>) {
 }
 
 /// Walks `reader` as a tar stream, calling `visitor` for each piece. Returns the sha256 of all
-/// the bytes read (the layer's diff_id) and their count.
+/// the bytes read (the layer's diff_id) and their count. A stream that is not a tar archive
+/// fails with a plain message: never the raw header bytes the tar crate quotes.
 pub fn walk_tar<R: Read>(
+    reader: R,
+    visitor: &mut impl TarVisitor,
+) -> Result<(Digest, u64), WalkError> {
+    walk_tar_raw(reader, visitor).map_err(|e| match e {
+        WalkError::Io(io) => WalkError::Io(clean_io_error(io)),
+        other => other,
+    })
+}
+
+/// An I/O error of the tar crate, said plainly: what it means for an archive, and no bytes of
+/// the broken header (which it quotes, binary and all).
+pub fn clean_io_error(e: io::Error) -> io::Error {
+    let text = e.to_string();
+    let said = if text.contains("failed to read entire block") {
+        "not a tar archive, or a truncated one (its last header block is incomplete)".to_string()
+    } else if text.contains("cksum") || text.contains("checksum") {
+        "not a tar archive, or a corrupt one (a header fails its checksum)".to_string()
+    } else {
+        printable(&text)
+    };
+    io::Error::new(e.kind(), said)
+}
+
+/// `s` with its binary tail (from the tar crate's " when getting ... for <bytes>") cut and any
+/// character that is not printable replaced, at most 200 characters.
+pub fn printable(s: &str) -> String {
+    let s = s.split(" when getting").next().unwrap_or(s);
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_control() || c == char::REPLACEMENT_CHARACTER {
+                '?'
+            } else {
+                c
+            }
+        })
+        .take(200)
+        .collect();
+    if s.chars().count() > 200 {
+        out.push_str("...");
+    }
+    out
+}
+
+fn walk_tar_raw<R: Read>(
     reader: R,
     visitor: &mut impl TarVisitor,
 ) -> Result<(Digest, u64), WalkError> {
@@ -362,6 +408,28 @@ fn parse_pax_time(v: &str) -> Option<(i64, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_that_is_not_tar_fails_without_its_bytes() {
+        let elf: Vec<u8> = b"\x7fELF\x02\x01\x01\0"
+            .iter()
+            .copied()
+            .chain((0..3000u32).map(|i| (i * 7 % 251) as u8))
+            .collect();
+        for (input, want) in [
+            (elf, "a header fails its checksum"),
+            (b"hello world\n".to_vec(), "truncated"),
+        ] {
+            let e = walk_tar(&input[..], &mut Collect::default()).unwrap_err();
+            let s = e.to_string();
+            assert!(s.contains(want), "{s}");
+            assert!(
+                s.chars()
+                    .all(|c| !c.is_control() && c != char::REPLACEMENT_CHARACTER),
+                "{s:?}"
+            );
+        }
+    }
 
     #[derive(Default)]
     struct Collect {

@@ -191,7 +191,7 @@ impl Archives {
         let result = (|| {
             tar::Archive::new(archive)
                 .unpack(&tmp)
-                .map_err(io_fail("input"))?;
+                .map_err(|e| io_fail("input")(strata_formats::tarwalk::clean_io_error(e)))?;
             if tmp.join("index.json").exists() {
                 self.load_layout(&tmp)
             } else if tmp.join("manifest.json").exists() {

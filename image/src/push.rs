@@ -88,7 +88,15 @@ async fn push(
                 size: 0,
                 what: "Copying from the source repository",
             });
-            let how = copy_blob(&ctx.client, src, target, d, &tmp.join(d.hex()), progress).await?;
+            let how = copy_blob(
+                &ctx.client,
+                src,
+                target,
+                d,
+                &strata_storage::atomic::temp_path(&tmp.join(d.hex())),
+                progress,
+            )
+            .await?;
             if how == Copied::Mounted {
                 progress(Progress::Mounted {
                     layer: *d,

@@ -10,6 +10,7 @@ pub mod readahead;
 mod ready;
 pub mod record;
 mod seek;
+pub mod stale;
 pub mod tree;
 
 pub use fuse::{LazyFs, Readiness, ReadySetter};

@@ -95,7 +95,14 @@ impl Containers {
             source,
         };
         let bytes = serde_json::to_vec_pretty(c).map_err(|e| io(std::io::Error::other(e)))?;
-        crate::stateroot::write_private(&path, &bytes).map_err(io)
+        match crate::stateroot::write_private(&path, &bytes) {
+            // A full disk has no room for the temporary: rewrite the record in place, in the
+            // blocks it already holds, rather than lose the container's state.
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull && path.exists() => {
+                crate::stateroot::rewrite_in_place(&path, &bytes).map_err(io)
+            }
+            other => other.map_err(io),
+        }
     }
 
     /// All records (unreadable ones are skipped).

@@ -62,6 +62,24 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Overwrites the existing file `path` with `bytes` in place (no temporary, so it needs no new
+/// blocks when the new content is no longer than the old one), durably. Not atomic: only for a
+/// full disk, where the alternative is to lose the content.
+pub fn rewrite_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path)?;
+    let old = f.metadata()?.len();
+    // Padding with spaces keeps JSON readable and the file within its blocks.
+    let mut padded = bytes.to_vec();
+    if (padded.len() as u64) < old {
+        // A container record: a few KiB.
+        padded.resize(usize::try_from(old).map_err(std::io::Error::other)?, b' ');
+    }
+    f.write_all_at(&padded, 0)?;
+    f.set_len(padded.len() as u64)?;
+    f.sync_all()
+}
+
 fn tighten_file(path: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_file() && m.permissions().mode() & 0o077 != 0 => chmod(path, FILE_MODE),

@@ -3,8 +3,15 @@
 //! (without fsync: chunks are cheap to fetch again), and hashed again the first time this process
 //! reads it, so neither a crash nor a bad disk can serve bytes that do not match their name: a
 //! chunk that fails that check is deleted and reads as missing.
+//!
+//! The size limit holds as chunks are added: each `put` counts its bytes and, past the limit,
+//! evicts the oldest chunks and assembled files. Chunks a reader is waiting for ("hot": a read
+//! missed them, or they were stored right after such a chunk, which the same read and its
+//! readahead need next; up to half the limit) are kept even past the limit until they are read
+//! once (or for 30 s), so that a layer larger than the whole cache, streamed again for a read,
+//! still serves that read. A full disk makes a `put` evict what it can and try once more.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -36,16 +43,28 @@ pub enum CacheError {
 
 /// Default size limit of the cache: 10 GiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 10 << 30;
-/// How many bytes may be added between two checks of the size limit.
-const CHECK_EVERY_BYTES: u64 = 64 << 20;
+/// How long a chunk a reader missed stays hot if nobody reads it.
+const HOT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a chunk a fetch stored stays hot if nobody reads it (the read that asked for it
+/// reads it within milliseconds; prefetched chunks nobody reads must not hold the cache).
+const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(3);
+/// At most this many bytes of chunks stored right after a missed one are kept hot with it.
+const HOT_FOLLOWING_BYTES: u64 = 8 << 20;
 
 /// Verified chunks on disk.
 #[derive(Debug)]
 pub struct ChunkCache {
     dir: PathBuf,
     limit_bytes: u64,
-    added_since_check: AtomicU64,
+    /// Bytes in the cache as this process last counted them, plus what it added since.
+    usage_bytes: AtomicU64,
+    /// The usage past which the next `put` evicts: the limit, or more when hot chunks alone
+    /// exceed it. `u64::MAX` until the first count.
+    next_check: AtomicU64,
     evicting: Mutex<()>,
+    hot: Mutex<Hot>,
+    /// Whether this process said once that hot chunks exceed the limit.
+    warned_hot: std::sync::atomic::AtomicBool,
     /// Chunks this process wrote or has checked once.
     verified: Mutex<HashSet<Digest>>,
     /// Open files of verified chunks.
@@ -63,8 +82,11 @@ impl ChunkCache {
         Ok(Self {
             dir: dir.to_path_buf(),
             limit_bytes,
-            added_since_check: AtomicU64::new(CHECK_EVERY_BYTES),
+            usage_bytes: AtomicU64::new(0),
+            next_check: AtomicU64::new(0),
             evicting: Mutex::new(()),
+            hot: Mutex::new(Hot::default()),
+            warned_hot: std::sync::atomic::AtomicBool::new(false),
             verified: Mutex::new(HashSet::new()),
             fds: Descriptors::default(),
         })
@@ -101,7 +123,10 @@ impl ChunkCache {
         if !self.is_verified(d) {
             let whole = match fs::read(&path) {
                 Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.wanted(d);
+                    return Ok(None);
+                }
                 Err(source) => return Err(CacheError::Io { path, source }),
             };
             if d.verify(&whole).is_err() {
@@ -110,15 +135,20 @@ impl ChunkCache {
                 return Ok(None);
             }
             self.mark_verified(d);
+            self.served(d);
             let start = (strata_oci::usize_of(offset)).min(whole.len());
             let end = start.saturating_add(len).min(whole.len());
             return Ok(Some(whole[start..end].to_vec()));
         }
         let f = match fs::File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.wanted(d);
+                return Ok(None);
+            }
             Err(source) => return Err(CacheError::Io { path, source }),
         };
+        self.served(d);
         let mut buf = vec![0u8; len];
         let mut n = 0;
         while n < len {
@@ -136,6 +166,7 @@ impl ChunkCache {
     /// Reads bytes at `offset` of a cached chunk into all of `buf`, through a kept descriptor:
     /// false if the chunk is not cached or ends before `buf` is full.
     pub fn read_into(&self, d: &Digest, offset: u64, buf: &mut [u8]) -> Result<bool, CacheError> {
+        self.served(d);
         if !self.is_verified(d) {
             // The first read checks the whole chunk (and marks it verified).
             return Ok(match self.read_at(d, offset, buf.len())? {
@@ -161,26 +192,81 @@ impl ChunkCache {
         }
     }
 
-    /// Verifies `bytes` against `d` and stores them. Returns false if already cached.
+    /// Verifies `bytes` against `d` and stores them, kept a moment for the read that fetched
+    /// them. Returns false if already cached.
     pub fn put(&self, d: &Digest, bytes: &[u8]) -> Result<bool, CacheError> {
+        self.put_as(d, bytes, false)
+    }
+
+    /// [`Self::put`] for a chunk of a whole layer being streamed: kept only if a reader waits
+    /// for it or it follows closely one a reader waits for.
+    pub fn put_streamed(&self, d: &Digest, bytes: &[u8]) -> Result<bool, CacheError> {
+        self.put_as(d, bytes, true)
+    }
+
+    fn put_as(&self, d: &Digest, bytes: &[u8], streamed: bool) -> Result<bool, CacheError> {
         d.verify(bytes)?;
         let path = self.path(d);
         if self.is_verified(d) && path.exists() {
             return Ok(false);
         }
-        atomic::write_file_fast(&path, bytes).map_err(|source| CacheError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        self.stored(d, bytes.len() as u64, streamed);
+        if let Err(source) = atomic::write_file_fast(&path, bytes) {
+            if source.kind() != io::ErrorKind::StorageFull {
+                return Err(CacheError::Io { path, source });
+            }
+            // A full disk: give back what this cache can (all but the hot chunks), once.
+            let freed = self.evict_to(0)?;
+            warn!(
+                freed_bytes = freed,
+                "disk full while caching chunk {d}: evicted the chunk cache"
+            );
+            atomic::write_file_fast(&path, bytes)
+                .map_err(|source| CacheError::Io { path, source })?;
+        }
         self.mark_verified(d);
-        let added = self
-            .added_since_check
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        if added + bytes.len() as u64 >= CHECK_EVERY_BYTES {
-            self.added_since_check.store(0, Ordering::Relaxed);
+        let usage = self
+            .usage_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed)
+            + bytes.len() as u64;
+        if usage > self.next_check.load(Ordering::Relaxed) {
             self.enforce_limit()?;
         }
         Ok(true)
+    }
+
+    /// Notes that a reader missed chunk `d`: it is hot until read (or for a while).
+    fn wanted(&self, d: &Digest) {
+        if let Ok(mut h) = self.hot.lock() {
+            h.keep(*d, HOT_FOR);
+        }
+    }
+
+    /// Notes that chunk `d` was read: it need not be kept any more.
+    fn served(&self, d: &Digest) {
+        if let Ok(mut h) = self.hot.lock()
+            && !h.until.is_empty()
+        {
+            h.until.remove(d);
+        }
+    }
+
+    /// Notes that chunk `d` of `len` bytes is being stored. A fetched chunk is kept a moment
+    /// for its reader; in a stream, a chunk a reader missed starts a run of following chunks
+    /// kept with it.
+    fn stored(&self, d: &Digest, len: u64, streamed: bool) {
+        let run = (self.limit_bytes / 2).min(HOT_FOLLOWING_BYTES);
+        if let Ok(mut h) = self.hot.lock() {
+            if streamed {
+                h.streamed(*d, len, run);
+            } else if !h.is_kept(d) {
+                h.keep(*d, FRESH_FOR);
+            }
+        }
+    }
+
+    fn hot_set(&self) -> HashSet<Digest> {
+        self.hot.lock().map(|mut h| h.current()).unwrap_or_default()
     }
 
     /// Where the assembled copy of a file with these chunks is (or would be) kept.
@@ -243,35 +329,82 @@ impl ChunkCache {
         Ok(result?.then_some(path))
     }
 
-    /// Removes the oldest chunks until the cache is within its limit. Returns bytes freed.
+    /// Removes the oldest chunks and assembled files until the cache is within its limit (hot
+    /// chunks stay). Returns bytes freed.
     pub fn enforce_limit(&self) -> Result<u64, CacheError> {
+        self.evict_to(self.limit_bytes - self.limit_bytes / 10)
+    }
+
+    /// Evicts (oldest first, hot chunks kept) until at most `target` bytes are left, if the
+    /// cache is over its limit or `target` is 0. Returns bytes freed.
+    fn evict_to(&self, target: u64) -> Result<u64, CacheError> {
         let Ok(_guard) = self.evicting.try_lock() else {
             return Ok(0);
         };
         let mut files = self.list()?;
+        files.extend(self.list_assembled());
         let total: u64 = files.iter().map(|f| f.1).sum();
-        if total <= self.limit_bytes {
-            return Ok(0);
-        }
-        files.sort_by_key(|f| f.2);
-        let target = self.limit_bytes - self.limit_bytes / 10;
         let mut freed = 0u64;
-        for (path, len, _) in files {
-            if total - freed <= target {
-                break;
+        if total > self.limit_bytes || target == 0 {
+            let hot = self.hot_set();
+            files.sort_by_key(|f| f.2);
+            // Cold files first; hot ones only past half the limit again (oldest first).
+            let (hot_files, cold): (Vec<_>, Vec<_>) =
+                files.into_iter().partition(|f| is_hot(&f.0, &hot));
+            let cap = self.limit_bytes.saturating_add(self.limit_bytes / 2);
+            for ((path, len, _), floor) in cold
+                .into_iter()
+                .map(|f| (f, target))
+                .chain(hot_files.into_iter().map(|f| (f, cap)))
+            {
+                if total - freed <= floor {
+                    continue;
+                }
+                if fs::remove_file(&path).is_ok() {
+                    freed += len;
+                    debug!(path = %path.display(), "evicted");
+                }
             }
-            if fs::remove_file(&path).is_ok() {
-                freed += len;
-                debug!(path = %path.display(), "evicted chunk");
-            }
+            info!(
+                freed_bytes = freed,
+                limit_bytes = self.limit_bytes,
+                "chunk cache evicted"
+            );
         }
         self.fds.clear();
-        info!(
-            freed_bytes = freed,
-            limit_bytes = self.limit_bytes,
-            "chunk cache evicted"
-        );
+        let left = total - freed;
+        self.usage_bytes.store(left, Ordering::Relaxed);
+        // Hot chunks alone over the limit: the next check comes after another tenth of it.
+        let next = if left > self.limit_bytes {
+            if !self.warned_hot.swap(true, Ordering::Relaxed) {
+                warn!(
+                    hot_bytes = left,
+                    limit_bytes = self.limit_bytes,
+                    "chunks being read do not fit the chunk cache limit; keeping them (raise --cache-mb)"
+                );
+            }
+            (left + self.limit_bytes / 10).min(self.limit_bytes + self.limit_bytes / 2)
+        } else {
+            self.limit_bytes
+        };
+        self.next_check.store(next, Ordering::Relaxed);
         Ok(freed)
+    }
+
+    /// (path, size, mtime) of every assembled file.
+    fn list_assembled(&self) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+        let Ok(entries) = fs::read_dir(self.dir.join("files")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with(".tmp-"))
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                let t = m.modified().unwrap_or(std::time::UNIX_EPOCH);
+                m.is_file().then(|| (e.path(), m.len(), t))
+            })
+            .collect()
     }
 
     /// Removes every cached chunk for which `keep` is false. Returns (chunks, bytes) freed.
@@ -292,10 +425,14 @@ impl ChunkCache {
         Ok((n, bytes))
     }
 
-    /// Total bytes of cached chunks.
+    /// Cached chunks and the bytes of chunks and assembled files together.
     pub fn usage(&self) -> Result<(u64, u64), CacheError> {
         let files = self.list()?;
-        Ok((files.len() as u64, files.iter().map(|f| f.1).sum()))
+        let assembled: u64 = self.list_assembled().iter().map(|f| f.1).sum();
+        Ok((
+            files.len() as u64,
+            files.iter().map(|f| f.1).sum::<u64>() + assembled,
+        ))
     }
 
     /// (path, size, mtime) of every cached chunk.
@@ -313,7 +450,12 @@ impl ChunkCache {
             };
             for e in entries.flatten() {
                 let name = e.file_name();
-                if name.to_string_lossy().starts_with(".tmp-") {
+                let name = name.to_string_lossy();
+                if name.starts_with(".tmp-") {
+                    // A killed writer's temporary: nobody will rename it.
+                    if crate::leftovers::is_dead_temporary(&name) {
+                        let _ = fs::remove_file(e.path());
+                    }
                     continue;
                 }
                 if let Ok(m) = e.metadata() {
@@ -326,6 +468,54 @@ impl ChunkCache {
             }
         }
         Ok(out)
+    }
+}
+
+fn is_hot(path: &Path, hot: &HashSet<Digest>) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    format!("sha256:{name}")
+        .parse::<Digest>()
+        .is_ok_and(|d| hot.contains(&d))
+}
+
+/// Chunks readers wait for: missed ones, chunks a fetch for a read just stored, and the run
+/// of streamed chunks stored right after a missed one. Each is kept until it is read once or
+/// its deadline passes.
+#[derive(Debug, Default)]
+struct Hot {
+    until: HashMap<Digest, std::time::Instant>,
+    /// Bytes left in the current run of streamed chunks kept after a missed one.
+    following: u64,
+}
+
+impl Hot {
+    fn keep(&mut self, d: Digest, for_: std::time::Duration) {
+        self.until.insert(d, std::time::Instant::now() + for_);
+        if self.until.len() > 100_000 {
+            let now = std::time::Instant::now();
+            self.until.retain(|_, t| *t > now);
+        }
+    }
+
+    fn is_kept(&self, d: &Digest) -> bool {
+        self.until
+            .get(d)
+            .is_some_and(|t| *t > std::time::Instant::now())
+    }
+
+    fn streamed(&mut self, d: Digest, len: u64, run: u64) {
+        if self.is_kept(&d) {
+            self.following = run;
+        } else if self.following > 0 {
+            self.following = self.following.saturating_sub(len);
+            self.keep(d, HOT_FOR);
+        }
+    }
+
+    fn current(&mut self) -> HashSet<Digest> {
+        let now = std::time::Instant::now();
+        self.until.retain(|_, t| *t > now);
+        self.until.keys().copied().collect()
     }
 }
 
@@ -391,6 +581,78 @@ mod tests {
     }
 
     #[test]
+    fn the_limit_holds_as_chunks_are_added_but_hot_chunks_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ChunkCache::open(dir.path(), 10_000).unwrap();
+        let chunk = |i: u32| {
+            let data = i.to_le_bytes().repeat(250);
+            (Digest::of(&data), data)
+        };
+        // A reader asked for chunk 5 (a miss) before the stream brought it.
+        let (wanted, _) = chunk(5);
+        assert!(c.read_at(&wanted, 0, 10).unwrap().is_none());
+        for i in 0..100 {
+            let (d, data) = chunk(i);
+            c.put_streamed(&d, &data).unwrap();
+            let used = c.usage().unwrap().1;
+            // The missed chunk and the run after it (half the limit) stay, past the limit.
+            if i < 5 {
+                assert!(used <= 10_000, "after chunk {i}: {used} bytes cached");
+            }
+        }
+        assert!(
+            c.contains(&wanted),
+            "the chunk a reader waits for was evicted"
+        );
+        assert_eq!(
+            c.read_at(&wanted, 0, 4).unwrap().unwrap(),
+            5u32.to_le_bytes()
+        );
+        // Read once, it is an ordinary chunk again: the limit takes it.
+        for i in 100..130 {
+            let (d, data) = chunk(i);
+            c.put_streamed(&d, &data).unwrap();
+        }
+        assert!(!c.contains(&wanted));
+        assert!(c.usage().unwrap().1 <= 10_000);
+        // Nobody asked: plain FIFO within the limit, checked at every put.
+        let dir = tempfile::tempdir().unwrap();
+        let c = ChunkCache::open(dir.path(), 10_000).unwrap();
+        for i in 0..100 {
+            let (d, data) = chunk(i);
+            c.put_streamed(&d, &data).unwrap();
+            let used = c.usage().unwrap().1;
+            assert!(used <= 10_000, "after chunk {i}: {used} bytes cached");
+        }
+        let (last, _) = chunk(99);
+        assert!(c.contains(&last));
+    }
+
+    #[test]
+    fn fetched_chunks_are_kept_for_their_reader_up_to_half_the_limit_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ChunkCache::open(dir.path(), 10_000).unwrap();
+        let mut ds = Vec::new();
+        for i in 0..40u32 {
+            let data = i.to_le_bytes().repeat(250);
+            let d = Digest::of(&data);
+            c.put(&d, &data).unwrap();
+            ds.push(d);
+            let used = c.usage().unwrap().1;
+            assert!(used <= 15_000, "after chunk {i}: {used} bytes cached");
+        }
+        // The newest (fetched for a read, not read yet) are there.
+        assert!(ds[35..].iter().all(|d| c.contains(d)));
+        // Read, they go as other chunks do.
+        for d in &ds[30..] {
+            c.read_at(d, 0, 1).unwrap();
+        }
+        let data = 99u32.to_le_bytes().repeat(250);
+        c.put_streamed(&Digest::of(&data), &data).unwrap();
+        assert!(c.usage().unwrap().1 <= 10_000);
+    }
+
+    #[test]
     fn evicts_oldest_over_limit() {
         let dir = tempfile::tempdir().unwrap();
         let c = ChunkCache::open(dir.path(), 3000).unwrap();
@@ -398,12 +660,12 @@ mod tests {
         for i in 0..5u8 {
             let data = vec![i; 1000];
             let d = Digest::of(&data);
-            c.put(&d, &data).unwrap();
+            c.put_streamed(&d, &data).unwrap();
             ds.push(d);
             std::thread::sleep(std::time::Duration::from_millis(15));
         }
-        let freed = c.enforce_limit().unwrap();
-        assert!(freed >= 2000, "freed {freed}");
+        // Evicted as they were added: nothing left to do.
+        assert_eq!(c.enforce_limit().unwrap(), 0);
         assert!(!c.contains(&ds[0]));
         assert!(c.contains(&ds[4]));
         assert!(c.usage().unwrap().1 <= 3000);

@@ -7,6 +7,7 @@ mod descriptors;
 pub mod feed;
 mod inflight;
 pub mod lazy;
+pub mod leftovers;
 pub mod plain;
 pub mod ranges;
 pub mod source;

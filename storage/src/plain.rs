@@ -144,7 +144,7 @@ impl TarVisitor for Indexer<'_> {
             let zeros = n >= 1024 && data.iter().all(|b| *b == 0);
             if !zeros {
                 self.cache
-                    .put(&d, data)
+                    .put_streamed(&d, data)
                     .map_err(|e| WalkError::Visitor(e.to_string()))?;
             }
             chunks.push(TocEntry {

@@ -208,7 +208,10 @@ impl Builder<'_> {
         let result = (|| {
             for s in srcs {
                 if add && (s.starts_with("http://") || s.starts_with("https://")) {
-                    let tmp = self.ctx.layout().tmp().join(format!("add-{}", random_id()));
+                    // Named with our pid, so a later command removes it if we are killed.
+                    let tmp = strata_storage::atomic::temp_path(
+                        &self.ctx.layout().tmp().join(format!("add-{}", random_id())),
+                    );
                     let digest =
                         crate::fetch::download(&self.rt, s, &tmp).map_err(|e| step_err(ins, e))?;
                     r.hashes.push(format!("url:{digest}"));

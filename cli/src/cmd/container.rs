@@ -68,7 +68,14 @@ pub fn execute(
     record.pid = Some(pid);
     record.exit_code = None;
     record.finished = None;
-    containers.save(&record)?;
+    // The container runs now: a record that cannot be written (a full disk) is said, not
+    // taken for a failure to start (which would delete the container and what it writes).
+    if let Err(e) = containers.save(&record) {
+        eprintln!(
+            "strata: recording container {} as running: {e}",
+            record.name
+        );
+    }
     rt.spawn(forward_signals(pid));
     let code =
         rt.block_on(async { tokio::task::spawn_blocking(move || started.wait()).await })??;
@@ -80,7 +87,14 @@ pub fn execute(
     record.pid = None;
     record.exit_code = Some(code);
     record.finished = Some(now_secs());
-    containers.save(&record)?;
+    // The container's own exit code is the answer, whether or not its record could be
+    // written (`ps -a` then shows it as exited with 255, its upper layer kept).
+    if let Err(e) = containers.save(&record) {
+        eprintln!(
+            "strata: recording the exit of container {}: {e}",
+            record.name
+        );
+    }
     Ok(code)
 }
 

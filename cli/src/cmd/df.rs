@@ -110,7 +110,7 @@ fn summary(
         .entries()
         .map(|e| e.len())
         .unwrap_or(0);
-    vec![
+    let mut rows = vec![
         [
             "Images".into(),
             images.len().to_string(),
@@ -140,7 +140,20 @@ fn summary(
             human_size(0),
             human_size(0),
         ],
-    ]
+    ];
+    // Temporaries of commands still running (a killed command's were removed when this one
+    // opened the root): shown only when there are some.
+    let temps = strata_storage::leftovers::pending(ctx.layout().root());
+    if temps.entries > 0 {
+        rows.push([
+            "Temporary files".into(),
+            temps.entries.to_string(),
+            temps.entries.to_string(),
+            human_size(temps.bytes),
+            reclaim(0, temps.bytes),
+        ]);
+    }
+    rows
 }
 
 /// The summary rows through `--format`.

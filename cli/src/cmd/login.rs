@@ -74,7 +74,7 @@ fn ctx_files(ctx: &strata_image::Images) -> Vec<std::path::PathBuf> {
         ctx.layout()
             .root()
             .join("tmp")
-            .join(format!("login-{}.json", std::process::id())),
+            .join(format!(".tmp-{}-login.json", std::process::id())),
     ]
 }
 
@@ -85,7 +85,7 @@ fn tempdir_store(
 ) -> anyhow::Result<CredentialStore> {
     let path = root
         .join("tmp")
-        .join(format!("login-{}.json", std::process::id()));
+        .join(format!(".tmp-{}-login.json", std::process::id()));
     let s = CredentialStore { files: vec![path] };
     s.store(registry, cred)?;
     Ok(s)

@@ -79,6 +79,10 @@ pub fn find_or_pull_quietly(
 }
 
 pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
+    // A detached mount that was killed leaves its mount point dead (ENOTCONN): take it back.
+    if strata_lazyfs::stale::clear(&a.dir) {
+        eprintln!("strata: unmounted {} (its server is gone)", a.dir.display());
+    }
     if !a.dir.is_dir() {
         bail!("mount point {} is not a directory", a.dir.display());
     }

@@ -77,7 +77,7 @@ pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let downloaded = g
         .root()
         .join("tmp")
-        .join(format!("import-{}.tar", std::process::id()));
+        .join(format!(".tmp-{}-import.tar", std::process::id()));
     let mut input: Box<dyn Read> = if a.file == "-" {
         Box::new(std::io::stdin().lock())
     } else if a.file.starts_with("http://") || a.file.starts_with("https://") {
@@ -93,6 +93,9 @@ pub fn run_import(a: ImportArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     };
     let mut head = [0u8; 4];
     let n = input.read(&mut head)?;
+    if n == 0 {
+        anyhow::bail!("importing {}: the file is empty, not a tar archive", a.file);
+    }
     let chained = std::io::Cursor::new(head[..n].to_vec()).chain(input);
     let tar = strata_storage::plain::decompress(chained, strata_storage::plain::sniff(&head[..n]))?;
     let meta = CommitMeta {
