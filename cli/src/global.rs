@@ -18,8 +18,9 @@ pub struct GlobalArgs {
     /// Registry (host[:port]) to reach over plain HTTP; may be repeated.
     #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
     pub insecure_registries: Vec<String>,
-    /// Chunk cache size limit in MiB.
-    #[arg(long, global = true, env = "STRATA_CACHE_MB")]
+    /// Chunk cache size limit in MiB (at least 8: below that, chunks fetched for one read are
+    /// evicted by the same read's other chunks before it can use them).
+    #[arg(long, global = true, env = "STRATA_CACHE_MB", value_parser = clap::value_parser!(u64).range(8..))]
     pub cache_mb: Option<u64>,
     /// Longest total wait, in seconds, for one registry request that is rate limited (429/503
     /// with Retry-After); past it the command fails naming the registry.

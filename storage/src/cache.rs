@@ -67,6 +67,8 @@ pub struct ChunkCache {
     warned_hot: std::sync::atomic::AtomicBool,
     /// Chunks this process wrote or has checked once.
     verified: Mutex<HashSet<Digest>>,
+    /// Assembled files checked against their chunks' digests by this process.
+    verified_files: Mutex<HashSet<PathBuf>>,
     /// Open files of verified chunks.
     fds: Descriptors,
 }
@@ -88,6 +90,7 @@ impl ChunkCache {
             hot: Mutex::new(Hot::default()),
             warned_hot: std::sync::atomic::AtomicBool::new(false),
             verified: Mutex::new(HashSet::new()),
+            verified_files: Mutex::new(HashSet::new()),
             fds: Descriptors::default(),
         })
     }
@@ -293,7 +296,13 @@ impl ChunkCache {
         let path = self.assembled_path(chunks);
         let dir = self.dir.join("files");
         if path.exists() {
-            return Ok(Some(path));
+            // The kernel reads it without strata: check it once per process, as chunks are,
+            // and build it again if a byte changed on disk.
+            if self.assembled_is_sound(&path, chunks) {
+                return Ok(Some(path));
+            }
+            warn!(path = %path.display(), "assembled file does not match its chunks' digests; rebuilding it");
+            let _ = fs::remove_file(&path);
         }
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -321,12 +330,46 @@ impl ChunkCache {
             // durable before it gets its name, so a crash cannot leave a torn one.
             file.sync_all().map_err(io(&tmp))?;
             fs::rename(&tmp, &path).map_err(io(&path))?;
+            if let Ok(mut v) = self.verified_files.lock() {
+                v.insert(path.clone());
+            }
             Ok(true)
         })();
         if !matches!(result, Ok(true)) {
             let _ = fs::remove_file(&tmp);
         }
         Ok(result?.then_some(path))
+    }
+
+    /// Whether the assembled file at `path` holds exactly its chunks (each region hashed against
+    /// the chunk's digest, zero chunks all zeros); remembered once true for this process.
+    fn assembled_is_sound(&self, path: &Path, chunks: &[strata_formats::index::Chunk]) -> bool {
+        use std::os::unix::fs::FileExt;
+        if self.verified_files.lock().is_ok_and(|v| v.contains(path)) {
+            return true;
+        }
+        let Ok(file) = fs::File::open(path) else {
+            return false;
+        };
+        let mut buf = Vec::new();
+        for c in chunks {
+            buf.resize(strata_oci::usize_of(c.len), 0);
+            if file.read_exact_at(&mut buf, c.file_offset).is_err() {
+                return false;
+            }
+            let sound = if c.loc == strata_formats::index::ChunkLoc::Zeros {
+                buf.iter().all(|b| *b == 0)
+            } else {
+                c.digest.is_none_or(|d| d.verify(&buf).is_ok())
+            };
+            if !sound {
+                return false;
+            }
+        }
+        if let Ok(mut v) = self.verified_files.lock() {
+            v.insert(path.to_path_buf());
+        }
+        true
     }
 
     /// Removes the oldest chunks and assembled files until the cache is within its limit (hot
@@ -372,6 +415,9 @@ impl ChunkCache {
             );
         }
         self.fds.clear();
+        if let Ok(mut v) = self.verified_files.lock() {
+            v.clear();
+        }
         let left = total - freed;
         self.usage_bytes.store(left, Ordering::Relaxed);
         // Hot chunks alone over the limit: the next check comes after another tenth of it.

@@ -149,3 +149,32 @@ fn evicts_oldest_over_limit() {
     assert!(c.contains(&ds[4]));
     assert!(c.usage().unwrap().1 <= 3000);
 }
+
+#[test]
+fn a_changed_assembled_file_is_rebuilt_not_served() {
+    use strata_formats::index::{Chunk, ChunkLoc};
+    let dir = tempfile::tempdir().unwrap();
+    let c = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+    let (a, b) = (b"first chunk ".to_vec(), b"second chunk".to_vec());
+    let chunk = |at: u64, bytes: &[u8]| Chunk {
+        file_offset: at,
+        len: bytes.len() as u64,
+        digest: Some(Digest::of(bytes)),
+        loc: ChunkLoc::Local,
+    };
+    let chunks = [chunk(0, &a), chunk(12, &b)];
+    c.put(&Digest::of(&a), &a).unwrap();
+    c.put(&Digest::of(&b), &b).unwrap();
+    let path = c.assemble(&chunks, 24).unwrap().unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        [a.clone(), b.clone()].concat()
+    );
+    // A byte changes on disk; a new process (a new cache handle) must not hand it out.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[14] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let fresh = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+    let again = fresh.assemble(&chunks, 24).unwrap().unwrap();
+    assert_eq!(std::fs::read(&again).unwrap(), [a, b].concat());
+}
