@@ -43,9 +43,9 @@ pub fn prepare_fs(images: &Images, rt: &tokio::runtime::Handle, img: ImageRecord
             puller
                 .ensure_indexed(&img, &|_| {})
                 .await
-                .map_err(|e| e.to_string())?;
-            let layers = catalog.open_layers(&img).map_err(|e| e.to_string())?;
-            let tree = Tree::build(layers.iter().map(|l| &l.index)).map_err(|e| e.to_string())?;
+                .map_err(|e| with_causes(&e))?;
+            let layers = catalog.open_layers(&img).map_err(|e| with_causes(&e))?;
+            let tree = Tree::build(layers.iter().map(|l| &l.index)).map_err(|e| with_causes(&e))?;
             info!(
                 inodes = tree.len(),
                 ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -182,4 +182,20 @@ pub fn is_runtime_artifact(rel: &Path, meta: &std::fs::Metadata, tree: &Tree) ->
         return false;
     }
     meta.is_dir() || meta.len() == 0
+}
+
+/// An error and its causes on one line (`a: b: c`), a cause left out when the text before it
+/// already says it: what "image … cannot be used" reports.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cause = c.source();
+    }
+    out
 }

@@ -83,7 +83,7 @@ fn a_corrupted_layer_is_named_without_tar_garbage() {
         let out = run(&root, &args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?}: {err}");
-        let last = err.trim_end().lines().last().unwrap_or("");
+        let last = last_error_line(&err);
         assert!(last.contains(&layer[7..19]), "{args:?}: {err}");
         assert!(last.contains("not a tar archive"), "{args:?}: {err}");
         assert_clean_line(last);
@@ -120,10 +120,19 @@ fn an_unreadable_layer_at_start_is_named() {
     let out = run(&root, &["run", "--rm", &gz, "cat", "/data/owned"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
-    let last = err.trim_end().lines().last().unwrap_or("");
+    let last = last_error_line(&err);
     assert!(!err.contains("creating /proc"), "{err}");
     assert!(
         last.contains("sha256:") && last.contains("503") && last.contains("cannot be used"),
         "{err}"
     );
+}
+
+/// The last line of an error report, before docker's "Run 'strata run --help' …" hint that
+/// `run` ends with.
+fn last_error_line(err: &str) -> &str {
+    err.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty() && !l.starts_with("Run '"))
+        .unwrap_or("")
 }
