@@ -169,7 +169,6 @@ impl ChunkCache {
     /// Reads bytes at `offset` of a cached chunk into all of `buf`, through a kept descriptor:
     /// false if the chunk is not cached or ends before `buf` is full.
     pub fn read_into(&self, d: &Digest, offset: u64, buf: &mut [u8]) -> Result<bool, CacheError> {
-        self.served(d);
         if !self.is_verified(d) {
             // The first read checks the whole chunk (and marks it verified).
             return Ok(match self.read_at(d, offset, buf.len())? {
@@ -186,10 +185,15 @@ impl ChunkCache {
             source,
         };
         let Some(f) = self.fds.get(d, &path).map_err(io)? else {
+            // Evicted: the stream or fetch that brings it back keeps it for this reader.
+            self.wanted(d);
             return Ok(false);
         };
         match f.read_exact_at(buf, offset) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.served(d);
+                Ok(true)
+            }
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
             Err(e) => Err(io(e)),
         }
