@@ -45,6 +45,10 @@ pub struct Container {
     pub exit_code: Option<i32>,
     /// When it exited.
     pub finished: Option<i64>,
+    /// When its process last started (`run`, `start`, `restart`), seconds since the epoch;
+    /// absent in records written before strata kept it (then `created` stands in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<i64>,
 }
 
 /// Errors of the container records.

@@ -248,8 +248,14 @@ fn restart_system_prune_and_help() {
         }
     };
     logs_say(1);
+    let started = |root| ok(root, &["inspect", "-f", "{{.State.StartedAt}}", "r1"]);
+    let first = started(root);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     assert_eq!(ok(root, &["restart", "-t", "1", "r1"]), "r1\n");
     logs_say(2);
+    // As docker: a restart is a new start (RFC 3339 times of one zone compare as text).
+    let second = started(root);
+    assert!(second > first, "StartedAt {first:?} then {second:?}");
     assert_eq!(
         ok(root, &["ps", "--format", "{{.Names}} {{.State}}"]),
         "r1 running\n"

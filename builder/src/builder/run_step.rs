@@ -113,6 +113,7 @@ impl Builder<'_> {
             pid: None,
             exit_code: None,
             finished: None,
+            started: None,
         };
         let cleanup = |e: BuildError| {
             let _ = b.containers.remove(&id);

@@ -66,6 +66,7 @@ pub fn execute(
     let pid = started.pid();
     record.state = State::Running;
     record.pid = Some(pid);
+    record.started = Some(now_secs());
     record.exit_code = None;
     record.finished = None;
     // The container runs now: a record that cannot be written (a full disk) is said, not

@@ -219,7 +219,7 @@ pub fn container(cs: &Containers, c: &Container, size: bool, image_env: &[String
             "Pid": if running { c.pid.unwrap_or(0) } else { 0 },
             "ExitCode": c.exit_code.unwrap_or(0),
             "Error": "",
-            "StartedAt": time(Some(c.created)),
+            "StartedAt": time(Some(c.started.unwrap_or(c.created))),
             "FinishedAt": time(c.finished),
         },
         "Image": c.image_id,

@@ -90,7 +90,10 @@ pub fn status(c: &Container) -> String {
     let now = now_secs();
     match c.state {
         State::Created => "Created".into(),
-        State::Running => format!("Up {}", human_duration(now - c.created)),
+        State::Running => format!(
+            "Up {}",
+            human_duration(now - c.started.unwrap_or(c.created))
+        ),
         State::Exited => format!(
             "Exited ({}) {}",
             c.exit_code.unwrap_or(0),

@@ -399,6 +399,7 @@ fn new_record(
         pid: None,
         exit_code: None,
         finished: None,
+        started: None,
     }
 }
 
