@@ -216,6 +216,52 @@ fn run_refusals_pull_and_push_messages() {
     assert!(pushed.contains(": Pushed"), "{pushed}");
 }
 
+/// `kill -9` of a detached container's supervisor and its process: the container reads as
+/// exited (255, no finish time known) in `ps -a` and `inspect` alike, never as running with a
+/// dead pid.
+#[test]
+fn a_killed_supervisor_reads_as_exited_everywhere() {
+    if !require_root_fuse("a_killed_supervisor_reads_as_exited_everywhere") {
+        return;
+    }
+    let w = world();
+    let root = &w.root;
+    ok(root, &["run", "-d", "--name", "k1", "bb:1", "sleep", "60"]);
+    let id = ok(root, &["inspect", "-f", "{{.Id}}", "k1"]);
+    // The supervisor is the detached `strata run --cid=ID` process (its pid is not the
+    // container's, which `State.Pid` shows).
+    let found = std::process::Command::new("pgrep")
+        .args(["-f", &format!("run --cid={}", id.trim())])
+        .output()
+        .unwrap();
+    let pids = String::from_utf8_lossy(&found.stdout).to_string();
+    let pid: i32 = pids.lines().next().unwrap_or("").trim().parse().unwrap();
+    let inner: i32 = ok(root, &["inspect", "-f", "{{.State.Pid}}", "k1"])
+        .trim()
+        .parse()
+        .unwrap();
+    // Supervisor and container both gone (as after an OOM kill of the pair): nobody records
+    // the exit.
+    for p in [pid, inner] {
+        // SAFETY: kill(2) on a pid this test started; no memory is involved.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let state = ok(
+        root,
+        &[
+            "inspect",
+            "-f",
+            "{{.State.Running}} {{.State.Pid}} {{.State.ExitCode}}",
+            "k1",
+        ],
+    );
+    assert_eq!(state, "false 0 255\n");
+    let ps = ok(root, &["ps", "-a", "--format", "{{.Names}}|{{.Status}}"]);
+    assert!(ps.contains("k1|Exited (255)\n"), "{ps:?}");
+    ok(root, &["rm", "-f", "k1"]);
+}
+
 #[test]
 fn restart_system_prune_and_help() {
     if !require_root_fuse("restart_system_prune_and_help") {

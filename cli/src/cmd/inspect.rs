@@ -92,6 +92,8 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
                     .and_then(|(img, _)| ctx.catalog().config(&img).ok())
                     .and_then(|cfg| cfg.config.and_then(|c| c.env.get().cloned()))
                     .unwrap_or_default();
+                // A container whose supervisor was killed reads as exited, as in `ps`.
+                let c = crate::cmd::ps::effective(&c);
                 let j = inspect_json::container(&cs, &c, a.size, &image_env);
                 printed.push(j.clone());
                 templated.push(j);

@@ -74,9 +74,8 @@ pub struct RmArgs {
 pub fn effective(c: &Container) -> Container {
     let mut c = c.clone();
     if c.state == State::Running {
-        let alive = c
-            .pid
-            .is_some_and(|p| nix::sys::signal::kill(crate::cmd::pid(p), None).is_ok());
+        // A zombie is gone too: this machine's init may never reap it.
+        let alive = c.pid.is_some_and(strata_storage::leftovers::pid_alive);
         if !alive {
             c.state = State::Exited;
             c.exit_code = c.exit_code.or(Some(255));
@@ -94,11 +93,11 @@ pub fn status(c: &Container) -> String {
             "Up {}",
             human_duration(now - c.started.unwrap_or(c.created))
         ),
-        State::Exited => format!(
-            "Exited ({}) {}",
-            c.exit_code.unwrap_or(0),
-            c.finished.map(|f| ago(now - f)).unwrap_or_default()
-        ),
+        State::Exited => match c.finished {
+            Some(f) => format!("Exited ({}) {}", c.exit_code.unwrap_or(0), ago(now - f)),
+            // Its supervisor died with it: when is not known.
+            None => format!("Exited ({})", c.exit_code.unwrap_or(0)),
+        },
     }
 }
 

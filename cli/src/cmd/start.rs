@@ -27,10 +27,7 @@ pub fn run_start(a: StartArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         );
         bail!("Error: failed to start containers: {}", a.container);
     };
-    if c.state == State::Running
-        && c.pid
-            .is_some_and(|p| nix::sys::signal::kill(crate::cmd::pid(p), None).is_ok())
-    {
+    if c.state == State::Running && c.pid.is_some_and(strata_storage::leftovers::pid_alive) {
         println!("{}", a.container);
         return Ok(0);
     }
