@@ -101,20 +101,7 @@ impl Builder<'_> {
             ..Spec::default()
         };
         let spec = container_spec(st.config.config.as_ref(), process, place);
-        let record = Container {
-            id: id.clone(),
-            name: format!("strata_build_{}", &id[..8]),
-            image: parent.config.short(),
-            image_id: parent.config.to_string(),
-            image_manifest: Some(parent.manifest.to_string()),
-            command: args.clone(),
-            created: now_secs(),
-            state: State::Running,
-            pid: None,
-            exit_code: None,
-            finished: None,
-            started: None,
-        };
+        let record = step_record(&id, &parent, args);
         let cleanup = |e: BuildError| {
             let _ = b.containers.remove(&id);
             let _ = std::fs::remove_dir_all(&dir);
@@ -152,5 +139,23 @@ impl Builder<'_> {
         let _ = std::fs::remove_dir_all(&dir);
         host.event(Event::Removed(&id[..12]));
         Ok(img)
+    }
+}
+
+/// The container record of a RUN step's container (`strata_build_<id>`), running on `parent`.
+fn step_record(id: &str, parent: &ImageRecord, args: &[String]) -> Container {
+    Container {
+        id: id.to_string(),
+        name: format!("strata_build_{}", &id[..8]),
+        image: parent.config.short(),
+        image_id: parent.config.to_string(),
+        image_manifest: Some(parent.manifest.to_string()),
+        command: args.to_vec(),
+        created: now_secs(),
+        state: State::Running,
+        pid: None,
+        exit_code: None,
+        finished: None,
+        started: None,
     }
 }
