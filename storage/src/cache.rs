@@ -410,6 +410,11 @@ impl ChunkCache {
                 if fs::remove_file(&path).is_ok() {
                     freed += len;
                     debug!(path = %path.display(), "evicted");
+                    // An assembled file made again later is checked again; the others stay
+                    // checked (clearing all would re-hash every large file on its next open).
+                    if let Ok(mut v) = self.verified_files.lock() {
+                        v.remove(&path);
+                    }
                 }
             }
             info!(
@@ -419,9 +424,6 @@ impl ChunkCache {
             );
         }
         self.fds.clear();
-        if let Ok(mut v) = self.verified_files.lock() {
-            v.clear();
-        }
         let left = total - freed;
         self.usage_bytes.store(left, Ordering::Relaxed);
         // Hot chunks alone over the limit: the next check comes after another tenth of it.
