@@ -55,7 +55,7 @@ impl GlobalArgs {
         root
     }
 
-    fn root_path(&self) -> PathBuf {
+    pub(crate) fn root_path(&self) -> PathBuf {
         if let Some(r) = &self.root {
             return r.clone();
         }

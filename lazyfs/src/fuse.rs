@@ -6,7 +6,7 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
@@ -20,10 +20,10 @@ use tracing::{debug, error, warn};
 
 use crate::open::{Mode, OpenModes, passthrough_file};
 use crate::readahead::{self, Sequential};
-use crate::ready::{Ready, ReadyCell};
+use crate::ready::{Ready, ReadyCell, ReadyState};
 use crate::record::{Recorder, Recording};
 use crate::seek::seek_data_hole;
-use crate::tree::{Content, Node, Tree};
+use crate::tree::{Content, Tree};
 
 pub use crate::ready::{Readiness, ReadySetter};
 
@@ -76,7 +76,7 @@ impl LazyFs {
     /// A filesystem that can be mounted before its tree is known (layers without a TOC are
     /// still streaming): every operation waits until the [`ReadySetter`] is called.
     pub fn pending(fetcher: Arc<ChunkFetcher>, rt: tokio::runtime::Handle) -> (Self, ReadySetter) {
-        let cell: ReadyCell = Arc::new(OnceLock::new());
+        let cell: ReadyCell = Arc::new(ReadyState::default());
         (
             Self {
                 ready: cell.clone(),
@@ -122,8 +122,8 @@ impl LazyFs {
         readahead::kernel_kb(self.recorder.is_some() || self.replaying)
     }
 
-    fn ready(&self) -> Result<&Ready, Errno> {
-        self.ready.wait().as_ref().map_err(|_| Errno::EIO)
+    fn ready(&self) -> Result<Arc<Ready>, Errno> {
+        self.ready.wait().map_err(|_| Errno::EIO)
     }
 
     /// Keeps `len` bytes of the file from `from` on their way (behind a sequential reader).
@@ -162,23 +162,23 @@ impl LazyFs {
         self.ready().ok()?.layers.get(content.layer).cloned()
     }
 
-    fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
-        self.ready()?.tree.get(ino.0).ok_or(Errno::ENOENT)
+    /// The tree as it is now, for one operation to use throughout.
+    fn snapshot(&self) -> Result<Arc<Ready>, Errno> {
+        self.ready()
     }
 
-    fn attr(&self, ino: u64) -> Result<&FileAttr, Errno> {
-        self.ready()?.attr(ino).ok_or(Errno::ENOENT)
+    fn attr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        self.ready()?.attr(ino).copied().ok_or(Errno::ENOENT)
     }
 
     /// The entries of directory `ino` from position `offset` on (`.` and `..` first), each
     /// with the offset of the one after it; resumed at `offset` directly (no skipping), and
     /// produced as the reply buffer takes them.
     fn dir_entries(
-        &self,
+        ready: &Ready,
         ino: INodeNo,
         offset: u64,
     ) -> Result<impl Iterator<Item = DirEntry<'_>>, Errno> {
-        let ready = self.ready()?;
         let n = match ready.tree.get(ino.0) {
             Some(n) if n.kind == Kind::Dir => n,
             Some(_) => return Err(Errno::ENOTDIR),
@@ -250,27 +250,35 @@ impl Filesystem for LazyFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.attr(ino.0) {
-            Ok(attr) => reply.attr(&TTL, attr),
+            Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.node(ino) {
-            Ok(n) if n.kind == Kind::Symlink => reply.data(&n.link),
-            Ok(_) => reply.error(Errno::EINVAL),
-            Err(e) => reply.error(e),
+        let ready = match self.snapshot() {
+            Ok(r) => r,
+            Err(e) => return reply.error(e),
+        };
+        match ready.tree.get(ino.0) {
+            Some(n) if n.kind == Kind::Symlink => reply.data(&n.link),
+            Some(_) => reply.error(Errno::EINVAL),
+            None => reply.error(Errno::ENOENT),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let n = match self.node(ino) {
-            Ok(n) if n.kind == Kind::Dir => return reply.error(Errno::EISDIR),
-            Ok(_) if flags.0 & libc::O_ACCMODE != libc::O_RDONLY => {
+        let ready = match self.snapshot() {
+            Ok(r) => r,
+            Err(e) => return reply.error(e),
+        };
+        let n = match ready.tree.get(ino.0) {
+            Some(n) if n.kind == Kind::Dir => return reply.error(Errno::EISDIR),
+            Some(_) if flags.0 & libc::O_ACCMODE != libc::O_RDONLY => {
                 return reply.error(Errno::EROFS);
             }
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
+            Some(n) => n,
+            None => return reply.error(Errno::ENOENT),
         };
         let mode = match self.open_modes.join(ino.0) {
             Some(mode) => mode,
@@ -325,14 +333,24 @@ impl Filesystem for LazyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let n = match self.node(ino) {
-            Ok(n) => n,
+        let ready = match self.snapshot() {
+            Ok(r) => r,
             Err(e) => return reply.error(e),
+        };
+        let Some(n) = ready.tree.get(ino.0) else {
+            return reply.error(Errno::ENOENT);
         };
         if offset >= n.size {
             return reply.data(&[]);
         }
         let len = (size as u64).min(n.size - offset);
+        if let Some(inline) = &n.inline {
+            let from = strata_oci::usize_of(offset).min(inline.len());
+            let to = from
+                .saturating_add(strata_oci::usize_of(len))
+                .min(inline.len());
+            return reply.data(&inline[from..to]);
+        }
         let mut buf = vec![0u8; strata_oci::usize_of(len)];
         let Some(content) = n.content.clone() else {
             return reply.data(&buf);
@@ -379,7 +397,11 @@ impl Filesystem for LazyFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.dir_entries(ino, offset) {
+        let ready = match self.snapshot() {
+            Ok(r) => r,
+            Err(e) => return reply.error(e),
+        };
+        let entries = match Self::dir_entries(&ready, ino, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
         };
@@ -401,7 +423,11 @@ impl Filesystem for LazyFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.dir_entries(ino, offset) {
+        let ready = match self.snapshot() {
+            Ok(r) => r,
+            Err(e) => return reply.error(e),
+        };
+        let entries = match Self::dir_entries(&ready, ino, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
         };
@@ -421,9 +447,12 @@ impl Filesystem for LazyFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let n = match self.node(ino) {
-            Ok(n) => n,
+        let ready = match self.snapshot() {
+            Ok(r) => r,
             Err(e) => return reply.error(e),
+        };
+        let Some(n) = ready.tree.get(ino.0) else {
+            return reply.error(Errno::ENOENT);
         };
         match n
             .xattrs
@@ -438,9 +467,12 @@ impl Filesystem for LazyFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let n = match self.node(ino) {
-            Ok(n) => n,
+        let ready = match self.snapshot() {
+            Ok(r) => r,
             Err(e) => return reply.error(e),
+        };
+        let Some(n) = ready.tree.get(ino.0) else {
+            return reply.error(Errno::ENOENT);
         };
         let mut buf = Vec::new();
         for (k, _) in &n.xattrs {
@@ -476,9 +508,12 @@ impl Filesystem for LazyFs {
         whence: i32,
         reply: fuser::ReplyLseek,
     ) {
-        let n = match self.node(ino) {
-            Ok(n) => n,
+        let ready = match self.snapshot() {
+            Ok(r) => r,
             Err(e) => return reply.error(e),
+        };
+        let Some(n) = ready.tree.get(ino.0) else {
+            return reply.error(Errno::ENOENT);
         };
         let chunks: &[Chunk] = n.content.as_ref().map(|c| &c.chunks[..]).unwrap_or(&[]);
         match seek_data_hole(chunks, n.size, offset, whence) {
@@ -503,7 +538,7 @@ impl Filesystem for LazyFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        match self.node(ino) {
+        match self.attr(ino.0) {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -554,7 +589,8 @@ mod tests {
         let d = INodeNo(tree.resolve(b"d").unwrap());
         let fs = LazyFs::new(tree, Vec::new(), fetcher, rt.handle().clone());
         let list = |offset| -> Vec<(u64, String, u64)> {
-            let e = fs.dir_entries(d, offset).unwrap();
+            let ready = fs.snapshot().unwrap();
+            let e = LazyFs::dir_entries(&ready, d, offset).unwrap();
             e.map(|(next, ino, attr, name)| {
                 assert_eq!(attr.ino.0, ino);
                 (next, String::from_utf8_lossy(name).into_owned(), ino)

@@ -4,6 +4,7 @@
 pub mod attr;
 mod children;
 pub mod fuse;
+pub mod layer_dirs;
 pub mod mount;
 mod open;
 pub mod readahead;
@@ -11,8 +12,10 @@ mod ready;
 pub mod record;
 mod seek;
 pub mod stale;
+pub mod store;
 pub mod tree;
 
 pub use fuse::{LazyFs, Readiness, ReadySetter};
 pub use record::Recording;
+pub use store::StoreTree;
 pub use tree::Tree;

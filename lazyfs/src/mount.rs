@@ -112,10 +112,12 @@ pub fn mount_entry(dir: &Path) -> Option<MountEntry> {
         .next_back()
 }
 
-/// Whether `dir` is the root of a strata FUSE mount.
+/// Whether `dir` is the root of a strata mount: a FUSE mount it serves, or an image mounted
+/// read-only from the layer store (overlayfs named `strata`).
 pub fn is_strata_mount(dir: &Path) -> bool {
     mount_entry(dir).is_some_and(|m| {
-        m.fstype.starts_with("fuse") && (m.source == "strata" || m.fstype == "fuse.strata")
+        (m.fstype.starts_with("fuse") && (m.source == "strata" || m.fstype == "fuse.strata"))
+            || (m.fstype == "overlay" && m.source == "strata")
     })
 }
 

@@ -74,12 +74,14 @@ pub struct Node {
     pub parent: u64,
     /// Regular file content.
     pub content: Option<Content>,
+    /// Content held in memory (the layer store's `info` files), served as is.
+    pub inline: Option<Arc<[u8]>>,
     /// Children of a directory, by name.
     pub children: Children,
 }
 
 impl Node {
-    fn dir(parent: u64) -> Self {
+    pub(crate) fn dir(parent: u64) -> Self {
         Self {
             kind: Kind::Dir,
             mode: 0o755,
@@ -93,11 +95,12 @@ impl Node {
             nlink: 2,
             parent,
             content: None,
+            inline: None,
             children: Children::default(),
         }
     }
 
-    fn from_entry(e: &Entry, layer: usize, parent: u64) -> Self {
+    pub(crate) fn from_entry(e: &Entry, layer: usize, parent: u64) -> Self {
         Self {
             kind: e.kind,
             mode: e.mode,
@@ -122,6 +125,7 @@ impl Node {
                 layer,
                 chunks: e.chunks.clone().into(),
             }),
+            inline: None,
             children: Children::default(),
         }
     }
@@ -133,14 +137,14 @@ pub struct Tree {
     nodes: Vec<Node>,
 }
 
-fn split_parent(path: &[u8]) -> (&[u8], &[u8]) {
+pub(crate) fn split_parent(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|b| *b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
         None => (&[], path),
     }
 }
 
-fn lossy(p: &[u8]) -> String {
+pub(crate) fn lossy(p: &[u8]) -> String {
     String::from_utf8_lossy(p).into_owned()
 }
 
@@ -182,7 +186,12 @@ impl Tree {
 
     /// Resolves a path (no symlinks followed).
     pub fn resolve(&self, path: &[u8]) -> Option<u64> {
-        let mut ino = ROOT_INO;
+        self.resolve_at(ROOT_INO, path)
+    }
+
+    /// Resolves a path below directory `base` (no symlinks followed).
+    pub fn resolve_at(&self, base: u64, path: &[u8]) -> Option<u64> {
+        let mut ino = base;
         for comp in path.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
             ino = self.lookup(ino, comp)?;
         }
@@ -212,11 +221,11 @@ impl Tree {
         parts.join("/")
     }
 
-    fn node_mut(&mut self, ino: u64) -> &mut Node {
+    pub(crate) fn node_mut(&mut self, ino: u64) -> &mut Node {
         &mut self.nodes[strata_oci::usize_of(ino - 1)]
     }
 
-    fn alloc(&mut self, n: Node) -> u64 {
+    pub(crate) fn alloc(&mut self, n: Node) -> u64 {
         self.nodes.push(n);
         self.nodes.len() as u64
     }
@@ -224,7 +233,12 @@ impl Tree {
     /// The directory at `path`, created (with default attributes) where missing; a
     /// non-directory in the way is replaced.
     fn ensure_dir(&mut self, path: &[u8]) -> u64 {
-        let mut ino = ROOT_INO;
+        self.ensure_dir_at(ROOT_INO, path)
+    }
+
+    /// [`Self::ensure_dir`] below directory `base`.
+    pub(crate) fn ensure_dir_at(&mut self, base: u64, path: &[u8]) -> u64 {
+        let mut ino = base;
         for comp in path.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
             ino = match self.lookup(ino, comp) {
                 Some(c) if self.nodes[strata_oci::usize_of(c - 1)].kind == Kind::Dir => c,
@@ -241,7 +255,7 @@ impl Tree {
         ino
     }
 
-    fn unlink(&mut self, parent: u64, name: &[u8], child: u64) {
+    pub(crate) fn unlink(&mut self, parent: u64, name: &[u8], child: u64) {
         self.node_mut(parent).children.remove(name);
         let c = self.node_mut(child);
         c.nlink = c.nlink.saturating_sub(1);
@@ -355,7 +369,12 @@ impl Tree {
     }
 
     fn count_dir_links(&mut self) {
-        for i in 0..self.nodes.len() {
+        self.count_dir_links_from(0);
+    }
+
+    /// Sets the link count of the directories among `nodes[from..]`.
+    pub(crate) fn count_dir_links_from(&mut self, from: usize) {
+        for i in from..self.nodes.len() {
             if self.nodes[i].kind != Kind::Dir {
                 continue;
             }

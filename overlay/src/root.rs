@@ -1,6 +1,8 @@
-//! A container's root: the lazily mounted image (strata's read-only FUSE lower) under a
-//! private writable upper layer (kernel overlayfs). Used by `run`, `start`, `export` and
-//! `build`.
+//! A container's root: the image's layer directories from the layer store (read-only, lazy)
+//! under a private writable upper layer (kernel overlayfs). Used by `run`, `start`, `export`
+//! and `build`. Where the store cannot serve an image (a layer that cannot be shown on its
+//! own, no store in this process) or a recording is asked for, the root's lower is a FUSE
+//! mount of the merged image served by this process instead.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -8,10 +10,11 @@ use std::time::Instant;
 
 use strata_formats::profile::Prefetch;
 use strata_image::{Images, source_ref};
+use strata_layerstore::client::{self, Lease};
 use strata_storage::store::ImageRecord;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::union::{mount_overlay, unmount_detached};
+use crate::union::{mount_overlay_layers, unmount_detached};
 use strata_lazyfs::mount::{MountOptions, spawn};
 use strata_lazyfs::{LazyFs, Recording, Tree};
 
@@ -73,11 +76,13 @@ pub fn prepare_fs(images: &Images, rt: &tokio::runtime::Handle, img: ImageRecord
     fs
 }
 
-/// A container's mounted root; unmounted (overlay, then the FUSE lower) when dropped.
+/// A container's mounted root; unmounted (overlay, then the FUSE lower or the lease on the
+/// layer store) when dropped.
 pub struct RootMount {
     /// The overlay mount point.
     pub rootfs: PathBuf,
     session: Option<fuser::BackgroundSession>,
+    lease: Option<Lease>,
 }
 
 impl std::fmt::Debug for RootMount {
@@ -92,6 +97,7 @@ impl Drop for RootMount {
     fn drop(&mut self) {
         let _ = unmount_detached(&self.rootfs);
         drop(self.session.take());
+        drop(self.lease.take());
     }
 }
 
@@ -114,6 +120,12 @@ pub fn mount_root_with(
     dir: &Path,
     record: bool,
 ) -> io::Result<(RootMount, Option<Recording>)> {
+    if !record && client::enabled() {
+        match mount_from_store(images, img, dir) {
+            Ok(m) => return Ok((m, None)),
+            Err(e) => warn!(image = %img.manifest, error = %e, "layer store not used"),
+        }
+    }
     let (lower, upper, work, rootfs) = (
         dir.join("lower"),
         dir.join("upper"),
@@ -140,6 +152,7 @@ pub fn mount_root_with(
     let mut mounted = RootMount {
         rootfs: rootfs.clone(),
         session: Some(session),
+        lease: None,
     };
     // The first operation waits for the tree (as the container's would): if it cannot be
     // built, say why instead of letting the container fail with EIO on some path.
@@ -152,7 +165,7 @@ pub fn mount_root_with(
             img.manifest
         )));
     }
-    if let Err(e) = mount_overlay(&lower, &upper, &work, &rootfs) {
+    if let Err(e) = mount_overlay_layers(&[lower], &upper, &work, &rootfs) {
         drop(mounted.session.take());
         return Err(io::Error::new(
             e.kind(),
@@ -160,6 +173,66 @@ pub fn mount_root_with(
         ));
     }
     Ok((mounted, recording))
+}
+
+/// Mounts `img`'s root at `dir/rootfs`: its layer directories in the layer store (started if
+/// need be) under `dir/upper`.
+fn mount_from_store(images: &Images, img: &ImageRecord, dir: &Path) -> io::Result<RootMount> {
+    let (upper, work, rootfs) = (dir.join("upper"), dir.join("work"), dir.join("rootfs"));
+    for d in [&upper, &work, &rootfs] {
+        std::fs::create_dir_all(d)?;
+    }
+    let mut lease = Lease::open(images.layout().root()).map_err(io::Error::other)?;
+    let lowers = lease
+        .add(img, &images.prefetch.to_string())
+        .map_err(io::Error::other)?;
+    mount_overlay_layers(&lowers, &upper, &work, &rootfs).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("mounting the writable layer on {}: {e}", rootfs.display()),
+        )
+    })?;
+    Ok(RootMount {
+        rootfs,
+        session: None,
+        lease: Some(lease),
+    })
+}
+
+/// An image mounted read-only from the layer store; the lease keeps the store up.
+#[derive(Debug)]
+pub struct ImageMount {
+    /// Where it is mounted.
+    pub dir: PathBuf,
+    _lease: Lease,
+}
+
+/// Mounts `img` read-only at `dir`: overlayfs (source `strata`) over its layer directories in
+/// the layer store, which is started if need be. The mount stays when the returned value is
+/// dropped; whoever holds it keeps the store up.
+///
+/// Errors: the store's (the image cannot be indexed or a layer cannot be shown on its own),
+/// or the mount's.
+pub fn mount_image_readonly(
+    images: &Images,
+    img: &ImageRecord,
+    dir: &Path,
+) -> io::Result<ImageMount> {
+    let mut lease = Lease::open(images.layout().root()).map_err(io::Error::other)?;
+    let mut lowers = lease
+        .add(img, &images.prefetch.to_string())
+        .map_err(io::Error::other)?;
+    if lowers.len() < 2 {
+        // overlayfs wants two lowers when it has no upper.
+        let empty = images.layout().root().join("layers-empty");
+        std::fs::create_dir_all(&empty)?;
+        lowers.insert(0, empty);
+    }
+    crate::union::mount_overlay_readonly(&lowers, dir)?;
+    Ok(ImageMount {
+        dir: dir.to_path_buf(),
+        _lease: lease,
+    })
 }
 
 /// Mount points strata itself creates in a container when the image lacks them.

@@ -5,15 +5,32 @@
 use std::io;
 use std::path::Path;
 
-/// Mounts overlayfs on `target`: `lower` (read-only) under `upper`, with `work` beside it.
-/// `index=on` keeps hardlinks linked when one of them is copied up.
-pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> io::Result<()> {
+/// Mounts overlayfs on `target`: `lowers` (read-only, bottom first) under `upper`, with `work`
+/// beside it. `index=on` keeps hardlinks linked when one of them is copied up.
+///
+/// Errors: the kernel's; `EINVAL` also when the options pass the kernel's one-page limit
+/// (about 45 lowers of the layer store's paths).
+pub fn mount_overlay_layers(
+    lowers: &[impl AsRef<Path>],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> io::Result<()> {
+    let lowerdir = lowerdir_option(lowers);
     let data = format!(
-        "lowerdir={},upperdir={},workdir={},index=on",
-        lower.display(),
-        upper.display(),
-        work.display()
+        "lowerdir={lowerdir},upperdir={},workdir={},index=on",
+        escape_option(upper),
+        escape_option(work)
     );
+    if data.len() >= 4096 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "overlay options of {} bytes pass the one-page limit",
+                data.len()
+            ),
+        ));
+    }
     nix::mount::mount(
         Some("overlay"),
         target,
@@ -22,6 +39,42 @@ pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> 
         Some(data.as_str()),
     )
     .map_err(io::Error::from)
+}
+
+/// Mounts overlayfs read-only on `target` with `lowers` (at least two, bottom first) and no
+/// upper, named `strata` in the mount table (what `strata umount` recognizes).
+pub fn mount_overlay_readonly(lowers: &[impl AsRef<Path>], target: &Path) -> io::Result<()> {
+    let data = format!("lowerdir={}", lowerdir_option(lowers));
+    nix::mount::mount(
+        Some("strata"),
+        target,
+        Some("overlay"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(data.as_str()),
+    )
+    .map_err(io::Error::from)
+}
+
+/// `lowers` (bottom first) as overlayfs' `lowerdir` value: top first, `:`-separated.
+fn lowerdir_option(lowers: &[impl AsRef<Path>]) -> String {
+    lowers
+        .iter()
+        .rev()
+        .map(|l| escape_option(l.as_ref()))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A path as an overlayfs mount option value: `\\`, `:` and `,` escaped with a backslash.
+fn escape_option(p: &Path) -> String {
+    let mut out = String::new();
+    for c in p.to_string_lossy().chars() {
+        if matches!(c, '\\' | ':' | ',') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Lazily unmounts `target` (it goes away when the last user lets go).

@@ -53,3 +53,44 @@ pub fn sha(b: &[u8]) -> String {
     use sha2::Digest;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
 }
+
+/// One line of `/proc/self/mountinfo`: mount point, filesystem type, source, super options.
+#[derive(Debug, Clone)]
+pub struct MountLine {
+    /// Mount point.
+    pub point: std::path::PathBuf,
+    /// Filesystem type (`overlay`, `fuse.strata`, ...).
+    pub fstype: String,
+    /// Source.
+    pub source: String,
+    /// Super block options (overlayfs' `lowerdir=...` among them).
+    pub options: String,
+}
+
+/// The mounts of this machine's mount namespace, in mount order.
+pub fn mounts() -> Vec<MountLine> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            let point = f.get(4)?.replace("\\040", " ").replace("\\134", "\\");
+            Some(MountLine {
+                point: point.into(),
+                fstype: f.get(sep + 1)?.to_string(),
+                source: f.get(sep + 2)?.to_string(),
+                options: f.get(sep + 3).unwrap_or(&"").to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The filesystem type of the topmost mount at `dir`, if `dir` is a mount point.
+pub fn mount_type(dir: &Path) -> Option<String> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    mounts()
+        .into_iter()
+        .rev()
+        .find(|m| m.point == dir)
+        .map(|m| m.fstype)
+}

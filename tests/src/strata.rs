@@ -23,8 +23,15 @@ pub fn run(root: &Path, args: &[&str]) -> Output {
         .arg(root)
         .args(args)
         .env_remove("STRATA_LOG")
+        .env("STRATA_LAYER_STORE_IDLE_SECS", store_idle_secs())
         .output()
         .unwrap()
+}
+
+/// How long a test's layer store stays up idle (`STRATA_LAYER_STORE_IDLE_SECS`, default 2):
+/// short, so that a test's store is gone soon after the test.
+pub fn store_idle_secs() -> String {
+    std::env::var("STRATA_LAYER_STORE_IDLE_SECS").unwrap_or_else(|_| "2".into())
 }
 
 /// Runs strata and asserts success; returns stdout.

@@ -30,6 +30,10 @@ fn mount_matches_independent_extraction_for_every_format() {
     for image in [&gz.reference, &zst.reference, &native.reference, &converted] {
         ok(&root, &["pull", image]);
         let m = Mounted::new(&root, image, &state.path().join("mnt"));
+        // Served by the layer store: overlayfs over its per-layer directories, whiteouts in
+        // overlayfs' form (so this also compares the kernel's union of the store's layers).
+        let fstype = strata_tests::mount_type(&m.dir);
+        assert_eq!(fstype.as_deref(), Some("overlay"), "{image}");
         let got = snapshot(&m.dir);
         assert_same(image, &got, &want);
     }

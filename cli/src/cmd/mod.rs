@@ -12,6 +12,7 @@ pub mod images;
 mod images_filter;
 pub mod inspect;
 mod inspect_json;
+mod layer_store;
 pub mod lifecycle;
 mod login;
 mod logs;
@@ -117,6 +118,9 @@ pub enum Command {
         /// The container spec.
         spec: std::path::PathBuf,
     },
+    /// Internal: the layer store's server.
+    #[command(name = "__layer-store", hide = true)]
+    LayerStore,
 }
 
 impl Command {
@@ -129,6 +133,9 @@ impl Command {
 
 /// Runs a subcommand; returns the exit code.
 pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
+    if !matches!(cmd, Command::ContainerInit { .. } | Command::LayerStore) {
+        layer_store::configure(g);
+    }
     match cmd {
         Command::Pull(a) => pull::run(a, g),
         Command::Build(a) => build::run(a, g),
@@ -165,6 +172,7 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::Kill(a) => lifecycle::run_kill(a, g),
         Command::Diff(a) => lifecycle::run_diff(a, g),
         Command::ContainerInit { spec } => Ok(strata_runner::init_main(&spec)),
+        Command::LayerStore => layer_store::run(g),
     }
 }
 

@@ -93,6 +93,9 @@ pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     ctx.prefetch = a.prefetch;
     let rt = runtime()?;
     let img = find_or_pull(&ctx, &rt, &a.image, &a.platform)?;
+    if strata_layerstore::client::enabled() {
+        return serve_from_store(&ctx, &rt, &img, &a);
+    }
     let fs = prepare_fs(&ctx, rt.handle(), img).with_passthrough(true);
     let dir = a.dir.canonicalize()?;
     // A tree that cannot be built (a layer gone, a foreign URL down): say why and unmount,
@@ -132,6 +135,38 @@ pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         bail!("image {} cannot be used: {cause}", a.image);
     }
     served.with_context(|| format!("mounting on {}", dir.display()))?;
+    Ok(0)
+}
+
+/// Mounts the image from the layer store and stays (keeping the store up) until it is
+/// unmounted or a signal asks to unmount it.
+fn serve_from_store(
+    ctx: &Images,
+    rt: &tokio::runtime::Runtime,
+    img: &ImageRecord,
+    a: &MountArgs,
+) -> anyhow::Result<i32> {
+    let dir = a.dir.canonicalize()?;
+    let mounted = strata_overlay::root::mount_image_readonly(ctx, img, &dir)
+        .map_err(|e| anyhow::anyhow!("image {} cannot be used: {e}", a.image))?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut int, mut term) = (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        );
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = int.recv() => break,
+                _ = term.recv() => break,
+                _ = tick.tick() => if !is_strata_mount(&dir) { return Ok(()) },
+            }
+        }
+        unmount(&dir)
+    })
+    .with_context(|| format!("unmounting {}", dir.display()))?;
+    drop(mounted);
     Ok(0)
 }
 

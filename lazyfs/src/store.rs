@@ -1,0 +1,80 @@
+//! The layer store's filesystem: one mount serving every layer's directory (see
+//! [`crate::layer_dirs`]), growing while mounted as images are added.
+
+use std::sync::{Arc, Mutex};
+
+use strata_formats::index::LayerIndex;
+use strata_storage::lazy::{ChunkFetcher, LayerSource};
+
+use crate::fuse::LazyFs;
+use crate::ready::{Ready, ReadyCell};
+use crate::tree::{Tree, TreeError};
+
+/// Adds layers to a mounted store filesystem.
+#[derive(Debug, Clone)]
+pub struct StoreTree {
+    cell: ReadyCell,
+    /// Serializes additions (each one copies the tree it extends).
+    adding: Arc<Mutex<()>>,
+}
+
+impl LazyFs {
+    /// An empty layer store filesystem and the handle that adds layers to it.
+    pub fn store(fetcher: Arc<ChunkFetcher>, rt: tokio::runtime::Handle) -> (Self, StoreTree) {
+        let (fs, setter) = Self::pending(fetcher, rt);
+        setter.set(Ok((Tree::store(), Vec::new())));
+        let tree = StoreTree {
+            cell: fs.readiness().0,
+            adding: Arc::new(Mutex::new(())),
+        };
+        (fs, tree)
+    }
+}
+
+impl StoreTree {
+    /// Whether the store has directory `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.current()
+            .is_some_and(|r| r.tree.resolve(name.as_bytes()).is_some())
+    }
+
+    /// Adds layer directory `name` (`name/diff` from `index`, content from `source`;
+    /// `name/info` holding `info`) unless it is there already. Returns whether it was added.
+    ///
+    /// Errors: the layer cannot be shown on its own ([`Tree::add_layer_dir`]).
+    pub fn add_layer(
+        &self,
+        name: &str,
+        index: &LayerIndex,
+        source: LayerSource,
+        info: Vec<u8>,
+    ) -> Result<bool, TreeError> {
+        let _one_at_a_time = self.adding.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(ready) = self.current() else {
+            return Ok(false);
+        };
+        if ready.tree.resolve(name.as_bytes()).is_some() {
+            return Ok(false);
+        }
+        let (next, _) = ready.grown(|tree, layers| {
+            layers.push(source);
+            tree.add_layer_dir(name.as_bytes(), index, layers.len() - 1, info)
+        })?;
+        self.cell.set(Ok(next));
+        Ok(true)
+    }
+
+    /// Number of layers served.
+    pub fn layers(&self) -> usize {
+        self.current().map_or(0, |r| r.layers.len())
+    }
+
+    /// Number of inodes served.
+    pub fn inodes(&self) -> usize {
+        self.current().map_or(0, |r| r.tree.len())
+    }
+
+    fn current(&self) -> Option<Arc<Ready>> {
+        self.cell.get().and_then(Result::ok)
+    }
+}

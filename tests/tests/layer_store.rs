@@ -1,0 +1,149 @@
+//! The layer store: every container and mount of a state root reads its layers through one
+//! FUSE mount (one connection, one fetch per chunk), containers stack the store's per-layer
+//! directories with overlayfs, and the store ends after its last user.
+#![allow(clippy::print_stderr, clippy::print_stdout)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use strata_tests::fixtures::runnable_layers;
+use strata_tests::layers::{Comp, file, noise, push_image};
+use strata_tests::strata::ok;
+use strata_tests::world::World;
+use strata_tests::{mounts, require_root_fuse};
+
+/// Size of the file every container reads at once.
+const SHARED_BYTES: usize = 24 << 20;
+
+/// The store server's answer to `status`.
+fn status(root: &Path) -> Option<serde_json::Value> {
+    let mut s = UnixStream::connect(root.join("layers.sock")).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(b"\"status\"\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+    Some(v["status"].clone())
+}
+
+/// FUSE mounts at or below `root`.
+fn fuse_mounts_under(root: &Path) -> Vec<PathBuf> {
+    mounts()
+        .into_iter()
+        .filter(|m| m.fstype.starts_with("fuse") && m.point.starts_with(root))
+        .map(|m| m.point)
+        .collect()
+}
+
+fn pid_alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+#[test]
+fn containers_of_two_images_share_one_store_and_fetch_each_chunk_once() {
+    if !require_root_fuse("containers_of_two_images_share_one_store_and_fetch_each_chunk_once") {
+        return;
+    }
+    // Image A: a runnable base plus a layer with a big file; image B: A's layers plus one.
+    let mut layers = runnable_layers();
+    layers.push(vec![file("shared/big.bin", &noise(SHARED_BYTES, 9))]);
+    let w = World::start(&layers, Comp::Native);
+    let mut more = layers.clone();
+    more.push(vec![file("extra", b"only in b\n")]);
+    push_image(&w.reg.addr, "t/more", "1", &more, Comp::Native);
+    let other = format!("{}/t/more:1", w.proxy.addr);
+    let root = w.root.canonicalize().unwrap_or(w.root.clone());
+    ok(&w.root, &["pull", &w.base]);
+    ok(&w.root, &["pull", &other]);
+
+    let mut ids = Vec::new();
+    for image in [&w.base, &w.base, &w.base, &other, &other] {
+        let out = ok(
+            &w.root,
+            &["run", "-d", image, "/bin/busybox", "sleep", "60"],
+        );
+        ids.push(out.trim().to_string());
+    }
+    let root = w.root.canonicalize().unwrap_or(root);
+    assert_eq!(
+        fuse_mounts_under(&root),
+        [root.join("layers")],
+        "one FUSE mount (the store) serves every container"
+    );
+    let st = status(&root).expect("the store answers");
+    assert_eq!(st["layers"], more.len(), "each distinct layer once: {st}");
+    assert!(st["users"].as_u64().unwrap() >= 5, "{st}");
+    let rootfs: Vec<PathBuf> = ids
+        .iter()
+        .map(|id| root.join("containers").join(id).join("rootfs"))
+        .collect();
+    for r in &rootfs {
+        let m = mounts().into_iter().rev().find(|m| &m.point == r).unwrap();
+        assert_eq!(m.fstype, "overlay");
+        let lower = format!("lowerdir={}", root.join("layers").display());
+        assert!(m.options.contains(&lower), "{}: {}", r.display(), m.options);
+    }
+    assert_eq!(
+        std::fs::read(rootfs[4].join("extra")).unwrap(),
+        b"only in b\n"
+    );
+    assert!(!rootfs[0].join("extra").exists());
+
+    // Every container reads the big file at once: each chunk crosses the network once.
+    w.proxy.reset();
+    let want = noise(SHARED_BYTES, 9);
+    std::thread::scope(|s| {
+        for r in &rootfs {
+            let want = &want;
+            s.spawn(move || {
+                let got = std::fs::read(r.join("shared/big.bin")).unwrap();
+                assert!(got == *want, "{}: content differs", r.display());
+            });
+        }
+    });
+    let (requests, bytes) = w.proxy.counts();
+    eprintln!("5 concurrent readers: {requests} requests, {bytes} bytes");
+    assert!(
+        bytes <= SHARED_BYTES as u64 * 11 / 10,
+        "{bytes} bytes fetched for one {SHARED_BYTES}-byte file read by 5 containers"
+    );
+
+    // The store ends once its last user has gone (the tests' idle time is 2 s).
+    let pid = st["pid"].as_u64().unwrap();
+    for id in &ids {
+        ok(&w.root, &["rm", "-f", id]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (pid_alive(pid) || !fuse_mounts_under(&root).is_empty()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!pid_alive(pid), "store server {pid} still running");
+    assert!(fuse_mounts_under(&root).is_empty(), "store still mounted");
+}
+
+#[test]
+fn a_layer_repeated_in_an_image_is_stacked_once() {
+    if !require_root_fuse("a_layer_repeated_in_an_image_is_stacked_once") {
+        return;
+    }
+    // Layers a, b, a: overlayfs refuses a directory twice; the top occurrence decides.
+    let a = vec![file("f", b"from a\n"), file("g", b"a\n")];
+    let b = vec![file("f", b"from b\n"), file(".wh.g", b"")];
+    let mut layers = runnable_layers();
+    layers.extend([a.clone(), b, a]);
+    let w = World::start(&layers, Comp::Native);
+    ok(&w.root, &["pull", &w.base]);
+    let out = ok(
+        &w.root,
+        &["run", "--rm", &w.base, "/bin/busybox", "cat", "/f", "/g"],
+    );
+    assert_eq!(out, "from a\na\n");
+}
