@@ -26,6 +26,11 @@ pub struct StorePaths {
     pub lock: PathBuf,
     /// The server's log.
     pub log: PathBuf,
+    /// The layers in the order they were added (JSON lines): what a successor adds again, in
+    /// the same order, to give every inode the number the kernel knows.
+    pub journal: PathBuf,
+    /// How inodes are open on the connection (see [`strata_lazyfs::open_journal`]).
+    pub opens: PathBuf,
 }
 
 impl StorePaths {
@@ -36,6 +41,8 @@ impl StorePaths {
             socket: root.join("layers.sock"),
             lock: root.join("layers.lock"),
             log: root.join("layers.log"),
+            journal: root.join("layers.journal"),
+            opens: root.join("layers.open"),
         }
     }
 }

@@ -7,9 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use strata_formats::profile::Prefetch;
-use strata_image::{Images, source_ref};
+use strata_image::{Images, OpenLayer, source_ref};
 use strata_lazyfs::layer_dirs::layer_dir_name;
 use strata_lazyfs::mount::{MountOptions, spawn};
+use strata_lazyfs::open_journal::OpenJournal;
+use strata_lazyfs::takeover::serve_fd;
 use strata_lazyfs::{LazyFs, StoreTree};
 use strata_oci::Digest;
 use strata_storage::store::ImageRecord;
@@ -22,10 +24,30 @@ use crate::protocol::{Reply, Request, Status};
 use crate::{StoreError, StorePaths};
 
 /// How the server behaves.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ServeOptions {
     /// How long the store stays up with no user before it ends.
     pub idle: Duration,
+    /// The FUSE connection a holder keeps (see [`strata_lazyfs::takeover`]); without one the
+    /// server mounts the store itself, and nobody can take over if it dies.
+    pub connection: Option<Connection>,
+}
+
+/// A FUSE connection, mounted on the store's mount point, handed to the server.
+#[derive(Debug)]
+pub struct Connection {
+    /// The `/dev/fuse` descriptor.
+    pub fd: std::os::fd::OwnedFd,
+    /// Whether a previous server served it (and died): then the layers it had added are
+    /// added again in the same order, and unanswered requests are resent.
+    pub resume: bool,
+}
+
+/// One line of the journal: layer `layer` of `image` was added.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Added {
+    image: ImageRecord,
+    layer: usize,
 }
 
 /// The server's state.
@@ -50,14 +72,32 @@ pub fn serve(
     opts: ServeOptions,
 ) -> Result<(), StoreError> {
     let paths = StorePaths::new(root);
-    strata_lazyfs::stale::clear(&paths.mount);
-    std::fs::create_dir_all(&paths.mount).map_err(StoreError::io(&paths.mount))?;
     let (fs, tree) = LazyFs::store(images.fetcher().clone(), rt.handle().clone());
-    let session = spawn(
-        fs.with_passthrough(true),
-        &paths.mount,
-        &MountOptions::default(),
-    )
+    let fs = fs.with_passthrough(true);
+    let mount_opts = MountOptions {
+        clone_fd: false,
+        ..MountOptions::default()
+    };
+    let session = match opts.connection {
+        Some(c) if c.resume => {
+            let _in_runtime = rt.enter();
+            replay(&images, &tree, &paths.journal);
+            let (journal, open) = OpenJournal::resumed(&paths.opens);
+            let fs = fs.with_open_journal(journal, open);
+            serve_fd(fs, c.fd, &paths.mount, true, &mount_opts)
+        }
+        Some(c) => {
+            let _ = std::fs::remove_file(&paths.journal);
+            let fs = fs.with_open_journal(OpenJournal::fresh(&paths.opens), Default::default());
+            serve_fd(fs, c.fd, &paths.mount, false, &mount_opts)
+        }
+        None => {
+            let _ = std::fs::remove_file(&paths.journal);
+            strata_lazyfs::stale::clear(&paths.mount);
+            std::fs::create_dir_all(&paths.mount).map_err(StoreError::io(&paths.mount))?;
+            spawn(fs, &paths.mount, &mount_opts)
+        }
+    }
     .map_err(StoreError::io(&paths.mount))?;
     let _ = std::fs::remove_file(&paths.socket);
     let listener = {
@@ -114,6 +154,16 @@ impl Server {
             return false;
         };
         if *self.users.borrow() != 0 {
+            return false;
+        }
+        // overlayfs stacks private clones of its lower mounts, so unmounting the store would
+        // succeed under a container and leave its reads to nobody: look for such stacks.
+        let stacked = stacked_on(&self.paths.mount);
+        if stacked > 0 {
+            info!(
+                overlays = stacked,
+                "layer store idle but stacked on; staying"
+            );
             return false;
         }
         match nix::mount::umount2(&self.paths.mount, nix::mount::MntFlags::empty()) {
@@ -175,16 +225,19 @@ impl Server {
             .open_layers(&img)
             .map_err(|e| with_causes(&e))?;
         let mut lowers = Vec::with_capacity(layers.len());
-        for l in &layers {
-            let name = layer_dir_name(&l.source.blob);
-            let info = serde_json::json!({
-                "compressed-diff-digest": l.source.blob.to_string(),
-                "entries": l.index.entries.len(),
-            });
+        for (i, l) in layers.iter().enumerate() {
             let (tree, layer) = (self.tree.clone(), l.clone());
+            let journal = self.paths.journal.clone();
+            let line = Added {
+                image: img.clone(),
+                layer: i,
+            };
             let added = tokio::task::spawn_blocking(move || {
-                let info = info.to_string().into_bytes();
-                tree.add_layer(&name, &layer.index, layer.source.clone(), info)
+                let name = layer_dir_name(&layer.source.blob);
+                let info = info_of(&layer);
+                tree.add_layer_then(&name, &layer.index, layer.source.clone(), info, || {
+                    note_added(&journal, &line)
+                })
             })
             .await
             .map_err(|e| e.to_string())?
@@ -243,6 +296,62 @@ impl Server {
     }
 }
 
+/// What a layer directory's `info` file says.
+fn info_of(l: &OpenLayer) -> Vec<u8> {
+    serde_json::json!({
+        "compressed-diff-digest": l.source.blob.to_string(),
+        "entries": l.index.entries.len(),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Appends `line` to the journal (a failure is logged: a successor would then number inodes
+/// differently from the layer on).
+fn note_added(journal: &Path, line: &Added) {
+    use std::io::Write;
+    let mut text = serde_json::to_vec(line).unwrap_or_default();
+    text.push(b'\n');
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(journal)
+        .and_then(|mut f| f.write_all(&text));
+    if let Err(e) = written {
+        warn!(journal = %journal.display(), error = %e, "layer not journaled");
+    }
+}
+
+/// Adds again, in their order, the layers the journal lists (a predecessor's), so that every
+/// inode has the number the kernel knows. A layer that cannot be added is logged; those after
+/// it would be numbered differently, so replay stops there.
+fn replay(images: &Images, tree: &StoreTree, journal: &Path) {
+    let text = std::fs::read_to_string(journal).unwrap_or_default();
+    let catalog = images.catalog();
+    let mut opened: std::collections::HashMap<Digest, Vec<OpenLayer>> = Default::default();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let result = serde_json::from_str::<Added>(line)
+            .map_err(|e| e.to_string())
+            .and_then(|a| {
+                if !opened.contains_key(&a.image.manifest) {
+                    let layers = catalog.open_layers(&a.image).map_err(|e| with_causes(&e))?;
+                    opened.insert(a.image.manifest, layers);
+                }
+                let l = opened[&a.image.manifest]
+                    .get(a.layer)
+                    .ok_or_else(|| format!("no layer {} in {}", a.layer, a.image.manifest))?;
+                let name = layer_dir_name(&l.source.blob);
+                tree.add_layer(&name, &l.index, l.source.clone(), info_of(l))
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = result {
+            warn!(error = %e, "journal replay stopped");
+            return;
+        }
+    }
+    info!(layers = tree.layers(), "journal replayed");
+}
+
 /// `lowers` (bottom first) with each directory kept only where it is topmost: overlayfs
 /// refuses a directory twice, and a layer applied again on top makes its lower occurrence
 /// invisible (every entry, whiteout and opaque directory of it is repeated above).
@@ -259,6 +368,25 @@ fn topmost_once(lowers: Vec<String>) -> Vec<String> {
 
 /// The profile prefetch under way, and whether the rest of the image follows it.
 type ProfileTask = (Option<tokio::task::JoinHandle<()>>, bool);
+
+/// How many overlay mounts (of this mount namespace) have a lower directory in `store`.
+fn stacked_on(store: &Path) -> usize {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = format!("{}/", store.display());
+    info.lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            let sep = fields.iter().position(|f| *f == "-")?;
+            (fields.get(sep + 1) == Some(&"overlay")).then(|| fields.get(sep + 3).copied())?
+        })
+        .filter(|opts| {
+            opts.split(',')
+                .filter_map(|o| o.strip_prefix("lowerdir="))
+                .flat_map(|l| l.split(':'))
+                .any(|l| l.replace("\\040", " ").starts_with(&prefix))
+        })
+        .count()
+}
 
 /// Resolves once nobody has used the store for `idle`.
 async fn idle_for(mut users: watch::Receiver<usize>, idle: Duration) {

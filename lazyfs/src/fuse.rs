@@ -19,6 +19,7 @@ use strata_storage::lazy::{ChunkFetcher, LayerSource};
 use tracing::{debug, error, warn};
 
 use crate::open::{Mode, OpenModes, passthrough_file};
+use crate::open_journal::{OpenJournal, OpenedAs};
 use crate::readahead::{self, Sequential};
 use crate::ready::{Ready, ReadyCell, ReadyState};
 use crate::record::{Recorder, Recording};
@@ -90,6 +91,17 @@ impl LazyFs {
             },
             ReadySetter(cell),
         )
+    }
+
+    /// Notes how inodes are open in `journal` (for a successor), starting from what a
+    /// predecessor had open (see [`crate::takeover`]).
+    pub fn with_open_journal(
+        mut self,
+        journal: OpenJournal,
+        predecessor: std::collections::HashMap<u64, OpenedAs>,
+    ) -> Self {
+        self.open_modes = OpenModes::journaled(journal, predecessor);
+        self
     }
 
     /// Serves complete files by kernel passthrough (if the kernel can).
@@ -283,26 +295,36 @@ impl Filesystem for LazyFs {
         let mode = match self.open_modes.join(ino.0) {
             Some(mode) => mode,
             None => {
+                // SAFETY: an inherited id was registered on this connection by the server
+                // this one took over from and never closed (the open journal notes a close
+                // before the id is released); it is wrapped once and then held for good.
+                let inherited = self
+                    .open_modes
+                    .inherited(ino.0, |id| unsafe { reply.wrap_backing(id) });
                 // First open: find (or assemble) the backing file holding no lock.
-                let backing = self
-                    .passthrough
-                    .then(|| passthrough_file(self.fetcher.cache(), n))
-                    .flatten()
-                    .and_then(|file| {
-                        reply
-                            .open_backing(&file)
-                            .map_err(
-                                |e| debug!(error = %e, "passthrough refused; serving through FUSE"),
-                            )
-                            .ok()
-                    });
-                let mode = backing.map_or(Mode::Fuse, |id| Mode::Passthrough(Arc::new(id)));
+                let mode = inherited.unwrap_or_else(|| {
+                    self.passthrough
+                        .then(|| passthrough_file(self.fetcher.cache(), n))
+                        .flatten()
+                        .and_then(|file| {
+                            reply
+                                .open_backing(&file)
+                                .map_err(|e| debug!(error = %e, "passthrough refused"))
+                                .ok()
+                        })
+                        .map_or(Mode::Fuse, |b| {
+                            let id = b.into_raw();
+                            // SAFETY: `id` was just registered on this connection by
+                            // `open_backing` and given up by `into_raw`: this takes it back.
+                            Mode::Passthrough(Arc::new(unsafe { reply.wrap_backing(id) }), id)
+                        })
+                });
                 self.open_modes.open(ino.0, mode)
             }
         };
         match mode {
             Mode::Fuse => reply.opened(FileHandle(FH_FUSE), FopenFlags::FOPEN_KEEP_CACHE),
-            Mode::Passthrough(id) => {
+            Mode::Passthrough(id, _) => {
                 reply.opened_passthrough(FileHandle(FH_PASSTHROUGH), FopenFlags::empty(), &id)
             }
         }

@@ -7,12 +7,14 @@ pub mod fuse;
 pub mod layer_dirs;
 pub mod mount;
 mod open;
+pub mod open_journal;
 pub mod readahead;
 mod ready;
 pub mod record;
 mod seek;
 pub mod stale;
 pub mod store;
+pub mod takeover;
 pub mod tree;
 
 pub use fuse::{LazyFs, Readiness, ReadySetter};

@@ -15,6 +15,10 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// FUSE request threads; default 4.
     pub threads: usize,
+    /// Give each thread its own clone of the `/dev/fuse` descriptor (less contention), as by
+    /// default. A connection that must survive its server's death reads on the one descriptor
+    /// its holder keeps: the kernel fails what is in flight on a clone when the clone closes.
+    pub clone_fd: bool,
 }
 
 impl Default for MountOptions {
@@ -22,11 +26,12 @@ impl Default for MountOptions {
         Self {
             allow_other: true,
             threads: 4,
+            clone_fd: true,
         }
     }
 }
 
-fn config(opts: &MountOptions) -> Config {
+pub(crate) fn config(opts: &MountOptions) -> Config {
     let mut c = Config::default();
     c.mount_options = vec![
         MountOption::FSName("strata".into()),
@@ -40,7 +45,7 @@ fn config(opts: &MountOptions) -> Config {
         c.acl = SessionACL::All;
     }
     c.n_threads = Some(opts.threads.max(1));
-    c.clone_fd = true;
+    c.clone_fd = opts.clone_fd;
     c
 }
 

@@ -10,6 +10,7 @@ use strata_formats::index::{ChunkLoc, Kind};
 use strata_storage::cache::ChunkCache;
 use tracing::debug;
 
+use crate::open_journal::{OpenJournal, OpenedAs};
 use crate::tree::Node;
 
 /// Smaller complete files are served from the page cache through FUSE reads; larger ones by
@@ -21,18 +22,75 @@ pub const PASSTHROUGH_MIN_BYTES: u64 = 1 << 20;
 pub(crate) enum Mode {
     /// Read through FUSE.
     Fuse,
-    /// Passed through to a backing file (closed when the last handle is released).
-    Passthrough(Arc<BackingId>),
+    /// Passed through to a backing file (closed when the last handle is released), with the
+    /// backing id's number.
+    Passthrough(Arc<BackingId>, u32),
+}
+
+/// How a predecessor (see [`crate::takeover`]) had an inode open: it stays that way for good,
+/// since how many of its handles are still open is not known.
+#[derive(Debug)]
+enum Inherited {
+    Fuse,
+    /// A backing id not yet used by this server.
+    Backing(u32),
+    /// A backing id in use, held for good.
+    Held(Arc<BackingId>, u32),
 }
 
 /// The open handles of every open inode: its mode and how many handles.
 #[derive(Debug, Default)]
-pub(crate) struct OpenModes(Mutex<HashMap<u64, (Mode, u32)>>);
+pub(crate) struct OpenModes {
+    modes: Mutex<HashMap<u64, (Mode, u32)>>,
+    /// Where modes are noted for a successor, if one may take over.
+    journal: Option<OpenJournal>,
+    inherited: Mutex<HashMap<u64, Inherited>>,
+}
 
 impl OpenModes {
+    /// Modes noted in `journal`, starting with what a predecessor had open.
+    pub(crate) fn journaled(journal: OpenJournal, predecessor: HashMap<u64, OpenedAs>) -> Self {
+        let inherited = predecessor
+            .into_iter()
+            .map(|(ino, how)| match how {
+                OpenedAs::Fuse => (ino, Inherited::Fuse),
+                OpenedAs::Backing(id) => (ino, Inherited::Backing(id)),
+            })
+            .collect();
+        Self {
+            modes: Mutex::default(),
+            journal: Some(journal),
+            inherited: Mutex::new(inherited),
+        }
+    }
+
+    /// The mode a predecessor left `ino` open in, if it did; `wrap` makes its backing id
+    /// usable (once).
+    pub(crate) fn inherited(&self, ino: u64, wrap: impl FnOnce(u32) -> BackingId) -> Option<Mode> {
+        let mut inh = self.inherited.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = inh.get_mut(&ino)?;
+        Some(match entry {
+            Inherited::Fuse => Mode::Fuse,
+            Inherited::Backing(id) => {
+                let id = *id;
+                let held = Arc::new(wrap(id));
+                *entry = Inherited::Held(held.clone(), id);
+                Mode::Passthrough(held, id)
+            }
+            Inherited::Held(b, id) => Mode::Passthrough(b.clone(), *id),
+        })
+    }
+
+    fn is_inherited(&self, ino: u64) -> bool {
+        self.inherited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&ino)
+    }
+
     /// Adds a handle to `ino` if it is open, returning its mode.
     pub(crate) fn join(&self, ino: u64) -> Option<Mode> {
-        let mut modes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut modes = self.modes.lock().unwrap_or_else(|p| p.into_inner());
         let (mode, count) = modes.get_mut(&ino)?;
         *count += 1;
         Some(mode.clone())
@@ -41,21 +99,40 @@ impl OpenModes {
     /// Opens `ino` in `mode` (passthrough with a backing id, or FUSE); if another open came
     /// first meanwhile, joins that one's mode instead (dropping `mode`'s backing id).
     pub(crate) fn open(&self, ino: u64, mode: Mode) -> Mode {
-        let mut modes = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (mode, count) = modes.entry(ino).or_insert((mode, 0));
+        let inherited = self.is_inherited(ino);
+        let mut modes = self.modes.lock().unwrap_or_else(|p| p.into_inner());
+        let (mode, count) = modes.entry(ino).or_insert_with(|| {
+            if let Some(j) = self.journal.as_ref().filter(|_| !inherited) {
+                j.note(ino, Some(opened_as(&mode)));
+            }
+            (mode, 0)
+        });
         *count += 1;
         mode.clone()
     }
 
     /// Removes a handle of `ino`; the last one forgets the mode (and its backing id).
     pub(crate) fn release(&self, ino: u64) {
-        let mut modes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let inherited = self.is_inherited(ino);
+        let mut modes = self.modes.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, count)) = modes.get_mut(&ino) {
             *count = count.saturating_sub(1);
             if *count == 0 {
+                // Noted before the backing id is released, so that the journal never names
+                // an id the kernel may give to another file.
+                if let Some(j) = self.journal.as_ref().filter(|_| !inherited) {
+                    j.note(ino, None);
+                }
                 modes.remove(&ino);
             }
         }
+    }
+}
+
+fn opened_as(mode: &Mode) -> OpenedAs {
+    match mode {
+        Mode::Fuse => OpenedAs::Fuse,
+        Mode::Passthrough(_, id) => OpenedAs::Backing(*id),
     }
 }
 

@@ -142,13 +142,39 @@ fn unmount_dead(pick: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
     done
 }
 
+/// The file beside a container's `rootfs` naming the process that mounted it over the layer
+/// store (its pid): the mount is that process's to unmount.
+pub const ROOT_OWNER_FILE: &str = "rootfs.owner";
+
+/// Container roots stacked over the layer store (overlayfs at `containers/*/rootfs`) whose
+/// mounting process is gone: unmounted (lazily), since nobody else will.
+fn unmount_orphan_roots(containers: &Path) -> Vec<PathBuf> {
+    mounts()
+        .into_iter()
+        .filter(|m| {
+            m.fstype == "overlay"
+                && m.point.starts_with(containers)
+                && m.point.file_name().is_some_and(|n| n == "rootfs")
+        })
+        .filter(|m| {
+            let owner = m.point.with_file_name(ROOT_OWNER_FILE);
+            std::fs::read_to_string(owner)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .is_some_and(|pid| !strata_storage::leftovers::pid_alive(pid))
+        })
+        .filter_map(|m| detach(&m.point).then_some(m.point))
+        .collect()
+}
+
 /// Unmounts every dead mount under the state root (containers' and build steps' roots and
 /// lowers), and removes the directories killed commands left in `containers/` that have no
 /// record and nothing mounted. Returns the mount points unmounted.
 pub fn sweep_root(root: &Path) -> Vec<PathBuf> {
     let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
     let containers = root.join("containers");
-    let gone = unmount_dead(|p| p.starts_with(&containers));
+    let mut gone = unmount_dead(|p| p.starts_with(&containers));
+    gone.extend(unmount_orphan_roots(&containers));
     remove_orphan_dirs(&containers);
     gone
 }

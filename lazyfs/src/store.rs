@@ -49,6 +49,20 @@ impl StoreTree {
         source: LayerSource,
         info: Vec<u8>,
     ) -> Result<bool, TreeError> {
+        self.add_layer_then(name, index, source, info, || {})
+    }
+
+    /// [`Self::add_layer`], calling `added` (still holding the lock that orders additions)
+    /// when the layer was added: what records the order in which a successor must add them
+    /// again to give every inode the same number.
+    pub fn add_layer_then(
+        &self,
+        name: &str,
+        index: &LayerIndex,
+        source: LayerSource,
+        info: Vec<u8>,
+        added: impl FnOnce(),
+    ) -> Result<bool, TreeError> {
         let _one_at_a_time = self.adding.lock().unwrap_or_else(|p| p.into_inner());
         let Some(ready) = self.current() else {
             return Ok(false);
@@ -61,6 +75,7 @@ impl StoreTree {
             tree.add_layer_dir(name.as_bytes(), index, layers.len() - 1, info)
         })?;
         self.cell.set(Ok(next));
+        added();
         Ok(true)
     }
 

@@ -192,6 +192,11 @@ fn mount_from_store(images: &Images, img: &ImageRecord, dir: &Path) -> io::Resul
             format!("mounting the writable layer on {}: {e}", rootfs.display()),
         )
     })?;
+    // Whoever finds this process gone unmounts the root (`stale::sweep_root`).
+    let owner = dir.join(strata_lazyfs::stale::ROOT_OWNER_FILE);
+    if let Err(e) = std::fs::write(&owner, std::process::id().to_string()) {
+        warn!(path = %owner.display(), error = %e, "root owner not recorded");
+    }
     Ok(RootMount {
         rootfs,
         session: None,

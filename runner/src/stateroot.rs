@@ -135,7 +135,17 @@ pub fn secure_root(root: &Path) -> std::io::Result<()> {
 /// directories, `auth.json`, `build-cache.json`, dot files): a directory that also holds
 /// anything else (`--root /tmp`, `--root $HOME`) is not strata's to chmod.
 fn is_strata_root(root: &Path) -> bool {
-    const OTHER_ENTRIES: [&str; 2] = ["build-cache.json", "strata.log"];
+    const OTHER_ENTRIES: [&str; 9] = [
+        "build-cache.json",
+        "strata.log",
+        "layers",
+        "layers.sock",
+        "layers.lock",
+        "layers.log",
+        "layers.journal",
+        "layers.open",
+        "layers-empty",
+    ];
     let Ok(entries) = std::fs::read_dir(root) else {
         return true;
     };

@@ -57,9 +57,11 @@ fn wait_for(what: &str, secs: u64, cond: impl Fn() -> bool) {
     }
 }
 
-/// Mount points under `dir`, from this process's mountinfo.
+/// Mount points under `dir` other than the layer store's (`dir/layers`, which ends on its own
+/// once idle), from this process's mountinfo.
 fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let store = dir.join("layers");
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
@@ -68,7 +70,7 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
                 .nth(4)
                 .map(|p| PathBuf::from(p.replace("\\040", " ")))
         })
-        .filter(|p| p.starts_with(&dir))
+        .filter(|p| p.starts_with(&dir) && *p != store)
         .collect()
 }
 
@@ -155,8 +157,8 @@ fn killed_convert_and_commit_leave_no_temporaries() {
     assert!(ok(&root, &["images"]).contains("crash/committed"));
 }
 
-/// A detached mount whose server is killed: a new mount on the same directory works (one line
-/// says the stale one was unmounted) instead of "is not a directory".
+/// A detached mount whose process is killed: a new mount on the same directory works (one line
+/// says the orphaned one was unmounted) instead of "is already a strata mount".
 #[test]
 fn a_killed_detached_mount_is_taken_back() {
     if !require_root_fuse("a_killed_detached_mount_is_taken_back") {
@@ -175,8 +177,9 @@ fn a_killed_detached_mount_is_taken_back() {
     wait_for("the server to die", 10, || {
         !Path::new(&format!("/proc/{pid}")).exists()
     });
-    let e = std::fs::metadata(&mnt).unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+    // The layer store serves the mount, not the killed process: it still reads, but nobody
+    // holds it any more.
+    assert!(mnt.join("bin/busybox").exists());
 
     let out = run(&root, &["mount", "--detach", &image, m]);
     let err = String::from_utf8_lossy(&out.stderr);

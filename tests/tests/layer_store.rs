@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use strata_tests::fixtures::runnable_layers;
 use strata_tests::layers::{Comp, file, noise, push_image};
+use strata_tests::proxy::Fault;
 use strata_tests::strata::ok;
 use strata_tests::world::World;
 use strata_tests::{mounts, require_root_fuse};
@@ -146,4 +147,54 @@ fn a_layer_repeated_in_an_image_is_stacked_once() {
         &["run", "--rm", &w.base, "/bin/busybox", "cat", "/f", "/g"],
     );
     assert_eq!(out, "from a\na\n");
+}
+
+/// `kill -9` of the store's server while a container reads a file: the holder starts a
+/// successor that takes the live FUSE connection over, and the read finishes with the right
+/// bytes (a short pause, not an error).
+#[test]
+fn a_killed_store_server_is_taken_over_while_a_container_reads() {
+    if !require_root_fuse("a_killed_store_server_is_taken_over_while_a_container_reads") {
+        return;
+    }
+    let mut layers = runnable_layers();
+    layers.push(vec![file("shared/big.bin", &noise(SHARED_BYTES, 9))]);
+    let w = World::start(&layers, Comp::Native);
+    ok(&w.root, &["pull", &w.base]);
+    let id = ok(
+        &w.root,
+        &["run", "-d", &w.base, "/bin/busybox", "sleep", "60"],
+    );
+    let root = w.root.canonicalize().unwrap();
+    let rootfs = root.join("containers").join(id.trim()).join("rootfs");
+    let before = status(&root).expect("the store answers");
+    let pid = before["pid"].as_u64().unwrap();
+    // Slow fetches, so that the kill lands while reads wait on the network.
+    w.proxy.set(Fault::Delay(Duration::from_millis(40)));
+    let file = rootfs.join("shared/big.bin");
+    let reader = std::thread::spawn(move || std::fs::read(file));
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(!reader.is_finished(), "the read should still be under way");
+    // SAFETY: kill(2) on the store server this test's command started.
+    unsafe { libc::kill(i32::try_from(pid).unwrap(), libc::SIGKILL) };
+    let got = reader.join().unwrap().unwrap_or_else(|e| {
+        let log = std::fs::read_to_string(root.join("layers.log")).unwrap_or_default();
+        panic!("the read failed after the server's death: {e}\nstore log:\n{log}")
+    });
+    assert!(
+        got == noise(SHARED_BYTES, 9),
+        "content differs after the takeover"
+    );
+    w.proxy.set(Fault::None);
+    let after = status(&root).expect("a successor answers");
+    assert_ne!(after["pid"], before["pid"]);
+    assert_eq!(after["layers"], before["layers"], "{after}");
+    assert_eq!(fuse_mounts_under(&root), [root.join("layers")]);
+    // The container still runs on the taken-over store.
+    let out = ok(
+        &w.root,
+        &["exec", id.trim(), "/bin/busybox", "cat", "/etc/os-release"],
+    );
+    assert!(!out.is_empty());
+    ok(&w.root, &["rm", "-f", id.trim()]);
 }

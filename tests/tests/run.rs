@@ -17,10 +17,13 @@ fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Mounts at or below `dir` other than the layer store's (`dir/layers`, which ends on its own
+/// once idle).
 fn mounts_under(dir: &Path) -> usize {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let store = format!(" {}/layers ", dir.display());
     info.lines()
-        .filter(|l| l.contains(&*dir.to_string_lossy()))
+        .filter(|l| l.contains(&*dir.to_string_lossy()) && !l.contains(&store))
         .count()
 }
 

@@ -4,8 +4,10 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use strata_layerstore::StorePaths;
 use strata_layerstore::client::{Launcher, set_launcher};
-use strata_layerstore::server::{ServeOptions, serve};
+use strata_layerstore::server::{Connection, ServeOptions, serve};
 
 use crate::global::{GlobalArgs, runtime};
 
@@ -48,12 +50,36 @@ pub fn configure(g: &GlobalArgs) {
     set_launcher(Launcher { program, args });
 }
 
-/// Serves the layer store of the state root until it ends.
-pub fn run(g: &GlobalArgs) -> anyhow::Result<i32> {
+/// Arguments of `__layer-store`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Serve this inherited `/dev/fuse` descriptor (mounted on the store) instead of holding.
+    #[arg(long)]
+    fuse_fd: Option<i32>,
+    /// The descriptor's previous server died: take its connection over.
+    #[arg(long, requires = "fuse_fd")]
+    resume: bool,
+}
+
+/// Most servers a holder starts in a row after deaths before it gives the store up.
+const MAX_TAKEOVERS: u32 = 20;
+
+/// The holder (no descriptor): mounts the store on a `/dev/fuse` descriptor it keeps, and
+/// starts a server on it — again, taking the live connection over, each time one dies
+/// (killed, crashed, upgraded in place), until one ends normally. The server (with a
+/// descriptor): serves the store until it ends.
+pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let Some(fd) = a.fuse_fd else {
+        return hold(g);
+    };
     let idle = std::env::var("STRATA_LAYER_STORE_IDLE_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(DEFAULT_IDLE_SECS);
+    // SAFETY: the holder passes its open /dev/fuse descriptor under this number, inherited
+    // by this process and owned by nothing else here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let images = g.context()?;
     let rt = runtime()?;
     serve(
@@ -62,7 +88,45 @@ pub fn run(g: &GlobalArgs) -> anyhow::Result<i32> {
         &g.root(),
         ServeOptions {
             idle: Duration::from_secs(idle),
+            connection: Some(Connection {
+                fd,
+                resume: a.resume,
+            }),
         },
     )?;
     Ok(0)
+}
+
+/// The holder's loop (see [`run`]).
+fn hold(g: &GlobalArgs) -> anyhow::Result<i32> {
+    use std::os::fd::AsRawFd;
+    let root = g.root();
+    let paths = StorePaths::new(&root);
+    strata_lazyfs::stale::clear(&paths.mount);
+    std::fs::create_dir_all(&paths.mount)?;
+    let fd = strata_lazyfs::takeover::mount_fd(&paths.mount)
+        .with_context(|| format!("mounting the layer store on {}", paths.mount.display()))?;
+    let program = std::env::current_exe()?;
+    let mut takeovers = 0;
+    loop {
+        let mut cmd = std::process::Command::new(&program);
+        cmd.args(global_args(g))
+            .arg("__layer-store")
+            .arg("--fuse-fd")
+            .arg(fd.as_raw_fd().to_string());
+        if takeovers > 0 {
+            cmd.arg("--resume");
+        }
+        let status = cmd.status().context("starting the layer store server")?;
+        if status.success() || !strata_lazyfs::mount::is_strata_mount(&paths.mount) {
+            return Ok(0);
+        }
+        takeovers += 1;
+        if takeovers > MAX_TAKEOVERS {
+            let _ = nix::mount::umount2(&paths.mount, nix::mount::MntFlags::MNT_DETACH);
+            anyhow::bail!("layer store server died {MAX_TAKEOVERS} times; store unmounted");
+        }
+        tracing::warn!(%status, "layer store server died; a new one takes the connection over");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

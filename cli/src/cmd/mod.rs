@@ -118,9 +118,9 @@ pub enum Command {
         /// The container spec.
         spec: std::path::PathBuf,
     },
-    /// Internal: the layer store's server.
+    /// Internal: the layer store's holder, or (with a descriptor) its server.
     #[command(name = "__layer-store", hide = true)]
-    LayerStore,
+    LayerStore(layer_store::Args),
 }
 
 impl Command {
@@ -133,7 +133,7 @@ impl Command {
 
 /// Runs a subcommand; returns the exit code.
 pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
-    if !matches!(cmd, Command::ContainerInit { .. } | Command::LayerStore) {
+    if !matches!(cmd, Command::ContainerInit { .. } | Command::LayerStore(_)) {
         layer_store::configure(g);
     }
     match cmd {
@@ -172,7 +172,7 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::Kill(a) => lifecycle::run_kill(a, g),
         Command::Diff(a) => lifecycle::run_diff(a, g),
         Command::ContainerInit { spec } => Ok(strata_runner::init_main(&spec)),
-        Command::LayerStore => layer_store::run(g),
+        Command::LayerStore(a) => layer_store::run(a, g),
     }
 }
 

@@ -79,8 +79,9 @@ pub fn find_or_pull_quietly(
 }
 
 pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
-    // A detached mount that was killed leaves its mount point dead (ENOTCONN): take it back.
-    if strata_lazyfs::stale::clear(&a.dir) {
+    // A detached mount that was killed leaves its mount point dead (ENOTCONN), or (from the
+    // layer store) still mounted with nobody to unmount it: take it back.
+    if strata_lazyfs::stale::clear(&a.dir) || take_back_orphan(&g.root(), &a.dir) {
         eprintln!("strata: unmounted {} (its server is gone)", a.dir.display());
     }
     if !a.dir.is_dir() {
@@ -149,6 +150,11 @@ fn serve_from_store(
     let dir = a.dir.canonicalize()?;
     let mounted = strata_overlay::root::mount_image_readonly(ctx, img, &dir)
         .map_err(|e| anyhow::anyhow!("image {} cannot be used: {e}", a.image))?;
+    let owner = owner_file(ctx.layout().root(), &dir);
+    if let Some(parent) = owner.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let _ = std::fs::write(&owner, std::process::id().to_string());
     rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let (mut int, mut term) = (
@@ -166,8 +172,37 @@ fn serve_from_store(
         unmount(&dir)
     })
     .with_context(|| format!("unmounting {}", dir.display()))?;
+    let _ = std::fs::remove_file(&owner);
     drop(mounted);
     Ok(0)
+}
+
+/// Where the process serving a read-only mount of the layer store at `dir` notes its pid.
+fn owner_file(root: &Path, dir: &Path) -> PathBuf {
+    let key = strata_oci::Digest::of(dir.to_string_lossy().as_bytes()).short();
+    root.join("mounts").join(format!("{key}.pid"))
+}
+
+/// Unmounts a read-only layer store mount at `dir` whose serving process is gone (killed):
+/// it still reads, but nothing would ever unmount it or keep its lease. Returns whether it
+/// did.
+fn take_back_orphan(root: &Path, dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    if !is_strata_mount(&dir) {
+        return false;
+    }
+    let owner = owner_file(root, &dir);
+    let dead = std::fs::read_to_string(&owner)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .is_some_and(|pid| !strata_storage::leftovers::pid_alive(pid));
+    if dead && nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH).is_ok() {
+        let _ = std::fs::remove_file(owner);
+        return true;
+    }
+    false
 }
 
 fn detach(a: &MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
