@@ -5,6 +5,7 @@
 
 mod prepare;
 mod shaper;
+mod store;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -37,6 +38,8 @@ struct Opts {
     serve: bool,
     /// Only the micro-benchmarks.
     micro_only: bool,
+    /// Only the layer store's figures.
+    store_only: bool,
 }
 
 fn opts() -> Opts {
@@ -47,6 +50,7 @@ fn opts() -> Opts {
         work: PathBuf::from("/var/tmp/strata-bench"),
         serve: false,
         micro_only: false,
+        store_only: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -62,6 +66,11 @@ fn opts() -> Opts {
                 i += 1;
                 continue;
             }
+            "--store-only" => {
+                o.store_only = true;
+                i += 1;
+                continue;
+            }
             "--serve" => {
                 o.serve = true;
                 i += 1;
@@ -69,7 +78,7 @@ fn opts() -> Opts {
             }
             other => {
                 eprintln!(
-                    "usage: strata-bench [--runs N] [--profile 200mbit-10ms|50mbit-40ms] [--json FILE] [--work DIR] [--serve] [--micro-only]\nunknown argument {other}"
+                    "usage: strata-bench [--runs N] [--profile 200mbit-10ms|50mbit-40ms] [--json FILE] [--work DIR] [--serve] [--micro-only] [--store-only]\nunknown argument {other}"
                 );
                 std::process::exit(2);
             }
@@ -242,6 +251,21 @@ fn main() {
     let img = prepare::image(&o.work);
     if o.serve {
         serve(&o, &img);
+    }
+    if o.store_only {
+        let p = o.profiles.first().expect("a profile");
+        let shaper = Shaper::start(&img.registry.addr, *p);
+        let figures = store::figures(&o.work, &img, &shaper);
+        println!("layer store on {machine}, link {}:", p.name);
+        println!("{}", serde_json::to_string_pretty(&figures).expect("json"));
+        write_json(
+            &o,
+            &machine,
+            &img,
+            Vec::new(),
+            json!({ "layer_store": figures }),
+        );
+        return;
     }
     let mut results = Vec::new();
     let mut table = vec![table_header()];

@@ -347,14 +347,18 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn mount_pid(dir: &Path) -> Option<u32> {
-    let want = dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        (cmd.contains(" mount ") && cmd.contains(&want)).then_some(pid)
-    })
+fn pids_naming(root: &Path) -> Vec<u32> {
+    let want = root.to_string_lossy().into_owned();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            String::from_utf8_lossy(&cmd).contains(&want).then_some(pid)
+        })
+        .collect()
 }
 
 /// Warm sequential read of 1 GiB, cold metadata walk, commit of 1 GiB, memory of a mount.
@@ -395,8 +399,8 @@ fn micro_walk(root: &Path, mnt: &Path, native: &str, img: &Image) -> (u64, f64, 
     let (n_mnt, t_mnt) = stat_walk(mnt);
     drop_caches();
     let (n_loc, t_loc) = stat_walk(&img.rootfs);
-    let pid = mount_pid(mnt);
-    let rss = pid.map(rss_kib).unwrap_or(0);
+    // The mount's own process and the layer store (holder and server) that serves it.
+    let rss = pids_naming(root).into_iter().map(rss_kib).sum();
     s(&["umount", mnt.to_str().expect("utf8")]);
 
     (n_mnt, t_mnt, n_loc, t_loc, rss)

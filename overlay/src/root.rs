@@ -120,6 +120,7 @@ pub fn mount_root_with(
     dir: &Path,
     record: bool,
 ) -> io::Result<(RootMount, Option<Recording>)> {
+    forget_lower_identity(&dir.join("upper"));
     if !record && client::enabled() {
         match mount_from_store(images, img, dir) {
             Ok(m) => return Ok((m, None)),
@@ -173,6 +174,19 @@ pub fn mount_root_with(
         ));
     }
     Ok((mounted, recording))
+}
+
+/// Lets an existing upper layer be stacked on lowers whose inode numbers changed (a layer store
+/// that ended and came back with images added in another order, or the merged mount): with
+/// `index=on` overlayfs records the lower root's file handle in the upper root and refuses
+/// (`ESTALE`) to mount it over another. The record goes; overlayfs writes it again.
+fn forget_lower_identity(upper: &Path) {
+    if upper.is_dir()
+        && let Err(e) = xattr::remove(upper, "trusted.overlay.origin")
+        && e.raw_os_error() != Some(nix::libc::ENODATA)
+    {
+        warn!(upper = %upper.display(), error = %e, "upper root origin not cleared");
+    }
 }
 
 /// Mounts `img`'s root at `dir/rootfs`: its layer directories in the layer store (started if

@@ -198,3 +198,49 @@ fn a_killed_store_server_is_taken_over_while_a_container_reads() {
     assert!(!out.is_empty());
     ok(&w.root, &["rm", "-f", id.trim()]);
 }
+
+/// A stopped container started again after the store ended and came back with other images
+/// added first (so other inode numbers): its upper layer is stacked again and reads on.
+#[test]
+fn a_container_starts_again_on_a_new_store() {
+    if !require_root_fuse("a_container_starts_again_on_a_new_store") {
+        return;
+    }
+    let w = World::start(&runnable_layers(), Comp::Native);
+    let mut other = vec![vec![file("other", b"x\n")]];
+    other.extend(runnable_layers());
+    push_image(&w.reg.addr, "t/other", "1", &other, Comp::Native);
+    let other = format!("{}/t/other:1", w.proxy.addr);
+    let root = w.root.clone();
+    let script = "cat /kept 2>/dev/null; echo kept > /kept; cat /bin/busybox > /dev/null; echo ok";
+    let out = ok(
+        &root,
+        &[
+            "run",
+            "--name",
+            "c",
+            &w.base,
+            "/bin/busybox",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    assert_eq!(out, "ok\n");
+    // The store ends (idle), then serves another image first.
+    let root_abs = root.canonicalize().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fuse_mounts_under(&root_abs).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        fuse_mounts_under(&root_abs).is_empty(),
+        "the store did not end"
+    );
+    ok(
+        &root,
+        &["run", "--rm", &other, "/bin/busybox", "cat", "/other"],
+    );
+    let out = ok(&root, &["start", "-a", "c"]);
+    assert_eq!(out, "kept\nok\n");
+}
