@@ -178,3 +178,91 @@ impl Tree {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(path: &str, kind: Kind) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: (0, 0),
+            size: 0,
+            link: Vec::new(),
+            rdev: (0, 0),
+            xattrs: Vec::new(),
+            chunks: Vec::new(),
+        }
+    }
+
+    fn opaque(t: &Tree, path: &str) -> bool {
+        let n = t.get(t.resolve(path.as_bytes()).unwrap()).unwrap();
+        n.xattrs
+            .iter()
+            .any(|(k, v)| k.as_slice() == OPAQUE_XATTR && v.as_slice() == b"y")
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_markers_take_overlayfs_form() {
+        let mut link = e("d/hl", Kind::Hardlink);
+        link.link = b"d/f".to_vec();
+        let layer = LayerIndex {
+            entries: vec![
+                e("d", Kind::Dir),
+                e("d/f", Kind::Reg),
+                link,
+                e("d/.wh.gone", Kind::Reg),
+                e("o/.wh..wh..opq", Kind::Reg),
+                e("o/new", Kind::Reg),
+                e(".wh.r", Kind::Reg),
+                e("r", Kind::Dir),
+                e("r/x", Kind::Reg),
+            ],
+        };
+        let mut t = Tree::store();
+        let diff = t.add_layer_dir(b"abc", &layer, 0, b"{}".to_vec()).unwrap();
+        assert_eq!(t.resolve(b"abc/diff"), Some(diff));
+        let gone = t.resolve(b"abc/diff/d/gone").unwrap();
+        assert!(t.is_whiteout(gone), "a .wh. entry is a 0/0 char device");
+        assert!(t.resolve(b"abc/diff/d/.wh.gone").is_none());
+        assert!(opaque(&t, "abc/diff/o"));
+        assert!(t.resolve(b"abc/diff/o/.wh..wh..opq").is_none());
+        assert!(t.resolve(b"abc/diff/o/new").is_some());
+        // `.wh.r` beside a directory r of the same layer: r replaces what lies below.
+        assert!(opaque(&t, "abc/diff/r") && !t.is_whiteout(t.resolve(b"abc/diff/r").unwrap()));
+        assert!(!opaque(&t, "abc/diff/d"));
+        assert_eq!(t.resolve(b"abc/diff/d/hl"), t.resolve(b"abc/diff/d/f"));
+        let info = t.get(t.resolve(b"abc/info").unwrap()).unwrap();
+        assert_eq!(info.inline.as_deref(), Some(&b"{}"[..]));
+    }
+
+    #[test]
+    fn a_later_layer_keeps_every_earlier_inode_number() {
+        let one = LayerIndex {
+            entries: vec![e("a", Kind::Reg), e("b/c", Kind::Reg)],
+        };
+        let two = LayerIndex {
+            entries: vec![e("z", Kind::Reg)],
+        };
+        let mut t = Tree::store();
+        t.add_layer_dir(b"one", &one, 0, Vec::new()).unwrap();
+        let before: Vec<(String, Option<u64>)> = ["one/diff/a", "one/diff/b/c", "one/info"]
+            .iter()
+            .map(|p| (p.to_string(), t.resolve(p.as_bytes())))
+            .collect();
+        t.add_layer_dir(b"aaa-before-one", &two, 1, Vec::new())
+            .unwrap();
+        for (p, ino) in before {
+            assert_eq!(t.resolve(p.as_bytes()), ino, "{p}");
+        }
+        assert_eq!(t.get(ROOT_INO).unwrap().children.len(), 2);
+        let mut bad = e("x", Kind::Hardlink);
+        bad.link = b"a".to_vec();
+        let three = LayerIndex { entries: vec![bad] };
+        assert!(t.add_layer_dir(b"three", &three, 2, Vec::new()).is_err());
+    }
+}
