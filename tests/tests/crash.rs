@@ -244,11 +244,11 @@ fn killed_runs_and_builds_leave_no_mounts() {
     let err = String::from_utf8_lossy(&out.stderr);
     let ps = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{err}");
+    // The killed build's root at least (the run's dead root may already have been taken back
+    // by `build`, the first command after its server died).
     assert!(
         err.lines()
-            .filter(|l| l.contains("unmounted") && l.contains("server is gone"))
-            .count()
-            >= 2,
+            .any(|l| l.contains("unmounted") && l.contains("server is gone")),
         "{err}"
     );
     assert!(mounts_under(&root).is_empty(), "{:?}", mounts_under(&root));
