@@ -1,0 +1,121 @@
+//! Reads of SOCI layers' chunks. A SOCI chunk (`ChunkLoc::Zran`) is a piece of a span; what the
+//! cache holds is the span's *compressed* bytes, named by the span digest of the ztoc, so the
+//! cache verifies them like any chunk (on the way in and on the first read of each process).
+//! A read inflates the span from its checkpoint (window and bit offset from the ztoc) and keeps
+//! the last few inflated spans in memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use strata_formats::index::{Chunk, ChunkLoc};
+use strata_formats::zran;
+use strata_formats::ztoc::Ztoc;
+use strata_oci::digest::Digest;
+
+use crate::cache::{CacheError, ChunkCache};
+
+/// Inflated spans kept in memory (SOCI's spans are 4 MiB of output by default).
+const KEPT_SPANS: usize = 16;
+
+/// Where a span's checkpoint is: its ztoc and its index there.
+#[derive(Debug, Clone)]
+struct SpanPoint {
+    ztoc: Arc<Ztoc>,
+    span: usize,
+}
+
+/// The checkpoints of the SOCI layers this process reads, by span digest, and the inflated
+/// spans most recently read.
+#[derive(Debug, Default)]
+pub(crate) struct Spans {
+    points: Mutex<HashMap<Digest, SpanPoint>>,
+    inflated: Mutex<VecDeque<(Digest, Arc<Vec<u8>>)>>,
+}
+
+impl Spans {
+    /// Makes the spans of `ztoc` readable.
+    pub(crate) fn register(&self, ztoc: &Arc<Ztoc>) {
+        let mut points = self.points.lock().unwrap_or_else(|p| p.into_inner());
+        for (span, d) in ztoc.span_digests.iter().enumerate() {
+            points.entry(*d).or_insert_with(|| SpanPoint {
+                ztoc: ztoc.clone(),
+                span,
+            });
+        }
+    }
+
+    fn kept(&self, d: &Digest) -> Option<Arc<Vec<u8>>> {
+        let kept = self.inflated.lock().unwrap_or_else(|p| p.into_inner());
+        kept.iter().find(|(k, _)| k == d).map(|(_, v)| v.clone())
+    }
+
+    /// The whole output of the span with digest `d`, from its cached compressed bytes; `None`
+    /// if they are not cached.
+    fn output(
+        &self,
+        cache: &ChunkCache,
+        c: &Chunk,
+        d: &Digest,
+    ) -> Result<Option<Arc<Vec<u8>>>, CacheError> {
+        if let Some(out) = self.kept(d) {
+            return Ok(Some(out));
+        }
+        let ChunkLoc::Zran { start, end, .. } = c.loc else {
+            return Ok(None);
+        };
+        let point = {
+            let points = self.points.lock().unwrap_or_else(|p| p.into_inner());
+            points.get(d).cloned()
+        };
+        let Some(SpanPoint { ztoc, span }) = point else {
+            return Err(CacheError::Span {
+                digest: *d,
+                reason: "no ztoc of this process names the span".into(),
+            });
+        };
+        let Some(data) = cache.read_at(d, 0, strata_oci::usize_of(end - start))? else {
+            return Ok(None);
+        };
+        let output = ztoc.zinfo.span_output(span, ztoc.uncompressed_size);
+        let checkpoint = &ztoc.zinfo.checkpoints[span];
+        let len = strata_oci::usize_of(output.end - output.start);
+        let out =
+            zran::extract(&data, checkpoint, output.start, len).map_err(|e| CacheError::Span {
+                digest: *d,
+                reason: e.to_string(),
+            })?;
+        let out = Arc::new(out);
+        let mut kept = self.inflated.lock().unwrap_or_else(|p| p.into_inner());
+        kept.push_back((*d, out.clone()));
+        if kept.len() > KEPT_SPANS {
+            kept.pop_front();
+        }
+        Ok(Some(out))
+    }
+
+    /// Fills `out` with the chunk's bytes from `offset` into it; false if its span is not
+    /// cached.
+    pub(crate) fn read_into(
+        &self,
+        cache: &ChunkCache,
+        c: &Chunk,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<bool, CacheError> {
+        let (Some(d), ChunkLoc::Zran { inner, .. }) = (c.digest, c.loc) else {
+            return Ok(false);
+        };
+        let Some(span) = self.output(cache, c, &d)? else {
+            return Ok(false);
+        };
+        let from = strata_oci::usize_of(inner + offset);
+        let Some(src) = span.get(from..from + out.len()) else {
+            return Err(CacheError::Span {
+                digest: d,
+                reason: format!("the span's output ends before byte {}", from + out.len()),
+            });
+        };
+        out.copy_from_slice(src);
+        Ok(true)
+    }
+}
