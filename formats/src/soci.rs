@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use crate::index::{Chunk, ChunkLoc, IndexError, Kind, LayerIndex, entry_of};
-use crate::tarwalk::{TarVisitor, WalkError, walk_tar};
+use crate::tarwalk::{TarVisitor, WalkError, encode_name, walk_tar};
 use crate::toc::TocEntry;
 use crate::zran::{self, ZranError};
 use crate::ztoc::{FileMetadata, VERSION, Ztoc};
@@ -80,20 +80,22 @@ struct Offsets {
     files: Vec<FileMetadata>,
 }
 
+/// The raw bytes of a TOC name (base64 in `raw` when they are not UTF-8).
+fn raw_name(name: &str, raw: &Option<String>) -> Vec<u8> {
+    raw.as_ref()
+        .and_then(|r| B64.decode(r).ok())
+        .unwrap_or_else(|| name.as_bytes().to_vec())
+}
+
 fn metadata(meta: TocEntry, offset: u64) -> FileMetadata {
-    let name = match &meta.name_raw {
-        Some(raw) => String::from_utf8_lossy(&B64.decode(raw).unwrap_or_default()).into_owned(),
-        None => meta.name.clone(),
-    };
+    let name = raw_name(&meta.name, &meta.name_raw);
+    let linkname = raw_name(&meta.link_name, &meta.link_name_raw);
     let pax = meta
         .xattrs
         .iter()
         .map(|(k, v)| {
             let value = B64.decode(v).unwrap_or_default();
-            (
-                format!("{XATTR_PREFIX}{k}"),
-                String::from_utf8_lossy(&value).into_owned(),
-            )
+            (format!("{XATTR_PREFIX}{k}"), value)
         })
         .collect();
     FileMetadata {
@@ -101,7 +103,7 @@ fn metadata(meta: TocEntry, offset: u64) -> FileMetadata {
         kind: meta.kind,
         uncompressed_offset: offset,
         uncompressed_size: u64::try_from(meta.size).unwrap_or(0),
-        linkname: meta.link_name,
+        linkname,
         mode: meta.mode,
         uid: u32::try_from(meta.uid).unwrap_or(0),
         gid: u32::try_from(meta.gid).unwrap_or(0),
@@ -301,13 +303,17 @@ fn toc_entry(f: &FileMetadata) -> TocEntry {
         .iter()
         .filter_map(|(k, v)| {
             k.strip_prefix(XATTR_PREFIX)
-                .map(|name| (name.to_string(), B64.encode(v.as_bytes())))
+                .map(|name| (name.to_string(), B64.encode(v)))
         })
         .collect();
+    let (name, name_raw) = encode_name(&f.name);
+    let (link_name, link_name_raw) = encode_name(&f.linkname);
     TocEntry {
         kind: f.kind.clone(),
-        name: f.name.clone(),
-        link_name: f.linkname.clone(),
+        name,
+        name_raw,
+        link_name,
+        link_name_raw,
         mode: f.mode,
         size: i64::try_from(f.uncompressed_size).unwrap_or(i64::MAX),
         uid: i64::from(f.uid),

@@ -53,7 +53,7 @@ fn every_file_reads_back_from_verified_spans() {
     let again = Ztoc::parse(&z.to_bytes()).unwrap();
     assert_eq!(again, z);
     for (name, data) in &files {
-        let f = z.files.iter().find(|f| &f.name == name).unwrap();
+        let f = z.files.iter().find(|f| f.name == name.as_bytes()).unwrap();
         let range = f.uncompressed_offset..f.uncompressed_offset + f.uncompressed_size;
         let (_, blob_range) = z.spans_for(range.clone());
         let got = z
@@ -112,7 +112,11 @@ fn layer_index_chunks_are_span_pieces_that_read_back() {
 fn a_flipped_byte_in_a_span_is_an_error_not_data() {
     let (mut blob, files) = layer();
     let z = build_ztoc(Cursor::new(&blob), SPAN).unwrap();
-    let f = z.files.iter().find(|f| f.name == files[6].0).unwrap();
+    let f = z
+        .files
+        .iter()
+        .find(|f| f.name == files[6].0.as_bytes())
+        .unwrap();
     let range = f.uncompressed_offset..f.uncompressed_offset + f.uncompressed_size;
     let (spans, r) = z.spans_for(range.clone());
     let flip = z.zinfo.span_range(spans.end - 1, blob.len() as u64).start as usize + 7;

@@ -108,3 +108,34 @@ fn truncated_and_corrupt_streams_are_errors() {
     .unwrap_err();
     assert!(matches!(err, ZranError::Short { .. }), "{err}");
 }
+
+#[test]
+fn incompressible_streams_get_checkpoints_too() {
+    let mut x = 99u64;
+    let data: Vec<u8> = (0..(2 << 20))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let blob = gzip(&data);
+    let z = build(&blob[..], 256 << 10).unwrap().zinfo;
+    assert!(
+        z.checkpoints.len() >= 7,
+        "{} checkpoints",
+        z.checkpoints.len()
+    );
+    let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    w.write_all(&data).unwrap();
+    let fast = w.finish().unwrap();
+    // zlib-rs's fastest level writes few, long blocks: few places to checkpoint (SOCI's
+    // limit as well), but still a sound index.
+    let zf = build(&fast[..], 256 << 10).unwrap().zinfo;
+    assert!(!zf.checkpoints.is_empty());
+    let at = 1_500_000u64;
+    let p = &z.checkpoints[z.span_of(at)];
+    let got = extract(&blob[p.span_start() as usize..], p, at, 1000).unwrap();
+    assert_eq!(got, &data[at as usize..at as usize + 1000]);
+}

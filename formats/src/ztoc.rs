@@ -31,8 +31,8 @@ pub enum ZtocError {
 /// One tar entry as the ztoc has it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FileMetadata {
-    /// Name as in the tar header.
-    pub name: String,
+    /// Name as in the tar header (bytes: Go strings need not be UTF-8).
+    pub name: Vec<u8>,
     /// reg, dir, symlink, hardlink, char, block or fifo.
     pub kind: String,
     /// Where the content starts in the uncompressed tar.
@@ -40,7 +40,7 @@ pub struct FileMetadata {
     /// Content bytes.
     pub uncompressed_size: u64,
     /// Link target.
-    pub linkname: String,
+    pub linkname: Vec<u8>,
     /// Mode bits as in the tar header.
     pub mode: i64,
     /// Owner.
@@ -58,7 +58,7 @@ pub struct FileMetadata {
     /// Device minor.
     pub devminor: i64,
     /// The entry's PAX records (key, value), xattrs among them as `SCHILY.xattr.NAME`.
-    pub pax: Vec<(String, String)>,
+    pub pax: Vec<(String, Vec<u8>)>,
 }
 
 /// A parsed, checked ztoc.
@@ -87,17 +87,21 @@ fn size(v: i64, what: &str) -> Result<u64, ZtocError> {
 fn file_of(t: &Table<'_>) -> Result<FileMetadata, ZtocError> {
     let mut pax = Vec::new();
     for x in t.tables(13, "xattrs")? {
-        pax.push((x.string(0, "xattr key")?, x.string(1, "xattr value")?));
+        pax.push((
+            x.string(0, "xattr key")?,
+            x.bytes(1, "xattr value")?.to_vec(),
+        ));
     }
-    let name = t.string(0, "name")?;
+    let name = t.bytes(0, "name")?.to_vec();
+    let shown = String::from_utf8_lossy(&name).into_owned();
     Ok(FileMetadata {
         kind: t.string(1, "type")?,
         uncompressed_offset: size(
             t.i64(2, "uncompressed_offset")?,
-            &format!("offset of {name}"),
+            &format!("offset of {shown}"),
         )?,
-        uncompressed_size: size(t.i64(3, "uncompressed_size")?, &format!("size of {name}"))?,
-        linkname: t.string(4, "linkname")?,
+        uncompressed_size: size(t.i64(3, "uncompressed_size")?, &format!("size of {shown}"))?,
+        linkname: t.bytes(4, "linkname")?.to_vec(),
         mode: t.i64(5, "mode")?,
         uid: t.u32(6, "uid")?,
         gid: t.u32(7, "gid")?,
@@ -174,7 +178,10 @@ impl Ztoc {
             if end.is_none_or(|e| e > self.uncompressed_size) {
                 return bad(format!(
                     "entry {:?} ({} bytes at {}) lies past the end of the {}-byte tar",
-                    f.name, f.uncompressed_size, f.uncompressed_offset, self.uncompressed_size
+                    String::from_utf8_lossy(&f.name),
+                    f.uncompressed_size,
+                    f.uncompressed_offset,
+                    self.uncompressed_size
                 ));
             }
         }
@@ -229,9 +236,9 @@ fn write_file<'b>(
     b: &mut FlatBufferBuilder<'b>,
     f: &FileMetadata,
 ) -> WIPOffset<flatbuffers::TableFinishedWIPOffset> {
-    let name = b.create_string(&f.name);
+    let name = b.create_byte_string(&f.name);
     let kind = b.create_string(&f.kind);
-    let link = b.create_string(&f.linkname);
+    let link = b.create_byte_string(&f.linkname);
     let uname = b.create_string(&f.uname);
     let gname = b.create_string(&f.gname);
     let mtime = b.create_string(&f.mod_time);
@@ -239,7 +246,7 @@ fn write_file<'b>(
         .pax
         .iter()
         .map(|(k, v)| {
-            let (k, v) = (b.create_string(k), b.create_string(v));
+            let (k, v) = (b.create_string(k), b.create_byte_string(v));
             let t = b.start_table();
             b.push_slot_always(4, k);
             b.push_slot_always(6, v);

@@ -1,0 +1,168 @@
+//! gzip images read lazily through a SOCI index that `strata index` wrote, counted at the
+//! registry, and compared with an independent extraction (GNU tar + kernel overlayfs).
+#![allow(clippy::print_stderr, clippy::print_stdout)]
+
+use strata_tests::fixtures::{BIG_PATH, big, rich_layers};
+use strata_tests::layers::{Blob, Comp, file, push_blobs, push_image, tar_of};
+use strata_tests::proxy::Proxy;
+use strata_tests::registry::Registry;
+use strata_tests::require_root_fuse;
+use strata_tests::strata::{Mounted, ok, run};
+use strata_tests::walk::{ReferenceTree, assert_same, snapshot};
+
+#[test]
+fn a_soci_indexed_gzip_image_runs_lazily_and_matches_extraction() {
+    if !require_root_fuse("a_soci_indexed_gzip_image_runs_lazily_and_matches_extraction") {
+        return;
+    }
+    let reg = Registry::start();
+    let img = push_gzip(&reg.addr, "t/soci", "1");
+    let state = tempfile::tempdir().unwrap();
+    let writer = state.path().join("writer");
+    let out = ok(
+        &writer,
+        &[
+            "index",
+            &img.reference,
+            "--min-layer-size",
+            "0",
+            "--span-size",
+            "1048576",
+            "-q",
+        ],
+    );
+    assert!(out.trim().starts_with("sha256:"), "{out}");
+
+    let proxy = Proxy::start(&reg.addr);
+    let reference = format!("{}/t/soci:1", proxy.addr);
+    let root = state.path().join("root");
+    ok(&root, &["pull", &reference]);
+    let (_, pull_bytes) = proxy.counts();
+    eprintln!(
+        "pull: {pull_bytes} bytes of a {} byte image",
+        img.blob_bytes
+    );
+    assert!(
+        pull_bytes < img.blob_bytes / 20,
+        "pull fetched {pull_bytes} bytes"
+    );
+
+    let m = Mounted::new(&root, &reference, &state.path().join("mnt"));
+    proxy.reset();
+    let text = std::fs::read_to_string(m.dir.join("etc/os-release")).unwrap();
+    assert_eq!(text, "ID=strata-test\nVERSION_ID=2\n");
+    // 1 MiB in the middle of the 64 MiB file: about two spans, not the layer.
+    let f = std::fs::File::open(m.dir.join(BIG_PATH)).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, 30 << 20).unwrap();
+    assert!(buf == big()[30 << 20..31 << 20]);
+    let (reqs, bytes) = proxy.counts();
+    eprintln!("a small file and 1 MiB of the big one: {reqs} requests, {bytes} bytes");
+    assert!(
+        bytes < 12 << 20,
+        "fetched {bytes} bytes: {:?}",
+        proxy.stats.log.lock().unwrap()
+    );
+    assert!(bytes >= 1 << 20);
+
+    let reference_tree = ReferenceTree::new(&img.tars);
+    assert_same("soci", &snapshot(&m.dir), &snapshot(&reference_tree.root));
+}
+
+#[test]
+fn a_soci_index_naming_another_images_layer_is_refused() {
+    if !require_root_fuse("a_soci_index_naming_another_images_layer_is_refused") {
+        return;
+    }
+    let reg = Registry::start();
+    let layer = vec![file("etc/a", &vec![b'a'; 300_000])];
+    let a = push_image(&reg.addr, "t/a", "1", &[layer], Comp::Gzip);
+    let state = tempfile::tempdir().unwrap();
+    let writer = state.path().join("writer");
+    let index = ok(
+        &writer,
+        &["index", "-q", &a.reference, "--min-layer-size", "0"],
+    );
+    let index = index.trim();
+    // Image b names a's SOCI index: its ztoc indexes a layer b does not have.
+    let other = vec![file("etc/b", &vec![b'b'; 300_000])];
+    let b = push_image(&reg.addr, "t/a", "2", &[other], Comp::Gzip);
+    let manifest = http_get(&reg.addr, "t/a", "2");
+    let mut m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    m["annotations"] = serde_json::json!({"com.amazon.soci.index-digest": index});
+    http_put_manifest(&reg.addr, "t/a", "2", &serde_json::to_vec(&m).unwrap());
+
+    let root = state.path().join("root");
+    let out = run(&root, &["pull", &b.reference]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("soci index {index}")), "{err}");
+    assert!(err.contains("which the image does not have"), "{err}");
+    assert!(ok(&root, &["images", "-q"]).trim().is_empty());
+}
+
+struct Image {
+    reference: String,
+    tars: Vec<Vec<u8>>,
+    blob_bytes: u64,
+}
+
+/// The rich image as gzip at the default level, as most writers (Go, GNU gzip) make it: blocks
+/// end often, so checkpoints can be placed every span. (The fastest level of zlib-rs, which
+/// the shared helper uses, writes a few huge blocks: one span per layer.)
+fn push_gzip(registry: &str, repo: &str, tag: &str) -> Image {
+    use std::io::Write;
+    let tars: Vec<Vec<u8>> = rich_layers(true).iter().map(|l| tar_of(l)).collect();
+    let blobs: Vec<Blob> = tars
+        .iter()
+        .map(|t| {
+            let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            w.write_all(t).unwrap();
+            Blob {
+                data: w.finish().unwrap(),
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                annotations: serde_json::json!({}),
+                diff_id: strata_tests::sha(t),
+            }
+        })
+        .collect();
+    let blob_bytes = blobs.iter().map(|b| b.data.len() as u64).sum();
+    Image {
+        reference: push_blobs(registry, repo, tag, &blobs),
+        tars,
+        blob_bytes,
+    }
+}
+
+fn http_get(registry: &str, repo: &str, tag: &str) -> Vec<u8> {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ])
+        .arg(format!("http://{registry}/v2/{repo}/manifests/{tag}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+fn http_put_manifest(registry: &str, repo: &str, tag: &str, body: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.json");
+    std::fs::write(&path, body).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "-X", "PUT", "-H"])
+        .arg("Content-Type: application/vnd.oci.image.manifest.v1+json")
+        .arg("--data-binary")
+        .arg(format!("@{}", path.display()))
+        .arg(format!("http://{registry}/v2/{repo}/manifests/{tag}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
