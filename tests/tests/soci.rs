@@ -101,6 +101,61 @@ fn a_soci_index_naming_another_images_layer_is_refused() {
     assert!(ok(&root, &["images", "-q"]).trim().is_empty());
 }
 
+/// soci-snapshotter's own ztoc code (tests/tools/soci-ztoc: its generated FlatBuffers reader
+/// and builder, used as its Unmarshal and Marshal do) reads strata's ztocs field for field: what
+/// it writes back parses to the same ztoc, and what it writes strata reads.
+#[test]
+fn soci_snapshotters_ztoc_code_reads_what_strata_writes() {
+    use std::io::Write;
+    use strata_formats::ztoc::Ztoc;
+    let tar = tar_of(&rich_layers(false)[0]);
+    let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    w.write_all(&tar).unwrap();
+    let blob = w.finish().unwrap();
+    let ztoc = strata_formats::soci::build_ztoc(std::io::Cursor::new(&blob), 64 << 10).unwrap();
+    assert!(ztoc.files.len() > 10 && ztoc.span_digests.len() > 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (inp, out) = (dir.path().join("in.ztoc"), dir.path().join("out.ztoc"));
+    std::fs::write(&inp, ztoc.to_bytes()).unwrap();
+    let ran = std::process::Command::new(soci_ztoc())
+        .arg("roundtrip")
+        .arg(&inp)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let back = Ztoc::parse(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(back, ztoc);
+}
+
+/// The soci-ztoc tool, built (once per test binary) from the modules install-deps.sh fetched.
+fn soci_ztoc() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/soci-ztoc");
+            let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("soci-ztoc");
+            let built = std::process::Command::new("go")
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg(".")
+                .current_dir(&src)
+                .output()
+                .expect("go (install it with scripts/install-deps.sh)");
+            assert!(
+                built.status.success(),
+                "{}",
+                String::from_utf8_lossy(&built.stderr)
+            );
+            out
+        })
+        .clone()
+}
+
 struct Image {
     reference: String,
     tars: Vec<Vec<u8>>,
