@@ -65,6 +65,26 @@ fn a_soci_indexed_gzip_image_runs_lazily_and_matches_extraction() {
     );
     assert!(bytes >= 1 << 20);
 
+    // Spans that arrive with a flipped byte fail their digests: a read that needs one fails
+    // with EIO, a read that succeeds has the right bytes, and nothing bad is cached (the whole
+    // tree is compared below, once the registry is healthy again).
+    proxy.set(strata_tests::proxy::Fault::CorruptRanges);
+    let want = big();
+    let mut failed = 0;
+    for i in 0..8u64 {
+        let at = (40 << 20) + i * (3 << 20);
+        let mut piece = vec![0u8; 64 << 10];
+        match std::os::unix::fs::FileExt::read_exact_at(&f, &mut piece, at) {
+            Ok(()) => assert!(piece == want[at as usize..at as usize + piece.len()]),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed > 0, "no read met a corrupted span");
+    proxy.set(strata_tests::proxy::Fault::None);
+
     let reference_tree = ReferenceTree::new(&img.tars);
     assert_same("soci", &snapshot(&m.dir), &snapshot(&reference_tree.root));
 }
