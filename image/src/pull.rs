@@ -29,7 +29,7 @@ use crate::error::{ImageError, Progress, ProgressFn, digest_of, feed_error};
 use crate::index::LayerIndexer;
 use crate::layout::Layout;
 use crate::prefetch::Prefetcher;
-use crate::soci::{ZtocRef, find_ztocs};
+use crate::soci::{ZtocRef, find_ztocs, soci_layer};
 
 /// A resolved manifest: the manifest, its digest and bytes, and the index it was chosen from
 /// (digest and bytes) when the reference named an index.
@@ -232,7 +232,8 @@ impl Puller {
                     let rec = match ztocs.get(&d) {
                         Some(z) => {
                             let mt = desc.media_type().to_string();
-                            self.soci_layer(r, d, desc.size(), mt, z).await?
+                            let (store, client) = (&self.store, &self.client);
+                            soci_layer(store, client, r, (d, desc.size()), mt, z).await?
                         }
                         None => self.pull_layer(r, desc, d, stream_plain, progress).await?,
                     };

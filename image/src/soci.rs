@@ -13,10 +13,9 @@ use strata_formats::index::LayerIndex;
 use strata_formats::ztoc::Ztoc;
 use strata_oci::digest::Digest;
 use strata_oci::reference::Reference;
-use strata_storage::store::{LayerFormat, LayerRecord};
+use strata_storage::store::{LayerFormat, LayerRecord, Store};
 
 use crate::error::ImageError;
-use crate::pull::Puller;
 
 /// The image manifest's annotation naming its SOCI index (v2).
 pub const INDEX_DIGEST: &str = "com.amazon.soci.index-digest";
@@ -130,35 +129,34 @@ pub(crate) fn open_ztoc(
     Ok((ztoc, index))
 }
 
-impl Puller {
-    /// The record of gzip layer `d` read through the ztoc `z`: the ztoc is fetched (verified
-    /// against its digest), checked against the layer and stored.
-    pub(crate) async fn soci_layer(
-        &self,
-        r: &Reference,
-        d: Digest,
-        size: u64,
-        media_type: String,
-        z: &ZtocRef,
-    ) -> Result<LayerRecord, ImageError> {
-        let bytes = if self.store.has_blob(&z.digest) {
-            self.store.get_blob(&z.digest)?
-        } else {
-            self.client.get_blob(r, &z.digest).await?.to_vec()
-        };
-        let (_, index) = open_ztoc(d, size, z.digest, &bytes)?;
-        self.store.put_blob(&z.digest, &bytes)?;
-        Ok(LayerRecord {
-            digest: d,
-            size,
-            media_type,
-            format: LayerFormat::Soci,
-            toc: Some(z.digest),
-            toc_uncompressed: bytes.len() as u64,
-            toc_offset: 0,
-            content_bytes: index.content_bytes(),
-        })
-    }
+/// The record of gzip layer `d` (`size` bytes) read through the ztoc `z`: the ztoc is
+/// fetched from `r`'s repository (verified against its digest), checked against the layer and
+/// stored.
+pub(crate) async fn soci_layer(
+    store: &Store,
+    client: &RegistryClient,
+    r: &Reference,
+    (d, size): (Digest, u64),
+    media_type: String,
+    z: &ZtocRef,
+) -> Result<LayerRecord, ImageError> {
+    let bytes = if store.has_blob(&z.digest) {
+        store.get_blob(&z.digest)?
+    } else {
+        client.get_blob(r, &z.digest).await?.to_vec()
+    };
+    let (_, index) = open_ztoc(d, size, z.digest, &bytes)?;
+    store.put_blob(&z.digest, &bytes)?;
+    Ok(LayerRecord {
+        digest: d,
+        size,
+        media_type,
+        format: LayerFormat::Soci,
+        toc: Some(z.digest),
+        toc_uncompressed: bytes.len() as u64,
+        toc_offset: 0,
+        content_bytes: index.content_bytes(),
+    })
 }
 
 /// The ztocs of the SOCI index for `manifest` (its bytes `mbytes`), by layer digest; empty

@@ -3,7 +3,7 @@
 #![allow(clippy::print_stderr, clippy::print_stdout)]
 
 use strata_tests::fixtures::{BIG_PATH, big, rich_layers};
-use strata_tests::layers::{Blob, Comp, file, push_blobs, push_image, tar_of};
+use strata_tests::layers::{Blob, Comp, file, noise, push_blobs, push_image, tar_of};
 use strata_tests::proxy::Proxy;
 use strata_tests::registry::Registry;
 use strata_tests::require_root_fuse;
@@ -121,6 +121,80 @@ fn a_soci_index_naming_another_images_layer_is_refused() {
     assert!(ok(&root, &["images", "-q"]).trim().is_empty());
 }
 
+/// A v1 SOCI index (a referrer of the image manifest, found through the referrers tag schema,
+/// as registries without the referrers API keep them) is used as well.
+#[test]
+fn a_v1_soci_index_found_as_a_referrer_is_used() {
+    if !require_root_fuse("a_v1_soci_index_found_as_a_referrer_is_used") {
+        return;
+    }
+    let reg = Registry::start();
+    let layer: Vec<_> = (0..8u64)
+        .map(|i| file(&format!("data/f{i}"), &noise(1 << 20, i + 1)))
+        .collect();
+    let tars = vec![tar_of(&layer)];
+    let img = push_gzip_tars(&reg.addr, "t/v1", "1", &tars);
+    let original = strata_tests::sha(&http_get(&reg.addr, "t/v1", "1"));
+    let state = tempfile::tempdir().unwrap();
+    let writer = state.path().join("writer");
+    let args = [
+        "index",
+        "-q",
+        &img.reference,
+        "--min-layer-size",
+        "0",
+        "--span-size",
+        "262144",
+    ];
+    let v2 = ok(&writer, &args);
+    // The same ztocs as a v1 index: config typed v1, the original manifest as its subject.
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&http_get(&reg.addr, "t/v1", v2.trim())).unwrap();
+    index["config"]["mediaType"] = "application/vnd.amazon.soci.index.v1+json".into();
+    let manifest_len = http_get(&reg.addr, "t/v1", &original).len();
+    index["subject"] = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": original,
+        "size": manifest_len,
+    });
+    let v1 = serde_json::to_vec(&index).unwrap();
+    let v1_digest = strata_tests::sha(&v1);
+    http_put(&reg.addr, "t/v1", &v1_digest, MANIFEST, &v1);
+    let referrers = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": MANIFEST,
+            "artifactType": "application/vnd.amazon.soci.index.v1+json",
+            "digest": v1_digest,
+            "size": v1.len(),
+        }],
+    });
+    let tag = original.replace(':', "-");
+    http_put(
+        &reg.addr,
+        "t/v1",
+        &tag,
+        INDEX,
+        &serde_json::to_vec(&referrers).unwrap(),
+    );
+
+    let proxy = Proxy::start(&reg.addr);
+    let reference = format!("{}/t/v1@{original}", proxy.addr);
+    let root = state.path().join("root");
+    ok(&root, &["pull", &reference]);
+    let m = Mounted::new(&root, &reference, &state.path().join("mnt"));
+    proxy.reset();
+    let got = std::fs::read(m.dir.join("data/f5")).unwrap();
+    assert!(got == noise(1 << 20, 6));
+    let (_, bytes) = proxy.counts();
+    eprintln!(
+        "v1: one 1 MiB file of an {} byte layer: {bytes} bytes",
+        img.blob_bytes
+    );
+    assert!(bytes < img.blob_bytes / 3, "fetched {bytes} bytes");
+}
+
 /// soci-snapshotter's own ztoc code (tests/tools/soci-ztoc: its generated FlatBuffers reader
 /// and builder, used as its Unmarshal and Marshal do) reads strata's ztocs field for field: what
 /// it writes back parses to the same ztoc, and what it writes strata reads.
@@ -182,12 +256,20 @@ struct Image {
     blob_bytes: u64,
 }
 
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
 /// The rich image as gzip at the default level, as most writers (Go, GNU gzip) make it: blocks
 /// end often, so checkpoints can be placed every span. (The fastest level of zlib-rs, which
 /// the shared helper uses, writes a few huge blocks: one span per layer.)
 fn push_gzip(registry: &str, repo: &str, tag: &str) -> Image {
-    use std::io::Write;
     let tars: Vec<Vec<u8>> = rich_layers(true).iter().map(|l| tar_of(l)).collect();
+    push_gzip_tars(registry, repo, tag, &tars)
+}
+
+/// Pushes `tars` as gzip layers at the default level.
+fn push_gzip_tars(registry: &str, repo: &str, tag: &str, tars: &[Vec<u8>]) -> Image {
+    use std::io::Write;
     let blobs: Vec<Blob> = tars
         .iter()
         .map(|t| {
@@ -204,7 +286,7 @@ fn push_gzip(registry: &str, repo: &str, tag: &str) -> Image {
     let blob_bytes = blobs.iter().map(|b| b.data.len() as u64).sum();
     Image {
         reference: push_blobs(registry, repo, tag, &blobs),
-        tars,
+        tars: tars.to_vec(),
         blob_bytes,
     }
 }
@@ -224,15 +306,19 @@ fn http_get(registry: &str, repo: &str, tag: &str) -> Vec<u8> {
 }
 
 fn http_put_manifest(registry: &str, repo: &str, tag: &str, body: &[u8]) {
+    http_put(registry, repo, tag, MANIFEST, body);
+}
+
+fn http_put(registry: &str, repo: &str, reference: &str, media_type: &str, body: &[u8]) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.json");
     std::fs::write(&path, body).unwrap();
     let out = std::process::Command::new("curl")
         .args(["-sf", "-X", "PUT", "-H"])
-        .arg("Content-Type: application/vnd.oci.image.manifest.v1+json")
+        .arg(format!("Content-Type: {media_type}"))
         .arg("--data-binary")
         .arg(format!("@{}", path.display()))
-        .arg(format!("http://{registry}/v2/{repo}/manifests/{tag}"))
+        .arg(format!("http://{registry}/v2/{repo}/manifests/{reference}"))
         .output()
         .unwrap();
     assert!(
