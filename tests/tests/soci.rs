@@ -2,7 +2,7 @@
 //! registry, and compared with an independent extraction (GNU tar + kernel overlayfs).
 #![allow(clippy::print_stderr, clippy::print_stdout)]
 
-use strata_tests::fixtures::{BIG_PATH, big, rich_layers};
+use strata_tests::fixtures::{BIG_PATH, big, rich_layers, runnable_layers};
 use strata_tests::layers::{Blob, Comp, file, noise, push_blobs, push_image, tar_of};
 use strata_tests::proxy::Proxy;
 use strata_tests::registry::Registry;
@@ -119,6 +119,35 @@ fn a_soci_index_naming_another_images_layer_is_refused() {
     assert!(err.contains(&format!("soci index {index}")), "{err}");
     assert!(err.contains("which the image does not have"), "{err}");
     assert!(ok(&root, &["images", "-q"]).trim().is_empty());
+}
+
+/// `strata run` of a SOCI-indexed gzip image: the container runs from spans read lazily.
+#[test]
+fn a_container_runs_from_a_soci_indexed_image() {
+    if !require_root_fuse("a_container_runs_from_a_soci_indexed_image") {
+        return;
+    }
+    let reg = Registry::start();
+    let tars: Vec<Vec<u8>> = runnable_layers().iter().map(|l| tar_of(l)).collect();
+    let img = push_gzip_tars(&reg.addr, "t/run", "1", &tars);
+    let state = tempfile::tempdir().unwrap();
+    let writer = state.path().join("writer");
+    let args = [
+        "index",
+        "-q",
+        &img.reference,
+        "--min-layer-size",
+        "0",
+        "--span-size",
+        "65536",
+    ];
+    ok(&writer, &args);
+    let root = state.path().join("root");
+    let out = ok(
+        &root,
+        &["run", "--rm", &img.reference, "cat", "/etc/os-release"],
+    );
+    assert_eq!(out, "ID=strata-test\nVERSION_ID=2\n");
 }
 
 /// A v1 SOCI index (a referrer of the image manifest, found through the referrers tag schema,
