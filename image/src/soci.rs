@@ -244,12 +244,18 @@ fn ztocs_of(
     Ok(out)
 }
 
-/// The v1 SOCI index that refers to `mdigest`, through the referrers tag schema; `None` if
-/// there is none (or the registry cannot say).
+/// The v1 SOCI index that refers to `mdigest`: through the OCI referrers API, or, where the
+/// registry has none, the referrers tag schema (`sha256-<hex>`); `None` if there is none (or
+/// the registry cannot say).
 async fn v1_index(client: &RegistryClient, r: &Reference, mdigest: &Digest) -> Option<Digest> {
-    let tag = format!("sha256-{}", mdigest.hex());
-    let fetched = client.get_manifest_by(r, &tag).await.ok()?;
-    let list: Referrers = serde_json::from_slice(&fetched.bytes).ok()?;
+    let body = match client.referrers(r, mdigest, ARTIFACT_V1).await {
+        Ok(Some(body)) => body,
+        _ => {
+            let tag = format!("sha256-{}", mdigest.hex());
+            client.get_manifest_by(r, &tag).await.ok()?.bytes
+        }
+    };
+    let list: Referrers = serde_json::from_slice(&body).ok()?;
     list.manifests
         .iter()
         .filter(|m| m.artifact_type.as_deref() == Some(ARTIFACT_V1))
