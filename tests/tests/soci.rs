@@ -71,11 +71,11 @@ fn a_soci_indexed_gzip_image_runs_lazily_and_matches_extraction() {
     proxy.set(strata_tests::proxy::Fault::CorruptRanges);
     let want = big();
     let mut failed = 0;
-    for i in 0..8u64 {
+    for i in 0..8usize {
         let at = (40 << 20) + i * (3 << 20);
         let mut piece = vec![0u8; 64 << 10];
-        match std::os::unix::fs::FileExt::read_exact_at(&f, &mut piece, at) {
-            Ok(()) => assert!(piece == want[at as usize..at as usize + piece.len()]),
+        match std::os::unix::fs::FileExt::read_exact_at(&f, &mut piece, at as u64) {
+            Ok(()) => assert!(piece == want[at..at + piece.len()]),
             Err(e) => {
                 assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
                 failed += 1;
