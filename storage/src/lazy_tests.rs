@@ -473,3 +473,26 @@ async fn a_tampered_soci_span_is_an_error_and_never_cached() {
     assert!(err.to_string().contains("digest"), "{err}");
     assert!(!f.cache().contains(&chunks[0].digest.unwrap()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soci_span_too_large_to_keep_is_read_piece_by_piece() {
+    let (blob, files) = gzip_tar_layer();
+    // One span for the whole layer: more output than a span kept in memory may have.
+    let ztoc = Arc::new(
+        strata_formats::soci::build_ztoc(std::io::Cursor::new(&blob), 64 << 20).unwrap(),
+    );
+    assert_eq!(ztoc.span_digests.len(), 1);
+    let index = ztoc.layer_index().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(blob.clone(), false);
+    let f = fetcher(&dir, &fake);
+    f.register_ztoc(&ztoc);
+    let layer = source(LayerFormat::Soci);
+    for (name, data) in &files {
+        let e = index.entries.iter().find(|e| e.path == name.as_bytes()).unwrap();
+        let at = data.len() as u64 / 2;
+        let got = read(&f, &layer, &e.chunks, at, 5000).await.unwrap();
+        assert!(got == data[at as usize..at as usize + 5000], "{name}");
+    }
+    assert_eq!(fake.requests().len(), 1, "the one span is fetched once");
+}

@@ -15,7 +15,15 @@ use strata_oci::digest::Digest;
 use crate::cache::{CacheError, ChunkCache};
 
 /// Inflated spans kept in memory (SOCI's spans are 4 MiB of output by default).
-const KEPT_SPANS: usize = 16;
+const KEPT_SPANS: usize = 8;
+/// A span with more output than this (a gzip writer that made few deflate blocks, or a ztoc
+/// that claims so) is never inflated whole: each read inflates up to what it needs, into a
+/// buffer of its own size.
+#[cfg(not(test))]
+const KEPT_SPAN_BYTES: u64 = 8 << 20;
+/// Small in tests, so that both ways are taken.
+#[cfg(test)]
+const KEPT_SPAN_BYTES: u64 = 1 << 20;
 
 /// Where a span's checkpoint is: its ztoc and its index there.
 #[derive(Debug, Clone)]
@@ -49,16 +57,18 @@ impl Spans {
         kept.iter().find(|(k, _)| k == d).map(|(_, v)| v.clone())
     }
 
-    /// The whole output of the span with digest `d`, from its cached compressed bytes; `None`
-    /// if they are not cached.
+    /// Output of the span with digest `d`, from its cached compressed bytes, and where in the
+    /// span's output it starts: the whole span (kept for the next reads) when it is small
+    /// enough, else only `want`; `None` if the span is not cached.
     fn output(
         &self,
         cache: &ChunkCache,
         c: &Chunk,
         d: &Digest,
-    ) -> Result<Option<Arc<Vec<u8>>>, CacheError> {
+        want: std::ops::Range<u64>,
+    ) -> Result<Option<(Arc<Vec<u8>>, u64)>, CacheError> {
         if let Some(out) = self.kept(d) {
-            return Ok(Some(out));
+            return Ok(Some((out, 0)));
         }
         let ChunkLoc::Zran { start, end, .. } = c.loc else {
             return Ok(None);
@@ -90,7 +100,7 @@ impl Spans {
         if kept.len() > KEPT_SPANS {
             kept.pop_front();
         }
-        Ok(Some(out))
+        Ok(Some((out, 0)))
     }
 
     /// Fills `out` with the chunk's bytes from `offset` into it; false if its span is not
@@ -105,10 +115,11 @@ impl Spans {
         let (Some(d), ChunkLoc::Zran { inner, .. }) = (c.digest, c.loc) else {
             return Ok(false);
         };
-        let Some(span) = self.output(cache, c, &d)? else {
+        let want = inner + offset..inner + offset + out.len() as u64;
+        let Some((span, base)) = self.output(cache, c, &d, want.clone())? else {
             return Ok(false);
         };
-        let from = strata_oci::usize_of(inner + offset);
+        let from = strata_oci::usize_of(want.start - base);
         let Some(src) = span.get(from..from + out.len()) else {
             return Err(CacheError::Span {
                 digest: d,
