@@ -478,9 +478,8 @@ async fn a_tampered_soci_span_is_an_error_and_never_cached() {
 async fn a_soci_span_too_large_to_keep_is_read_piece_by_piece() {
     let (blob, files) = gzip_tar_layer();
     // One span for the whole layer: more output than a span kept in memory may have.
-    let ztoc = Arc::new(
-        strata_formats::soci::build_ztoc(std::io::Cursor::new(&blob), 64 << 20).unwrap(),
-    );
+    let ztoc =
+        Arc::new(strata_formats::soci::build_ztoc(std::io::Cursor::new(&blob), 64 << 20).unwrap());
     assert_eq!(ztoc.span_digests.len(), 1);
     let index = ztoc.layer_index().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -489,7 +488,11 @@ async fn a_soci_span_too_large_to_keep_is_read_piece_by_piece() {
     f.register_ztoc(&ztoc);
     let layer = source(LayerFormat::Soci);
     for (name, data) in &files {
-        let e = index.entries.iter().find(|e| e.path == name.as_bytes()).unwrap();
+        let e = index
+            .entries
+            .iter()
+            .find(|e| e.path == name.as_bytes())
+            .unwrap();
         let at = data.len() as u64 / 2;
         let got = read(&f, &layer, &e.chunks, at, 5000).await.unwrap();
         assert!(got == data[at as usize..at as usize + 5000], "{name}");

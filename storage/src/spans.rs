@@ -25,6 +25,9 @@ const KEPT_SPAN_BYTES: u64 = 8 << 20;
 #[cfg(test)]
 const KEPT_SPAN_BYTES: u64 = 1 << 20;
 
+/// Inflated output of a span, and where in the span's output it starts.
+type Inflated = (Arc<Vec<u8>>, u64);
+
 /// Where a span's checkpoint is: its ztoc and its index there.
 #[derive(Debug, Clone)]
 struct SpanPoint {
@@ -66,7 +69,7 @@ impl Spans {
         c: &Chunk,
         d: &Digest,
         want: std::ops::Range<u64>,
-    ) -> Result<Option<(Arc<Vec<u8>>, u64)>, CacheError> {
+    ) -> Result<Option<Inflated>, CacheError> {
         if let Some(out) = self.kept(d) {
             return Ok(Some((out, 0)));
         }
@@ -88,13 +91,24 @@ impl Spans {
         };
         let output = ztoc.zinfo.span_output(span, ztoc.uncompressed_size);
         let checkpoint = &ztoc.zinfo.checkpoints[span];
-        let len = strata_oci::usize_of(output.end - output.start);
+        let whole = output.end - output.start <= KEPT_SPAN_BYTES;
+        let part = if whole {
+            0..output.end - output.start
+        } else {
+            want
+        };
+        let len = strata_oci::usize_of(part.end - part.start);
         let out =
-            zran::extract(&data, checkpoint, output.start, len).map_err(|e| CacheError::Span {
-                digest: *d,
-                reason: e.to_string(),
+            zran::extract(&data, checkpoint, output.start + part.start, len).map_err(|e| {
+                CacheError::Span {
+                    digest: *d,
+                    reason: e.to_string(),
+                }
             })?;
         let out = Arc::new(out);
+        if !whole {
+            return Ok(Some((out, part.start)));
+        }
         let mut kept = self.inflated.lock().unwrap_or_else(|p| p.into_inner());
         kept.push_back((*d, out.clone()));
         if kept.len() > KEPT_SPANS {
