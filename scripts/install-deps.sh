@@ -21,3 +21,5 @@ command -v cargo >/dev/null || { echo "cargo (Rust) is required: https://rustup.
 # the Go module proxy; fetch its modules now so the tests need no network.
 command -v go >/dev/null || { echo "go (1.22 or newer) is required for the interop tests: https://go.dev/dl" >&2; exit 1; }
 (cd "$(dirname "$0")/../tests/tools/stargz-writer" && go mod download)
+# The SOCI interop test builds soci-ztoc (soci-snapshotter's generated ztoc reader and writer).
+(cd "$(dirname "$0")/../tests/tools/soci-ztoc" && go mod download)

@@ -53,6 +53,33 @@ impl RegistryClient {
         Ok(out)
     }
 
+    /// The referrers of manifest `digest` with artifact type `artifact_type`, through the OCI
+    /// referrers API (`GET /v2/<name>/referrers/<digest>`): the image index's JSON, or `None`
+    /// when the registry has no such API (404).
+    pub async fn referrers(
+        &self,
+        r: &Reference,
+        digest: &strata_oci::digest::Digest,
+        artifact_type: &str,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        let url = format!(
+            "{}/referrers/{digest}?artifactType={}",
+            self.base(r),
+            artifact_type.replace('+', "%2B")
+        );
+        let resp = self
+            .send(r, "pull", Method::GET, &url, self.small_timeout(), &|b| b)
+            .await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(status_error("GET", &url, resp).await);
+        }
+        let body = crate::response::read_limited(resp, crate::MAX_MANIFEST_BYTES, &url).await?;
+        Ok(Some(body.to_vec()))
+    }
+
     /// Downloads a plain URL (no registry auth) to `to` (for `import URL`).
     pub async fn download(&self, url: &str, to: &std::path::Path) -> Result<u64, RegistryError> {
         let t = |source| RegistryError::Transport {

@@ -69,6 +69,17 @@ pub enum ChunkLoc {
         /// Offset into the decompressed members.
         inner: u64,
     },
+    /// A piece of a SOCI span: the span's compressed bytes are `start..end` of the blob (the
+    /// chunk's digest is theirs, the span digest of the ztoc); the piece starts `inner` bytes
+    /// into the span's output, reached by inflating from the span's checkpoint.
+    Zran {
+        /// First byte of the span.
+        start: u64,
+        /// One past its last byte.
+        end: u64,
+        /// Offset of the piece in the span's uncompressed output.
+        inner: u64,
+    },
     /// A hole: all zeros, nothing to fetch.
     Zeros,
     /// Only in the local chunk cache (the layer had no TOC and was indexed by streaming it).
@@ -189,7 +200,7 @@ fn parse_digest(name: &str, s: &Option<String>) -> Result<Option<Digest>, IndexE
         .transpose()
 }
 
-fn entry_of(e: &TocEntry) -> Result<Entry, IndexError> {
+pub(crate) fn entry_of(e: &TocEntry) -> Result<Entry, IndexError> {
     // JSON writers in Go replace invalid UTF-8 with U+FFFD: such a TOC cannot name the file.
     if (e.name_raw.is_none() && e.name.contains('\u{fffd}'))
         || (e.link_name_raw.is_none() && e.link_name.contains('\u{fffd}'))
@@ -273,7 +284,9 @@ fn check_chunks(e: &Entry) -> Result<(), IndexError> {
         if c.loc != ChunkLoc::Zeros && c.digest.is_none() {
             return Err(bad(format!("chunk at {} has no digest", c.file_offset)));
         }
-        if let ChunkLoc::Zstd { start, end } | ChunkLoc::Gzip { start, end, .. } = c.loc
+        if let ChunkLoc::Zstd { start, end }
+        | ChunkLoc::Gzip { start, end, .. }
+        | ChunkLoc::Zran { start, end, .. } = c.loc
             && end <= start
         {
             return Err(bad(format!(

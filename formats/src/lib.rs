@@ -5,12 +5,17 @@
 pub mod chunked;
 pub mod estargz;
 pub mod estargz_write;
+pub mod fbs;
 pub mod index;
 mod num;
 pub mod profile;
+pub mod soci;
 pub mod sparse;
 #[cfg(test)]
 mod sparse_tests;
 pub mod tarsplit;
 pub mod tarwalk;
 pub mod toc;
+pub mod zlib;
+pub mod zran;
+pub mod ztoc;

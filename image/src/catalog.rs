@@ -30,6 +30,8 @@ pub struct OpenLayer {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     store: Store,
+    /// Where SOCI layers' checkpoints are registered when their indexes are opened.
+    fetcher: Option<std::sync::Arc<strata_storage::lazy::ChunkFetcher>>,
 }
 
 /// A reference to the image in the first repository known to have it. An image made here
@@ -52,7 +54,20 @@ pub fn source_ref(img: &ImageRecord) -> Result<Reference, ImageError> {
 impl Catalog {
     /// The catalog of `store`.
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            fetcher: None,
+        }
+    }
+
+    /// The catalog, registering the checkpoints of SOCI layers it opens with `fetcher` (which
+    /// then reads their chunks).
+    pub fn with_fetcher(
+        mut self,
+        fetcher: std::sync::Arc<strata_storage::lazy::ChunkFetcher>,
+    ) -> Self {
+        self.fetcher = Some(fetcher);
+        self
     }
 
     /// Finds an image by reference, id prefix or manifest digest; also returns the reference
@@ -224,6 +239,13 @@ impl Catalog {
         let idx_err = |source| ImageError::Index { layer: *d, source };
         let index = match lr.format {
             LayerFormat::Estargz => estargz::index(&toc, lr.toc_offset).map_err(idx_err)?,
+            LayerFormat::Soci => {
+                let (ztoc, index) = crate::soci::open_ztoc(*d, lr.size, toc_digest, &toc)?;
+                if let Some(f) = &self.fetcher {
+                    f.register_ztoc(&std::sync::Arc::new(ztoc));
+                }
+                index
+            }
             LayerFormat::ZstdChunked | LayerFormat::Plain { .. } => {
                 let parsed = decode_toc(&toc, lr.toc_uncompressed)
                     .map_err(|source| ImageError::Toc { layer: *d, source })?;

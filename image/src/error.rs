@@ -43,6 +43,16 @@ pub enum ImageError {
         /// The cause.
         source: IndexError,
     },
+    /// A SOCI index or ztoc is malformed or does not fit the image.
+    #[error("soci {what} {digest}: {reason}")]
+    Soci {
+        /// `index` or `ztoc`.
+        what: &'static str,
+        /// The document at fault.
+        digest: Digest,
+        /// What is wrong.
+        reason: String,
+    },
     /// A manifest or index is unsupported or inconsistent.
     #[error("manifest {what}: {problem}")]
     Manifest {

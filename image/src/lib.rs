@@ -31,6 +31,8 @@ pub mod prefetch;
 pub mod profile;
 pub mod pull;
 pub mod push;
+pub mod soci;
+pub mod soci_write;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -118,7 +120,7 @@ impl Images {
 
     /// Finding, naming and opening stored images.
     pub fn catalog(&self) -> Catalog {
-        Catalog::new(self.store.clone())
+        Catalog::new(self.store.clone()).with_fetcher(self.fetcher.clone())
     }
 
     /// Lazy pull; it starts a profile's prefetch when [`Images::prefetch`] asks for one.
@@ -151,6 +153,11 @@ impl Images {
     /// Uploads.
     pub fn pusher(&self) -> Pusher {
         Pusher::new(self.store.clone(), self.client.clone(), self.layout.clone())
+    }
+
+    /// SOCI indexes of gzip images, built and pushed (`strata index`).
+    pub fn soci_writer(&self) -> soci_write::SociWriter {
+        soci_write::SociWriter::new(self.client.clone(), self.layout.clone())
     }
 
     /// Registry-to-registry conversion.

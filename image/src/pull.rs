@@ -29,6 +29,7 @@ use crate::error::{ImageError, Progress, ProgressFn, digest_of, feed_error};
 use crate::index::LayerIndexer;
 use crate::layout::Layout;
 use crate::prefetch::Prefetcher;
+use crate::soci::{ZtocRef, find_ztocs, soci_layer};
 
 /// A resolved manifest: the manifest, its digest and bytes, and the index it was chosen from
 /// (digest and bytes) when the reference named an index.
@@ -129,8 +130,17 @@ impl Puller {
             let (pf, repo, blobs) = (self.prefetcher.clone(), r.clone(), layers.clone());
             tokio::spawn(async move { pf.prefetch_profile(&repo, &blobs, &profile).await });
         }
-        self.fetch_config_and_layers(r, &manifest, config, &layers, stream_plain, progress)
-            .await?;
+        let ztocs = self.soci_ztocs(r, &manifest, &mdigest, &layers).await?;
+        self.fetch_config_and_layers(
+            r,
+            &manifest,
+            config,
+            &layers,
+            &ztocs,
+            stream_plain,
+            progress,
+        )
+        .await?;
         self.store.put_blob(&mdigest, &mbytes)?;
         if let Some((idig, ibytes)) = &index {
             self.store.put_blob(idig, ibytes)?;
@@ -157,13 +167,44 @@ impl Puller {
         Ok(rec)
     }
 
+    /// The ztocs of the image's SOCI index, if it has one (looked for only when a layer is
+    /// gzip).
+    async fn soci_ztocs(
+        &self,
+        r: &Reference,
+        manifest: &ImageManifest,
+        mdigest: &Digest,
+        layers: &[Digest],
+    ) -> Result<BTreeMap<Digest, ZtocRef>, ImageError> {
+        let descs = manifest.layers();
+        if !descs
+            .iter()
+            .any(|l| l.media_type().to_string().ends_with("gzip"))
+        {
+            return Ok(BTreeMap::new());
+        }
+        let sizes: Vec<(Digest, u64)> = layers
+            .iter()
+            .zip(descs)
+            .map(|(d, l)| (*d, l.size()))
+            .collect();
+        let annotations: BTreeMap<String, String> = manifest
+            .annotations()
+            .as_ref()
+            .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        find_ztocs(&self.client, r, mdigest, &annotations, &sizes).await
+    }
+
     /// Config and TOCs in parallel: each is one round trip.
+    #[allow(clippy::too_many_arguments)]
     async fn fetch_config_and_layers(
         &self,
         r: &Reference,
         manifest: &ImageManifest,
         config: Digest,
         layers: &[Digest],
+        ztocs: &BTreeMap<Digest, ZtocRef>,
         stream_plain: bool,
         progress: ProgressFn<'_>,
     ) -> Result<(), ImageError> {
@@ -188,7 +229,14 @@ impl Puller {
                         what: "Already exists",
                     });
                 } else {
-                    let rec = self.pull_layer(r, desc, d, stream_plain, progress).await?;
+                    let rec = match ztocs.get(&d) {
+                        Some(z) => {
+                            let mt = desc.media_type().to_string();
+                            let (store, client) = (&self.store, &self.client);
+                            soci_layer(store, client, r, (d, desc.size()), mt, z).await?
+                        }
+                        None => self.pull_layer(r, desc, d, stream_plain, progress).await?,
+                    };
                     self.store.put_layer(&rec)?;
                     progress(Progress::LayerDone {
                         layer: d,
@@ -406,6 +454,7 @@ pub fn pulled_path(rec: &LayerRecord) -> &'static str {
     match (rec.format, rec.toc.is_some()) {
         (LayerFormat::ZstdChunked, _) => "Pull complete (lazy: zstd:chunked TOC)",
         (LayerFormat::Estargz, _) => "Pull complete (lazy: eStargz TOC)",
+        (LayerFormat::Soci, _) => "Pull complete (lazy: SOCI index)",
         (LayerFormat::Plain { .. }, true) => "Pull complete (stream: no usable TOC, indexed now)",
         (LayerFormat::Plain { .. }, false) => {
             "Pull complete (stream: no usable TOC, streams on first mount)"

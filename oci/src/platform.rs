@@ -196,6 +196,10 @@ pub fn select(index: &ImageIndex, wanted: &str) -> Result<Digest, PlatformError>
     let mut best: Option<(usize, Digest)> = None;
     let mut available = Vec::new();
     for m in index.manifests() {
+        // An artifact (a SOCI index, a signature) is not an image, whatever platform it names.
+        if m.artifact_type().is_some() {
+            continue;
+        }
         // As containerd: an entry without a platform fits any, after every entry that has one.
         let rank = match m.platform() {
             None => {

@@ -39,6 +39,14 @@ pub enum CacheError {
         /// The cause.
         source: io::Error,
     },
+    /// A cached SOCI span could not be inflated.
+    #[error("span {digest}: {reason}")]
+    Span {
+        /// The span digest.
+        digest: Digest,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// Default size limit of the cache: 10 GiB.
@@ -297,6 +305,14 @@ impl ChunkCache {
     ) -> Result<Option<PathBuf>, CacheError> {
         use std::io::Write as _;
         use std::os::unix::fs::FileExt;
+        // SOCI chunks are cached compressed: such files are read through strata, never handed
+        // to the kernel.
+        if chunks
+            .iter()
+            .any(|c| matches!(c.loc, strata_formats::index::ChunkLoc::Zran { .. }))
+        {
+            return Ok(None);
+        }
         let path = self.assembled_path(chunks);
         let dir = self.dir.join("files");
         if path.exists() {

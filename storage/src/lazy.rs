@@ -20,6 +20,7 @@ use crate::inflight::{Claim, Claimed, Foreground, Inflight};
 use crate::plain::index_plain;
 use crate::ranges::{PARALLEL_REQUESTS, RangeGroup, coalesce, store_group};
 use crate::source::{BlobSource, RangeReply, SourceError};
+use crate::spans::Spans;
 use crate::store::LayerFormat;
 use strata_formats::index::{Chunk, ChunkLoc};
 use strata_formats::tarwalk::WalkError;
@@ -116,6 +117,8 @@ pub struct ChunkFetcher {
     layer_streams: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     /// Reads waiting for the network now; background fetches hold back while there are any.
     foreground: Foreground,
+    /// Checkpoints of SOCI layers, for reading their spans.
+    spans: Spans,
 }
 
 impl ChunkFetcher {
@@ -128,6 +131,7 @@ impl ChunkFetcher {
             blobs_dir,
             inflight: Inflight::default(),
             layer_streams: Mutex::new(HashMap::new()),
+            spans: Spans::default(),
             foreground: Foreground::default(),
         }
     }
@@ -135,6 +139,11 @@ impl ChunkFetcher {
     /// The cache this fetcher fills.
     pub fn cache(&self) -> &Arc<ChunkCache> {
         &self.cache
+    }
+
+    /// Makes the chunks of a SOCI layer indexed by `ztoc` readable (their spans' checkpoints).
+    pub fn register_ztoc(&self, ztoc: &Arc<strata_formats::ztoc::Ztoc>) {
+        self.spans.register(ztoc);
     }
 
     /// Chunks of `chunks` that overlap `offset..offset+len`.
@@ -163,6 +172,14 @@ impl ChunkFetcher {
                 &mut buf[strata_oci::usize_of(from - offset)..strata_oci::usize_of(to - offset)];
             match (c.loc, c.digest) {
                 (ChunkLoc::Zeros, _) | (_, None) => out.fill(0),
+                (ChunkLoc::Zran { .. }, Some(_)) => {
+                    if !self
+                        .spans
+                        .read_into(&self.cache, c, from - c.file_offset, out)?
+                    {
+                        return Ok(None);
+                    }
+                }
                 (_, Some(d)) => {
                     if !self.cache.read_into(&d, from - c.file_offset, out)? {
                         return Ok(None);

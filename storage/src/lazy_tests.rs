@@ -377,3 +377,125 @@ fn touching_selects_overlapping_chunks() {
     assert_eq!(ChunkFetcher::touching(&cs, 19, 100).len(), 2);
     assert_eq!(ChunkFetcher::touching(&cs, 25, 10).len(), 0);
 }
+
+/// A gzip tar of files of 0.3..2.6 MB of poorly compressible bytes, and the files.
+fn gzip_tar_layer() -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+    use std::io::Write;
+    let mut b = tar::Builder::new(Vec::new());
+    let mut files = Vec::new();
+    for i in 0..4u64 {
+        let mut x = i * 0x9e37_79b9 + 1;
+        let data: Vec<u8> = (0..300_000 + i * 770_000)
+            .map(|j| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if j % 2 == 0 {
+                    b'a' + (x % 5) as u8
+                } else {
+                    x as u8
+                }
+            })
+            .collect();
+        let name = format!("f{i}");
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, &name, &data[..]).unwrap();
+        files.push((name, data));
+    }
+    let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    w.write_all(&b.into_inner().unwrap()).unwrap();
+    (w.finish().unwrap(), files)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soci_spans_are_fetched_verified_and_read_lazily() {
+    let (blob, files) = gzip_tar_layer();
+    let ztoc =
+        Arc::new(strata_formats::soci::build_ztoc(std::io::Cursor::new(&blob), 256 << 10).unwrap());
+    let index = ztoc.layer_index().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(blob.clone(), false);
+    let f = fetcher(&dir, &fake);
+    f.register_ztoc(&ztoc);
+    let layer = source(LayerFormat::Soci);
+    let chunks_of = |name: &str| {
+        let e = index.entries.iter().find(|e| e.path == name.as_bytes());
+        e.unwrap().chunks.clone()
+    };
+    // One small read of the first file fetches its span(s), not the layer.
+    let first = chunks_of("f0");
+    let got = read(&f, &layer, &first, 1000, 100).await.unwrap();
+    assert_eq!(got, &files[0].1[1000..1100]);
+    let fetched: u64 = fake.requests().iter().map(|r| r.end - r.start).sum();
+    assert!(
+        fetched < blob.len() as u64 / 3,
+        "{fetched} of {} bytes",
+        blob.len()
+    );
+    assert_eq!(fake.streams.load(Ordering::SeqCst), 0);
+    // Every file reads back whole, from the cache once fetched.
+    for (name, data) in &files {
+        let chunks = chunks_of(name);
+        let got = read(&f, &layer, &chunks, 0, data.len() as u64)
+            .await
+            .unwrap();
+        assert!(got == *data, "{name}");
+        let mut again = vec![0; data.len()];
+        assert_eq!(
+            f.read_cached_into(&chunks, 0, &mut again).unwrap(),
+            Some(data.len())
+        );
+        assert!(again == *data, "{name} from the cache");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_soci_span_is_an_error_and_never_cached() {
+    let (mut blob, files) = gzip_tar_layer();
+    let ztoc =
+        Arc::new(strata_formats::soci::build_ztoc(std::io::Cursor::new(&blob), 256 << 10).unwrap());
+    let index = ztoc.layer_index().unwrap();
+    let chunks = index.entries[2].chunks.clone();
+    let ChunkLoc::Zran { start, .. } = chunks[0].loc else {
+        panic!("not a span chunk")
+    };
+    blob[start as usize + 100] ^= 1;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(blob, false);
+    let f = fetcher(&dir, &fake);
+    f.register_ztoc(&ztoc);
+    let layer = source(LayerFormat::Soci);
+    let err = read(&f, &layer, &chunks, 0, files[2].1.len() as u64)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("digest"), "{err}");
+    assert!(!f.cache().contains(&chunks[0].digest.unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soci_span_too_large_to_keep_is_read_piece_by_piece() {
+    let (blob, files) = gzip_tar_layer();
+    // One span for the whole layer: more output than a span kept in memory may have.
+    let ztoc =
+        Arc::new(strata_formats::soci::build_ztoc(std::io::Cursor::new(&blob), 64 << 20).unwrap());
+    assert_eq!(ztoc.span_digests.len(), 1);
+    let index = ztoc.layer_index().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(blob.clone(), false);
+    let f = fetcher(&dir, &fake);
+    f.register_ztoc(&ztoc);
+    let layer = source(LayerFormat::Soci);
+    for (name, data) in &files {
+        let e = index
+            .entries
+            .iter()
+            .find(|e| e.path == name.as_bytes())
+            .unwrap();
+        let at = data.len() as u64 / 2;
+        let got = read(&f, &layer, &e.chunks, at, 5000).await.unwrap();
+        assert!(got == data[at as usize..at as usize + 5000], "{name}");
+    }
+    assert_eq!(fake.requests().len(), 1, "the one span is fetched once");
+}

@@ -11,4 +11,5 @@ pub mod leftovers;
 pub mod plain;
 pub mod ranges;
 pub mod source;
+mod spans;
 pub mod store;

@@ -49,7 +49,9 @@ pub(crate) fn coalesce(chunks: &[Chunk]) -> Vec<RangeGroup> {
     let mut located: Vec<Located> = chunks
         .iter()
         .filter_map(|c| match c.loc {
-            ChunkLoc::Zstd { start, end } | ChunkLoc::Gzip { start, end, .. } => Some(Located {
+            ChunkLoc::Zstd { start, end }
+            | ChunkLoc::Gzip { start, end, .. }
+            | ChunkLoc::Zran { start, end, .. } => Some(Located {
                 start,
                 end,
                 chunk: *c,
@@ -97,7 +99,9 @@ fn decompress(c: &Chunk, slice: &[u8]) -> Result<Vec<u8>, String> {
                 .read_to_end(&mut out)
                 .map_err(|e| format!("gzip: {e}"))?;
         }
-        ChunkLoc::Zeros | ChunkLoc::Local => return Err("chunk has no place in the blob".into()),
+        ChunkLoc::Zran { .. } | ChunkLoc::Zeros | ChunkLoc::Local => {
+            return Err("chunk has no place in the blob".into());
+        }
     }
     Ok(out)
 }
@@ -121,6 +125,11 @@ pub(crate) fn store_group(
         let slice = data
             .get(strata_oci::usize_of(start - base)..strata_oci::usize_of(end - base))
             .ok_or_else(|| bad("range reply too short".into()))?;
+        if let ChunkLoc::Zran { .. } = c.loc {
+            // A SOCI span is cached as fetched: its digest is that of the compressed bytes.
+            cache.put(&digest, slice).map_err(|e| bad(e.to_string()))?;
+            continue;
+        }
         let plain = decompress(c, slice).map_err(bad)?;
         if plain.len() as u64 != c.len {
             return Err(bad(format!(

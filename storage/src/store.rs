@@ -47,6 +47,9 @@ pub enum LayerFormat {
     ZstdChunked,
     /// eStargz: chunks are gzip members; the TOC is `stargz.index.json`.
     Estargz,
+    /// A gzip layer with a SOCI index: `toc` is its ztoc; chunks are pieces of its spans,
+    /// which are fetched by range and cached compressed.
+    Soci,
     /// No usable TOC: the layer is streamed whole and its chunks live only in the cache.
     Plain {
         /// `gzip`, `zstd` or `none`.

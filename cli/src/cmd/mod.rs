@@ -28,6 +28,7 @@ pub mod rmi;
 pub mod run;
 mod run_checks;
 mod search;
+mod soci_index;
 mod start;
 mod system;
 mod transfer;
@@ -55,6 +56,8 @@ pub enum Command {
     Umount(mount::UmountArgs),
     /// Convert an image to the native lazy format (registry to registry).
     Convert(convert::Args),
+    /// Build a SOCI index for a gzip image and push it (registry to registry).
+    Index(soci_index::Args),
     /// Log in to a registry.
     Login(login::LoginArgs),
     /// Log out from a registry.
@@ -144,6 +147,7 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::Mount(a) => mount::run_mount(a, g),
         Command::Umount(a) => mount::run_umount(a),
         Command::Convert(a) => convert::run(a, g),
+        Command::Index(a) => soci_index::run(a, g),
         Command::Login(a) => login::run_login(a, g),
         Command::Logout(a) => login::run_logout(a, g),
         Command::Run(a) => run::run(*a, g),

@@ -1,0 +1,239 @@
+//! `strata index`: builds a SOCI index (v2) for a gzip image and pushes it, as
+//! `soci convert` does: a ztoc for each gzip layer of at least the minimum size, the SOCI index
+//! manifest naming them, the image manifest again with the `com.amazon.soci.index-digest`
+//! annotation (as an OCI manifest), and an image index holding both, pushed under the tag.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use serde_json::{Value, json};
+
+use strata_distribution::RegistryClient;
+use strata_formats::soci::build_ztoc;
+use strata_oci::digest::{Digest, Hasher};
+use strata_oci::manifest::{
+    CONFIG_MEDIA_TYPE, Descriptor, INDEX_MEDIA_TYPE, Index, MANIFEST_MEDIA_TYPE, Manifest,
+};
+use strata_oci::reference::Reference;
+
+use crate::error::{ImageError, Progress, ProgressFn};
+use crate::layout::Layout;
+use crate::pull::resolve_manifest;
+use crate::soci::{
+    ARTIFACT_V2, BUILD_TOOL, EMPTY_JSON, IMAGE_MANIFEST_DIGEST, INDEX_DIGEST, LAYER_DIGEST,
+    LAYER_MEDIA_TYPE, SPAN_SIZE, ZTOC_MEDIA_TYPE,
+};
+
+/// What `strata index` did.
+#[derive(Debug, Clone)]
+pub struct Indexed {
+    /// The SOCI index manifest.
+    pub index: Digest,
+    /// The image manifest with its annotation.
+    pub manifest: Digest,
+    /// The image index pushed under the tag.
+    pub image_index: Digest,
+    /// Layers that got a ztoc.
+    pub ztocs: usize,
+}
+
+/// Builds and pushes SOCI indexes.
+#[derive(Debug, Clone)]
+pub struct SociWriter {
+    client: Arc<RegistryClient>,
+    layout: Layout,
+}
+
+impl SociWriter {
+    /// A writer talking to registries through `client`, with scratch space in `layout`.
+    pub fn new(client: Arc<RegistryClient>, layout: Layout) -> Self {
+        Self { client, layout }
+    }
+
+    /// Indexes image `r` (the manifest for `platform`): a ztoc with spans of `span_size`
+    /// for every gzip layer of at least `min_layer_size` bytes; pushes the result under `r`.
+    pub async fn index(
+        &self,
+        r: &Reference,
+        platform: &str,
+        min_layer_size: u64,
+        span_size: u64,
+        progress: ProgressFn<'_>,
+    ) -> Result<Indexed, ImageError> {
+        let (_, mdigest, mbytes, _) = resolve_manifest(&self.client, r, platform).await?;
+        let mut manifest = Manifest::from_slice(&mbytes, &mdigest.to_string())?;
+        let mut ztocs = Vec::new();
+        for layer in &manifest.layers {
+            if !layer.media_type.ends_with("gzip") || layer.size < min_layer_size {
+                continue;
+            }
+            ztocs.push(self.ztoc_for(r, layer, span_size, progress).await?);
+        }
+        if ztocs.is_empty() {
+            return Err(ImageError::Manifest {
+                what: r.to_string(),
+                problem: format!("no gzip layer of at least {min_layer_size} bytes to index"),
+            });
+        }
+        let count = ztocs.len();
+        let (index, index_bytes) = self.push_index(r, ztocs).await?;
+        // As soci convert: an OCI manifest (and config type) carrying the index's digest.
+        manifest.media_type = Some(MANIFEST_MEDIA_TYPE.into());
+        manifest.config.media_type = CONFIG_MEDIA_TYPE.into();
+        manifest
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(INDEX_DIGEST.into(), index.to_string());
+        let mbytes = Bytes::from(manifest.to_vec());
+        let by_digest = |d: &Digest| {
+            let mut at = r.clone();
+            at.tag = None;
+            at.digest = Some(*d);
+            at
+        };
+        let new_manifest = Digest::of(&mbytes);
+        self.client
+            .put_manifest(
+                &by_digest(&new_manifest),
+                mbytes.clone(),
+                MANIFEST_MEDIA_TYPE,
+            )
+            .await?;
+        let image_index = image_index(platform, new_manifest, mbytes.len(), index, &index_bytes);
+        let bytes =
+            Bytes::from(
+                serde_json::to_vec(&image_index).map_err(|e| ImageError::Manifest {
+                    what: r.to_string(),
+                    problem: e.to_string(),
+                })?,
+            );
+        let pushed = self.client.put_manifest(r, bytes, INDEX_MEDIA_TYPE).await?;
+        Ok(Indexed {
+            index,
+            manifest: new_manifest,
+            image_index: pushed,
+            ztocs: count,
+        })
+    }
+
+    /// Streams one layer to scratch space (checked against its digest), builds its ztoc and
+    /// pushes it; returns the ztoc's descriptor.
+    async fn ztoc_for(
+        &self,
+        r: &Reference,
+        layer: &Descriptor,
+        span_size: u64,
+        progress: ProgressFn<'_>,
+    ) -> Result<Descriptor, ImageError> {
+        let d = layer.digest;
+        progress(Progress::LayerStart {
+            layer: d,
+            size: layer.size,
+            what: "Indexing",
+        });
+        let tmp = self.layout.tmp();
+        std::fs::create_dir_all(&tmp).map_err(ImageError::io(&tmp))?;
+        let path = strata_storage::atomic::temp_path(&tmp.join(format!("soci-{}", d.hex())));
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(ImageError::io(&path))?;
+        // The name goes now: the open descriptor is all the ztoc builder needs.
+        let _ = std::fs::remove_file(&path);
+        let mut writer = std::io::BufWriter::new(file);
+        let mut body = Box::pin(self.client.blob_stream(r, &d).await?);
+        let mut hasher = Hasher::default();
+        let io = |source| ImageError::LayerIo { layer: d, source };
+        while let Some(chunk) = body.try_next().await? {
+            hasher.update(&chunk);
+            std::io::Write::write_all(&mut writer, &chunk).map_err(io)?;
+        }
+        let actual = hasher.finish();
+        if actual != d {
+            return Err(ImageError::Mismatch { layer: d, actual });
+        }
+        let file = writer.into_inner().map_err(|e| io(e.into_error()))?;
+        let ztoc = tokio::task::spawn_blocking(move || build_ztoc(file, span_size))
+            .await
+            .map_err(|e| io(std::io::Error::other(e)))?
+            .map_err(|e| ImageError::Soci {
+                what: "ztoc",
+                digest: d,
+                reason: format!("building the ztoc of layer {d}: {e}"),
+            })?;
+        let bytes = Bytes::from(ztoc.to_bytes());
+        let zdigest = Digest::of(&bytes);
+        let size = bytes.len() as u64;
+        self.client.put_blob(r, &zdigest, bytes).await?;
+        progress(Progress::LayerDone {
+            layer: d,
+            what: "Indexed",
+        });
+        let annotations = BTreeMap::from([
+            (LAYER_DIGEST.to_string(), d.to_string()),
+            (LAYER_MEDIA_TYPE.to_string(), layer.media_type.clone()),
+            (SPAN_SIZE.to_string(), span_size.to_string()),
+        ]);
+        Ok(Descriptor::new(ZTOC_MEDIA_TYPE, zdigest, size).with_annotations(annotations))
+    }
+
+    /// Pushes the empty config and the SOCI index manifest naming `ztocs`.
+    async fn push_index(
+        &self,
+        r: &Reference,
+        ztocs: Vec<Descriptor>,
+    ) -> Result<(Digest, Bytes), ImageError> {
+        let empty: Digest = EMPTY_JSON.parse().map_err(|_| ImageError::Manifest {
+            what: "soci index".into(),
+            problem: "bad empty config digest".into(),
+        })?;
+        self.client
+            .put_blob(r, &empty, Bytes::from_static(b"{}"))
+            .await?;
+        let mut index = Manifest::new(Descriptor::new(ARTIFACT_V2, empty, 2), ztocs);
+        index.annotations = Some(BTreeMap::from([(
+            BUILD_TOOL.to_string(),
+            format!("strata {}", env!("CARGO_PKG_VERSION")),
+        )]));
+        let bytes = Bytes::from(index.to_vec());
+        let digest = Digest::of(&bytes);
+        let mut at = r.clone();
+        at.tag = None;
+        at.digest = Some(digest);
+        self.client
+            .put_manifest(&at, bytes.clone(), MANIFEST_MEDIA_TYPE)
+            .await?;
+        Ok((digest, bytes))
+    }
+}
+
+/// The image index of a SOCI v2 image: the image manifest first (readers that pick the first
+/// match for a platform take it), then the SOCI index, typed by its artifact type.
+fn image_index(
+    platform: &str,
+    manifest: Digest,
+    manifest_len: usize,
+    index: Digest,
+    index_bytes: &[u8],
+) -> Index {
+    let p = strata_oci::platform::Platform::parse(platform).ok();
+    let platform: Value = match &p {
+        Some(p) => json!({"os": p.os, "architecture": p.arch}),
+        None => json!({"os": "linux", "architecture": "amd64"}),
+    };
+    let mut m = Descriptor::new(MANIFEST_MEDIA_TYPE, manifest, manifest_len as u64);
+    m.extra.insert("platform".into(), platform.clone());
+    let mut s =
+        Descriptor::new(MANIFEST_MEDIA_TYPE, index, index_bytes.len() as u64).with_annotations(
+            BTreeMap::from([(IMAGE_MANIFEST_DIGEST.to_string(), manifest.to_string())]),
+        );
+    s.extra.insert("artifactType".into(), ARTIFACT_V2.into());
+    s.extra.insert("platform".into(), platform);
+    let mut out = Index::new(vec![m, s]);
+    out.media_type = Some(INDEX_MEDIA_TYPE.into());
+    out
+}
