@@ -333,11 +333,13 @@ fn replay(images: &Images, tree: &StoreTree, journal: &Path) {
         let result = serde_json::from_str::<Added>(line)
             .map_err(|e| e.to_string())
             .and_then(|a| {
-                if !opened.contains_key(&a.image.manifest) {
-                    let layers = catalog.open_layers(&a.image).map_err(|e| with_causes(&e))?;
-                    opened.insert(a.image.manifest, layers);
-                }
-                let l = opened[&a.image.manifest]
+                let layers = match opened.entry(a.image.manifest) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(catalog.open_layers(&a.image).map_err(|e| with_causes(&e))?)
+                    }
+                };
+                let l = layers
                     .get(a.layer)
                     .ok_or_else(|| format!("no layer {} in {}", a.layer, a.image.manifest))?;
                 let name = layer_dir_name(&l.source.blob);

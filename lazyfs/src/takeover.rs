@@ -113,11 +113,12 @@ fn init_request() -> Vec<u8> {
     for v in [7u32, INIT_MINOR, 128 << 10] {
         body.extend_from_slice(&v.to_ne_bytes());
     }
-    body.extend_from_slice(&((caps & 0xffff_ffff) as u32).to_ne_bytes());
-    body.extend_from_slice(&((caps >> 32) as u32).to_ne_bytes());
+    let [l0, l1, l2, l3, h0, h1, h2, h3] = caps.to_le_bytes();
+    body.extend_from_slice(&u32::from_le_bytes([l0, l1, l2, l3]).to_ne_bytes());
+    body.extend_from_slice(&u32::from_le_bytes([h0, h1, h2, h3]).to_ne_bytes());
     body.resize(64, 0);
     let mut msg = Vec::with_capacity(40 + body.len());
-    msg.extend_from_slice(&((40 + body.len()) as u32).to_ne_bytes());
+    msg.extend_from_slice(&104u32.to_ne_bytes()); // 40-byte header + 64-byte fuse_init_in
     msg.extend_from_slice(&FUSE_INIT.to_ne_bytes());
     msg.extend_from_slice(&1u64.to_ne_bytes()); // unique
     msg.extend_from_slice(&0u64.to_ne_bytes()); // nodeid
