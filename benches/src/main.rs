@@ -253,19 +253,7 @@ fn main() {
         serve(&o, &img);
     }
     if o.store_only {
-        let p = o.profiles.first().expect("a profile");
-        let shaper = Shaper::start(&img.registry.addr, *p);
-        let figures = store::figures(&o.work, &img, &shaper);
-        println!("layer store on {machine}, link {}:", p.name);
-        println!("{}", serde_json::to_string_pretty(&figures).expect("json"));
-        write_json(
-            &o,
-            &machine,
-            &img,
-            Vec::new(),
-            json!({ "layer_store": figures }),
-        );
-        return;
+        return store_only(&o, &machine, &img);
     }
     let mut results = Vec::new();
     let mut table = vec![table_header()];
@@ -333,6 +321,22 @@ fn main() {
         println!("{k}: {v}");
     }
     write_json(&o, &machine, &img, results, micro);
+}
+
+/// `--store-only`: the layer store's figures over the first profile's link.
+fn store_only(o: &Opts, machine: &str, img: &prepare::Image) {
+    let p = o.profiles.first().expect("a profile");
+    let shaper = Shaper::start(&img.registry.addr, *p);
+    let figures = store::figures(&o.work, img, &shaper);
+    println!("layer store on {machine}, link {}:", p.name);
+    println!("{}", serde_json::to_string_pretty(&figures).expect("json"));
+    write_json(
+        o,
+        machine,
+        img,
+        Vec::new(),
+        json!({ "layer_store": figures }),
+    );
 }
 
 /// The whole run as JSON in `o.json`.
