@@ -1,11 +1,13 @@
 //! docker's init layer: the entries docker puts between an image and a container's own changes
 //! (`/.dockerenv`, `/dev/console`, `/dev/pts`, `/dev/shm`, `/etc/mtab` → `/proc/mounts`), so a
 //! container's root holds what it holds under docker (scripts test `/.dockerenv`; `export`
-//! lists them). strata writes them into a new container's upper layer before its first mount;
-//! they are not the container's changes, so `commit` and the container's size leave them out
-//! ([`is_init_entry`]).
+//! lists them). strata makes them in a new container's root before it first starts; they land
+//! in its upper layer but are not the container's changes, so `commit` and the container's
+//! size leave them out ([`is_init_entry`]).
 
 use std::path::Path;
+
+use crate::inroot::{InRoot, InRootError};
 
 /// What docker's init layer holds (besides the mount points strata's runner makes itself).
 const ENTRIES: [(&str, Kind); 5] = [
@@ -23,41 +25,44 @@ enum Kind {
     Link(&'static str),
 }
 
-/// A problem writing the init entries into an upper layer.
+/// A problem creating the init entries in a container's root.
 #[derive(Debug, thiserror::Error)]
-#[error("creating {path} in the container's writable layer: {source}")]
+#[error("creating {path} in the container: {source}")]
 pub struct InitLayerError {
     path: String,
     #[source]
-    source: std::io::Error,
+    source: InRootError,
 }
 
-/// Writes the init entries into `upper` (a container's writable layer, not mounted yet);
-/// missing parent directories are made as docker's init layer makes them (0755).
-pub fn write(upper: &Path) -> Result<(), InitLayerError> {
-    use std::os::unix::fs::DirBuilderExt;
+/// Creates the init entries the container's root (`rootfs`, its overlay mounted) lacks,
+/// resolved inside it (a link in the image never leads a write out of it). Made through the
+/// overlay, a parent such as `/etc` is copied up with the image's owner and mode; an entry
+/// the image has is left as it is.
+pub fn write(rootfs: &Path) -> Result<(), InitLayerError> {
+    let err = |rel: &str| {
+        let path = format!("/{rel}");
+        move |source| InitLayerError { path, source }
+    };
+    let r = InRoot::open(rootfs).map_err(err(""))?;
     for (rel, kind) in ENTRIES {
-        let path = upper.join(rel);
-        let err = |source| InitLayerError {
-            path: format!("/{rel}"),
-            source,
-        };
-        if let Some(parent) = path.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(parent)
-                .map_err(err)?;
-        }
-        if path.symlink_metadata().is_ok() {
+        let path = Path::new("/").join(rel);
+        let exists = r
+            .resolve_nofollow(&path)
+            .is_ok_and(|h| h.symlink_metadata().is_ok());
+        if exists {
             continue;
         }
         match kind {
-            Kind::File => std::fs::File::create(&path).map(drop),
-            Kind::Dir => std::fs::DirBuilder::new().mode(0o755).create(&path),
-            Kind::Link(to) => std::os::unix::fs::symlink(to, &path),
+            Kind::File => r.make_file(&path).map(drop),
+            Kind::Dir => r.mkdir_all(&path).map(drop),
+            Kind::Link(to) => r.place(&path).and_then(|host| {
+                std::os::unix::fs::symlink(to, &host).map_err(|source| InRootError::HostPath {
+                    path: path.clone(),
+                    source,
+                })
+            }),
         }
-        .map_err(err)?;
+        .map_err(err(rel))?;
     }
     Ok(())
 }
@@ -103,6 +108,7 @@ mod tests {
     fn writes_docker_init_entries_and_recognises_only_unchanged_ones() {
         let d = tempfile::tempdir().unwrap();
         let upper = d.path().join("upper");
+        std::fs::create_dir(&upper).unwrap();
         write(&upper).unwrap();
         // Idempotent: a restarted container's upper keeps what it has.
         write(&upper).unwrap();
@@ -129,5 +135,26 @@ mod tests {
             let meta = upper.join(rel).symlink_metadata().unwrap();
             assert!(!is_init_entry(Path::new(rel), &meta, &upper), "{rel}");
         }
+    }
+
+    #[test]
+    fn a_link_in_the_image_never_leads_a_write_out_of_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let (root, outside) = (d.path().join("root"), d.path().join("outside"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("dev")).unwrap();
+        std::fs::write(root.join(".dockerenv"), b"the image's").unwrap();
+        write(&root).unwrap();
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        // The absolute link is resolved inside the root.
+        let inside = root.join(outside.strip_prefix("/").unwrap());
+        assert!(inside.join("console").is_file());
+        assert!(inside.join("pts").is_dir());
+        // What the image has stays.
+        assert_eq!(
+            std::fs::read(root.join(".dockerenv")).unwrap(),
+            b"the image's"
+        );
     }
 }

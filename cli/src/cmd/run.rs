@@ -261,11 +261,13 @@ pub fn run_recorded(
         let _ = std::fs::remove_dir_all(&dir);
         e
     };
-    // docker's init layer entries (/.dockerenv, /etc/mtab, ...), under the container's changes.
-    strata_runner::initlayer::write(&dir.join("upper"))
-        .map_err(|e| cleanup_dir(crate::cmd::daemon(e.to_string())))?;
     let (root_mount, recording) = mount_root_with(&ctx, rt.handle(), &img, &dir, record)
         .map_err(|e| cleanup_dir(e.into()))?;
+    // docker's init layer entries (/.dockerenv, /etc/mtab, ...) the image lacks.
+    if let Err(e) = strata_runner::initlayer::write(&root_mount.rootfs) {
+        drop(root_mount);
+        return Err(cleanup_dir(crate::cmd::daemon(e.to_string())));
+    }
     let spec = setup.spec(&a, &cfg, args.clone(), &id, &root_mount.rootfs, &dir);
     if let Err(e) = strata_runner::user::resolve(&spec.rootfs, &spec.user) {
         drop(root_mount);
