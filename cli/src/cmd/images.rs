@@ -274,7 +274,7 @@ pub fn human_size_with_precision(bytes: u64, precision: usize) -> String {
 fn go_g(v: f64, precision: usize) -> String {
     let sci = format!("{:.*e}", precision - 1, v);
     let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
+    let exp: i64 = exp.parse().unwrap_or(0);
     let trim = |s: &str| {
         if s.contains('.') {
             s.trim_end_matches('0').trim_end_matches('.').to_string()
@@ -282,11 +282,12 @@ fn go_g(v: f64, precision: usize) -> String {
             s.to_string()
         }
     };
-    if exp < -4 || exp >= precision as i32 {
+    let p = i64::try_from(precision).unwrap_or(i64::MAX);
+    if exp < -4 || exp >= p {
         let sign = if exp < 0 { '-' } else { '+' };
         format!("{}e{sign}{:02}", trim(mantissa), exp.abs())
     } else {
-        let decimals = (precision as i32 - 1 - exp).max(0) as usize;
+        let decimals = usize::try_from(p - 1 - exp).unwrap_or(0);
         trim(&format!("{v:.decimals$}"))
     }
 }
