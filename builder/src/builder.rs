@@ -526,7 +526,14 @@ impl<'a> Builder<'a> {
         shown: &str,
         host: &mut dyn Host,
     ) -> Result<(), BuildError> {
-        let created_by = format!("/bin/sh -c #(nop)  {shown}");
+        // docker's classic builder joins "#(nop) " and the text with a space, except for
+        // WORKDIR (and COPY/ADD), whose text it appends to "#(nop) " directly.
+        let gap = if shown.starts_with("WORKDIR ") {
+            ""
+        } else {
+            " "
+        };
+        let created_by = format!("/bin/sh -c #(nop) {gap}{shown}");
         let Some(k) = self.try_cache(st, ins, &created_by, host)? else {
             return Ok(());
         };

@@ -329,6 +329,51 @@ impl Sources {
         Ok(size)
     }
 
+    /// The name docker's classic builder gives the source `rel` in the step's history:
+    /// `file:SUM` for a file, `dir:HASH` for a directory (see [`crate::tarsum`]). A directory
+    /// entered only for what `!` re-includes below it is not in docker's context tar and
+    /// counts by its name; a symlink by the entry it leads to, as moby follows it.
+    pub fn docker_hash(&self, rel: &Path) -> Result<String, ContextError> {
+        let entries = self.walk(rel)?;
+        let sum = |r: &Path, p: &Path| -> Result<String, ContextError> {
+            let read_err = |source| ContextError::Read {
+                path: r.to_path_buf(),
+                source,
+            };
+            let link = std::fs::symlink_metadata(p).map_err(read_err)?;
+            if !link.file_type().is_symlink() {
+                return crate::tarsum::entry_sum(r, p).map_err(read_err);
+            }
+            let followed = self.root.resolve(r).ok();
+            let target = followed
+                .as_deref()
+                .and_then(|t| t.strip_prefix(self.root.dir()).ok().map(|rel| (rel, t)));
+            match target {
+                Some((t_rel, t)) => crate::tarsum::entry_sum(t_rel, t).map_err(read_err),
+                None => Ok(r.display().to_string()),
+            }
+        };
+        let Some((first, first_host)) = entries.first() else {
+            return Err(ContextError::NotFound(rel.display().to_string()));
+        };
+        if !std::fs::metadata(first_host).is_ok_and(|m| m.is_dir()) {
+            return Ok(format!("file:{}", sum(first, first_host)?));
+        }
+        let mut sums = Vec::new();
+        for (r, p) in &entries {
+            if r.as_os_str().is_empty() {
+                continue;
+            }
+            if self.excluded(r) {
+                sums.push(r.display().to_string());
+            } else {
+                sums.push(sum(r, p)?);
+            }
+        }
+        sums.sort();
+        Ok(crate::tarsum::hash_strings("dir", &sums))
+    }
+
     /// The content hash of the given sources: names, kinds, permission bits, symlink targets
     /// and file contents of everything they copy (owners and times left out, as COPY sets
     /// them itself).

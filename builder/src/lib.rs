@@ -9,6 +9,8 @@ pub mod context;
 pub mod copy;
 pub mod dockerfile;
 pub mod fetch;
+pub mod gofmt;
+pub mod tarsum;
 pub mod unpack;
 pub mod words;
 

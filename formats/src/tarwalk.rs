@@ -98,7 +98,11 @@ pub fn walk_tar<R: Read>(
 /// An I/O error of the tar crate, said plainly: what it means for an archive, and no bytes of
 /// the broken header (which it quotes, binary and all).
 pub fn clean_io_error(e: io::Error) -> io::Error {
-    let text = e.to_string();
+    let mut text = e.to_string();
+    // The tar crate's "failed to iterate over archive" says nothing: its cause does.
+    if let Some(inner) = e.get_ref().and_then(|i| i.source()) {
+        text = format!("{text}: {inner}");
+    }
     let said = if text.contains("failed to read entire block") {
         "not a tar archive, or a truncated one (its last header block is incomplete)".to_string()
     } else if text.contains("cksum") || text.contains("checksum") {

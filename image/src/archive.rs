@@ -41,6 +41,27 @@ fn io_fail(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Image
     move |source| ImageError::ArchiveIo { what, source }
 }
 
+/// containerd's `containerd.io/distribution.source.HOST` annotations (the host without its
+/// port, the repository as value) for the registries `img` can be fetched from, as docker
+/// writes them into `index.json`.
+fn distribution_sources(img: &ImageRecord) -> Vec<(String, String)> {
+    img.sources
+        .iter()
+        .filter(|s| s.as_str() != crate::catalog::LOCAL_SOURCE)
+        .filter_map(|s| format!("{s}@{}", img.manifest).parse::<Reference>().ok())
+        .map(|r| {
+            let host = match r.registry.rsplit_once(':') {
+                Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+                _ => r.registry.as_str(),
+            };
+            (
+                format!("containerd.io/distribution.source.{host}"),
+                r.repository,
+            )
+        })
+        .collect()
+}
+
 /// Writes images to archives and loads them from archives.
 #[derive(Debug, Clone)]
 pub struct Archives {
@@ -112,6 +133,15 @@ impl Archives {
         out: impl Write,
     ) -> Result<(), ImageError> {
         let mut b = tar::Builder::new(out);
+        // As docker's archive: the blob directories are entries of their own.
+        for dir in ["blobs/", "blobs/sha256/"] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            h.set_mode(0o755);
+            b.append_data(&mut h, dir, std::io::empty())
+                .map_err(io_fail(dir))?;
+        }
         let mut added = std::collections::HashSet::new();
         let mut add =
             |b: &mut tar::Builder<_>, d: &Digest, bytes: &[u8]| -> Result<(), ImageError> {
@@ -142,16 +172,17 @@ impl Archives {
             // the OCI ref name.
             let parsed: Option<Reference> = name.as_deref().and_then(|n| n.parse().ok());
             if let Some(n) = &parsed {
-                desc.annotations = Some(
-                    [
-                        ("io.containerd.image.name".to_string(), n.tag_key()),
-                        (
-                            "org.opencontainers.image.ref.name".to_string(),
-                            n.tag.clone().unwrap_or_else(|| "latest".into()),
-                        ),
-                    ]
-                    .into(),
-                );
+                let mut ann: std::collections::BTreeMap<String, String> = [
+                    ("io.containerd.image.name".to_string(), n.tag_key()),
+                    (
+                        "org.opencontainers.image.ref.name".to_string(),
+                        n.tag.clone().unwrap_or_else(|| "latest".into()),
+                    ),
+                ]
+                .into();
+                // The most recent source wins where two share a host.
+                ann.extend(distribution_sources(img).into_iter().rev());
+                desc.annotations = Some(ann);
             }
             manifests.push(desc);
             docker.push(crate::archive_docker::entry_for(img, parsed.as_slice()));

@@ -246,7 +246,10 @@ fn add_dir<W: io::Write>(
         }
         if ft.is_dir() {
             let mut h = header_for(&meta, tar::EntryType::Directory);
-            b.append_data(&mut h, &rel_path, io::empty())?;
+            // `dir/`, as docker and GNU tar name directories.
+            let mut dir_name = rel_path.clone().into_os_string();
+            dir_name.push("/");
+            b.append_data(&mut h, dir_name, io::empty())?;
             if xattr::get(&full, "trusted.overlay.opaque")
                 .ok()
                 .flatten()
@@ -330,5 +333,20 @@ mod tests {
             err.is_err(),
             "a tar of a missing directory must not read as complete"
         );
+    }
+
+    #[test]
+    fn directories_are_named_with_a_trailing_slash_as_docker_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("d/e")).unwrap();
+        std::fs::write(dir.path().join("d/f"), b"x").unwrap();
+        let none = |_: &Path, _: &std::fs::Metadata| false;
+        let bytes = upper_to_tar(dir.path(), &none, Vec::new()).unwrap();
+        let mut names = Vec::new();
+        for e in tar::Archive::new(&bytes[..]).entries().unwrap() {
+            let e = e.unwrap();
+            names.push(String::from_utf8(e.path_bytes().to_vec()).unwrap());
+        }
+        assert_eq!(names, ["d/", "d/e/", "d/f"]);
     }
 }

@@ -16,6 +16,7 @@ pub mod devices;
 pub mod freeze;
 mod image_spec;
 mod init;
+pub mod initlayer;
 pub mod inroot;
 mod kernel;
 mod masks;
@@ -48,6 +49,7 @@ pub fn confine(spec: &Spec, user: &user::User) -> Result<(), String> {
 }
 pub use image_spec::{Process, container_spec, image_command};
 pub use inroot::{InRoot, InRootError, resolve_in};
+pub use masks::{MASKED_PATHS, READONLY_PATHS};
 
 pub mod state;
 pub mod stateroot;

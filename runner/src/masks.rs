@@ -19,7 +19,7 @@ pub(crate) const DEFAULT_NODES: [(&str, u64, u64); 6] = [
 
 /// What docker hides from a container: files get /dev/null bound over them, directories an
 /// empty read-only tmpfs.
-pub(crate) const MASKED_PATHS: [&str; 12] = [
+pub const MASKED_PATHS: [&str; 12] = [
     "proc/acpi",
     "proc/asound",
     "proc/interrupts",
@@ -35,7 +35,7 @@ pub(crate) const MASKED_PATHS: [&str; 12] = [
 ];
 
 /// What docker makes read-only (bound onto itself, remounted read-only).
-pub(crate) const READONLY_PATHS: [&str; 5] = [
+pub const READONLY_PATHS: [&str; 5] = [
     "proc/bus",
     "proc/fs",
     "proc/irq",

@@ -306,6 +306,12 @@ fn load_reads_docker_save_archives_and_save_writes_manifest_json() {
     for e in a.entries().unwrap() {
         let mut e = e.unwrap();
         let p = e.path().unwrap().to_string_lossy().into_owned();
+        // Directory entries (`blobs/`, as docker's archive has them) are made again by the
+        // files below them.
+        if e.header().entry_type().is_dir() {
+            assert!(p == "blobs/" || p == "blobs/sha256/", "{p}");
+            continue;
+        }
         let mut v = Vec::new();
         std::io::Read::read_to_end(&mut e, &mut v).unwrap();
         files.push((p, v));

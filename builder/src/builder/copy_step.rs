@@ -26,7 +26,8 @@ struct Target {
 }
 
 /// The sources of a COPY/ADD, resolved: context or stage paths per source, URL downloads (in
-/// temporary files) and the content hashes of all of them.
+/// temporary files) and the hash naming each source (docker's `file:`/`dir:` names for the
+/// build context's, strata's content hash for another stage's or image's).
 #[derive(Default)]
 struct Resolved {
     paths: Vec<Vec<PathBuf>>,
@@ -70,7 +71,9 @@ impl Builder<'_> {
         let word = if add { "ADD" } else { "COPY" };
         let target = self.copy_target(st, ins, args, add)?;
         let origin = self.copy_origin(st, ins, args, built, host)?;
-        let resolved = self.resolve_sources(ins, &target.srcs, &origin.sources, add, word)?;
+        let from_context = args.from.is_none();
+        let resolved =
+            self.resolve_sources(ins, &target.srcs, &origin.sources, add, word, from_context)?;
         let mut flags = String::new();
         if let Some(c) = &target.chown {
             flags.push_str(&format!("--chown={c} "));
@@ -81,9 +84,14 @@ impl Builder<'_> {
         if let Some(f) = &args.from {
             flags.push_str(&format!("--from={f} "));
         }
+        // As docker's classic builder names the sources: one `file:`/`dir:` hash, or the
+        // `multi:` hash of several.
+        let named = match resolved.hashes.as_slice() {
+            [one] => one.clone(),
+            many => crate::tarsum::hash_strings("multi", many),
+        };
         let created_by = format!(
-            "/bin/sh -c #(nop) {word} {flags}sha256:{} in {} ",
-            resolved.hashes.join(","),
+            "/bin/sh -c #(nop) {word} {flags}{named} in {} ",
             target.dest
         );
         let result = match self.try_cache(st, ins, &created_by, host) {
@@ -203,6 +211,7 @@ impl Builder<'_> {
         sources: &Sources,
         add: bool,
         word: &str,
+        from_context: bool,
     ) -> Result<Resolved, BuildError> {
         let mut r = Resolved::default();
         let result = (|| {
@@ -221,8 +230,15 @@ impl Builder<'_> {
                 let rels = sources
                     .resolve(s)
                     .map_err(|e| step_err(ins, format!("{word} failed: {e}")))?;
-                r.hashes
-                    .push(sources.hash(&rels).map_err(|e| step_err(ins, e))?);
+                if from_context {
+                    for rel in &rels {
+                        r.hashes
+                            .push(sources.docker_hash(rel).map_err(|e| step_err(ins, e))?);
+                    }
+                } else {
+                    let h = sources.hash(&rels).map_err(|e| step_err(ins, e))?;
+                    r.hashes.push(format!("sha256:{h}"));
+                }
                 r.paths.push(rels);
             }
             Ok(())

@@ -1,12 +1,12 @@
 //! The metadata instructions of a stage (ENV, ARG, LABEL, WORKDIR, CMD, ...): each edits the
 //! stage's typed config and is recorded as an empty layer with its history line.
 
-use serde_json::json;
 use strata_oci::nullable::Nullable;
 
 use super::{BuildError, Builder, Built, Host, StageState, step_err, workdir};
 use crate::config::{self as cfgedit, argv, argv_value};
 use crate::dockerfile::{Health, Instruction, Kind};
+use crate::gofmt;
 use crate::words::key_values;
 
 impl Builder<'_> {
@@ -176,7 +176,7 @@ impl Builder<'_> {
                     return Err(step_err(ins, "VOLUME specified can not be an empty string"));
                 }
                 self.edit(st, |c| vols.iter().for_each(|v| c.add_volume(v)));
-                format!("VOLUME {vols:?}")
+                format!("VOLUME {}", gofmt::plain_list(&vols))
             }
             Kind::User(raw) => {
                 let u = self.expand_in(st, ins, raw)?;
@@ -203,7 +203,7 @@ impl Builder<'_> {
                     c.cmd = argv_value(&v);
                 });
                 st.cmd_set = true;
-                format!("CMD {}", json!(v))
+                format!("CMD {}", gofmt::quoted_list(&v))
             }
             Kind::Entrypoint(form) => {
                 let v = argv(form, &st.shell());
@@ -214,7 +214,7 @@ impl Builder<'_> {
                         c.cmd = Nullable::Null;
                     }
                 });
-                format!("ENTRYPOINT {}", json!(v))
+                format!("ENTRYPOINT {}", gofmt::quoted_list(&v))
             }
             Kind::Onbuild(trigger) => {
                 let t = trigger.clone();
@@ -234,7 +234,7 @@ impl Builder<'_> {
                 self.edit(st, |c| {
                     c.shell = Nullable::Set(v);
                 });
-                format!("SHELL {}", json!(st.shell()))
+                format!("SHELL {}", gofmt::plain_list(&st.shell()))
             }
             Kind::Stopsignal(raw) => {
                 let s = self.expand_in(st, ins, raw)?;
@@ -249,11 +249,8 @@ impl Builder<'_> {
                     Health::Check { flags, cmd } => cfgedit::healthcheck(flags, Some(cmd)),
                 }
                 .map_err(|e| step_err(ins, e))?;
-                // As the JSON object (keys sorted), the way earlier versions wrote it.
-                let shown = format!(
-                    "HEALTHCHECK {}",
-                    serde_json::to_value(&value).unwrap_or_default()
-                );
+                // As docker's classic builder writes it: Go's %+v of its HealthConfig.
+                let shown = format!("HEALTHCHECK {}", gofmt::healthcheck(&value));
                 self.edit(st, |c| {
                     c.healthcheck = Nullable::Set(value);
                 });

@@ -47,7 +47,7 @@ impl Builder<'_> {
         host: &mut dyn Host,
     ) -> Result<(), BuildError> {
         let shown = format!("WORKDIR {dir}");
-        let created_by = format!("/bin/sh -c #(nop)  {shown} (as {user})");
+        let created_by = format!("/bin/sh -c #(nop) {shown} (as {user})");
         let Some(k) = self.try_cache(st, ins, &created_by, host)? else {
             return Ok(());
         };

@@ -90,8 +90,10 @@ pub fn run_commit(a: CommitArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let layers = ctx.catalog().open_layers(&img)?;
     let tree = strata_lazyfs::Tree::build(layers.iter().map(|l| &l.index))?;
     let upper = containers.dir_of(&c.id).join("upper");
-    let skip =
-        |rel: &std::path::Path, meta: &std::fs::Metadata| is_runtime_artifact(rel, meta, &tree);
+    let skip = |rel: &std::path::Path, meta: &std::fs::Metadata| {
+        is_runtime_artifact(rel, meta, &tree)
+            || strata_runner::initlayer::is_init_entry(rel, meta, &upper)
+    };
     let meta = CommitMeta {
         comment: a.message,
         author: a.author,

@@ -10,7 +10,7 @@ use strata_runner::state::{Container, Containers, State};
 use strata_storage::store::ImageRecord;
 
 use crate::cmd::images::{ago, human_size, print_table};
-use crate::cmd::rmi::{dir_size, in_use};
+use crate::cmd::rmi::in_use;
 use crate::format::Format;
 use crate::global::GlobalArgs;
 use crate::gotmpl::Missing;
@@ -30,9 +30,14 @@ pub struct DfArgs {
 /// docker's RECLAIMABLE: the size, with its share of the total when there is a total.
 fn reclaim(part: u64, total: u64) -> String {
     match (part * 100).checked_div(total) {
-        Some(pct) => format!("{} ({pct}%)", human_size(part)),
-        None => human_size(part),
+        Some(pct) => format!("{} ({pct}%)", human4(part)),
+        None => human4(part),
     }
+}
+
+/// docker's `units.HumanSize`, 4 significant digits, as `system df` prints its sizes.
+fn human4(bytes: u64) -> String {
+    crate::cmd::images::human_size_with_precision(bytes, 4)
 }
 
 pub fn run_df(a: DfArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
@@ -82,6 +87,26 @@ fn layer_sizes(ctx: &Images, images: &[ImageRecord]) -> HashMap<Digest, u64> {
         .collect()
 }
 
+/// How many of `images` use each layer.
+fn layer_users(images: &[ImageRecord]) -> HashMap<&Digest, usize> {
+    let mut users: HashMap<&Digest, usize> = HashMap::new();
+    for i in images {
+        for d in i.layers.iter().collect::<HashSet<_>>() {
+            *users.entry(d).or_default() += 1;
+        }
+    }
+    users
+}
+
+/// The bytes of an image's own manifest and config.
+fn metadata_bytes(ctx: &Images, img: &ImageRecord) -> u64 {
+    [&img.manifest, &img.config]
+        .iter()
+        .filter_map(|d| ctx.store().get_blob(d).ok())
+        .map(|b| b.len() as u64)
+        .sum()
+}
+
 /// The rows of `system df`: TYPE, TOTAL, ACTIVE, SIZE, RECLAIMABLE.
 fn summary(
     ctx: &Images,
@@ -95,10 +120,20 @@ fn summary(
     };
     let (used, _): (Vec<_>, Vec<_>) = images.iter().partition(|i| in_use(cs, i));
     let all_layers: HashSet<&Digest> = images.iter().flat_map(|i| i.layers.iter()).collect();
-    let used_layers: HashSet<&Digest> = used.iter().flat_map(|i| i.layers.iter()).collect();
-    let image_total = bytes(&all_layers);
-    let image_reclaim = image_total - bytes(&used_layers);
-    let upper = |c: &Container| dir_size(&cs.dir_of(&c.id).join("upper"));
+    let own = |i: &ImageRecord| metadata_bytes(ctx, i);
+    let image_total = bytes(&all_layers) + images.iter().map(own).sum::<u64>();
+    // As docker 28: what the images in use hold alone (their layers no other image has,
+    // their manifest and config) stays; everything else is reclaimable.
+    let users = layer_users(images);
+    let kept: u64 = used
+        .iter()
+        .map(|i| {
+            let alone: HashSet<&Digest> = i.layers.iter().filter(|d| users[d] == 1).collect();
+            bytes(&alone) + own(i)
+        })
+        .sum();
+    let image_reclaim = image_total.saturating_sub(kept);
+    let upper = |c: &Container| crate::cmd::ps_filter::Extra::load(cs, c).size_rw();
     let upper_total: u64 = list.iter().map(upper).sum();
     let upper_idle: u64 = list
         .iter()
@@ -115,30 +150,30 @@ fn summary(
             "Images".into(),
             images.len().to_string(),
             used.len().to_string(),
-            human_size(image_total),
+            human4(image_total),
             reclaim(image_reclaim, image_total),
         ],
         [
             "Containers".into(),
             list.len().to_string(),
             running.to_string(),
-            human_size(upper_total),
+            human4(upper_total),
             reclaim(upper_idle, upper_total),
         ],
         [
             "Local Volumes".into(),
             "0".into(),
             "0".into(),
-            human_size(0),
-            human_size(0),
+            human4(0),
+            human4(0),
         ],
         // Build cache entries name images, whose layers count under Images.
         [
             "Build Cache".into(),
             build_entries.to_string(),
             "0".into(),
-            human_size(0),
-            human_size(0),
+            human4(0),
+            human4(0),
         ],
     ];
     // Temporaries of commands still running (a killed command's were removed when this one
@@ -149,7 +184,7 @@ fn summary(
             "Temporary files".into(),
             temps.entries.to_string(),
             temps.entries.to_string(),
-            human_size(temps.bytes),
+            human4(temps.bytes),
             reclaim(0, temps.bytes),
         ]);
     }
@@ -240,7 +275,7 @@ fn print_images(
         let Some(img) = images.iter().find(|i| i.config.short() == row.id) else {
             continue;
         };
-        let (mut shared, mut unique) = (0, 0);
+        let (mut shared, mut unique) = (0, metadata_bytes(ctx, img));
         for d in &img.layers {
             let n = layer_size.get(d).copied().unwrap_or(0);
             if users.get(d).copied().unwrap_or(0) > 1 {
@@ -259,8 +294,8 @@ fn print_images(
             row.id,
             row.created,
             human_size(shared + unique),
-            human_size(shared),
-            human_size(unique),
+            human4(shared),
+            human4(unique),
             containers.to_string(),
         ]);
     }
@@ -294,7 +329,7 @@ fn print_containers(cs: &Containers, list: &[Container]) {
             c.image.clone(),
             format!("\"{command}\""),
             "0".into(),
-            human_size(dir_size(&cs.dir_of(&c.id).join("upper"))),
+            human_size(crate::cmd::ps_filter::Extra::load(cs, c).size_rw()),
             ago(strata_oci::timefmt::now_secs() - c.created),
             crate::cmd::ps::status(c),
             c.name.clone(),

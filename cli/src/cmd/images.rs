@@ -256,6 +256,42 @@ pub fn human_duration(secs: i64) -> String {
     }
 }
 
+/// go-units' `HumanSizeWithPrecision`: decimal units and Go's `%.*g` (`precision`
+/// significant digits, trailing zeros dropped, an exponent from 10^precision on). docker's
+/// `system df` prints sizes with 4 (`units.HumanSize`): 2.036MB, 4.096kB, 0B.
+pub fn human_size_with_precision(bytes: u64, precision: usize) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < units.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    format!("{}{}", go_g(v, precision.max(1)), units[u])
+}
+
+/// Go's `%.*g` of a non-negative `v`.
+fn go_g(v: f64, precision: usize) -> String {
+    let sci = format!("{:.*e}", precision - 1, v);
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i64 = exp.parse().unwrap_or(0);
+    let trim = |s: &str| {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    let p = i64::try_from(precision).unwrap_or(i64::MAX);
+    if exp < -4 || exp >= p {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mantissa), exp.abs())
+    } else {
+        let decimals = usize::try_from(p - 1 - exp).unwrap_or(0);
+        trim(&format!("{v:.decimals$}"))
+    }
+}
+
 /// Decimal sizes as docker prints them: 5.6kB, 212MB, 1.24GB.
 pub fn human_size(bytes: u64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB"];
@@ -284,6 +320,25 @@ pub fn human_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_with_four_digits_read_like_go_units() {
+        let h = |b| human_size_with_precision(b, 4);
+        assert_eq!(h(2_035_712), "2.036MB");
+        assert_eq!(h(4096), "4.096kB");
+        assert_eq!(h(20480), "20.48kB");
+        assert_eq!(h(0), "0B");
+        assert_eq!(h(171), "171B");
+        assert_eq!(h(1_000_000), "1MB");
+        assert_eq!(h(9_999_000), "9.999MB");
+        assert_eq!(h(9_999_990), "10MB");
+        assert_eq!(h(99_990), "99.99kB");
+        // Rounding up to 1000 stays in the unit, as go-units does.
+        assert_eq!(h(999_999), "1000kB");
+        // Go's %.3g switches to an exponent when rounding reaches 10^3.
+        assert_eq!(human_size_with_precision(999_999, 3), "1e+03kB");
+        assert_eq!(human_size_with_precision(20480, 3), "20.5kB");
+    }
 
     #[test]
     fn sizes_and_ages_read_like_docker() {

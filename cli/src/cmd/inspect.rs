@@ -85,16 +85,10 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         // Not an image: a container, as docker inspect also accepts.
         match cs.find(name).filter(|_| containers) {
             Some(c) => {
-                let image_env: Vec<String> = ctx
-                    .catalog()
-                    .image_of(c.image_manifest.as_deref(), &c.image_id)
-                    .ok()
-                    .and_then(|(img, _)| ctx.catalog().config(&img).ok())
-                    .and_then(|cfg| cfg.config.and_then(|c| c.env.get().cloned()))
-                    .unwrap_or_default();
                 // A container whose supervisor was killed reads as exited, as in `ps`.
                 let c = crate::cmd::ps::effective(&c);
-                let j = inspect_json::container(&cs, &c, a.size, &image_env);
+                let image = container_image(&ctx, &c);
+                let j = inspect_json::container(&cs, &c, a.size, &image);
                 printed.push(j.clone());
                 templated.push(j);
             }
@@ -147,4 +141,32 @@ fn report_missing(kind: Option<&str>, missing: &[String]) {
     for m in missing {
         eprintln!("Error response from daemon: No such {what}: {m}");
     }
+}
+
+/// What a container's inspect JSON shows of its image: its `Env` and its manifest.
+fn container_image(
+    ctx: &strata_image::Images,
+    c: &strata_runner::state::Container,
+) -> inspect_json::ContainerImage {
+    let Ok((img, _)) = ctx
+        .catalog()
+        .image_of(c.image_manifest.as_deref(), &c.image_id)
+    else {
+        return Default::default();
+    };
+    let env = ctx
+        .catalog()
+        .config(&img)
+        .ok()
+        .and_then(|cfg| cfg.config.and_then(|c| c.env.get().cloned()))
+        .unwrap_or_default();
+    let manifest = ctx.store().get_blob(&img.manifest).ok().map(|m| {
+        let size = m.len() as u64;
+        (
+            strata_oci::manifest::media_type_of(&m),
+            img.manifest.to_string(),
+            size,
+        )
+    });
+    inspect_json::ContainerImage { env, manifest }
 }

@@ -4,34 +4,9 @@
 use serde_json::{Value, json};
 use strata_image::Images;
 use strata_oci::Reference;
-use strata_runner::state::{Container, Containers, State};
 use strata_storage::store::ImageRecord;
 
-use crate::cmd::ps_filter::Extra;
-
-/// docker's `HostConfig` fields for a container's limits and security settings.
-fn host_config(spec: &Value) -> Value {
-    let spec: Option<strata_runner::Spec> = serde_json::from_value(spec.clone()).ok();
-    let Some(spec) = spec else {
-        return json!(null);
-    };
-    let (sec, res) = (&spec.security, &spec.resources);
-    let or_null = |v: &[String]| if v.is_empty() { json!(null) } else { json!(v) };
-    json!({
-        "Memory": res.memory,
-        "NanoCpus": res.nano_cpus,
-        "PidsLimit": (res.pids_limit > 0).then_some(res.pids_limit),
-        "CapAdd": or_null(&sec.cap_add),
-        "CapDrop": or_null(&sec.cap_drop),
-        "Privileged": sec.privileged,
-        "SecurityOpt": or_null(&sec.security_opt()),
-        "NetworkMode": match spec.network {
-            strata_runner::Network::Host => "host",
-            strata_runner::Network::None => "none",
-        },
-        "AutoRemove": false,
-    })
-}
+pub use crate::cmd::inspect_container::{ContainerImage, container};
 
 /// An image as docker's `inspect` shows it, and as its templates see it (the config's own
 /// keys only, as docker's typed config omits empty ones; `.ID` beside `.Id`).
@@ -164,91 +139,9 @@ fn with_empty_fields(mut config: Value) -> Value {
 }
 
 /// RFC 3339 of seconds since the epoch.
-fn time(secs: Option<i64>) -> String {
+pub(crate) fn time(secs: Option<i64>) -> String {
     match secs {
         Some(s) => strata_oci::timefmt::format_rfc3339(s, 0),
         None => "0001-01-01T00:00:00Z".into(),
     }
-}
-
-/// A container's environment as docker's `Config.Env` lists it: what `run` set first, then
-/// the image's variables it did not change.
-fn docker_env(env: &[String], image_env: &[String]) -> Vec<String> {
-    let (from_image, own): (Vec<&String>, Vec<&String>) =
-        env.iter().partition(|e| image_env.contains(e));
-    own.into_iter().chain(from_image).cloned().collect()
-}
-
-/// A container's inspect JSON; `size` adds `SizeRw` and `SizeRootFs`; `image_env` is its
-/// image's `Env`.
-pub fn container(cs: &Containers, c: &Container, size: bool, image_env: &[String]) -> Value {
-    let dir = cs.dir_of(&c.id);
-    let spec: Value = std::fs::read(dir.join("spec.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(json!(null));
-    let extra = Extra::load(cs, c);
-    let args: Vec<String> = spec
-        .get("args")
-        .and_then(|a| serde_json::from_value(a.clone()).ok())
-        .unwrap_or_else(|| c.command.clone());
-    let field = |k: &str| spec.get(k).cloned().unwrap_or(json!(null));
-    let running = c.state == State::Running;
-    let status = match c.state {
-        State::Created => "created",
-        State::Running => "running",
-        State::Exited => "exited",
-    };
-    let labels = if extra.labels.is_empty() {
-        json!({})
-    } else {
-        json!(extra.labels)
-    };
-    let mut out = json!({
-        "Id": c.id,
-        "Created": time(Some(c.created)),
-        "Path": args.first().cloned().unwrap_or_default(),
-        "Args": args.iter().skip(1).collect::<Vec<_>>(),
-        "State": {
-            "Status": status,
-            "Running": running,
-            "Paused": false,
-            "Restarting": false,
-            "OOMKilled": false,
-            "Dead": false,
-            "Pid": if running { c.pid.unwrap_or(0) } else { 0 },
-            "ExitCode": c.exit_code.unwrap_or(0),
-            "Error": "",
-            "StartedAt": time(Some(c.started.unwrap_or(c.created))),
-            "FinishedAt": time(c.finished),
-        },
-        "Image": c.image_id,
-        "Name": format!("/{}", c.name),
-        "RestartCount": 0,
-        "Driver": "overlay",
-        "Platform": if extra.os.is_empty() { "linux" } else { &extra.os },
-        "HostConfig": host_config(&spec),
-        "GraphDriver": {"Name": "overlay", "Data": {"UpperDir": dir.join("upper")}},
-        "Config": {
-            "Hostname": field("hostname"),
-            "User": field("user"),
-            "Tty": field("tty"),
-            "Env": spec
-                .get("env")
-                .and_then(|e| serde_json::from_value::<Vec<String>>(e.clone()).ok())
-                .map(|e| json!(docker_env(&e, image_env)))
-                .unwrap_or(json!(null)),
-            "Cmd": c.command,
-            "Image": c.image,
-            "WorkingDir": field("cwd"),
-            "Labels": labels,
-        },
-        "Strata": {"Spec": spec},
-    });
-    if size {
-        let rw = extra.size_rw();
-        out["SizeRw"] = json!(rw);
-        out["SizeRootFs"] = json!(rw + extra.image_size);
-    }
-    out
 }

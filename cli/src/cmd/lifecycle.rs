@@ -146,6 +146,9 @@ pub fn run_kill(a: KillArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
                 None => format!("container {} is not running", c.id),
                 Some(pid) => match kill(pid, sig) {
                     Ok(()) => {
+                        if sig == Signal::SIGKILL {
+                            wait_recorded_exit(&cs, &c.id);
+                        }
                         println!("{key}");
                         continue;
                     }
@@ -157,6 +160,19 @@ pub fn run_kill(a: KillArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         failed = true;
     }
     Ok(if failed { 1 } else { 0 })
+}
+
+/// As docker's daemon after SIGKILL: waits (at most 5 seconds) until the container's
+/// supervisor has recorded its exit, which it does after releasing its root's mounts, so the
+/// next command finds the container exited and nothing left mounted.
+fn wait_recorded_exit(cs: &Containers, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if cs.find(id).is_none_or(|c| c.state != State::Running) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// `A`/`C`/`D` lines like docker's, from the container's upper layer (overlayfs format).
@@ -191,7 +207,11 @@ fn walk(
         let rel = p.strip_prefix(root)?;
         let shown = format!("/{}", rel.display());
         let m = std::fs::symlink_metadata(&p)?;
-        if is_runtime_artifact(rel, &m, tree) {
+        // docker's init entries are not the container's changes (docker's diff leaves its
+        // init layer out).
+        if is_runtime_artifact(rel, &m, tree)
+            || strata_runner::initlayer::is_init_entry(rel, &m, root)
+        {
             continue;
         }
         let in_image = tree.resolve(rel.as_os_str().as_encoded_bytes()).is_some();

@@ -11,6 +11,7 @@ mod exec;
 pub mod images;
 mod images_filter;
 pub mod inspect;
+mod inspect_container;
 mod inspect_json;
 mod layer_store;
 pub mod lifecycle;

@@ -41,6 +41,15 @@ pub struct Extra {
     pub os: String,
     #[serde(default)]
     pub arch: String,
+    /// `run -i`: standard input kept open (docker's `Config.OpenStdin`).
+    #[serde(default)]
+    pub interactive: bool,
+    /// `run -d`: not attached to the caller's streams.
+    #[serde(default)]
+    pub detached: bool,
+    /// The entrypoint the command starts with (docker's `Config.Entrypoint`), if any.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
     /// The image's size in bytes.
     #[serde(default)]
     pub image_size: u64,
@@ -72,29 +81,68 @@ impl Extra {
         Ok(())
     }
 
-    /// The bytes of the files in the container's writable layer.
+    /// The disk space of the container's own changes, as docker 28 reports `SizeRw` (the
+    /// writable snapshot's usage: allocated blocks, the layer's own directory included,
+    /// hardlinks once). docker's init entries and the mount points strata makes are not
+    /// the container's changes (docker keeps them in its init layer); nor is the block
+    /// overlayfs may add to a directory for its own xattrs (`trusted.overlay.origin`, ...),
+    /// so a directory counts with its size.
     pub fn size_rw(&self) -> u64 {
-        fn walk(p: &Path, seen: &mut std::collections::HashSet<u64>) -> u64 {
-            let Ok(rd) = std::fs::read_dir(p) else {
-                return 0;
-            };
-            let mut n = 0;
-            for e in rd.flatten() {
-                let Ok(m) = e.path().symlink_metadata() else {
-                    continue;
-                };
-                if m.is_dir() {
-                    n += walk(&e.path(), seen);
-                } else if std::os::unix::fs::MetadataExt::ino(&m) != 0
-                    && seen.insert(std::os::unix::fs::MetadataExt::ino(&m))
-                {
-                    n += m.len();
-                }
-            }
-            n
-        }
-        walk(&self.upper, &mut Default::default())
+        let Ok(root) = self.upper.symlink_metadata() else {
+            return 0;
+        };
+        let mut seen = std::collections::HashSet::new();
+        root.len() + changes_usage(&self.upper, Path::new(""), &mut seen).0
     }
+}
+
+/// Mount points strata's runner makes in a container's root when its image lacks them.
+const RUNTIME_PATHS: [&str; 6] = [
+    "proc",
+    "sys",
+    "dev",
+    "etc/hosts",
+    "etc/hostname",
+    "etc/resolv.conf",
+];
+
+/// The allocated bytes below `upper/rel` that are the container's changes, and whether there
+/// are any (a directory strata made only to hold its own entries is none).
+fn changes_usage(
+    upper: &Path,
+    rel: &Path,
+    seen: &mut std::collections::HashSet<(u64, u64)>,
+) -> (u64, bool) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = std::fs::read_dir(upper.join(rel)) else {
+        return (0, false);
+    };
+    let (mut bytes, mut any) = (0, false);
+    for e in rd.flatten() {
+        let child = rel.join(e.file_name());
+        let Ok(m) = e.path().symlink_metadata() else {
+            continue;
+        };
+        if strata_runner::initlayer::is_init_entry(&child, &m, upper) {
+            continue;
+        }
+        let stub = RUNTIME_PATHS.iter().any(|p| Path::new(p) == child);
+        if m.is_dir() {
+            // `etc` and `dev` hold strata's entries; with nothing else in them, not a change.
+            let stub = stub || child == Path::new("etc");
+            let (inner, inner_any) = changes_usage(upper, &child, seen);
+            if inner_any || !stub {
+                bytes += inner + m.len();
+                any = true;
+            }
+        } else if stub && m.len() == 0 {
+            continue;
+        } else if seen.insert((m.dev(), m.ino())) {
+            bytes += m.blocks() * 512;
+            any = true;
+        }
+    }
+    (bytes, any)
 }
 
 /// The filters of one `ps`: different keys must all hold, values of one key any.

@@ -482,16 +482,3 @@ fn prune(g: &GlobalArgs, all: bool) -> anyhow::Result<i32> {
 pub fn in_use(containers: &Containers, img: &ImageRecord) -> bool {
     !users(containers, img).is_empty()
 }
-
-pub fn dir_size(p: &std::path::Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(p) else {
-        return 0;
-    };
-    rd.flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}

@@ -263,6 +263,11 @@ pub fn run_recorded(
     };
     let (root_mount, recording) = mount_root_with(&ctx, rt.handle(), &img, &dir, record)
         .map_err(|e| cleanup_dir(e.into()))?;
+    // docker's init layer entries (/.dockerenv, /etc/mtab, ...) the image lacks.
+    if let Err(e) = strata_runner::initlayer::write(&root_mount.rootfs) {
+        drop(root_mount);
+        return Err(cleanup_dir(crate::cmd::daemon(e.to_string())));
+    }
     let spec = setup.spec(&a, &cfg, args.clone(), &id, &root_mount.rootfs, &dir);
     if let Err(e) = strata_runner::user::resolve(&spec.rootfs, &spec.user) {
         drop(root_mount);
@@ -275,6 +280,13 @@ pub fn run_recorded(
     containers.save(&record)?;
     let mut extra = crate::cmd::run_checks::extra(&ctx, &img, &config, &a.labels, &a.network);
     extra.created_nanos = now.subsec_nanos();
+    extra.interactive = a.interactive;
+    extra.detached = a.cid.is_some();
+    extra.entrypoint = match &a.entrypoint {
+        Some(e) if e.is_empty() => None,
+        Some(e) => Some(vec![e.clone()]),
+        None => cfg.entrypoint.get().cloned().filter(|e| !e.is_empty()),
+    };
     extra.save(&dir)?;
     let streams = streams(&a);
     let code = match execute(&rt, &containers, &spec, record, streams, root_mount) {

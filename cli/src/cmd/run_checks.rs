@@ -79,7 +79,7 @@ pub fn extra(
         os: config.os.clone().unwrap_or_default(),
         arch: config.architecture.clone().unwrap_or_default(),
         image_size,
-        upper: Default::default(),
+        ..Default::default()
     }
 }
 
