@@ -14,6 +14,7 @@ use strata_lazyfs::open_journal::OpenJournal;
 use strata_lazyfs::takeover::serve_fd;
 use strata_lazyfs::{LazyFs, StoreTree};
 use strata_oci::Digest;
+use strata_oci::causes::with_causes;
 use strata_storage::store::ImageRecord;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -403,21 +404,6 @@ async fn idle_for(mut users: watch::Receiver<usize>, idle: Duration) {
             return;
         }
     }
-}
-
-/// An error and its causes on one line, a cause left out when the text already says it.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let s = c.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -581,17 +581,8 @@ mod tests {
 
     fn entry(path: &str, kind: Kind) -> Entry {
         Entry {
-            path: path.as_bytes().to_vec(),
-            kind,
             mode: 0o755,
-            uid: 0,
-            gid: 0,
-            mtime: (0, 0),
-            size: 0,
-            link: Vec::new(),
-            rdev: (0, 0),
-            xattrs: Vec::new(),
-            chunks: Vec::new(),
+            ..crate::tree::test_entry(path, kind)
         }
     }
 

@@ -389,24 +389,30 @@ impl Tree {
     }
 }
 
+/// A bare index entry (mode 0644, owner root, no content), for tests.
+#[cfg(test)]
+pub(crate) fn test_entry(path: &str, kind: Kind) -> Entry {
+    Entry {
+        path: path.as_bytes().to_vec(),
+        kind,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: (0, 0),
+        size: 0,
+        link: Vec::new(),
+        rdev: (0, 0),
+        xattrs: Vec::new(),
+        chunks: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn e(path: &str, kind: Kind) -> Entry {
-        Entry {
-            path: path.as_bytes().to_vec(),
-            kind,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime: (0, 0),
-            size: 0,
-            link: Vec::new(),
-            rdev: (0, 0),
-            xattrs: Vec::new(),
-            chunks: Vec::new(),
-        }
+        test_entry(path, kind)
     }
 
     fn layer(entries: Vec<Entry>) -> LayerIndex {

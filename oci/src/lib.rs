@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+pub mod causes;
 pub mod config;
 pub mod digest;
 pub mod manifest;

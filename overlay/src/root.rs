@@ -11,6 +11,7 @@ use std::time::Instant;
 use strata_formats::profile::Prefetch;
 use strata_image::{Images, source_ref};
 use strata_layerstore::client::{self, Lease};
+use strata_oci::causes::with_causes;
 use strata_storage::store::ImageRecord;
 use tracing::{info, warn};
 
@@ -274,20 +275,4 @@ pub fn is_runtime_artifact(rel: &Path, meta: &std::fs::Metadata, tree: &Tree) ->
         return false;
     }
     meta.is_dir() || meta.len() == 0
-}
-
-/// An error and its causes on one line (`a: b: c`), a cause left out when the text before it
-/// already says it: what "image … cannot be used" reports.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let s = c.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cause = c.source();
-    }
-    out
 }
