@@ -63,10 +63,27 @@ impl Lease {
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         let paths = StorePaths::new(root);
         let _lock = take_lock(&paths.lock, LOCK_TIMEOUT)?;
-        if let Ok(lease) = Self::connect(&paths) {
-            return Ok(lease);
+        match Self::connect(&paths) {
+            Ok(lease) => Ok(lease),
+            // Nobody listens: start a server.
+            Err(StoreError::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                start(root, &paths)
+            }
+            // A server listens but does not answer (stopped, hung): another one would mount a
+            // second store over it.
+            Err(e) => Err(StoreError::Start {
+                root: root.to_path_buf(),
+                cause: format!(
+                    "a server runs but does not answer ({e}); see {}",
+                    paths.log.display()
+                ),
+            }),
         }
-        start(root, &paths)
     }
 
     fn connect(paths: &StorePaths) -> Result<Self, StoreError> {

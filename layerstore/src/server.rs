@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use strata_formats::profile::Prefetch;
 use strata_image::{Images, OpenLayer, source_ref};
-use strata_lazyfs::layer_dirs::layer_dir_name;
 use strata_lazyfs::mount::{MountOptions, spawn};
 use strata_lazyfs::open_journal::OpenJournal;
 use strata_lazyfs::takeover::serve_fd;
@@ -49,6 +48,9 @@ pub struct Connection {
 struct Added {
     image: ImageRecord,
     layer: usize,
+    /// Inodes it took: what a successor reserves if it cannot add the layer again.
+    #[serde(default)]
+    inodes: usize,
 }
 
 /// The server's state.
@@ -225,28 +227,32 @@ impl Server {
             .catalog()
             .open_layers(&img)
             .map_err(|e| with_causes(&e))?;
+        let chains = chain_names(&img);
         let mut lowers = Vec::with_capacity(layers.len());
         for (i, l) in layers.iter().enumerate() {
             let (tree, layer) = (self.tree.clone(), l.clone());
             let journal = self.paths.journal.clone();
-            let line = Added {
-                image: img.clone(),
-                layer: i,
-            };
+            let image = img.clone();
+            let (name, below) = (chains[i].clone(), below(&chains, i));
             let added = tokio::task::spawn_blocking(move || {
-                let name = layer_dir_name(&layer.source.blob);
-                let info = info_of(&layer);
-                tree.add_layer_then(&name, &layer.index, layer.source.clone(), info, || {
+                let info = info_of(&layer, &name);
+                let source = layer.source.clone();
+                tree.add_layer_then(&name, &below, &layer.index, source, info, |inodes| {
+                    let line = Added {
+                        image,
+                        layer: i,
+                        inodes,
+                    };
                     note_added(&journal, &line)
                 })
             })
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| format!("layer {}: {e}", l.source.blob))?;
-            if added {
-                info!(layer = %l.source.blob, "layer added");
+            .map_err(|e| format!("image {}, layer {i} ({}): {e}", img.manifest, l.source.blob))?;
+            if added > 0 {
+                info!(layer = %l.source.blob, chain = %chains[i], "layer added");
             }
-            let dir = self.paths.mount.join(layer_dir_name(&l.source.blob));
+            let dir = self.paths.mount.join(&chains[i]);
             lowers.push(dir.join("diff").to_string_lossy().into_owned());
         }
         let lowers = topmost_once(lowers);
@@ -298,13 +304,35 @@ impl Server {
 }
 
 /// What a layer directory's `info` file says.
-fn info_of(l: &OpenLayer) -> Vec<u8> {
+fn info_of(l: &OpenLayer, chain: &str) -> Vec<u8> {
     serde_json::json!({
         "compressed-diff-digest": l.source.blob.to_string(),
+        "chain": chain,
         "entries": l.index.entries.len(),
     })
     .to_string()
     .into_bytes()
+}
+
+/// The store directory name of each layer of `img`, bottom first: the layer on its lower
+/// layers, as the image-spec's ChainID (`config.md`) but over blob digests: the first layer's
+/// digest, then `sha256(chain below + " " + layer digest)`, as 64 hex digits (no `:`, which
+/// overlayfs' `lowerdir` option uses as its separator).
+pub fn chain_names(img: &ImageRecord) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(img.layers.len());
+    for d in &img.layers {
+        let name = match out.last() {
+            None => d.hex(),
+            Some(below) => Digest::of(format!("sha256:{below} {d}").as_bytes()).hex(),
+        };
+        out.push(name);
+    }
+    out
+}
+
+/// The names of the layers below layer `i`, top first.
+fn below(chains: &[String], i: usize) -> Vec<String> {
+    chains[..i].iter().rev().cloned().collect()
 }
 
 /// Appends `line` to the journal (a failure is logged: a successor would then number inodes
@@ -324,32 +352,46 @@ fn note_added(journal: &Path, line: &Added) {
 }
 
 /// Adds again, in their order, the layers the journal lists (a predecessor's), so that every
-/// inode has the number the kernel knows. A layer that cannot be added is logged; those after
-/// it would be numbered differently, so replay stops there.
+/// inode has the number the kernel knows. A layer that cannot be added again (its image was
+/// removed since) keeps its place: as many unreachable inodes as it had are reserved.
 fn replay(images: &Images, tree: &StoreTree, journal: &Path) {
     let text = std::fs::read_to_string(journal).unwrap_or_default();
     let catalog = images.catalog();
     let mut opened: std::collections::HashMap<Digest, Vec<OpenLayer>> = Default::default();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let result = serde_json::from_str::<Added>(line)
-            .map_err(|e| e.to_string())
-            .and_then(|a| {
-                let layers = match opened.entry(a.image.manifest) {
-                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(catalog.open_layers(&a.image).map_err(|e| with_causes(&e))?)
-                    }
-                };
-                let l = layers
-                    .get(a.layer)
-                    .ok_or_else(|| format!("no layer {} in {}", a.layer, a.image.manifest))?;
-                let name = layer_dir_name(&l.source.blob);
-                tree.add_layer(&name, &l.index, l.source.clone(), info_of(l))
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = result {
-            warn!(error = %e, "journal replay stopped");
+        let Ok(a) = serde_json::from_str::<Added>(line) else {
+            warn!(line, "journal line unreadable; replay stopped");
             return;
+        };
+        let result = (|| {
+            let layers = match opened.entry(a.image.manifest) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(catalog.open_layers(&a.image).map_err(|e| with_causes(&e))?)
+                }
+            };
+            let l = layers
+                .get(a.layer)
+                .ok_or_else(|| format!("no layer {} in {}", a.layer, a.image.manifest))?;
+            let chains = chain_names(&a.image);
+            let name = chains.get(a.layer).ok_or("chain out of range")?;
+            let lowers = below(&chains, a.layer);
+            tree.add_layer(name, &lowers, &l.index, l.source.clone(), info_of(l, name))
+                .map_err(|e| e.to_string())
+        })();
+        match result {
+            Ok(n) if n != a.inodes && a.inodes != 0 => {
+                warn!(
+                    added = n,
+                    journaled = a.inodes,
+                    "a replayed layer took other inodes"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, inodes = a.inodes, "layer not replayed; its inodes are reserved");
+                tree.reserve(a.inodes);
+            }
         }
     }
     info!(layers = tree.layers(), "journal replayed");
@@ -385,10 +427,55 @@ fn stacked_on(store: &Path) -> usize {
         .filter(|opts| {
             opts.split(',')
                 .filter_map(|o| o.strip_prefix("lowerdir="))
-                .flat_map(|l| l.split(':'))
-                .any(|l| l.replace("\\040", " ").starts_with(&prefix))
+                .flat_map(split_lowers)
+                .any(|l| l.starts_with(&prefix))
         })
         .count()
+}
+
+/// overlayfs' `lowerdir` value as mountinfo shows it, split into paths: `:` separates them
+/// unless escaped (`\:`), `\NNN` octal escapes are decoded.
+fn split_lowers(value: &str) -> Vec<String> {
+    let b = value.as_bytes();
+    let (mut parts, mut cur, mut i) = (Vec::new(), Vec::new(), 0);
+    let done = |cur: &mut Vec<u8>| unescape_octal(&String::from_utf8_lossy(&std::mem::take(cur)));
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() && !b[i + 1].is_ascii_digit() {
+            cur.push(b[i + 1]);
+            i += 2;
+        } else if b[i] == b':' {
+            parts.push(done(&mut cur));
+            i += 1;
+        } else {
+            cur.push(b[i]);
+            i += 1;
+        }
+    }
+    parts.push(done(&mut cur));
+    parts
+}
+
+/// A mountinfo field with its `\NNN` octal escapes (space, tab, newline, backslash) decoded.
+fn unescape_octal(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
+            Some(v) => {
+                out.push(v);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Resolves once nobody has used the store for `idle`.
@@ -409,6 +496,17 @@ async fn idle_for(mut users: watch::Receiver<usize>, idle: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lowerdir_values_split_on_unescaped_colons() {
+        assert_eq!(split_lowers(r"/a\:b/l:/c\072d"), ["/a:b/l", "/c:d"]);
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_octal(r"/a\040b\134c\012d"), "/a b\\c\nd");
+        assert_eq!(unescape_octal(r"/x\09"), r"/x\09");
+    }
 
     #[test]
     fn a_repeated_layer_is_kept_where_it_is_topmost() {

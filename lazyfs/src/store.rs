@@ -38,18 +38,20 @@ impl StoreTree {
             .is_some_and(|r| r.tree.resolve(name.as_bytes()).is_some())
     }
 
-    /// Adds layer directory `name` (`name/diff` from `index`, content from `source`;
-    /// `name/info` holding `info`) unless it is there already. Returns whether it was added.
+    /// Adds layer directory `name` (`name/diff` from `index` on top of the layer directories
+    /// named `lowers`, top first; content from `source`; `name/info` holding `info`) unless it
+    /// is there already. Returns the number of inodes added (0: it was there).
     ///
-    /// Errors: the layer cannot be shown on its own ([`Tree::add_layer_dir`]).
+    /// Errors: a hardlink to nothing ([`Tree::add_layer_dir`]).
     pub fn add_layer(
         &self,
         name: &str,
+        lowers: &[String],
         index: &LayerIndex,
         source: LayerSource,
         info: Vec<u8>,
-    ) -> Result<bool, TreeError> {
-        self.add_layer_then(name, index, source, info, || {})
+    ) -> Result<usize, TreeError> {
+        self.add_layer_then(name, lowers, index, source, info, |_| {})
     }
 
     /// [`Self::add_layer`], calling `added` (still holding the lock that orders additions)
@@ -58,25 +60,46 @@ impl StoreTree {
     pub fn add_layer_then(
         &self,
         name: &str,
+        lowers: &[String],
         index: &LayerIndex,
         source: LayerSource,
         info: Vec<u8>,
-        added: impl FnOnce(),
-    ) -> Result<bool, TreeError> {
+        added: impl FnOnce(usize),
+    ) -> Result<usize, TreeError> {
         let _one_at_a_time = self.adding.lock().unwrap_or_else(|p| p.into_inner());
         let Some(ready) = self.current() else {
-            return Ok(false);
+            return Ok(0);
         };
         if ready.tree.resolve(name.as_bytes()).is_some() {
-            return Ok(false);
+            return Ok(0);
         }
+        let lower_diffs: Vec<u64> = lowers
+            .iter()
+            .filter_map(|l| ready.tree.resolve(format!("{l}/diff").as_bytes()))
+            .collect();
+        let before = ready.tree.len();
         let (next, _) = ready.grown(|tree, layers| {
             layers.push(source);
-            tree.add_layer_dir(name.as_bytes(), index, layers.len() - 1, info)
+            tree.add_layer_dir(name.as_bytes(), index, layers.len() - 1, info, &lower_diffs)
         })?;
+        let n = next.tree.len() - before;
         self.cell.set(Ok(next));
-        added();
-        Ok(true)
+        added(n);
+        Ok(n)
+    }
+
+    /// Allocates `n` unreachable inodes (see [`Tree::reserve`]).
+    pub fn reserve(&self, n: usize) {
+        let _one_at_a_time = self.adding.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(ready) = self.current() else {
+            return;
+        };
+        if let Ok((next, ())) = ready.grown(|tree, _| {
+            tree.reserve(n);
+            Ok::<_, TreeError>(())
+        }) {
+            self.cell.set(Ok(next));
+        }
     }
 
     /// Number of layers served.

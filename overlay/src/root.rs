@@ -125,7 +125,7 @@ pub fn mount_root_with(
     if !record && client::enabled() {
         match mount_from_store(images, img, dir) {
             Ok(m) => return Ok((m, None)),
-            Err(e) => warn!(image = %img.manifest, error = %e, "layer store not used"),
+            Err(e) => info!(image = %img.manifest, error = %e, "layer store not used"),
         }
     }
     let (lower, upper, work, rootfs) = (

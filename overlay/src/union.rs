@@ -6,7 +6,11 @@ use std::io;
 use std::path::Path;
 
 /// Mounts overlayfs on `target`: `lowers` (read-only, bottom first) under `upper`, with `work`
-/// beside it. `index=on` keeps hardlinks linked when one of them is copied up.
+/// beside it. Without overlayfs' inode index, as docker's overlay2 and containerd mount: the
+/// index keys copied-up files by the lower's file handle, which names a layer store inode
+/// number, and a store that ended and came back may number its inodes otherwise (a copied-up
+/// hardlink then showed another file's bytes). So, as with docker, copying up one name of a
+/// hardlinked lower file parts it from its other names.
 ///
 /// Errors: the kernel's; `EINVAL` also when the options pass the kernel's one-page limit
 /// (about 45 lowers of the layer store's paths).
@@ -18,7 +22,7 @@ pub fn mount_overlay_layers(
 ) -> io::Result<()> {
     let lowerdir = lowerdir_option(lowers);
     let data = format!(
-        "lowerdir={lowerdir},upperdir={},workdir={},index=on",
+        "lowerdir={lowerdir},upperdir={},workdir={},index=off",
         escape_option(upper),
         escape_option(work)
     );
@@ -45,6 +49,15 @@ pub fn mount_overlay_layers(
 /// upper, named `strata` in the mount table (what `strata umount` recognizes).
 pub fn mount_overlay_readonly(lowers: &[impl AsRef<Path>], target: &Path) -> io::Result<()> {
     let data = format!("lowerdir={}", lowerdir_option(lowers));
+    if data.len() >= 4096 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "overlay options of {} bytes pass the one-page limit",
+                data.len()
+            ),
+        ));
+    }
     nix::mount::mount(
         Some("strata"),
         target,

@@ -206,27 +206,47 @@ fn a_container_starts_again_on_a_new_store() {
     if !require_root_fuse("a_container_starts_again_on_a_new_store") {
         return;
     }
-    let w = World::start(&runnable_layers(), Comp::Native);
+    use strata_tests::layers::Item;
+    // Hardlinked pairs with other files between them: renumbered inodes must not make one
+    // pair's copied-up file show up as the other's.
+    let mut links = vec![file("x/a1", b"A-original")];
+    links.push(Item::Hardlink {
+        path: b"x/a2".to_vec(),
+        target: b"x/a1".to_vec(),
+    });
+    links.extend((0..25).map(|i| file(&format!("x/fill{i}"), b"f")));
+    links.push(file("x/b1", b"B-original"));
+    links.push(Item::Hardlink {
+        path: b"x/b2".to_vec(),
+        target: b"x/b1".to_vec(),
+    });
+    let mut layers = runnable_layers();
+    layers.push(links);
+    let w = World::start(&layers, Comp::Native);
     let mut other = vec![vec![file("other", b"x\n")]];
+    other.extend((0..26).map(|i| vec![file(&format!("o{i}"), b"o")]));
     other.extend(runnable_layers());
     push_image(&w.reg.addr, "t/other", "1", &other, Comp::Native);
     let other = format!("{}/t/other:1", w.proxy.addr);
     let root = w.root.clone();
-    let script = "cat /kept 2>/dev/null; echo kept > /kept; cat /bin/busybox > /dev/null; echo ok";
-    let out = ok(
-        &root,
-        &[
-            "run",
-            "--name",
-            "c",
-            &w.base,
-            "/bin/busybox",
-            "sh",
-            "-c",
-            script,
-        ],
+    let script = "cat /kept 2>/dev/null; echo kept > /kept; cat /bin/busybox > /dev/null; \
+        [ -e /x/marker ] || { echo -n B-MODIFIED > /x/b1; : > /x/marker; }; \
+        for f in a1 a2 b1 b2; do echo $f=$(cat /x/$f); done";
+    let run = [
+        "run",
+        "--name",
+        "c",
+        &w.base,
+        "/bin/busybox",
+        "sh",
+        "-c",
+        script,
+    ];
+    let first = ok(&root, &run);
+    assert!(
+        first.contains("a1=A-original\na2=A-original\nb1=B-MODIFIED\n"),
+        "{first}"
     );
-    assert_eq!(out, "ok\n");
     // The store ends (idle), then serves another image first.
     let root_abs = root.canonicalize().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -241,6 +261,143 @@ fn a_container_starts_again_on_a_new_store() {
         &root,
         &["run", "--rm", &other, "/bin/busybox", "cat", "/other"],
     );
-    let out = ok(&root, &["start", "-a", "c"]);
-    assert_eq!(out, "kept\nok\n");
+    let again = ok(&root, &["start", "-a", "c"]);
+    assert_eq!(
+        again,
+        format!("kept\n{first}"),
+        "the same files after the store came back"
+    );
+}
+
+/// A container keeps reading after its store's server is killed even when an image added to
+/// the store before its own was removed meanwhile: the successor keeps that image's inode
+/// numbers free instead of renumbering the container's layers.
+#[test]
+fn a_takeover_after_an_earlier_image_was_removed_keeps_the_numbers() {
+    if !require_root_fuse("a_takeover_after_an_earlier_image_was_removed_keeps_the_numbers") {
+        return;
+    }
+    let w = World::start(&runnable_layers(), Comp::Native);
+    push_image(
+        &w.reg.addr,
+        "t/first",
+        "1",
+        &[vec![file("first/a", b"1"), file("first/b", b"2")]],
+        Comp::Native,
+    );
+    let first = format!("{}/t/first:1", w.proxy.addr);
+    let root = w.root.canonicalize().unwrap_or(w.root.clone());
+    ok(&w.root, &["pull", &first]);
+    // The first image's layers go into the store first (a mount of it), then a container.
+    let mnt = w.state.path().join("m");
+    let m = strata_tests::strata::Mounted::new(&w.root, &first, &mnt);
+    let id = ok(
+        &w.root,
+        &["run", "-d", &w.base, "/bin/busybox", "sleep", "60"],
+    );
+    drop(m);
+    ok(&w.root, &["rmi", &first]);
+    ok(&w.root, &["system", "prune", "-a", "-f"]);
+    let pid = status(&root).expect("the store answers")["pid"]
+        .as_u64()
+        .unwrap();
+    // SAFETY: kill(2) on the store server this test's command started.
+    unsafe { libc::kill(i32::try_from(pid).unwrap(), libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(500));
+    let out = ok(
+        &w.root,
+        &["exec", id.trim(), "/bin/busybox", "cat", "/etc/os-release"],
+    );
+    assert!(out.contains("strata-test"), "{out}");
+    ok(&w.root, &["rm", "-f", id.trim()]);
+}
+
+/// Layers that do not list their parent directories or root, a whiteout of something nothing
+/// below has, a layer whose root is opaque, and a hardlink to a file of a lower layer: `mount`
+/// over the store shows what the per-container merged mount shows (the union rules'
+/// reference), the hardlink as a copy with the same bytes.
+#[test]
+fn unlisted_parents_ghost_whiteouts_and_an_opaque_root_match_the_merged_mount() {
+    if !require_root_fuse(
+        "unlisted_parents_ghost_whiteouts_and_an_opaque_root_match_the_merged_mount",
+    ) {
+        return;
+    }
+    use strata_tests::layers::{Item, dir};
+    use strata_tests::strata::{Mounted, bin};
+    let sticky = Item::Dir {
+        path: b"tmp".to_vec(),
+        mode: 0o1777,
+    };
+    let private = Item::Dir {
+        path: b"root".to_vec(),
+        mode: 0o700,
+    };
+    let l0 = vec![
+        sticky,
+        private,
+        dir("keep"),
+        file("keep/x", b"x\n"),
+        file("tmp/a", b"a\n"),
+    ];
+    let l1 = vec![
+        file("tmp/cache.txt", b"c\n"),
+        file("root/y", b"y\n"),
+        Item::Whiteout {
+            path: b"nodir/ghost".to_vec(),
+        },
+        Item::Whiteout {
+            path: b"keep/gone".to_vec(),
+        },
+    ];
+    let l2 = vec![Item::Hardlink {
+        path: b"keep/lnk".to_vec(),
+        target: b"keep/x".to_vec(),
+    }];
+    let l3 = vec![Item::Opaque { dir: Vec::new() }, file("newroot", b"n\n")];
+    let w = World::start(&[l0.clone(), l1.clone(), l2.clone()], Comp::Native);
+    push_image(&w.reg.addr, "t/opq", "1", &[l0, l1, l2, l3], Comp::Native);
+    let opq = format!("{}/t/opq:1", w.proxy.addr);
+    let snap = |image: &str, store: bool, name: &str| {
+        let mnt = w.state.path().join(name);
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mut cmd = std::process::Command::new(bin());
+        cmd.arg("--root").arg(&w.root);
+        if !store {
+            cmd.env("STRATA_LAYER_STORE", "0");
+        }
+        let out = cmd
+            .env("STRATA_LAYER_STORE_IDLE_SECS", "2")
+            .args(["mount", "--detach", image, mnt.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m = Mounted::adopt(&w.root, &mnt);
+        let fstype = strata_tests::mount_type(&mnt).unwrap_or_default();
+        assert_eq!(fstype == "overlay", store, "{fstype}");
+        let mut s = strata_tests::walk::snapshot(&m.dir);
+        // The lower layer's file and its link: one inode merged, a copy in the store.
+        for meta in s.values_mut() {
+            meta.hardlink_of = None;
+        }
+        s
+    };
+    let store = snap(&w.base, true, "a");
+    let merged = snap(&w.base, false, "b");
+    strata_tests::walk::assert_same("store vs merged", &store, &merged);
+    assert_eq!(store[&b"tmp".to_vec()].mode & 0o7777, 0o1777);
+    assert!(!store.contains_key(b"nodir/ghost".as_slice()));
+    let lnk = &store[&b"keep/lnk".to_vec()];
+    assert_eq!(lnk.content, store[&b"keep/x".to_vec()].content);
+    let store = snap(&opq, true, "c");
+    let merged = snap(&opq, false, "d");
+    strata_tests::walk::assert_same("opaque root", &store, &merged);
+    assert_eq!(
+        store.keys().cloned().collect::<Vec<_>>(),
+        [b"newroot".to_vec()]
+    );
 }

@@ -95,7 +95,12 @@ pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let rt = runtime()?;
     let img = find_or_pull(&ctx, &rt, &a.image, &a.platform)?;
     if strata_layerstore::client::enabled() {
-        return serve_from_store(&ctx, &rt, &img, &a);
+        match serve_from_store(&ctx, &rt, &img, &a) {
+            Err(e) if !is_strata_mount(&a.dir) => {
+                tracing::info!(error = %e, "layer store not used; serving the merged image");
+            }
+            done => return done,
+        }
     }
     let fs = prepare_fs(&ctx, rt.handle(), img).with_passthrough(true);
     let dir = a.dir.canonicalize()?;
