@@ -99,7 +99,8 @@ fn slope(work: &Path, image: &str, store: bool) -> Value {
         sh(strata(&root).args(["rm", "-f", id]).stdout(Stdio::null()));
     }
     let _ = std::fs::remove_dir_all(&root);
-    let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / 10.0 / 1024.0;
+    // Signed: the page cache may shrink meanwhile (other work on the machine evicts pages).
+    let per = |a: u64, b: u64| (b as f64 - a as f64) / 10.0 / 1024.0;
     json!({
         "strata_pss_MiB": per(pss2, pss12),
         "page_cache_MiB": per(cache2, cache12),
