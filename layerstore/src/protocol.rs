@@ -44,4 +44,7 @@ pub struct Status {
     pub layers: usize,
     /// Inodes served.
     pub inodes: usize,
+    /// The last read that failed: when (seconds since the epoch) and why.
+    #[serde(default)]
+    pub last_failure: Option<(i64, String)>,
 }

@@ -62,6 +62,8 @@ struct Server {
     users: watch::Sender<usize>,
     /// Images whose prefetch has been started.
     prefetched: Mutex<HashSet<Digest>>,
+    /// The last read that failed.
+    last_failure: Arc<strata_lazyfs::LastFailure>,
 }
 
 /// Serves the store of state root `root` until it ends (see the crate's docs): mounts it,
@@ -77,6 +79,7 @@ pub fn serve(
     let paths = StorePaths::new(root);
     let (fs, tree) = LazyFs::store(images.fetcher().clone(), rt.handle().clone());
     let fs = fs.with_passthrough(true);
+    let last_failure = fs.last_failure();
     let mount_opts = MountOptions {
         clone_fd: false,
         ..MountOptions::default()
@@ -114,6 +117,7 @@ pub fn serve(
         paths,
         users: watch::channel(0).0,
         prefetched: Mutex::new(HashSet::new()),
+        last_failure,
     });
     rt.block_on(server.clone().run(listener, opts.idle));
     drop(session);
@@ -210,6 +214,7 @@ impl Server {
             users: *self.users.borrow(),
             layers: self.tree.layers(),
             inodes: self.tree.inodes(),
+            last_failure: self.last_failure.last(),
         }
     }
 

@@ -31,9 +31,30 @@ pub use crate::ready::{Readiness, ReadySetter};
 /// Lower content never changes: the kernel may cache entries and attributes for long.
 const TTL: Duration = Duration::from_secs(3600);
 
+/// The last read that failed: when (seconds since the epoch) and why (the error and its
+/// causes on one line), for whoever must tell a user why a program saw EIO.
+#[derive(Debug, Default)]
+pub struct LastFailure(std::sync::Mutex<Option<(i64, String)>>);
+
+impl LastFailure {
+    fn note(&self, why: String) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, why));
+    }
+
+    /// The last failure, if there was one.
+    pub fn last(&self) -> Option<(i64, String)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// The read-only lazy filesystem of one image.
 #[derive(Debug)]
 pub struct LazyFs {
+    /// The last read that failed.
+    last_failure: Arc<LastFailure>,
     ready: ReadyCell,
     fetcher: Arc<ChunkFetcher>,
     rt: tokio::runtime::Handle,
@@ -80,6 +101,7 @@ impl LazyFs {
         let cell: ReadyCell = Arc::new(ReadyState::default());
         (
             Self {
+                last_failure: Arc::default(),
                 ready: cell.clone(),
                 fetcher,
                 rt,
@@ -102,6 +124,11 @@ impl LazyFs {
     ) -> Self {
         self.open_modes = OpenModes::journaled(journal, predecessor);
         self
+    }
+
+    /// The last read that failed (shared: it stays readable once the filesystem is mounted).
+    pub fn last_failure(&self) -> Arc<LastFailure> {
+        self.last_failure.clone()
     }
 
     /// Serves complete files by kernel passthrough (if the kernel can).
@@ -389,6 +416,7 @@ impl Filesystem for LazyFs {
             Ok(None) => {}
             Err(e) => {
                 error!(ino = ino.0, error = %e, "cache read failed");
+                self.last_failure.note(strata_oci::causes::with_causes(&e));
                 return reply.error(Errno::EIO);
             }
         }
@@ -396,7 +424,7 @@ impl Filesystem for LazyFs {
             return reply.error(Errno::EIO);
         };
         let fetch_len = readahead::miss_fetch_len(len, n_remaining(&content.chunks, offset));
-        let fetcher = self.fetcher.clone();
+        let (fetcher, failures) = (self.fetcher.clone(), self.last_failure.clone());
         self.rt.spawn(async move {
             match fetcher
                 .read_into(&layer, &content.chunks, offset, &mut buf, fetch_len)
@@ -405,6 +433,7 @@ impl Filesystem for LazyFs {
                 Ok(k) => reply.data(&buf[..k]),
                 Err(e) => {
                     error!(ino = ino.0, offset, error = %e, "read failed");
+                    failures.note(strata_oci::causes::with_causes(&e));
                     reply.error(Errno::EIO)
                 }
             }

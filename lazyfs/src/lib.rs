@@ -17,7 +17,7 @@ pub mod store;
 pub mod takeover;
 pub mod tree;
 
-pub use fuse::{LazyFs, Readiness, ReadySetter};
+pub use fuse::{LastFailure, LazyFs, Readiness, ReadySetter};
 pub use record::Recording;
 pub use store::StoreTree;
 pub use tree::Tree;

@@ -94,6 +94,19 @@ impl std::fmt::Debug for RootMount {
     }
 }
 
+impl RootMount {
+    /// Why a read of the image failed at or after `since` (seconds since the epoch), as the
+    /// layer store last saw it: what explains a program's EIO. `None` for a root served by
+    /// this process (whose log already said it) or when nothing failed.
+    pub fn read_failure_since(&mut self, since: i64) -> Option<String> {
+        let status = self.lease.as_mut()?.status().ok()?;
+        status
+            .last_failure
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, why)| why)
+    }
+}
+
 impl Drop for RootMount {
     fn drop(&mut self) {
         let _ = unmount_detached(&self.rootfs);
@@ -201,17 +214,18 @@ fn mount_from_store(images: &Images, img: &ImageRecord, dir: &Path) -> io::Resul
     let lowers = lease
         .add(img, &images.prefetch.to_string())
         .map_err(io::Error::other)?;
+    // Whoever finds this process gone unmounts the root (`stale::sweep_root`); noted before
+    // the mount, so that a kill between the two leaves nothing nobody unmounts.
+    let owner = dir.join(strata_lazyfs::stale::ROOT_OWNER_FILE);
+    if let Err(e) = std::fs::write(&owner, std::process::id().to_string()) {
+        warn!(path = %owner.display(), error = %e, "root owner not recorded");
+    }
     mount_overlay_layers(&lowers, &upper, &work, &rootfs).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("mounting the writable layer on {}: {e}", rootfs.display()),
         )
     })?;
-    // Whoever finds this process gone unmounts the root (`stale::sweep_root`).
-    let owner = dir.join(strata_lazyfs::stale::ROOT_OWNER_FILE);
-    if let Err(e) = std::fs::write(&owner, std::process::id().to_string()) {
-        warn!(path = %owner.display(), error = %e, "root owner not recorded");
-    }
     Ok(RootMount {
         rootfs,
         session: None,

@@ -30,8 +30,9 @@ pub fn execute(
     spec: &Spec,
     mut record: Container,
     streams: Streams,
-    root: RootMount,
+    mut root: RootMount,
 ) -> anyhow::Result<i32> {
+    let since = now_secs();
     let mut console = None;
     let stdio = match streams {
         Streams::Output => Stdio::NoStdin,
@@ -82,6 +83,12 @@ pub fn execute(
         rt.block_on(async { tokio::task::spawn_blocking(move || started.wait()).await })??;
     if let Some(r) = relay {
         r.finish();
+    }
+    // A program that failed on EIO says only "i/o error": say which read of the image failed.
+    if code != 0
+        && let Some(why) = root.read_failure_since(since)
+    {
+        eprintln!("strata: reading the image failed: {why}");
     }
     drop(root);
     record.state = State::Exited;
