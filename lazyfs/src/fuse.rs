@@ -398,8 +398,10 @@ impl Filesystem for LazyFs {
         let fetch_len = readahead::miss_fetch_len(len, n_remaining(&content.chunks, offset));
         let fetcher = self.fetcher.clone();
         self.rt.spawn(async move {
+            let path = || ready.tree.path_of(ino.0);
+            let at = (offset, &mut buf[..]);
             match fetcher
-                .read_into(&layer, &content.chunks, offset, &mut buf, fetch_len)
+                .read_into_traced(&layer, &content.chunks, at, fetch_len, path)
                 .await
             {
                 Ok(k) => reply.data(&buf[..k]),
