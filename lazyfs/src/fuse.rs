@@ -47,6 +47,8 @@ pub struct LazyFs {
     recorder: Option<Arc<Recorder>>,
     /// The image's prefetch profile is being fetched for this mount.
     replaying: bool,
+    /// Executables whose libraries were prefetched ([`crate::exec_prefetch`]).
+    exec_seen: crate::exec_prefetch::Seen,
 }
 
 /// One directory entry: `(offset of the next entry, inode, attributes, name)`.
@@ -88,6 +90,7 @@ impl LazyFs {
                 open_modes: OpenModes::default(),
                 recorder: None,
                 replaying: false,
+                exec_seen: Default::default(),
             },
             ReadySetter(cell),
         )
@@ -292,6 +295,8 @@ impl Filesystem for LazyFs {
             Some(n) => n,
             None => return reply.error(Errno::ENOENT),
         };
+        let exec = (ino.0, flags.0);
+        crate::exec_prefetch::on_open(&self.exec_seen, &ready, &self.fetcher, &self.rt, exec);
         let mode = match self.open_modes.join(ino.0) {
             Some(mode) => mode,
             None => {

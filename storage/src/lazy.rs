@@ -226,6 +226,7 @@ impl ChunkFetcher {
             return Ok(n);
         }
         let began = std::time::Instant::now();
+        trace.mark(began);
         let len = buf.len() as u64;
         let missing: Vec<Digest> = self
             .missing(Self::touching(chunks, offset, len))
@@ -426,6 +427,7 @@ impl ChunkFetcher {
             return self.source.range(&layer.repo, &layer.blob, range).await;
         };
         let sent = std::time::Instant::now();
+        trace.mark(sent);
         let reply = self
             .source
             .range(&layer.repo, &layer.blob, range.clone())

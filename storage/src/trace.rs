@@ -96,6 +96,12 @@ impl Trace {
         })
     }
 
+    /// Starts the clock at `at` if no event has yet: called when an event begins, so that one
+    /// that ends late still counts from its beginning.
+    pub fn mark(&self, at: Instant) {
+        self.epoch.get_or_init(|| at);
+    }
+
     fn since_epoch(&self, at: Instant) -> f64 {
         let epoch = *self.epoch.get_or_init(|| at);
         ms(at.saturating_duration_since(epoch))
