@@ -15,9 +15,11 @@ use strata_tests::require_root_fuse;
 use strata_tests::strata::{bin, store_idle_secs};
 use strata_tests::world::World;
 
-/// `strata --root ROOT ARGS...` with `STRATA_TRACE=trace`.
-fn traced(root: &Path, trace: &Path, args: &[&str]) -> Output {
+/// `strata --root ROOT ARGS...` with `STRATA_TRACE=trace`; through the layer store or (not
+/// `store`) a per-container mount of the merged image.
+fn traced(root: &Path, trace: &Path, store: bool, args: &[&str]) -> Output {
     Command::new(bin())
+        .env("STRATA_LAYER_STORE", if store { "1" } else { "0" })
         .arg("--root")
         .arg(root)
         .args(args)
@@ -85,6 +87,18 @@ fn exec_prefetches_the_libraries_before_the_loader_reads_them() {
     if !require_root_fuse("exec_prefetches_the_libraries_before_the_loader_reads_them") {
         return;
     }
+    libraries_come_before_their_first_read(true);
+}
+
+#[test]
+fn exec_prefetch_works_in_a_per_container_mount_too() {
+    if !require_root_fuse("exec_prefetch_works_in_a_per_container_mount_too") {
+        return;
+    }
+    libraries_come_before_their_first_read(false);
+}
+
+fn libraries_come_before_their_first_read(store: bool) {
     let program = "/bin/ls";
     let libs = ldd(program);
     let lib = libs
@@ -96,7 +110,12 @@ fn exec_prefetches_the_libraries_before_the_loader_reads_them() {
     // Every request takes a while, as over a real link: what runs in parallel shows.
     w.proxy.set(Fault::Delay(Duration::from_millis(150)));
     let trace = w.state.path().join("trace.jsonl");
-    let out = traced(&w.root, &trace, &["run", "--rm", &w.base, program, "/"]);
+    let out = traced(
+        &w.root,
+        &trace,
+        store,
+        &["run", "--rm", &w.base, program, "/"],
+    );
     assert!(
         out.status.success(),
         "run failed: {}",
@@ -112,7 +131,12 @@ fn exec_prefetches_the_libraries_before_the_loader_reads_them() {
     let of_lib = |kind: &str| -> Vec<&Value> {
         lines
             .iter()
-            .filter(|l| l["kind"] == kind && l["path"].as_str().is_some_and(|p| p.ends_with(&lib)))
+            .filter(|l| {
+                l["kind"] == kind
+                    && l["path"]
+                        .as_str()
+                        .is_some_and(|p| format!("/{p}").ends_with(&lib))
+            })
             .collect()
     };
     let prefetched = of_lib("prefetch");
