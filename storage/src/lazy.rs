@@ -322,7 +322,7 @@ impl ChunkFetcher {
         } else if matches!(layer.format, LayerFormat::Plain { .. })
             || mine.iter().any(|c| c.loc == ChunkLoc::Local)
         {
-            self.restream(layer).await
+            self.traced_restream(layer, &mine).await
         } else {
             self.fetch_ranges(layer, &mine, &claim).await
         };
@@ -443,9 +443,30 @@ impl ChunkFetcher {
         reply
     }
 
+    /// [`Self::restream`], noted in the trace (as a request for the whole blob that brought
+    /// the chunks `mine`) if one is being written.
+    async fn traced_restream(&self, layer: &LayerSource, mine: &[Chunk]) -> Result<(), FetchError> {
+        let Some(trace) = crate::trace::get() else {
+            return self.restream(layer).await.map(|_| ());
+        };
+        let sent = std::time::Instant::now();
+        trace.mark(sent);
+        let size = self.restream(layer).await?;
+        let done = std::time::Instant::now();
+        trace.request(
+            &layer.blob,
+            (0, size),
+            sent,
+            done,
+            mine.iter().filter_map(|c| c.digest),
+        );
+        Ok(())
+    }
+
     /// Streams a layer without a TOC again, refilling the cache with all its chunks: from the
     /// kept whole blob if there is one, else from the source. One stream per layer at a time.
-    async fn restream(&self, layer: &LayerSource) -> Result<(), FetchError> {
+    /// Returns the blob's size.
+    async fn restream(&self, layer: &LayerSource) -> Result<u64, FetchError> {
         let LayerFormat::Plain { compression } = layer.format else {
             return Err(FetchError::Stream {
                 blob: layer.blob,
@@ -491,7 +512,7 @@ impl ChunkFetcher {
                 indexed.blob_digest
             )));
         }
-        Ok(())
+        Ok(indexed.blob_size)
     }
 }
 
