@@ -35,6 +35,9 @@ const STANDARD_DIRS: [&[u8]; 6] = [
     b"/usr/lib",
 ];
 
+/// Paths already looked up.
+type Paths = HashSet<Vec<u8>>;
+
 /// Files prefetched for one exec at most (the program's libraries and theirs).
 const MAX_FILES: usize = 128;
 /// Symlinks followed in one lookup at most.
@@ -220,15 +223,30 @@ impl Prefetch {
 
     /// Regular files with content at container path `path` in any root, symlinks followed.
     fn lookup(&self, path: &[u8], links: u32) -> Vec<u64> {
-        let path = normalize(path);
         let mut out = Vec::new();
-        for &root in &self.roots {
-            self.lookup_in(root, &path, links, &mut out);
-        }
+        self.lookup_once(path, links, &mut HashSet::new(), &mut out);
         out
     }
 
-    fn lookup_in(&self, root: u64, path: &[u8], links: u32, out: &mut Vec<u64>) {
+    /// [`Self::lookup`] of a path not yet in `tried`: every path is looked up once, so the
+    /// same symlink in many layers does not multiply the work.
+    fn lookup_once(&self, path: &[u8], links: u32, tried: &mut Paths, out: &mut Vec<u64>) {
+        let path = normalize(path);
+        if !tried.insert(path.clone()) {
+            return;
+        }
+        for &root in &self.roots {
+            self.lookup_in(root, &path, (links, &mut *tried), out);
+        }
+    }
+
+    fn lookup_in(
+        &self,
+        root: u64,
+        path: &[u8],
+        (links, tried): (u32, &mut Paths),
+        out: &mut Vec<u64>,
+    ) {
         let tree: &Tree = &self.ready.tree;
         let comps: Vec<&[u8]> = path
             .split(|b| *b == b'/')
@@ -251,7 +269,7 @@ impl Prefetch {
                 };
                 let rest = comps[i + 1..].join(&b'/');
                 let target = [&base[..], &n.link, b"/", &rest].concat();
-                out.extend(self.lookup(&target, links + 1));
+                self.lookup_once(&target, links + 1, tried, out);
                 return;
             }
             ino = next;

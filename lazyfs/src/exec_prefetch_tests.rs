@@ -161,3 +161,29 @@ fn origin_expands_to_the_files_directory() {
     assert_eq!(b"/bin/x".rsplit_once_slash(), b"/bin");
     assert_eq!(b"/x".rsplit_once_slash(), b"/");
 }
+
+#[test]
+fn the_same_symlink_in_many_layers_is_followed_once_per_path() {
+    let mut tree = Tree::store();
+    for i in 0..40 {
+        let name = format!("{i:064x}");
+        // A chain of six links, in every layer: followed per layer, 40^6 lookups.
+        let mut entries: Vec<Entry> = (1..6)
+            .map(|k| link(&format!("a{k}"), &format!("/a{}", k + 1)))
+            .collect();
+        entries.extend([link("a6", "/usr/lib"), dir("usr"), dir("usr/lib")]);
+        tree.add_layer_dir(name.as_bytes(), &LayerIndex { entries }, 0, b"{}".to_vec())
+            .unwrap();
+    }
+    let last = format!("{:064x}", 40);
+    let entries = vec![dir("usr"), dir("usr/lib"), reg("usr/lib/libc.so.6")];
+    tree.add_layer_dir(last.as_bytes(), &LayerIndex { entries }, 0, b"{}".to_vec())
+        .unwrap();
+    let n = needs_of("/a1/libc.so.6", &[], &[]);
+    let started = std::time::Instant::now();
+    assert_eq!(
+        found(tree, &n, "/bin/x"),
+        [format!("{last}/diff/usr/lib/libc.so.6")]
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
