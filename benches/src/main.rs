@@ -6,6 +6,7 @@
 mod prepare;
 mod shaper;
 mod store;
+mod trace_summary;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -78,7 +79,7 @@ fn opts() -> Opts {
             }
             other => {
                 eprintln!(
-                    "usage: strata-bench [--runs N] [--profile 200mbit-10ms|50mbit-40ms] [--json FILE] [--work DIR] [--serve] [--micro-only] [--store-only]\nunknown argument {other}"
+                    "usage: strata-bench [--runs N] [--profile 200mbit-10ms|50mbit-40ms] [--json FILE] [--work DIR] [--serve] [--micro-only] [--store-only] | --trace-summary FILE\nunknown argument {other}"
                 );
                 std::process::exit(2);
             }
@@ -244,6 +245,11 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
 }
 
 fn main() {
+    if let [flag, file] = &std::env::args().skip(1).collect::<Vec<_>>()[..]
+        && flag == "--trace-summary"
+    {
+        return trace_summary::run(file);
+    }
     let o = opts();
     std::fs::create_dir_all(&o.work).expect("work dir");
     let machine = machine();

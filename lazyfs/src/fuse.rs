@@ -68,6 +68,8 @@ pub struct LazyFs {
     recorder: Option<Arc<Recorder>>,
     /// The image's prefetch profile is being fetched for this mount.
     replaying: bool,
+    /// Executables whose libraries were prefetched ([`crate::exec_prefetch`]).
+    exec_seen: crate::exec_prefetch::Seen,
 }
 
 /// One directory entry: `(offset of the next entry, inode, attributes, name)`.
@@ -110,6 +112,7 @@ impl LazyFs {
                 open_modes: OpenModes::default(),
                 recorder: None,
                 replaying: false,
+                exec_seen: Default::default(),
             },
             ReadySetter(cell),
         )
@@ -319,6 +322,8 @@ impl Filesystem for LazyFs {
             Some(n) => n,
             None => return reply.error(Errno::ENOENT),
         };
+        let exec = (ino.0, flags.0);
+        crate::exec_prefetch::on_open(&self.exec_seen, &ready, &self.fetcher, &self.rt, exec);
         let mode = match self.open_modes.join(ino.0) {
             Some(mode) => mode,
             None => {
@@ -426,8 +431,10 @@ impl Filesystem for LazyFs {
         let fetch_len = readahead::miss_fetch_len(len, n_remaining(&content.chunks, offset));
         let (fetcher, failures) = (self.fetcher.clone(), self.last_failure.clone());
         self.rt.spawn(async move {
+            let path = || ready.tree.path_of(ino.0);
+            let at = (offset, &mut buf[..]);
             match fetcher
-                .read_into(&layer, &content.chunks, offset, &mut buf, fetch_len)
+                .read_into_traced(&layer, &content.chunks, at, fetch_len, path)
                 .await
             {
                 Ok(k) => reply.data(&buf[..k]),

@@ -3,6 +3,8 @@
 
 pub mod attr;
 mod children;
+mod elf_deps;
+mod exec_prefetch;
 pub mod fuse;
 pub mod layer_dirs;
 pub mod mount;

@@ -205,6 +205,49 @@ impl ChunkFetcher {
         if let Some(n) = self.read_cached_into(chunks, offset, buf)? {
             return Ok(n);
         }
+        self.read_missed(layer, chunks, offset, buf, fetch_len)
+            .await
+    }
+
+    /// [`Self::read_into`] that notes a miss in the trace (if one is being written) naming
+    /// file `path()`.
+    pub async fn read_into_traced(
+        &self,
+        layer: &LayerSource,
+        chunks: &[Chunk],
+        (offset, buf): (u64, &mut [u8]),
+        fetch_len: u64,
+        path: impl FnOnce() -> String,
+    ) -> Result<usize, FetchError> {
+        let Some(trace) = crate::trace::get() else {
+            return self.read_into(layer, chunks, offset, buf, fetch_len).await;
+        };
+        if let Some(n) = self.read_cached_into(chunks, offset, buf)? {
+            return Ok(n);
+        }
+        let began = std::time::Instant::now();
+        trace.mark(began);
+        let len = buf.len() as u64;
+        let missing: Vec<Digest> = self
+            .missing(Self::touching(chunks, offset, len))
+            .iter()
+            .filter_map(|c| c.digest)
+            .collect();
+        let n = self
+            .read_missed(layer, chunks, offset, buf, fetch_len)
+            .await?;
+        trace.miss(&layer.blob, &path(), (offset, len), began, &missing);
+        Ok(n)
+    }
+
+    async fn read_missed(
+        &self,
+        layer: &LayerSource,
+        chunks: &[Chunk],
+        offset: u64,
+        buf: &mut [u8],
+        fetch_len: u64,
+    ) -> Result<usize, FetchError> {
         let fetch_len = fetch_len.max(buf.len() as u64);
         self.ensure(layer, Self::touching(chunks, offset, fetch_len))
             .await?;
@@ -279,7 +322,7 @@ impl ChunkFetcher {
         } else if matches!(layer.format, LayerFormat::Plain { .. })
             || mine.iter().any(|c| c.loc == ChunkLoc::Local)
         {
-            self.restream(layer).await
+            self.traced_restream(layer, &mine).await
         } else {
             self.fetch_ranges(layer, &mine, &claim).await
         };
@@ -340,7 +383,7 @@ impl ChunkFetcher {
             })?;
         let (data, keep) = match local {
             Some(data) => (data, None),
-            None => match self.source.range(&layer.repo, &blob, start..end).await {
+            None => match self.traced_range(layer, start..end, &items).await {
                 Ok(RangeReply::Partial(b)) => (b, None),
                 Ok(RangeReply::Whole(b)) => {
                     debug!(blob = %blob, "source ignored Range: keeping the whole blob");
@@ -373,9 +416,57 @@ impl ChunkFetcher {
         })
     }
 
+    /// The source's bytes `range` of `layer`, noted in the trace if one is being written.
+    async fn traced_range(
+        &self,
+        layer: &LayerSource,
+        range: std::ops::Range<u64>,
+        items: &[crate::ranges::Located],
+    ) -> Result<RangeReply, SourceError> {
+        let Some(trace) = crate::trace::get() else {
+            return self.source.range(&layer.repo, &layer.blob, range).await;
+        };
+        let sent = std::time::Instant::now();
+        trace.mark(sent);
+        let reply = self
+            .source
+            .range(&layer.repo, &layer.blob, range.clone())
+            .await;
+        let chunks = items.iter().filter_map(|l| l.chunk.digest);
+        trace.request(
+            &layer.blob,
+            (range.start, range.end),
+            sent,
+            std::time::Instant::now(),
+            chunks,
+        );
+        reply
+    }
+
+    /// [`Self::restream`], noted in the trace (as a request for the whole blob that brought
+    /// the chunks `mine`) if one is being written.
+    async fn traced_restream(&self, layer: &LayerSource, mine: &[Chunk]) -> Result<(), FetchError> {
+        let Some(trace) = crate::trace::get() else {
+            return self.restream(layer).await.map(|_| ());
+        };
+        let sent = std::time::Instant::now();
+        trace.mark(sent);
+        let size = self.restream(layer).await?;
+        let done = std::time::Instant::now();
+        trace.request(
+            &layer.blob,
+            (0, size),
+            sent,
+            done,
+            mine.iter().filter_map(|c| c.digest),
+        );
+        Ok(())
+    }
+
     /// Streams a layer without a TOC again, refilling the cache with all its chunks: from the
     /// kept whole blob if there is one, else from the source. One stream per layer at a time.
-    async fn restream(&self, layer: &LayerSource) -> Result<(), FetchError> {
+    /// Returns the blob's size.
+    async fn restream(&self, layer: &LayerSource) -> Result<u64, FetchError> {
         let LayerFormat::Plain { compression } = layer.format else {
             return Err(FetchError::Stream {
                 blob: layer.blob,
@@ -421,7 +512,7 @@ impl ChunkFetcher {
                 indexed.blob_digest
             )));
         }
-        Ok(())
+        Ok(indexed.blob_size)
     }
 }
 

@@ -13,3 +13,4 @@ pub mod ranges;
 pub mod source;
 mod spans;
 pub mod store;
+pub mod trace;
