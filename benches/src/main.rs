@@ -317,16 +317,27 @@ fn main() {
             let _ = std::fs::remove_dir_all(&warm_root);
         }
     }
+    micro_and_report(&o, &machine, &img, &table, results);
+}
+
+/// The micro-benchmarks, then the table, their figures and the JSON.
+fn micro_and_report(
+    o: &Opts,
+    machine: &str,
+    img: &prepare::Image,
+    table: &[Vec<String>],
+    results: Vec<serde_json::Value>,
+) {
     let micro = {
         let p = o.profiles.first().expect("a profile");
         let shaper = Shaper::start(&img.registry.addr, *p);
-        prepare::micro(&o.work, &img, &shaper, p)
+        prepare::micro(&o.work, img, &shaper, p)
     };
-    print_table(&table);
+    print_table(table);
     for (k, v) in micro.as_object().into_iter().flatten() {
         println!("{k}: {v}");
     }
-    write_json(&o, &machine, &img, results, micro);
+    write_json(o, machine, img, results, micro);
 }
 
 /// `--store-only`: the layer store's figures over the first profile's link.

@@ -71,6 +71,27 @@ pub struct Archives {
     layout: Layout,
 }
 
+/// The `index.json` entry of a saved image, named as Docker 25+ names them: the whole
+/// reference for containerd, the tag as the OCI ref name, and its sources.
+fn index_entry(img: &ImageRecord, manifest: &[u8], name: Option<&Reference>) -> Descriptor {
+    let media_type = media_type_of(manifest);
+    let mut desc = Descriptor::new(&media_type, img.manifest, manifest.len() as u64);
+    if let Some(n) = name {
+        let mut ann: std::collections::BTreeMap<String, String> = [
+            ("io.containerd.image.name".to_string(), n.tag_key()),
+            (
+                "org.opencontainers.image.ref.name".to_string(),
+                n.tag.clone().unwrap_or_else(|| "latest".into()),
+            ),
+        ]
+        .into();
+        // The most recent source wins where two share a host.
+        ann.extend(distribution_sources(img).into_iter().rev());
+        desc.annotations = Some(ann);
+    }
+    desc
+}
+
 impl Archives {
     pub(crate) fn new(
         store: Store,
@@ -166,25 +187,8 @@ impl Archives {
                 let bytes = std::fs::read(&path).map_err(ImageError::io(&path))?;
                 add(&mut b, d, &bytes)?;
             }
-            let media_type = media_type_of(&manifest);
-            let mut desc = Descriptor::new(&media_type, img.manifest, manifest.len() as u64);
-            // Named as Docker 25+ names them: the whole reference for containerd, the tag as
-            // the OCI ref name.
             let parsed: Option<Reference> = name.as_deref().and_then(|n| n.parse().ok());
-            if let Some(n) = &parsed {
-                let mut ann: std::collections::BTreeMap<String, String> = [
-                    ("io.containerd.image.name".to_string(), n.tag_key()),
-                    (
-                        "org.opencontainers.image.ref.name".to_string(),
-                        n.tag.clone().unwrap_or_else(|| "latest".into()),
-                    ),
-                ]
-                .into();
-                // The most recent source wins where two share a host.
-                ann.extend(distribution_sources(img).into_iter().rev());
-                desc.annotations = Some(ann);
-            }
-            manifests.push(desc);
+            manifests.push(index_entry(img, &manifest, parsed.as_ref()));
             docker.push(crate::archive_docker::entry_for(img, parsed.as_slice()));
         }
         for (name, bytes) in [

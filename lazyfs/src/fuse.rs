@@ -18,6 +18,7 @@ use strata_formats::index::{Chunk, Kind};
 use strata_storage::lazy::{ChunkFetcher, LayerSource};
 use tracing::{debug, error, warn};
 
+use crate::failure::LastFailure;
 use crate::open::{Mode, OpenModes, passthrough_file};
 use crate::open_journal::{OpenJournal, OpenedAs};
 use crate::readahead::{self, Sequential};
@@ -30,25 +31,6 @@ pub use crate::ready::{Readiness, ReadySetter};
 
 /// Lower content never changes: the kernel may cache entries and attributes for long.
 const TTL: Duration = Duration::from_secs(3600);
-
-/// The last read that failed: when (seconds since the epoch) and why (the error and its
-/// causes on one line), for whoever must tell a user why a program saw EIO.
-#[derive(Debug, Default)]
-pub struct LastFailure(std::sync::Mutex<Option<(i64, String)>>);
-
-impl LastFailure {
-    fn note(&self, why: String) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, why));
-    }
-
-    /// The last failure, if there was one.
-    pub fn last(&self) -> Option<(i64, String)> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
 
 /// The read-only lazy filesystem of one image.
 #[derive(Debug)]

@@ -5,6 +5,7 @@ pub mod attr;
 mod children;
 mod elf_deps;
 mod exec_prefetch;
+mod failure;
 pub mod fuse;
 pub mod layer_dirs;
 pub mod mount;
@@ -19,7 +20,8 @@ pub mod store;
 pub mod takeover;
 pub mod tree;
 
-pub use fuse::{LastFailure, LazyFs, Readiness, ReadySetter};
+pub use failure::LastFailure;
+pub use fuse::{LazyFs, Readiness, ReadySetter};
 pub use record::Recording;
 pub use store::StoreTree;
 pub use tree::Tree;

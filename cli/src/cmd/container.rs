@@ -91,19 +91,24 @@ pub fn execute(
         eprintln!("strata: reading the image failed: {why}");
     }
     drop(root);
+    record_exit(containers, record, code);
+    Ok(code)
+}
+
+/// Records that the container exited with `code`. The container's own exit code is the
+/// answer, whether or not its record could be written (`ps -a` then shows it as exited with
+/// 255, its upper layer kept).
+fn record_exit(containers: &Containers, mut record: Container, code: i32) {
     record.state = State::Exited;
     record.pid = None;
     record.exit_code = Some(code);
     record.finished = Some(now_secs());
-    // The container's own exit code is the answer, whether or not its record could be
-    // written (`ps -a` then shows it as exited with 255, its upper layer kept).
     if let Err(e) = containers.save(&record) {
         eprintln!(
             "strata: recording the exit of container {}: {e}",
             record.name
         );
     }
-    Ok(code)
 }
 
 /// Runs this same command line again in the background, in its own process group, with

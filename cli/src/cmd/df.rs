@@ -107,14 +107,15 @@ fn metadata_bytes(ctx: &Images, img: &ImageRecord) -> u64 {
         .sum()
 }
 
-/// The rows of `system df`: TYPE, TOTAL, ACTIVE, SIZE, RECLAIMABLE.
-fn summary(
+/// Images in use, the images' total size and what of it is reclaimable: as docker 28, what
+/// the images in use hold alone (their layers no other image has, their manifest and config)
+/// stays; everything else is reclaimable.
+fn image_space<'a>(
     ctx: &Images,
     cs: &Containers,
-    images: &[ImageRecord],
-    list: &[Container],
+    images: &'a [ImageRecord],
     layer_size: &HashMap<Digest, u64>,
-) -> Vec<[String; 5]> {
+) -> (Vec<&'a ImageRecord>, u64, u64) {
     let bytes = |layers: &HashSet<&Digest>| -> u64 {
         layers.iter().filter_map(|d| layer_size.get(*d)).sum()
     };
@@ -122,8 +123,6 @@ fn summary(
     let all_layers: HashSet<&Digest> = images.iter().flat_map(|i| i.layers.iter()).collect();
     let own = |i: &ImageRecord| metadata_bytes(ctx, i);
     let image_total = bytes(&all_layers) + images.iter().map(own).sum::<u64>();
-    // As docker 28: what the images in use hold alone (their layers no other image has,
-    // their manifest and config) stays; everything else is reclaimable.
     let users = layer_users(images);
     let kept: u64 = used
         .iter()
@@ -132,7 +131,18 @@ fn summary(
             bytes(&alone) + own(i)
         })
         .sum();
-    let image_reclaim = image_total.saturating_sub(kept);
+    (used, image_total, image_total.saturating_sub(kept))
+}
+
+/// The rows of `system df`: TYPE, TOTAL, ACTIVE, SIZE, RECLAIMABLE.
+fn summary(
+    ctx: &Images,
+    cs: &Containers,
+    images: &[ImageRecord],
+    list: &[Container],
+    layer_size: &HashMap<Digest, u64>,
+) -> Vec<[String; 5]> {
+    let (used, image_total, image_reclaim) = image_space(ctx, cs, images, layer_size);
     let upper = |c: &Container| crate::cmd::ps_filter::Extra::load(cs, c).size_rw();
     let upper_total: u64 = list.iter().map(upper).sum();
     let upper_idle: u64 = list

@@ -88,7 +88,7 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
                 // A container whose supervisor was killed reads as exited, as in `ps`.
                 let c = crate::cmd::ps::effective(&c);
                 let image = container_image(&ctx, &c);
-                let j = inspect_json::container(&cs, &c, a.size, &image);
+                let j = crate::cmd::inspect_container::container(&cs, &c, a.size, &image);
                 printed.push(j.clone());
                 templated.push(j);
             }
@@ -147,7 +147,7 @@ fn report_missing(kind: Option<&str>, missing: &[String]) {
 fn container_image(
     ctx: &strata_image::Images,
     c: &strata_runner::state::Container,
-) -> inspect_json::ContainerImage {
+) -> crate::cmd::inspect_container::ContainerImage {
     let Ok((img, _)) = ctx
         .catalog()
         .image_of(c.image_manifest.as_deref(), &c.image_id)
@@ -168,5 +168,5 @@ fn container_image(
             size,
         )
     });
-    inspect_json::ContainerImage { env, manifest }
+    crate::cmd::inspect_container::ContainerImage { env, manifest }
 }

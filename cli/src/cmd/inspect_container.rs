@@ -21,7 +21,7 @@ pub struct ContainerImage {
 /// docker's `HostConfig`: strata's settings where it has them (network mode, binds, limits,
 /// capabilities, security options, masked paths), docker's defaults for the rest.
 fn host_config(spec: &strata_runner::Spec) -> Value {
-    let (sec, res) = (&spec.security, &spec.resources);
+    let sec = &spec.security;
     let or_null = |v: &[String]| if v.is_empty() { json!(null) } else { json!(v) };
     let binds: Vec<String> = spec
         .binds
@@ -31,13 +31,6 @@ fn host_config(spec: &strata_runner::Spec) -> Value {
             format!("{}:{}{ro}", b.source.display(), b.target)
         })
         .collect();
-    let paths = |list: &[&str]| -> Value {
-        if sec.privileged {
-            json!(null)
-        } else {
-            json!(list.iter().map(|p| format!("/{p}")).collect::<Vec<_>>())
-        }
-    };
     let settings = json!({
         "Binds": or_null(&binds),
         "ContainerIDFile": "",
@@ -68,7 +61,25 @@ fn host_config(spec: &strata_runner::Spec) -> Value {
         "SecurityOpt": or_null(&sec.security_opt()),
         "UTSMode": "",
     });
-    let limits = json!({
+    let limits = host_resources(spec);
+    let mut out = settings;
+    if let (Some(o), Value::Object(l)) = (out.as_object_mut(), limits) {
+        o.extend(l);
+    }
+    out
+}
+
+/// The resource half of docker's `HostConfig` (limits, devices, masked paths).
+fn host_resources(spec: &strata_runner::Spec) -> Value {
+    let (sec, res) = (&spec.security, &spec.resources);
+    let paths = |list: &[&str]| -> Value {
+        if sec.privileged {
+            json!(null)
+        } else {
+            json!(list.iter().map(|p| format!("/{p}")).collect::<Vec<_>>())
+        }
+    };
+    json!({
         "UsernsMode": "",
         "ShmSize": 67108864,
         "Runtime": "strata",
@@ -104,12 +115,7 @@ fn host_config(spec: &strata_runner::Spec) -> Value {
         "IOMaximumBandwidth": 0,
         "MaskedPaths": paths(&strata_runner::MASKED_PATHS),
         "ReadonlyPaths": paths(&strata_runner::READONLY_PATHS),
-    });
-    let mut out = settings;
-    if let (Some(o), Value::Object(l)) = (out.as_object_mut(), limits) {
-        o.extend(l);
-    }
-    out
+    })
 }
 
 /// The network a container is on, as docker names it: `host` or `none`.

@@ -6,8 +6,6 @@ use strata_image::Images;
 use strata_oci::Reference;
 use strata_storage::store::ImageRecord;
 
-pub use crate::cmd::inspect_container::{ContainerImage, container};
-
 /// An image as docker's `inspect` shows it, and as its templates see it (the config's own
 /// keys only, as docker's typed config omits empty ones; `.ID` beside `.Id`).
 pub struct ImageJson {

@@ -263,15 +263,10 @@ pub fn run_recorded(
     };
     let (root_mount, recording) = mount_root_with(&ctx, rt.handle(), &img, &dir, record)
         .map_err(|e| cleanup_dir(e.into()))?;
-    // docker's init layer entries (/.dockerenv, /etc/mtab, ...) the image lacks.
-    if let Err(e) = strata_runner::initlayer::write(&root_mount.rootfs) {
-        drop(root_mount);
-        return Err(cleanup_dir(crate::cmd::daemon(e.to_string())));
-    }
     let spec = setup.spec(&a, &cfg, args.clone(), &id, &root_mount.rootfs, &dir);
-    if let Err(e) = strata_runner::user::resolve(&spec.rootfs, &spec.user) {
+    if let Err(e) = prepare_root(&root_mount, &spec) {
         drop(root_mount);
-        return Err(cleanup_dir(crate::cmd::daemon(e.to_string())));
+        return Err(cleanup_dir(e));
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -280,13 +275,7 @@ pub fn run_recorded(
     containers.save(&record)?;
     let mut extra = crate::cmd::run_checks::extra(&ctx, &img, &config, &a.labels, &a.network);
     extra.created_nanos = now.subsec_nanos();
-    extra.interactive = a.interactive;
-    extra.detached = a.cid.is_some();
-    extra.entrypoint = match &a.entrypoint {
-        Some(e) if e.is_empty() => None,
-        Some(e) => Some(vec![e.clone()]),
-        None => cfg.entrypoint.get().cloned().filter(|e| !e.is_empty()),
-    };
+    fill_extra(&mut extra, &a, &cfg);
     extra.save(&dir)?;
     let streams = streams(&a);
     let code = match execute(&rt, &containers, &spec, record, streams, root_mount) {
@@ -300,6 +289,26 @@ pub fn run_recorded(
         containers.remove(&id)?;
     }
     Ok((code, recording.map(|r| r.profile())))
+}
+
+/// docker's init layer entries (/.dockerenv, /etc/mtab, ...) the image lacks, and a check that
+/// the spec's user exists in the mounted root.
+fn prepare_root(root: &strata_overlay::root::RootMount, spec: &Spec) -> anyhow::Result<()> {
+    strata_runner::initlayer::write(&root.rootfs).map_err(|e| crate::cmd::daemon(e.to_string()))?;
+    strata_runner::user::resolve(&spec.rootfs, &spec.user)
+        .map_err(|e| crate::cmd::daemon(e.to_string()))?;
+    Ok(())
+}
+
+/// The options docker's inspect shows that `run` keeps beside the container record.
+fn fill_extra(extra: &mut crate::cmd::ps_filter::Extra, a: &Args, cfg: &ContainerConfig) {
+    extra.interactive = a.interactive;
+    extra.detached = a.cid.is_some();
+    extra.entrypoint = match &a.entrypoint {
+        Some(e) if e.is_empty() => None,
+        Some(e) => Some(vec![e.clone()]),
+        None => cfg.entrypoint.get().cloned().filter(|e| !e.is_empty()),
+    };
 }
 
 /// What `run`'s options ask of the container, checked before anything is pulled or started.
