@@ -122,6 +122,7 @@ fn in_the_layer_store_every_layers_diff_is_searched() {
         &LayerIndex { entries: lower },
         0,
         b"{}".to_vec(),
+        &[],
     )
     .unwrap();
     tree.add_layer_dir(
@@ -131,6 +132,7 @@ fn in_the_layer_store_every_layers_diff_is_searched() {
         },
         1,
         b"{}".to_vec(),
+        &[],
     )
     .unwrap();
     let n = needs_of("/lib64/ld-linux-x86-64.so.2", &["libc.so.6"], &[]);
@@ -172,13 +174,25 @@ fn the_same_symlink_in_many_layers_is_followed_once_per_path() {
             .map(|k| link(&format!("a{k}"), &format!("/a{}", k + 1)))
             .collect();
         entries.extend([link("a6", "/usr/lib"), dir("usr"), dir("usr/lib")]);
-        tree.add_layer_dir(name.as_bytes(), &LayerIndex { entries }, 0, b"{}".to_vec())
-            .unwrap();
+        tree.add_layer_dir(
+            name.as_bytes(),
+            &LayerIndex { entries },
+            0,
+            b"{}".to_vec(),
+            &[],
+        )
+        .unwrap();
     }
     let last = format!("{:064x}", 40);
     let entries = vec![dir("usr"), dir("usr/lib"), reg("usr/lib/libc.so.6")];
-    tree.add_layer_dir(last.as_bytes(), &LayerIndex { entries }, 0, b"{}".to_vec())
-        .unwrap();
+    tree.add_layer_dir(
+        last.as_bytes(),
+        &LayerIndex { entries },
+        0,
+        b"{}".to_vec(),
+        &[],
+    )
+    .unwrap();
     let n = needs_of("/a1/libc.so.6", &[], &[]);
     let started = std::time::Instant::now();
     assert_eq!(
