@@ -121,6 +121,9 @@ pub struct ChunkFetcher {
     spans: Spans,
 }
 
+/// How many times a read fetches its chunks when they are evicted before it can copy them.
+const READ_ATTEMPTS: usize = 3;
+
 impl ChunkFetcher {
     /// A fetcher over `cache`, fetching from `source`; whole blobs (from sources that ignore
     /// ranges) are kept in `blobs_dir`.
@@ -249,18 +252,20 @@ impl ChunkFetcher {
         fetch_len: u64,
     ) -> Result<usize, FetchError> {
         let fetch_len = fetch_len.max(buf.len() as u64);
-        self.ensure(layer, Self::touching(chunks, offset, fetch_len))
-            .await?;
-        match self.read_cached_into(chunks, offset, buf)? {
-            Some(n) => Ok(n),
-            None => {
-                let missing = Self::touching(chunks, offset, buf.len() as u64)
-                    .iter()
-                    .filter_map(|c| c.digest)
-                    .find(|d| !self.cache.contains(d));
-                Err(FetchError::Unavailable(missing.unwrap_or(layer.blob)))
+        // A cache smaller than what concurrent reads fetch may evict this read's chunks
+        // before it copies them: fetch again, a bounded number of times.
+        for _ in 0..READ_ATTEMPTS {
+            self.ensure(layer, Self::touching(chunks, offset, fetch_len))
+                .await?;
+            if let Some(n) = self.read_cached_into(chunks, offset, buf)? {
+                return Ok(n);
             }
         }
+        let missing = Self::touching(chunks, offset, buf.len() as u64)
+            .iter()
+            .filter_map(|c| c.digest)
+            .find(|d| !self.cache.contains(d));
+        Err(FetchError::Unavailable(missing.unwrap_or(layer.blob)))
     }
 
     /// Makes sure every chunk in `chunks` is cached.
