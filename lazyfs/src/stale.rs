@@ -215,7 +215,8 @@ fn remove_orphan_dirs(containers: &Path) {
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > ORPHAN_DIR_AGE);
         if !old
-            || !dir.join("lower").is_dir()
+            // Made by a container root (over the layer store, or with its own lower).
+            || !(dir.join("upper").is_dir() || dir.join("lower").is_dir())
             || dir.join("container.json").exists()
             || mounted.iter().any(|p| p.starts_with(&dir))
         {
