@@ -158,9 +158,14 @@ impl Server {
     /// one of its layers).
     fn try_stop(&self) -> bool {
         let Ok(_lock) = crate::client::take_lock(&self.paths.lock, Duration::from_secs(10)) else {
+            info!("layer store idle but its start lock is held; staying");
             return false;
         };
         if *self.users.borrow() != 0 {
+            info!(
+                users = *self.users.borrow(),
+                "layer store has users again; staying"
+            );
             return false;
         }
         // overlayfs stacks private clones of its lower mounts, so unmounting the store would
@@ -192,7 +197,16 @@ impl Server {
             let reply = match serde_json::from_str::<Request>(&line) {
                 Ok(Request::Add { image, prefetch }) => {
                     let prefetch = prefetch.parse().unwrap_or(Prefetch::None);
-                    match self.add(image, prefetch).await {
+                    // A client that goes away (killed) while its image is added is no user:
+                    // what it asked for is dropped rather than holding the store up.
+                    let added = tokio::select! {
+                        added = self.add(image, prefetch) => added,
+                        _ = lines.next_line() => {
+                            info!("a client left while its image was added");
+                            break;
+                        }
+                    };
+                    match added {
                         Ok(lowers) => Reply::Lowers(lowers),
                         Err(e) => Reply::Error(e),
                     }

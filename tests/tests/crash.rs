@@ -17,6 +17,10 @@ fn spawn(root: &Path, args: &[&str]) -> Child {
         .arg("--root")
         .arg(root)
         .args(args)
+        .env(
+            "STRATA_LAYER_STORE_IDLE_SECS",
+            strata_tests::strata::store_idle_secs(),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -420,8 +424,23 @@ fn kill_nine_at_random_moments() {
         ),
         "mine"
     );
-    assert!(
-        pid_with(&[root.to_str().unwrap()]).is_none(),
-        "a strata process of this root is left"
-    );
+    // Nothing of this root is left running once its layer store has been idle (2 s here).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pid_with(&[root.to_str().unwrap()]).is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if let Some(pid) = pid_with(&[root.to_str().unwrap()]) {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let log = std::fs::read_to_string(root.join("layers.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        panic!(
+            "a strata process of this root is left: {pid} {:?}; store log ends {tail:?}; mounts {:?}",
+            String::from_utf8_lossy(&cmd).replace('\0', " "),
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(root.to_str().unwrap()))
+                .collect::<Vec<_>>()
+        );
+    }
 }
