@@ -26,29 +26,24 @@ pub fn mount_overlay_layers(
         escape_option(upper),
         escape_option(work)
     );
-    if data.len() >= 4096 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "overlay options of {} bytes pass the one-page limit",
-                data.len()
-            ),
-        ));
-    }
-    nix::mount::mount(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        nix::mount::MsFlags::empty(),
-        Some(data.as_str()),
-    )
-    .map_err(io::Error::from)
+    overlay_mount("overlay", target, nix::mount::MsFlags::empty(), &data)
 }
 
 /// Mounts overlayfs read-only on `target` with `lowers` (at least two, bottom first) and no
 /// upper, named `strata` in the mount table (what `strata umount` recognizes).
 pub fn mount_overlay_readonly(lowers: &[impl AsRef<Path>], target: &Path) -> io::Result<()> {
     let data = format!("lowerdir={}", lowerdir_option(lowers));
+    overlay_mount("strata", target, nix::mount::MsFlags::MS_RDONLY, &data)
+}
+
+/// Mounts overlayfs named `source` on `target` with options `data`, refused (`InvalidInput`)
+/// past the kernel's one-page limit for options, which it would cut short silently.
+fn overlay_mount(
+    source: &str,
+    target: &Path,
+    flags: nix::mount::MsFlags,
+    data: &str,
+) -> io::Result<()> {
     if data.len() >= 4096 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -58,14 +53,8 @@ pub fn mount_overlay_readonly(lowers: &[impl AsRef<Path>], target: &Path) -> io:
             ),
         ));
     }
-    nix::mount::mount(
-        Some("strata"),
-        target,
-        Some("overlay"),
-        nix::mount::MsFlags::MS_RDONLY,
-        Some(data.as_str()),
-    )
-    .map_err(io::Error::from)
+    nix::mount::mount(Some(source), target, Some("overlay"), flags, Some(data))
+        .map_err(io::Error::from)
 }
 
 /// `lowers` (bottom first) as overlayfs' `lowerdir` value: top first, `:`-separated.
