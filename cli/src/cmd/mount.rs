@@ -96,7 +96,9 @@ pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let img = find_or_pull(&ctx, &rt, &a.image, &a.platform)?;
     if strata_layerstore::client::enabled() {
         match serve_from_store(&ctx, &rt, &img, &a) {
-            Err(e) if !is_strata_mount(&a.dir) => {
+            // The store is not there (could not start, does not answer): serve the merged
+            // image from this process. An image the store refused is refused here too.
+            Err(e) if !is_strata_mount(&a.dir) && !refused_by_store(&e) => {
                 tracing::info!(error = %e, "layer store not used; serving the merged image");
             }
             done => return done,
@@ -180,6 +182,17 @@ fn serve_from_store(
     let _ = std::fs::remove_file(&owner);
     drop(mounted);
     Ok(0)
+}
+
+/// Whether `e` is the layer store's answer about the image (it cannot be indexed or shown),
+/// not a failure to reach the store.
+fn refused_by_store(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<strata_layerstore::StoreError>())
+            .is_some_and(|s| matches!(s, strata_layerstore::StoreError::Server(_)))
+    })
 }
 
 /// Where the process serving a read-only mount of the layer store at `dir` notes its pid.
