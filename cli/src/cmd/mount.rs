@@ -156,7 +156,7 @@ fn serve_from_store(
 ) -> anyhow::Result<i32> {
     let dir = a.dir.canonicalize()?;
     let mounted = strata_overlay::root::mount_image_readonly(ctx, img, &dir)
-        .map_err(|e| anyhow::anyhow!("image {} cannot be used: {e}", a.image))?;
+        .map_err(|e| anyhow::Error::new(e).context(format!("image {} cannot be used", a.image)))?;
     let owner = owner_file(ctx.layout().root(), &dir);
     if let Some(parent) = owner.parent() {
         let _ = std::fs::create_dir_all(parent);
