@@ -151,7 +151,7 @@ impl LazyFs {
     }
 
     /// Keeps `len` bytes of the file from `from` on their way (behind a sequential reader).
-    fn prefetch(&self, content: &Content, from: u64, len: u64) {
+    fn prefetch(&self, ready: &Ready, content: &Content, from: u64, len: u64) {
         let ahead = ChunkFetcher::touching(&content.chunks, from, len);
         let Some(probe) = ahead.get(ahead.len() / 2).and_then(|c| c.digest) else {
             return;
@@ -159,7 +159,7 @@ impl LazyFs {
         if self.fetcher.cache().contains(&probe) {
             return;
         }
-        let Some(layer) = self.layer_of(content) else {
+        let Some(layer) = ready.layers.get(content.layer).cloned() else {
             return;
         };
         let (fetcher, chunks) = (self.fetcher.clone(), ahead.to_vec());
@@ -179,11 +179,6 @@ impl LazyFs {
         if end > first {
             rec.note(ino, first, end - 1);
         }
-    }
-
-    /// Where the content of a file comes from.
-    fn layer_of(&self, content: &Content) -> Option<LayerSource> {
-        self.ready().ok()?.layers.get(content.layer).cloned()
     }
 
     /// The tree as it is now, for one operation to use throughout.
@@ -393,7 +388,7 @@ impl Filesystem for LazyFs {
         };
         self.record(ino.0, &content, offset, len);
         if let Some((from, ahead)) = self.sequential.on_read(ino.0, offset, len) {
-            self.prefetch(&content, from, ahead);
+            self.prefetch(&ready, &content, from, ahead);
         }
         match self
             .fetcher
@@ -407,7 +402,8 @@ impl Filesystem for LazyFs {
                 return reply.error(Errno::EIO);
             }
         }
-        let Some(layer) = self.layer_of(&content) else {
+        // From the snapshot this read already holds: no second lock of the tree.
+        let Some(layer) = ready.layers.get(content.layer).cloned() else {
             return reply.error(Errno::EIO);
         };
         let fetch_len = readahead::miss_fetch_len(len, n_remaining(&content.chunks, offset));
