@@ -3,6 +3,7 @@
 //! Prints a table with the machine it ran on and writes JSON. See BENCHMARKS.md.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod peers;
 mod prepare;
 mod shaper;
 mod store;
@@ -16,9 +17,13 @@ use serde_json::json;
 use shaper::{PROFILES, Profile, Shaper};
 
 /// The workloads: what the container runs.
-const WORKLOADS: [(&str, &str); 2] = [
+const WORKLOADS: [(&str, &str); 3] = [
     ("print", "print(1)"),
     ("imports", "import json, sqlite3, email"),
+    (
+        "import-heavy",
+        "import json, sqlite3, email.parser, http.server, asyncio, decimal, xml.etree.ElementTree",
+    ),
 ];
 
 /// The scenarios compared in each run, in the order they alternate.
@@ -41,6 +46,11 @@ struct Opts {
     micro_only: bool,
     /// Only the layer store's figures.
     store_only: bool,
+    /// Where the peers' binaries are (else PATH); `--no-peers` leaves them out.
+    peers_dir: Option<PathBuf>,
+    no_peers: bool,
+    /// Only these workloads (all when empty).
+    workloads: Vec<String>,
 }
 
 fn opts() -> Opts {
@@ -52,6 +62,9 @@ fn opts() -> Opts {
         serve: false,
         micro_only: false,
         store_only: false,
+        peers_dir: None,
+        no_peers: false,
+        workloads: Vec::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -62,6 +75,13 @@ fn opts() -> Opts {
             "--profile" => o.profiles.retain(|p| p.name == v),
             "--json" => o.json = PathBuf::from(v),
             "--work" => o.work = PathBuf::from(v),
+            "--peers" => o.peers_dir = Some(PathBuf::from(v)),
+            "--workload" => o.workloads.push(v),
+            "--no-peers" => {
+                o.no_peers = true;
+                i += 1;
+                continue;
+            }
             "--micro-only" => {
                 o.micro_only = true;
                 i += 1;
@@ -79,7 +99,7 @@ fn opts() -> Opts {
             }
             other => {
                 eprintln!(
-                    "usage: strata-bench [--runs N] [--profile 200mbit-10ms|50mbit-40ms] [--json FILE] [--work DIR] [--serve] [--micro-only] [--store-only] | --trace-summary FILE\nunknown argument {other}"
+                    "usage: strata-bench [--runs N] [--profile 200mbit-10ms|50mbit-40ms] [--json FILE] [--work DIR] [--peers DIR|--no-peers] [--workload NAME]... [--serve] [--micro-only] [--store-only] | --trace-summary FILE\nunknown argument {other}"
                 );
                 std::process::exit(2);
             }
@@ -168,9 +188,19 @@ fn time_it(shaper: &Shaper, f: impl FnOnce()) -> Sample {
     }
 }
 
+/// The scenarios of this run: strata's and the full pull, then each peer that is ready.
+fn scenarios(ready: &[peers::Peer]) -> Vec<&'static str> {
+    let mut v = SCENARIOS.to_vec();
+    v.extend(ready.iter().map(|p| p.scenario()));
+    v
+}
+
 /// What one workload runs and on which images.
 struct Workload<'a> {
     code: &'a str,
+    /// The peers found and those whose images are ready.
+    peers: &'a peers::Peers,
+    ready: &'a [peers::Peer],
     /// The native image with this workload's prefetch profile.
     profiled_tag: &'a str,
     /// A root filled by one earlier cold run (for "warm").
@@ -234,7 +264,16 @@ fn run_scenario(s: &str, shaper: &Shaper, work: &Path, w: &Workload) -> Sample {
                     .stdout(Stdio::null()));
             })
         }
-        other => panic!("unknown scenario {other}"),
+        other => {
+            let peer = *w
+                .ready
+                .iter()
+                .find(|p| p.scenario() == other)
+                .unwrap_or_else(|| panic!("unknown scenario {other}"));
+            let node = peers::fresh_node(w.peers, link, peer);
+            let image = format!("{link}/bench/py:{}", peer.tag());
+            time_it(shaper, || node.cold_start(peer, &image, code))
+        }
     }
 }
 
@@ -263,21 +302,53 @@ fn main() {
     }
     let mut results = Vec::new();
     let mut table = vec![table_header()];
-    // Per workload, whatever the link: its working set and its profiled image.
-    let prepared: Vec<_> = WORKLOADS
+    if !o.micro_only {
+        cold_starts(&o, &img, &mut table, &mut results);
+    }
+    micro_and_report(&o, &machine, &img, &table, results);
+}
+
+/// The peers to compare with: found (named when missing) and their images made.
+fn peers_ready(o: &Opts, img: &prepare::Image) -> (peers::Peers, Vec<peers::Peer>) {
+    let found = peers::discover(o.peers_dir.as_deref());
+    if o.no_peers {
+        println!("peers: left out (--no-peers)");
+        return (found, Vec::new());
+    }
+    for m in &found.missing {
+        println!("peer missing: {m} (build with ../shared/peers/build.sh; --peers DIR)");
+    }
+    let ready = peers::prepare(&found, &o.work, &img.registry.addr);
+    (found, ready)
+}
+
+/// Every workload's cold starts, per link: the table rows and the JSON results.
+fn cold_starts(
+    o: &Opts,
+    img: &prepare::Image,
+    table: &mut Vec<Vec<String>>,
+    results: &mut Vec<serde_json::Value>,
+) {
+    let (found, ready) = peers_ready(o, img);
+    let workloads: Vec<(&str, &str)> = WORKLOADS
         .iter()
-        .filter(|_| !o.micro_only)
+        .copied()
+        .filter(|(n, _)| o.workloads.is_empty() || o.workloads.iter().any(|w| w == n))
+        .collect();
+    // Per workload, whatever the link: its working set and its profiled image.
+    let prepared: Vec<_> = workloads
+        .iter()
         .map(|(wname, code)| {
             (
-                prepare::working_set(&img, code),
-                prepare::profiled_image(&o.work, &img, wname, code),
+                prepare::working_set(img, code),
+                prepare::profiled_image(&o.work, img, wname, code),
             )
         })
         .collect();
-    for p in o.profiles.iter().filter(|_| !o.micro_only) {
+    for p in &o.profiles {
         let shaper = Shaper::start(&img.registry.addr, *p);
-        prepare::check_link(&shaper, p, &img);
-        for ((wname, code), (ws, profiled_tag)) in WORKLOADS.iter().zip(&prepared) {
+        prepare::check_link(&shaper, p, img);
+        for ((wname, code), (ws, profiled_tag)) in workloads.iter().zip(&prepared) {
             let (wname, code) = (*wname, *code);
             let compressed_ws = ws.native_bytes as f64;
             // Transfer of the working set, plus connect, manifest, config+TOCs, chunks.
@@ -291,22 +362,21 @@ fn main() {
                 .stdout(Stdio::null()));
             let workload = Workload {
                 code,
+                peers: &found,
+                ready: &ready,
                 profiled_tag,
                 warm_root: &warm_root,
             };
-            let samples = run_scenarios(&o, &shaper, p.name, wname, &workload);
-            summarize(
-                &Summary {
-                    link: p.name,
-                    wname,
-                    code,
-                    ws,
-                    floor,
-                },
-                &samples,
-                &mut table,
-                &mut results,
-            );
+            let samples = run_scenarios(o, &shaper, p.name, wname, &workload);
+            let m = Summary {
+                link: p.name,
+                wname,
+                code,
+                ws,
+                floor,
+                ready: &ready,
+            };
+            summarize(&m, &samples, table, results);
             println!(
                 "{} {wname}: working set {} files, {:.1} MB uncompressed ({:.1} MB in the native format), floor {floor:.2} s",
                 p.name,
@@ -317,7 +387,9 @@ fn main() {
             let _ = std::fs::remove_dir_all(&warm_root);
         }
     }
-    micro_and_report(&o, &machine, &img, &table, results);
+    if !found.missing.is_empty() {
+        println!("peers missing from this run: {}", found.missing.join("; "));
+    }
 }
 
 /// The micro-benchmarks, then the table, their figures and the JSON.
@@ -410,9 +482,10 @@ fn run_scenarios(
     wname: &str,
     workload: &Workload<'_>,
 ) -> Vec<Vec<Sample>> {
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); SCENARIOS.len()];
+    let all = scenarios(workload.ready);
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); all.len()];
     for run in 0..o.runs {
-        for (i, s) in SCENARIOS.iter().enumerate() {
+        for (i, s) in all.iter().enumerate() {
             let r = run_scenario(s, shaper, &o.work, workload);
             eprintln!(
                 "{} {wname} run {run}: {s}: {:.3} s, {} bytes, {} requests",
@@ -431,6 +504,7 @@ struct Summary<'a> {
     code: &'a str,
     ws: &'a prepare::WorkingSet,
     floor: f64,
+    ready: &'a [peers::Peer],
 }
 
 /// One table row and one JSON result per scenario: median/min/max seconds, median bytes and
@@ -442,7 +516,7 @@ fn summarize(
     results: &mut Vec<serde_json::Value>,
 ) {
     let full_median = stats(&samples[0].iter().map(|s| s.secs).collect::<Vec<_>>()).0;
-    for (i, s) in SCENARIOS.iter().enumerate() {
+    for (i, s) in scenarios(m.ready).iter().enumerate() {
         let secs: Vec<f64> = samples[i].iter().map(|s| s.secs).collect();
         let (med, min, max) = stats(&secs);
         let median = |f: fn(&Sample) -> f64| stats(&samples[i].iter().map(f).collect::<Vec<_>>()).0;

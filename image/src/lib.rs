@@ -27,6 +27,7 @@ pub mod error;
 pub mod gc;
 mod index;
 pub mod layout;
+pub mod learned;
 pub mod prefetch;
 pub mod profile;
 pub mod pull;

@@ -21,10 +21,40 @@ impl Profiles {
         Self { store }
     }
 
-    /// The profile stored with `img`'s manifest.
+    /// The profile stored with `img`'s manifest, else one learned for it (a referrer another
+    /// run published, see [`crate::learned`]).
     pub fn profile_of(&self, img: &ImageRecord) -> Option<Profile> {
         let bytes = self.store.get_blob(&img.manifest).ok()?;
-        profile_in(&bytes, img.layers.len())
+        profile_in(&bytes, img.layers.len()).or_else(|| self.learned_of(img))
+    }
+
+    /// Whether `img`'s manifest itself carries a profile.
+    pub fn has_own_profile(&self, img: &ImageRecord) -> bool {
+        self.store
+            .get_blob(&img.manifest)
+            .ok()
+            .and_then(|b| profile_in(&b, img.layers.len()))
+            .is_some()
+    }
+
+    /// The learned profile kept for `img`, if any (a malformed one is ignored, with a warning).
+    pub fn learned_of(&self, img: &ImageRecord) -> Option<Profile> {
+        let bytes = self.store.learned_profile(&img.manifest)?;
+        let text = String::from_utf8_lossy(&bytes);
+        match Profile::parse(&text, img.layers.len()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(image = %img.manifest, error = %e, "ignoring the learned profile");
+                None
+            }
+        }
+    }
+
+    /// Keeps `profile` as learned for the image with manifest `manifest`.
+    pub fn learn(&self, manifest: &Digest, profile: &Profile) -> Result<(), ImageError> {
+        Ok(self
+            .store
+            .put_learned_profile(manifest, profile.encode().as_bytes())?)
     }
 
     /// Stores `img` again with `profile` in its manifest's annotations: a new manifest (and so a

@@ -35,6 +35,9 @@ use crate::soci::{ZtocRef, find_ztocs, soci_layer};
 /// (digest and bytes) when the reference named an index.
 pub type Resolved = (ImageManifest, Digest, Bytes, Option<(Digest, Bytes)>);
 
+/// How long a pull waits, after its TOCs, for the lookup of a learned profile.
+const LEARNED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Pulls images lazily and streams layers that have no TOC.
 #[derive(Debug, Clone)]
 pub struct Puller {
@@ -123,12 +126,21 @@ impl Puller {
             .iter()
             .map(digest_of)
             .collect::<Result<Vec<_>, _>>()?;
-        if self.prefetch != Prefetch::None
-            && let Some(profile) = profile_in(&mbytes, layers.len())
-        {
+        let mut learned = None;
+        if self.prefetch != Prefetch::None {
             // The profile's chunks carry their own digests: fetch them alongside the TOCs.
             let (pf, repo, blobs) = (self.prefetcher.clone(), r.clone(), layers.clone());
-            tokio::spawn(async move { pf.prefetch_profile(&repo, &blobs, &profile).await });
+            match profile_in(&mbytes, layers.len()) {
+                Some(profile) => {
+                    tokio::spawn(async move { pf.prefetch_profile(&repo, &blobs, &profile).await });
+                }
+                None => {
+                    let (client, store) = (self.client.clone(), self.store.clone());
+                    learned = Some(crate::learned::start(
+                        client, store, pf, repo, mdigest, blobs,
+                    ));
+                }
+            }
         }
         let ztocs = self.soci_ztocs(r, &manifest, &mdigest, &layers).await?;
         self.fetch_config_and_layers(
@@ -142,6 +154,10 @@ impl Puller {
         )
         .await?;
         self.store.put_blob(&mdigest, &mbytes)?;
+        if let Some(found) = learned {
+            // Looked up beside the config and TOCs; kept before the image can be mounted.
+            let _ = tokio::time::timeout(LEARNED_WAIT, found).await;
+        }
         if let Some((idig, ibytes)) = &index {
             self.store.put_blob(idig, ibytes)?;
         }

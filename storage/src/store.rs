@@ -187,6 +187,27 @@ impl Store {
         Ok(bytes)
     }
 
+    fn learned_path(&self, manifest: &Digest) -> PathBuf {
+        self.root
+            .join("profiles")
+            .join(format!("{}.json", manifest.hex()))
+    }
+
+    /// Keeps `bytes` (a prefetch profile learned for image manifest `manifest`, as published
+    /// by another run) beside the image, outside its manifest.
+    pub fn put_learned_profile(&self, manifest: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
+        let p = self.learned_path(manifest);
+        if let Some(dir) = p.parent() {
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        atomic::write_file(&p, bytes).map_err(io_err(&p))
+    }
+
+    /// The learned profile kept for image manifest `manifest`, if any.
+    pub fn learned_profile(&self, manifest: &Digest) -> Option<Vec<u8>> {
+        fs::read(self.learned_path(manifest)).ok()
+    }
+
     fn read_json<T: for<'de> Deserialize<'de>>(
         &self,
         path: &Path,

@@ -162,3 +162,100 @@ fn a_recorded_profile_travels_with_the_image_and_is_fetched_first() {
         "an image without a profile prefetched"
     );
 }
+
+/// `profile --publish`: the profile goes to the registry as a referrer of the image's
+/// manifest (the image and its tag stay as they were), and a cold start on a fresh root finds
+/// it there and fetches its chunks before anyone reads them.
+#[test]
+fn a_published_profile_is_replayed_by_a_fresh_root_and_the_image_stays() {
+    if !require_root_fuse("a_published_profile_is_replayed_by_a_fresh_root_and_the_image_stays") {
+        return;
+    }
+    let used = noise(2 * MIB + 500, 17);
+    let unused = noise(2 * MIB, 18);
+    let mut layers = runnable_layers();
+    layers.push(vec![
+        dir("data"),
+        file("data/used.bin", &used),
+        file("data/unused.bin", &unused),
+    ]);
+    let w = World::start(&layers, Comp::Native);
+    let digest_of = |root: &Path| {
+        let out = ok(root, &["images", "--digests", "--format", "{{.Digest}}"]);
+        out.lines().next().unwrap_or_default().to_string()
+    };
+
+    // A failing command publishes nothing.
+    let rec = w.state.path().join("rec");
+    let out = run(&rec, &["profile", "--publish", &w.base, "false"]);
+    assert_eq!(out.status.code(), Some(125));
+    let manifest = digest_of(&rec);
+    assert!(manifest.starts_with("sha256:"), "{manifest}");
+    let fallback = format!(
+        "http://{}/v2/t/base/manifests/sha256-{}",
+        w.reg.addr,
+        manifest.trim_start_matches("sha256:")
+    );
+    let status = |url: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url])
+            .args(["-H", "Accept: application/vnd.oci.image.index.v1+json"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(status(&fallback), "404", "a failed run published a profile");
+
+    let out = run(
+        &rec,
+        &[
+            "profile",
+            "--publish",
+            &w.base,
+            "sh",
+            "-c",
+            "cat /data/used.bin > /dev/null",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "profile --publish failed: {stderr}");
+    assert!(stderr.contains("published as sha256:"), "{stderr}");
+    assert_eq!(status(&fallback), "200", "no referrers index was tagged");
+
+    // A fresh root: the tag still names the same manifest, and the mount fetches used.bin's
+    // chunks though nothing reads them, and none of unused.bin's.
+    let root = w.state.path().join("fresh");
+    let mnt = w.state.path().join("mnt-fresh");
+    std::fs::create_dir_all(&mnt).unwrap();
+    w.proxy.reset();
+    ok(&root, &["mount", "-d", &w.base, mnt.to_str().unwrap()]);
+    let m = Mounted::adopt(&root, &mnt);
+    assert_eq!(digest_of(&root), manifest, "the image changed");
+    eventually("the learned profile's chunks to arrive", || {
+        let (have, total) = cached(&root, &used);
+        have == total
+    });
+    assert_eq!(std::fs::read(mnt.join("data/used.bin")).unwrap(), used);
+    drop(m);
+
+    // --prefetch none ignores it.
+    let root = w.state.path().join("none");
+    ok(
+        &root,
+        &[
+            "run",
+            "--rm",
+            "--prefetch",
+            "none",
+            &w.base,
+            "sh",
+            "-c",
+            "exit 0",
+        ],
+    );
+    assert_eq!(
+        cached(&root, &used).0,
+        0,
+        "--prefetch none replayed the profile"
+    );
+}

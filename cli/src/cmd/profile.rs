@@ -1,6 +1,8 @@
 //! `strata profile`: runs a container once, records which chunks it read in which order, and
 //! stores them with the image as its prefetch profile, so that later cold starts anywhere
-//! fetch them up front (after `strata push`).
+//! fetch them up front (after `strata push`). With `--publish` the profile goes to the image's
+//! registry as a referrer instead (a learned profile, see `strata_image::learned`): the image
+//! keeps its digest, and cold starts anywhere find and replay it.
 
 use anyhow::{Context as _, bail};
 use strata_formats::profile::Prefetch;
@@ -14,8 +16,12 @@ use crate::global::GlobalArgs;
 #[command(trailing_var_arg = true)]
 pub struct ProfileArgs {
     /// Name for the profiled image (default: the image's own name).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "publish")]
     pub tag: Option<String>,
+    /// Publish the profile beside the image in its registry (an OCI referrer of its
+    /// manifest) instead of storing a new image.
+    #[arg(long)]
+    pub publish: bool,
     #[command(flatten)]
     pub run: run_cmd::Args,
 }
@@ -23,6 +29,9 @@ pub struct ProfileArgs {
 pub fn run(a: ProfileArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let mut r = a.run;
     let image = r.image.clone();
+    if a.publish {
+        return publish(r, g);
+    }
     let target: Reference = match &a.tag {
         Some(t) => t.parse()?,
         None => match image.parse::<Reference>() {
@@ -55,5 +64,48 @@ pub fn run(a: ProfileArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         profile.bytes() as f64 / 1e6
     );
     println!("{target}@{}", rec.manifest);
+    Ok(0)
+}
+
+/// `profile --publish`: records a run, then publishes what it read as a learned profile of
+/// the image (a referrer of its manifest in the registry it came from).
+fn publish(mut r: run_cmd::Args, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let image = r.image.clone();
+    if r.detach {
+        bail!("profile runs in the foreground (no -d)");
+    }
+    r.rm = true;
+    r.prefetch = Prefetch::None;
+    let (code, profile) = run_cmd::run_recorded(r, g, true)?;
+    if code != 0 {
+        bail!("the command exited with code {code}: no profile published");
+    }
+    let profile = profile.context("the container's reads were not recorded")?;
+    let ctx = g.context()?;
+    let (img, _) = ctx
+        .catalog()
+        .resolve(&image)
+        .with_context(|| format!("No such image: {image}"))?;
+    let repo = strata_image::catalog::source_ref(&img)?;
+    let bytes = ctx.store().get_blob(&img.manifest)?;
+    let media_type = strata_oci::manifest::Manifest::from_slice(&bytes, &image)?
+        .media_type_or_oci()
+        .to_string();
+    let artifact = crate::global::runtime()?.block_on(strata_image::learned::publish(
+        ctx.client(),
+        &repo,
+        &img.manifest,
+        &bytes,
+        &media_type,
+        &profile,
+    ))?;
+    ctx.profiles().learn(&img.manifest, &profile)?;
+    eprintln!(
+        "Profile: {} files, {} chunks, {:.1} MB to prefetch, published as {artifact}",
+        profile.files.len(),
+        profile.chunk_count(),
+        profile.bytes() as f64 / 1e6
+    );
+    println!("{}@{artifact}", repo.full_repository());
     Ok(0)
 }
