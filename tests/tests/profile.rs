@@ -259,3 +259,61 @@ fn a_published_profile_is_replayed_by_a_fresh_root_and_the_image_stays() {
         "--prefetch none replayed the profile"
     );
 }
+
+/// `run --learn`: the first cold run of an image without a profile records and publishes;
+/// the next machine (a fresh root) replays that profile and learns nothing new.
+#[test]
+fn run_learn_publishes_once_and_the_next_cold_start_replays() {
+    if !require_root_fuse("run_learn_publishes_once_and_the_next_cold_start_replays") {
+        return;
+    }
+    let used = noise(MIB + 300, 27);
+    let other = noise(MIB, 28);
+    let mut layers = runnable_layers();
+    layers.push(vec![
+        dir("data"),
+        file("data/used.bin", &used),
+        file("data/other.bin", &other),
+    ]);
+    let w = World::start(&layers, Comp::Native);
+    let first = w.state.path().join("first");
+    let out = run(
+        &first,
+        &[
+            "run",
+            "--rm",
+            "--learn",
+            &w.base,
+            "sh",
+            "-c",
+            "cat /data/used.bin > /dev/null",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Learned profile: "), "{stderr}");
+
+    let next = w.state.path().join("next");
+    let out = run(
+        &next,
+        &[
+            "run",
+            "--rm",
+            "--learn",
+            &w.base,
+            "sh",
+            "-c",
+            "cat /data/other.bin > /dev/null",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("Learned profile"),
+        "learned again: {stderr}"
+    );
+    eventually("the replayed profile's chunks", || {
+        let (have, total) = cached(&next, &used);
+        have == total
+    });
+}

@@ -14,6 +14,7 @@ pub mod inspect;
 mod inspect_container;
 mod inspect_json;
 mod layer_store;
+mod learn;
 pub mod lifecycle;
 mod login;
 mod logs;

@@ -86,25 +86,11 @@ fn publish(mut r: run_cmd::Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         .catalog()
         .resolve(&image)
         .with_context(|| format!("No such image: {image}"))?;
+    let artifact = crate::cmd::learn::publish(&ctx, &crate::global::runtime()?, &img, &profile)?;
     let repo = strata_image::catalog::source_ref(&img)?;
-    let bytes = ctx.store().get_blob(&img.manifest)?;
-    let media_type = strata_oci::manifest::Manifest::from_slice(&bytes, &image)?
-        .media_type_or_oci()
-        .to_string();
-    let artifact = crate::global::runtime()?.block_on(strata_image::learned::publish(
-        ctx.client(),
-        &repo,
-        &img.manifest,
-        &bytes,
-        &media_type,
-        &profile,
-    ))?;
-    ctx.profiles().learn(&img.manifest, &profile)?;
     eprintln!(
-        "Profile: {} files, {} chunks, {:.1} MB to prefetch, published as {artifact}",
-        profile.files.len(),
-        profile.chunk_count(),
-        profile.bytes() as f64 / 1e6
+        "Profile: {}, published as {artifact}",
+        crate::cmd::learn::summary(&profile)
     );
     println!("{}@{artifact}", repo.full_repository());
     Ok(0)

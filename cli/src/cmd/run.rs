@@ -71,6 +71,11 @@ pub struct Args {
     /// image that has one, at low priority), profile, all, none.
     #[arg(long, default_value = "auto")]
     pub prefetch: Prefetch,
+    /// Record what the container reads, if the image has no prefetch profile, and publish it
+    /// beside the image in its registry when the command exits 0 (a learned profile that cold
+    /// starts anywhere replay).
+    #[arg(long)]
+    pub learn: bool,
     /// Give the container every capability, every device, no seccomp filter and no masked paths.
     #[arg(long)]
     pub privileged: bool,
@@ -261,8 +266,10 @@ pub fn run_recorded(
         let _ = std::fs::remove_dir_all(&dir);
         e
     };
-    let (root_mount, recording) = mount_root_with(&ctx, rt.handle(), &img, &dir, record)
-        .map_err(|e| cleanup_dir(e.into()))?;
+    let learning = !record && crate::cmd::learn::wants(&ctx, &img, a.learn);
+    let (root_mount, recording) =
+        mount_root_with(&ctx, rt.handle(), &img, &dir, record || learning)
+            .map_err(|e| cleanup_dir(e.into()))?;
     let spec = setup.spec(&a, &cfg, args.clone(), &id, &root_mount.rootfs, &dir);
     if let Err(e) = prepare_root(&root_mount, &spec) {
         drop(root_mount);
@@ -288,7 +295,12 @@ pub fn run_recorded(
     if a.rm {
         containers.remove(&id)?;
     }
-    Ok((code, recording.map(|r| r.profile())))
+    let profile = recording.map(|r| r.profile());
+    if learning {
+        learned(&ctx, &rt, &img, code, profile.as_ref());
+        return Ok((code, None));
+    }
+    Ok((code, profile))
 }
 
 /// docker's init layer entries (/.dockerenv, /etc/mtab, ...) the image lacks, and a check that
@@ -485,5 +497,26 @@ mod tests {
         for bad in ["", "m", "-1m", "12x", "1mm"] {
             assert!(parse_bytes(bad).is_err(), "{bad}");
         }
+    }
+}
+
+/// `run --learn`: publishes what the run read when it exited 0; a failure to publish is a
+/// warning (the run itself succeeded).
+fn learned(
+    ctx: &strata_image::Images,
+    rt: &tokio::runtime::Runtime,
+    img: &strata_storage::store::ImageRecord,
+    code: i32,
+    profile: Option<&Profile>,
+) {
+    let Some(profile) = profile.filter(|p| code == 0 && !p.files.is_empty()) else {
+        return;
+    };
+    match crate::cmd::learn::publish(ctx, rt, img, profile) {
+        Ok(artifact) => eprintln!(
+            "Learned profile: {}, published as {artifact}",
+            crate::cmd::learn::summary(profile)
+        ),
+        Err(e) => eprintln!("strata: warning: {}", strata_oci::causes::with_causes(&*e)),
     }
 }
