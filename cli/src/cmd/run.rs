@@ -482,24 +482,6 @@ fn detach(containers: &Containers, name: Option<&str>) -> anyhow::Result<i32> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_bytes;
-
-    #[test]
-    fn sizes_as_docker_reads_them() {
-        assert_eq!(parse_bytes("32m").unwrap(), 32 << 20);
-        assert_eq!(parse_bytes("32MB").unwrap(), 32 << 20);
-        assert_eq!(parse_bytes("1g").unwrap(), 1 << 30);
-        assert_eq!(parse_bytes("1.5k").unwrap(), 1536);
-        assert_eq!(parse_bytes("4096").unwrap(), 4096);
-        assert_eq!(parse_bytes("100b").unwrap(), 100);
-        for bad in ["", "m", "-1m", "12x", "1mm"] {
-            assert!(parse_bytes(bad).is_err(), "{bad}");
-        }
-    }
-}
-
 /// `run --learn`: publishes what the run read when it exited 0; a failure to publish is a
 /// warning (the run itself succeeded).
 fn learned(
@@ -520,3 +502,22 @@ fn learned(
         Err(e) => eprintln!("strata: warning: {}", strata_oci::causes::with_causes(&*e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_as_docker_reads_them() {
+        assert_eq!(parse_bytes("32m").unwrap(), 32 << 20);
+        assert_eq!(parse_bytes("32MB").unwrap(), 32 << 20);
+        assert_eq!(parse_bytes("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("1.5k").unwrap(), 1536);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert_eq!(parse_bytes("100b").unwrap(), 100);
+        for bad in ["", "m", "-1m", "12x", "1mm"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
+}
+
