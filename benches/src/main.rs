@@ -44,6 +44,8 @@ struct Opts {
     serve: bool,
     /// Only the micro-benchmarks.
     micro_only: bool,
+    /// Only the cold starts (no micro-benchmarks).
+    cold_only: bool,
     /// Only the layer store's figures.
     store_only: bool,
     /// Where the peers' binaries are (else PATH); `--no-peers` leaves them out.
@@ -61,6 +63,7 @@ fn opts() -> Opts {
         work: PathBuf::from("/var/tmp/strata-bench"),
         serve: false,
         micro_only: false,
+        cold_only: false,
         store_only: false,
         peers_dir: None,
         no_peers: false,
@@ -87,6 +90,11 @@ fn opts() -> Opts {
                 i += 1;
                 continue;
             }
+            "--cold-only" => {
+                o.cold_only = true;
+                i += 1;
+                continue;
+            }
             "--store-only" => {
                 o.store_only = true;
                 i += 1;
@@ -99,7 +107,7 @@ fn opts() -> Opts {
             }
             other => {
                 eprintln!(
-                    "usage: strata-bench [--runs N] [--profile 200mbit-10ms|50mbit-40ms] [--json FILE] [--work DIR] [--peers DIR|--no-peers] [--workload NAME]... [--serve] [--micro-only] [--store-only] | --trace-summary FILE\nunknown argument {other}"
+                    "usage: strata-bench [--runs N] [--profile 200mbit-10ms|50mbit-40ms] [--json FILE] [--work DIR] [--peers DIR|--no-peers] [--workload NAME]... [--serve] [--micro-only|--cold-only] [--store-only] | --trace-summary FILE\nunknown argument {other}"
                 );
                 std::process::exit(2);
             }
@@ -400,7 +408,9 @@ fn micro_and_report(
     table: &[Vec<String>],
     results: Vec<serde_json::Value>,
 ) {
-    let micro = {
+    let micro = if o.cold_only {
+        json!({})
+    } else {
         let p = o.profiles.first().expect("a profile");
         let shaper = Shaper::start(&img.registry.addr, *p);
         prepare::micro(&o.work, img, &shaper, p)
