@@ -169,7 +169,9 @@ impl Resolver {
         }
         *lease = None;
         let mut fresh = Lease::open(&self.root).map_err(|e| e.to_string())?;
-        let added = fresh.add(img, &self.opts.prefetch).map_err(|e| e.to_string());
+        let added = fresh
+            .add(img, &self.opts.prefetch)
+            .map_err(|e| e.to_string());
         *lease = Some(fresh);
         added.map(|_| ())
     }
@@ -267,56 +269,6 @@ pub fn info_json(desc: &strata_oci::manifest::Descriptor, diff_id: &Digest) -> V
     info.to_string().into_bytes()
 }
 
-/// Serves the additional layer store of state root `root` at `dir` until it is unmounted or
-/// the process gets SIGINT or SIGTERM (which unmount it). A dead mount a killed predecessor
-/// left at `dir` is cleared first.
-///
-/// Errors: the layer store cannot be reached, or `dir` cannot be mounted.
-pub fn serve_als(
-    images: Images,
-    rt: &tokio::runtime::Runtime,
-    root: &Path,
-    dir: &Path,
-    opts: AlsOptions,
-) -> Result<(), crate::StoreError> {
-    use crate::StoreError;
-    strata_lazyfs::stale::clear(dir);
-    std::fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
-    let dir = dir.canonicalize().map_err(StoreError::io(dir))?;
-    let resolver = Arc::new(Resolver::new(images, root, opts)?);
-    resolver.keep_lease(Duration::from_secs(5));
-    let fs = crate::als_fs::AlsFs::new(resolver, rt.handle().clone());
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        fuser::MountOption::FSName("strata-layer-store".into()),
-        fuser::MountOption::Subtype("strata".into()),
-        fuser::MountOption::DefaultPermissions,
-    ];
-    config.acl = fuser::SessionACL::All;
-    config.n_threads = Some(4);
-    let session = fuser::Session::new(fs, &dir, &config).map_err(StoreError::io(&dir))?;
-    let on_signal = dir.clone();
-    rt.spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        info!(dir = %on_signal.display(), "unmounting the additional layer store");
-        let _ = nix::mount::umount2(&on_signal, nix::mount::MntFlags::MNT_DETACH);
-    });
-    info!(dir = %dir.display(), pid = std::process::id(), "additional layer store serving");
-    session.run().map_err(StoreError::io(&dir))?;
-    info!("additional layer store ended");
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,9 +287,16 @@ mod tests {
         assert!(v.get("diff-size").is_none());
         let gz = Descriptor::new("application/vnd.oci.image.layer.v1.tar+gzip", blob, 1)
             .with_annotations(
-                [("io.containers.estargz.uncompressed-size".into(), "99".into())].into(),
+                [(
+                    "io.containers.estargz.uncompressed-size".into(),
+                    "99".into(),
+                )]
+                .into(),
             );
         let v: serde_json::Value = serde_json::from_slice(&info_json(&gz, &diff)).unwrap();
-        assert_eq!((v["compression"].clone(), v["diff-size"].clone()), (2.into(), 99.into()));
+        assert_eq!(
+            (v["compression"].clone(), v["diff-size"].clone()),
+            (2.into(), 99.into())
+        );
     }
 }

@@ -8,18 +8,19 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, Request,
 };
 use tracing::{debug, info, warn};
 
-use crate::als::{ImageView, Resolver};
+use crate::als::{AlsOptions, ImageView, Resolver};
 
 /// How long the kernel may keep entries and attributes (a reference's image is fixed for
 /// the server's life; short all the same, so a tag pulled again is seen soon).
@@ -37,12 +38,26 @@ const USE: &str = "use";
 enum Node {
     Root,
     /// `DIR/<base64 ref>`.
-    Ref { reference: String },
+    Ref {
+        reference: String,
+    },
     /// `DIR/<ref>/<digest>` and what is in it: layer `idx` of the image.
-    Layer { view: Arc<ImageView>, idx: usize },
-    Diff { view: Arc<ImageView>, idx: usize },
-    Info { view: Arc<ImageView>, idx: usize },
-    Blob { view: Arc<ImageView>, idx: usize },
+    Layer {
+        view: Arc<ImageView>,
+        idx: usize,
+    },
+    Diff {
+        view: Arc<ImageView>,
+        idx: usize,
+    },
+    Info {
+        view: Arc<ImageView>,
+        idx: usize,
+    },
+    Blob {
+        view: Arc<ImageView>,
+        idx: usize,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -82,7 +97,10 @@ impl AlsFs {
             return Some(Node::Root);
         }
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        nodes.list.get(usize::try_from(ino.checked_sub(2)?).ok()?).cloned()
+        nodes
+            .list
+            .get(usize::try_from(ino.checked_sub(2)?).ok()?)
+            .cloned()
     }
 
     /// The inode of `name` in `parent`, made from `make` the first time.
@@ -106,9 +124,11 @@ impl AlsFs {
                 0o777,
                 view.layers[*idx].diff.as_os_str().len() as u64,
             ),
-            Node::Info { view, idx } => {
-                (FileType::RegularFile, 0o444, view.layers[*idx].info.len() as u64)
-            }
+            Node::Info { view, idx } => (
+                FileType::RegularFile,
+                0o444,
+                view.layers[*idx].info.len() as u64,
+            ),
             Node::Blob { view, idx } => (FileType::RegularFile, 0o444, view.layers[*idx].blob_size),
         };
         FileAttr {
@@ -173,9 +193,12 @@ impl AlsFs {
                 view = me.resolver.refresh(&reference).await;
             }
             match view.map(|v| (v.layer(&digest), v)) {
-                Ok((Some(idx), view)) => {
-                    me.entry(parent, digest.as_bytes(), || Node::Layer { view, idx }, reply)
-                }
+                Ok((Some(idx), view)) => me.entry(
+                    parent,
+                    digest.as_bytes(),
+                    || Node::Layer { view, idx },
+                    reply,
+                ),
                 Ok((None, _)) => reply.error(Errno::ENOENT),
                 Err(e) => {
                     warn!(reference, error = %e, "reference not served");
@@ -343,12 +366,20 @@ impl Filesystem for AlsFs {
                 (INFO, FileType::RegularFile),
                 (BLOB, FileType::RegularFile),
             ] {
-                let n = Self::layer_entry(view.clone(), *idx, name.as_bytes())
-                    .unwrap_or(Node::Root);
-                entries.push((self.child(ino.0, name.as_bytes(), || n), kind, name.as_bytes()));
+                let n =
+                    Self::layer_entry(view.clone(), *idx, name.as_bytes()).unwrap_or(Node::Root);
+                entries.push((
+                    self.child(ino.0, name.as_bytes(), || n),
+                    kind,
+                    name.as_bytes(),
+                ));
             }
         }
-        for (i, (child, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+        for (i, (child, kind, name)) in entries
+            .into_iter()
+            .enumerate()
+            .skip(strata_oci::usize_of(offset))
+        {
             if reply.add(INodeNo(child), i as u64 + 1, kind, OsStr::from_bytes(name)) {
                 break;
             }
@@ -388,4 +419,54 @@ impl Filesystem for AlsFs {
             _ => reply.error(Errno::EROFS),
         }
     }
+}
+
+/// Serves the additional layer store of state root `root` at `dir` until it is unmounted or
+/// the process gets SIGINT or SIGTERM (which unmount it). A dead mount a killed predecessor
+/// left at `dir` is cleared first.
+///
+/// Errors: the layer store cannot be reached, or `dir` cannot be mounted.
+pub fn serve_als(
+    images: strata_image::Images,
+    rt: &tokio::runtime::Runtime,
+    root: &Path,
+    dir: &Path,
+    opts: AlsOptions,
+) -> Result<(), crate::StoreError> {
+    use crate::StoreError;
+    strata_lazyfs::stale::clear(dir);
+    std::fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
+    let dir = dir.canonicalize().map_err(StoreError::io(dir))?;
+    let resolver = Arc::new(Resolver::new(images, root, opts)?);
+    resolver.keep_lease(Duration::from_secs(5));
+    let fs = AlsFs::new(resolver, rt.handle().clone());
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName("strata-layer-store".into()),
+        fuser::MountOption::Subtype("strata".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    config.acl = fuser::SessionACL::All;
+    config.n_threads = Some(4);
+    let session = fuser::Session::new(fs, &dir, &config).map_err(StoreError::io(&dir))?;
+    let on_signal = dir.clone();
+    rt.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        info!(dir = %on_signal.display(), "unmounting the additional layer store");
+        let _ = nix::mount::umount2(&on_signal, nix::mount::MntFlags::MNT_DETACH);
+    });
+    info!(dir = %dir.display(), pid = std::process::id(), "additional layer store serving");
+    session.run().map_err(StoreError::io(&dir))?;
+    info!("additional layer store ended");
+    Ok(())
 }

@@ -10,7 +10,7 @@
 //! TOC), adds each layer once, and runs the image's prefetch once.
 
 pub mod als;
-mod als_fs;
+pub mod als_fs;
 pub mod client;
 pub mod protocol;
 pub mod server;

@@ -55,7 +55,11 @@ impl LayerStore {
                 "strata layer-store exited: {}",
                 me.log_text()
             );
-            assert!(Instant::now() < deadline, "layer-store did not mount {}", dir.display());
+            assert!(
+                Instant::now() < deadline,
+                "layer-store did not mount {}",
+                dir.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         me
@@ -155,17 +159,35 @@ fn podman_runs_a_lazy_image_from_the_additional_layer_store() {
     let als = als.canonicalize().unwrap();
 
     let podman = Podman::new(&[&proxy.addr]);
-    podman.set_storage_options(&format!("additionallayerstores = [\"{}:ref\"]", als.display()));
+    podman.set_storage_options(&format!(
+        "additionallayerstores = [\"{}:ref\"]",
+        als.display()
+    ));
     let run = || {
         podman.ok(&[
-            "run", "--rm", "--network", "none", &reference, "python3", "-c", "print(42)",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &reference,
+            "python3",
+            "-c",
+            "print(42)",
         ])
     };
     let out = run();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "42\n", "{}", store.log_text());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "42\n",
+        "{}",
+        store.log_text()
+    );
     // c/storage warns when the store answers its use/release notes other than as expected.
     let warned = String::from_utf8_lossy(&out.stderr);
-    assert!(!warned.contains("Additional Layer Store"), "podman warned: {warned}");
+    assert!(
+        !warned.contains("Additional Layer Store"),
+        "podman warned: {warned}"
+    );
     let (reqs, bytes) = proxy.counts();
     eprintln!(
         "podman run from the additional layer store: {reqs} requests, {bytes} bytes of a {} byte image ({:.2}%)",
@@ -193,25 +215,42 @@ fn podman_runs_a_lazy_image_from_the_additional_layer_store() {
     // them, and the image runs again (looked up again, nothing downloaded again whole).
     let out = podman.ok(&["rmi", &reference]);
     let warned = String::from_utf8_lossy(&out.stderr);
-    assert!(!warned.contains("Additional Layer Store"), "podman warned: {warned}");
+    assert!(
+        !warned.contains("Additional Layer Store"),
+        "podman warned: {warned}"
+    );
     assert_eq!(layers_from(&podman.root(), &als), 0);
     let images = podman.ok(&["images", "-q"]);
     assert_eq!(String::from_utf8_lossy(&images.stdout).trim(), "");
     proxy.reset();
     assert_eq!(String::from_utf8_lossy(&run().stdout), "42\n");
     let (_, again) = proxy.counts();
-    assert!(again * 10 <= img.blob_bytes, "the second run fetched {again} bytes");
+    assert!(
+        again * 10 <= img.blob_bytes,
+        "the second run fetched {again} bytes"
+    );
     assert_eq!(layers_from(&podman.root(), &als), img.tars.len());
 
     // A restarted server: podman's layers point into DIR, looked up again from the new
     // mount (the image is local to strata now; nothing is pulled again).
     drop(store);
-    assert!(!mounts().iter().any(|m| m.point == als), "layer-store left its mount");
+    assert!(
+        !mounts().iter().any(|m| m.point == als),
+        "layer-store left its mount"
+    );
     let store = LayerStore::start(&root, &proxy.addr, &als, &state.path().join("als2.log"));
     proxy.reset();
-    assert_eq!(String::from_utf8_lossy(&run().stdout), "42\n", "{}", store.log_text());
+    assert_eq!(
+        String::from_utf8_lossy(&run().stdout),
+        "42\n",
+        "{}",
+        store.log_text()
+    );
     let (_, after_restart) = proxy.counts();
-    assert!(after_restart * 10 <= img.blob_bytes, "after a restart: {after_restart} bytes");
+    assert!(
+        after_restart * 10 <= img.blob_bytes,
+        "after a restart: {after_restart} bytes"
+    );
     podman.ok(&["rmi", &reference]);
     assert_eq!(layers_from(&podman.root(), &als), 0);
     drop(store);

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use strata_layerstore::als::{AlsOptions, serve_als};
+use strata_layerstore::als::AlsOptions;
+use strata_layerstore::als_fs::serve_als;
 
 use crate::global::{GlobalArgs, runtime};
 
