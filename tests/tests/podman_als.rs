@@ -31,7 +31,9 @@ impl LayerStore {
             .arg("layer-store")
             .arg(dir)
             .env_remove("STRATA_LOG")
-            .env("STRATA_LAYER_STORE_IDLE_SECS", strata::store_idle_secs())
+            // The layer store it starts outlives a restart of this server by this much
+            // (podman's overlay mounts do not name it, so they do not keep it up).
+            .env("STRATA_LAYER_STORE_IDLE_SECS", "15")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
@@ -81,7 +83,12 @@ impl Drop for LayerStore {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        // Normally unmounted by the server already.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -231,13 +238,30 @@ fn podman_runs_a_lazy_image_from_the_additional_layer_store() {
     );
     assert_eq!(layers_from(&podman.root(), &als), img.tars.len());
 
-    // A restarted server: podman's layers point into DIR, looked up again from the new
-    // mount (the image is local to strata now; nothing is pulled again).
+    // A container keeps reading while the server is down (its overlayfs stacks the layer
+    // store, not DIR); a restarted server finds podman's layers again, from strata's local
+    // image (nothing is pulled again).
+    let detached = podman.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        &reference,
+        "python3",
+        "-c",
+        "import time; time.sleep(3); import json; print(json.dumps([42]))",
+    ]);
+    let id = String::from_utf8_lossy(&detached.stdout).trim().to_string();
     drop(store);
     assert!(
         !mounts().iter().any(|m| m.point == als),
         "layer-store left its mount"
     );
+    let code = podman.ok(&["wait", &id]);
+    assert_eq!(String::from_utf8_lossy(&code.stdout).trim(), "0");
+    let logs = podman.ok(&["logs", &id]);
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "[42]\n");
+    podman.ok(&["rm", &id]);
     let store = LayerStore::start(&root, &proxy.addr, &als, &state.path().join("als2.log"));
     proxy.reset();
     assert_eq!(
