@@ -275,7 +275,45 @@ fn podman_runs_a_lazy_image_from_the_additional_layer_store() {
         after_restart * 10 <= img.blob_bytes,
         "after a restart: {after_restart} bytes"
     );
+    check_layer_files(&podman.root(), &als, &reference);
     podman.ok(&["rmi", &reference]);
     assert_eq!(layers_from(&podman.root(), &als), 0);
     drop(store);
+}
+
+/// What podman's layers link to: `DIR/<base64 reference>/<digest>/diff`, beside an `info`
+/// c/storage reads and a `blob` whose bytes have the layer's digest.
+fn check_layer_files(podman_root: &Path, als: &Path, reference: &str) {
+    let dirs = std::fs::read_dir(podman_root.join("overlay")).unwrap();
+    let mut checked = 0;
+    for target in dirs.filter_map(|d| std::fs::read_link(d.ok()?.path().join("diff")).ok()) {
+        let Ok(rest) = target.strip_prefix(als) else {
+            continue;
+        };
+        let parts: Vec<String> = rest.iter().map(|p| p.to_string_lossy().into()).collect();
+        assert_eq!(parts.len(), 3, "{}", target.display());
+        let encoded = std::process::Command::new("base64")
+            .arg("-w0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(reference.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert_eq!(parts[0], String::from_utf8_lossy(&encoded.stdout));
+        let layer = als.join(&parts[0]).join(&parts[1]);
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layer.join("info")).unwrap()).unwrap();
+        assert_eq!(info["compressed-diff-digest"], parts[1].as_str());
+        assert_eq!(info["compression"], 4);
+        assert!(info["diff-digest"].as_str().unwrap().starts_with("sha256:"));
+        let blob = std::fs::read(layer.join("blob")).unwrap();
+        assert_eq!(info["compressed-size"], blob.len());
+        assert_eq!(strata_tests::sha(&blob), parts[1]);
+        checked += 1;
+    }
+    assert!(checked > 0, "no layer of podman's from {}", als.display());
 }
