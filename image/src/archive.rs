@@ -114,7 +114,7 @@ impl Archives {
 
     /// A local file holding blob `d` of `img` (fetched from its source into the cache's blob
     /// directory if it is not there yet, and checked).
-    async fn local_blob(
+    pub async fn local_blob(
         &self,
         img: &ImageRecord,
         d: &Digest,

@@ -9,6 +9,8 @@
 //! Images are added on demand: the server indexes their layers (streaming those without a
 //! TOC), adds each layer once, and runs the image's prefetch once.
 
+pub mod als;
+pub mod als_fs;
 pub mod client;
 pub mod protocol;
 pub mod server;

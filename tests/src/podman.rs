@@ -8,6 +8,9 @@ use std::process::{Command, Output};
 /// A private podman; its mounts are undone when dropped.
 pub struct Podman {
     dir: tempfile::TempDir,
+    /// storage.conf's options apply: no `--storage-driver` flag (podman drops the driver
+    /// options of storage.conf when the flag is given).
+    own_options: std::sync::atomic::AtomicBool,
 }
 
 impl Podman {
@@ -39,7 +42,34 @@ impl Podman {
             "[containers]\ndefault_ulimits = []\n[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nruntime = \"runc\"\n",
         )
         .unwrap();
-        Self { dir }
+        Self {
+            dir,
+            own_options: false.into(),
+        }
+    }
+
+    /// Replaces the `[storage.options]` of this instance's storage.conf with `options` (TOML
+    /// lines), e.g. `additionallayerstores = ["DIR:ref"]`; commands then leave out
+    /// `--root`, `--runroot` and `--storage-driver` (storage.conf names the same), with which
+    /// podman would ignore them.
+    pub fn set_storage_options(&self, options: &str) {
+        self.own_options
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let p = self.dir.path();
+        std::fs::write(
+            p.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"overlay\"\nrunroot = \"{0}/run\"\ngraphroot = \"{0}/root\"\n\
+                 [storage.options]\n{options}\n",
+                p.display()
+            ),
+        )
+        .unwrap();
+    }
+
+    /// This instance's storage root (`--root`).
+    pub fn root(&self) -> PathBuf {
+        self.path("root")
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -51,12 +81,16 @@ impl Podman {
         let mut c = Command::new("podman");
         c.env("CONTAINERS_CONF", self.path("containers.conf"))
             .env("CONTAINERS_REGISTRIES_CONF", self.path("registries.conf"))
-            .env("CONTAINERS_STORAGE_CONF", self.path("storage.conf"))
-            .arg("--root")
-            .arg(self.path("root"))
-            .arg("--runroot")
-            .arg(self.path("run"))
-            .args(["--storage-driver", "overlay"]);
+            .env("CONTAINERS_STORAGE_CONF", self.path("storage.conf"));
+        // storage.conf names the same root and runroot; with any of these flags podman
+        // leaves storage.conf's driver options out.
+        if !self.own_options.load(std::sync::atomic::Ordering::SeqCst) {
+            c.arg("--root")
+                .arg(self.path("root"))
+                .arg("--runroot")
+                .arg(self.path("run"))
+                .args(["--storage-driver", "overlay"]);
+        }
         c
     }
 

@@ -14,6 +14,7 @@ pub mod inspect;
 mod inspect_container;
 mod inspect_json;
 mod layer_store;
+mod layer_store_als;
 mod learn;
 pub mod lifecycle;
 mod login;
@@ -117,6 +118,9 @@ pub enum Command {
     Kill(lifecycle::KillArgs),
     /// Show what a container changed: A added, C changed, D deleted.
     Diff(lifecycle::DiffArgs),
+    /// Serve containers/storage's additional layer store (podman, CRI-O) at a directory.
+    #[command(name = "layer-store")]
+    AdditionalLayerStore(layer_store_als::Args),
     /// Internal: the container helper process.
     #[command(name = "__container-init", hide = true)]
     ContainerInit {
@@ -179,6 +183,7 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::Diff(a) => lifecycle::run_diff(a, g),
         Command::ContainerInit { spec } => Ok(strata_runner::init_main(&spec)),
         Command::LayerStore(a) => layer_store::run(a, g),
+        Command::AdditionalLayerStore(a) => layer_store_als::run(a, g),
     }
 }
 
