@@ -27,11 +27,12 @@ const WORKLOADS: [(&str, &str); 3] = [
 ];
 
 /// The scenarios compared in each run, in the order they alternate.
-const SCENARIOS: [&str; 5] = [
+const SCENARIOS: [&str; 6] = [
     "full pull (skopeo+umoci)",
     "strata cold native",
     "strata cold gzip",
     "strata cold profiled",
+    "strata cold learned",
     "strata warm",
 ];
 
@@ -146,6 +147,37 @@ pub fn strata_bin() -> PathBuf {
     exe.parent().expect("dir").join("strata")
 }
 
+/// Stops the layer store a strata command under `root` left running (it outlives the command
+/// for its idle time) and unmounts it, so the next run starts with nothing in memory.
+pub fn stop_store(root: &Path) {
+    let want = root.to_string_lossy().into_owned();
+    let holders = || -> Vec<i32> {
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                (cmd.contains("__layer-store") && cmd.contains(&want)).then_some(pid)
+            })
+            .collect()
+    };
+    for pid in holders() {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !holders().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(root.join("layers"))
+        .stderr(Stdio::null())
+        .status();
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -211,6 +243,8 @@ struct Workload<'a> {
     ready: &'a [peers::Peer],
     /// The native image with this workload's prefetch profile.
     profiled_tag: &'a str,
+    /// The native image in a repository where a `run --learn` published a learned profile.
+    learned_tag: &'a str,
     /// A root filled by one earlier cold run (for "warm").
     warm_root: &'a Path,
 }
@@ -242,13 +276,16 @@ fn run_scenario(s: &str, shaper: &Shaper, work: &Path, w: &Workload) -> Sample {
             let _ = std::fs::remove_dir_all(&dir);
             r
         }
-        "strata cold native" | "strata cold gzip" | "strata cold profiled" => {
+        "strata cold native" | "strata cold gzip" | "strata cold profiled"
+        | "strata cold learned" => {
             let image = match s {
                 "strata cold native" => "bench/py:native",
                 "strata cold gzip" => "bench/py:gzip",
+                "strata cold learned" => w.learned_tag,
                 _ => w.profiled_tag,
             };
             let root = work.join("cold-root");
+            stop_store(&root);
             let _ = std::fs::remove_dir_all(&root);
             drop_caches();
             let r = time_it(shaper, || {
@@ -258,11 +295,14 @@ fn run_scenario(s: &str, shaper: &Shaper, work: &Path, w: &Workload) -> Sample {
                     .args(["python3", "-c", code])
                     .stdout(Stdio::null()));
             });
+            stop_store(&root);
             let _ = std::fs::remove_dir_all(&root);
             r
         }
         "strata warm" => {
-            // The warm root was filled by a cold run of the same workload; kernel caches dropped.
+            // The warm root was filled by a cold run of the same workload; kernel caches dropped
+            // and no process of it left running.
+            stop_store(warm_root);
             drop_caches();
             time_it(shaper, || {
                 sh(strata(warm_root)
@@ -350,13 +390,14 @@ fn cold_starts(
             (
                 prepare::working_set(img, code),
                 prepare::profiled_image(&o.work, img, wname, code),
+                prepare::learned_image(&o.work, img, wname, code),
             )
         })
         .collect();
     for p in &o.profiles {
         let shaper = Shaper::start(&img.registry.addr, *p);
         prepare::check_link(&shaper, p, img);
-        for ((wname, code), (ws, profiled_tag)) in workloads.iter().zip(&prepared) {
+        for ((wname, code), (ws, profiled_tag, learned_tag)) in workloads.iter().zip(&prepared) {
             let (wname, code) = (*wname, *code);
             let compressed_ws = ws.native_bytes as f64;
             // Transfer of the working set, plus connect, manifest, config+TOCs, chunks.
@@ -373,6 +414,7 @@ fn cold_starts(
                 peers: &found,
                 ready: &ready,
                 profiled_tag,
+                learned_tag,
                 warm_root: &warm_root,
             };
             let samples = run_scenarios(o, &shaper, p.name, wname, &workload);
@@ -392,6 +434,7 @@ fn cold_starts(
                 ws.bytes as f64 / 1e6,
                 compressed_ws / 1e6
             );
+            stop_store(&warm_root);
             let _ = std::fs::remove_dir_all(&warm_root);
         }
     }

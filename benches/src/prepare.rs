@@ -310,6 +310,29 @@ pub fn profiled_image(work: &Path, img: &Image, name: &str, code: &str) -> Strin
         .args(["push", "-q"])
         .arg(format!("{reg}/{tag}"))
         .stdout(Stdio::null()));
+    crate::stop_store(&root);
+    let _ = std::fs::remove_dir_all(&root);
+    tag
+}
+
+/// Copies the native image to `bench/learned-NAME:native` (same manifest, a repository of
+/// its own, so no other scenario finds its referrer) and lets a first cold `run --learn` of
+/// `code` publish its learned profile there.
+pub fn learned_image(work: &Path, img: &Image, name: &str, code: &str) -> String {
+    let reg = &img.registry.addr;
+    let tag = format!("bench/learned-{name}:native");
+    sh(Command::new("skopeo")
+        .args(["copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false"])
+        .arg(format!("docker://{reg}/bench/py:native"))
+        .arg(format!("docker://{reg}/{tag}")));
+    let root = work.join("learn-root");
+    let _ = std::fs::remove_dir_all(&root);
+    sh(strata(&root)
+        .args(["run", "--rm", "--learn"])
+        .arg(format!("{reg}/{tag}"))
+        .args(["python3", "-c", code])
+        .stdout(Stdio::null()));
+    crate::stop_store(&root);
     let _ = std::fs::remove_dir_all(&root);
     tag
 }
