@@ -276,7 +276,9 @@ fn run_scenario(s: &str, shaper: &Shaper, work: &Path, w: &Workload) -> Sample {
             let _ = std::fs::remove_dir_all(&dir);
             r
         }
-        "strata cold native" | "strata cold gzip" | "strata cold profiled"
+        "strata cold native"
+        | "strata cold gzip"
+        | "strata cold profiled"
         | "strata cold learned" => {
             let image = match s {
                 "strata cold native" => "bench/py:native",

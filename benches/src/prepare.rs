@@ -322,7 +322,12 @@ pub fn learned_image(work: &Path, img: &Image, name: &str, code: &str) -> String
     let reg = &img.registry.addr;
     let tag = format!("bench/learned-{name}:native");
     sh(Command::new("skopeo")
-        .args(["copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false"])
+        .args([
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ])
         .arg(format!("docker://{reg}/bench/py:native"))
         .arg(format!("docker://{reg}/{tag}")));
     let root = work.join("learn-root");

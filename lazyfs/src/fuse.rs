@@ -52,6 +52,7 @@ pub struct LazyFs {
     replaying: bool,
     /// Executables whose libraries were prefetched ([`crate::exec_prefetch`]).
     exec_seen: crate::exec_prefetch::Seen,
+    dir_seen: crate::dir_prefetch::Seen,
 }
 
 /// One directory entry: `(offset of the next entry, inode, attributes, name)`.
@@ -95,6 +96,7 @@ impl LazyFs {
                 recorder: None,
                 replaying: false,
                 exec_seen: Default::default(),
+                dir_seen: Default::default(),
             },
             ReadySetter(cell),
         )
@@ -406,6 +408,9 @@ impl Filesystem for LazyFs {
         let Some(layer) = ready.layers.get(content.layer).cloned() else {
             return reply.error(Errno::EIO);
         };
+        if !self.replaying && self.recorder.is_none() {
+            crate::dir_prefetch::on_miss(&self.dir_seen, &ready, &self.fetcher, &self.rt, ino.0);
+        }
         let fetch_len = readahead::miss_fetch_len(len, n_remaining(&content.chunks, offset));
         let (fetcher, failures) = (self.fetcher.clone(), self.last_failure.clone());
         self.rt.spawn(async move {

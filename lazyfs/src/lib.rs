@@ -3,6 +3,7 @@
 
 pub mod attr;
 mod children;
+mod dir_prefetch;
 mod elf_deps;
 mod exec_prefetch;
 mod failure;
