@@ -29,6 +29,7 @@ pub mod rmi;
 pub mod run;
 mod run_checks;
 mod search;
+mod snapshotter;
 mod soci_index;
 mod start;
 mod system;
@@ -116,6 +117,9 @@ pub enum Command {
     Kill(lifecycle::KillArgs),
     /// Show what a container changed: A added, C changed, D deleted.
     Diff(lifecycle::DiffArgs),
+    /// Serve containerd's snapshots API (a proxy plugin): image layers served lazily by the
+    /// layer store.
+    Snapshotter(snapshotter::Args),
     /// Internal: the container helper process.
     #[command(name = "__container-init", hide = true)]
     ContainerInit {
@@ -176,6 +180,7 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::Stop(a) => lifecycle::run_stop(a, g),
         Command::Kill(a) => lifecycle::run_kill(a, g),
         Command::Diff(a) => lifecycle::run_diff(a, g),
+        Command::Snapshotter(a) => snapshotter::run(a, g),
         Command::ContainerInit { spec } => Ok(strata_runner::init_main(&spec)),
         Command::LayerStore(a) => layer_store::run(a, g),
     }
