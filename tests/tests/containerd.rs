@@ -1,0 +1,361 @@
+//! containerd (Debian's 1.6, runc) with `strata snapshotter` as its proxy snapshotter: the
+//! CRI plugin pulls as kubelet drives it and the layers are served lazily by strata's layer
+//! store (never downloaded whole); `ctr run` and CRI containers run on them; a snapshotter
+//! restart leaves a running container reading.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1 as cri;
+use strata_tests::containerd::{Containerd, Snapshotter, require_containerd, tail};
+use strata_tests::layers::{Comp, push_tars};
+use strata_tests::proxy::Proxy;
+use strata_tests::registry::Registry;
+use strata_tests::require_root_fuse;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Three layers, as a python image on a distribution has: busybox with `/bin/sh` and the
+/// passwd files; the packages of this machine's distribution that a python start does not
+/// read (its site packages, perl's library, the package docs: about 75 MB compressed); then
+/// python3 with its libraries and standard library (of which `print(42)` reads a few MB).
+fn python_tars(scratch: &Path) -> Vec<Vec<u8>> {
+    let py = std::fs::canonicalize("/usr/bin/python3")
+        .expect("/usr/bin/python3 (apt-get install python3-minimal)");
+    let ver = py.file_name().unwrap().to_string_lossy().into_owned();
+    let (a, b) = (scratch.join("base"), scratch.join("py"));
+    let script = format!(
+        r#"set -e; a={a}; b={b}
+mkdir -p $a/bin $a/etc $a/tmp $a/proc $a/sys $a/dev $b/usr/bin $b/usr/lib
+cp /bin/busybox $a/bin/busybox; ln -s busybox $a/bin/sh; ln -s busybox $a/bin/sleep
+echo 'root:x:0:0:root:/root:/bin/sh' > $a/etc/passwd; echo 'root:x:0:' > $a/etc/group
+cp {py} $b/usr/bin/{ver}; ln -s {ver} $b/usr/bin/python3
+for l in $(ldd {py} | grep -o '/[^ ]*'); do mkdir -p $b$(dirname $l); cp -L $l $b$l; done
+cp -a /usr/lib/{ver} $b/usr/lib/; rm -rf $b/usr/lib/{ver}/test
+tar -C $a -cf {s}/base.tar .; tar -C $b -cf {s}/py.tar .
+tar -cf {s}/dist.tar /usr/lib/python3 /usr/share/perl /usr/share/doc 2>/dev/null"#,
+        a = a.display(),
+        b = b.display(),
+        py = py.display(),
+        s = scratch.display()
+    );
+    let st = Command::new("sh").arg("-c").arg(&script).status().unwrap();
+    assert!(st.success(), "building the python layers");
+    ["base.tar", "dist.tar", "py.tar"]
+        .iter()
+        .map(|n| std::fs::read(scratch.join(n)).unwrap())
+        .collect()
+}
+
+/// A registry with `t/py:1` (zstd:chunked, strata's lazy format) behind a counting proxy.
+struct Setup {
+    reg: Registry,
+    proxy: Proxy,
+    state: tempfile::TempDir,
+    image: String,
+    blob_bytes: u64,
+}
+
+fn setup() -> Setup {
+    let reg = Registry::start();
+    let state = tempfile::tempdir().unwrap();
+    let tars = python_tars(state.path());
+    let pushed = push_tars(&reg.addr, "t/py", "1", tars, Comp::Native);
+    let proxy = Proxy::start(&reg.addr);
+    let image = format!("{}/t/py:1", proxy.addr);
+    Setup {
+        reg: reg,
+        proxy,
+        state,
+        image,
+        blob_bytes: pushed.blob_bytes,
+    }
+}
+
+impl Setup {
+    fn start(&self) -> (Snapshotter, Containerd) {
+        let p = self.state.path();
+        let sn = Snapshotter::start(&p.join("root"), &self.proxy.addr, &p.join("s.sock"), &p.join("snapshotter.log"));
+        let ctd = Containerd::start(&p.join("ctd"), &sn.socket, &self.proxy.addr, &self.image);
+        (sn, ctd)
+    }
+
+    /// Body bytes the registry served, asserting that no layer blob was fetched whole.
+    fn fetched(&self) -> u64 {
+        let log = self.proxy.stats.log.lock().unwrap().clone();
+        for line in &log {
+            assert!(
+                !(line.contains("/blobs/") && line.starts_with("GET") && !line.contains("Range:") && self.is_layer(line)),
+                "a layer blob was downloaded whole: {line}\nall requests:\n{}",
+                log.join("\n")
+            );
+        }
+        self.proxy.counts().1
+    }
+
+    /// Whether a request line names a layer blob (not the config: containerd fetches that).
+    fn is_layer(&self, line: &str) -> bool {
+        let blobs = self.state.path().join("layers.txt");
+        std::fs::read_to_string(blobs).is_ok_and(|t| t.lines().any(|d| !d.is_empty() && line.contains(d)))
+    }
+}
+
+/// A CRI client on containerd's socket.
+async fn channel(socket: &Path) -> Channel {
+    let path = socket.to_path_buf();
+    Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| tokio::net::UnixStream::connect(path.clone())))
+        .await
+        .expect("connecting to containerd's CRI")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+}
+
+/// Pulls `image` through the CRI plugin as kubelet does; returns its image ref.
+async fn cri_pull(ch: Channel, image: &str) -> String {
+    let mut images = ImageServiceClient::new(ch);
+    let req = cri::PullImageRequest {
+        image: Some(cri::ImageSpec {
+            image: image.to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let resp = tokio::time::timeout(Duration::from_secs(300), images.pull_image(req))
+        .await
+        .expect("CRI PullImage within 300s")
+        .expect("CRI PullImage");
+    resp.into_inner().image_ref
+}
+
+/// Notes the image's layer digests (from the registry's manifest) so that
+/// [`Setup::fetched`] can tell layer blobs from the config.
+fn note_layers(s: &Setup) {
+    let manifest = Command::new("curl")
+        .args(["-sf", "-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+        .arg(format!("http://{}/v2/t/py/manifests/1", s.reg.addr))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&manifest.stdout).unwrap();
+    let digests: Vec<String> = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    std::fs::write(s.state.path().join("layers.txt"), digests.join("\n")).unwrap();
+}
+
+#[test]
+fn cri_pull_serves_layers_lazily_and_ctr_runs_python_on_them() {
+    if !require_root_fuse("cri_pull_serves_layers_lazily_and_ctr_runs_python_on_them")
+        || !require_containerd("cri_pull_serves_layers_lazily_and_ctr_runs_python_on_them")
+    {
+        return;
+    }
+    let s = setup();
+    let (sn, ctd) = s.start();
+    let rt = runtime();
+    let ch = rt.block_on(channel(&ctd.socket));
+    let image_ref = rt.block_on(cri_pull(ch.clone(), &s.image));
+    assert!(image_ref.starts_with("sha256:"), "{image_ref}");
+    note_layers(&s);
+    let pulled = s.fetched();
+    assert!(
+        pulled * 10 <= s.blob_bytes,
+        "the pull fetched {pulled} of {} blob bytes\nsnapshotter log:\n{}",
+        s.blob_bytes,
+        tail(&sn.log)
+    );
+    // containerd committed every layer as strata's remote snapshots.
+    let out = ctd.ctr_ok("k8s.io", &["snapshots", "--snapshotter", "strata", "ls"]);
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(listing.matches("Committed").count(), 3, "{listing}");
+    let out = ctd.ctr_ok(
+        "k8s.io",
+        &["run", "--rm", "--snapshotter", "strata", &s.image, "py42", "python3", "-c", "print(42)"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    let total = s.fetched();
+    assert!(
+        total * 10 <= s.blob_bytes,
+        "pull and run fetched {total} of {} blob bytes",
+        s.blob_bytes
+    );
+    drop(ctd);
+    drop(sn);
+}
+
+#[test]
+fn cri_runs_a_pod_container_on_lazy_layers() {
+    if !require_root_fuse("cri_runs_a_pod_container_on_lazy_layers")
+        || !require_containerd("cri_runs_a_pod_container_on_lazy_layers")
+    {
+        return;
+    }
+    let s = setup();
+    let (sn, ctd) = s.start();
+    let rt = runtime();
+    let ch = rt.block_on(channel(&ctd.socket));
+    rt.block_on(cri_pull(ch.clone(), &s.image));
+    note_layers(&s);
+    let logs = s.state.path().join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let out = rt.block_on(run_pod(ch, &s.image, &logs));
+    assert_eq!(out.0, 0, "container exit code; log:\n{}\ncontainerd:\n{}", out.1, tail(&ctd.log));
+    assert!(out.1.contains(" stdout F 42"), "container log:\n{}", out.1);
+    let total = s.fetched();
+    assert!(
+        total * 10 <= s.blob_bytes,
+        "pull and pod fetched {total} of {} blob bytes",
+        s.blob_bytes
+    );
+    drop(ctd);
+    drop(sn);
+}
+
+/// RunPodSandbox (host network), CreateContainer, StartContainer, as kubelet does; waits for
+/// the container to exit and returns its exit code and log; removes the pod.
+async fn run_pod(ch: Channel, image: &str, logs: &Path) -> (i32, String) {
+    let mut rs = RuntimeServiceClient::new(ch);
+    let meta = cri::PodSandboxMetadata {
+        name: "lazy".into(),
+        uid: "u1".into(),
+        namespace: "default".into(),
+        attempt: 0,
+    };
+    let sandbox = cri::PodSandboxConfig {
+        metadata: Some(meta),
+        log_directory: logs.display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod = rs
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let container = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "py".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.to_string(),
+            ..Default::default()
+        }),
+        command: vec!["python3".into(), "-c".into(), "print(42)".into()],
+        log_path: "py.log".into(),
+        ..Default::default()
+    };
+    let id = rs
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container),
+            sandbox_config: Some(sandbox),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    rs.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("StartContainer");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let code = loop {
+        let st = rs
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .unwrap();
+        if st.state == cri::ContainerState::ContainerExited as i32 {
+            break st.exit_code;
+        }
+        assert!(Instant::now() < deadline, "the container did not exit within 120s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = std::fs::read_to_string(logs.join("py.log")).unwrap_or_default();
+    let _ = rs
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await;
+    let _ = rs
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod })
+        .await;
+    (code, log)
+}
+
+#[test]
+fn a_snapshotter_restart_leaves_a_running_container_reading() {
+    if !require_root_fuse("a_snapshotter_restart_leaves_a_running_container_reading")
+        || !require_containerd("a_snapshotter_restart_leaves_a_running_container_reading")
+    {
+        return;
+    }
+    let s = setup();
+    let (mut sn, ctd) = s.start();
+    let rt = runtime();
+    let ch = rt.block_on(channel(&ctd.socket));
+    rt.block_on(cri_pull(ch, &s.image));
+    // The container waits for the restart, then reads modules it has not read yet (their
+    // chunks come through the store after the snapshotter is back).
+    let script = "import time; time.sleep(4); import json, email.parser, http.client, xml.dom.minidom; print('read', json.dumps([1]))";
+    let mut run = ctd
+        .ctr("k8s.io")
+        .args(["run", "--rm", "--snapshotter", "strata", &s.image, "reader", "python3", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    sn.kill();
+    let sn = Snapshotter::start(&s.state.path().join("root"), &s.proxy.addr, &sn.socket.clone(), &sn.log.clone());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while matches!(run.try_wait(), Ok(None)) {
+        assert!(Instant::now() < deadline, "the container did not end within 120s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = run.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the container failed ({}): {}\nsnapshotter:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        tail(&sn.log)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "read [1]");
+    // The restarted snapshotter still knows the image's snapshots and starts another.
+    let out = ctd.ctr_ok(
+        "k8s.io",
+        &["run", "--rm", "--snapshotter", "strata", &s.image, "again", "python3", "-c", "print(42)"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    drop(ctd);
+    drop(sn);
+}
