@@ -122,6 +122,8 @@ impl Containerd {
 root = "{d}/root"
 state = "{d}/state"
 disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+[debug]
+  level = "debug"
 [grpc]
   address = "{d}/c.sock"
 [ttrpc]
@@ -131,6 +133,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   address = "{s}"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{sandbox_image}"
+  # A pod sandbox gets oom_score_adj -998, which needs CAP_SYS_RESOURCE (test machines may
+  # lack it): keep every container's at least containerd's own.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "strata"
     disable_snapshot_annotations = false

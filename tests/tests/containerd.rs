@@ -58,11 +58,28 @@ struct Setup {
     blob_bytes: u64,
 }
 
+/// A pod's pause image: its `/bin/sh` (the image's command) sleeps until killed.
+fn pause_tar(scratch: &Path) -> Vec<u8> {
+    let p = scratch.join("pause");
+    let script = format!(
+        r#"set -e; p={p}; mkdir -p $p/bin $p/proc $p/sys $p/dev $p/etc
+cp /bin/busybox $p/bin/busybox
+printf '#!/bin/busybox sh\nexec /bin/busybox sleep 100000\n' > $p/bin/sh; chmod 755 $p/bin/sh
+tar -C $p -cf {s}/pause.tar ."#,
+        p = p.display(),
+        s = scratch.display()
+    );
+    let st = Command::new("sh").arg("-c").arg(&script).status().unwrap();
+    assert!(st.success(), "building the pause layer");
+    std::fs::read(scratch.join("pause.tar")).unwrap()
+}
+
 fn setup() -> Setup {
     let reg = Registry::start();
     let state = tempfile::tempdir().unwrap();
     let tars = python_tars(state.path());
     let pushed = push_tars(&reg.addr, "t/py", "1", tars, Comp::Native);
+    push_tars(&reg.addr, "t/pause", "1", vec![pause_tar(state.path())], Comp::Native);
     let proxy = Proxy::start(&reg.addr);
     let image = format!("{}/t/py:1", proxy.addr);
     Setup {
@@ -78,7 +95,8 @@ impl Setup {
     fn start(&self) -> (Snapshotter, Containerd) {
         let p = self.state.path();
         let sn = Snapshotter::start(&p.join("root"), &self.proxy.addr, &p.join("s.sock"), &p.join("snapshotter.log"));
-        let ctd = Containerd::start(&p.join("ctd"), &sn.socket, &self.proxy.addr, &self.image);
+        let pause = format!("{}/t/pause:1", self.proxy.addr);
+        let ctd = Containerd::start(&p.join("ctd"), &sn.socket, &self.proxy.addr, &pause);
         (sn, ctd)
     }
 
@@ -206,7 +224,7 @@ fn cri_runs_a_pod_container_on_lazy_layers() {
     note_layers(&s);
     let logs = s.state.path().join("pod-logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let out = rt.block_on(run_pod(ch, &s.image, &logs));
+    let out = rt.block_on(run_pod(ch, &s.image, &logs, &ctd.log));
     assert_eq!(out.0, 0, "container exit code; log:\n{}\ncontainerd:\n{}", out.1, tail(&ctd.log));
     assert!(out.1.contains(" stdout F 42"), "container log:\n{}", out.1);
     let total = s.fetched();
@@ -221,7 +239,7 @@ fn cri_runs_a_pod_container_on_lazy_layers() {
 
 /// RunPodSandbox (host network), CreateContainer, StartContainer, as kubelet does; waits for
 /// the container to exit and returns its exit code and log; removes the pod.
-async fn run_pod(ch: Channel, image: &str, logs: &Path) -> (i32, String) {
+async fn run_pod(ch: Channel, image: &str, logs: &Path, ctd_log: &Path) -> (i32, String) {
     let mut rs = RuntimeServiceClient::new(ch);
     let meta = cri::PodSandboxMetadata {
         name: "lazy".into(),
@@ -250,7 +268,7 @@ async fn run_pod(ch: Channel, image: &str, logs: &Path) -> (i32, String) {
             runtime_handler: String::new(),
         })
         .await
-        .expect("RunPodSandbox")
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", tail(ctd_log)))
         .into_inner()
         .pod_sandbox_id;
     let container = cri::ContainerConfig {
