@@ -374,6 +374,33 @@ fn a_snapshotter_restart_leaves_a_running_container_reading() {
         &["run", "--rm", "--snapshotter", "strata", &s.image, "again", "python3", "-c", "print(42)"],
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    // Stopped with nothing running, its store ends; started again, it has the store serve
+    // the image's layers anew before mounting them.
+    let (root, socket, log) = (s.state.path().join("root"), sn.socket.clone(), sn.log.clone());
+    drop(sn);
+    let store = root.join("layers");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while strata_tests::mounts().iter().any(|m| m.point == store) {
+        assert!(Instant::now() < deadline, "the layer store did not end within 60s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let sn = Snapshotter::start(&root, &s.proxy.addr, &socket, &log);
+    // containerd redials a proxy plugin with a backoff (at most 3 s apart in 1.6): until it
+    // has, its calls fail as unavailable.
+    let run = ["run", "--rm", "--snapshotter", "strata", &s.image, "third", "python3", "-c", "print(43)"];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut out = ctd.ctr("k8s.io").args(run).output().unwrap();
+    while !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unavailable") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        out = ctd.ctr("k8s.io").args(run).output().unwrap();
+    }
+    assert!(
+        out.status.success(),
+        "ctr run after the restart: {}\nsnapshotter:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tail(&sn.log)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "43");
     drop(ctd);
     drop(sn);
 }
