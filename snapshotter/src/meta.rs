@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use strata_storage::store::ImageRecord;
 
-use crate::SnapError;
+use crate::error::SnapError;
 
 /// What a snapshot is, as containerd's `Kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,12 +73,12 @@ impl Db {
     /// Errors: the file cannot be read or parsed (nothing is overwritten then).
     pub fn load(path: &Path) -> Result<Self, SnapError> {
         let disk = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice::<OnDisk>(&bytes).map_err(|e| {
-                SnapError::Metadata {
+            Ok(bytes) => {
+                serde_json::from_slice::<OnDisk>(&bytes).map_err(|e| SnapError::Metadata {
                     path: path.to_path_buf(),
                     cause: e.to_string(),
-                }
-            })?,
+                })?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => OnDisk {
                 next_id: 1,
                 snaps: BTreeMap::new(),
@@ -162,7 +162,10 @@ impl Db {
 /// containerd checks what it asked for again.
 pub fn matches(name: &str, s: &Snap, filters: &[String]) -> bool {
     let filters: Vec<&String> = filters.iter().filter(|f| !f.trim().is_empty()).collect();
-    filters.is_empty() || filters.iter().any(|f| f.split(',').all(|c| clause(name, s, c)))
+    filters.is_empty()
+        || filters
+            .iter()
+            .any(|f| f.split(',').all(|c| clause(name, s, c)))
 }
 
 fn clause(name: &str, s: &Snap, c: &str) -> bool {

@@ -43,10 +43,7 @@ fn bind(dir: &Path, readonly: bool) -> Mount {
         r#type: "bind".into(),
         source: dir.display().to_string(),
         target: String::new(),
-        options: vec![
-            if readonly { "ro" } else { "rw" }.into(),
-            "rbind".into(),
-        ],
+        options: vec![if readonly { "ro" } else { "rw" }.into(), "rbind".into()],
     }
 }
 
@@ -63,7 +60,10 @@ mod tests {
     fn one_dir_binds_and_more_stack_top_first() {
         let (fs, work) = (Path::new("/s/1/fs"), Path::new("/s/1/work"));
         let m = active(fs, work, &[]);
-        assert_eq!((m[0].r#type.as_str(), m[0].source.as_str()), ("bind", "/s/1/fs"));
+        assert_eq!(
+            (m[0].r#type.as_str(), m[0].source.as_str()),
+            ("bind", "/s/1/fs")
+        );
         assert!(m[0].options.contains(&"rw".to_string()));
         let lowers = [PathBuf::from("/l/top"), PathBuf::from("/l/base")];
         let m = active(fs, work, &lowers);
@@ -77,7 +77,10 @@ mod tests {
             ]
         );
         let v = view(Path::new("/e"), &lowers[..1]);
-        assert_eq!((v[0].source.as_str(), v[0].options[0].as_str()), ("/l/top", "ro"));
+        assert_eq!(
+            (v[0].source.as_str(), v[0].options[0].as_str()),
+            ("/l/top", "ro")
+        );
         let v = view(Path::new("/e"), &lowers);
         assert_eq!(v[0].options, ["lowerdir=/l/top:/l/base"]);
     }

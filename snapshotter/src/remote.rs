@@ -12,7 +12,7 @@ use strata_oci::{Digest, Reference};
 use strata_storage::store::ImageRecord;
 use tracing::{debug, info, warn};
 
-use crate::SnapError;
+use crate::error::SnapError;
 use crate::meta::Remote;
 
 /// The name containerd commits the layer under (its chain ID).
@@ -74,7 +74,10 @@ impl LayerSource {
     ///
     /// Errors: the store cannot be reached or started.
     pub async fn connect(&self) -> Result<(), StoreError> {
-        let (lease, root) = (self.lease.clone(), self.images.layout().root().to_path_buf());
+        let (lease, root) = (
+            self.lease.clone(),
+            self.images.layout().root().to_path_buf(),
+        );
         tokio::task::spawn_blocking(move || {
             let mut held = lease.lock().unwrap_or_else(|p| p.into_inner());
             if held.is_none() {
@@ -100,14 +103,9 @@ impl LayerSource {
         let layer: Digest = t.layer.parse().map_err(|e| fail(format!("{e}")))?;
         let image = self.pull(t).await.map_err(fail)?;
         let Some(at) = image.layers.iter().position(|d| *d == layer) else {
-            return Err(fail(format!(
-                "image {} has no such layer",
-                image.manifest
-            )));
+            return Err(fail(format!("image {} has no such layer", image.manifest)));
         };
-        self.ensure(&image)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        self.ensure(&image).await.map_err(|e| fail(e.to_string()))?;
         let chain = &strata_layerstore::server::chain_names(&image)[at];
         let dir = self
             .images

@@ -11,9 +11,10 @@ use strata_storage::store::ImageRecord;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
+use crate::error::SnapError;
 use crate::meta::{Db, Kind, Snap, matches};
+use crate::mounts;
 use crate::remote::{LayerSource, REMOTE_LABEL, Target, target};
-use crate::{SnapError, mounts};
 
 /// The snapshotter of one state root.
 #[derive(Debug)]
@@ -47,7 +48,9 @@ impl StrataSnapshotter {
     pub async fn connect(&self) {
         match self.source.connect().await {
             Ok(()) => info!(store = %self.source.mount().display(), "layer store lease taken"),
-            Err(e) => warn!(error = %e, "layer store not reachable; remote layers will be unpacked"),
+            Err(e) => {
+                warn!(error = %e, "layer store not reachable; remote layers will be unpacked")
+            }
         }
     }
 
@@ -156,7 +159,13 @@ impl StrataSnapshotter {
 
     /// Serves `t` from the layer store, committed as `t.name` on `parent`: true when it is
     /// (now or already), false when it cannot be (the caller unpacks instead).
-    async fn try_remote(&self, key: &str, parent: &str, t: &Target, labels: &HashMap<String, String>) -> Result<bool, SnapError> {
+    async fn try_remote(
+        &self,
+        key: &str,
+        parent: &str,
+        t: &Target,
+        labels: &HashMap<String, String>,
+    ) -> Result<bool, SnapError> {
         {
             let db = self.db.lock().await;
             if db.snaps.contains_key(key) {
@@ -330,7 +339,12 @@ impl Snapshotter for StrataSnapshotter {
         Ok(m)
     }
 
-    async fn prepare(&self, key: String, parent: String, labels: HashMap<String, String>) -> Result<Vec<Mount>, SnapError> {
+    async fn prepare(
+        &self,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapError> {
         if let Some(t) = target(&labels)
             && self.try_remote(&key, &parent, &t, &labels).await?
         {
@@ -340,11 +354,21 @@ impl Snapshotter for StrataSnapshotter {
         self.create(Kind::Active, key, parent, labels).await
     }
 
-    async fn view(&self, key: String, parent: String, labels: HashMap<String, String>) -> Result<Vec<Mount>, SnapError> {
+    async fn view(
+        &self,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapError> {
         self.create(Kind::View, key, parent, labels).await
     }
 
-    async fn commit(&self, name: String, key: String, labels: HashMap<String, String>) -> Result<(), SnapError> {
+    async fn commit(
+        &self,
+        name: String,
+        key: String,
+        labels: HashMap<String, String>,
+    ) -> Result<(), SnapError> {
         let mut db = self.db.lock().await;
         if db.snaps.contains_key(&name) {
             return Err(SnapError::AlreadyExists(name));
@@ -401,7 +425,11 @@ impl Snapshotter for StrataSnapshotter {
 
     type InfoStream = futures_util::stream::Iter<std::vec::IntoIter<Result<Info, SnapError>>>;
 
-    async fn list(&self, _snapshotter: String, filters: Vec<String>) -> Result<Self::InfoStream, SnapError> {
+    async fn list(
+        &self,
+        _snapshotter: String,
+        filters: Vec<String>,
+    ) -> Result<Self::InfoStream, SnapError> {
         let db = self.db.lock().await;
         let infos: Vec<Result<Info, SnapError>> = db
             .snaps

@@ -24,7 +24,10 @@ pub fn require_containerd(test: &str) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let msg = format!("{test}: needs {} (apt-get install containerd runc)", missing.join(", "));
+    let msg = format!(
+        "{test}: needs {} (apt-get install containerd runc)",
+        missing.join(", ")
+    );
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{msg} (CI=true: a missing tool is a failure)");
     }
@@ -42,7 +45,11 @@ fn wait_socket(path: &Path, child: &mut Child, log: &Path, what: &str) {
         if let Ok(Some(st)) = child.try_wait() {
             panic!("{what} exited ({st}):\n{}", tail(log));
         }
-        assert!(Instant::now() < deadline, "{what} did not listen within 60s:\n{}", tail(log));
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen within 60s:\n{}",
+            tail(log)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -66,13 +73,27 @@ pub struct Snapshotter {
 impl Snapshotter {
     /// Starts `strata --root ROOT --insecure-registry REG snapshotter --address SOCKET`.
     pub fn start(root: &Path, registry: &str, socket: &Path, log: &Path) -> Self {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let mut child = Command::new(crate::strata::bin())
             .arg("--root")
             .arg(root)
-            .args(["--insecure-registry", registry, "--log-level", "info", "snapshotter", "--address"])
+            .args([
+                "--insecure-registry",
+                registry,
+                "--log-level",
+                "info",
+                "snapshotter",
+                "--address",
+            ])
             .arg(socket)
-            .env("STRATA_LAYER_STORE_IDLE_SECS", crate::strata::store_idle_secs())
+            .env(
+                "STRATA_LAYER_STORE_IDLE_SECS",
+                crate::strata::store_idle_secs(),
+            )
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -171,7 +192,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     /// A `ctr` command on this containerd, in namespace `ns`.
     pub fn ctr(&self, ns: &str) -> Command {
         let mut c = Command::new("/usr/bin/ctr");
-        c.arg("--address").arg(&self.socket).args(["--namespace", ns]);
+        c.arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", ns]);
         c
     }
 

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1 as cri;
 use strata_tests::containerd::{Containerd, Snapshotter, require_containerd, tail};
 use strata_tests::layers::{Comp, push_tars};
 use strata_tests::proxy::Proxy;
@@ -79,11 +79,17 @@ fn setup() -> Setup {
     let state = tempfile::tempdir().unwrap();
     let tars = python_tars(state.path());
     let pushed = push_tars(&reg.addr, "t/py", "1", tars, Comp::Native);
-    push_tars(&reg.addr, "t/pause", "1", vec![pause_tar(state.path())], Comp::Native);
+    push_tars(
+        &reg.addr,
+        "t/pause",
+        "1",
+        vec![pause_tar(state.path())],
+        Comp::Native,
+    );
     let proxy = Proxy::start(&reg.addr);
     let image = format!("{}/t/py:1", proxy.addr);
     Setup {
-        reg: reg,
+        reg,
         proxy,
         state,
         image,
@@ -94,7 +100,12 @@ fn setup() -> Setup {
 impl Setup {
     fn start(&self) -> (Snapshotter, Containerd) {
         let p = self.state.path();
-        let sn = Snapshotter::start(&p.join("root"), &self.proxy.addr, &p.join("s.sock"), &p.join("snapshotter.log"));
+        let sn = Snapshotter::start(
+            &p.join("root"),
+            &self.proxy.addr,
+            &p.join("s.sock"),
+            &p.join("snapshotter.log"),
+        );
         let pause = format!("{}/t/pause:1", self.proxy.addr);
         let ctd = Containerd::start(&p.join("ctd"), &sn.socket, &self.proxy.addr, &pause);
         (sn, ctd)
@@ -105,7 +116,10 @@ impl Setup {
         let log = self.proxy.stats.log.lock().unwrap().clone();
         for line in &log {
             assert!(
-                !(line.contains("/blobs/") && line.starts_with("GET") && !line.contains("Range:") && self.is_layer(line)),
+                !(line.contains("/blobs/")
+                    && line.starts_with("GET")
+                    && !line.contains("Range:")
+                    && self.is_layer(line)),
                 "a layer blob was downloaded whole: {line}\nall requests:\n{}",
                 log.join("\n")
             );
@@ -116,7 +130,8 @@ impl Setup {
     /// Whether a request line names a layer blob (not the config: containerd fetches that).
     fn is_layer(&self, line: &str) -> bool {
         let blobs = self.state.path().join("layers.txt");
-        std::fs::read_to_string(blobs).is_ok_and(|t| t.lines().any(|d| !d.is_empty() && line.contains(d)))
+        std::fs::read_to_string(blobs)
+            .is_ok_and(|t| t.lines().any(|d| !d.is_empty() && line.contains(d)))
     }
 }
 
@@ -125,13 +140,18 @@ async fn channel(socket: &Path) -> Channel {
     let path = socket.to_path_buf();
     Endpoint::try_from("http://[::]:50051")
         .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| tokio::net::UnixStream::connect(path.clone())))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            tokio::net::UnixStream::connect(path.clone())
+        }))
         .await
         .expect("connecting to containerd's CRI")
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Pulls `image` through the CRI plugin as kubelet does; returns its image ref.
@@ -155,7 +175,11 @@ async fn cri_pull(ch: Channel, image: &str) -> String {
 /// [`Setup::fetched`] can tell layer blobs from the config.
 fn note_layers(s: &Setup) {
     let manifest = Command::new("curl")
-        .args(["-sf", "-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+        .args([
+            "-sf",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ])
         .arg(format!("http://{}/v2/t/py/manifests/1", s.reg.addr))
         .output()
         .unwrap();
@@ -196,7 +220,17 @@ fn cri_pull_serves_layers_lazily_and_ctr_runs_python_on_them() {
     assert_eq!(listing.matches("Committed").count(), 3, "{listing}");
     let out = ctd.ctr_ok(
         "k8s.io",
-        &["run", "--rm", "--snapshotter", "strata", &s.image, "py42", "python3", "-c", "print(42)"],
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "strata",
+            &s.image,
+            "py42",
+            "python3",
+            "-c",
+            "print(42)",
+        ],
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
     let total = s.fetched();
@@ -225,7 +259,13 @@ fn cri_runs_a_pod_container_on_lazy_layers() {
     let logs = s.state.path().join("pod-logs");
     std::fs::create_dir_all(&logs).unwrap();
     let out = rt.block_on(run_pod(ch, &s.image, &logs, &ctd.log));
-    assert_eq!(out.0, 0, "container exit code; log:\n{}\ncontainerd:\n{}", out.1, tail(&ctd.log));
+    assert_eq!(
+        out.0,
+        0,
+        "container exit code; log:\n{}\ncontainerd:\n{}",
+        out.1,
+        tail(&ctd.log)
+    );
     assert!(out.1.contains(" stdout F 42"), "container log:\n{}", out.1);
     let total = s.fetched();
     assert!(
@@ -237,18 +277,15 @@ fn cri_runs_a_pod_container_on_lazy_layers() {
     drop(sn);
 }
 
-/// RunPodSandbox (host network), CreateContainer, StartContainer, as kubelet does; waits for
-/// the container to exit and returns its exit code and log; removes the pod.
-async fn run_pod(ch: Channel, image: &str, logs: &Path, ctd_log: &Path) -> (i32, String) {
-    let mut rs = RuntimeServiceClient::new(ch);
-    let meta = cri::PodSandboxMetadata {
-        name: "lazy".into(),
-        uid: "u1".into(),
-        namespace: "default".into(),
-        attempt: 0,
-    };
-    let sandbox = cri::PodSandboxConfig {
-        metadata: Some(meta),
+/// A pod on the host's network, its containers' logs in `logs`.
+fn pod_config(logs: &Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "lazy".into(),
+            uid: "u1".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
         log_directory: logs.display().to_string(),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
@@ -261,17 +298,12 @@ async fn run_pod(ch: Channel, image: &str, logs: &Path, ctd_log: &Path) -> (i32,
             ..Default::default()
         }),
         ..Default::default()
-    };
-    let pod = rs
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(sandbox.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", tail(ctd_log)))
-        .into_inner()
-        .pod_sandbox_id;
-    let container = cri::ContainerConfig {
+    }
+}
+
+/// A container of `image` printing 42, logging to `py.log`.
+fn container_config(image: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: "py".into(),
             attempt: 0,
@@ -283,27 +315,16 @@ async fn run_pod(ch: Channel, image: &str, logs: &Path, ctd_log: &Path) -> (i32,
         command: vec!["python3".into(), "-c".into(), "print(42)".into()],
         log_path: "py.log".into(),
         ..Default::default()
-    };
-    let id = rs
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container),
-            sandbox_config: Some(sandbox),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    rs.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("StartContainer");
+    }
+}
+
+/// Waits (at most 120 s) for container `id` to exit; returns its exit code.
+async fn wait_exited(rs: &mut RuntimeServiceClient<Channel>, id: &str) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(120);
-    let code = loop {
+    loop {
         let st = rs
             .container_status(cri::ContainerStatusRequest {
-                container_id: id.clone(),
+                container_id: id.to_string(),
                 verbose: false,
             })
             .await
@@ -312,11 +333,46 @@ async fn run_pod(ch: Channel, image: &str, logs: &Path, ctd_log: &Path) -> (i32,
             .status
             .unwrap();
         if st.state == cri::ContainerState::ContainerExited as i32 {
-            break st.exit_code;
+            return st.exit_code;
         }
-        assert!(Instant::now() < deadline, "the container did not exit within 120s");
+        assert!(
+            Instant::now() < deadline,
+            "the container did not exit within 120s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+}
+
+/// RunPodSandbox (host network), CreateContainer, StartContainer, as kubelet does; waits for
+/// the container to exit and returns its exit code and log; removes the pod.
+async fn run_pod(ch: Channel, image: &str, logs: &Path, ctd_log: &Path) -> (i32, String) {
+    let mut rs = RuntimeServiceClient::new(ch);
+    let sandbox = pod_config(logs);
+    let pod = rs
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", tail(ctd_log)))
+        .into_inner()
+        .pod_sandbox_id;
+    let id = rs
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config(image)),
+            sandbox_config: Some(sandbox),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", tail(ctd_log)))
+        .into_inner()
+        .container_id;
+    rs.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", tail(ctd_log)));
+    let code = wait_exited(&mut rs, &id).await;
     let log = std::fs::read_to_string(logs.join("py.log")).unwrap_or_default();
     let _ = rs
         .stop_pod_sandbox(cri::StopPodSandboxRequest {
@@ -324,7 +380,9 @@ async fn run_pod(ch: Channel, image: &str, logs: &Path, ctd_log: &Path) -> (i32,
         })
         .await;
     let _ = rs
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod })
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
         .await;
     (code, log)
 }
@@ -346,17 +404,35 @@ fn a_snapshotter_restart_leaves_a_running_container_reading() {
     let script = "import time; time.sleep(4); import json, email.parser, http.client, xml.dom.minidom; print('read', json.dumps([1]))";
     let mut run = ctd
         .ctr("k8s.io")
-        .args(["run", "--rm", "--snapshotter", "strata", &s.image, "reader", "python3", "-c", script])
+        .args([
+            "run",
+            "--rm",
+            "--snapshotter",
+            "strata",
+            &s.image,
+            "reader",
+            "python3",
+            "-c",
+            script,
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     sn.kill();
-    let sn = Snapshotter::start(&s.state.path().join("root"), &s.proxy.addr, &sn.socket.clone(), &sn.log.clone());
+    let sn = Snapshotter::start(
+        &s.state.path().join("root"),
+        &s.proxy.addr,
+        &sn.socket.clone(),
+        &sn.log.clone(),
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
     while matches!(run.try_wait(), Ok(None)) {
-        assert!(Instant::now() < deadline, "the container did not end within 120s");
+        assert!(
+            Instant::now() < deadline,
+            "the container did not end within 120s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = run.wait_with_output().unwrap();
@@ -371,26 +447,56 @@ fn a_snapshotter_restart_leaves_a_running_container_reading() {
     // The restarted snapshotter still knows the image's snapshots and starts another.
     let out = ctd.ctr_ok(
         "k8s.io",
-        &["run", "--rm", "--snapshotter", "strata", &s.image, "again", "python3", "-c", "print(42)"],
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "strata",
+            &s.image,
+            "again",
+            "python3",
+            "-c",
+            "print(42)",
+        ],
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
     // Stopped with nothing running, its store ends; started again, it has the store serve
     // the image's layers anew before mounting them.
-    let (root, socket, log) = (s.state.path().join("root"), sn.socket.clone(), sn.log.clone());
+    let (root, socket, log) = (
+        s.state.path().join("root"),
+        sn.socket.clone(),
+        sn.log.clone(),
+    );
     drop(sn);
     let store = root.join("layers");
     let deadline = Instant::now() + Duration::from_secs(60);
     while strata_tests::mounts().iter().any(|m| m.point == store) {
-        assert!(Instant::now() < deadline, "the layer store did not end within 60s");
+        assert!(
+            Instant::now() < deadline,
+            "the layer store did not end within 60s"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let sn = Snapshotter::start(&root, &s.proxy.addr, &socket, &log);
     // containerd redials a proxy plugin with a backoff (at most 3 s apart in 1.6): until it
     // has, its calls fail as unavailable.
-    let run = ["run", "--rm", "--snapshotter", "strata", &s.image, "third", "python3", "-c", "print(43)"];
+    let run = [
+        "run",
+        "--rm",
+        "--snapshotter",
+        "strata",
+        &s.image,
+        "third",
+        "python3",
+        "-c",
+        "print(43)",
+    ];
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut out = ctd.ctr("k8s.io").args(run).output().unwrap();
-    while !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unavailable") && Instant::now() < deadline {
+    while !out.status.success()
+        && String::from_utf8_lossy(&out.stderr).contains("unavailable")
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(500));
         out = ctd.ctr("k8s.io").args(run).output().unwrap();
     }
@@ -401,6 +507,76 @@ fn a_snapshotter_restart_leaves_a_running_container_reading() {
         tail(&sn.log)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "43");
+    drop(ctd);
+    drop(sn);
+}
+
+#[test]
+fn without_labels_layers_are_unpacked_and_removed_with_their_image() {
+    if !require_root_fuse("without_labels_layers_are_unpacked_and_removed_with_their_image")
+        || !require_containerd("without_labels_layers_are_unpacked_and_removed_with_their_image")
+    {
+        return;
+    }
+    let s = setup();
+    let layers = vec![
+        strata_tests::fixtures::busybox_layer(),
+        vec![strata_tests::layers::file(
+            "hello.txt",
+            b"from the top layer\n",
+        )],
+    ];
+    strata_tests::layers::push_image(&s.reg.addr, "t/plain", "1", &layers, Comp::Gzip);
+    let image = format!("{}/t/plain:1", s.proxy.addr);
+    let (sn, ctd) = s.start();
+    // ctr's own pull sends no image labels: containerd downloads and unpacks each layer into
+    // an ordinary snapshot of strata's.
+    ctd.ctr_ok(
+        "default",
+        &[
+            "image",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            "strata",
+            &image,
+        ],
+    );
+    let dirs = s.state.path().join("root/snapshotter/snapshots");
+    assert_eq!(std::fs::read_dir(&dirs).unwrap().count(), 2);
+    let out = ctd.ctr_ok(
+        "default",
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "strata",
+            &image,
+            "plain",
+            "/bin/cat",
+            "/hello.txt",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from the top layer\n");
+    // Removing the image lets containerd's collector remove the snapshots, and their dirs.
+    ctd.ctr_ok("default", &["image", "rm", "--sync", &image]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(&dirs).unwrap().count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "snapshot dirs left: {:?}\nsnapshotter:\n{}",
+            std::fs::read_dir(&dirs)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .collect::<Vec<_>>(),
+            tail(&sn.log)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let meta =
+        std::fs::read_to_string(s.state.path().join("root/snapshotter/metadata.json")).unwrap();
+    assert!(meta.contains("\"snaps\":{}"), "{meta}");
     drop(ctd);
     drop(sn);
 }
