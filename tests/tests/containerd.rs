@@ -74,11 +74,17 @@ tar -C $p -cf {s}/pause.tar ."#,
     std::fs::read(scratch.join("pause.tar")).unwrap()
 }
 
-fn setup() -> Setup {
+/// The registry with the pause image and (with `python`) `t/py:1`.
+fn setup_with(python: bool) -> Setup {
     let reg = Registry::start();
     let state = tempfile::tempdir().unwrap();
-    let tars = python_tars(state.path());
-    let pushed = push_tars(&reg.addr, "t/py", "1", tars, Comp::Native);
+    let blob_bytes = match python {
+        true => {
+            let tars = python_tars(state.path());
+            push_tars(&reg.addr, "t/py", "1", tars, Comp::Native).blob_bytes
+        }
+        false => 0,
+    };
     push_tars(
         &reg.addr,
         "t/pause",
@@ -93,8 +99,12 @@ fn setup() -> Setup {
         proxy,
         state,
         image,
-        blob_bytes: pushed.blob_bytes,
+        blob_bytes,
     }
+}
+
+fn setup() -> Setup {
+    setup_with(true)
 }
 
 impl Setup {
@@ -194,9 +204,9 @@ fn note_layers(s: &Setup) {
 }
 
 #[test]
-fn cri_pull_serves_layers_lazily_and_ctr_runs_python_on_them() {
-    if !require_root_fuse("cri_pull_serves_layers_lazily_and_ctr_runs_python_on_them")
-        || !require_containerd("cri_pull_serves_layers_lazily_and_ctr_runs_python_on_them")
+fn cri_pull_serves_layers_lazily_and_ctr_and_a_pod_run_python_on_them() {
+    if !require_root_fuse("cri_pull_serves_layers_lazily_and_ctr_and_a_pod_run_python_on_them")
+        || !require_containerd("cri_pull_serves_layers_lazily_and_ctr_and_a_pod_run_python_on_them")
     {
         return;
     }
@@ -233,44 +243,21 @@ fn cri_pull_serves_layers_lazily_and_ctr_runs_python_on_them() {
         ],
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
-    let total = s.fetched();
-    assert!(
-        total * 10 <= s.blob_bytes,
-        "pull and run fetched {total} of {} blob bytes",
-        s.blob_bytes
-    );
-    drop(ctd);
-    drop(sn);
-}
-
-#[test]
-fn cri_runs_a_pod_container_on_lazy_layers() {
-    if !require_root_fuse("cri_runs_a_pod_container_on_lazy_layers")
-        || !require_containerd("cri_runs_a_pod_container_on_lazy_layers")
-    {
-        return;
-    }
-    let s = setup();
-    let (sn, ctd) = s.start();
-    let rt = runtime();
-    let ch = rt.block_on(channel(&ctd.socket));
-    rt.block_on(cri_pull(ch.clone(), &s.image));
-    note_layers(&s);
+    // A pod as kubelet runs one: a container of the same image on the same snapshots.
     let logs = s.state.path().join("pod-logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let out = rt.block_on(run_pod(ch, &s.image, &logs, &ctd.log));
+    let (code, log) = rt.block_on(run_pod(ch, &s.image, &logs, &ctd.log));
     assert_eq!(
-        out.0,
+        code,
         0,
-        "container exit code; log:\n{}\ncontainerd:\n{}",
-        out.1,
+        "container exit code; log:\n{log}\ncontainerd:\n{}",
         tail(&ctd.log)
     );
-    assert!(out.1.contains(" stdout F 42"), "container log:\n{}", out.1);
+    assert!(log.contains(" stdout F 42"), "container log:\n{log}");
     let total = s.fetched();
     assert!(
         total * 10 <= s.blob_bytes,
-        "pull and pod fetched {total} of {} blob bytes",
+        "pull, run and pod fetched {total} of {} blob bytes",
         s.blob_bytes
     );
     drop(ctd);
@@ -518,7 +505,7 @@ fn without_labels_layers_are_unpacked_and_removed_with_their_image() {
     {
         return;
     }
-    let s = setup();
+    let s = setup_with(false);
     let layers = vec![
         strata_tests::fixtures::busybox_layer(),
         vec![strata_tests::layers::file(
