@@ -47,7 +47,6 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let sn = Arc::new(StrataSnapshotter::open(images)?);
-    sn.connect().await;
     if let Some(dir) = address.parent() {
         std::fs::create_dir_all(dir).map_err(|source| ServeError::Listen {
             path: address.to_path_buf(),
@@ -63,6 +62,8 @@ pub async fn serve(
             path: address.to_path_buf(),
             source,
         })?;
+    // Listening first: a socket that cannot be bound starts no store.
+    sn.connect().await;
     info!(address = %address.display(), "snapshotter listening");
     tonic::transport::Server::builder()
         .add_service(containerd_snapshots::server(sn))

@@ -2,6 +2,7 @@
 //! CRI plugin pulls as kubelet drives it and the layers are served lazily by strata's layer
 //! store (never downloaded whole); `ctr run` and CRI containers run on them; a snapshotter
 //! restart leaves a running container reading.
+#![allow(clippy::print_stderr)]
 
 use std::path::Path;
 use std::process::Command;
@@ -255,6 +256,10 @@ fn cri_pull_serves_layers_lazily_and_ctr_and_a_pod_run_python_on_them() {
     );
     assert!(log.contains(" stdout F 42"), "container log:\n{log}");
     let total = s.fetched();
+    eprintln!(
+        "registry bytes: pull {pulled}, pull+run+pod {total}, of {} blob bytes",
+        s.blob_bytes
+    );
     assert!(
         total * 10 <= s.blob_bytes,
         "pull, run and pod fetched {total} of {} blob bytes",

@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
-
 use crate::global::{GlobalArgs, runtime};
 
 /// Arguments of `snapshotter`.
@@ -38,7 +36,6 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         };
         strata_snapshotter::serve(images, &a.address, shutdown).await?;
         anyhow::Ok(())
-    })
-    .with_context(|| format!("snapshotter on {}", a.address.display()))?;
+    })?;
     Ok(0)
 }
