@@ -40,13 +40,23 @@ pub struct Target {
     pub manifest: Option<String>,
 }
 
-/// The remote layer `labels` name, if they name one.
+/// stargz-snapshotter's own labels for the same (what `ctr-remote image rpull` sends without
+/// `--use-containerd-labels`): no manifest digest among them.
+const STARGZ_REF: &str = "containerd.io/snapshot/remote/stargz.reference";
+const STARGZ_DIGEST: &str = "containerd.io/snapshot/remote/stargz.digest";
+
+/// The remote layer `labels` name, if they name one (the CRI labels, else stargz's).
 pub fn target(labels: &HashMap<String, String>) -> Option<Target> {
+    let name = labels.get(SNAPSHOT_REF)?.clone();
+    let (image, layer, manifest) = match (labels.get(IMAGE_REF), labels.get(LAYER_DIGEST)) {
+        (Some(i), Some(l)) => (i, l, labels.get(MANIFEST_DIGEST).cloned()),
+        _ => (labels.get(STARGZ_REF)?, labels.get(STARGZ_DIGEST)?, None),
+    };
     Some(Target {
-        name: labels.get(SNAPSHOT_REF)?.clone(),
-        image: labels.get(IMAGE_REF)?.clone(),
-        layer: labels.get(LAYER_DIGEST)?.clone(),
-        manifest: labels.get(MANIFEST_DIGEST).cloned(),
+        name,
+        image: image.clone(),
+        layer: layer.clone(),
+        manifest,
     })
 }
 
@@ -191,5 +201,44 @@ impl LayerSource {
     /// The store's mount point.
     pub fn mount(&self) -> PathBuf {
         self.images.layout().root().join("layers")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_cri_labels_or_stargz_labels_name_a_remote_layer() {
+        let cri = labels(&[
+            (SNAPSHOT_REF, "sha256:c"),
+            (IMAGE_REF, "r/i:1"),
+            (LAYER_DIGEST, "sha256:l"),
+            (MANIFEST_DIGEST, "sha256:m"),
+        ]);
+        let t = target(&cri).unwrap();
+        assert_eq!(
+            (t.name.as_str(), t.image.as_str(), t.layer.as_str()),
+            ("sha256:c", "r/i:1", "sha256:l")
+        );
+        assert_eq!(t.manifest.as_deref(), Some("sha256:m"));
+        let stargz = labels(&[
+            (SNAPSHOT_REF, "sha256:c"),
+            (STARGZ_REF, "r/i:2"),
+            (STARGZ_DIGEST, "sha256:k"),
+        ]);
+        let t = target(&stargz).unwrap();
+        assert_eq!((t.image.as_str(), t.layer.as_str()), ("r/i:2", "sha256:k"));
+        assert!(t.manifest.is_none());
+        // containerd's own unpack sends only the chain ID: an ordinary snapshot.
+        assert!(target(&labels(&[(SNAPSHOT_REF, "sha256:c")])).is_none());
+        assert!(target(&labels(&[(IMAGE_REF, "r/i:1"), (LAYER_DIGEST, "sha256:l")])).is_none());
     }
 }

@@ -440,3 +440,7 @@ impl Snapshotter for StrataSnapshotter {
         Ok(futures_util::stream::iter(infos))
     }
 }
+
+#[cfg(test)]
+#[path = "service_tests.rs"]
+mod tests;
