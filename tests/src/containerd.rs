@@ -160,6 +160,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "strata"
     disable_snapshot_annotations = false
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      Root = "{d}/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{d}/cni"
     conf_dir = "{d}/cni"
@@ -198,9 +202,26 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         c
     }
 
+    /// `ctr -n NS ARGS`; a `run` keeps runc's state in this containerd's directory.
+    pub fn ctr_args(&self, ns: &str, args: &[&str]) -> Command {
+        let mut c = self.ctr(ns);
+        match args.split_first() {
+            Some((&"run", rest)) => {
+                c.arg("run")
+                    .arg("--runc-root")
+                    .arg(self.dir.join("runc"))
+                    .args(rest);
+            }
+            _ => {
+                c.args(args);
+            }
+        }
+        c
+    }
+
     /// Runs `ctr -n NS ARGS`; panics with its output and containerd's log on failure.
     pub fn ctr_ok(&self, ns: &str, args: &[&str]) -> Output {
-        let out = self.ctr(ns).args(args).output().unwrap();
+        let out = self.ctr_args(ns, args).output().unwrap();
         assert!(
             out.status.success(),
             "ctr {args:?} failed ({}):\nstdout: {}\nstderr: {}\ncontainerd log:\n{}",

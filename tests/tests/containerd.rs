@@ -395,18 +395,20 @@ fn a_snapshotter_restart_leaves_a_running_container_reading() {
     // chunks come through the store after the snapshotter is back).
     let script = "import time; time.sleep(4); import json, email.parser, http.client, xml.dom.minidom; print('read', json.dumps([1]))";
     let mut run = ctd
-        .ctr("k8s.io")
-        .args([
-            "run",
-            "--rm",
-            "--snapshotter",
-            "strata",
-            &s.image,
-            "reader",
-            "python3",
-            "-c",
-            script,
-        ])
+        .ctr_args(
+            "k8s.io",
+            &[
+                "run",
+                "--rm",
+                "--snapshotter",
+                "strata",
+                &s.image,
+                "reader",
+                "python3",
+                "-c",
+                script,
+            ],
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -484,13 +486,13 @@ fn a_snapshotter_restart_leaves_a_running_container_reading() {
         "print(43)",
     ];
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut out = ctd.ctr("k8s.io").args(run).output().unwrap();
+    let mut out = ctd.ctr_args("k8s.io", &run).output().unwrap();
     while !out.status.success()
         && String::from_utf8_lossy(&out.stderr).contains("unavailable")
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(500));
-        out = ctd.ctr("k8s.io").args(run).output().unwrap();
+        out = ctd.ctr_args("k8s.io", &run).output().unwrap();
     }
     assert!(
         out.status.success(),
