@@ -6,6 +6,9 @@ pkgs=(docker-registry fuse3 busybox-static zstd curl tar attr skopeo ca-certific
 pkgs+=(bzip2 xz-utils)
 # podman, crun, runc and umoci: the interop tests' real writers and readers.
 pkgs+=(podman crun runc umoci)
+# containerd 1.6 (with ctr and containerd-shim-runc-v2): the snapshotter's engine tests;
+# protobuf-compiler: protoc, which the containerd and CRI gRPC crates build their protos with.
+pkgs+=(containerd protobuf-compiler)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,6 +4,7 @@
 //! reference extraction (GNU tar + kernel overlayfs) to compare mounts against.
 #![allow(clippy::print_stderr, clippy::print_stdout)]
 
+pub mod containerd;
 pub mod estargz;
 pub mod fixtures;
 pub mod golden;

@@ -31,6 +31,7 @@ pub mod rmi;
 pub mod run;
 mod run_checks;
 mod search;
+mod snapshotter;
 mod soci_index;
 mod start;
 mod system;
@@ -121,6 +122,9 @@ pub enum Command {
     /// Serve containers/storage's additional layer store (podman, CRI-O) at a directory.
     #[command(name = "layer-store")]
     AdditionalLayerStore(layer_store_als::Args),
+    /// Serve containerd's snapshots API (a proxy plugin): image layers served lazily by the
+    /// layer store.
+    Snapshotter(snapshotter::Args),
     /// Internal: the container helper process.
     #[command(name = "__container-init", hide = true)]
     ContainerInit {
@@ -181,6 +185,7 @@ pub fn run(cmd: Command, g: &GlobalArgs) -> anyhow::Result<i32> {
         Command::Stop(a) => lifecycle::run_stop(a, g),
         Command::Kill(a) => lifecycle::run_kill(a, g),
         Command::Diff(a) => lifecycle::run_diff(a, g),
+        Command::Snapshotter(a) => snapshotter::run(a, g),
         Command::ContainerInit { spec } => Ok(strata_runner::init_main(&spec)),
         Command::LayerStore(a) => layer_store::run(a, g),
         Command::AdditionalLayerStore(a) => layer_store_als::run(a, g),
