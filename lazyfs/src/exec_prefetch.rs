@@ -3,7 +3,9 @@
 //! loader and shared libraries will be read next, one cold miss after another. Instead, their
 //! ELF headers are read at once ([`crate::elf_deps`]) and every file they name is fetched
 //! whole, in parallel, while the kernel is still setting up the process. The open never waits
-//! for any of this.
+//! for any of this. The program itself (up to [`MAX_EXEC_WHOLE_BYTES`]) is fetched whole too,
+//! and a shared object opened without exec (an interpreter's `dlopen` of an extension module)
+//! has its libraries fetched the same way.
 //!
 //! Library names are looked up as the loader does (`DT_RUNPATH`/`DT_RPATH`, then the
 //! standard directories), following symlinks, in the merged tree of a per-container mount or,
@@ -38,6 +40,8 @@ const STANDARD_DIRS: [&[u8]; 6] = [
 /// Paths already looked up.
 type Paths = HashSet<Vec<u8>>;
 
+/// Programs up to this size are fetched whole when opened for exec.
+const MAX_EXEC_WHOLE_BYTES: u64 = 16 << 20;
 /// Files prefetched for one exec at most (the program's libraries and theirs).
 const MAX_FILES: usize = 128;
 /// Symlinks followed in one lookup at most.
@@ -61,15 +65,27 @@ pub(crate) fn on_open(
     rt: &tokio::runtime::Handle,
     (ino, flags): (u64, i32),
 ) {
-    if flags & FMODE_EXEC == 0 || ready.tree.get(ino).is_none_or(|n| n.content.is_none()) {
+    let Some(node) = ready.tree.get(ino).filter(|n| n.content.is_some()) else {
         return;
-    }
-    if !seen.first(ino) {
+    };
+    let exec = flags & FMODE_EXEC != 0;
+    if !(exec || is_shared_object(&ready.tree.path_of(ino))) || !seen.first(ino) {
         return;
     }
     let walk = Arc::new(Prefetch::new(ready.clone(), fetcher.clone(), rt.clone()));
     walk.queue(ino);
+    if exec && node.size <= MAX_EXEC_WHOLE_BYTES {
+        // The kernel maps the program and faults its pages in, one readahead window per miss.
+        walk.fetch(ino, "exec");
+    }
     rt.spawn_blocking(move || walk.walk(ino));
+}
+
+/// Whether `path` names a shared object (`x.so`, `x.so.1.2`): opened, it is most likely being
+/// loaded (`dlopen` of an interpreter's extension module), and its libraries come next.
+fn is_shared_object(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.ends_with(".so") || name.contains(".so.")
 }
 
 /// A file's bytes through the chunk cache, fetched where read (for the ELF parser).
