@@ -135,17 +135,19 @@ mod tests {
 
     #[test]
     fn neighbours_are_small_files_of_the_same_directory_nearest_first_within_budget() {
-        let mut layer = LayerIndex::default();
-        layer.entries = vec![
-            crate::tree::test_entry("a", Kind::Dir),
-            reg("a/m1", 0, 100),
-            reg("a/m2", 100, 100),
-            reg("a/m3", 200, 100),
-            reg("a/big", 300, DIR_PREFETCH_FILE_MAX + 1),
-            reg("a/m4", 900_000, 100),
-            crate::tree::test_entry("b", Kind::Dir),
-            reg("b/other", 400, 100),
-        ];
+        let layer = LayerIndex {
+            entries: vec![
+                crate::tree::test_entry("a", Kind::Dir),
+                reg("a/m1", 0, 100),
+                reg("a/m2", 100, 100),
+                reg("a/m3", 200, 100),
+                reg("a/big", 300, DIR_PREFETCH_FILE_MAX + 1),
+                reg("a/m4", 900_000, 100),
+                crate::tree::test_entry("b", Kind::Dir),
+                reg("b/other", 400, 100),
+            ],
+            ..LayerIndex::default()
+        };
         let tree = Tree::build([&layer]).unwrap();
         let ready = Ready::new(tree, Vec::new());
         let m2 = ready.tree.resolve(b"a/m2").unwrap();
