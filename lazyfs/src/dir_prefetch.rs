@@ -146,7 +146,6 @@ mod tests {
                 crate::tree::test_entry("b", Kind::Dir),
                 reg("b/other", 400, 100),
             ],
-            ..LayerIndex::default()
         };
         let tree = Tree::build([&layer]).unwrap();
         let ready = Ready::new(tree, Vec::new());
