@@ -241,12 +241,7 @@ pub fn run_recorded(
         return detach(&containers, a.name.as_deref()).map(|c| (c, None));
     }
     // The background half: its output (the container's) goes to the log as records.
-    let _capture = match &a.cid {
-        Some(id) => Some(crate::cmd::logs::capture(
-            &containers.dir_of(id).join("container.log"),
-        )?),
-        None => None,
-    };
+    let _capture = capture_log(&containers, a.cid.as_deref())?;
     let config = ctx.catalog().config(&img)?;
     let cfg = config.container();
     let args = image_command(&cfg, a.entrypoint.as_deref(), &a.command);
@@ -480,6 +475,19 @@ fn detach(containers: &Containers, name: Option<&str>) -> anyhow::Result<i32> {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// The background half of `run -d` (`--cid ID`) writes the container's output to its log.
+fn capture_log(
+    containers: &Containers,
+    cid: Option<&str>,
+) -> anyhow::Result<Option<crate::cmd::logs::Capture>> {
+    Ok(match cid {
+        Some(id) => Some(crate::cmd::logs::capture(
+            &containers.dir_of(id).join("container.log"),
+        )?),
+        None => None,
+    })
 }
 
 /// `run --learn`: publishes what the run read when it exited 0; a failure to publish is a
