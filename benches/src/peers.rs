@@ -246,7 +246,8 @@ impl Node {
             .ctr()
             .args(["run", "--rm", "--snapshotter", peer.snapshotter()])
             .arg(image)
-            .arg("bench")
+            // A name of its own each time: a killed run leaves runc state behind.
+            .arg(format!("bench-{}", std::process::id() ^ rand_suffix()))
             .args(["python3", "-c", code])
             .stdout(Stdio::null()));
     }
@@ -347,4 +348,11 @@ pub fn fresh_node(peers: &Peers, registry: &str, peer: Peer) -> Node {
     let node = Node::start(&peers.bin, Path::new("/run/sbn"), registry, &[peer]);
     drop_caches();
     node
+}
+
+/// A number that differs between runs of one process (for container names).
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
 }

@@ -84,6 +84,7 @@ pub fn serve(
         clone_fd: false,
         ..MountOptions::default()
     };
+    let drains = opts.connection.is_some();
     let session = match opts.connection {
         Some(c) if c.resume => {
             let _in_runtime = rt.enter();
@@ -120,7 +121,16 @@ pub fn serve(
         last_failure,
     });
     rt.block_on(server.clone().run(listener, opts.idle));
-    drop(session);
+    if drains {
+        // Unmounted, but overlay mounts this server cannot see (podman's, whose lower layers
+        // are named through its own links) may still stack private clones of the store: keep
+        // serving them until the kernel ends the connection with the last of them (ENODEV).
+        // A new store can be mounted at the same place meanwhile.
+        info!("layer store unmounted; serving what still stacks it until it goes");
+        let _ = session.join();
+    } else {
+        drop(session);
+    }
     info!("layer store ended");
     Ok(())
 }

@@ -401,3 +401,71 @@ fn unlisted_parents_ghost_whiteouts_and_an_opaque_root_match_the_merged_mount() 
         [b"newroot".to_vec()]
     );
 }
+
+/// An overlay the store cannot recognise as stacking it (its lower directory named through a
+/// symlink, as podman names its layers) keeps reading after the store idles out: the server
+/// unmounts but serves until the kernel ends the connection with the last such overlay.
+#[test]
+fn an_overlay_named_through_links_keeps_reading_after_the_store_idles_out() {
+    if !require_root_fuse("an_overlay_named_through_links_keeps_reading_after_the_store_idles_out")
+    {
+        return;
+    }
+    let late = noise(3 << 20, 41);
+    let mut layers = runnable_layers();
+    layers.push(vec![file("data/late.bin", &late)]);
+    let w = World::start(&layers, Comp::Native);
+    let root = w.root.clone();
+    let mnt = w.state.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    ok(&root, &["mount", "-d", &w.base, mnt.to_str().unwrap()]);
+    let store = root.canonicalize().unwrap().join("layers");
+    let diff = std::fs::read_dir(&store)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("diff"))
+        .find(|d| d.join("data/late.bin").exists())
+        .expect("a layer directory with data/late.bin");
+    // The overlay: its lower directory is a symlink into the store.
+    let x = w.state.path().join("x");
+    for d in ["upper", "work", "merged"] {
+        std::fs::create_dir_all(x.join(d)).unwrap();
+    }
+    std::os::unix::fs::symlink(&diff, x.join("l")).unwrap();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        x.join("l").display(),
+        x.join("upper").display(),
+        x.join("work").display()
+    );
+    let st = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(x.join("merged"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "overlay mount failed");
+    ok(&root, &["umount", mnt.to_str().unwrap()]);
+    // The store ends: nothing it can see uses it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fuse_mounts_under(&root.canonicalize().unwrap())
+        .iter()
+        .any(|m| *m == store)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !fuse_mounts_under(&root.canonicalize().unwrap()).contains(&store),
+        "the store did not unmount"
+    );
+    // A file never read before still reads, right, through the overlay.
+    let got = std::fs::read(x.join("merged/data/late.bin"));
+    let _ = std::process::Command::new("umount")
+        .arg(x.join("merged"))
+        .status();
+    assert!(
+        got.as_ref().is_ok_and(|g| *g == late),
+        "read after the store ended: {:?}",
+        got.map(|g| g.len())
+    );
+}

@@ -106,6 +106,9 @@ fn hold(g: &GlobalArgs) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&paths.mount)?;
     let fd = strata_lazyfs::takeover::mount_fd(&paths.mount)
         .with_context(|| format!("mounting the layer store on {}", paths.mount.display()))?;
+    // The mount this holder made: once its server has unmounted it (and drains what still
+    // stacks it), another store may be mounted at the same place, which is not ours to take.
+    let ours = strata_lazyfs::mount::mount_entry(&paths.mount).map(|m| m.dev);
     let program = std::env::current_exe()?;
     let mut takeovers = 0;
     loop {
@@ -118,7 +121,8 @@ fn hold(g: &GlobalArgs) -> anyhow::Result<i32> {
             cmd.arg("--resume");
         }
         let status = cmd.status().context("starting the layer store server")?;
-        if status.success() || !strata_lazyfs::mount::is_strata_mount(&paths.mount) {
+        let still_ours = strata_lazyfs::mount::mount_entry(&paths.mount).map(|m| m.dev) == ours;
+        if status.success() || !strata_lazyfs::mount::is_strata_mount(&paths.mount) || !still_ours {
             return Ok(0);
         }
         takeovers += 1;
