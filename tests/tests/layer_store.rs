@@ -447,9 +447,7 @@ fn an_overlay_named_through_links_keeps_reading_after_the_store_idles_out() {
     ok(&root, &["umount", mnt.to_str().unwrap()]);
     // The store ends: nothing it can see uses it.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while fuse_mounts_under(&root.canonicalize().unwrap())
-        .iter()
-        .any(|m| *m == store)
+    while fuse_mounts_under(&root.canonicalize().unwrap()).contains(&store)
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(100));
