@@ -129,15 +129,16 @@ async fn update_fallback(
     Ok(())
 }
 
-/// The newest learned profile published for image manifest `subject` (of `layers` layers) in
-/// `repo`'s repository, verified (artifact and profile by digest) and checked against the
-/// image; `None` when there is none or it cannot be read (logged at debug level: an image
-/// without one is the common case).
+/// The newest learned profile published for image manifest `subject` (whose layer blobs have
+/// `sizes` bytes) in `repo`'s repository, verified (artifact and profile by digest) and checked
+/// against the image (layer indexes, every chunk inside its blob); `None` when there is none
+/// or it cannot be used (an image without one is the common case: logged at debug level; a
+/// profile that does not fit the image is a warning).
 pub async fn find(
     client: &RegistryClient,
     repo: &Reference,
     subject: &Digest,
-    layers: usize,
+    sizes: &[u64],
 ) -> Option<Profile> {
     let list = match client.referrers(repo, subject, ARTIFACT).await {
         Ok(Some(body)) => body,
@@ -171,8 +172,12 @@ pub async fn find(
         return None;
     }
     let body = client.get_blob(repo, &layer.digest).await.ok()?;
-    match Profile::parse(&String::from_utf8_lossy(&body), layers) {
-        Ok(p) => Some(p),
+    match Profile::parse(&String::from_utf8_lossy(&body), sizes.len()) {
+        Ok(p) if within(&p, sizes) => Some(p),
+        Ok(_) => {
+            tracing::warn!(artifact = %artifact.digest, "ignoring a learned profile with chunks outside the image's layers");
+            None
+        }
         Err(e) => {
             tracing::warn!(artifact = %artifact.digest, error = %e, "ignoring a learned profile");
             None
@@ -180,28 +185,71 @@ pub async fn find(
     }
 }
 
-/// Looks for a learned profile of image manifest `subject` in the background; when one is
-/// found it is kept in `store` (so mounts of the image replay it), the returned receiver is
-/// told, and its chunks are prefetched through `prefetcher`. The receiver gets `false` at
-/// once when there is none.
+/// Looks for a learned profile of image manifest `subject` (its layer blobs and their sizes)
+/// in the background; when one is found it is kept in `store` (so mounts of the image replay
+/// it), the returned receiver is told, and its chunks are prefetched through `prefetcher` if
+/// one is given. The receiver gets `false` at once when there is none.
 pub(crate) fn start(
     client: std::sync::Arc<RegistryClient>,
     store: strata_storage::store::Store,
-    prefetcher: crate::prefetch::Prefetcher,
+    prefetcher: Option<crate::prefetch::Prefetcher>,
     repo: Reference,
-    subject: Digest,
-    layers: Vec<Digest>,
+    (subject, layers, sizes): (Digest, Vec<Digest>, Vec<u64>),
 ) -> tokio::sync::oneshot::Receiver<bool> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let Some(profile) = find(&client, &repo, &subject, layers.len()).await else {
+        let Some(profile) = find(&client, &repo, &subject, &sizes).await else {
             let _ = tx.send(false);
             return;
         };
         let kept = store.put_learned_profile(&subject, profile.encode().as_bytes());
         let _ = tx.send(kept.is_ok());
-        info!(image = %subject, files = profile.files.len(), "replaying a learned profile");
-        prefetcher.prefetch_profile(&repo, &layers, &profile).await;
+        if let Some(prefetcher) = prefetcher {
+            info!(image = %subject, files = profile.files.len(), "replaying a learned profile");
+            prefetcher.prefetch_profile(&repo, &layers, &profile).await;
+        }
     });
     rx
+}
+
+/// Whether every chunk of `p` lies inside its layer's blob (`sizes`, in bytes) and the
+/// profile asks for no more than the whole image: a learned profile is not covered by the
+/// image's digest (anyone who can push to the repository can publish one), so its ranges are
+/// checked before a byte is asked for.
+fn within(p: &Profile, sizes: &[u64]) -> bool {
+    let inside = p.files.iter().all(|f| {
+        sizes
+            .get(f.layer)
+            .is_some_and(|&size| f.chunks.iter().all(|&(_, end, _, _)| end <= size))
+    });
+    inside && p.bytes() <= sizes.iter().sum::<u64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_formats::profile::ProfileFile;
+
+    fn profile(layer: usize, start: u64, end: u64) -> Profile {
+        Profile {
+            files: vec![ProfileFile {
+                path: "f".into(),
+                layer,
+                chunks: vec![(start, end, 10, Digest::of(b"x"))],
+            }],
+        }
+    }
+
+    #[test]
+    fn a_learned_profile_must_fit_inside_the_image_layers() {
+        let sizes = [1000, 5000];
+        assert!(within(&profile(1, 4000, 5000), &sizes));
+        assert!(!within(&profile(1, 4000, 5001), &sizes), "past its blob");
+        assert!(!within(&profile(0, 0, 1001), &sizes), "past layer 0");
+        assert!(!within(&profile(2, 0, 10), &sizes), "no such layer");
+        // Each chunk inside, but more than the whole image in all.
+        let mut many = profile(1, 0, 5000);
+        many.files[0].chunks = vec![(0, 5000, 10, Digest::of(b"x")); 2];
+        assert!(!within(&many, &sizes), "more than the image");
+    }
 }

@@ -127,19 +127,20 @@ impl Puller {
             .map(digest_of)
             .collect::<Result<Vec<_>, _>>()?;
         let mut learned = None;
-        if self.prefetch != Prefetch::None {
+        let (pf, repo, blobs) = (self.prefetcher.clone(), r.clone(), layers.clone());
+        match profile_in(&mbytes, layers.len()) {
             // The profile's chunks carry their own digests: fetch them alongside the TOCs.
-            let (pf, repo, blobs) = (self.prefetcher.clone(), r.clone(), layers.clone());
-            match profile_in(&mbytes, layers.len()) {
-                Some(profile) => {
-                    tokio::spawn(async move { pf.prefetch_profile(&repo, &blobs, &profile).await });
-                }
-                None => {
-                    let (client, store) = (self.client.clone(), self.store.clone());
-                    learned = Some(crate::learned::start(
-                        client, store, pf, repo, mdigest, blobs,
-                    ));
-                }
+            Some(profile) if self.prefetch != Prefetch::None => {
+                tokio::spawn(async move { pf.prefetch_profile(&repo, &blobs, &profile).await });
+            }
+            Some(_) => {}
+            None => {
+                // Kept for later mounts even by a pull that prefetches nothing.
+                let (client, store) = (self.client.clone(), self.store.clone());
+                let sizes = manifest.layers().iter().map(|l| l.size()).collect();
+                let prefetch = (self.prefetch != Prefetch::None).then_some(pf);
+                let image = (mdigest, blobs, sizes);
+                learned = Some(crate::learned::start(client, store, prefetch, repo, image));
             }
         }
         let ztocs = self.soci_ztocs(r, &manifest, &mdigest, &layers).await?;

@@ -25,7 +25,10 @@ struct Mount {
 
 impl Mount {
     fn is_strata_fuse(&self) -> bool {
-        self.fstype.starts_with("fuse") && (self.source == "strata" || self.fstype == "fuse.strata")
+        self.fstype.starts_with("fuse")
+            && (self.source == "strata"
+                || self.source == "strata-layer-store"
+                || self.fstype == "fuse.strata")
     }
 
     /// The lower directories of an overlay mount.

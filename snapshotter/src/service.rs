@@ -23,6 +23,28 @@ pub struct StrataSnapshotter {
     dir: PathBuf,
     db: Mutex<Db>,
     source: LayerSource,
+    /// `snapshotter/lock`, held while this snapshotter runs: one per state root.
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Takes `dir/lock` exclusively, without waiting: two snapshotters on one state root would
+/// hand out the same snapshot ids and overwrite each other's metadata.
+fn lock_root(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, SnapError> {
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(SnapError::io(&path))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        SnapError::Io {
+            path,
+            source: std::io::Error::other(
+                "another strata snapshotter serves this state root (its lock is held)",
+            ),
+        }
+    })
 }
 
 impl StrataSnapshotter {
@@ -35,11 +57,13 @@ impl StrataSnapshotter {
         for d in [dir.join("snapshots"), dir.join("empty")] {
             std::fs::create_dir_all(&d).map_err(SnapError::io(&d))?;
         }
+        let lock = lock_root(&dir)?;
         let db = Db::load(&dir.join("metadata.json"))?;
         Ok(Self {
             dir,
             db: Mutex::new(db),
             source: LayerSource::new(images),
+            _lock: lock,
         })
     }
 

@@ -133,3 +133,22 @@ async fn labels_update_and_everything_survives_a_restart() {
     assert!(!stray.exists());
     assert!(sn.mounts("top".into()).await.is_ok());
 }
+
+/// Two snapshotters on one state root would hand out the same ids: the second is refused,
+/// naming the lock, and the root is free again once the first is gone.
+#[test]
+fn a_second_snapshotter_on_one_root_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path());
+    let images = Images::open(
+        dir.path(),
+        strata_distribution::ClientOptions::default(),
+        64 << 20,
+    )
+    .unwrap();
+    let err = StrataSnapshotter::open(images).unwrap_err().to_string();
+    assert!(err.contains("another strata snapshotter"), "{err}");
+    assert!(err.contains("lock"), "{err}");
+    drop(first);
+    drop(open(dir.path()));
+}

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt, stream};
-use tracing::{debug, error};
+use tracing::debug;
 
 use crate::atomic;
 use crate::cache::{CacheError, ChunkCache};
@@ -333,7 +333,9 @@ impl ChunkFetcher {
         };
         drop(claim);
         if let Err(e) = &result {
-            error!(blob = %layer.blob, error = %e, "chunk fetch failed");
+            // The caller says it (a read as an error, a prefetch at debug level): a bad
+            // speculative fetch must not print a line per chunk.
+            debug!(blob = %layer.blob, error = %e, "chunk fetch failed");
         }
         result?;
         for (d, mut rx) in waits {

@@ -238,6 +238,20 @@ fn a_published_profile_is_replayed_by_a_fresh_root_and_the_image_stays() {
     assert_eq!(std::fs::read(mnt.join("data/used.bin")).unwrap(), used);
     drop(m);
 
+    // A `pull` (which prefetches nothing) keeps it too: a later mount replays it.
+    let root = w.state.path().join("pulled");
+    let mnt = w.state.path().join("mnt-pulled");
+    std::fs::create_dir_all(&mnt).unwrap();
+    ok(&root, &["pull", "-q", &w.base]);
+    assert_eq!(cached(&root, &used).0, 0, "pull prefetched");
+    ok(&root, &["mount", "-d", &w.base, mnt.to_str().unwrap()]);
+    let m = Mounted::adopt(&root, &mnt);
+    eventually("the learned profile kept by pull to be replayed", || {
+        let (have, total) = cached(&root, &used);
+        have == total
+    });
+    drop(m);
+
     // --prefetch none ignores it.
     let root = w.state.path().join("none");
     ok(
