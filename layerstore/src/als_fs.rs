@@ -435,6 +435,14 @@ pub fn serve_als(
 ) -> Result<(), crate::StoreError> {
     use crate::StoreError;
     strata_lazyfs::stale::clear(dir);
+    // A live one there already: a second server would mount over it, and its unmount at
+    // the end would take the first one's mount with it.
+    if strata_lazyfs::mount::mount_entry(dir).is_some_and(|m| m.source == "strata-layer-store") {
+        return Err(StoreError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other("another strata layer-store serves this directory"),
+        });
+    }
     std::fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
     let dir = dir.canonicalize().map_err(StoreError::io(dir))?;
     let resolver = Arc::new(Resolver::new(images, root, opts)?);

@@ -47,7 +47,8 @@ const STARGZ_DIGEST: &str = "containerd.io/snapshot/remote/stargz.digest";
 
 /// The remote layer `labels` name, if they name one (the CRI labels, else stargz's).
 pub fn target(labels: &HashMap<String, String>) -> Option<Target> {
-    let name = labels.get(SNAPSHOT_REF)?.clone();
+    // An empty name would commit a snapshot nobody can name: prepare it as an ordinary one.
+    let name = labels.get(SNAPSHOT_REF).filter(|n| !n.is_empty())?.clone();
     let (image, layer, manifest) = match (labels.get(IMAGE_REF), labels.get(LAYER_DIGEST)) {
         (Some(i), Some(l)) => (i, l, labels.get(MANIFEST_DIGEST).cloned()),
         _ => (labels.get(STARGZ_REF)?, labels.get(STARGZ_DIGEST)?, None),

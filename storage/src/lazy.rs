@@ -254,9 +254,16 @@ impl ChunkFetcher {
         let fetch_len = fetch_len.max(buf.len() as u64);
         // A cache smaller than what concurrent reads fetch may evict this read's chunks
         // before it copies them: fetch again, a bounded number of times.
+        // A chunk another fetch (a prefetch) was bringing in and that was gone by the time it
+        // ended (evicted, or that fetch failed) is fetched again by this read itself.
         for _ in 0..READ_ATTEMPTS {
-            self.ensure(layer, Self::touching(chunks, offset, fetch_len))
-                .await?;
+            match self
+                .ensure(layer, Self::touching(chunks, offset, fetch_len))
+                .await
+            {
+                Ok(()) | Err(FetchError::Unavailable(_)) => {}
+                Err(e) => return Err(e),
+            }
             if let Some(n) = self.read_cached_into(chunks, offset, buf)? {
                 return Ok(n);
             }
