@@ -49,11 +49,19 @@ const MAX_LINKS: u32 = 16;
 
 /// Inodes of executables already looked at by this mount: each is prefetched for once.
 #[derive(Debug, Default)]
-pub(crate) struct Seen(Mutex<HashSet<u64>>);
+pub(crate) struct Seen {
+    /// Files whose needs were looked at (an exec's program, a dlopen'd object).
+    opened: Mutex<HashSet<u64>>,
+    /// Files fetched by any prefetch of this mount: each is fetched once.
+    fetched: Arc<Mutex<HashSet<u64>>>,
+}
 
 impl Seen {
     fn first(&self, ino: u64) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(ino)
+        self.opened
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ino)
     }
 }
 
@@ -72,7 +80,9 @@ pub(crate) fn on_open(
     if !(exec || is_shared_object(&ready.tree.path_of(ino))) || !seen.first(ino) {
         return;
     }
-    let walk = Arc::new(Prefetch::new(ready.clone(), fetcher.clone(), rt.clone()));
+    let mut walk = Prefetch::new(ready.clone(), fetcher.clone(), rt.clone());
+    walk.fetched = seen.fetched.clone();
+    let walk = Arc::new(walk);
     walk.queue(ino);
     if exec && node.size <= MAX_EXEC_WHOLE_BYTES {
         // The kernel maps the program and faults its pages in, one readahead window per miss.
@@ -139,6 +149,8 @@ struct Prefetch {
     /// `[ROOT_INO]` for a merged tree; every layer's `diff` directory in the layer store.
     roots: Vec<u64>,
     queued: Mutex<HashSet<u64>>,
+    /// Files fetched by this mount's prefetches ([`Seen`]'s).
+    fetched: Arc<Mutex<HashSet<u64>>>,
 }
 
 impl Prefetch {
@@ -159,6 +171,7 @@ impl Prefetch {
             fetcher,
             rt,
             queued: Mutex::new(HashSet::new()),
+            fetched: Arc::default(),
         }
     }
 
@@ -302,6 +315,14 @@ impl Prefetch {
     /// (the ELF headers, which the loader reads first and [`Self::walk`] parses) in a request
     /// of its own, the rest in parallel with it.
     fn fetch(&self, ino: u64, why: &str) {
+        let first = self
+            .fetched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ino);
+        if !first {
+            return;
+        }
         let Some(content) = self.ready.tree.get(ino).and_then(|n| n.content.clone()) else {
             return;
         };
