@@ -113,6 +113,12 @@ impl ChunkCache {
         self.path(d).exists()
     }
 
+    /// Whether chunk `d` was stored (or checked) by this process since it opened the cache:
+    /// a chunk that was and is missing now has been evicted.
+    pub fn was_stored(&self, d: &Digest) -> bool {
+        self.is_verified(d)
+    }
+
     fn is_verified(&self, d: &Digest) -> bool {
         self.verified.lock().map(|v| v.contains(d)).unwrap_or(false)
     }

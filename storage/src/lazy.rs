@@ -57,6 +57,10 @@ pub enum FetchError {
     /// Another reader's fetch of this chunk failed.
     #[error("chunk {0} is not available (its fetch failed)")]
     Unavailable(Digest),
+    /// Another reader's fetch brought this chunk in, but the cache evicted it before this
+    /// read could copy it (a cache smaller than what is being fetched).
+    #[error("chunk {0} was evicted from the cache before it was read")]
+    Evicted(Digest),
     /// Reading a kept whole blob failed.
     #[error("layer {blob}: reading {path}: {source}")]
     Io {
@@ -254,14 +258,15 @@ impl ChunkFetcher {
         let fetch_len = fetch_len.max(buf.len() as u64);
         // A cache smaller than what concurrent reads fetch may evict this read's chunks
         // before it copies them: fetch again, a bounded number of times.
-        // A chunk another fetch (a prefetch) was bringing in and that was gone by the time it
-        // ended (evicted, or that fetch failed) is fetched again by this read itself.
+        // A chunk another fetch (a prefetch) brought in and the cache evicted before this read
+        // copied it is fetched again by this read itself (a failed fetch is not retried here:
+        // the registry client has retried it already).
         for _ in 0..READ_ATTEMPTS {
             match self
                 .ensure(layer, Self::touching(chunks, offset, fetch_len))
                 .await
             {
-                Ok(()) | Err(FetchError::Unavailable(_)) => {}
+                Ok(()) | Err(FetchError::Evicted(_)) => {}
                 Err(e) => return Err(e),
             }
             if let Some(n) = self.read_cached_into(chunks, offset, buf)? {
@@ -349,7 +354,11 @@ impl ChunkFetcher {
             // The sender is dropped when the other fetch ends, successful or not.
             let _ = rx.changed().await;
             if !self.cache.contains(&d) {
-                return Err(FetchError::Unavailable(d));
+                return Err(if self.cache.was_stored(&d) {
+                    FetchError::Evicted(d)
+                } else {
+                    FetchError::Unavailable(d)
+                });
             }
         }
         Ok(())
