@@ -5,7 +5,7 @@
 //! keeps its digest, and cold starts anywhere find and replay it.
 
 use anyhow::{Context as _, bail};
-use strata_formats::profile::Prefetch;
+use strata_formats::profile::{Prefetch, Profile};
 use strata_oci::Reference;
 
 use crate::cmd::run as run_cmd;
@@ -27,10 +27,9 @@ pub struct ProfileArgs {
 }
 
 pub fn run(a: ProfileArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
-    let mut r = a.run;
-    let image = r.image.clone();
+    let image = a.run.image.clone();
     if a.publish {
-        return publish(r, g);
+        return publish(a.run, g);
     }
     let target: Reference = match &a.tag {
         Some(t) => t.parse()?,
@@ -39,37 +38,26 @@ pub fn run(a: ProfileArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
             _ => bail!("name the profiled image with --tag (the image {image} has no tag)"),
         },
     };
-    if r.detach {
-        bail!("profile runs in the foreground (no -d)");
-    }
-    r.rm = true;
-    // Record only what the process reads, with nothing fetched ahead.
-    r.prefetch = Prefetch::None;
-    let (code, profile) = run_cmd::run_recorded(r, g, true)?;
-    if code != 0 {
-        bail!("the command exited with code {code}: no profile stored");
-    }
-    let profile = profile.context("the container's reads were not recorded")?;
-    let ctx = g.context()?;
-    let (img, _) = ctx
-        .catalog()
-        .resolve(&image)
-        .with_context(|| format!("No such image: {image}"))?;
+    let (ctx, img, profile) = record(a.run, g, "stored")?;
     let rec = ctx.profiles().with_profile(&img, &profile)?;
     ctx.catalog().tag(&rec, &target)?;
-    eprintln!(
-        "Profile: {} files, {} chunks, {:.1} MB to prefetch",
-        profile.files.len(),
-        profile.chunk_count(),
-        profile.bytes() as f64 / 1e6
-    );
+    eprintln!("Profile: {}", crate::cmd::learn::summary(&profile));
     println!("{target}@{}", rec.manifest);
     Ok(0)
 }
 
-/// `profile --publish`: records a run, then publishes what it read as a learned profile of
-/// the image (a referrer of its manifest in the registry it came from).
-fn publish(mut r: run_cmd::Args, g: &GlobalArgs) -> anyhow::Result<i32> {
+/// Runs `r` once in the foreground, recording only what the process reads (nothing fetched
+/// ahead); returns the image and its profile. A command that exits non-zero records nothing
+/// (`what` says what did not happen).
+fn record(
+    mut r: run_cmd::Args,
+    g: &GlobalArgs,
+    what: &str,
+) -> anyhow::Result<(
+    strata_image::Images,
+    strata_storage::store::ImageRecord,
+    Profile,
+)> {
     let image = r.image.clone();
     if r.detach {
         bail!("profile runs in the foreground (no -d)");
@@ -78,7 +66,7 @@ fn publish(mut r: run_cmd::Args, g: &GlobalArgs) -> anyhow::Result<i32> {
     r.prefetch = Prefetch::None;
     let (code, profile) = run_cmd::run_recorded(r, g, true)?;
     if code != 0 {
-        bail!("the command exited with code {code}: no profile published");
+        bail!("the command exited with code {code}: no profile {what}");
     }
     let profile = profile.context("the container's reads were not recorded")?;
     let ctx = g.context()?;
@@ -86,6 +74,13 @@ fn publish(mut r: run_cmd::Args, g: &GlobalArgs) -> anyhow::Result<i32> {
         .catalog()
         .resolve(&image)
         .with_context(|| format!("No such image: {image}"))?;
+    Ok((ctx, img, profile))
+}
+
+/// `profile --publish`: records a run, then publishes what it read as a learned profile of
+/// the image (a referrer of its manifest in the registry it came from).
+fn publish(r: run_cmd::Args, g: &GlobalArgs) -> anyhow::Result<i32> {
+    let (ctx, img, profile) = record(r, g, "published")?;
     let artifact = crate::cmd::learn::publish(&ctx, &crate::global::runtime()?, &img, &profile)?;
     let repo = strata_image::catalog::source_ref(&img)?;
     eprintln!(
