@@ -457,21 +457,9 @@ pub fn serve_als(
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(4);
     let session = fuser::Session::new(fs, &dir, &config).map_err(StoreError::io(&dir))?;
-    let on_signal = dir.clone();
-    rt.spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        info!(dir = %on_signal.display(), "unmounting the additional layer store");
-        let _ = nix::mount::umount2(&on_signal, nix::mount::MntFlags::MNT_DETACH);
+    strata_lazyfs::mount::unmount_on_signal(rt.handle(), dir.clone(), |dir| {
+        info!(dir = %dir.display(), "unmounting the additional layer store");
+        let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
     });
     info!(dir = %dir.display(), pid = std::process::id(), "additional layer store serving");
     session.run().map_err(StoreError::io(&dir))?;

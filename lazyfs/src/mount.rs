@@ -154,3 +154,26 @@ pub fn unmount(dir: &Path) -> io::Result<()> {
         Err(e) => Err(io::Error::from(e)),
     }
 }
+
+/// On SIGINT or SIGTERM (on runtime `rt`), calls `unmount(dir)` once: what a foreground server
+/// does so that its mount goes with it (`strata mount`, `strata layer-store`).
+pub fn unmount_on_signal(
+    rt: &tokio::runtime::Handle,
+    dir: std::path::PathBuf,
+    unmount: impl FnOnce(&Path) + Send + 'static,
+) {
+    rt.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        unmount(&dir);
+    });
+}

@@ -39,10 +39,14 @@ pub const DIR_PREFETCH_FILE_MAX: u64 = 256 << 10;
 
 /// [`DIR_PREFETCH_BYTES`], or `STRATA_DIR_PREFETCH_KB` KiB when set (0 turns it off).
 pub fn dir_prefetch_bytes() -> u64 {
-    std::env::var("STRATA_DIR_PREFETCH_KB")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(DIR_PREFETCH_BYTES, |kb| kb << 10)
+    // Read once: it is asked on every cache miss.
+    static BYTES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        std::env::var("STRATA_DIR_PREFETCH_KB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(DIR_PREFETCH_BYTES, |kb| kb << 10)
+    })
 }
 
 /// The miss in a directory that starts its prefetch (the second: one miss alone says little
@@ -52,10 +56,13 @@ pub const DIR_PREFETCH_AFTER: u32 = 2;
 
 /// [`DIR_PREFETCH_AFTER`], or `STRATA_DIR_PREFETCH_AFTER` when set.
 pub fn dir_prefetch_after() -> u32 {
-    std::env::var("STRATA_DIR_PREFETCH_AFTER")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .map_or(DIR_PREFETCH_AFTER, |n| n.max(1))
+    static AFTER: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *AFTER.get_or_init(|| {
+        std::env::var("STRATA_DIR_PREFETCH_AFTER")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .map_or(DIR_PREFETCH_AFTER, |n| n.max(1))
+    })
 }
 
 /// Files whose last read position is remembered (to recognise sequential reads); the memory is

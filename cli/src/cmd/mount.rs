@@ -123,20 +123,8 @@ pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
             }
         }
     });
-    let on_signal = dir.clone();
-    rt.spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        let _ = unmount(&on_signal);
+    strata_lazyfs::mount::unmount_on_signal(rt.handle(), dir.clone(), |dir| {
+        let _ = unmount(dir);
     });
     let served = serve(fs, &dir, &MountOptions::default());
     if let Ok(cause) = failed.try_recv() {
