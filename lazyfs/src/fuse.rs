@@ -411,7 +411,17 @@ impl Filesystem for LazyFs {
         if !self.replaying && self.recorder.is_none() {
             crate::dir_prefetch::on_miss(&self.dir_seen, &ready, &self.fetcher, &self.rt, ino.0);
         }
+        // The read waits for its own chunks only; what it fetches ahead goes out beside them in
+        // requests of their own, so a reader never waits for bytes it did not ask for (a
+        // large coalesced request is released as a whole when it ends).
         let fetch_len = readahead::miss_fetch_len(len, n_remaining(&content.chunks, offset));
+        let own_end = ChunkFetcher::touching(&content.chunks, offset, len)
+            .last()
+            .map_or(offset + len, |c| c.file_offset + c.len);
+        if offset + fetch_len > own_end {
+            self.prefetch(&ready, &content, own_end, offset + fetch_len - own_end);
+        }
+        let fetch_len = len;
         let (fetcher, failures) = (self.fetcher.clone(), self.last_failure.clone());
         self.rt.spawn(async move {
             let path = || ready.tree.path_of(ino.0);

@@ -48,8 +48,12 @@ pub fn resolve(root: &Path, spec: &str) -> Result<User, UserError> {
         None => (spec, None),
     };
     let u = if u.is_empty() { "0" } else { u };
-    let passwd = lines(root, "etc/passwd");
-    let groups = lines(root, "etc/group");
+    // Both at once: on a lazily served image each may be a cold miss (a round trip).
+    let (passwd, groups) = std::thread::scope(|s| {
+        let groups = s.spawn(|| lines(root, "etc/group"));
+        let passwd = lines(root, "etc/passwd");
+        (passwd, groups.join().unwrap_or_default())
+    });
     let entry = passwd
         .iter()
         .find(|f| f.len() >= 4 && (f[0] == u || f[2] == u));
