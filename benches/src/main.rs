@@ -3,6 +3,7 @@
 //! Prints a table with the machine it ran on and writes JSON. See BENCHMARKS.md.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod nydus;
 mod peers;
 mod prepare;
 mod shaper;
@@ -229,9 +230,12 @@ fn time_it(shaper: &Shaper, f: impl FnOnce()) -> Sample {
 }
 
 /// The scenarios of this run: strata's and the full pull, then each peer that is ready.
-fn scenarios(ready: &[peers::Peer]) -> Vec<&'static str> {
+fn scenarios(ready: &[peers::Peer], nydus: bool) -> Vec<&'static str> {
     let mut v = SCENARIOS.to_vec();
     v.extend(ready.iter().map(|p| p.scenario()));
+    if nydus {
+        v.extend([nydus::STRATA_MOUNT, nydus::NYDUS]);
+    }
     v
 }
 
@@ -241,6 +245,8 @@ struct Workload<'a> {
     /// The peers found and those whose images are ready.
     peers: &'a peers::Peers,
     ready: &'a [peers::Peer],
+    /// The Nydus image, when its tools were found and it was made.
+    nydus: Option<&'a nydus::Nydus>,
     /// The native image with this workload's prefetch profile.
     profiled_tag: &'a str,
     /// The native image in a repository where a `run --learn` published a learned profile.
@@ -314,6 +320,40 @@ fn run_scenario(s: &str, shaper: &Shaper, work: &Path, w: &Workload) -> Sample {
                     .stdout(Stdio::null()));
             })
         }
+        nydus::STRATA_MOUNT => {
+            let root = work.join("cold-root");
+            let mnt = work.join("mnt");
+            stop_store(&root);
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(&mnt).expect("mnt");
+            drop_caches();
+            let r = time_it(shaper, || {
+                sh(strata(&root)
+                    .args(["mount", "--detach"])
+                    .arg(format!("{link}/bench/py:native"))
+                    .arg(&mnt));
+                sh(Command::new("chroot")
+                    .arg(&mnt)
+                    .args(["python3", "-c", code])
+                    .stdout(Stdio::null()));
+            });
+            sh(strata(&root).arg("umount").arg(&mnt));
+            stop_store(&root);
+            let _ = std::fs::remove_dir_all(&root);
+            r
+        }
+        nydus::NYDUS => {
+            let n = w.nydus.expect("nydus image");
+            let dir = Path::new("/run/sny");
+            let _ = std::fs::remove_dir_all(dir);
+            std::fs::create_dir_all(dir).expect("nydus dir");
+            drop_caches();
+            let mut daemon = None;
+            let r = time_it(shaper, || daemon = Some(n.cold_start(dir, link, code)));
+            drop(daemon);
+            let _ = std::fs::remove_dir_all(dir);
+            r
+        }
         other => {
             let peer = *w
                 .ready
@@ -359,17 +399,29 @@ fn main() {
 }
 
 /// The peers to compare with: found (named when missing) and their images made.
-fn peers_ready(o: &Opts, img: &prepare::Image) -> (peers::Peers, Vec<peers::Peer>) {
-    let found = peers::discover(o.peers_dir.as_deref());
+fn peers_ready(
+    o: &Opts,
+    img: &prepare::Image,
+) -> (peers::Peers, Vec<peers::Peer>, Option<nydus::Nydus>) {
+    let mut found = peers::discover(o.peers_dir.as_deref());
     if o.no_peers {
         println!("peers: left out (--no-peers)");
-        return (found, Vec::new());
+        return (found, Vec::new(), None);
     }
+    let ny = match nydus::discover(o.peers_dir.as_deref()) {
+        Ok(bin) => nydus::prepare(&bin, &o.work, &img.registry.addr)
+            .map_err(|e| println!("{}: image not made, left out: {e}", nydus::NYDUS))
+            .ok(),
+        Err(missing) => {
+            found.missing.push(missing);
+            None
+        }
+    };
     for m in &found.missing {
         println!("peer missing: {m} (build with ../shared/peers/build.sh; --peers DIR)");
     }
     let ready = peers::prepare(&found, &o.work, &img.registry.addr);
-    (found, ready)
+    (found, ready, ny)
 }
 
 /// Every workload's cold starts, per link: the table rows and the JSON results.
@@ -379,7 +431,7 @@ fn cold_starts(
     table: &mut Vec<Vec<String>>,
     results: &mut Vec<serde_json::Value>,
 ) {
-    let (found, ready) = peers_ready(o, img);
+    let (found, ready, ny) = peers_ready(o, img);
     let workloads: Vec<(&str, &str)> = WORKLOADS
         .iter()
         .copied()
@@ -415,6 +467,7 @@ fn cold_starts(
                 code,
                 peers: &found,
                 ready: &ready,
+                nydus: ny.as_ref(),
                 profiled_tag,
                 learned_tag,
                 warm_root: &warm_root,
@@ -427,6 +480,7 @@ fn cold_starts(
                 ws,
                 floor,
                 ready: &ready,
+                nydus: ny.is_some(),
             };
             summarize(&m, &samples, table, results);
             println!(
@@ -537,7 +591,7 @@ fn run_scenarios(
     wname: &str,
     workload: &Workload<'_>,
 ) -> Vec<Vec<Sample>> {
-    let all = scenarios(workload.ready);
+    let all = scenarios(workload.ready, workload.nydus.is_some());
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); all.len()];
     for run in 0..o.runs {
         for (i, s) in all.iter().enumerate() {
@@ -560,6 +614,7 @@ struct Summary<'a> {
     ws: &'a prepare::WorkingSet,
     floor: f64,
     ready: &'a [peers::Peer],
+    nydus: bool,
 }
 
 /// One table row and one JSON result per scenario: median/min/max seconds, median bytes and
@@ -571,7 +626,7 @@ fn summarize(
     results: &mut Vec<serde_json::Value>,
 ) {
     let full_median = stats(&samples[0].iter().map(|s| s.secs).collect::<Vec<_>>()).0;
-    for (i, s) in scenarios(m.ready).iter().enumerate() {
+    for (i, s) in scenarios(m.ready, m.nydus).iter().enumerate() {
         let secs: Vec<f64> = samples[i].iter().map(|s| s.secs).collect();
         let (med, min, max) = stats(&secs);
         let median = |f: fn(&Sample) -> f64| stats(&samples[i].iter().map(f).collect::<Vec<_>>()).0;
