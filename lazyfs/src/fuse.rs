@@ -357,7 +357,7 @@ impl Filesystem for LazyFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -413,17 +413,39 @@ impl Filesystem for LazyFs {
         }
         let fetch_len = readahead::miss_fetch_len(len, n_remaining(&content.chunks, offset));
         let (fetcher, failures) = (self.fetcher.clone(), self.last_failure.clone());
-        self.rt.spawn(async move {
+        // The fetch runs on its own (bounded by the read deadline), so that a reader being
+        // killed is answered at once while the fetch goes on for whoever else waits for it.
+        let fetch = self.rt.spawn(async move {
             let path = || ready.tree.path_of(ino.0);
             let at = (offset, &mut buf[..]);
-            match fetcher
+            let r = fetcher
                 .read_into_traced(&layer, &content.chunks, at, fetch_len, path)
-                .await
-            {
-                Ok(k) => reply.data(&buf[..k]),
-                Err(e) => {
+                .await;
+            (buf, r)
+        });
+        let reader = req.pid();
+        self.rt.spawn(async move {
+            let done = tokio::select! {
+                done = fetch => done,
+                () = crate::reader_gone::killed(reader) => {
+                    debug!(ino = ino.0, offset, reader, "reader killed while its read waited");
+                    return reply.error(Errno::EINTR);
+                }
+            };
+            match done {
+                Ok((buf, Ok(k))) => reply.data(&buf[..k]),
+                // The kernel's retry of a read that just failed the same way: said once.
+                Ok((_, Err(e))) if e.is_repeat() => {
+                    debug!(ino = ino.0, offset, error = %e, "read failed again");
+                    reply.error(Errno::EIO)
+                }
+                Ok((_, Err(e))) => {
                     error!(ino = ino.0, offset, error = %e, "read failed");
                     failures.note(strata_oci::causes::with_causes(&e));
+                    reply.error(Errno::EIO)
+                }
+                Err(e) => {
+                    error!(ino = ino.0, offset, error = %e, "read failed");
                     reply.error(Errno::EIO)
                 }
             }

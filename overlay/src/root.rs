@@ -110,7 +110,16 @@ impl RootMount {
 impl Drop for RootMount {
     fn drop(&mut self) {
         let _ = unmount_detached(&self.rootfs);
-        drop(self.session.take());
+        if let Some(session) = self.session.take() {
+            // The lower this process serves goes with it: a reader still waiting on it (the
+            // container's, killed) has its requests aborted rather than wait in D state.
+            if let Some(lower) = self.rootfs.parent().map(|d| d.join("lower"))
+                && let Err(e) = strata_lazyfs::abort::unmount_or_abort(&lower)
+            {
+                warn!(lower = %lower.display(), error = %e, "unmounting the image");
+            }
+            drop(session);
+        }
         drop(self.lease.take());
     }
 }
