@@ -35,9 +35,9 @@ pub enum Fault {
     CorruptBlobs,
     /// Flip a byte in the body of every upload (PUT or PATCH with a body): a push.
     CorruptUploads,
-    /// Answer every blob GET with a 307 to a one-time URL on the proxy; every other such URL
-    /// has "expired" and answers 403 (as a storage backend's signed URL does), the others are
-    /// forwarded.
+    /// Answer every blob GET with a 307 to a URL on the proxy; the first such URL handed out for
+    /// each blob path has "expired" and answers 403 (as a storage backend's signed URL does),
+    /// later ones are forwarded.
     ExpiredRedirects,
     /// Until `until`, answer `status` (429 or 503) with `Retry-After` (delta-seconds, or an HTTP
     /// date that many seconds ahead) to every request, or only to those with a Range header.
@@ -83,6 +83,8 @@ pub struct Stats {
     pub redirects: AtomicU64,
     /// Redirect targets that answered 403.
     pub expired: AtomicU64,
+    /// Blob paths redirected once already.
+    redirected: Mutex<std::collections::HashSet<String>>,
 }
 
 /// A running proxy; stops accepting when dropped.
@@ -252,7 +254,10 @@ fn serve(
         }
         head = head.replacen(path, orig, 1);
     } else if f == Fault::ExpiredRedirects && method == "GET" && path.contains("/blobs/") {
-        let n = stats.redirects.fetch_add(1, Ordering::Relaxed) + 1;
+        stats.redirects.fetch_add(1, Ordering::Relaxed);
+        // Odd: expired (the first for this path); even: good.
+        let first = stats.redirected.lock().unwrap().insert(path.to_string());
+        let n = if first { 1 } else { 2 };
         client.write_all(
             format!(
                 "HTTP/1.1 307 Temporary Redirect\r\nLocation: /_expiring/{n}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -261,10 +266,12 @@ fn serve(
         )?;
         return Ok(());
     }
-    if f == Fault::CorruptUploads && (method == "PUT" || method == "PATCH") && body_len > 0 {
-        if let Some(b) = buf.get_mut(head_end + body_len / 2) {
-            *b ^= 0xff;
-        }
+    if f == Fault::CorruptUploads
+        && (method == "PUT" || method == "PATCH")
+        && body_len > 0
+        && let Some(b) = buf.get_mut(head_end + body_len / 2)
+    {
+        *b ^= 0xff;
     }
     if let Fault::RateLimit {
         until,
