@@ -33,6 +33,10 @@ pub enum Fault {
     StallMidBody,
     /// Flip a byte in the body of every 200 answer to a blob GET (whole blobs: pulls, convert).
     CorruptBlobs,
+    /// Send only half the body of every 200 answer to a blob GET, then close (whole blobs).
+    TruncateBlobs,
+    /// Reset every connection (RST) once its request is read, answering nothing.
+    Reset,
     /// Flip a byte in the body of every upload (PUT or PATCH with a body): a push.
     CorruptUploads,
     /// Answer every blob GET with a 307 to a URL on the proxy; the first such URL handed out for
@@ -167,6 +171,26 @@ fn hold(fault: &Mutex<Fault>, f: Fault) {
     }
 }
 
+/// Closes `client` with a reset (RST) rather than an orderly FIN: a zero linger time.
+fn reset(client: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the descriptor is open (borrowed from `client`), and `linger` is a valid
+    // `struct linger` whose size is passed with it.
+    unsafe {
+        libc::setsockopt(
+            client.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            libc::socklen_t::try_from(std::mem::size_of::<libc::linger>()).unwrap_or(8),
+        );
+    }
+}
+
 fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
@@ -233,6 +257,10 @@ fn serve(
     }
     if f == Fault::Stall {
         hold(fault, f);
+        return Ok(());
+    }
+    if f == Fault::Reset {
+        reset(&client);
         return Ok(());
     }
     let mut head = head;
@@ -341,6 +369,14 @@ fn serve(
             client.flush()?;
             hold(fault, f);
             return Ok(());
+        }
+        Fault::TruncateBlobs
+            if method == "GET"
+                && path.contains("/blobs/")
+                && (resp.starts_with(b"HTTP/1.1 200") || resp.starts_with(b"HTTP/1.0 200"))
+                && body > 1 =>
+        {
+            client.write_all(&resp[..rh + body / 2])?;
         }
         Fault::CorruptBlobs
             if method == "GET"

@@ -401,3 +401,55 @@ fn a_stalled_registry_fails_reads_at_the_deadline_and_readers_stay_killable() {
         300_000 + (4 << 20) + 100_000
     );
 }
+
+/// Mount points under `dir` other than the layer store's, from this process's mountinfo.
+fn mounts_under(dir: &std::path::Path) -> Vec<String> {
+    let dir = dir.canonicalize().unwrap().to_string_lossy().into_owned();
+    let store = format!("{dir}/layers");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|p| p.starts_with(&dir) && *p != store)
+        .collect()
+}
+
+/// Issue 17: `strata run` whose image's registry stalls once the container starts: the run
+/// ends (with the read deadline) with an error naming the deadline and the registry, leaves no
+/// mount, and the same run works once the registry answers.
+#[test]
+fn a_run_on_a_stalled_registry_ends_with_a_clear_error() {
+    if !require_root_fuse("a_run_on_a_stalled_registry_ends_with_a_clear_error") {
+        return;
+    }
+    let reg = Registry::start();
+    let layers = strata_tests::fixtures::runnable_layers();
+    push_image(&reg.addr, "t/stallrun", "1", &layers, Comp::Native);
+    let proxy = Proxy::start(&reg.addr);
+    let image = format!("{}/t/stallrun:1", proxy.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    ok(&root, &["pull", &image]);
+    proxy.set(Fault::Stall);
+    let out = strata_with_deadline(&root, &["run", "--rm", &image, "cat", "/data/owned"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("stalled run: {err}");
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("no answer within 5s") && err.contains(&proxy.addr),
+        "{err}"
+    );
+    assert_eq!(
+        mounts_under(&root),
+        Vec::<String>::new(),
+        "a stalled run left mounts"
+    );
+    proxy.set(Fault::None);
+    let out = strata_with_deadline(&root, &["run", "--rm", &image, "cat", "/data/owned"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "mine",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

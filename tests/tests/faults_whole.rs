@@ -153,3 +153,60 @@ fn flipped_bytes_and_expired_redirects_on_pull_convert_and_push() {
     let want = ReferenceTree::new(&[tar]);
     assert_stored(&check, &proxy, &pushed, &want, "pushed after faults");
 }
+
+/// Whole blobs cut short and connections reset: pull fails with a short error and lists
+/// nothing, lazy reads fail with EIO; once the registry is right the same pull works and
+/// stores the right bytes, and the same mount reads them.
+#[test]
+fn truncated_and_reset_transfers_on_pull_and_mount_reads() {
+    if !require_root_fuse("truncated_and_reset_transfers_on_pull_and_mount_reads") {
+        return;
+    }
+    let reg = Registry::start();
+    let img = push_image(&reg.addr, "t/cut", "1", &rich_layers(false), Comp::Gzip);
+    push_image(
+        &reg.addr,
+        "t/cut",
+        "native",
+        &rich_layers(false),
+        Comp::Native,
+    );
+    let want = ReferenceTree::new(&img.tars);
+    let proxy = Proxy::start(&reg.addr);
+    let reference = format!("{}/t/cut:1", proxy.addr);
+    let state = tempfile::tempdir().unwrap();
+
+    for (name, fault) in [("truncated", Fault::TruncateBlobs), ("reset", Fault::Reset)] {
+        let root = state.path().join(name);
+        if fault == Fault::Reset {
+            // The manifest is there; the blobs' connections are reset.
+            ok(&root, &["pull", &reference]);
+        }
+        proxy.set(fault);
+        let err = fails(&root, &["pull", "--all", &reference]);
+        eprintln!("{name}: {err}");
+        assert!(err.contains(&proxy.addr), "{name}: {err}");
+        if fault == Fault::TruncateBlobs {
+            assert_eq!(ok(&root, &["images", "-q"]).trim(), "", "{name}: listed");
+        }
+        proxy.set(Fault::None);
+        ok(&root, &["pull", "--all", &reference]);
+        assert_stored(&root, &proxy, &reference, &want, name);
+    }
+
+    let native = format!("{}/t/cut:native", proxy.addr);
+    let root = state.path().join("lazy");
+    ok(&root, &["pull", &native]);
+    let m = Mounted::new(&root, &native, &state.path().join("lazy-mnt"));
+    proxy.set(Fault::Reset);
+    let r = std::fs::read(m.dir.join("bin/busybox"));
+    assert!(
+        matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EIO)),
+        "a reset read: {r:?}"
+    );
+    proxy.set(Fault::None);
+    assert_eq!(
+        std::fs::read(m.dir.join("bin/busybox")).unwrap(),
+        strata_tests::layers::noise(300_000, 1)
+    );
+}
