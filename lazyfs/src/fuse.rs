@@ -423,33 +423,8 @@ impl Filesystem for LazyFs {
                 .await;
             (buf, r)
         });
-        let reader = req.pid();
-        self.rt.spawn(async move {
-            let done = tokio::select! {
-                done = fetch => done,
-                () = crate::reader_gone::killed(reader) => {
-                    debug!(ino = ino.0, offset, reader, "reader killed while its read waited");
-                    return reply.error(Errno::EINTR);
-                }
-            };
-            match done {
-                Ok((buf, Ok(k))) => reply.data(&buf[..k]),
-                // The kernel's retry of a read that just failed the same way: said once.
-                Ok((_, Err(e))) if e.is_repeat() => {
-                    debug!(ino = ino.0, offset, error = %e, "read failed again");
-                    reply.error(Errno::EIO)
-                }
-                Ok((_, Err(e))) => {
-                    error!(ino = ino.0, offset, error = %e, "read failed");
-                    failures.note(strata_oci::causes::with_causes(&e));
-                    reply.error(Errno::EIO)
-                }
-                Err(e) => {
-                    error!(ino = ino.0, offset, error = %e, "read failed");
-                    reply.error(Errno::EIO)
-                }
-            }
-        });
+        let answer = crate::reader_gone::answer(fetch, req.pid(), reply, (ino.0, offset), failures);
+        self.rt.spawn(answer);
     }
 
     fn readdir(

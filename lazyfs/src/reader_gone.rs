@@ -5,7 +5,15 @@
 //! (the kernel queues SIGKILL to every thread of a process a fatal signal kills), letting it
 //! die at once rather than at the read's deadline. The fetch itself goes on for other readers.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use fuser::{Errno, ReplyData};
+use strata_storage::lazy::FetchError;
+use tokio::task::JoinHandle;
+use tracing::{debug, error};
+
+use crate::failure::LastFailure;
 
 /// How often a waiting read looks at its reader; the first look is after one period, so that
 /// reads answered at once cost nothing.
@@ -41,6 +49,44 @@ pub(crate) async fn killed(tid: u32) {
             Ok(_) => {}
             // Gone (or never visible): nobody to answer early for.
             Err(_) => return std::future::pending().await,
+        }
+    }
+}
+
+/// What a FUSE read's fetch gives back: its buffer, and how many bytes of it were read.
+pub(crate) type Fetched = (Vec<u8>, Result<usize, FetchError>);
+
+/// Answers the FUSE read of `ino` at `offset` from `reader` with what `fetch` gives, or with
+/// EINTR as soon as `reader` is being killed (the fetch goes on for others). A failure is
+/// logged (once: the kernel's retry of a read that just failed is at debug level) and noted.
+pub(crate) async fn answer(
+    fetch: JoinHandle<Fetched>,
+    reader: u32,
+    reply: ReplyData,
+    (ino, offset): (u64, u64),
+    failures: Arc<LastFailure>,
+) {
+    let done = tokio::select! {
+        done = fetch => done,
+        () = killed(reader) => {
+            debug!(ino, offset, reader, "reader killed while its read waited");
+            return reply.error(Errno::EINTR);
+        }
+    };
+    match done {
+        Ok((buf, Ok(k))) => reply.data(&buf[..k]),
+        Ok((_, Err(e))) if e.is_repeat() => {
+            debug!(ino, offset, error = %e, "read failed again");
+            reply.error(Errno::EIO)
+        }
+        Ok((_, Err(e))) => {
+            error!(ino, offset, error = %e, "read failed");
+            failures.note(strata_oci::causes::with_causes(&e));
+            reply.error(Errno::EIO)
+        }
+        Err(e) => {
+            error!(ino, offset, error = %e, "read failed");
+            reply.error(Errno::EIO)
         }
     }
 }
