@@ -167,6 +167,13 @@ pub fn mount_root_with(
         (fs, None)
     };
     let readiness = fs.readiness();
+    // This process serves the lower: if it is killed while one of its own threads reads it, that
+    // thread waits for an answer nobody will send. Whoever finds it gone aborts the connection
+    // (`stale::sweep_root`).
+    let owner = dir.join(strata_lazyfs::stale::ROOT_OWNER_FILE);
+    if let Err(e) = std::fs::write(&owner, std::process::id().to_string()) {
+        warn!(path = %owner.display(), error = %e, "root owner not recorded");
+    }
     let session = spawn(fs, &lower, &MountOptions::default()).map_err(|e| {
         io::Error::new(
             e.kind(),
