@@ -155,3 +155,90 @@ fn a_killed_mount_server_leaves_no_waiting_reader_and_no_dead_mount() {
     );
     assert!(!mounted(&mnt), "{} is still mounted", mnt.display());
 }
+
+/// Processes whose root directory lies under `dir` (a container's, on its mount).
+fn rooted_under(dir: &Path) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r.starts_with(dir))
+        })
+        .collect()
+}
+
+/// Mount points under `dir` other than the layer store's, from this process's mountinfo.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    let store = format!("{dir}/layers");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|p| p.starts_with(&dir) && *p != store)
+        .collect()
+}
+
+/// `strata run` serving its container's image itself, killed by SIGKILL while it (setting the
+/// container up) and its container wait for a stalled registry: the next command aborts the
+/// dead lower's connection, so that no process is left waiting (the deadline is two minutes),
+/// and unmounts the dead root.
+#[test]
+fn a_killed_run_leaves_no_waiting_process_and_no_mount() {
+    if !require_root_fuse("a_killed_run_leaves_no_waiting_process_and_no_mount") {
+        return;
+    }
+    let reg = Registry::start();
+    let layers = strata_tests::fixtures::runnable_layers();
+    push_image(&reg.addr, "t/killrun", "1", &layers, Comp::Native);
+    let proxy = Proxy::start(&reg.addr);
+    let image = format!("{}/t/killrun:1", proxy.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    ok(&root, &["pull", &image]);
+    let root = root.canonicalize().unwrap();
+    proxy.set(Fault::Stall);
+    let mut run = Command::new(strata_tests::strata::bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["run", "--rm", &image, "cat", "/data/owned"])
+        .env_remove("STRATA_LOG")
+        .env("STRATA_LAYER_STORE", "0")
+        .env("STRATA_READ_TIMEOUT_SECS", LONG_DEADLINE_SECS)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The run itself reads its root (setting the container up) through the lower it serves.
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(run.try_wait().unwrap(), None, "the run waits");
+    run.kill().unwrap();
+    // Its server threads die; a thread of its own waiting on that lower cannot, until the next
+    // command (finding its owner dead) aborts the connection.
+    let out = strata_tests::strata::run(&root, &["ps", "-a"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the killed run to end", 20, || {
+        run.try_wait().unwrap().is_some()
+    });
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = rooted_under(&root);
+        if left.is_empty() {
+            break;
+        }
+        let states: Vec<_> = left.iter().map(|p| (*p, proc_state(*p))).collect();
+        assert!(Instant::now() < end, "container processes left: {states:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(mounts_under(&root), Vec::<String>::new());
+    proxy.set(Fault::None);
+    assert_eq!(
+        ok(&root, &["run", "--rm", &image, "cat", "/data/owned"]),
+        "mine"
+    );
+}
