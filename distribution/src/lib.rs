@@ -170,6 +170,7 @@ impl RegistryClient {
     ) -> Result<Response, RegistryError> {
         let scope = format!("repository:{}:{actions}", r.repository);
         let mut authed_retry = false;
+        let mut re_resolved = false;
         let mut attempt = 0u32;
         let mut waited = Duration::ZERO;
         loop {
@@ -218,6 +219,19 @@ impl RegistryClient {
                 url: url.to_string(),
                 source,
             })?;
+            // A redirect to storage whose signed URL expired (403/401 from where it led):
+            // ask the registry again for a fresh one, once.
+            if !re_resolved
+                && resp.url().as_str() != url
+                && matches!(
+                    resp.status(),
+                    StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED
+                )
+            {
+                re_resolved = true;
+                info!(%url, to = %resp.url(), status = %resp.status(), "redirect expired, asking the registry again");
+                continue;
+            }
             if resp.status() == StatusCode::UNAUTHORIZED && !authed_retry {
                 authed_retry = true;
                 if self.authenticate(r, &scope, resp.headers()).await? {

@@ -357,7 +357,7 @@ impl Filesystem for LazyFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -423,21 +423,18 @@ impl Filesystem for LazyFs {
         }
         let fetch_len = len;
         let (fetcher, failures) = (self.fetcher.clone(), self.last_failure.clone());
-        self.rt.spawn(async move {
+        // The fetch runs on its own (bounded by the read deadline), so that a reader being
+        // killed is answered at once while the fetch goes on for whoever else waits for it.
+        let fetch = self.rt.spawn(async move {
             let path = || ready.tree.path_of(ino.0);
             let at = (offset, &mut buf[..]);
-            match fetcher
+            let r = fetcher
                 .read_into_traced(&layer, &content.chunks, at, fetch_len, path)
-                .await
-            {
-                Ok(k) => reply.data(&buf[..k]),
-                Err(e) => {
-                    error!(ino = ino.0, offset, error = %e, "read failed");
-                    failures.note(strata_oci::causes::with_causes(&e));
-                    reply.error(Errno::EIO)
-                }
-            }
+                .await;
+            (buf, r)
         });
+        let answer = crate::reader_gone::answer(fetch, req.pid(), reply, (ino.0, offset), failures);
+        self.rt.spawn(answer);
     }
 
     fn readdir(

@@ -1,6 +1,7 @@
 //! strata's lazy filesystem: the merged tree of an image's layers from their indexes, served
 //! read-only over FUSE with file content fetched lazily and verified chunk by chunk.
 
+pub mod abort;
 pub mod attr;
 mod children;
 mod dir_prefetch;
@@ -13,6 +14,7 @@ pub mod mount;
 mod open;
 pub mod open_journal;
 pub mod readahead;
+mod reader_gone;
 mod ready;
 pub mod record;
 mod seek;

@@ -170,12 +170,36 @@ fn unmount_orphan_roots(containers: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Aborts the connection of each container lower (`containers/*/lower`) whose serving process
+/// (named by [`ROOT_OWNER_FILE`]) is gone. Killed while one of its own threads read that lower,
+/// the process cannot end (the thread waits for an answer its dead server will never send), so
+/// the connection stays open and looks alive: aborting it ends the wait, and the probe then
+/// sees it dead.
+fn abort_orphan_lowers(containers: &Path) {
+    for m in mounts().into_iter().filter(|m| {
+        m.is_strata_fuse()
+            && m.point.starts_with(containers)
+            && m.point.file_name().is_some_and(|n| n == "lower")
+    }) {
+        let owner = std::fs::read_to_string(m.point.with_file_name(ROOT_OWNER_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        if owner.is_some_and(|pid| !strata_storage::leftovers::pid_alive(pid)) {
+            match crate::abort::abort_connection(&m.point) {
+                Ok(()) => debug!(lower = %m.point.display(), "orphaned lower's connection aborted"),
+                Err(e) => warn!("aborting the connection of {}: {e}", m.point.display()),
+            }
+        }
+    }
+}
+
 /// Unmounts every dead mount under the state root (containers' and build steps' roots and
 /// lowers), and removes the directories killed commands left in `containers/` that have no
 /// record and nothing mounted. Returns the mount points unmounted.
 pub fn sweep_root(root: &Path) -> Vec<PathBuf> {
     let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
     let containers = root.join("containers");
+    abort_orphan_lowers(&containers);
     let mut gone = unmount_dead(|p| p.starts_with(&containers));
     gone.extend(unmount_orphan_roots(&containers));
     remove_orphan_dirs(&containers);

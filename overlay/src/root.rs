@@ -110,7 +110,16 @@ impl RootMount {
 impl Drop for RootMount {
     fn drop(&mut self) {
         let _ = unmount_detached(&self.rootfs);
-        drop(self.session.take());
+        if let Some(session) = self.session.take() {
+            // The lower this process serves goes with it: a reader still waiting on it (the
+            // container's, killed) has its requests aborted rather than wait in D state.
+            if let Some(lower) = self.rootfs.parent().map(|d| d.join("lower"))
+                && let Err(e) = strata_lazyfs::abort::unmount_or_abort(&lower)
+            {
+                warn!(lower = %lower.display(), error = %e, "unmounting the image");
+            }
+            drop(session);
+        }
         drop(self.lease.take());
     }
 }
@@ -158,6 +167,13 @@ pub fn mount_root_with(
         (fs, None)
     };
     let readiness = fs.readiness();
+    // This process serves the lower: if it is killed while one of its own threads reads it, that
+    // thread waits for an answer nobody will send. Whoever finds it gone aborts the connection
+    // (`stale::sweep_root`).
+    let owner = dir.join(strata_lazyfs::stale::ROOT_OWNER_FILE);
+    if let Err(e) = std::fs::write(&owner, std::process::id().to_string()) {
+        warn!(path = %owner.display(), error = %e, "root owner not recorded");
+    }
     let session = spawn(fs, &lower, &MountOptions::default()).map_err(|e| {
         io::Error::new(
             e.kind(),

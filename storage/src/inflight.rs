@@ -9,10 +9,12 @@ use strata_formats::index::Chunk;
 use strata_oci::digest::Digest;
 use tokio::sync::watch;
 
-/// Chunks being fetched; the receiver of each wakes when its fetch ends, however it ends.
+/// Chunks being fetched; the receiver of each wakes when its fetch ends, however it ends. Its
+/// value turns true when the fetch was abandoned (its reader passed its deadline or went away)
+/// rather than ended: a waiter with time left may then fetch the chunk itself.
 #[derive(Debug, Default)]
 pub(crate) struct Inflight {
-    map: Mutex<HashMap<Digest, watch::Receiver<()>>>,
+    map: Mutex<HashMap<Digest, watch::Receiver<bool>>>,
 }
 
 /// What [`Inflight::claim`] found.
@@ -22,7 +24,7 @@ pub(crate) struct Claimed<'a> {
     /// Those chunks.
     pub(crate) mine: Vec<Chunk>,
     /// Chunks someone else is fetching, with the receiver that wakes when that fetch ends.
-    pub(crate) waits: Vec<(Digest, watch::Receiver<()>)>,
+    pub(crate) waits: Vec<(Digest, watch::Receiver<bool>)>,
 }
 
 impl Inflight {
@@ -40,7 +42,7 @@ impl Inflight {
                     waits.push((d, rx.clone()));
                     continue;
                 }
-                let (tx, rx) = watch::channel(());
+                let (tx, rx) = watch::channel(false);
                 map.insert(d, rx);
                 senders.insert(d, tx);
                 mine.push(*c);
@@ -58,21 +60,48 @@ impl Inflight {
 }
 
 /// Removes claimed chunks from the in-flight map when their fetch ends, however it ends;
-/// dropping the senders wakes the waiters.
+/// dropping the senders wakes the waiters. Chunks still claimed when the claim is dropped were
+/// abandoned (the fetch was cancelled): their waiters are told so.
 pub(crate) struct Claim<'a> {
-    map: &'a Mutex<HashMap<Digest, watch::Receiver<()>>>,
-    senders: Mutex<HashMap<Digest, watch::Sender<()>>>,
+    map: &'a Mutex<HashMap<Digest, watch::Receiver<bool>>>,
+    senders: Mutex<HashMap<Digest, watch::Sender<bool>>>,
 }
 
 impl Claim<'_> {
     /// Ends the claim on `digests` (their waiters wake and look in the cache).
     pub(crate) fn release(&self, digests: impl IntoIterator<Item = Digest>) {
+        self.release_as(digests, false);
+    }
+
+    /// Ends the claim on `digests` whose fetch gave up waiting (passed the deadline): their
+    /// waiters may try themselves, within their own deadlines.
+    pub(crate) fn abandon(&self, digests: impl IntoIterator<Item = Digest>) {
+        self.release_as(digests, true);
+    }
+
+    fn release_as(&self, digests: impl IntoIterator<Item = Digest>, abandoned: bool) {
         let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         for d in digests {
             map.remove(&d);
-            senders.remove(&d);
+            if let Some(tx) = senders.remove(&d)
+                && abandoned
+            {
+                tx.send_replace(true);
+            }
         }
+    }
+}
+
+impl Claim<'_> {
+    /// Ends the claim on every chunk still claimed: their fetch ended (well or not).
+    pub(crate) fn finish(self) {
+        let all: Vec<Digest> = self
+            .senders
+            .lock()
+            .map(|s| s.keys().copied().collect())
+            .unwrap_or_default();
+        self.release(all);
     }
 }
 
@@ -83,7 +112,7 @@ impl Drop for Claim<'_> {
             .lock()
             .map(|s| s.keys().copied().collect())
             .unwrap_or_default();
-        self.release(all);
+        self.abandon(all);
     }
 }
 

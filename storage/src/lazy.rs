@@ -61,6 +61,26 @@ pub enum FetchError {
     /// read could copy it (a cache smaller than what is being fetched).
     #[error("chunk {0} was evicted from the cache before it was read")]
     Evicted(Digest),
+    /// The read waited for the network past its deadline ([`crate::deadline`]).
+    #[error(
+        "layer {blob}: {what} from registry {registry}: no answer within {secs}s (STRATA_READ_TIMEOUT_SECS)"
+    )]
+    TimedOut {
+        /// The layer blob.
+        blob: Digest,
+        /// The chunk (or range) waited for.
+        what: String,
+        /// The registry asked.
+        registry: String,
+        /// The deadline, in seconds.
+        secs: f64,
+        /// The same chunk's read passed the deadline moments ago: this read did not wait.
+        repeated: bool,
+    },
+    /// Another reader's fetch of this chunk was abandoned (that reader passed its deadline or
+    /// went away) before it ended: this read fetches it itself.
+    #[error("chunk {0}: the fetch this read waited for was abandoned")]
+    Abandoned(Digest),
     /// Reading a kept whole blob failed.
     #[error("layer {blob}: reading {path}: {source}")]
     Io {
@@ -123,6 +143,10 @@ pub struct ChunkFetcher {
     foreground: Foreground,
     /// Checkpoints of SOCI layers, for reading their spans.
     spans: Spans,
+    /// How long one read, and one range request, may wait for the network.
+    pub(crate) read_deadline: std::time::Duration,
+    /// Chunks whose reads passed the deadline lately.
+    pub(crate) recent_timeouts: crate::deadline::RecentTimeouts,
 }
 
 /// How many times a read fetches its chunks when they are evicted before it can copy them.
@@ -140,7 +164,15 @@ impl ChunkFetcher {
             layer_streams: Mutex::new(HashMap::new()),
             spans: Spans::default(),
             foreground: Foreground::default(),
+            read_deadline: crate::deadline::read_deadline(),
+            recent_timeouts: Default::default(),
         }
+    }
+
+    /// This fetcher with reads bounded by `deadline` instead of [`crate::deadline::read_deadline`].
+    pub fn with_read_deadline(mut self, deadline: std::time::Duration) -> Self {
+        self.read_deadline = deadline;
+        self
     }
 
     /// The cache this fetcher fills.
@@ -212,7 +244,9 @@ impl ChunkFetcher {
         if let Some(n) = self.read_cached_into(chunks, offset, buf)? {
             return Ok(n);
         }
-        self.read_missed(layer, chunks, offset, buf, fetch_len)
+        let len = buf.len() as u64;
+        let missed = self.read_missed(layer, chunks, offset, buf, fetch_len);
+        self.within_deadline(layer, chunks, (offset, len), missed)
             .await
     }
 
@@ -240,8 +274,9 @@ impl ChunkFetcher {
             .iter()
             .filter_map(|c| c.digest)
             .collect();
+        let missed = self.read_missed(layer, chunks, offset, buf, fetch_len);
         let n = self
-            .read_missed(layer, chunks, offset, buf, fetch_len)
+            .within_deadline(layer, chunks, (offset, len), missed)
             .await?;
         trace.miss(&layer.blob, &path(), (offset, len), began, &missing);
         Ok(n)
@@ -259,14 +294,15 @@ impl ChunkFetcher {
         // A cache smaller than what concurrent reads fetch may evict this read's chunks
         // before it copies them: fetch again, a bounded number of times.
         // A chunk another fetch (a prefetch) brought in and the cache evicted before this read
-        // copied it is fetched again by this read itself (a failed fetch is not retried here:
-        // the registry client has retried it already).
+        // copied it is fetched again by this read itself, and so is one whose fetch was
+        // abandoned (its reader passed its deadline) — within this read's own deadline. A failed
+        // fetch is not retried here: the registry client has retried it already.
         for _ in 0..READ_ATTEMPTS {
             match self
                 .ensure(layer, Self::touching(chunks, offset, fetch_len))
                 .await
             {
-                Ok(()) | Err(FetchError::Evicted(_)) => {}
+                Ok(()) | Err(FetchError::Evicted(_) | FetchError::Abandoned(_)) => {}
                 Err(e) => return Err(e),
             }
             if let Some(n) = self.read_cached_into(chunks, offset, buf)? {
@@ -299,7 +335,7 @@ impl ChunkFetcher {
 
     /// The chunks of `chunks` with content that are not cached, each once. Each is a stat, so
     /// this runs before any lock is taken.
-    fn missing(&self, chunks: &[Chunk]) -> Vec<Chunk> {
+    pub(crate) fn missing(&self, chunks: &[Chunk]) -> Vec<Chunk> {
         let mut seen = HashSet::new();
         chunks
             .iter()
@@ -343,7 +379,7 @@ impl ChunkFetcher {
         } else {
             self.fetch_ranges(layer, &mine, &claim).await
         };
-        drop(claim);
+        claim.finish();
         if let Err(e) = &result {
             // The caller says it (a read as an error, a prefetch at debug level): a bad
             // speculative fetch must not print a line per chunk.
@@ -356,6 +392,8 @@ impl ChunkFetcher {
             if !self.cache.contains(&d) {
                 return Err(if self.cache.was_stored(&d) {
                     FetchError::Evicted(d)
+                } else if *rx.borrow() {
+                    FetchError::Abandoned(d)
                 } else {
                     FetchError::Unavailable(d)
                 });
@@ -381,7 +419,10 @@ impl ChunkFetcher {
                 let digests: Vec<Digest> =
                     group.items.iter().filter_map(|l| l.chunk.digest).collect();
                 let stored = self.fetch_group(layer, group).await;
-                claim.release(digests);
+                match &stored {
+                    Err(FetchError::TimedOut { .. }) => claim.abandon(digests),
+                    _ => claim.release(digests),
+                }
                 stored
             })
             .buffer_unordered(PARALLEL_REQUESTS)
@@ -406,7 +447,7 @@ impl ChunkFetcher {
             })?;
         let (data, keep) = match local {
             Some(data) => (data, None),
-            None => match self.traced_range(layer, start..end, &items).await {
+            None => match self.bounded_range(layer, start..end, &items).await? {
                 Ok(RangeReply::Partial(b)) => (b, None),
                 Ok(RangeReply::Whole(b)) => {
                     debug!(blob = %blob, "source ignored Range: keeping the whole blob");
@@ -440,7 +481,7 @@ impl ChunkFetcher {
     }
 
     /// The source's bytes `range` of `layer`, noted in the trace if one is being written.
-    async fn traced_range(
+    pub(crate) async fn traced_range(
         &self,
         layer: &LayerSource,
         range: std::ops::Range<u64>,

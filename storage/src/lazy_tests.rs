@@ -499,3 +499,52 @@ async fn a_soci_span_too_large_to_keep_is_read_piece_by_piece() {
     }
     assert_eq!(fake.requests().len(), 1, "the one span is fetched once");
 }
+
+/// A stalled registry: a read and the reads waiting for its fetch fail past the deadline,
+/// naming the layer, the chunk and the registry; once the registry answers, reads work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_source_fails_reads_and_their_waiters_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (blob, chunks) = chunked_layer(3);
+    let fake = Fake::new(blob, false);
+    let deadline = Duration::from_millis(400);
+    let f = Arc::new(
+        Arc::into_inner(fetcher(&dir, &fake))
+            .unwrap()
+            .with_read_deadline(deadline),
+    );
+    let chunks = Arc::new(chunks);
+    let began = std::time::Instant::now();
+    let readers = held_readers(&f, &fake, &chunks, 3).await;
+    for r in readers {
+        let err = r.await.unwrap().unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, FetchError::TimedOut { .. }), "{msg}");
+        for part in [
+            "localhost:5000",
+            &source(LayerFormat::ZstdChunked).blob.to_string(),
+            &chunks[1].digest.unwrap().to_string(),
+            "no answer within 0.4s",
+        ] {
+            assert!(msg.contains(part), "{part:?} not in {msg}");
+        }
+    }
+    let took = began.elapsed();
+    assert!(took >= deadline && took < BOUND, "{took:?}");
+    assert_eq!(f.foreground.count(), 0, "no read is left waiting");
+    // The kernel's retry of the page right after: the same error, soon, marked as a repeat.
+    let layer = source(LayerFormat::ZstdChunked);
+    let again = read(&f, &layer, &chunks, CHUNK + 60, 10).await.unwrap_err();
+    assert!(again.is_repeat(), "{again}");
+    assert!(again.to_string().contains("no answer within"), "{again}");
+    tokio::time::sleep(deadline).await;
+    // A background fetch is bounded too: it gives its claim up at the deadline.
+    let err = tokio::time::timeout(BOUND, f.ensure_when_idle(&layer, &chunks[2..]))
+        .await
+        .expect("the background fetch ended")
+        .unwrap_err();
+    assert!(err.to_string().contains("blob bytes"), "{err}");
+    fake.gate.send_replace(true);
+    let got = read(&f, &layer, &chunks, CHUNK + 50, 100).await.unwrap();
+    assert_eq!(got, content(1)[50..150]);
+}

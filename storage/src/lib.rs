@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod cache;
+pub mod deadline;
 mod descriptors;
 pub mod feed;
 mod inflight;

@@ -25,6 +25,24 @@ pub enum Fault {
     FailNext(u32),
     /// Drop the Range header, as a registry without range support would (answers 200).
     IgnoreRange,
+    /// Accept each request and send nothing, holding the connection until the fault changes
+    /// (at most two minutes): a registry that hangs.
+    Stall,
+    /// Send the head and half the body of every 206 response, then nothing more, holding the
+    /// connection as [`Fault::Stall`] does: a transfer that stops.
+    StallMidBody,
+    /// Flip a byte in the body of every 200 answer to a blob GET (whole blobs: pulls, convert).
+    CorruptBlobs,
+    /// Send only half the body of every 200 answer to a blob GET, then close (whole blobs).
+    TruncateBlobs,
+    /// Reset every connection (RST) once its request is read, answering nothing.
+    Reset,
+    /// Flip a byte in the body of every upload (PUT or PATCH with a body): a push.
+    CorruptUploads,
+    /// Answer every blob GET with a 307 to a URL on the proxy; the first such URL handed out for
+    /// each blob path has "expired" and answers 403 (as a storage backend's signed URL does),
+    /// later ones are forwarded.
+    ExpiredRedirects,
     /// Until `until`, answer `status` (429 or 503) with `Retry-After` (delta-seconds, or an HTTP
     /// date that many seconds ahead) to every request, or only to those with a Range header.
     RateLimit {
@@ -65,6 +83,12 @@ pub struct Stats {
     pub bytes: AtomicU64,
     /// Request lines seen ("GET /v2/... Range: bytes=a-b").
     pub log: Mutex<Vec<String>>,
+    /// Redirects handed out ([`Fault::ExpiredRedirects`]).
+    pub redirects: AtomicU64,
+    /// Redirect targets that answered 403.
+    pub expired: AtomicU64,
+    /// Blob paths redirected once already.
+    redirected: Mutex<std::collections::HashSet<String>>,
 }
 
 /// A running proxy; stops accepting when dropped.
@@ -139,6 +163,34 @@ impl Drop for Proxy {
     }
 }
 
+/// Holds a connection while the fault is still `f` (at most two minutes), sending nothing.
+fn hold(fault: &Mutex<Fault>, f: Fault) {
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    while *fault.lock().unwrap() == f && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Closes `client` with a reset (RST) rather than an orderly FIN: a zero linger time.
+fn reset(client: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the descriptor is open (borrowed from `client`), and `linger` is a valid
+    // `struct linger` whose size is passed with it.
+    unsafe {
+        libc::setsockopt(
+            client.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            libc::socklen_t::try_from(std::mem::size_of::<libc::linger>()).unwrap_or(8),
+        );
+    }
+}
+
 fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
@@ -203,6 +255,52 @@ fn serve(
     if let Fault::Delay(d) = f {
         std::thread::sleep(d);
     }
+    if f == Fault::Stall {
+        hold(fault, f);
+        return Ok(());
+    }
+    if f == Fault::Reset {
+        reset(&client);
+        return Ok(());
+    }
+    let mut head = head;
+    let mut words = first.split(' ');
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    if let Some(rest) = path.strip_prefix("/_expiring/") {
+        let (n, orig) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if n.parse::<u64>().unwrap_or(1) % 2 == 1 {
+            stats.expired.fetch_add(1, Ordering::Relaxed);
+            let body = r#"{"errors":[{"code":"DENIED","message":"request has expired"}]}"#;
+            client.write_all(
+                format!(
+                    "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )?;
+            return Ok(());
+        }
+        head = head.replacen(path, orig, 1);
+    } else if f == Fault::ExpiredRedirects && method == "GET" && path.contains("/blobs/") {
+        stats.redirects.fetch_add(1, Ordering::Relaxed);
+        // Odd: expired (the first for this path); even: good.
+        let first = stats.redirected.lock().unwrap().insert(path.to_string());
+        let n = if first { 1 } else { 2 };
+        client.write_all(
+            format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: /_expiring/{n}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )?;
+        return Ok(());
+    }
+    if f == Fault::CorruptUploads
+        && (method == "PUT" || method == "PATCH")
+        && body_len > 0
+        && let Some(b) = buf.get_mut(head_end + body_len / 2)
+    {
+        *b ^= 0xff;
+    }
     if let Fault::RateLimit {
         until,
         status,
@@ -265,6 +363,29 @@ fn serve(
         }
         Fault::TruncateRanges if status_206 && body > 1 => {
             client.write_all(&resp[..rh + body / 2])?;
+        }
+        Fault::StallMidBody if status_206 && body > 1 => {
+            client.write_all(&resp[..rh + body / 2])?;
+            client.flush()?;
+            hold(fault, f);
+            return Ok(());
+        }
+        Fault::TruncateBlobs
+            if method == "GET"
+                && path.contains("/blobs/")
+                && (resp.starts_with(b"HTTP/1.1 200") || resp.starts_with(b"HTTP/1.0 200"))
+                && body > 1 =>
+        {
+            client.write_all(&resp[..rh + body / 2])?;
+        }
+        Fault::CorruptBlobs
+            if method == "GET"
+                && path.contains("/blobs/")
+                && (resp.starts_with(b"HTTP/1.1 200") || resp.starts_with(b"HTTP/1.0 200"))
+                && body > 0 =>
+        {
+            resp[rh + body / 2] ^= 0xff;
+            client.write_all(&resp)?;
         }
         _ => client.write_all(&resp)?,
     }

@@ -238,3 +238,218 @@ fn rate_limits_are_waited_out_within_a_bound() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// The read deadline the stall test gives its commands (`STRATA_READ_TIMEOUT_SECS`).
+const STALL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// `strata --root ROOT ARGS...` with the short read deadline, its output.
+fn strata_with_deadline(root: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(strata_tests::strata::bin())
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env_remove("STRATA_LOG")
+        .env(
+            "STRATA_LAYER_STORE_IDLE_SECS",
+            strata_tests::strata::store_idle_secs(),
+        )
+        .env(
+            "STRATA_READ_TIMEOUT_SECS",
+            STALL_DEADLINE.as_secs().to_string(),
+        )
+        .output()
+        .unwrap()
+}
+
+/// The state letter of process `pid` (`R`, `S`, `D`, `Z`...), `None` once it is gone.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Reads `path` (cold) in a thread: whether it failed with EIO, and how long it took.
+fn timed_eio(path: &std::path::Path) -> (bool, Duration) {
+    let t = std::time::Instant::now();
+    let r = std::fs::read(path);
+    (is_eio(r), t.elapsed())
+}
+
+/// Issue 17: a registry that accepts and then sends nothing, or stops mid-body. A cold read
+/// fails with EIO within the read deadline (one log line naming the layer, the chunk and the
+/// registry), a reader killed while it waits is gone at once (never left in D state), and reads
+/// work again once the registry answers — no remount.
+#[test]
+fn a_stalled_registry_fails_reads_at_the_deadline_and_readers_stay_killable() {
+    if !require_root_fuse(
+        "a_stalled_registry_fails_reads_at_the_deadline_and_readers_stay_killable",
+    ) {
+        return;
+    }
+    let reg = Registry::start();
+    push_image(&reg.addr, "t/stall", "1", &rich_layers(false), Comp::Native);
+    let proxy = Proxy::start(&reg.addr);
+    let reference = format!("{}/t/stall:1", proxy.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    ok(&root, &["pull", &reference]);
+    let mnt = state.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let out = strata_with_deadline(
+        &root,
+        &[
+            "mount",
+            "--detach",
+            "--prefetch",
+            "none",
+            &reference,
+            mnt.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Mounted::adopt(&root, &mnt);
+    let busybox = m.dir.join("bin/busybox");
+    // The tree is up (metadata needs no registry).
+    assert_eq!(std::fs::metadata(&busybox).unwrap().len(), 300_000);
+
+    // Nothing at all comes back: EIO within the deadline (the kernel's retry of the page the
+    // failed readahead left fails at once), not after minutes.
+    proxy.set(Fault::Stall);
+    let (eio, took) = timed_eio(&busybox);
+    eprintln!("stalled read: EIO {eio} after {took:?}");
+    assert!(eio, "a stalled read did not fail with EIO");
+    // Not minutes (the proxy holds for two): the deadline, plus a short one for the kernel's
+    // retries of the same page.
+    assert!(
+        took >= STALL_DEADLINE && took < STALL_DEADLINE * 3,
+        "{took:?}"
+    );
+    let log = std::fs::read_to_string(root.join("layers.log")).unwrap();
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("no answer within"))
+        .collect();
+    assert_eq!(failed.len(), 1, "one line for one read: {log}");
+    for l in &failed {
+        assert!(
+            l.contains("ERROR")
+                && l.contains(&proxy.addr)
+                && l.contains("layer sha256:")
+                && l.contains("chunk")
+                && l.contains("within 5s"),
+            "{l}"
+        );
+    }
+
+    // A reader killed while it waits for the stalled registry dies at once, well before the
+    // deadline: the read is answered when its reader is being killed. (After the two seconds
+    // in which a new read of a chunk that just failed fails at once.)
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut reader = Command::new("cat")
+        .arg(&busybox)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = reader.id();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        reader.try_wait().unwrap(),
+        None,
+        "the reader waits for the stalled registry"
+    );
+    let state_before = proc_state(pid);
+    let killed = std::time::Instant::now();
+    reader.kill().unwrap();
+    let mut gone = false;
+    while killed.elapsed() < Duration::from_secs(2) {
+        if reader.try_wait().unwrap().is_some() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "killed reader (state {state_before:?}) gone after {:?}",
+        killed.elapsed()
+    );
+    assert!(
+        gone,
+        "a killed reader was still there after {:?} (state {:?}, before the kill {state_before:?})",
+        killed.elapsed(),
+        proc_state(pid)
+    );
+
+    // The transfer stops half way through a range: EIO within the deadline as well.
+    proxy.set(Fault::StallMidBody);
+    let (eio, took) = timed_eio(&m.dir.join("data/sparse"));
+    eprintln!("read stalled mid-body: EIO {eio} after {took:?}");
+    assert!(eio, "a read stalled mid-body did not fail with EIO");
+    assert!(took < STALL_DEADLINE * 3, "{took:?}");
+
+    // The registry answers again: the same mount reads the right bytes.
+    proxy.set(Fault::None);
+    assert_eq!(
+        std::fs::read(&busybox).unwrap(),
+        strata_tests::layers::noise(300_000, 1)
+    );
+    assert_eq!(
+        std::fs::read(m.dir.join("data/sparse")).unwrap().len(),
+        300_000 + (4 << 20) + 100_000
+    );
+}
+
+/// Mount points under `dir` other than the layer store's, from this process's mountinfo.
+fn mounts_under(dir: &std::path::Path) -> Vec<String> {
+    let dir = dir.canonicalize().unwrap().to_string_lossy().into_owned();
+    let store = format!("{dir}/layers");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|p| p.starts_with(&dir) && *p != store)
+        .collect()
+}
+
+/// Issue 17: `strata run` whose image's registry stalls once the container starts: the run
+/// ends (with the read deadline) with an error naming the deadline and the registry, leaves no
+/// mount, and the same run works once the registry answers.
+#[test]
+fn a_run_on_a_stalled_registry_ends_with_a_clear_error() {
+    if !require_root_fuse("a_run_on_a_stalled_registry_ends_with_a_clear_error") {
+        return;
+    }
+    let reg = Registry::start();
+    let layers = strata_tests::fixtures::runnable_layers();
+    push_image(&reg.addr, "t/stallrun", "1", &layers, Comp::Native);
+    let proxy = Proxy::start(&reg.addr);
+    let image = format!("{}/t/stallrun:1", proxy.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    ok(&root, &["pull", &image]);
+    proxy.set(Fault::Stall);
+    let out = strata_with_deadline(&root, &["run", "--rm", &image, "cat", "/data/owned"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("stalled run: {err}");
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("no answer within 5s") && err.contains(&proxy.addr),
+        "{err}"
+    );
+    assert_eq!(
+        mounts_under(&root),
+        Vec::<String>::new(),
+        "a stalled run left mounts"
+    );
+    proxy.set(Fault::None);
+    let out = strata_with_deadline(&root, &["run", "--rm", &image, "cat", "/data/owned"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "mine",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

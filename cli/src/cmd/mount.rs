@@ -123,8 +123,12 @@ pub fn run_mount(a: MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
             }
         }
     });
+    // A reader still waiting would keep the mount (and this process) up: its connection is
+    // aborted instead, so that nothing is left in D state on a mount nobody serves.
     strata_lazyfs::mount::unmount_on_signal(rt.handle(), dir.clone(), |dir| {
-        let _ = unmount(dir);
+        if let Err(e) = strata_lazyfs::abort::unmount_or_abort(dir) {
+            tracing::warn!("unmounting {}: {e}", dir.display());
+        }
     });
     let served = serve(fs, &dir, &MountOptions::default());
     if let Ok(cause) = failed.try_recv() {
