@@ -123,6 +123,8 @@ pub struct ChunkFetcher {
     foreground: Foreground,
     /// Checkpoints of SOCI layers, for reading their spans.
     spans: Spans,
+    /// Streamed gzip layers whose chunks are found again through a local ztoc.
+    local: local::LocalZtocs,
 }
 
 /// How many times a read fetches its chunks when they are evicted before it can copy them.
@@ -140,6 +142,7 @@ impl ChunkFetcher {
             layer_streams: Mutex::new(HashMap::new()),
             spans: Spans::default(),
             foreground: Foreground::default(),
+            local: local::LocalZtocs::default(),
         }
     }
 
@@ -339,7 +342,13 @@ impl ChunkFetcher {
         } else if matches!(layer.format, LayerFormat::Plain { .. })
             || mine.iter().any(|c| c.loc == ChunkLoc::Local)
         {
-            self.traced_restream(layer, &mine).await
+            match self
+                .fetch_through_local_ztoc(layer, &mine, foreground)
+                .await
+            {
+                Some(done) => done,
+                None => self.traced_restream(layer, &mine).await,
+            }
         } else {
             self.fetch_ranges(layer, &mine, &claim).await
         };
@@ -566,6 +575,10 @@ fn read_range_of_file(
     f.read_exact_at(&mut buf, start)?;
     Ok(Some(Bytes::from(buf)))
 }
+
+#[path = "lazy_local.rs"]
+mod local;
+pub use local::ChunkSpans;
 
 #[cfg(test)]
 #[path = "lazy_tests.rs"]

@@ -499,3 +499,6 @@ async fn a_soci_span_too_large_to_keep_is_read_piece_by_piece() {
     }
     assert_eq!(fake.requests().len(), 1, "the one span is fetched once");
 }
+
+#[path = "lazy_local_tests.rs"]
+mod local_tests;
