@@ -68,6 +68,7 @@ impl Collector {
                 && !layers.contains(&d)
             {
                 self.store.remove_layer(&d)?;
+                self.store.remove_local_ztoc(&d)?;
                 let local = self.layout.blob(&d);
                 if let Ok(m) = std::fs::metadata(&local)
                     && std::fs::remove_file(&local).is_ok()
@@ -92,8 +93,14 @@ impl Collector {
             }
         }
         for d in &layers {
-            if let Some(toc) = self.store.layer(d)?.and_then(|r| r.toc) {
-                blobs.insert(toc);
+            let Some(rec) = self.store.layer(d)? else {
+                continue;
+            };
+            blobs.extend(rec.toc);
+            // A local ztoc, and the spans read through it, stay with their layer.
+            if let Some((z, ztoc)) = crate::soci_local::local_ztoc(&self.store, d, rec.size) {
+                blobs.insert(z);
+                chunks.extend(ztoc.span_digests);
             }
         }
         let (n, b) = self.store.retain_blobs(|d| blobs.contains(d))?;
