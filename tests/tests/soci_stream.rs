@@ -2,7 +2,8 @@
 //! and strata builds each layer's ztoc in the same pass. A later mount on a fresh chunk cache
 //! (same state root) reads by range through those local ztocs instead of streaming again,
 //! counted at the registry and compared with umoci's unpack of the same image; `strata index`
-//! then pushes the local ztocs without fetching the layers.
+//! then pushes the local ztocs without fetching the layers, and `rmi` removes them with the
+//! layers.
 #![allow(clippy::print_stderr)]
 
 use std::path::Path;
@@ -12,7 +13,7 @@ use strata_tests::fixtures::{BIG_PATH, big, rich_layers};
 use strata_tests::layers::{Blob, push_blobs, tar_of};
 use strata_tests::proxy::Proxy;
 use strata_tests::registry::Registry;
-use strata_tests::strata::{Mounted, ok, run};
+use strata_tests::strata::{Mounted, ok};
 use strata_tests::walk::{assert_same, snapshot};
 use strata_tests::{mounts, require_root_fuse};
 
@@ -60,7 +61,11 @@ fn umoci_unpack(reference: &str, dir: &Path) -> std::path::PathBuf {
         .arg(format!("oci:{}:img", layout.display()))
         .output()
         .expect("skopeo (scripts/install-deps.sh installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let bundle = dir.join("bundle");
     let out = std::process::Command::new("umoci")
         .arg("unpack")
@@ -69,7 +74,11 @@ fn umoci_unpack(reference: &str, dir: &Path) -> std::path::PathBuf {
         .arg(&bundle)
         .output()
         .expect("umoci (scripts/install-deps.sh installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     bundle.join("rootfs")
 }
 
@@ -95,7 +104,10 @@ fn a_streamed_gzip_layer_is_read_lazily_later_through_its_local_ztoc() {
         assert_eq!(text, "ID=strata-test\nVERSION_ID=2\n");
     }
     let (_, streamed) = proxy.counts();
-    assert!(streamed >= blob_bytes, "{streamed} of {blob_bytes} bytes streamed");
+    assert!(
+        streamed >= blob_bytes,
+        "{streamed} of {blob_bytes} bytes streamed"
+    );
     let ztocs = std::fs::read_dir(root.join("store/ztocs")).unwrap().count();
     assert_eq!(ztocs, blobs.len(), "a local ztoc per streamed gzip layer");
 
@@ -113,10 +125,16 @@ fn a_streamed_gzip_layer_is_read_lazily_later_through_its_local_ztoc() {
     let (reqs, bytes) = proxy.counts();
     let log = proxy.stats.log.lock().unwrap().clone();
     eprintln!("fresh cache: a small file and 1 MiB of the big one: {reqs} requests, {bytes} bytes");
-    assert!(bytes < 16 << 20, "fetched {bytes} of {blob_bytes} bytes: {log:?}");
+    assert!(
+        bytes < 16 << 20,
+        "fetched {bytes} of {blob_bytes} bytes: {log:?}"
+    );
     for b in &blobs {
         let hex = strata_tests::sha(&b.data);
-        for line in log.iter().filter(|l| l.starts_with("GET") && l.contains(&hex)) {
+        for line in log
+            .iter()
+            .filter(|l| l.starts_with("GET") && l.contains(&hex))
+        {
             assert!(line.contains("Range"), "a whole layer was fetched: {line}");
         }
     }
@@ -131,13 +149,34 @@ fn a_streamed_gzip_layer_is_read_lazily_later_through_its_local_ztoc() {
     assert!(index.trim().starts_with("sha256:"), "{index}");
     let (_, bytes) = proxy.counts();
     assert!(bytes < blob_bytes / 10, "indexing fetched {bytes} bytes");
+    // A machine without the local ztocs reads the image through the pushed index.
     let fresh = state.path().join("fresh");
-    let pulled = run(&fresh, &["pull", &reference]);
-    let said = String::from_utf8_lossy(&pulled.stdout).to_string()
-        + &String::from_utf8_lossy(&pulled.stderr);
-    assert!(pulled.status.success(), "{said}");
-    assert!(said.contains("lazy: SOCI index"), "{said}");
+    proxy.reset();
+    ok(&fresh, &["pull", &reference]);
     let m = Mounted::new(&fresh, &reference, &state.path().join("m3"));
     let text = std::fs::read_to_string(m.dir.join("etc/os-release")).unwrap();
     assert_eq!(text, "ID=strata-test\nVERSION_ID=2\n");
+    let (_, bytes) = proxy.counts();
+    eprintln!("through the pushed index: {bytes} bytes");
+    assert!(
+        bytes < blob_bytes / 4,
+        "fetched {bytes} of {blob_bytes} bytes"
+    );
+    drop(m);
+
+    // Removing the image removes its local ztocs (names and blobs) with its layers.
+    let kept: Vec<String> = std::fs::read_dir(root.join("store/ztocs"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(kept.len(), blobs.len());
+    wait_store_gone(&root);
+    ok(&root, &["rmi", &reference]);
+    let left = std::fs::read_dir(root.join("store/ztocs")).unwrap().count();
+    assert_eq!(left, 0, "local ztocs outlived their layers");
+    for z in &kept {
+        let hex = z.trim().trim_start_matches("sha256:");
+        let blob = root.join("store/blobs/sha256").join(hex);
+        assert!(!blob.exists(), "ztoc blob {z} outlived its layer");
+    }
 }
