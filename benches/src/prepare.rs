@@ -160,6 +160,21 @@ pub fn image(work: &Path) -> Image {
         .arg(format!("docker://{reg}/bench/py:gzip")));
     let croot = work.join("convert-root");
     let _ = std::fs::remove_dir_all(&croot);
+    // The same gzip image with a SOCI v2 index strata wrote (SOCI's defaults: 10 MiB minimum
+    // layer, 4 MiB spans), beside `soci convert`'s of the SOCI snapshotter's row.
+    sh(Command::new("skopeo")
+        .args([
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("docker://{reg}/bench/py:gzip"))
+        .arg(format!("docker://{reg}/bench/py:gzip-soci")));
+    sh(strata(&croot)
+        .args(["index", "-q"])
+        .arg(format!("{reg}/bench/py:gzip-soci"))
+        .stdout(Stdio::null()));
     sh(strata(&croot)
         .args(["convert", "-q"])
         .arg(format!("{reg}/bench/py:gzip"))
