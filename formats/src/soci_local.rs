@@ -56,7 +56,10 @@ pub fn locate_chunks(toc: &Toc, ztoc: &Ztoc) -> Result<HashMap<Digest, Vec<Chunk
             continue;
         };
         let f = current.ok_or_else(|| Mismatch(format!("chunk of {} has no file", e.name)))?;
-        if at.checked_add(len).is_none_or(|end| end > f.uncompressed_size) {
+        if at
+            .checked_add(len)
+            .is_none_or(|end| end > f.uncompressed_size)
+        {
             return Err(Mismatch(format!(
                 "chunk at {at} of {} lies past its end",
                 e.name

@@ -5,8 +5,6 @@
 //! before it: raw inflate primed with the checkpoint's leftover bits and given its window as a
 //! preset dictionary. The checkpoints are kept in SOCI's binary layout (its "zinfo" blob).
 
-use std::io::Read;
-
 use crate::zlib::{Flush, Inflater, ZlibError};
 
 /// The deflate window: a checkpoint keeps this much output before it.
@@ -248,17 +246,6 @@ impl Window {
         w.extend_from_slice(&self.buf[..self.at]);
         w.into_boxed_slice()
     }
-}
-
-/// Inflates a gzip stream (possibly several members) once and notes a checkpoint at the first
-/// block and then at the first block end after every `span_size` bytes of output.
-pub fn build(input: impl Read, span_size: u64) -> Result<Built, ZranError> {
-    let done = crate::zran_stream::GzipIndexer::new(input, span_size)?.finish()?;
-    Ok(Built {
-        zinfo: done.zinfo,
-        compressed_size: done.compressed_size,
-        uncompressed_size: done.uncompressed_size,
-    })
 }
 
 /// Inflates `len` bytes at uncompressed offset `at` from `data`, the compressed bytes that

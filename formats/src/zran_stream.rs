@@ -6,7 +6,7 @@
 use std::io::{self, Read};
 
 use crate::zlib::{Flush, Inflater, ZlibError};
-use crate::zran::{Checkpoint, Window, Zinfo, ZranError};
+use crate::zran::{Built, Checkpoint, Window, Zinfo, ZranError};
 use strata_oci::digest::{Digest, Hasher};
 
 /// What one pass over a gzip stream learned: its checkpoints, the span digests and sizes.
@@ -194,6 +194,17 @@ impl<R: Read> Read for GzipIndexer<R> {
             }
         }
     }
+}
+
+/// Inflates a gzip stream (possibly several members) once and notes a checkpoint at the first
+/// block and then at the first block end after every `span_size` bytes of output.
+pub fn build(input: impl Read, span_size: u64) -> Result<Built, ZranError> {
+    let done = GzipIndexer::new(input, span_size)?.finish()?;
+    Ok(Built {
+        zinfo: done.zinfo,
+        compressed_size: done.compressed_size,
+        uncompressed_size: done.uncompressed_size,
+    })
 }
 
 #[cfg(test)]

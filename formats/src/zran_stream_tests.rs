@@ -40,12 +40,20 @@ fn streamed_output_is_the_data_and_spans_hash_to_their_bytes() {
     assert_eq!(done.compressed_size, blob.len() as u64);
     assert_eq!(done.uncompressed_size, all.len() as u64);
     let z = &done.zinfo;
-    assert!(z.checkpoints.len() > 8, "{} checkpoints", z.checkpoints.len());
+    assert!(
+        z.checkpoints.len() > 8,
+        "{} checkpoints",
+        z.checkpoints.len()
+    );
     assert!(z.checkpoints.iter().any(|c| c.bits != 0));
     assert_eq!(done.span_digests.len(), z.checkpoints.len());
     for (i, d) in done.span_digests.iter().enumerate() {
         let r = z.span_range(i, blob.len() as u64);
-        assert_eq!(*d, Digest::of(&blob[r.start as usize..r.end as usize]), "span {i}");
+        assert_eq!(
+            *d,
+            Digest::of(&blob[r.start as usize..r.end as usize]),
+            "span {i}"
+        );
         let out = z.span_output(i, all.len() as u64);
         let got = extract(
             &blob[r.start as usize..r.end as usize],

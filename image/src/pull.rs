@@ -346,7 +346,9 @@ impl Puller {
             size: rec.size,
             what: "Streaming (no TOC)",
         });
-        let (toc, ztoc) = self.stream_index(r, d, compression, progress).await?;
+        let ends = (&*self.client, &self.indexer.cache);
+        let (toc, ztoc) =
+            crate::soci_local::stream_index(ends, r, d, compression, progress).await?;
         self.indexer.store_local_toc(&mut rec, &toc)?;
         if let Some(z) = &ztoc {
             crate::soci_local::keep_local_ztoc(&self.store, &rec, z);

@@ -8,55 +8,54 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 
+use strata_distribution::RegistryClient;
 use strata_formats::soci::DEFAULT_SPAN_SIZE;
 use strata_formats::soci_local::locate_chunks;
 use strata_formats::toc::Toc;
 use strata_formats::ztoc::Ztoc;
 use strata_oci::digest::Digest;
 use strata_oci::reference::Reference;
+use strata_storage::cache::ChunkCache;
 use strata_storage::lazy::{ChunkFetcher, feed_blocking};
 use strata_storage::plain::index_plain;
 use strata_storage::plain_ztoc::index_gzip_with_ztoc;
 use strata_storage::store::{Compression, LayerRecord, Store};
 
 use crate::error::{ImageError, Progress, ProgressFn, feed_error};
-use crate::pull::Puller;
 
-impl Puller {
-    /// Streams layer `d` (compressed with `c`), caching every chunk: its local TOC and, for a
-    /// gzip layer, its ztoc. The stream must hash to `d`.
-    pub(crate) async fn stream_index(
-        &self,
-        r: &Reference,
-        d: Digest,
-        c: Compression,
-        progress: ProgressFn<'_>,
-    ) -> Result<(Toc, Option<Ztoc>), ImageError> {
-        let body = self.client.blob_stream(r, &d).await?;
-        let cache = self.indexer.cache.clone();
-        let mut done = 0u64;
-        let (indexed, ztoc) = feed_blocking(
-            body,
-            |n| {
-                done += n;
-                progress(Progress::LayerBytes { layer: d, done });
-            },
-            move |reader| match c {
-                Compression::Gzip => index_gzip_with_ztoc(reader, &cache, DEFAULT_SPAN_SIZE),
-                _ => index_plain(reader, c, &cache).map(|i| (i, None)),
-            },
-        )
-        .await
-        .map_err(feed_error(d))?
-        .map_err(|source| ImageError::Walk { layer: d, source })?;
-        if indexed.blob_digest != d {
-            return Err(ImageError::Mismatch {
-                layer: d,
-                actual: indexed.blob_digest,
-            });
-        }
-        Ok((indexed.toc, ztoc))
+/// Streams layer `d` (compressed with `c`) from `r`'s repository, caching every chunk in
+/// `cache`: returns its local TOC and, for a gzip layer, its ztoc. The stream must hash to `d`.
+pub(crate) async fn stream_index(
+    (client, cache): (&RegistryClient, &Arc<ChunkCache>),
+    r: &Reference,
+    d: Digest,
+    c: Compression,
+    progress: ProgressFn<'_>,
+) -> Result<(Toc, Option<Ztoc>), ImageError> {
+    let body = client.blob_stream(r, &d).await?;
+    let cache = cache.clone();
+    let mut done = 0u64;
+    let (indexed, ztoc) = feed_blocking(
+        body,
+        |n| {
+            done += n;
+            progress(Progress::LayerBytes { layer: d, done });
+        },
+        move |reader| match c {
+            Compression::Gzip => index_gzip_with_ztoc(reader, &cache, DEFAULT_SPAN_SIZE),
+            _ => index_plain(reader, c, &cache).map(|i| (i, None)),
+        },
+    )
+    .await
+    .map_err(feed_error(d))?
+    .map_err(|source| ImageError::Walk { layer: d, source })?;
+    if indexed.blob_digest != d {
+        return Err(ImageError::Mismatch {
+            layer: d,
+            actual: indexed.blob_digest,
+        });
     }
+    Ok((indexed.toc, ztoc))
 }
 
 /// Keeps `ztoc`, built while streaming layer `rec`, in the store. It is only an aid: a ztoc

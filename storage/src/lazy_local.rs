@@ -93,13 +93,11 @@ impl ChunkFetcher {
                     return Err(FetchError::Evicted(span));
                 }
             }
-            self.cache
-                .put(d, &buf)
-                .map_err(|e| FetchError::BadChunk {
-                    blob: layer.blob,
-                    digest: *d,
-                    reason: e.to_string(),
-                })?;
+            self.cache.put(d, &buf).map_err(|e| FetchError::BadChunk {
+                blob: layer.blob,
+                digest: *d,
+                reason: e.to_string(),
+            })?;
         }
         Ok(())
     }

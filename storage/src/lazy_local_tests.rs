@@ -25,7 +25,11 @@ fn streamed_then_fresh(
         compression: Compression::Gzip,
     });
     layer.blob = Digest::of(blob);
-    f.register_local_ztoc(layer.blob, &ztoc, locate_chunks(&indexed.toc, &ztoc).unwrap());
+    f.register_local_ztoc(
+        layer.blob,
+        &ztoc,
+        locate_chunks(&indexed.toc, &ztoc).unwrap(),
+    );
     (f, index, layer)
 }
 
@@ -43,11 +47,17 @@ async fn lost_chunks_of_a_streamed_layer_come_back_by_range_not_by_stream() {
     let got = read(&f, &layer, &chunks_of("f1"), 5000, 100).await.unwrap();
     assert_eq!(got, &files[1].1[5000..5100]);
     let fetched: u64 = fake.requests().iter().map(|r| r.end - r.start).sum();
-    assert!(fetched < blob.len() as u64 / 3, "{fetched} of {}", blob.len());
+    assert!(
+        fetched < blob.len() as u64 / 3,
+        "{fetched} of {}",
+        blob.len()
+    );
     assert_eq!(fake.streams.load(Ordering::SeqCst), 0);
     for (name, data) in &files {
         let chunks = chunks_of(name);
-        let got = read(&f, &layer, &chunks, 0, data.len() as u64).await.unwrap();
+        let got = read(&f, &layer, &chunks, 0, data.len() as u64)
+            .await
+            .unwrap();
         assert!(got == *data, "{name}");
         let mut again = vec![0; data.len()];
         assert_eq!(

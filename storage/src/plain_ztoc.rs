@@ -55,7 +55,10 @@ mod tests {
     fn one_pass_gives_the_local_toc_and_a_ztoc_that_finds_every_chunk() {
         let mut b = tar::Builder::new(Vec::new());
         let mut files = Vec::new();
-        for (i, size) in [10usize, 300_000, 1_000_000, 0, 4097].into_iter().enumerate() {
+        for (i, size) in [10usize, 300_000, 1_000_000, 0, 4097]
+            .into_iter()
+            .enumerate()
+        {
             let mut x = i as u64 + 1;
             let data: Vec<u8> = (0..size)
                 .map(|j| {
@@ -97,7 +100,11 @@ mod tests {
                 let strata_formats::index::ChunkLoc::Zran { start, end, inner } = p.loc else {
                     panic!("{p:?}")
                 };
-                let i = ztoc.span_digests.iter().position(|s| Some(*s) == p.digest).unwrap();
+                let i = ztoc
+                    .span_digests
+                    .iter()
+                    .position(|s| Some(*s) == p.digest)
+                    .unwrap();
                 let output = ztoc.zinfo.span_output(i, ztoc.uncompressed_size);
                 let got = ztoc
                     .read(

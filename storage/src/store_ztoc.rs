@@ -73,7 +73,10 @@ mod tests {
         let layer = Digest::of(b"layer");
         assert!(s.local_ztoc(&layer).unwrap().is_none());
         let d = s.put_local_ztoc(&layer, b"ztoc bytes").unwrap();
-        assert_eq!(s.local_ztoc(&layer).unwrap(), Some((d, b"ztoc bytes".to_vec())));
+        assert_eq!(
+            s.local_ztoc(&layer).unwrap(),
+            Some((d, b"ztoc bytes".to_vec()))
+        );
         fs::write(dir.path().join("blobs/sha256").join(d.hex()), b"ztoc bytez").unwrap();
         assert!(s.local_ztoc(&layer).is_err());
         s.remove_local_ztoc(&layer).unwrap();
