@@ -28,10 +28,11 @@ const WORKLOADS: [(&str, &str); 3] = [
 ];
 
 /// The scenarios compared in each run, in the order they alternate.
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "full pull (skopeo+umoci)",
     "strata cold native",
     "strata cold gzip",
+    "strata gzip+SOCI index",
     "strata cold profiled",
     "strata cold learned",
     "strata warm",
@@ -284,11 +285,13 @@ fn run_scenario(s: &str, shaper: &Shaper, work: &Path, w: &Workload) -> Sample {
         }
         "strata cold native"
         | "strata cold gzip"
+        | "strata gzip+SOCI index"
         | "strata cold profiled"
         | "strata cold learned" => {
             let image = match s {
                 "strata cold native" => "bench/py:native",
                 "strata cold gzip" => "bench/py:gzip",
+                "strata gzip+SOCI index" => "bench/py:gzip-soci",
                 "strata cold learned" => w.learned_tag,
                 _ => w.profiled_tag,
             };

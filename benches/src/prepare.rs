@@ -160,6 +160,7 @@ pub fn image(work: &Path) -> Image {
         .arg(format!("docker://{reg}/bench/py:gzip")));
     let croot = work.join("convert-root");
     let _ = std::fs::remove_dir_all(&croot);
+    push_soci_indexed(work, reg);
     sh(strata(&croot)
         .args(["convert", "-q"])
         .arg(format!("{reg}/bench/py:gzip"))
@@ -201,6 +202,24 @@ pub fn image(work: &Path) -> Image {
         img.files
     );
     img
+}
+
+/// Pushes the gzip image again as `bench/py:gzip-soci`, with a SOCI v2 index strata wrote
+/// (SOCI's defaults: 10 MiB minimum layer, 4 MiB spans): the row beside `soci convert`'s under
+/// the SOCI snapshotter.
+fn push_soci_indexed(work: &Path, reg: &str) {
+    sh(Command::new("skopeo")
+        .args(["copy", "-q", "--src-tls-verify=false"])
+        .arg("--dest-tls-verify=false")
+        .arg(format!("docker://{reg}/bench/py:gzip"))
+        .arg(format!("docker://{reg}/bench/py:gzip-soci")));
+    let root = work.join("index-root");
+    let _ = std::fs::remove_dir_all(&root);
+    sh(strata(&root)
+        .args(["index", "-q"])
+        .arg(format!("{reg}/bench/py:gzip-soci"))
+        .stdout(Stdio::null()));
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// Downloads the largest layer through the shaper with curl and prints it against the

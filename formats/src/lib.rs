@@ -10,6 +10,7 @@ pub mod index;
 mod num;
 pub mod profile;
 pub mod soci;
+pub mod soci_local;
 pub mod sparse;
 #[cfg(test)]
 mod sparse_tests;
@@ -18,4 +19,5 @@ pub mod tarwalk;
 pub mod toc;
 pub mod zlib;
 pub mod zran;
+pub mod zran_stream;
 pub mod ztoc;

@@ -3,7 +3,7 @@
 //! spans (each span checked against its digest before it is inflated), and turn a ztoc into
 //! a [`LayerIndex`] whose chunks are pieces of spans.
 
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
 use std::ops::Range;
 
 use base64::Engine;
@@ -13,8 +13,9 @@ use crate::index::{Chunk, ChunkLoc, IndexError, Kind, LayerIndex, entry_of};
 use crate::tarwalk::{TarVisitor, WalkError, encode_name, walk_tar};
 use crate::toc::TocEntry;
 use crate::zran::{self, ZranError};
+use crate::zran_stream::{GzipIndexer, Indexed};
 use crate::ztoc::{FileMetadata, VERSION, Ztoc};
-use strata_oci::digest::{Digest, Hasher};
+use strata_oci::digest::Digest;
 
 /// SOCI's default span size (4 MiB of uncompressed output between checkpoints).
 pub const DEFAULT_SPAN_SIZE: u64 = 4 << 20;
@@ -73,15 +74,8 @@ pub enum SociError {
     Mismatch(String),
 }
 
-/// Records each tar entry with the offset of its content in the uncompressed stream.
-#[derive(Default)]
-struct Offsets {
-    at: u64,
-    files: Vec<FileMetadata>,
-}
-
 /// The raw bytes of a TOC name (base64 in `raw` when they are not UTF-8).
-fn raw_name(name: &str, raw: &Option<String>) -> Vec<u8> {
+pub(crate) fn raw_name(name: &str, raw: &Option<String>) -> Vec<u8> {
     raw.as_ref()
         .and_then(|r| B64.decode(r).ok())
         .unwrap_or_else(|| name.as_bytes().to_vec())
@@ -116,75 +110,128 @@ fn metadata(meta: TocEntry, offset: u64) -> FileMetadata {
     }
 }
 
-impl TarVisitor for Offsets {
+/// Wraps a tar visitor and notes every entry with the offset of its content in the
+/// uncompressed stream: the TOC of a ztoc, built in the same pass as whatever `inner` does. A
+/// sparse file (no contiguous content to point at) is passed on to `inner` and leaves no TOC.
+pub struct ZtocFiles<V> {
+    inner: V,
+    at: u64,
+    files: Vec<FileMetadata>,
+    sparse: Option<String>,
+}
+
+impl<V: TarVisitor> ZtocFiles<V> {
+    /// Wraps `inner`.
+    pub fn new(inner: V) -> Self {
+        Self {
+            inner,
+            at: 0,
+            files: Vec::new(),
+            sparse: None,
+        }
+    }
+
+    /// The wrapped visitor, and the entries (or the error a sparse file makes of them).
+    pub fn into_parts(self) -> (V, Result<Vec<FileMetadata>, WalkError>) {
+        let files = match self.sparse {
+            None => Ok(self.files),
+            Some(name) => Err(WalkError::Unsupported {
+                name,
+                reason: "a sparse file has no contiguous content for a SOCI index",
+            }),
+        };
+        (self.inner, files)
+    }
+}
+
+/// Counts what a visitor reads of a payload.
+struct Counted<'a> {
+    inner: &'a mut dyn Read,
+    n: u64,
+}
+
+impl Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
+impl<V: TarVisitor> TarVisitor for ZtocFiles<V> {
     fn segment(&mut self, bytes: &[u8]) -> Result<(), WalkError> {
         self.at += bytes.len() as u64;
-        Ok(())
+        self.inner.segment(bytes)
     }
 
     fn entry(&mut self, meta: TocEntry, payload: &mut dyn Read) -> Result<(), WalkError> {
-        self.files.push(metadata(meta, self.at));
-        self.at += io::copy(payload, &mut io::sink())?;
+        self.files.push(metadata(meta.clone(), self.at));
+        let mut counted = Counted {
+            inner: payload,
+            n: 0,
+        };
+        self.inner.entry(meta, &mut counted)?;
+        self.at += counted.n;
         Ok(())
     }
 
     fn sparse(
         &mut self,
         meta: TocEntry,
-        _map: &crate::sparse::SparseMap,
-        _data: &mut dyn Read,
+        map: &crate::sparse::SparseMap,
+        data: &mut dyn Read,
     ) -> Result<(), WalkError> {
-        Err(WalkError::Unsupported {
-            name: meta.name,
-            reason: "a sparse file has no contiguous content for a SOCI index",
-        })
+        self.sparse.get_or_insert_with(|| meta.name.clone());
+        self.inner.sparse(meta, map, data)
     }
 }
 
-/// sha256 of each span's compressed bytes (spans overlap by one byte where a checkpoint lies
-/// inside a byte).
-fn span_digests<R: Read + Seek>(
-    blob: &mut R,
-    zinfo: &zran::Zinfo,
-    size: u64,
-) -> io::Result<Vec<Digest>> {
-    let mut out = Vec::with_capacity(zinfo.checkpoints.len());
-    let mut buf = vec![0u8; 1 << 16];
-    for i in 0..zinfo.checkpoints.len() {
-        let r = zinfo.span_range(i, size);
-        blob.seek(SeekFrom::Start(r.start))?;
-        let mut h = Hasher::default();
-        let mut left = r.end - r.start;
-        while left > 0 {
-            let n = crate::num::up_to(left, buf.len());
-            blob.read_exact(&mut buf[..n])?;
-            h.update(&buf[..n]);
-            left -= n as u64;
-        }
-        out.push(h.finish());
+/// A visitor that only reads the payloads.
+struct Skip;
+
+impl TarVisitor for Skip {
+    fn segment(&mut self, _bytes: &[u8]) -> Result<(), WalkError> {
+        Ok(())
     }
-    Ok(out)
+
+    fn entry(&mut self, _meta: TocEntry, payload: &mut dyn Read) -> Result<(), WalkError> {
+        io::copy(payload, &mut io::sink())?;
+        Ok(())
+    }
+
+    fn sparse(
+        &mut self,
+        _meta: TocEntry,
+        _map: &crate::sparse::SparseMap,
+        data: &mut dyn Read,
+    ) -> Result<(), WalkError> {
+        io::copy(data, &mut io::sink())?;
+        Ok(())
+    }
 }
 
-/// Builds the ztoc of a gzip layer blob: one pass for checkpoints, one for the tar's entries,
-/// one for the span digests.
-pub fn build_ztoc<R: Read + Seek>(mut blob: R, span_size: u64) -> Result<Ztoc, SociError> {
-    blob.seek(SeekFrom::Start(0))?;
-    let built = zran::build(io::BufReader::new(&mut blob), span_size)?;
-    blob.seek(SeekFrom::Start(0))?;
-    let mut offsets = Offsets::default();
-    let gz = flate2::read::MultiGzDecoder::new(io::BufReader::new(&mut blob));
-    walk_tar(gz, &mut offsets)?;
-    let span_digests = span_digests(&mut blob, &built.zinfo, built.compressed_size)?;
-    Ok(Ztoc {
+/// The ztoc of a layer from one pass of [`GzipIndexer`] and [`ZtocFiles`] over it.
+pub fn ztoc_of(gz: Indexed, files: Vec<FileMetadata>) -> Ztoc {
+    Ztoc {
         version: VERSION.into(),
         build_tool: BUILD_TOOL.into(),
-        compressed_size: built.compressed_size,
-        uncompressed_size: built.uncompressed_size,
-        files: offsets.files,
-        span_digests,
-        zinfo: built.zinfo,
-    })
+        compressed_size: gz.compressed_size,
+        uncompressed_size: gz.uncompressed_size,
+        files,
+        span_digests: gz.span_digests,
+        zinfo: gz.zinfo,
+    }
+}
+
+/// Builds the ztoc of a gzip layer blob in one pass: checkpoints and span digests as it
+/// inflates, the tar's entries as it walks the output.
+pub fn build_ztoc<R: Read>(blob: R, span_size: u64) -> Result<Ztoc, SociError> {
+    let mut gz = GzipIndexer::new(io::BufReader::new(blob), span_size)?;
+    let mut visitor = ZtocFiles::new(Skip);
+    walk_tar(&mut gz, &mut visitor)?;
+    let (_, files) = visitor.into_parts();
+    let files = files?;
+    Ok(ztoc_of(gz.finish()?, files))
 }
 
 impl Ztoc {
@@ -270,18 +317,21 @@ impl Ztoc {
     }
 
     fn file_chunks(&self, f: &FileMetadata) -> Vec<Chunk> {
+        self.pieces(f.uncompressed_offset..f.uncompressed_offset + f.uncompressed_size)
+    }
+
+    /// Uncompressed bytes `range` of the tar as chunks, one per span it touches, each located
+    /// at that span (`ChunkLoc::Zran`) with the span's digest; offsets from `range.start`.
+    pub fn pieces(&self, range: Range<u64>) -> Vec<Chunk> {
         let mut out = Vec::new();
-        let (mut at, end) = (
-            f.uncompressed_offset,
-            f.uncompressed_offset + f.uncompressed_size,
-        );
+        let (mut at, end) = (range.start, range.end);
         while at < end {
             let span = self.zinfo.span_of(at);
             let output = self.zinfo.span_output(span, self.uncompressed_size);
             let piece_end = end.min(output.end.max(at + 1));
             let blob = self.zinfo.span_range(span, self.compressed_size);
             out.push(Chunk {
-                file_offset: at - f.uncompressed_offset,
+                file_offset: at - range.start,
                 len: piece_end - at,
                 digest: Some(self.span_digests[span]),
                 loc: ChunkLoc::Zran {

@@ -5,8 +5,6 @@
 //! before it: raw inflate primed with the checkpoint's leftover bits and given its window as a
 //! preset dictionary. The checkpoints are kept in SOCI's binary layout (its "zinfo" blob).
 
-use std::io::Read;
-
 use crate::zlib::{Flush, Inflater, ZlibError};
 
 /// The deflate window: a checkpoint keeps this much output before it.
@@ -141,7 +139,7 @@ impl Zinfo {
     }
 
     /// Checks that the points go forward and have possible bit counts.
-    fn check(&self) -> Result<(), ZranError> {
+    pub(crate) fn check(&self) -> Result<(), ZranError> {
         let bad = |index, reason: &str| ZranError::BadCheckpoint {
             index,
             reason: reason.into(),
@@ -218,14 +216,21 @@ pub struct Built {
 }
 
 /// The sliding window of the last output, oldest byte first once full.
-struct Window {
+pub(crate) struct Window {
     buf: Box<[u8]>,
     /// Next write position.
     at: usize,
 }
 
 impl Window {
-    fn push(&mut self, mut out: &[u8]) {
+    pub(crate) fn new() -> Self {
+        Self {
+            buf: vec![0u8; WINDOW].into_boxed_slice(),
+            at: 0,
+        }
+    }
+
+    pub(crate) fn push(&mut self, mut out: &[u8]) {
         if out.len() >= WINDOW {
             out = &out[out.len() - WINDOW..];
         }
@@ -235,77 +240,12 @@ impl Window {
         self.at = (self.at + out.len()) % WINDOW;
     }
 
-    fn snapshot(&self) -> Box<[u8]> {
+    pub(crate) fn snapshot(&self) -> Box<[u8]> {
         let mut w = Vec::with_capacity(WINDOW);
         w.extend_from_slice(&self.buf[self.at..]);
         w.extend_from_slice(&self.buf[..self.at]);
         w.into_boxed_slice()
     }
-}
-
-/// Inflates a gzip stream (possibly several members) once and notes a checkpoint at the first
-/// block and then at the first block end after every `span_size` bytes of output.
-pub fn build(mut input: impl Read, span_size: u64) -> Result<Built, ZranError> {
-    let mut z = Inflater::new(47)?;
-    let mut inbuf = vec![0u8; 64 * 1024];
-    let mut outbuf = vec![0u8; WINDOW];
-    let mut window = Window {
-        buf: vec![0u8; WINDOW].into_boxed_slice(),
-        at: 0,
-    };
-    let (mut total_in, mut total_out, mut last) = (0u64, 0u64, 0u64);
-    let mut checkpoints: Vec<Checkpoint> = Vec::new();
-    let (mut pending, mut have) = (0usize, 0usize);
-    let mut ended = false;
-    loop {
-        if pending == have {
-            have = input.read(&mut inbuf)?;
-            pending = 0;
-            if have == 0 {
-                break;
-            }
-        }
-        if ended {
-            z.reset(47)?;
-            ended = false;
-        }
-        let step = z.inflate(&inbuf[pending..have], &mut outbuf, Flush::Block)?;
-        pending += step.consumed;
-        total_in += step.consumed as u64;
-        total_out += step.produced as u64;
-        window.push(&outbuf[..step.produced]);
-        if step.stream_end {
-            // Another member may follow (pigz, or appended layers).
-            ended = true;
-            continue;
-        }
-        let block_end = step.data_type & 128 != 0 && step.data_type & 64 == 0;
-        if block_end && (checkpoints.is_empty() || total_out - last > span_size) {
-            checkpoints.push(Checkpoint {
-                compressed: total_in,
-                uncompressed: total_out,
-                bits: u8::try_from(step.data_type & 7).unwrap_or(0),
-                window: window.snapshot(),
-            });
-            last = total_out;
-        }
-        if step.consumed == 0 && step.produced == 0 && pending < have {
-            return Err(ZlibError::Stalled.into());
-        }
-    }
-    if !ended {
-        return Err(ZranError::Zlib(ZlibError::Truncated));
-    }
-    let zinfo = Zinfo {
-        span_size,
-        checkpoints,
-    };
-    zinfo.check()?;
-    Ok(Built {
-        zinfo,
-        compressed_size: total_in,
-        uncompressed_size: total_out,
-    })
 }
 
 /// Inflates `len` bytes at uncompressed offset `at` from `data`, the compressed bytes that

@@ -2,6 +2,7 @@
 #![allow(clippy::cast_possible_truncation)]
 
 use super::*;
+use crate::zran_stream::build;
 use std::io::Write;
 
 /// Bytes that compress somewhat (so blocks end at odd bit offsets) but not to nothing.

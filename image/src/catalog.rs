@@ -256,7 +256,14 @@ impl Catalog {
                 };
                 let data_end = (lr.format == LayerFormat::ZstdChunked)
                     .then(|| lr.toc_offset.saturating_sub(8));
-                LayerIndex::from_toc_bounded(&parsed, locs, data_end).map_err(idx_err)?
+                let index =
+                    LayerIndex::from_toc_bounded(&parsed, locs, data_end).map_err(idx_err)?;
+                if let (LayerFormat::Plain { compression }, Some(f)) = (lr.format, &self.fetcher)
+                    && compression == strata_storage::store::Compression::Gzip
+                {
+                    crate::soci_local::register_local_ztoc(&self.store, f, (*d, lr.size), &parsed);
+                }
+                index
             }
         };
         Ok((lr.format, index))

@@ -68,6 +68,7 @@ impl Collector {
                 && !layers.contains(&d)
             {
                 self.store.remove_layer(&d)?;
+                self.store.remove_local_ztoc(&d)?;
                 let local = self.layout.blob(&d);
                 if let Ok(m) = std::fs::metadata(&local)
                     && std::fs::remove_file(&local).is_ok()
@@ -91,11 +92,7 @@ impl Collector {
                 }
             }
         }
-        for d in &layers {
-            if let Some(toc) = self.store.layer(d)?.and_then(|r| r.toc) {
-                blobs.insert(toc);
-            }
-        }
+        self.keep_layer_indexes(&layers, &mut blobs, &mut chunks)?;
         let (n, b) = self.store.retain_blobs(|d| blobs.contains(d))?;
         freed.files += n;
         freed.bytes += b;
@@ -115,5 +112,26 @@ impl Collector {
             }
         }
         Ok(freed)
+    }
+
+    /// Adds the TOC of each of `layers` to `blobs`, and its local ztoc (to `blobs`) with the
+    /// spans read through it (to `chunks`).
+    fn keep_layer_indexes(
+        &self,
+        layers: &HashSet<Digest>,
+        blobs: &mut HashSet<Digest>,
+        chunks: &mut HashSet<Digest>,
+    ) -> Result<(), ImageError> {
+        for d in layers {
+            let Some(rec) = self.store.layer(d)? else {
+                continue;
+            };
+            blobs.extend(rec.toc);
+            if let Some((z, ztoc)) = crate::soci_local::local_ztoc(&self.store, d, rec.size) {
+                blobs.insert(z);
+                chunks.extend(ztoc.span_digests);
+            }
+        }
+        Ok(())
     }
 }

@@ -33,6 +33,7 @@ pub mod profile;
 pub mod pull;
 pub mod push;
 pub mod soci;
+mod soci_local;
 pub mod soci_write;
 
 use std::path::Path;
@@ -158,7 +159,7 @@ impl Images {
 
     /// SOCI indexes of gzip images, built and pushed (`strata index`).
     pub fn soci_writer(&self) -> soci_write::SociWriter {
-        soci_write::SociWriter::new(self.client.clone(), self.layout.clone())
+        soci_write::SociWriter::new(self.client.clone(), self.store.clone())
     }
 
     /// Registry-to-registry conversion.

@@ -14,18 +14,17 @@ use strata_distribution::{RangeReply, RegistryClient};
 use strata_formats::estargz;
 use strata_formats::index::{LayerIndex, Locations};
 use strata_formats::profile::{Prefetch, profile_in};
-use strata_formats::toc::{Toc, TocAnnotations, TocError, decode_toc};
+use strata_formats::toc::{TocAnnotations, TocError, decode_toc};
 use strata_oci::digest::Digest;
 use strata_oci::reference::Reference;
 use strata_oci::timefmt::now_secs;
-use strata_storage::lazy::feed_blocking;
-use strata_storage::plain::{index_plain, sniff};
+use strata_storage::plain::sniff;
 use strata_storage::store::{
     Compression, ImageRecord, LayerFormat, LayerRecord, Store, StoreError,
 };
 
 use crate::catalog::source_ref;
-use crate::error::{ImageError, Progress, ProgressFn, digest_of, feed_error};
+use crate::error::{ImageError, Progress, ProgressFn, digest_of};
 use crate::index::LayerIndexer;
 use crate::layout::Layout;
 use crate::prefetch::Prefetcher;
@@ -347,8 +346,13 @@ impl Puller {
             size: rec.size,
             what: "Streaming (no TOC)",
         });
-        let indexed = self.stream_index(r, d, compression, progress).await?;
-        self.indexer.store_local_toc(&mut rec, &indexed)?;
+        let ends = (&*self.client, &self.indexer.cache);
+        let (toc, ztoc) =
+            crate::soci_local::stream_index(ends, r, d, compression, progress).await?;
+        self.indexer.store_local_toc(&mut rec, &toc)?;
+        if let Some(z) = &ztoc {
+            crate::soci_local::keep_local_ztoc(&self.store, &rec, z);
+        }
         self.store.put_layer(&rec)?;
         Ok(rec)
     }
@@ -377,36 +381,6 @@ impl Puller {
         )
         .await?;
         Ok(())
-    }
-
-    async fn stream_index(
-        &self,
-        r: &Reference,
-        d: Digest,
-        c: Compression,
-        progress: ProgressFn<'_>,
-    ) -> Result<Toc, ImageError> {
-        let body = self.client.blob_stream(r, &d).await?;
-        let cache = self.indexer.cache.clone();
-        let mut done = 0u64;
-        let indexed = feed_blocking(
-            body,
-            |n| {
-                done += n;
-                progress(Progress::LayerBytes { layer: d, done });
-            },
-            move |reader| index_plain(reader, c, &cache),
-        )
-        .await
-        .map_err(feed_error(d))?
-        .map_err(|source| ImageError::Walk { layer: d, source })?;
-        if indexed.blob_digest != d {
-            return Err(ImageError::Mismatch {
-                layer: d,
-                actual: indexed.blob_digest,
-            });
-        }
-        Ok(indexed.toc)
     }
 }
 

@@ -7,19 +7,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 use serde_json::{Value, json};
 
 use strata_distribution::RegistryClient;
 use strata_formats::soci::build_ztoc;
-use strata_oci::digest::{Digest, Hasher};
+use strata_formats::ztoc::Ztoc;
+use strata_oci::digest::Digest;
 use strata_oci::manifest::{
     CONFIG_MEDIA_TYPE, Descriptor, INDEX_MEDIA_TYPE, Index, MANIFEST_MEDIA_TYPE, Manifest,
 };
 use strata_oci::reference::Reference;
+use strata_storage::lazy::feed_blocking;
+use strata_storage::plain::HashingReader;
+use strata_storage::store::Store;
 
-use crate::error::{ImageError, Progress, ProgressFn};
-use crate::layout::Layout;
+use crate::error::{ImageError, Progress, ProgressFn, feed_error};
 use crate::pull::resolve_manifest;
 use crate::soci::{
     ARTIFACT_V2, BUILD_TOOL, EMPTY_JSON, IMAGE_MANIFEST_DIGEST, INDEX_DIGEST, LAYER_DIGEST,
@@ -43,13 +45,13 @@ pub struct Indexed {
 #[derive(Debug, Clone)]
 pub struct SociWriter {
     client: Arc<RegistryClient>,
-    layout: Layout,
+    store: Store,
 }
 
 impl SociWriter {
-    /// A writer talking to registries through `client`, with scratch space in `layout`.
-    pub fn new(client: Arc<RegistryClient>, layout: Layout) -> Self {
-        Self { client, layout }
+    /// A writer talking to registries through `client`, using the local ztocs of `store`.
+    pub fn new(client: Arc<RegistryClient>, store: Store) -> Self {
+        Self { client, store }
     }
 
     /// Indexes image `r` (the manifest for `platform`): a ztoc with spans of `span_size`
@@ -118,8 +120,9 @@ impl SociWriter {
         })
     }
 
-    /// Streams one layer to scratch space (checked against its digest), builds its ztoc and
-    /// pushes it; returns the ztoc's descriptor.
+    /// The ztoc of one layer, with spans of `span_size`: the one built here while the layer
+    /// streamed, if there is one with that span size, else built by streaming the layer
+    /// (checked against its digest). Pushes it; returns its descriptor.
     async fn ztoc_for(
         &self,
         r: &Reference,
@@ -133,38 +136,10 @@ impl SociWriter {
             size: layer.size,
             what: "Indexing",
         });
-        let tmp = self.layout.tmp();
-        std::fs::create_dir_all(&tmp).map_err(ImageError::io(&tmp))?;
-        let path = strata_storage::atomic::temp_path(&tmp.join(format!("soci-{}", d.hex())));
-        let file = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(ImageError::io(&path))?;
-        // The name goes now: the open descriptor is all the ztoc builder needs.
-        let _ = std::fs::remove_file(&path);
-        let mut writer = std::io::BufWriter::new(file);
-        let mut body = Box::pin(self.client.blob_stream(r, &d).await?);
-        let mut hasher = Hasher::default();
-        let io = |source| ImageError::LayerIo { layer: d, source };
-        while let Some(chunk) = body.try_next().await? {
-            hasher.update(&chunk);
-            std::io::Write::write_all(&mut writer, &chunk).map_err(io)?;
-        }
-        let actual = hasher.finish();
-        if actual != d {
-            return Err(ImageError::Mismatch { layer: d, actual });
-        }
-        let file = writer.into_inner().map_err(|e| io(e.into_error()))?;
-        let ztoc = tokio::task::spawn_blocking(move || build_ztoc(file, span_size))
-            .await
-            .map_err(|e| io(std::io::Error::other(e)))?
-            .map_err(|e| ImageError::Soci {
-                what: "ztoc",
-                digest: d,
-                reason: format!("building the ztoc of layer {d}: {e}"),
-            })?;
+        let ztoc = match crate::soci_local::local_ztoc(&self.store, &d, layer.size) {
+            Some((_, z)) if z.zinfo.span_size == span_size => z,
+            _ => self.stream_ztoc(r, d, span_size, progress).await?,
+        };
         let bytes = Bytes::from(ztoc.to_bytes());
         let zdigest = Digest::of(&bytes);
         let size = bytes.len() as u64;
@@ -179,6 +154,42 @@ impl SociWriter {
             (SPAN_SIZE.to_string(), span_size.to_string()),
         ]);
         Ok(Descriptor::new(ZTOC_MEDIA_TYPE, zdigest, size).with_annotations(annotations))
+    }
+
+    /// Builds the ztoc of layer `d` in one pass over its stream, which must hash to `d`.
+    async fn stream_ztoc(
+        &self,
+        r: &Reference,
+        d: Digest,
+        span_size: u64,
+        progress: ProgressFn<'_>,
+    ) -> Result<Ztoc, ImageError> {
+        let body = self.client.blob_stream(r, &d).await?;
+        let mut done = 0u64;
+        let (built, actual) = feed_blocking(
+            body,
+            |n| {
+                done += n;
+                progress(Progress::LayerBytes { layer: d, done });
+            },
+            move |reader| {
+                let mut hashing = HashingReader::new(reader);
+                let built = build_ztoc(&mut hashing, span_size);
+                let digest = hashing.finish().map(|(digest, _)| digest);
+                (built, digest)
+            },
+        )
+        .await
+        .map_err(feed_error(d))?;
+        let actual = actual.map_err(|source| ImageError::LayerIo { layer: d, source })?;
+        if actual != d {
+            return Err(ImageError::Mismatch { layer: d, actual });
+        }
+        built.map_err(|e| ImageError::Soci {
+            what: "ztoc",
+            digest: d,
+            reason: format!("building the ztoc of layer {d}: {e}"),
+        })
     }
 
     /// Pushes the empty config and the SOCI index manifest naming `ztocs`.

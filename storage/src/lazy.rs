@@ -147,6 +147,8 @@ pub struct ChunkFetcher {
     pub(crate) read_deadline: std::time::Duration,
     /// Chunks whose reads passed the deadline lately.
     pub(crate) recent_timeouts: crate::deadline::RecentTimeouts,
+    /// Streamed gzip layers whose chunks are found again through a local ztoc.
+    local: local::LocalZtocs,
 }
 
 /// How many times a read fetches its chunks when they are evicted before it can copy them.
@@ -166,6 +168,7 @@ impl ChunkFetcher {
             foreground: Foreground::default(),
             read_deadline: crate::deadline::read_deadline(),
             recent_timeouts: Default::default(),
+            local: local::LocalZtocs::default(),
         }
     }
 
@@ -375,7 +378,13 @@ impl ChunkFetcher {
         } else if matches!(layer.format, LayerFormat::Plain { .. })
             || mine.iter().any(|c| c.loc == ChunkLoc::Local)
         {
-            self.traced_restream(layer, &mine).await
+            match self
+                .fetch_through_local_ztoc(layer, &mine, foreground)
+                .await
+            {
+                Some(done) => done,
+                None => self.traced_restream(layer, &mine).await,
+            }
         } else {
             self.fetch_ranges(layer, &mine, &claim).await
         };
@@ -607,6 +616,10 @@ fn read_range_of_file(
     f.read_exact_at(&mut buf, start)?;
     Ok(Some(Bytes::from(buf)))
 }
+
+#[path = "lazy_local.rs"]
+mod local;
+pub use local::ChunkSpans;
 
 #[cfg(test)]
 #[path = "lazy_tests.rs"]

@@ -548,3 +548,6 @@ async fn a_stalled_source_fails_reads_and_their_waiters_at_the_deadline() {
     let got = read(&f, &layer, &chunks, CHUNK + 50, 100).await.unwrap();
     assert_eq!(got, content(1)[50..150]);
 }
+
+#[path = "lazy_local_tests.rs"]
+mod local_tests;

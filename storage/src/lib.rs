@@ -10,6 +10,7 @@ mod inflight;
 pub mod lazy;
 pub mod leftovers;
 pub mod plain;
+pub mod plain_ztoc;
 pub mod ranges;
 pub mod source;
 mod spans;

@@ -86,30 +86,42 @@ pub fn index_plain<R: Read>(
     cache: &ChunkCache,
 ) -> Result<Indexed, WalkError> {
     let mut hashing = HashingReader::new(blob);
-    let mut v = Indexer {
-        cache,
-        entries: Vec::new(),
-    };
+    let mut v = Indexer::new(cache);
     let (diff_id, _) = {
         let tar = decompress(&mut hashing, c)?;
         walk_tar(tar, &mut v)?
     };
     let (blob_digest, blob_size) = hashing.finish()?;
-    Ok(Indexed {
-        toc: Toc {
-            version: 1,
-            entries: v.entries,
-            tar_split_digest: None,
-        },
-        blob_digest,
-        blob_size,
-        diff_id,
-    })
+    Ok(v.indexed(blob_digest, blob_size, diff_id))
 }
 
-struct Indexer<'a> {
+/// Caches every chunk of the payloads it visits and notes the local TOC.
+pub(crate) struct Indexer<'a> {
     cache: &'a ChunkCache,
     entries: Vec<TocEntry>,
+}
+
+impl<'a> Indexer<'a> {
+    pub(crate) fn new(cache: &'a ChunkCache) -> Self {
+        Self {
+            cache,
+            entries: Vec::new(),
+        }
+    }
+
+    /// What indexing a blob of `blob_size` bytes hashing to `blob_digest` found.
+    pub(crate) fn indexed(self, blob_digest: Digest, blob_size: u64, diff_id: Digest) -> Indexed {
+        Indexed {
+            toc: Toc {
+                version: 1,
+                entries: self.entries,
+                tar_split_digest: None,
+            },
+            blob_digest,
+            blob_size,
+            diff_id,
+        }
+    }
 }
 
 impl TarVisitor for Indexer<'_> {

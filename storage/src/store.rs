@@ -354,6 +354,9 @@ impl Store {
     }
 }
 
+#[path = "store_ztoc.rs"]
+mod store_ztoc;
+
 #[cfg(test)]
 mod tests {
     use super::*;
