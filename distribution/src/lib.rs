@@ -196,21 +196,7 @@ impl RegistryClient {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            let transient = match &result {
-                Ok(resp) => {
-                    let s = resp.status();
-                    s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS
-                }
-                Err(e) => !e.is_builder(),
-            };
-            if transient && attempt < self.opts.attempts {
-                let wait = Duration::from_millis(100 * (1 << attempt.min(5)));
-                match &result {
-                    Ok(resp) => {
-                        info!(%url, status = %resp.status(), attempt, "registry error, retrying")
-                    }
-                    Err(e) => info!(%url, error = %e, attempt, "transport error, retrying"),
-                }
+            if let Some(wait) = retry::transient_wait(&result, attempt, self.opts.attempts, url) {
                 tokio::time::sleep(wait).await;
                 continue;
             }

@@ -152,6 +152,19 @@ impl LazyFs {
         self.ready.wait().map_err(|_| Errno::EIO)
     }
 
+    /// The readahead of a read miss at `offset..offset+len`: what lies beyond the chunks the
+    /// read touches goes out beside them in requests of their own, so a reader never waits for
+    /// bytes it did not ask for (a coalesced request is released as a whole when it ends).
+    fn read_ahead_beside(&self, ready: &Arc<Ready>, content: &Content, offset: u64, len: u64) {
+        let fetch_len = readahead::miss_fetch_len(len, n_remaining(&content.chunks, offset));
+        let own_end = ChunkFetcher::touching(&content.chunks, offset, len)
+            .last()
+            .map_or(offset + len, |c| c.file_offset + c.len);
+        if offset + fetch_len > own_end {
+            self.prefetch(ready, content, own_end, offset + fetch_len - own_end);
+        }
+    }
+
     /// Keeps `len` bytes of the file from `from` on their way (behind a sequential reader).
     fn prefetch(&self, ready: &Ready, content: &Content, from: u64, len: u64) {
         let ahead = ChunkFetcher::touching(&content.chunks, from, len);
@@ -411,16 +424,7 @@ impl Filesystem for LazyFs {
         if !self.replaying && self.recorder.is_none() {
             crate::dir_prefetch::on_miss(&self.dir_seen, &ready, &self.fetcher, &self.rt, ino.0);
         }
-        // The read waits for its own chunks only; what it fetches ahead goes out beside them in
-        // requests of their own, so a reader never waits for bytes it did not ask for (a
-        // large coalesced request is released as a whole when it ends).
-        let fetch_len = readahead::miss_fetch_len(len, n_remaining(&content.chunks, offset));
-        let own_end = ChunkFetcher::touching(&content.chunks, offset, len)
-            .last()
-            .map_or(offset + len, |c| c.file_offset + c.len);
-        if offset + fetch_len > own_end {
-            self.prefetch(&ready, &content, own_end, offset + fetch_len - own_end);
-        }
+        self.read_ahead_beside(&ready, &content, offset, len);
         let fetch_len = len;
         let (fetcher, failures) = (self.fetcher.clone(), self.last_failure.clone());
         // The fetch runs on its own (bounded by the read deadline), so that a reader being
@@ -599,58 +603,5 @@ impl Filesystem for LazyFs {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use strata_formats::index::{Entry, LayerIndex};
-    use strata_storage::cache::ChunkCache;
-    use strata_storage::source::NoSource;
-
-    fn entry(path: &str, kind: Kind) -> Entry {
-        Entry {
-            mode: 0o755,
-            ..crate::tree::test_entry(path, kind)
-        }
-    }
-
-    #[test]
-    fn readdir_resumes_at_any_offset_with_the_same_entries() {
-        let mut entries = vec![entry("d", Kind::Dir), entry("d/sub", Kind::Dir)];
-        entries.extend((0..7).map(|i| entry(&format!("d/f{}", 7 - i), Kind::Reg)));
-        let tree = Tree::build([&LayerIndex { entries }]).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Arc::new(ChunkCache::open(dir.path(), 1 << 20).unwrap());
-        let fetcher = Arc::new(ChunkFetcher::new(
-            Arc::new(NoSource),
-            cache,
-            dir.path().into(),
-        ));
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let d = INodeNo(tree.resolve(b"d").unwrap());
-        let fs = LazyFs::new(tree, Vec::new(), fetcher, rt.handle().clone());
-        let list = |offset| -> Vec<(u64, String, u64)> {
-            let ready = fs.snapshot().unwrap();
-            let e = LazyFs::dir_entries(&ready, d, offset).unwrap();
-            e.map(|(next, ino, attr, name)| {
-                assert_eq!(attr.ino.0, ino);
-                (next, String::from_utf8_lossy(name).into_owned(), ino)
-            })
-            .collect()
-        };
-        let all = list(0);
-        let names: Vec<&str> = all.iter().map(|e| e.1.as_str()).collect();
-        assert_eq!(
-            names,
-            [".", "..", "f1", "f2", "f3", "f4", "f5", "f6", "f7", "sub"]
-        );
-        assert!(all.iter().enumerate().all(|(i, e)| e.0 == i as u64 + 1));
-        assert_eq!(all[0].2, d.0);
-        assert_eq!(all[1].2, crate::tree::ROOT_INO);
-        for offset in 0..=all.len() + 1 {
-            assert_eq!(
-                list(offset as u64),
-                all[offset.min(all.len())..],
-                "at {offset}"
-            );
-        }
-    }
-}
+#[path = "fuse_tests.rs"]
+mod tests;

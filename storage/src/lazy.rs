@@ -146,7 +146,7 @@ pub struct ChunkFetcher {
     /// How long one read, and one range request, may wait for the network.
     pub(crate) read_deadline: std::time::Duration,
     /// Chunks whose reads passed the deadline lately.
-    pub(crate) recent_timeouts: crate::deadline::RecentTimeouts,
+    pub(crate) recent_timeouts: crate::read_deadline::RecentTimeouts,
     /// Streamed gzip layers whose chunks are found again through a local ztoc.
     local: local::LocalZtocs,
 }
@@ -166,13 +166,13 @@ impl ChunkFetcher {
             layer_streams: Mutex::new(HashMap::new()),
             spans: Spans::default(),
             foreground: Foreground::default(),
-            read_deadline: crate::deadline::read_deadline(),
+            read_deadline: crate::read_deadline::read_deadline(),
             recent_timeouts: Default::default(),
             local: local::LocalZtocs::default(),
         }
     }
 
-    /// This fetcher with reads bounded by `deadline` instead of [`crate::deadline::read_deadline`].
+    /// This fetcher with reads bounded by `deadline` instead of [`crate::read_deadline::read_deadline`].
     pub fn with_read_deadline(mut self, deadline: std::time::Duration) -> Self {
         self.read_deadline = deadline;
         self

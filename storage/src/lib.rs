@@ -12,6 +12,7 @@ pub mod leftovers;
 pub mod plain;
 pub mod plain_ztoc;
 pub mod ranges;
+mod read_deadline;
 pub mod source;
 mod spans;
 pub mod store;
