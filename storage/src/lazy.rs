@@ -382,8 +382,12 @@ impl ChunkFetcher {
                 .fetch_through_local_ztoc(layer, &mine, foreground)
                 .await
             {
+                // A cache too small to hold the spans beside their chunks evicts them before
+                // they are cut up: stream the layer as without a local ztoc.
+                Some(Err(FetchError::Evicted(_))) | None => {
+                    self.traced_restream(layer, &mine).await
+                }
                 Some(done) => done,
-                None => self.traced_restream(layer, &mine).await,
             }
         } else {
             self.fetch_ranges(layer, &mine, &claim).await
