@@ -425,7 +425,6 @@ impl Filesystem for LazyFs {
             crate::dir_prefetch::on_miss(&self.dir_seen, &ready, &self.fetcher, &self.rt, ino.0);
         }
         self.read_ahead_beside(&ready, &content, offset, len);
-        let fetch_len = len;
         let (fetcher, failures) = (self.fetcher.clone(), self.last_failure.clone());
         // The fetch runs on its own (bounded by the read deadline), so that a reader being
         // killed is answered at once while the fetch goes on for whoever else waits for it.
@@ -433,7 +432,7 @@ impl Filesystem for LazyFs {
             let path = || ready.tree.path_of(ino.0);
             let at = (offset, &mut buf[..]);
             let r = fetcher
-                .read_into_traced(&layer, &content.chunks, at, fetch_len, path)
+                .read_into_traced(&layer, &content.chunks, at, len, path)
                 .await;
             (buf, r)
         });
