@@ -419,6 +419,22 @@ pub struct Blob {
     pub diff_id: String,
 }
 
+impl Blob {
+    /// `tar` as a gzip layer at the default level (deflate blocks end often enough for SOCI
+    /// checkpoints), as most registries' images are written.
+    pub fn gzip(tar: &[u8]) -> Blob {
+        use std::io::Write;
+        let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        w.write_all(tar).unwrap();
+        Blob {
+            data: w.finish().unwrap(),
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            annotations: serde_json::json!({}),
+            diff_id: crate::sha(tar),
+        }
+    }
+}
+
 /// Pushes `layers` (already written) as `repo:tag`; returns the reference.
 pub fn push_blobs(registry: &str, repo: &str, tag: &str, layers: &[Blob]) -> String {
     let scratch = tempfile::tempdir().unwrap();

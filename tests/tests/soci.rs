@@ -298,20 +298,7 @@ fn push_gzip(registry: &str, repo: &str, tag: &str) -> Image {
 
 /// Pushes `tars` as gzip layers at the default level.
 fn push_gzip_tars(registry: &str, repo: &str, tag: &str, tars: &[Vec<u8>]) -> Image {
-    use std::io::Write;
-    let blobs: Vec<Blob> = tars
-        .iter()
-        .map(|t| {
-            let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            w.write_all(t).unwrap();
-            Blob {
-                data: w.finish().unwrap(),
-                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-                annotations: serde_json::json!({}),
-                diff_id: strata_tests::sha(t),
-            }
-        })
-        .collect();
+    let blobs: Vec<Blob> = tars.iter().map(|t| Blob::gzip(t)).collect();
     let blob_bytes = blobs.iter().map(|b| b.data.len() as u64).sum();
     Image {
         reference: push_blobs(registry, repo, tag, &blobs),

@@ -54,23 +54,10 @@ fn peers(test: &str) -> Option<PathBuf> {
 /// The rich image with busybox, as gzip layers at the default level; returns the reference,
 /// the tars and the compressed bytes.
 fn push_gzip(registry: &str, repo: &str) -> (String, Vec<Vec<u8>>, u64) {
-    use std::io::Write;
     let mut layers = rich_layers(true);
     layers.push(busybox_layer());
     let tars: Vec<Vec<u8>> = layers.iter().map(|l| tar_of(l)).collect();
-    let blobs: Vec<Blob> = tars
-        .iter()
-        .map(|t| {
-            let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            w.write_all(t).unwrap();
-            Blob {
-                data: w.finish().unwrap(),
-                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-                annotations: serde_json::json!({}),
-                diff_id: strata_tests::sha(t),
-            }
-        })
-        .collect();
+    let blobs: Vec<Blob> = tars.iter().map(|t| Blob::gzip(t)).collect();
     let bytes = blobs.iter().map(|b| b.data.len() as u64).sum();
     (push_blobs(registry, repo, "1", &blobs), tars, bytes)
 }

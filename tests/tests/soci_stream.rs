@@ -20,20 +20,7 @@ use strata_tests::{mounts, require_root_fuse};
 /// Pushes `tars` as gzip layers at the default level (blocks end often enough for
 /// checkpoints); returns the reference and the blobs.
 fn push_gzip(registry: &str, repo: &str, tars: &[Vec<u8>]) -> (String, Vec<Blob>) {
-    use std::io::Write;
-    let blobs: Vec<Blob> = tars
-        .iter()
-        .map(|t| {
-            let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            w.write_all(t).unwrap();
-            Blob {
-                data: w.finish().unwrap(),
-                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-                annotations: serde_json::json!({}),
-                diff_id: strata_tests::sha(t),
-            }
-        })
-        .collect();
+    let blobs: Vec<Blob> = tars.iter().map(|t| Blob::gzip(t)).collect();
     (push_blobs(registry, repo, "1", &blobs), blobs)
 }
 
