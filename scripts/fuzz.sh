@@ -39,7 +39,11 @@ for target in $(cargo +nightly fuzz list); do
     failed=$((failed + 1))
     crash=$(grep -o 'artifacts/[^ ]*' "$log" | tail -1)
     echo "fuzz $target: failed (input kept in fuzz/${crash:-artifacts/$target/})"
-    grep -m1 -E "panicked at|ERROR: libFuzzer|SUMMARY|out-of-memory|timeout" "$log" | sed 's/^/  /'
+    # The cause: the panic message (and the line after it), or libFuzzer's own verdict. The
+    # `Running ...` line is skipped: its `-timeout=` flag would match.
+    grep -v '^ *Running ' "$log" |
+      grep -m1 -A1 -E "panicked at|ERROR: libFuzzer|SUMMARY|out-of-memory|timeout after" |
+      sed 's/^/  /'
   fi
 done
 echo "$passed passed, $failed failed"

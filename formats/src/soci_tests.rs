@@ -182,3 +182,15 @@ fn damaged_ztocs_never_panic() {
         }
     }
 }
+
+/// Found by the ztoc fuzzer: a first checkpoint past offset 0 left the tar's first bytes in no
+/// span, and cutting a file there underflowed.
+#[test]
+fn a_first_checkpoint_past_the_start_is_refused() {
+    let (blob, _) = layer();
+    let mut z = build_ztoc(Cursor::new(&blob), SPAN).unwrap();
+    assert!(z.zinfo.checkpoints.len() > 1);
+    z.zinfo.checkpoints[0].uncompressed = 1;
+    let err = Ztoc::parse(&z.to_bytes()).unwrap_err();
+    assert!(err.to_string().contains("first checkpoint"), "{err}");
+}
