@@ -3,18 +3,32 @@
 //! background fetches hold back).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use strata_formats::index::Chunk;
 use strata_oci::digest::Digest;
 use tokio::sync::watch;
 
-/// Chunks being fetched; the receiver of each wakes when its fetch ends, however it ends. Its
-/// value turns true when the fetch was abandoned (its reader passed its deadline or went away)
-/// rather than ended: a waiter with time left may then fetch the chunk itself.
+/// How a fetch others wait for ended, as its waiters see it once their receiver wakes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// It ended; the chunk is in the cache unless something went wrong that the fetcher
+    /// reports to its own caller (the waiter looks in the cache).
+    #[default]
+    Ended,
+    /// It was abandoned (its reader passed its deadline or went away) before it ended: a waiter
+    /// with time left may fetch the chunk itself.
+    Abandoned,
+    /// It failed for this reason (the error and its causes, one line), which the waiters
+    /// report as their own cause.
+    Failed(Arc<str>),
+}
+
+/// Chunks being fetched; the receiver of each wakes when its fetch ends, however it ends, and
+/// then holds how ([`Ended`]).
 #[derive(Debug, Default)]
 pub(crate) struct Inflight {
-    map: Mutex<HashMap<Digest, watch::Receiver<bool>>>,
+    map: Mutex<HashMap<Digest, watch::Receiver<Ended>>>,
 }
 
 /// What [`Inflight::claim`] found.
@@ -24,7 +38,7 @@ pub(crate) struct Claimed<'a> {
     /// Those chunks.
     pub(crate) mine: Vec<Chunk>,
     /// Chunks someone else is fetching, with the receiver that wakes when that fetch ends.
-    pub(crate) waits: Vec<(Digest, watch::Receiver<bool>)>,
+    pub(crate) waits: Vec<(Digest, watch::Receiver<Ended>)>,
 }
 
 impl Inflight {
@@ -42,7 +56,7 @@ impl Inflight {
                     waits.push((d, rx.clone()));
                     continue;
                 }
-                let (tx, rx) = watch::channel(false);
+                let (tx, rx) = watch::channel(Ended::Ended);
                 map.insert(d, rx);
                 senders.insert(d, tx);
                 mine.push(*c);
@@ -63,45 +77,54 @@ impl Inflight {
 /// dropping the senders wakes the waiters. Chunks still claimed when the claim is dropped were
 /// abandoned (the fetch was cancelled): their waiters are told so.
 pub(crate) struct Claim<'a> {
-    map: &'a Mutex<HashMap<Digest, watch::Receiver<bool>>>,
-    senders: Mutex<HashMap<Digest, watch::Sender<bool>>>,
+    map: &'a Mutex<HashMap<Digest, watch::Receiver<Ended>>>,
+    senders: Mutex<HashMap<Digest, watch::Sender<Ended>>>,
 }
 
 impl Claim<'_> {
     /// Ends the claim on `digests` (their waiters wake and look in the cache).
     pub(crate) fn release(&self, digests: impl IntoIterator<Item = Digest>) {
-        self.release_as(digests, false);
+        self.release_as(digests, Ended::Ended);
+    }
+
+    /// Ends the claim on `digests` whose fetch failed with `cause`: their waiters fail with it.
+    pub(crate) fn fail(&self, digests: impl IntoIterator<Item = Digest>, cause: &Arc<str>) {
+        self.release_as(digests, Ended::Failed(cause.clone()));
     }
 
     /// Ends the claim on `digests` whose fetch gave up waiting (passed the deadline): their
     /// waiters may try themselves, within their own deadlines.
     pub(crate) fn abandon(&self, digests: impl IntoIterator<Item = Digest>) {
-        self.release_as(digests, true);
+        self.release_as(digests, Ended::Abandoned);
     }
 
-    fn release_as(&self, digests: impl IntoIterator<Item = Digest>, abandoned: bool) {
+    fn release_as(&self, digests: impl IntoIterator<Item = Digest>, how: Ended) {
         let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         for d in digests {
             map.remove(&d);
             if let Some(tx) = senders.remove(&d)
-                && abandoned
+                && how != Ended::Ended
             {
-                tx.send_replace(true);
+                tx.send_replace(how.clone());
             }
         }
     }
 }
 
 impl Claim<'_> {
-    /// Ends the claim on every chunk still claimed: their fetch ended (well or not).
-    pub(crate) fn finish(self) {
+    /// Ends the claim on every chunk still claimed: their fetch ended, well or with the error
+    /// `failed` (one line with its causes), which their waiters then report.
+    pub(crate) fn finish(self, failed: Option<Arc<str>>) {
         let all: Vec<Digest> = self
             .senders
             .lock()
             .map(|s| s.keys().copied().collect())
             .unwrap_or_default();
-        self.release(all);
+        match failed {
+            Some(cause) => self.fail(all, &cause),
+            None => self.release(all),
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use tracing::debug;
 
 use crate::atomic;
 use crate::cache::{CacheError, ChunkCache};
-use crate::inflight::{Claim, Claimed, Foreground, Inflight};
+use crate::inflight::{Claim, Claimed, Ended, Foreground, Inflight};
 use crate::plain::index_plain;
 use crate::ranges::{PARALLEL_REQUESTS, RangeGroup, coalesce, store_group};
 use crate::source::{BlobSource, RangeReply, SourceError};
@@ -57,6 +57,15 @@ pub enum FetchError {
     /// Another reader's fetch of this chunk failed.
     #[error("chunk {0} is not available (its fetch failed)")]
     Unavailable(Digest),
+    /// The fetch this read waited for (another read's, or a prefetch) failed, for the reason
+    /// given (that error and its causes, on one line).
+    #[error("chunk {digest}: {cause}")]
+    FailedElsewhere {
+        /// The chunk.
+        digest: Digest,
+        /// Why the fetch failed.
+        cause: Arc<str>,
+    },
     /// Another reader's fetch brought this chunk in, but the cache evicted it before this
     /// read could copy it (a cache smaller than what is being fetched).
     #[error("chunk {0} was evicted from the cache before it was read")]
@@ -392,7 +401,12 @@ impl ChunkFetcher {
         } else {
             self.fetch_ranges(layer, &mine, &claim).await
         };
-        claim.finish();
+        claim.finish(
+            result
+                .as_ref()
+                .err()
+                .map(|e| Arc::from(strata_oci::causes::with_causes(e))),
+        );
         if let Err(e) = &result {
             // The caller says it (a read as an error, a prefetch at debug level): a bad
             // speculative fetch must not print a line per chunk.
@@ -405,10 +419,15 @@ impl ChunkFetcher {
             if !self.cache.contains(&d) {
                 return Err(if self.cache.was_stored(&d) {
                     FetchError::Evicted(d)
-                } else if *rx.borrow() {
-                    FetchError::Abandoned(d)
                 } else {
-                    FetchError::Unavailable(d)
+                    match &*rx.borrow() {
+                        Ended::Abandoned => FetchError::Abandoned(d),
+                        Ended::Failed(cause) => FetchError::FailedElsewhere {
+                            digest: d,
+                            cause: cause.clone(),
+                        },
+                        Ended::Ended => FetchError::Unavailable(d),
+                    }
                 });
             }
         }
@@ -434,7 +453,8 @@ impl ChunkFetcher {
                 let stored = self.fetch_group(layer, group).await;
                 match &stored {
                     Err(FetchError::TimedOut { .. }) => claim.abandon(digests),
-                    _ => claim.release(digests),
+                    Err(e) => claim.fail(digests, &Arc::from(strata_oci::causes::with_causes(e))),
+                    Ok(()) => claim.release(digests),
                 }
                 stored
             })

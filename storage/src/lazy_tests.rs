@@ -34,7 +34,7 @@ struct Fake {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("fake registry refused")]
+#[error("fake registry refused: 503 Service Unavailable")]
 struct Refused;
 
 impl Fake {
@@ -252,12 +252,18 @@ async fn a_failed_fetch_wakes_its_waiters_and_the_next_read_retries() {
     fake.fail.store(1, Ordering::SeqCst);
     let readers = held_readers(&f, &fake, &chunks, 5).await;
     fake.gate.send_replace(true);
+    // The reader whose request failed names the registry's answer, and so does every reader
+    // that waited for that request: the cause reaches them, not just "it failed".
     for r in readers {
         let err = r.await.unwrap().unwrap_err();
         assert!(
-            matches!(err, FetchError::Source { .. } | FetchError::Unavailable(_)),
+            matches!(
+                err,
+                FetchError::Source { .. } | FetchError::FailedElsewhere { .. }
+            ),
             "{err}"
         );
+        assert!(err.to_string().contains("503"), "{err}");
     }
     assert_eq!(
         fake.requests().len(),
