@@ -84,11 +84,19 @@ pub(crate) fn on_open(
     walk.fetched = seen.fetched.clone();
     let walk = Arc::new(walk);
     walk.queue(ino);
-    if exec && node.size <= MAX_EXEC_WHOLE_BYTES {
-        // The kernel maps the program and faults its pages in, one readahead window per miss.
-        walk.fetch(ino, "exec");
+    // The kernel maps the program and faults its pages in, one readahead window per miss: it
+    // is fetched whole, but only once its headers have named its loader and libraries, so
+    // that the few chunks the headers take are not held up behind megabytes of program text.
+    let whole = exec && node.size <= MAX_EXEC_WHOLE_BYTES;
+    if whole {
+        walk.fetch_headers(ino);
     }
-    rt.spawn_blocking(move || walk.walk(ino));
+    rt.spawn_blocking(move || {
+        walk.walk(ino);
+        if whole {
+            walk.fetch(ino, "exec");
+        }
+    });
 }
 
 /// Whether `path` names a shared object (`x.so`, `x.so.1.2`): opened, it is most likely being
@@ -309,6 +317,23 @@ impl Prefetch {
         {
             out.push(ino);
         }
+    }
+
+    /// Starts fetching the first chunk of file `ino` (its ELF headers), in a request of its own.
+    fn fetch_headers(&self, ino: u64) {
+        let Some(content) = self.ready.tree.get(ino).and_then(|n| n.content.clone()) else {
+            return;
+        };
+        let Some(layer) = self.ready.layers.get(content.layer).cloned() else {
+            return;
+        };
+        let fetcher = self.fetcher.clone();
+        self.rt.spawn(async move {
+            let first = &content.chunks[..content.chunks.len().min(1)];
+            if let Err(e) = fetcher.ensure(&layer, first).await {
+                debug!(error = %e, "exec prefetch failed; reads will retry");
+            }
+        });
     }
 
     /// Fetches all of file `ino` (for the exec of `why`), in the background: its first chunk
