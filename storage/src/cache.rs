@@ -108,6 +108,11 @@ impl ChunkCache {
         self.dir.join("chunks").join(&hex[..2]).join(hex)
     }
 
+    /// The size limit, in bytes.
+    pub fn limit_bytes(&self) -> u64 {
+        self.limit_bytes
+    }
+
     /// Whether the chunk is cached.
     pub fn contains(&self, d: &Digest) -> bool {
         self.path(d).exists()

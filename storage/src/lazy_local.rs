@@ -4,10 +4,10 @@
 //! against its span digest and cached compressed), the chunk is inflated from the first span's
 //! checkpoint and cached once it matches its own digest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use strata_formats::index::Chunk;
+use strata_formats::index::{Chunk, ChunkLoc};
 use strata_formats::ztoc::Ztoc;
 use strata_oci::digest::Digest;
 
@@ -62,7 +62,41 @@ impl ChunkFetcher {
         Some(self.fill_from_spans(layer, &wanted, foreground).await)
     }
 
+    /// Fills `wanted` (chunk, length, its pieces in spans) from their spans, in batches whose
+    /// spans take at most a quarter of the cache (at least one chunk's), so that a cache smaller
+    /// than the layer does not evict a batch's spans before its chunks are cut from them.
     async fn fill_from_spans(
+        &self,
+        layer: &LayerSource,
+        wanted: &[(Digest, u64, &Vec<Chunk>)],
+        foreground: bool,
+    ) -> Result<(), FetchError> {
+        let budget = self.cache.limit_bytes() / 4;
+        let mut batch = 0;
+        let mut spans: HashSet<Digest> = HashSet::new();
+        let mut spent = 0u64;
+        for (i, (_, _, pieces)) in wanted.iter().enumerate() {
+            let cost: u64 = pieces
+                .iter()
+                .filter(|p| p.digest.is_some_and(|d| !spans.contains(&d)))
+                .map(|p| match p.loc {
+                    ChunkLoc::Zran { start, end, .. } => end - start,
+                    _ => 0,
+                })
+                .sum();
+            if i > batch && spent + cost > budget {
+                self.fill_batch(layer, &wanted[batch..i], foreground)
+                    .await?;
+                (batch, spent) = (i, 0);
+                spans.clear();
+            }
+            spent += cost;
+            spans.extend(pieces.iter().filter_map(|p| p.digest));
+        }
+        self.fill_batch(layer, &wanted[batch..], foreground).await
+    }
+
+    async fn fill_batch(
         &self,
         layer: &LayerSource,
         wanted: &[(Digest, u64, &Vec<Chunk>)],

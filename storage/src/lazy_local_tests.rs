@@ -13,6 +13,16 @@ fn streamed_then_fresh(
     dir: &tempfile::TempDir,
     fake: &Arc<Fake>,
 ) -> (Arc<ChunkFetcher>, LayerIndex, LayerSource) {
+    streamed_then_fresh_in(blob, dir, fake, 1 << 30)
+}
+
+/// [`streamed_then_fresh`] with a chunk cache of `limit` bytes.
+fn streamed_then_fresh_in(
+    blob: &[u8],
+    dir: &tempfile::TempDir,
+    fake: &Arc<Fake>,
+    limit: u64,
+) -> (Arc<ChunkFetcher>, LayerIndex, LayerSource) {
     let (indexed, ztoc) = {
         let d = tempfile::tempdir().unwrap();
         let cache = ChunkCache::open(d.path(), 1 << 30).unwrap();
@@ -20,7 +30,10 @@ fn streamed_then_fresh(
     };
     let ztoc = Arc::new(ztoc.unwrap());
     let index = LayerIndex::from_toc(&indexed.toc, Locations::Local).unwrap();
-    let f = fetcher(dir, fake);
+    let cache = Arc::new(ChunkCache::open(&dir.path().join("cache"), limit).unwrap());
+    let blobs = dir.path().join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let f = Arc::new(ChunkFetcher::new(fake.clone(), cache, blobs));
     let mut layer = source(LayerFormat::Plain {
         compression: Compression::Gzip,
     });
@@ -96,4 +109,34 @@ async fn a_tampered_span_of_a_streamed_layer_is_an_error_and_nothing_is_cached()
     }
     assert!(failed > 0, "no read met the flipped byte");
     assert_eq!(fake.streams.load(Ordering::SeqCst), 0);
+}
+
+/// A fetch of more than the cache holds (a sequential reader's window): its spans come in
+/// batches that fit, each cut into chunks before the next, instead of all at once and evicted
+/// before they are cut (which fell back to streaming the whole layer again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_larger_than_the_cache_goes_by_range_in_batches() {
+    let (blob, files) = gzip_tar_layer();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(blob.clone(), false);
+    let (f, index, layer) = streamed_then_fresh_in(&blob, &dir, &fake, 1 << 20);
+    let (name, data) = files.last().unwrap();
+    assert!(data.len() > 2 << 20);
+    let e = index.entries.iter().find(|e| e.path == name.as_bytes());
+    let chunks = e.unwrap().chunks.clone();
+    f.ensure(&layer, &chunks).await.unwrap();
+    assert_eq!(fake.streams.load(Ordering::SeqCst), 0, "streamed");
+    assert!(fake.requests().len() > 1, "{:?}", fake.requests());
+    // Read as the kernel does, 128 KiB at a time: what the small cache lost comes back by range.
+    let mut got = Vec::new();
+    while got.len() < data.len() {
+        let len = (data.len() - got.len()).min(128 << 10) as u64;
+        got.extend(
+            read(&f, &layer, &chunks, got.len() as u64, len)
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(got == *data, "{name} read wrong");
+    assert_eq!(fake.streams.load(Ordering::SeqCst), 0, "never streamed");
 }
