@@ -426,16 +426,16 @@ impl Filesystem for LazyFs {
         }
         self.read_ahead_beside(&ready, &content, offset, len);
         let (fetcher, failures) = (self.fetcher.clone(), self.last_failure.clone());
-        // The fetch runs on its own (bounded by the read deadline), so that a reader being
-        // killed is answered at once while the fetch goes on for whoever else waits for it.
-        let fetch = self.rt.spawn(async move {
+        // One task: the fetch (bounded by the read deadline) raced against the reader being
+        // killed, which is answered at once while the fetch goes on for whoever else waits.
+        let fetch = async move {
             let path = || ready.tree.path_of(ino.0);
             let at = (offset, &mut buf[..]);
             let r = fetcher
                 .read_into_traced(&layer, &content.chunks, at, len, path)
                 .await;
             (buf, r)
-        });
+        };
         let answer = crate::reader_gone::answer(fetch, req.pid(), reply, (ino.0, offset), failures);
         self.rt.spawn(answer);
     }

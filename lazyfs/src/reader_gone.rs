@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use fuser::{Errno, ReplyData};
 use strata_storage::lazy::FetchError;
-use tokio::task::JoinHandle;
 use tracing::{debug, error};
 
 use crate::failure::LastFailure;
@@ -57,35 +56,35 @@ pub(crate) async fn killed(tid: u32) {
 pub(crate) type Fetched = (Vec<u8>, Result<usize, FetchError>);
 
 /// Answers the FUSE read of `ino` at `offset` from `reader` with what `fetch` gives, or with
-/// EINTR as soon as `reader` is being killed (the fetch goes on for others). A failure is
-/// logged (once: the kernel's retry of a read that just failed is at debug level) and noted.
+/// EINTR as soon as `reader` is being killed; the fetch then still runs to its end, for the
+/// other reads waiting for its chunks. A failure is logged (once: the kernel's retry of a read
+/// that just failed is at debug level) and noted.
 pub(crate) async fn answer(
-    fetch: JoinHandle<Fetched>,
+    fetch: impl Future<Output = Fetched>,
     reader: u32,
     reply: ReplyData,
     (ino, offset): (u64, u64),
     failures: Arc<LastFailure>,
 ) {
-    let done = tokio::select! {
-        done = fetch => done,
+    let mut fetch = std::pin::pin!(fetch);
+    let (buf, result) = tokio::select! {
+        done = &mut fetch => done,
         () = killed(reader) => {
             debug!(ino, offset, reader, "reader killed while its read waited");
-            return reply.error(Errno::EINTR);
+            reply.error(Errno::EINTR);
+            let _ = fetch.await;
+            return;
         }
     };
-    match done {
-        Ok((buf, Ok(k))) => reply.data(&buf[..k]),
-        Ok((_, Err(e))) if e.is_repeat() => {
+    match result {
+        Ok(k) => reply.data(&buf[..k]),
+        Err(e) if e.is_repeat() => {
             debug!(ino, offset, error = %e, "read failed again");
-            reply.error(Errno::EIO)
-        }
-        Ok((_, Err(e))) => {
-            error!(ino, offset, error = %e, "read failed");
-            failures.note(strata_oci::causes::with_causes(&e));
             reply.error(Errno::EIO)
         }
         Err(e) => {
             error!(ino, offset, error = %e, "read failed");
+            failures.note(strata_oci::causes::with_causes(&e));
             reply.error(Errno::EIO)
         }
     }
