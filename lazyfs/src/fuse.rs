@@ -53,6 +53,7 @@ pub struct LazyFs {
     /// Executables whose libraries were prefetched ([`crate::exec_prefetch`]).
     exec_seen: crate::exec_prefetch::Seen,
     dir_seen: crate::dir_prefetch::Seen,
+    subtree_seen: crate::subtree_prefetch::Seen,
 }
 
 /// One directory entry: `(offset of the next entry, inode, attributes, name)`.
@@ -97,6 +98,7 @@ impl LazyFs {
                 replaying: false,
                 exec_seen: Default::default(),
                 dir_seen: Default::default(),
+                subtree_seen: Default::default(),
             },
             ReadySetter(cell),
         )
@@ -423,6 +425,13 @@ impl Filesystem for LazyFs {
         };
         if !self.replaying && self.recorder.is_none() {
             crate::dir_prefetch::on_miss(&self.dir_seen, &ready, &self.fetcher, &self.rt, ino.0);
+            crate::subtree_prefetch::on_miss(
+                &self.subtree_seen,
+                &ready,
+                &self.fetcher,
+                &self.rt,
+                ino.0,
+            );
         }
         self.read_ahead_beside(&ready, &content, offset, len);
         let (fetcher, failures) = (self.fetcher.clone(), self.last_failure.clone());

@@ -20,6 +20,7 @@ pub mod record;
 mod seek;
 pub mod stale;
 pub mod store;
+mod subtree_prefetch;
 pub mod takeover;
 pub mod tree;
 
