@@ -15,7 +15,7 @@ pub(crate) enum Ended {
     /// It ended; the chunk is in the cache unless something went wrong that the fetcher
     /// reports to its own caller (the waiter looks in the cache).
     #[default]
-    Ended,
+    Done,
     /// It was abandoned (its reader passed its deadline or went away) before it ended: a waiter
     /// with time left may fetch the chunk itself.
     Abandoned,
@@ -56,7 +56,7 @@ impl Inflight {
                     waits.push((d, rx.clone()));
                     continue;
                 }
-                let (tx, rx) = watch::channel(Ended::Ended);
+                let (tx, rx) = watch::channel(Ended::Done);
                 map.insert(d, rx);
                 senders.insert(d, tx);
                 mine.push(*c);
@@ -84,7 +84,7 @@ pub(crate) struct Claim<'a> {
 impl Claim<'_> {
     /// Ends the claim on `digests` (their waiters wake and look in the cache).
     pub(crate) fn release(&self, digests: impl IntoIterator<Item = Digest>) {
-        self.release_as(digests, Ended::Ended);
+        self.release_as(digests, Ended::Done);
     }
 
     /// Ends the claim on `digests` whose fetch failed with `cause`: their waiters fail with it.
@@ -104,7 +104,7 @@ impl Claim<'_> {
         for d in digests {
             map.remove(&d);
             if let Some(tx) = senders.remove(&d)
-                && how != Ended::Ended
+                && how != Ended::Done
             {
                 tx.send_replace(how.clone());
             }

@@ -426,7 +426,7 @@ impl ChunkFetcher {
                             digest: d,
                             cause: cause.clone(),
                         },
-                        Ended::Ended => FetchError::Unavailable(d),
+                        Ended::Done => FetchError::Unavailable(d),
                     }
                 });
             }
