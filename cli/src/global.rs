@@ -31,6 +31,16 @@ pub struct GlobalArgs {
         default_value_t = 60
     )]
     pub rate_limit_wait: u64,
+    /// Longest time, in seconds, a registry request may make no progress (no answer, no byte
+    /// of a blob received or sent) before the command fails naming the registry and the blob.
+    #[arg(
+        long,
+        global = true,
+        env = strata_distribution::STALL_TIMEOUT_ENV,
+        default_value_t = strata_distribution::DEFAULT_STALL_SECS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub stall_timeout: u64,
     /// Log level (error, warn, info, debug, trace); STRATA_LOG takes a full filter.
     #[arg(long, global = true, default_value = "warn")]
     pub log_level: String,
@@ -78,6 +88,7 @@ impl GlobalArgs {
             insecure_registries: self.insecure_registries.clone(),
             credentials: CredentialStore::standard(&root),
             rate_limit_wait_secs: self.rate_limit_wait,
+            stall_timeout_secs: self.stall_timeout,
             ..ClientOptions::default()
         };
         let cache = self

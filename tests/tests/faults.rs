@@ -5,21 +5,13 @@
 use std::process::Command;
 use std::time::Duration;
 
+use strata_tests::faults::{drop_caches, is_eio, mounts_under, proc_state, strata_env};
 use strata_tests::fixtures::rich_layers;
 use strata_tests::layers::{Comp, push_image};
 use strata_tests::proxy::{Fault, Proxy};
 use strata_tests::registry::Registry;
 use strata_tests::require_root_fuse;
 use strata_tests::strata::{Mounted, ok};
-
-fn drop_caches() {
-    let _ = Command::new("sync").status();
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-}
-
-fn is_eio(r: std::io::Result<Vec<u8>>) -> bool {
-    matches!(r, Err(e) if e.raw_os_error() == Some(libc::EIO))
-}
 
 #[test]
 fn corrupt_truncated_refused_and_slow_registries() {
@@ -244,27 +236,7 @@ const STALL_DEADLINE: Duration = Duration::from_secs(5);
 
 /// `strata --root ROOT ARGS...` with the short read deadline, its output.
 fn strata_with_deadline(root: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(strata_tests::strata::bin())
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .env_remove("STRATA_LOG")
-        .env(
-            "STRATA_LAYER_STORE_IDLE_SECS",
-            strata_tests::strata::store_idle_secs(),
-        )
-        .env(
-            "STRATA_READ_TIMEOUT_SECS",
-            STALL_DEADLINE.as_secs().to_string(),
-        )
-        .output()
-        .unwrap()
-}
-
-/// The state letter of process `pid` (`R`, `S`, `D`, `Z`...), `None` once it is gone.
-fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.chars().next()
+    strata_env(root, args, &[("STRATA_READ_TIMEOUT_SECS", "5")])
 }
 
 /// Reads `path` (cold) in a thread: whether it failed with EIO, and how long it took.
@@ -400,18 +372,6 @@ fn a_stalled_registry_fails_reads_at_the_deadline_and_readers_stay_killable() {
         std::fs::read(m.dir.join("data/sparse")).unwrap().len(),
         300_000 + (4 << 20) + 100_000
     );
-}
-
-/// Mount points under `dir` other than the layer store's, from this process's mountinfo.
-fn mounts_under(dir: &std::path::Path) -> Vec<String> {
-    let dir = dir.canonicalize().unwrap().to_string_lossy().into_owned();
-    let store = format!("{dir}/layers");
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-        .filter(|p| p.starts_with(&dir) && *p != store)
-        .collect()
 }
 
 /// Issue 17: `strata run` whose image's registry stalls once the container starts: the run
