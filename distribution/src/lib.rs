@@ -420,7 +420,10 @@ impl RegistryClient {
     async fn get_plain(&self, url: &str) -> Result<(Response, stall::Request), RegistryError> {
         let host = reqwest::Url::parse(url)
             .ok()
-            .and_then(|u| u.host_str().map(str::to_string))
+            .and_then(|u| {
+                let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+                Some(format!("{}{port}", u.host_str()?))
+            })
             .unwrap_or_default();
         let request = self.request(&host, &Method::GET, url);
         let progress = Progress::default();

@@ -333,4 +333,42 @@ fn stalled_registries_bound_pull_convert_push_and_save() {
     ok(&root, &["push", &imported]);
     let check = state.path().join("check-push");
     ok(&check, &["pull", "--all", &imported]);
+
+    // build: ADD of a URL (a layer of the registry's) whose transfer stops half way.
+    let accept = "Accept: application/vnd.oci.image.manifest.v1+json, \
+                  application/vnd.docker.distribution.manifest.v2+json";
+    let url = format!("http://{}/v2/t/quiet/manifests/1", reg.addr);
+    let got = std::process::Command::new("curl")
+        .args(["-sf", "-H", accept, &url])
+        .output()
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    let big = layers.iter().max_by_key(|l| l["size"].as_u64()).unwrap();
+    let ctx = state.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let added = format!(
+        "http://{}/v2/t/quiet/blobs/{}",
+        proxy.addr,
+        big["digest"].as_str().unwrap()
+    );
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM scratch\nADD {added} /layer\n"),
+    )
+    .unwrap();
+    let build = ["build", "-t", "quiet/built", ctx.to_str().unwrap()];
+    proxy.set(Fault::StallBlobsMidBody);
+    let t = Instant::now();
+    let out = strata_env(&root, &build, STALL_ENV);
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("build on a stalled registry: {:?}: {err}", t.elapsed());
+    assert!(!out.status.success() && t.elapsed() < STALL_BOUND, "{err}");
+    assert!(
+        err.contains("no progress within 3s") && err.contains(&added),
+        "{err}"
+    );
+    proxy.set(Fault::None);
+    ok(&root, &build);
+    assert!(ok(&root, &["images"]).contains("quiet/built"));
 }
