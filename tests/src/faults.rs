@@ -136,3 +136,45 @@ pub fn wait_none_rooted_under(dir: &Path, secs: u64) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A registry with an image pushed, the fault proxy in front of it, and a state root (its
+/// path canonical) that pulled the image (lazily) through the proxy. Kept whole while in use:
+/// the registry stops when dropped, and `state` is deleted.
+pub struct Pulled {
+    /// The registry (stopped when dropped).
+    pub registry: crate::registry::Registry,
+    /// The proxy in front of it.
+    pub proxy: crate::proxy::Proxy,
+    /// The image, named through the proxy: `PROXY/REPO:1`.
+    pub image: String,
+    /// A directory for the test's state: the root and whatever else it needs.
+    pub state: tempfile::TempDir,
+    /// The state root, `state/root`.
+    pub root: std::path::PathBuf,
+}
+
+/// `layers` pushed as native (zstd:chunked) `repo:1`, pulled through a fresh proxy into a
+/// fresh root.
+pub fn pulled(repo: &str, layers: &[Vec<crate::layers::Item>]) -> Pulled {
+    let registry = crate::registry::Registry::start();
+    crate::layers::push_image(
+        &registry.addr,
+        repo,
+        "1",
+        layers,
+        crate::layers::Comp::Native,
+    );
+    let proxy = crate::proxy::Proxy::start(&registry.addr);
+    let image = format!("{}/{repo}:1", proxy.addr);
+    let state = tempfile::tempdir().unwrap();
+    let root = state.path().join("root");
+    crate::strata::ok(&root, &["pull", &image]);
+    let root = root.canonicalize().unwrap();
+    Pulled {
+        registry,
+        proxy,
+        image,
+        state,
+        root,
+    }
+}

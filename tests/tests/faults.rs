@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use strata_tests::faults::{drop_caches, is_eio, mounts_under, proc_state, strata_env};
+use strata_tests::faults::{drop_caches, is_eio, mounts_under, proc_state, pulled, strata_env};
 use strata_tests::fixtures::rich_layers;
 use strata_tests::layers::{Comp, push_image};
 use strata_tests::proxy::{Fault, Proxy};
@@ -18,20 +18,9 @@ fn corrupt_truncated_refused_and_slow_registries() {
     if !require_root_fuse("corrupt_truncated_refused_and_slow_registries") {
         return;
     }
-    let reg = Registry::start();
-    let img = push_image(
-        &reg.addr,
-        "t/faults",
-        "1",
-        &rich_layers(false),
-        Comp::Native,
-    );
-    let _ = img;
-    let proxy = Proxy::start(&reg.addr);
-    let reference = format!("{}/t/faults:1", proxy.addr);
-    let state = tempfile::tempdir().unwrap();
-    let root = state.path().join("root");
-    ok(&root, &["pull", &reference]);
+    let w = pulled("t/faults", &rich_layers(false));
+    let (proxy, reference, root) = (&w.proxy, w.image.clone(), w.root.clone());
+    let state = &w.state;
     let m = Mounted::new(&root, &reference, &state.path().join("mnt"));
     let busybox = m.dir.join("bin/busybox");
 
@@ -257,13 +246,9 @@ fn a_stalled_registry_fails_reads_at_the_deadline_and_readers_stay_killable() {
     ) {
         return;
     }
-    let reg = Registry::start();
-    push_image(&reg.addr, "t/stall", "1", &rich_layers(false), Comp::Native);
-    let proxy = Proxy::start(&reg.addr);
-    let reference = format!("{}/t/stall:1", proxy.addr);
-    let state = tempfile::tempdir().unwrap();
-    let root = state.path().join("root");
-    ok(&root, &["pull", &reference]);
+    let w = pulled("t/stall", &rich_layers(false));
+    let (proxy, reference, root) = (&w.proxy, w.image.clone(), w.root.clone());
+    let state = &w.state;
     let mnt = state.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let out = strata_with_deadline(
@@ -382,14 +367,8 @@ fn a_run_on_a_stalled_registry_ends_with_a_clear_error() {
     if !require_root_fuse("a_run_on_a_stalled_registry_ends_with_a_clear_error") {
         return;
     }
-    let reg = Registry::start();
-    let layers = strata_tests::fixtures::runnable_layers();
-    push_image(&reg.addr, "t/stallrun", "1", &layers, Comp::Native);
-    let proxy = Proxy::start(&reg.addr);
-    let image = format!("{}/t/stallrun:1", proxy.addr);
-    let state = tempfile::tempdir().unwrap();
-    let root = state.path().join("root");
-    ok(&root, &["pull", &image]);
+    let w = pulled("t/stallrun", &strata_tests::fixtures::runnable_layers());
+    let (proxy, image, root) = (&w.proxy, w.image.clone(), w.root.clone());
     proxy.set(Fault::Stall);
     let out = strata_with_deadline(&root, &["run", "--rm", &image, "cat", "/data/owned"]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -9,13 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use strata_tests::faults::{
-    mounted, mounts_under, proc_state, rooted_under, signal, spawn_strata, wait_for,
-    wait_none_rooted_under,
+    in_d_state, mounted, mounts_under, proc_state, pulled, rooted_under, signal, spawn_strata,
+    wait_for, wait_none_rooted_under,
 };
 use strata_tests::fixtures::rich_layers;
-use strata_tests::layers::{Comp, push_image};
-use strata_tests::proxy::{Fault, Proxy};
-use strata_tests::registry::Registry;
+use strata_tests::proxy::Fault;
 use strata_tests::require_root_fuse;
 use strata_tests::strata::ok;
 
@@ -80,13 +78,9 @@ fn a_killed_mount_server_leaves_no_waiting_reader_and_no_dead_mount() {
     if !require_root_fuse("a_killed_mount_server_leaves_no_waiting_reader_and_no_dead_mount") {
         return;
     }
-    let reg = Registry::start();
-    push_image(&reg.addr, "t/kill", "1", &rich_layers(false), Comp::Native);
-    let proxy = Proxy::start(&reg.addr);
-    let reference = format!("{}/t/kill:1", proxy.addr);
-    let state = tempfile::tempdir().unwrap();
-    let root = state.path().join("root");
-    ok(&root, &["pull", &reference]);
+    let w = pulled("t/kill", &rich_layers(false));
+    let (proxy, reference, root) = (&w.proxy, w.image.clone(), w.root.clone());
+    let state = &w.state;
     let mnt = state.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let mnt = mnt.canonicalize().unwrap();
@@ -141,15 +135,8 @@ fn a_killed_run_leaves_no_waiting_process_and_no_mount() {
     if !require_root_fuse("a_killed_run_leaves_no_waiting_process_and_no_mount") {
         return;
     }
-    let reg = Registry::start();
-    let layers = strata_tests::fixtures::runnable_layers();
-    push_image(&reg.addr, "t/killrun", "1", &layers, Comp::Native);
-    let proxy = Proxy::start(&reg.addr);
-    let image = format!("{}/t/killrun:1", proxy.addr);
-    let state = tempfile::tempdir().unwrap();
-    let root = state.path().join("root");
-    ok(&root, &["pull", &image]);
-    let root = root.canonicalize().unwrap();
+    let w = pulled("t/killrun", &strata_tests::fixtures::runnable_layers());
+    let (proxy, image, root) = (&w.proxy, w.image.clone(), w.root.clone());
     proxy.set(Fault::Stall);
     let mut run = spawn_strata(
         &root,
@@ -203,10 +190,30 @@ fn stalled_run(root: &Path, name: &str, image: &str, cmd: &str, env: &[(&str, &s
     run
 }
 
+/// The processes whose command line names `root` (strata's, for that state root).
+fn strata_pids(root: &Path) -> Vec<u32> {
+    let root = root.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&root))
+        })
+        .collect()
+}
+
 /// After a stopped run: no container process is left (none in D state), no mount under the
 /// root, and `ps -a` shows the container exited with `code`.
 fn assert_run_gone(root: &Path, name: &str, code: &str) {
     wait_none_rooted_under(root, 20);
+    // Nor is a strata process of this root (its layer store) waiting in D state.
+    let stuck = in_d_state(&strata_pids(root));
+    assert!(
+        stuck.is_empty(),
+        "{name}: strata processes in D state: {stuck:?}"
+    );
     assert_eq!(
         mounts_under(root),
         Vec::<String>::new(),
@@ -228,15 +235,8 @@ fn a_run_stopped_by_a_signal_while_a_read_stalls_ends_promptly() {
     if !require_root_fuse("a_run_stopped_by_a_signal_while_a_read_stalls_ends_promptly") {
         return;
     }
-    let reg = Registry::start();
-    let layers = strata_tests::fixtures::runnable_layers();
-    push_image(&reg.addr, "t/termrun", "1", &layers, Comp::Native);
-    let proxy = Proxy::start(&reg.addr);
-    let image = format!("{}/t/termrun:1", proxy.addr);
-    let state = tempfile::tempdir().unwrap();
-    let root = state.path().join("root");
-    ok(&root, &["pull", &image]);
-    let root = root.canonicalize().unwrap();
+    let w = pulled("t/termrun", &strata_tests::fixtures::runnable_layers());
+    let (proxy, image, root) = (&w.proxy, w.image.clone(), w.root.clone());
     // What a container start and `sh` read is cached: only /data/sparse is cold.
     ok(&root, &["run", "--rm", &image, "sh", "-c", "true"]);
     let long = ("STRATA_READ_TIMEOUT_SECS", LONG_DEADLINE_SECS);
