@@ -123,7 +123,7 @@ fn remove_dead_cgroups(root: &std::path::Path) {
     let now = strata_oci::timefmt::now_secs();
     for c in Containers::new(root).list() {
         let gone = c.state == State::Running
-            && crate::cmd::ps::effective(&c).state == State::Exited
+            && !c.pid.is_some_and(strata_storage::leftovers::pid_alive)
             && now.saturating_sub(c.created) > DEAD_CGROUP_AGE_SECS;
         if gone && strata_runner::cgroup::remove_empty_for(&host, &c.id) > 0 {
             tracing::debug!(

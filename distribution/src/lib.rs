@@ -405,41 +405,6 @@ impl RegistryClient {
         Some(Duration::from_secs(self.opts.request_timeout_secs))
     }
 
-    /// `method url` on `registry`, for reading its answer within the stall deadline.
-    fn request(&self, registry: &str, method: &Method, url: &str) -> stall::Request {
-        stall::Request {
-            registry: registry.to_string(),
-            method: method.to_string(),
-            url: url.to_string(),
-            limit: Duration::from_secs(self.opts.stall_timeout_secs.max(1)),
-        }
-    }
-
-    /// A GET of a plain URL (no registry auth, no retries), answered within the stall
-    /// deadline; the request, for reading the body within it too.
-    async fn get_plain(&self, url: &str) -> Result<(Response, stall::Request), RegistryError> {
-        let host = reqwest::Url::parse(url)
-            .ok()
-            .and_then(|u| {
-                let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
-                Some(format!("{}{port}", u.host_str()?))
-            })
-            .unwrap_or_default();
-        let request = self.request(&host, &Method::GET, url);
-        let progress = Progress::default();
-        let resp = tokio::select! {
-            result = self.http.get(url).send() => result.map_err(|source| {
-                RegistryError::Transport {
-                    method: "GET".into(),
-                    url: url.to_string(),
-                    source,
-                }
-            })?,
-            () = progress.stalled(request.limit) => return Err(request.stalled()),
-        };
-        Ok((resp, request))
-    }
-
     /// Fetches the manifest (or index) that `r` names, verified against its digest.
     pub async fn get_manifest(&self, r: &Reference) -> Result<FetchedManifest, RegistryError> {
         self.get_manifest_by(r, &r.manifest_reference()).await

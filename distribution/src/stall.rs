@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use reqwest::Response;
+use reqwest::{Method, Response};
 
-use crate::RegistryError;
+use crate::{RegistryClient, RegistryError};
 
 /// The deadline when neither `--stall-timeout` nor `STRATA_STALL_TIMEOUT_SECS` sets one: long
 /// enough for a registry that checks a large upload before it answers its closing PUT.
@@ -188,6 +188,43 @@ impl Request {
                 Err(e) => Some((Err(e), None)),
             }
         })
+    }
+}
+
+impl RegistryClient {
+    /// `method url` on `registry`, for reading its answer within the stall deadline.
+    pub(crate) fn request(&self, registry: &str, method: &Method, url: &str) -> Request {
+        Request {
+            registry: registry.to_string(),
+            method: method.to_string(),
+            url: url.to_string(),
+            limit: Duration::from_secs(self.opts.stall_timeout_secs.max(1)),
+        }
+    }
+
+    /// A GET of a plain URL (no registry auth, no retries), answered within the stall
+    /// deadline; the request, for reading the body within it too.
+    pub(crate) async fn get_plain(&self, url: &str) -> Result<(Response, Request), RegistryError> {
+        let host = reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| {
+                let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+                Some(format!("{}{port}", u.host_str()?))
+            })
+            .unwrap_or_default();
+        let request = self.request(&host, &Method::GET, url);
+        let progress = Progress::default();
+        let resp = tokio::select! {
+            result = self.http.get(url).send() => result.map_err(|source| {
+                RegistryError::Transport {
+                    method: "GET".into(),
+                    url: url.to_string(),
+                    source,
+                }
+            })?,
+            () = progress.stalled(request.limit) => return Err(request.stalled()),
+        };
+        Ok((resp, request))
     }
 }
 
