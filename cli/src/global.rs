@@ -31,6 +31,16 @@ pub struct GlobalArgs {
         default_value_t = 60
     )]
     pub rate_limit_wait: u64,
+    /// Longest time, in seconds, a registry request may make no progress (no answer, no byte
+    /// of a blob received or sent) before the command fails naming the registry and the blob.
+    #[arg(
+        long,
+        global = true,
+        env = strata_distribution::STALL_TIMEOUT_ENV,
+        default_value_t = strata_distribution::DEFAULT_STALL_SECS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub stall_timeout: u64,
     /// Log level (error, warn, info, debug, trace); STRATA_LOG takes a full filter.
     #[arg(long, global = true, default_value = "warn")]
     pub log_level: String,
@@ -46,11 +56,7 @@ impl GlobalArgs {
             if let Err(e) = strata_runner::stateroot::secure_root(&root) {
                 tracing::warn!("making state root {} private: {e}", root.display());
             }
-            // What killed commands left: their temporaries and the mounts nobody serves.
-            strata_storage::leftovers::sweep(&root);
-            for point in strata_lazyfs::stale::sweep_root(&root) {
-                eprintln!("strata: unmounted {} (its server is gone)", point.display());
-            }
+            sweep_leftovers(&root);
         });
         root
     }
@@ -78,6 +84,7 @@ impl GlobalArgs {
             insecure_registries: self.insecure_registries.clone(),
             credentials: CredentialStore::standard(&root),
             rate_limit_wait_secs: self.rate_limit_wait,
+            stall_timeout_secs: self.stall_timeout,
             ..ClientOptions::default()
         };
         let cache = self
@@ -86,6 +93,44 @@ impl GlobalArgs {
             .unwrap_or(DEFAULT_CACHE_BYTES);
         Images::open(&root, opts, cache)
             .with_context(|| format!("opening state root {}", root.display()))
+    }
+}
+
+/// What killed commands left: their temporaries, the mounts nobody serves, and their
+/// containers' directories and cgroups.
+fn sweep_leftovers(root: &std::path::Path) {
+    strata_storage::leftovers::sweep(root);
+    // A directory without a record may belong to a container that made its cgroups.
+    let forget = |id: &str| {
+        let host = strata_runner::cgroup::Host::current();
+        strata_runner::cgroup::remove_empty_for(&host, id);
+    };
+    for point in strata_lazyfs::stale::sweep_root(root, &forget) {
+        eprintln!("strata: unmounted {} (its server is gone)", point.display());
+    }
+    remove_dead_cgroups(root);
+}
+
+/// How old a container record must be before its cgroups may be taken for left over: one
+/// being started now has made its cgroups and not yet moved its first process in.
+const DEAD_CGROUP_AGE_SECS: i64 = 10;
+
+/// Removes the cgroups of containers whose supervisor was killed (`run`, a build step: the
+/// record says running, nobody runs it) once no process is in them.
+fn remove_dead_cgroups(root: &std::path::Path) {
+    use strata_runner::state::{Containers, State};
+    let host = strata_runner::cgroup::Host::current();
+    let now = strata_oci::timefmt::now_secs();
+    for c in Containers::new(root).list() {
+        let gone = c.state == State::Running
+            && !c.pid.is_some_and(strata_storage::leftovers::pid_alive)
+            && now.saturating_sub(c.created) > DEAD_CGROUP_AGE_SECS;
+        if gone && strata_runner::cgroup::remove_empty_for(&host, &c.id) > 0 {
+            tracing::debug!(
+                container = c.id,
+                "removed the cgroups a killed container left"
+            );
+        }
     }
 }
 

@@ -4,6 +4,7 @@ use reqwest::StatusCode;
 use strata_oci::digest::DigestError;
 
 use crate::RateLimited;
+use crate::stall::Stalled;
 
 /// Errors talking to a registry.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,9 @@ pub enum RegistryError {
     /// The registry kept answering 429/503 with `Retry-After` past the allowed total wait.
     #[error(transparent)]
     RateLimited(Box<RateLimited>),
+    /// The registry made no progress on a request within the stall deadline.
+    #[error(transparent)]
+    Stalled(Box<Stalled>),
     /// A local file to upload or download into could not be read or written.
     #[error("{}", .path.display())]
     File {
@@ -62,5 +66,21 @@ impl RegistryError {
             Self::Status { status, .. } => Some(*status),
             _ => None,
         }
+    }
+
+    /// Whether the registry made no progress within the stall deadline.
+    pub fn is_stalled(&self) -> bool {
+        matches!(self, Self::Stalled { .. })
+    }
+
+    /// This error, a stall naming blob `d` if its URL does not.
+    pub(crate) fn about_blob(mut self, d: &strata_oci::digest::Digest) -> Self {
+        if let Self::Stalled(s) = &mut self
+            && s.blob.is_none()
+            && !s.url.contains(&d.to_string())
+        {
+            s.blob = Some(*d);
+        }
+        self
     }
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use futures_util::TryStreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -273,4 +274,65 @@ async fn rate_limits_without_a_usable_retry_after_back_off_within_the_bound() {
     assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
     assert!(matches!(err, RegistryError::RateLimited(_)), "{err}");
     assert!(err.to_string().contains("--rate-limit-wait"), "{err}");
+}
+
+/// A registry that accepts every connection (counted) and reads the request, then sends
+/// nothing (`half_body` false) or a blob's head and half its body, and nothing more.
+async fn stalling(half_body: bool, connections: Arc<AtomicU32>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            connections.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let _ = s.read(&mut buf).await;
+                if half_body {
+                    let head = "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
+                    let _ = s.write_all(head.as_bytes()).await;
+                    let _ = s.write_all(&[1u8; 500]).await;
+                }
+                tokio::time::sleep(Duration::from_secs(120)).await;
+                drop(s);
+            });
+        }
+    });
+    addr
+}
+
+/// `f`, which must end within 20 s.
+async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .expect("a stalled request waited past 20s")
+}
+
+/// A registry that goes quiet, before answering or half way through a blob: the request fails
+/// at the stall deadline with an error naming the registry and the blob, and is not retried.
+#[tokio::test]
+async fn stalled_requests_fail_at_the_stall_deadline_without_retries() {
+    let d = Digest::of(b"a blob");
+    for half_body in [false, true] {
+        let connections = Arc::new(AtomicU32::new(0));
+        let addr = stalling(half_body, connections.clone()).await;
+        let client = RegistryClient::new(ClientOptions {
+            stall_timeout_secs: 1,
+            ..ClientOptions::default()
+        })
+        .unwrap();
+        let r: Reference = format!("{addr}/r:1").parse().unwrap();
+        let e = bounded(client.get_blob(&r, &d)).await.unwrap_err();
+        assert!(e.is_stalled(), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&addr) && msg.contains(&d.to_string()) && msg.contains("within 1s"),
+            "{msg}"
+        );
+        let read = match bounded(client.blob_stream(&r, &d)).await {
+            Ok(s) => bounded(s.try_collect::<Vec<_>>()).await.map(drop),
+            Err(e) => Err(e),
+        };
+        assert!(read.is_err_and(|e| e.is_stalled()));
+        assert_eq!(connections.load(Ordering::SeqCst), 2, "a stall was retried");
+    }
 }

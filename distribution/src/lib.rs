@@ -9,6 +9,7 @@ mod fake_tests;
 mod misc;
 mod response;
 mod retry;
+mod stall;
 mod upload;
 
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, RANGE, WWW_AUTHENTICATE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use tracing::{debug, info};
@@ -27,6 +28,8 @@ use self::auth::{Challenge, CredentialStore, parse_challenge};
 pub use self::error::RegistryError;
 use self::response::{read_json, read_limited, status_error};
 pub use self::retry::{RateLimited, parse_retry_after};
+use self::stall::Progress;
+pub use self::stall::{DEFAULT_STALL_SECS, STALL_TIMEOUT_ENV, Stalled};
 use strata_oci::digest::Digest;
 use strata_oci::reference::Reference;
 
@@ -56,6 +59,10 @@ pub struct ClientOptions {
     /// Longest total time one request may spend waiting as a registry's `Retry-After` asks
     /// (429 and 503 answers); default 60 s. Waits that would go past it fail the request.
     pub rate_limit_wait_secs: u64,
+    /// Longest time a request may make no progress (no answer, no byte of its answer's body,
+    /// no byte of its upload taken) before it fails, not retried; default
+    /// [`DEFAULT_STALL_SECS`].
+    pub stall_timeout_secs: u64,
     /// Where credentials come from.
     pub credentials: CredentialStore,
 }
@@ -68,6 +75,7 @@ impl Default for ClientOptions {
             request_timeout_secs: 60,
             attempts: 4,
             rate_limit_wait_secs: 60,
+            stall_timeout_secs: DEFAULT_STALL_SECS,
             credentials: CredentialStore::default(),
         }
     }
@@ -121,8 +129,8 @@ impl RegistryClient {
     pub fn new(opts: ClientOptions) -> Result<Self, RegistryError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(opts.connect_timeout_secs))
-            // A stalled transfer (no bytes for this long) fails and is retried.
-            .read_timeout(Duration::from_secs(opts.request_timeout_secs))
+            // A stalled transfer is caught by the stall deadline (`stall.rs`), which, unlike
+            // a read timeout, lets an upload that keeps moving take as long as it needs.
             .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -158,7 +166,8 @@ impl RegistryClient {
         format!("{}://{host}/v2/{}", self.scheme(&r.registry), r.repository)
     }
 
-    /// Sends a request built by `build`, authenticating and retrying as needed.
+    /// Sends a request built by `build`, authenticating and retrying as needed, each attempt
+    /// within `timeout` (if any) and the stall deadline.
     async fn send(
         &self,
         r: &Reference,
@@ -168,6 +177,43 @@ impl RegistryClient {
         timeout: Option<Duration>,
         build: &(dyn Fn(RequestBuilder) -> RequestBuilder + Sync),
     ) -> Result<Response, RegistryError> {
+        let watch = Watch {
+            timeout,
+            progress: None,
+        };
+        self.send_watched(r, actions, method, url, watch, build)
+            .await
+    }
+
+    /// [`Self::send`] for an upload whose body (built by `build`) marks `progress` as it is
+    /// taken: the stall deadline counts from the last piece taken.
+    async fn send_upload(
+        &self,
+        r: &Reference,
+        method: Method,
+        url: &str,
+        progress: &Progress,
+        build: &(dyn Fn(RequestBuilder) -> RequestBuilder + Sync),
+    ) -> Result<Response, RegistryError> {
+        let watch = Watch {
+            timeout: None,
+            progress: Some(progress.clone()),
+        };
+        self.send_watched(r, "pull,push", method, url, watch, build)
+            .await
+    }
+
+    async fn send_watched(
+        &self,
+        r: &Reference,
+        actions: &str,
+        method: Method,
+        url: &str,
+        watch: Watch,
+        build: &(dyn Fn(RequestBuilder) -> RequestBuilder + Sync),
+    ) -> Result<Response, RegistryError> {
+        let timeout = watch.timeout;
+        let request = self.request(&r.registry, &method, url);
         let scope = format!("repository:{}:{actions}", r.repository);
         let mut authed_retry = false;
         let mut re_resolved = false;
@@ -182,7 +228,12 @@ impl RegistryClient {
             if let Some(h) = self.auth_header(&r.registry, &scope) {
                 req = req.header(AUTHORIZATION, h);
             }
-            let result = req.send().await;
+            let progress = watch.progress.clone().unwrap_or_default();
+            progress.mark();
+            let result = tokio::select! {
+                result = req.send() => result,
+                () = progress.stalled(request.limit) => return Err(request.stalled()),
+            };
             if let Ok(resp) = &result
                 && let Some(wait) = retry::rate_limit_wait(
                     &self.opts,
@@ -385,7 +436,8 @@ impl RegistryClient {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.parse::<Digest>().ok());
-        let bytes = read_limited(resp, MAX_MANIFEST_BYTES, &url).await?;
+        let request = self.request(&r.registry, &Method::GET, &url);
+        let bytes = read_limited(resp, MAX_MANIFEST_BYTES, &request).await?;
         let digest = Digest::of(&bytes);
         let expected = reference.parse::<Digest>().ok().or(header_digest);
         if let Some(expected) = expected {
@@ -407,14 +459,10 @@ impl RegistryClient {
         if !resp.status().is_success() {
             return Err(status_error("GET", &url, resp).await);
         }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| RegistryError::Transport {
-                method: "GET".into(),
-                url: url.clone(),
-                source,
-            })?;
+        let bytes = self
+            .request(&r.registry, &Method::GET, &url)
+            .read_all(resp, None)
+            .await?;
         digest.verify(&bytes)?;
         Ok(bytes)
     }
@@ -433,34 +481,23 @@ impl RegistryClient {
         if !resp.status().is_success() {
             return Err(status_error("GET", &url, resp).await);
         }
-        Ok(resp.bytes_stream().map(move |c| {
-            c.map_err(|source| RegistryError::Transport {
-                method: "GET".into(),
-                url: url.clone(),
-                source,
-            })
-        }))
+        Ok(self.request(&r.registry, &Method::GET, &url).stream(resp))
     }
 
     /// Downloads a foreign layer (docker's `foreign.diff`, OCI non-distributable) from one of
     /// the `urls` its descriptor lists; only http and https. The caller verifies the digest.
     pub async fn get_url(&self, url: &str) -> Result<Bytes, RegistryError> {
-        let transport = |source| RegistryError::Transport {
-            method: "GET".into(),
-            url: url.to_string(),
-            source,
-        };
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(RegistryError::Protocol {
                 registry: url.to_string(),
                 reason: "foreign layer URL is not http or https".into(),
             });
         }
-        let resp = self.http.get(url).send().await.map_err(transport)?;
+        let (resp, request) = self.get_plain(url).await?;
         if !resp.status().is_success() {
             return Err(status_error("GET", url, resp).await);
         }
-        resp.bytes().await.map_err(transport)
+        request.read_all(resp, None).await
     }
 
     /// Reads `range` of a blob. A registry that ignores ranges sends the whole blob, which is
@@ -479,15 +516,8 @@ impl RegistryClient {
             })
             .await?;
         let status = resp.status();
-        let read = |resp: Response| async {
-            resp.bytes()
-                .await
-                .map_err(|source| RegistryError::Transport {
-                    method: "GET".into(),
-                    url: url.clone(),
-                    source,
-                })
-        };
+        let request = self.request(&r.registry, &Method::GET, &url);
+        let read = |resp: Response| request.read_all(resp, None);
         match status {
             StatusCode::PARTIAL_CONTENT => {
                 let b = read(resp).await?;
@@ -528,6 +558,13 @@ impl RegistryClient {
             _ => Err(status_error("HEAD", &url, resp).await),
         }
     }
+}
+
+/// How one request is bounded: a total time (small requests), and the stall deadline counted
+/// from the attempt's start or from the last progress of its upload.
+struct Watch {
+    timeout: Option<Duration>,
+    progress: Option<Progress>,
 }
 
 #[cfg(test)]

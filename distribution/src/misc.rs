@@ -76,18 +76,14 @@ impl RegistryClient {
         if !resp.status().is_success() {
             return Err(status_error("GET", &url, resp).await);
         }
-        let body = crate::response::read_limited(resp, crate::MAX_MANIFEST_BYTES, &url).await?;
+        let request = self.request(&r.registry, &Method::GET, &url);
+        let body = crate::response::read_limited(resp, crate::MAX_MANIFEST_BYTES, &request).await?;
         Ok(Some(body.to_vec()))
     }
 
     /// Downloads a plain URL (no registry auth) to `to` (for `import URL`).
     pub async fn download(&self, url: &str, to: &std::path::Path) -> Result<u64, RegistryError> {
-        let t = |source| RegistryError::Transport {
-            method: "GET".into(),
-            url: url.to_string(),
-            source,
-        };
-        let resp = self.http.get(url).send().await.map_err(t)?;
+        let (resp, request) = self.get_plain(url).await?;
         if !resp.status().is_success() {
             return Err(status_error("GET", url, resp).await);
         }
@@ -96,9 +92,9 @@ impl RegistryClient {
             source,
         };
         let mut f = std::fs::File::create(to).map_err(file_err)?;
-        let mut body = std::pin::pin!(resp.bytes_stream());
+        let mut body = std::pin::pin!(request.stream(resp));
         let mut n = 0u64;
-        while let Some(piece) = body.try_next().await.map_err(t)? {
+        while let Some(piece) = body.try_next().await? {
             std::io::Write::write_all(&mut f, &piece).map_err(file_err)?;
             n += piece.len() as u64;
         }

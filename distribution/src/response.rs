@@ -20,11 +20,16 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
         })
 }
 
+/// How long an error answer's body may take: its message is only a nicety.
+const ERROR_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A manifest-sized body (at most `limit` bytes), read within the stall deadline.
 pub(crate) async fn read_limited(
     resp: Response,
     limit: usize,
-    url: &str,
+    request: &crate::stall::Request,
 ) -> Result<Bytes, RegistryError> {
+    let url = &request.url;
     if resp
         .content_length()
         .is_some_and(|l| usize::try_from(l).map_or(true, |l| l > limit))
@@ -34,26 +39,16 @@ pub(crate) async fn read_limited(
             reason: format!("manifest larger than {limit} bytes"),
         });
     }
-    let b = resp
-        .bytes()
-        .await
-        .map_err(|source| RegistryError::Transport {
-            method: "GET".into(),
-            url: url.to_string(),
-            source,
-        })?;
-    if b.len() > limit {
-        return Err(RegistryError::Protocol {
-            registry: url.to_string(),
-            reason: format!("manifest larger than {limit} bytes"),
-        });
-    }
-    Ok(b)
+    request.read_all(resp, Some(limit)).await
 }
 
 pub(crate) async fn status_error(method: &str, url: &str, resp: Response) -> RegistryError {
     let status = resp.status();
-    let body = resp.bytes().await.unwrap_or_default();
+    let body = tokio::time::timeout(ERROR_BODY_WAIT, resp.bytes())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
     let message = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| {

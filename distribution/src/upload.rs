@@ -5,7 +5,7 @@ use bytes::Bytes;
 use reqwest::header::{CONTENT_TYPE, LOCATION};
 use reqwest::{Method, StatusCode};
 
-use super::{RegistryClient, RegistryError, UPLOAD_CHUNK_BYTES, status_error};
+use super::{Progress, RegistryClient, RegistryError, UPLOAD_CHUNK_BYTES, status_error};
 use strata_oci::digest::Digest;
 use strata_oci::reference::Reference;
 
@@ -53,15 +53,17 @@ impl RegistryClient {
         let path = path.to_path_buf();
         if size > UPLOAD_CHUNK_BYTES {
             self.put_blob_chunked(r, digest, &path, size, location, on_bytes)
-                .await?;
+                .await
+                .map_err(|e| e.about_blob(digest))?;
             return Ok(true);
         }
         let sep = if location.contains('?') { '&' } else { '?' };
         let url = format!("{location}{sep}digest={digest}");
+        let progress = Progress::default();
         let resp = self
-            .send(r, "pull,push", Method::PUT, &url, None, &|b| {
+            .send_upload(r, Method::PUT, &url, &progress, &|b| {
                 let body = match std::fs::File::open(&path) {
-                    Ok(f) => reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(
+                    Ok(f) => progress.body_of_stream(tokio_util::io::ReaderStream::new(
                         tokio::fs::File::from_std(f),
                     )),
                     Err(_) => reqwest::Body::from(Vec::new()),
@@ -104,12 +106,13 @@ impl RegistryClient {
             file.read_exact_at(&mut piece, at).map_err(file_err)?;
             let piece = Bytes::from(piece);
             let range = format!("{at}-{}", at + len - 1);
+            let progress = Progress::default();
             let resp = self
-                .send(r, "pull,push", Method::PATCH, &location, None, &|b| {
+                .send_upload(r, Method::PATCH, &location, &progress, &|b| {
                     b.header(CONTENT_TYPE, "application/octet-stream")
                         .header("Content-Range", range.as_str())
                         .header(reqwest::header::CONTENT_LENGTH, len)
-                        .body(piece.clone())
+                        .body(progress.body_of_bytes(piece.clone()))
                 })
                 .await?;
             if resp.status() != StatusCode::ACCEPTED {

@@ -195,14 +195,15 @@ fn abort_orphan_lowers(containers: &Path) {
 
 /// Unmounts every dead mount under the state root (containers' and build steps' roots and
 /// lowers), and removes the directories killed commands left in `containers/` that have no
-/// record and nothing mounted. Returns the mount points unmounted.
-pub fn sweep_root(root: &Path) -> Vec<PathBuf> {
+/// record and nothing mounted, calling `forget` with each one's id first (to remove what else
+/// the container left: its cgroups). Returns the mount points unmounted.
+pub fn sweep_root(root: &Path, forget: &dyn Fn(&str)) -> Vec<PathBuf> {
     let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
     let containers = root.join("containers");
     abort_orphan_lowers(&containers);
     let mut gone = unmount_dead(|p| p.starts_with(&containers));
     gone.extend(unmount_orphan_roots(&containers));
-    remove_orphan_dirs(&containers);
+    remove_orphan_dirs(&containers, forget);
     gone
 }
 
@@ -227,7 +228,7 @@ pub fn clear(dir: &Path) -> bool {
 /// Removes `containers/<id>` directories without a `container.json` and without any mount
 /// under them, once they are older than [`ORPHAN_DIR_AGE`]: what a killed build step or `run`
 /// left between making its directory and recording the container.
-fn remove_orphan_dirs(containers: &Path) {
+fn remove_orphan_dirs(containers: &Path, forget: &dyn Fn(&str)) {
     let Ok(entries) = std::fs::read_dir(containers) else {
         return;
     };
@@ -249,6 +250,7 @@ fn remove_orphan_dirs(containers: &Path) {
         {
             continue;
         }
+        forget(&e.file_name().to_string_lossy());
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {
                 debug!(dir = %dir.display(), "removed a killed command's container directory")

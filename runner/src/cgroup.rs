@@ -355,6 +355,22 @@ pub fn remove_for(host: &Host, id: &str) {
     Cgroups { dirs }.remove();
 }
 
+/// Removes the cgroups of container `id` that no process is in, killing nothing: what a
+/// container whose supervisor was killed leaves once its processes have ended. Returns how
+/// many it removed.
+pub fn remove_empty_for(host: &Host, id: &str) -> usize {
+    let name = name_of(id);
+    ["devices", "memory", "cpu", "pids", ""]
+        .iter()
+        .filter_map(|c| host.own_dir(c))
+        .map(|d| d.join(&name))
+        .filter(|d| {
+            std::fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty())
+        })
+        .filter(|d| std::fs::remove_dir(d).is_ok())
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,8 +50,30 @@ fn digits(s: &str) -> Option<u32> {
 }
 
 /// Whether process `pid` exists and has not exited (this process counts as alive; a zombie,
-/// which a parent or an init that does not reap leaves, does not).
+/// which a parent or an init that does not reap leaves, does not; nor does a process being
+/// killed: SIGKILL pending, it never runs its own code again, though a thread of it waiting on
+/// a FUSE mount it served itself keeps it from ending until that mount is aborted).
 pub fn pid_alive(pid: u32) -> bool {
+    pid_alive_by_stat(pid)
+        && !std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| kill_pending(&s))
+}
+
+/// SIGKILL's bit in the pending-signal masks of `/proc/PID/status`.
+const SIGKILL_BIT: u64 = 1 << (nix::sys::signal::Signal::SIGKILL as u32 - 1);
+
+/// Whether a `/proc/PID/status` text shows SIGKILL pending, for its thread (`SigPnd`) or its
+/// process (`ShdPnd`).
+fn kill_pending(status: &str) -> bool {
+    status.lines().any(|l| {
+        let Some((key, value)) = l.split_once(':') else {
+            return false;
+        };
+        (key == "SigPnd" || key == "ShdPnd")
+            && u64::from_str_radix(value.trim(), 16).is_ok_and(|m| m & SIGKILL_BIT != 0)
+    })
+}
+
+fn pid_alive_by_stat(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
     }
@@ -188,6 +210,21 @@ pub(crate) fn is_dead_temporary(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_being_killed_is_not_alive() {
+        let quiet = "Name:\tcat\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\n";
+        assert!(!kill_pending(quiet));
+        assert!(kill_pending(&quiet.replace(
+            "SigPnd:\t0000000000000000",
+            "SigPnd:\t0000000000000100"
+        )));
+        assert!(!kill_pending(&quiet.replace(
+            "ShdPnd:\t0000000000000000",
+            "ShdPnd:\t0000000000004000"
+        )));
+        assert!(pid_alive(std::process::id()));
+    }
 
     /// A pid no process has: the child's, once it has been reaped.
     fn dead_pid() -> u32 {

@@ -6,6 +6,7 @@
 
 pub mod containerd;
 pub mod estargz;
+pub mod faults;
 pub mod fixtures;
 pub mod golden;
 pub mod layers;

@@ -31,6 +31,13 @@ pub enum Fault {
     /// Send the head and half the body of every 206 response, then nothing more, holding the
     /// connection as [`Fault::Stall`] does: a transfer that stops.
     StallMidBody,
+    /// Send the head and half the body of every 200 answer to a blob GET of more than
+    /// [`BIG_BLOB`] bytes (layers, not configs), then nothing more, holding the connection as
+    /// [`Fault::Stall`] does: a whole-blob transfer that stops.
+    StallBlobsMidBody,
+    /// Read every upload (PUT or PATCH) whole, then answer nothing, holding the connection as
+    /// [`Fault::Stall`] does: a registry that hangs on a push.
+    StallUploads,
     /// Flip a byte in the body of every 200 answer to a blob GET (whole blobs: pulls, convert).
     CorruptBlobs,
     /// Send only half the body of every 200 answer to a blob GET, then close (whole blobs).
@@ -58,6 +65,9 @@ pub enum Fault {
         ranges_only: bool,
     },
 }
+
+/// The size past which a blob is a layer for [`Fault::StallBlobsMidBody`].
+pub const BIG_BLOB: usize = 64 << 10;
 
 /// An HTTP date (IMF-fixdate) `secs` from now.
 pub fn http_date_in(secs: u64) -> String {
@@ -294,6 +304,10 @@ fn serve(
         )?;
         return Ok(());
     }
+    if f == Fault::StallUploads && (method == "PUT" || method == "PATCH") {
+        hold(fault, f);
+        return Ok(());
+    }
     if f == Fault::CorruptUploads
         && (method == "PUT" || method == "PATCH")
         && body_len > 0
@@ -353,6 +367,8 @@ fn serve(
         return Ok(());
     };
     let status_206 = resp.starts_with(b"HTTP/1.1 206") || resp.starts_with(b"HTTP/1.0 206");
+    let status_200 = resp.starts_with(b"HTTP/1.1 200") || resp.starts_with(b"HTTP/1.0 200");
+    let blob_get = method == "GET" && path.contains("/blobs/");
     let body = resp.len() - rh;
     stats.bytes.fetch_add(body as u64, Ordering::Relaxed);
     match f {
@@ -370,20 +386,16 @@ fn serve(
             hold(fault, f);
             return Ok(());
         }
-        Fault::TruncateBlobs
-            if method == "GET"
-                && path.contains("/blobs/")
-                && (resp.starts_with(b"HTTP/1.1 200") || resp.starts_with(b"HTTP/1.0 200"))
-                && body > 1 =>
-        {
+        Fault::StallBlobsMidBody if blob_get && status_200 && body > BIG_BLOB => {
+            client.write_all(&resp[..rh + body / 2])?;
+            client.flush()?;
+            hold(fault, f);
+            return Ok(());
+        }
+        Fault::TruncateBlobs if blob_get && status_200 && body > 1 => {
             client.write_all(&resp[..rh + body / 2])?;
         }
-        Fault::CorruptBlobs
-            if method == "GET"
-                && path.contains("/blobs/")
-                && (resp.starts_with(b"HTTP/1.1 200") || resp.starts_with(b"HTTP/1.0 200"))
-                && body > 0 =>
-        {
+        Fault::CorruptBlobs if blob_get && status_200 && body > 0 => {
             resp[rh + body / 2] ^= 0xff;
             client.write_all(&resp)?;
         }

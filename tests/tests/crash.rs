@@ -280,6 +280,38 @@ fn next(seed: &mut u64) -> u64 {
     *seed >> 33
 }
 
+/// The `strata-*` cgroup directories of the containers named in `ids`, in every hierarchy
+/// (a few levels deep: strata makes them beneath its own cgroup).
+fn cgroups_of(ids: &std::collections::HashSet<String>) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((dir, depth)) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            match name.strip_prefix("strata-") {
+                Some(id) if ids.contains(id) => found.push(e.path()),
+                Some(_) => {}
+                None if depth < 4 => dirs.push((e.path(), depth + 1)),
+                None => {}
+            }
+        }
+    }
+    found
+}
+
+/// The ids of the container directories of `root` (records, and what killed commands left).
+fn container_ids(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root.join("containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// After every kill: the listing commands work, no temporary and no mount is left, and
 /// `system df` shows no temporaries.
 fn assert_clean(root: &Path, what: &str) {
@@ -349,6 +381,8 @@ fn kill_nine_at_random_moments() {
     std::fs::create_dir_all(&mnt).unwrap();
     let m = mnt.to_str().unwrap().to_string();
     let mut seed = 17u64;
+    // Every container directory seen: none may keep a cgroup once its container is gone.
+    let mut seen = std::collections::HashSet::new();
     for round in 0..rounds {
         let delay = Duration::from_millis(50 + next(&mut seed) % 2500);
         let what = ["pull", "convert", "commit", "push", "build", "mount"][(round % 6) as usize];
@@ -388,16 +422,36 @@ fn kill_nine_at_random_moments() {
         }
         // A killed pull may have taken the image away: the next round's commands need it.
         assert_clean(&root, what);
+        seen.extend(container_ids(&root));
         if what == "pull" {
             ok(&root, &["pull", "--all", &image]);
         }
     }
+    // A build killed once its RUN step's container runs (its cgroups made), not at random.
+    let step = format!("{}/t/crash:step", reg.addr);
+    let mut child = spawn(
+        &root,
+        &["build", "--no-cache", "-t", &step, ctx.to_str().unwrap()],
+    );
+    wait_for("the build step's cgroups", 60, || {
+        !cgroups_of(&container_ids(&root).into_iter().collect()).is_empty()
+    });
+    seen.extend(container_ids(&root));
+    kill9(&mut child);
     // A mount point a killed server left is taken back by the next mount.
     ok(&root, &["mount", "--detach", &small, &m]);
     ok(&root, &["umount", &m]);
     // Record-less container directories of killed builds go once they are old enough.
     std::thread::sleep(Duration::from_secs(11));
     assert_clean(&root, "the loop");
+    // No container runs now (`src` has exited): none of them has a cgroup left.
+    assert_eq!(
+        cgroups_of(&seen),
+        Vec::<PathBuf>::new(),
+        "cgroups left; containers now {:?}; ps -a {}",
+        container_ids(&root),
+        ok(&root, &["ps", "-a"])
+    );
     for e in std::fs::read_dir(root.join("containers"))
         .unwrap()
         .flatten()

@@ -5,6 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use strata_tests::faults::{drop_caches, is_eio, mounts_under, proc_state, pulled, strata_env};
 use strata_tests::fixtures::rich_layers;
 use strata_tests::layers::{Comp, push_image};
 use strata_tests::proxy::{Fault, Proxy};
@@ -12,34 +13,14 @@ use strata_tests::registry::Registry;
 use strata_tests::require_root_fuse;
 use strata_tests::strata::{Mounted, ok};
 
-fn drop_caches() {
-    let _ = Command::new("sync").status();
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-}
-
-fn is_eio(r: std::io::Result<Vec<u8>>) -> bool {
-    matches!(r, Err(e) if e.raw_os_error() == Some(libc::EIO))
-}
-
 #[test]
 fn corrupt_truncated_refused_and_slow_registries() {
     if !require_root_fuse("corrupt_truncated_refused_and_slow_registries") {
         return;
     }
-    let reg = Registry::start();
-    let img = push_image(
-        &reg.addr,
-        "t/faults",
-        "1",
-        &rich_layers(false),
-        Comp::Native,
-    );
-    let _ = img;
-    let proxy = Proxy::start(&reg.addr);
-    let reference = format!("{}/t/faults:1", proxy.addr);
-    let state = tempfile::tempdir().unwrap();
-    let root = state.path().join("root");
-    ok(&root, &["pull", &reference]);
+    let w = pulled("t/faults", &rich_layers(false));
+    let (proxy, reference, root) = (&w.proxy, w.image.clone(), w.root.clone());
+    let state = &w.state;
     let m = Mounted::new(&root, &reference, &state.path().join("mnt"));
     let busybox = m.dir.join("bin/busybox");
 
@@ -244,27 +225,7 @@ const STALL_DEADLINE: Duration = Duration::from_secs(5);
 
 /// `strata --root ROOT ARGS...` with the short read deadline, its output.
 fn strata_with_deadline(root: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(strata_tests::strata::bin())
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .env_remove("STRATA_LOG")
-        .env(
-            "STRATA_LAYER_STORE_IDLE_SECS",
-            strata_tests::strata::store_idle_secs(),
-        )
-        .env(
-            "STRATA_READ_TIMEOUT_SECS",
-            STALL_DEADLINE.as_secs().to_string(),
-        )
-        .output()
-        .unwrap()
-}
-
-/// The state letter of process `pid` (`R`, `S`, `D`, `Z`...), `None` once it is gone.
-fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.chars().next()
+    strata_env(root, args, &[("STRATA_READ_TIMEOUT_SECS", "5")])
 }
 
 /// Reads `path` (cold) in a thread: whether it failed with EIO, and how long it took.
@@ -285,13 +246,9 @@ fn a_stalled_registry_fails_reads_at_the_deadline_and_readers_stay_killable() {
     ) {
         return;
     }
-    let reg = Registry::start();
-    push_image(&reg.addr, "t/stall", "1", &rich_layers(false), Comp::Native);
-    let proxy = Proxy::start(&reg.addr);
-    let reference = format!("{}/t/stall:1", proxy.addr);
-    let state = tempfile::tempdir().unwrap();
-    let root = state.path().join("root");
-    ok(&root, &["pull", &reference]);
+    let w = pulled("t/stall", &rich_layers(false));
+    let (proxy, reference, root) = (&w.proxy, w.image.clone(), w.root.clone());
+    let state = &w.state;
     let mnt = state.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let out = strata_with_deadline(
@@ -402,18 +359,6 @@ fn a_stalled_registry_fails_reads_at_the_deadline_and_readers_stay_killable() {
     );
 }
 
-/// Mount points under `dir` other than the layer store's, from this process's mountinfo.
-fn mounts_under(dir: &std::path::Path) -> Vec<String> {
-    let dir = dir.canonicalize().unwrap().to_string_lossy().into_owned();
-    let store = format!("{dir}/layers");
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-        .filter(|p| p.starts_with(&dir) && *p != store)
-        .collect()
-}
-
 /// Issue 17: `strata run` whose image's registry stalls once the container starts: the run
 /// ends (with the read deadline) with an error naming the deadline and the registry, leaves no
 /// mount, and the same run works once the registry answers.
@@ -422,14 +367,8 @@ fn a_run_on_a_stalled_registry_ends_with_a_clear_error() {
     if !require_root_fuse("a_run_on_a_stalled_registry_ends_with_a_clear_error") {
         return;
     }
-    let reg = Registry::start();
-    let layers = strata_tests::fixtures::runnable_layers();
-    push_image(&reg.addr, "t/stallrun", "1", &layers, Comp::Native);
-    let proxy = Proxy::start(&reg.addr);
-    let image = format!("{}/t/stallrun:1", proxy.addr);
-    let state = tempfile::tempdir().unwrap();
-    let root = state.path().join("root");
-    ok(&root, &["pull", &image]);
+    let w = pulled("t/stallrun", &strata_tests::fixtures::runnable_layers());
+    let (proxy, image, root) = (&w.proxy, w.image.clone(), w.root.clone());
     proxy.set(Fault::Stall);
     let out = strata_with_deadline(&root, &["run", "--rm", &image, "cat", "/data/owned"]);
     let err = String::from_utf8_lossy(&out.stderr);

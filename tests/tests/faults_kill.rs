@@ -8,10 +8,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use strata_tests::faults::{
+    in_d_state, mounted, mounts_under, proc_state, pulled, rooted_under, signal, spawn_strata,
+    wait_for, wait_none_rooted_under,
+};
 use strata_tests::fixtures::rich_layers;
-use strata_tests::layers::{Comp, push_image};
-use strata_tests::proxy::{Fault, Proxy};
-use strata_tests::registry::Registry;
+use strata_tests::proxy::Fault;
 use strata_tests::require_root_fuse;
 use strata_tests::strata::ok;
 
@@ -19,53 +21,25 @@ use strata_tests::strata::ok;
 /// kill, not by the deadline.
 const LONG_DEADLINE_SECS: &str = "120";
 
+/// The environment of a strata serving its own mounts (no layer store), with the long deadline.
+const OWN_SERVER: &[(&str, &str)] = &[
+    ("STRATA_LAYER_STORE", "0"),
+    ("STRATA_READ_TIMEOUT_SECS", LONG_DEADLINE_SECS),
+];
+
 /// `strata mount IMAGE DIR` in the foreground, served by this process (no layer store).
 fn spawn_mount(root: &Path, image: &str, dir: &Path) -> Child {
-    Command::new(strata_tests::strata::bin())
-        .arg("--root")
-        .arg(root)
-        .args(["mount", "--prefetch", "none", image])
-        .arg(dir)
-        .env_remove("STRATA_LOG")
-        .env("STRATA_LAYER_STORE", "0")
-        .env("STRATA_READ_TIMEOUT_SECS", LONG_DEADLINE_SECS)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Waits (bounded by `secs`) until `cond` holds.
-fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < end, "waited {secs}s for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Whether `dir` is a mount point, from this process's mountinfo (without touching `dir`).
-fn mounted(dir: &Path) -> bool {
-    let dir = dir.to_string_lossy().replace(' ', "\\040");
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(dir.as_str()))
-}
-
-/// The state letter of process `pid`, `None` once it is gone (or reaped).
-fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.chars().next()
+    let dir = dir.to_str().unwrap();
+    spawn_strata(
+        root,
+        &["mount", "--prefetch", "none", image, dir],
+        OWN_SERVER,
+    )
 }
 
 /// Sends SIGTERM to `child`.
 fn term(child: &Child) {
-    let sent = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    signal(child.id(), "TERM");
 }
 
 /// `cat FILE`, started once the registry stalls; asserted to be waiting.
@@ -104,13 +78,9 @@ fn a_killed_mount_server_leaves_no_waiting_reader_and_no_dead_mount() {
     if !require_root_fuse("a_killed_mount_server_leaves_no_waiting_reader_and_no_dead_mount") {
         return;
     }
-    let reg = Registry::start();
-    push_image(&reg.addr, "t/kill", "1", &rich_layers(false), Comp::Native);
-    let proxy = Proxy::start(&reg.addr);
-    let reference = format!("{}/t/kill:1", proxy.addr);
-    let state = tempfile::tempdir().unwrap();
-    let root = state.path().join("root");
-    ok(&root, &["pull", &reference]);
+    let w = pulled("t/kill", &rich_layers(false));
+    let (proxy, reference, root) = (&w.proxy, w.image.clone(), w.root.clone());
+    let state = &w.state;
     let mnt = state.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let mnt = mnt.canonicalize().unwrap();
@@ -156,30 +126,6 @@ fn a_killed_mount_server_leaves_no_waiting_reader_and_no_dead_mount() {
     assert!(!mounted(&mnt), "{} is still mounted", mnt.display());
 }
 
-/// Processes whose root directory lies under `dir` (a container's, on its mount).
-fn rooted_under(dir: &Path) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r.starts_with(dir))
-        })
-        .collect()
-}
-
-/// Mount points under `dir` other than the layer store's, from this process's mountinfo.
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let dir = dir.to_string_lossy().into_owned();
-    let store = format!("{dir}/layers");
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-        .filter(|p| p.starts_with(&dir) && *p != store)
-        .collect()
-}
-
 /// `strata run` serving its container's image itself, killed by SIGKILL while it (setting the
 /// container up) and its container wait for a stalled registry: the next command aborts the
 /// dead lower's connection, so that no process is left waiting (the deadline is two minutes),
@@ -189,27 +135,14 @@ fn a_killed_run_leaves_no_waiting_process_and_no_mount() {
     if !require_root_fuse("a_killed_run_leaves_no_waiting_process_and_no_mount") {
         return;
     }
-    let reg = Registry::start();
-    let layers = strata_tests::fixtures::runnable_layers();
-    push_image(&reg.addr, "t/killrun", "1", &layers, Comp::Native);
-    let proxy = Proxy::start(&reg.addr);
-    let image = format!("{}/t/killrun:1", proxy.addr);
-    let state = tempfile::tempdir().unwrap();
-    let root = state.path().join("root");
-    ok(&root, &["pull", &image]);
-    let root = root.canonicalize().unwrap();
+    let w = pulled("t/killrun", &strata_tests::fixtures::runnable_layers());
+    let (proxy, image, root) = (&w.proxy, w.image.clone(), w.root.clone());
     proxy.set(Fault::Stall);
-    let mut run = Command::new(strata_tests::strata::bin())
-        .arg("--root")
-        .arg(&root)
-        .args(["run", "--rm", &image, "cat", "/data/owned"])
-        .env_remove("STRATA_LOG")
-        .env("STRATA_LAYER_STORE", "0")
-        .env("STRATA_READ_TIMEOUT_SECS", LONG_DEADLINE_SECS)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut run = spawn_strata(
+        &root,
+        &["run", "--rm", &image, "cat", "/data/owned"],
+        OWN_SERVER,
+    );
     // The run itself reads its root (setting the container up) through the lower it serves.
     std::thread::sleep(Duration::from_millis(3000));
     assert_eq!(run.try_wait().unwrap(), None, "the run waits");
@@ -225,18 +158,117 @@ fn a_killed_run_leaves_no_waiting_process_and_no_mount() {
     wait_for("the killed run to end", 20, || {
         run.try_wait().unwrap().is_some()
     });
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = rooted_under(&root);
-        if left.is_empty() {
-            break;
-        }
-        let states: Vec<_> = left.iter().map(|p| (*p, proc_state(*p))).collect();
-        assert!(Instant::now() < end, "container processes left: {states:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_none_rooted_under(&root, 20);
     assert_eq!(mounts_under(&root), Vec::<String>::new());
     proxy.set(Fault::None);
+    assert_eq!(
+        ok(&root, &["run", "--rm", &image, "cat", "/data/owned"]),
+        "mine"
+    );
+}
+
+/// The container's command: a cold read in the background (of a file whose registry stalls),
+/// and exit 7 on SIGTERM or SIGINT, which `strata run` forwards to it (a PID 1 without a
+/// handler ignores both, as under docker).
+const TRAPPING: &str = "trap 'exit 7' TERM INT; cat /data/sparse > /dev/null & wait";
+
+/// Starts `strata run --name NAME IMAGE sh -c CMD` with `env`; asserts that after a while it
+/// still runs, its container's processes waiting for the stalled registry.
+fn stalled_run(root: &Path, name: &str, image: &str, cmd: &str, env: &[(&str, &str)]) -> Child {
+    let mut run = spawn_strata(root, &["run", "--name", name, image, "sh", "-c", cmd], env);
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(run.try_wait().unwrap(), None, "{name}: the run waits");
+    if rooted_under(root).is_empty() {
+        run.kill().unwrap();
+        let out = run.wait_with_output().unwrap();
+        let log = std::fs::read_to_string(root.join("layers.log")).unwrap_or_default();
+        panic!(
+            "{name}: no container process; run said {}; store log: {log}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    run
+}
+
+/// The processes whose command line names `root` (strata's, for that state root).
+fn strata_pids(root: &Path) -> Vec<u32> {
+    let root = root.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&root))
+        })
+        .collect()
+}
+
+/// After a stopped run: no container process is left (none in D state), no mount under the
+/// root, and `ps -a` shows the container exited with `code`.
+fn assert_run_gone(root: &Path, name: &str, code: &str) {
+    wait_none_rooted_under(root, 20);
+    // Nor is a strata process of this root (its layer store) waiting in D state.
+    let stuck = in_d_state(&strata_pids(root));
+    assert!(
+        stuck.is_empty(),
+        "{name}: strata processes in D state: {stuck:?}"
+    );
+    assert_eq!(
+        mounts_under(root),
+        Vec::<String>::new(),
+        "{name}: mounts left"
+    );
+    let ps = ok(root, &["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    let line = ps.lines().find(|l| l.starts_with(name)).unwrap_or("");
+    assert!(line.contains(&format!("Exited ({code})")), "{name}: {ps}");
+}
+
+/// Issue 17: `strata run` in the foreground stopped by SIGTERM or SIGINT while its container
+/// waits on a cold read of a stalled registry (the read deadline is two minutes): it forwards
+/// the signal, its container ends, the waiting read is let go at once, and the run exits
+/// promptly with the container's code — served by the layer store or by the run itself. Killed
+/// by SIGKILL, its container (reading through the layer store) is let go promptly too. Nothing
+/// is left in D state or mounted; `ps -a` is right and the next run works.
+#[test]
+fn a_run_stopped_by_a_signal_while_a_read_stalls_ends_promptly() {
+    if !require_root_fuse("a_run_stopped_by_a_signal_while_a_read_stalls_ends_promptly") {
+        return;
+    }
+    let w = pulled("t/termrun", &strata_tests::fixtures::runnable_layers());
+    let (proxy, image, root) = (&w.proxy, w.image.clone(), w.root.clone());
+    // What a container start and `sh` read is cached: only /data/sparse is cold.
+    ok(&root, &["run", "--rm", &image, "sh", "-c", "true"]);
+    let long = ("STRATA_READ_TIMEOUT_SECS", LONG_DEADLINE_SECS);
+    let store: &[(&str, &str)] = &[long];
+    for (sig, env) in [("TERM", store), ("INT", OWN_SERVER)] {
+        let name = format!("stopped-{sig}");
+        proxy.set(Fault::Stall);
+        let mut run = stalled_run(&root, &name, &image, TRAPPING, env);
+        signal(run.id(), sig);
+        wait_for(&format!("the run to end after SIG{sig}"), 20, || {
+            run.try_wait().unwrap().is_some()
+        });
+        let out = run.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(7), "SIG{sig}: {err}");
+        proxy.set(Fault::None);
+        assert_run_gone(&root, &name, "7");
+    }
+    // SIGKILL: the run cannot forward anything; its container, whose read waits in the layer
+    // store, is let go all the same.
+    proxy.set(Fault::Stall);
+    let mut run = stalled_run(&root, "killed", &image, "cat /data/sparse", store);
+    run.kill().unwrap();
+    run.wait().unwrap();
+    wait_none_rooted_under(&root, 20);
+    proxy.set(Fault::None);
+    ok(&root, &["ps", "-a"]);
+    assert_eq!(
+        mounts_under(&root),
+        Vec::<String>::new(),
+        "SIGKILL: mounts left"
+    );
     assert_eq!(
         ok(&root, &["run", "--rm", &image, "cat", "/data/owned"]),
         "mine"

@@ -221,8 +221,8 @@ impl Builder<'_> {
                     let tmp = strata_storage::atomic::temp_path(
                         &self.ctx.layout().tmp().join(format!("add-{}", random_id())),
                     );
-                    let digest =
-                        crate::fetch::download(&self.rt, s, &tmp).map_err(|e| step_err(ins, e))?;
+                    let digest = crate::fetch::download(&self.rt, self.ctx, s, &tmp)
+                        .map_err(|e| step_err(ins, e))?;
                     r.hashes.push(format!("url:{digest}"));
                     r.downloads.push((s.clone(), tmp));
                     continue;

@@ -42,7 +42,12 @@ pub fn run_save(a: SaveArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
             let tmp = p.with_extension("partial");
             let f = std::fs::File::create(&tmp)
                 .with_context(|| format!("creating {}", tmp.display()))?;
-            rt.block_on(ctx.archives().save(&images, std::io::BufWriter::new(f)))?;
+            // A save that failed (a registry that stalled, a full disk) leaves no partial
+            // archive behind.
+            if let Err(e) = rt.block_on(ctx.archives().save(&images, std::io::BufWriter::new(f))) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
             std::fs::rename(&tmp, p)?;
         }
         None => rt.block_on(

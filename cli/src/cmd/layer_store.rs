@@ -29,6 +29,8 @@ pub fn global_args(g: &GlobalArgs) -> Vec<OsString> {
     args.extend([
         "--rate-limit-wait".into(),
         g.rate_limit_wait.to_string().into(),
+        "--stall-timeout".into(),
+        g.stall_timeout.to_string().into(),
     ]);
     if let Some(mb) = g.cache_mb {
         args.extend(["--cache-mb".into(), mb.to_string().into()]);

@@ -55,6 +55,7 @@ pub fn run_login(a: LoginArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         strata_distribution::ClientOptions {
             insecure_registries: g.insecure_registries.clone(),
             credentials: tmp,
+            stall_timeout_secs: g.stall_timeout,
             ..Default::default()
         },
         1 << 30,

@@ -237,7 +237,9 @@ fn detach(a: &MountArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         cmd.arg("--insecure-registry").arg(r);
     }
     cmd.arg("--rate-limit-wait")
-        .arg(g.rate_limit_wait.to_string());
+        .arg(g.rate_limit_wait.to_string())
+        .arg("--stall-timeout")
+        .arg(g.stall_timeout.to_string());
     if let Some(mb) = g.cache_mb {
         cmd.arg("--cache-mb").arg(mb.to_string());
     }
