@@ -170,7 +170,12 @@ impl Ztoc {
         }
         // zran's first point is where the first deflate block starts: uncompressed offset 0.
         // Bytes before a later first point would belong to no span.
-        if self.zinfo.checkpoints.first().is_some_and(|c| c.uncompressed != 0) {
+        if self
+            .zinfo
+            .checkpoints
+            .first()
+            .is_some_and(|c| c.uncompressed != 0)
+        {
             return bad("the first checkpoint is not at the start of the tar".into());
         }
         if let Some(c) = self.zinfo.checkpoints.last()

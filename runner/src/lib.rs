@@ -137,6 +137,10 @@ pub struct Spec {
     /// The cgroups [`start_with`] created for this run (PID 1 joins them).
     #[serde(default)]
     pub cgroups: cgroup::Cgroups,
+    /// A line PID 1 prints after its error when the container cannot start (docker's
+    /// `Run 'docker run --help' for more information`, with a blank line before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_hint: Option<String>,
 }
 
 /// A started container: the helper process that supervises its PID 1.

@@ -49,6 +49,8 @@ pub fn run_start(a: StartArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("image {} of container {}", c.image, a.container))?;
     let root_mount = mount_root(&ctx, rt.handle(), &img, &dir)?;
     spec.rootfs = root_mount.rootfs.clone();
+    // `run`'s hint is not `start`'s.
+    spec.failure_hint = None;
     let streams = if spec.tty {
         Streams::Tty
     } else {
