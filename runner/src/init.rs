@@ -39,8 +39,13 @@ pub fn init_main(spec_path: &Path) -> i32 {
             return EXIT_RUNTIME_ERROR;
         }
     };
-    // Keep the console socket (descriptor 3) when there is a terminal to hand over.
-    sys::close_from(if spec.tty { 4 } else { 3 });
+    // Keep the console socket (descriptor 3) when there is a terminal to hand over, and the
+    // exec-sync pipe (descriptor 4), closed by PID 1's exec.
+    if !spec.tty {
+        sys::close_raw(sys::CONSOLE_FD);
+    }
+    sys::close_from(5);
+    sys::set_cloexec(sys::EXEC_SYNC_FD);
     let mut set = SigSet::empty();
     for s in FORWARDED {
         set.add(s);
@@ -70,9 +75,12 @@ pub fn init_main(spec_path: &Path) -> i32 {
             if let Some(hint) = &spec.failure_hint {
                 eprintln_safe(&format!("\n{hint}"));
             }
+            sys::report_start_failure(f.code);
             std::process::exit(f.code);
         }
         Ok(ForkResult::Parent { child }) => {
+            // Only PID 1 holds the exec-sync pipe now: strata sees it close at PID 1's exec.
+            sys::close_raw(sys::EXEC_SYNC_FD);
             if spec.tty {
                 // Only PID 1 holds the console socket now: if it dies early, strata sees EOF.
                 let _ = nix::unistd::close(sys::CONSOLE_FD);

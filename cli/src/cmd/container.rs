@@ -20,6 +20,10 @@ pub enum Streams {
     Tty,
 }
 
+/// How long PID 1 may take to get to its command's exec before the container is taken as
+/// running anyway (its root is read lazily, so a slow registry slows the start).
+const START_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Starts `spec`, records the container as running, forwards signals, waits, and records its
 /// exit. Returns the exit code.
 /// `root` is unmounted before the exit is recorded, so whoever waits for the record finds
@@ -44,7 +48,7 @@ pub fn execute(
             Stdio::Console(theirs)
         }
     };
-    let started = strata_runner::start_with(spec, &std::env::current_exe()?, INIT_ARG, stdio)?;
+    let mut started = strata_runner::start_with(spec, &std::env::current_exe()?, INIT_ARG, stdio)?;
     // No terminal arrives when the container fails before its command starts; its error is on
     // our stderr and its exit code tells the rest.
     let relay = console
@@ -63,6 +67,17 @@ pub fn execute(
                 strata_runner::pty::resize_from_stdin(master);
             }
         });
+    }
+    // Running once PID 1 has exec'd the command; a container whose command could not start
+    // stays created, with its exit code, as docker's does.
+    if let Some(code) = started.start_failure(START_LIMIT) {
+        drop(started.wait());
+        drop(root);
+        record.exit_code = Some(code);
+        if let Err(e) = containers.save(&record) {
+            eprintln!("strata: recording container {}: {e}", record.name);
+        }
+        return Ok(code);
     }
     let pid = started.pid();
     record.state = State::Running;

@@ -386,11 +386,8 @@ impl Setup {
             tty: a.tty,
             security: self.security,
             resources: self.resources,
-            // Detached, the error goes to the log, which needs no hint.
-            failure_hint: a
-                .cid
-                .is_none()
-                .then(|| "Run 'strata run --help' for more information".to_string()),
+            // Detached, the error goes to the log, and `run -d` shows it from there.
+            failure_hint: Some("Run 'strata run --help' for more information".to_string()),
             ..Spec::default()
         };
         container_spec(Some(cfg), process, host)
@@ -503,9 +500,19 @@ fn detach(containers: &Containers, name: Option<&str>) -> anyhow::Result<i32> {
             return Ok(0);
         }
         if let Some(status) = child.try_wait()? {
-            if containers.find(&id).is_some() {
-                println!("{id}");
-                return Ok(0);
+            match containers.find(&id) {
+                // Its command could not start: the error is all its log holds. As docker's
+                // `run -d`: the id (the container stays, created), the error, its exit code.
+                Some(c) if c.state == State::Created => {
+                    println!("{id}");
+                    let _ = crate::cmd::logs::print(&log_path, None, false);
+                    return Ok(c.exit_code.unwrap_or(125));
+                }
+                Some(_) => {
+                    println!("{id}");
+                    return Ok(0);
+                }
+                None => {}
             }
             let last = crate::cmd::logs::last_line(&log_path);
             let _ = std::fs::remove_dir_all(&dir);
