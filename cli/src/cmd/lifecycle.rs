@@ -22,6 +22,9 @@ pub struct LogsArgs {
     /// Show timestamps.
     #[arg(short = 't', long)]
     pub timestamps: bool,
+    /// Follow the output until the container exits.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
     /// Container (name or id).
     pub container: String,
 }
@@ -71,14 +74,23 @@ pub fn run_logs(a: LogsArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let log = cs.dir_of(&c.id).join("container.log");
     // docker: a negative or unreadable --tail means all lines.
     let tail = a.tail.parse::<i64>().ok().filter(|n| *n >= 0);
-    match crate::cmd::logs::print(
+    let printed = crate::cmd::logs::print(
         &log,
         tail.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         a.timestamps,
-    ) {
-        Ok(()) => Ok(0),
+    );
+    let running = || {
+        cs.find(&c.id)
+            .is_some_and(|c| crate::cmd::ps::effective(&c).state == State::Running)
+    };
+    match printed {
+        Ok(offset) if a.follow => {
+            crate::cmd::logs::follow(&log, offset, a.timestamps, running)?;
+            Ok(0)
+        }
+        Ok(_) => Ok(0),
         Err(_) => bail!(
-            "container {} keeps no log (only detached containers do)",
+            "container {} keeps no log (one run with -t or by an older strata)",
             a.container
         ),
     }

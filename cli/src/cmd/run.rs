@@ -283,6 +283,14 @@ pub fn run_recorded(
     fill_extra(&mut extra, &a, &cfg);
     extra.save(&dir)?;
     let streams = streams(&a);
+    // A container in the foreground keeps its output in its log too (`logs` shows it, as
+    // docker's), unless --rm takes the log away or a terminal carries the output.
+    let _tee = match (&a.cid, a.rm, streams) {
+        (None, false, Streams::Output | Streams::Interactive) => {
+            Some(crate::cmd::logs::tee(&dir.join("container.log"))?)
+        }
+        _ => None,
+    };
     let code = match execute(&rt, &containers, &spec, record, streams, root_mount) {
         Ok(code) => code,
         Err(e) => {
