@@ -72,6 +72,7 @@ pub fn execute(
     // stays created, with its exit code, as docker's does.
     if let Some(code) = started.start_failure(START_LIMIT) {
         drop(started.wait());
+        report_read_failure(&mut root, since);
         drop(root);
         record.exit_code = Some(code);
         if let Err(e) = containers.save(&record) {
@@ -99,15 +100,20 @@ pub fn execute(
     if let Some(r) = relay {
         r.finish();
     }
-    // A program that failed on EIO says only "i/o error": say which read of the image failed.
-    if code != 0
-        && let Some(why) = root.read_failure_since(since)
-    {
-        eprintln!("strata: reading the image failed: {why}");
+    if code != 0 {
+        report_read_failure(&mut root, since);
     }
     drop(root);
     record_exit(containers, record, code);
     Ok(code)
+}
+
+/// A program that failed on EIO says only "i/o error": says which read of the image failed
+/// (since `since`), if one did.
+fn report_read_failure(root: &mut RootMount, since: i64) {
+    if let Some(why) = root.read_failure_since(since) {
+        eprintln!("strata: reading the image failed: {why}");
+    }
 }
 
 /// Records that the container exited with `code`. The container's own exit code is the
