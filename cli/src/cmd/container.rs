@@ -74,10 +74,7 @@ pub fn execute(
         drop(started.wait());
         report_read_failure(&mut root, since);
         drop(root);
-        record.exit_code = Some(code);
-        if let Err(e) = containers.save(&record) {
-            eprintln!("strata: recording container {}: {e}", record.name);
-        }
+        record_start_failure(containers, record, code);
         return Ok(code);
     }
     let pid = started.pid();
@@ -106,6 +103,14 @@ pub fn execute(
     drop(root);
     record_exit(containers, record, code);
     Ok(code)
+}
+
+/// Records the exit code of a container whose command could not start (its state stays).
+fn record_start_failure(containers: &Containers, mut record: Container, code: i32) {
+    record.exit_code = Some(code);
+    if let Err(e) = containers.save(&record) {
+        eprintln!("strata: recording container {}: {e}", record.name);
+    }
 }
 
 /// A program that failed on EIO says only "i/o error": says which read of the image failed

@@ -79,10 +79,7 @@ pub fn run_logs(a: LogsArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         tail.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         a.timestamps,
     );
-    let running = || {
-        cs.find(&c.id)
-            .is_some_and(|c| crate::cmd::ps::effective(&c).state == State::Running)
-    };
+    let running = || cs.find(&c.id).is_some_and(|c| running_pid(&c).is_some());
     match printed {
         Ok(offset) if a.follow => {
             crate::cmd::logs::follow(&log, offset, a.timestamps, running)?;

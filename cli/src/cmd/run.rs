@@ -283,14 +283,7 @@ pub fn run_recorded(
     fill_extra(&mut extra, &a, &cfg);
     extra.save(&dir)?;
     let streams = streams(&a);
-    // A container in the foreground keeps its output in its log too (`logs` shows it, as
-    // docker's), unless --rm takes the log away or a terminal carries the output.
-    let _tee = match (&a.cid, a.rm, streams) {
-        (None, false, Streams::Output | Streams::Interactive) => {
-            Some(crate::cmd::logs::tee(&dir.join("container.log"))?)
-        }
-        _ => None,
-    };
+    let _tee = tee(&a, streams, &dir)?;
     let code = match execute(&rt, &containers, &spec, record, streams, root_mount) {
         Ok(code) => code,
         Err(e) => {
@@ -307,6 +300,21 @@ pub fn run_recorded(
         return Ok((code, None));
     }
     Ok((code, profile))
+}
+
+/// A container in the foreground keeps its output in its log too (`logs` shows it, as
+/// docker's), unless --rm takes the log away or a terminal carries the output.
+fn tee(
+    a: &Args,
+    streams: Streams,
+    dir: &Path,
+) -> anyhow::Result<Option<crate::cmd::logs::Capture>> {
+    Ok(match (&a.cid, a.rm, streams) {
+        (None, false, Streams::Output | Streams::Interactive) => {
+            Some(crate::cmd::logs::tee(&dir.join("container.log"))?)
+        }
+        _ => None,
+    })
 }
 
 /// docker's init layer entries (/.dockerenv, /etc/mtab, ...) the image lacks, and checks that
