@@ -3,7 +3,6 @@
 //! execs the command.
 
 use std::ffi::CString;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{SigSet, Signal, kill};
@@ -40,8 +39,13 @@ pub fn init_main(spec_path: &Path) -> i32 {
             return EXIT_RUNTIME_ERROR;
         }
     };
-    // Keep the console socket (descriptor 3) when there is a terminal to hand over.
-    sys::close_from(if spec.tty { 4 } else { 3 });
+    // Keep the console socket (descriptor 3) when there is a terminal to hand over, and the
+    // exec-sync pipe (descriptor 4), closed by PID 1's exec.
+    if !spec.tty {
+        sys::close_raw(sys::CONSOLE_FD);
+    }
+    sys::close_from(5);
+    sys::set_cloexec(sys::EXEC_SYNC_FD);
     let mut set = SigSet::empty();
     for s in FORWARDED {
         set.add(s);
@@ -68,9 +72,15 @@ pub fn init_main(spec_path: &Path) -> i32 {
                 Err(f) => f,
             };
             eprintln_safe(&format!("strata: {}", f.msg));
+            if let Some(hint) = &spec.failure_hint {
+                eprintln_safe(&format!("\n{hint}"));
+            }
+            sys::report_start_failure(f.code);
             std::process::exit(f.code);
         }
         Ok(ForkResult::Parent { child }) => {
+            // Only PID 1 holds the exec-sync pipe now: strata sees it close at PID 1's exec.
+            sys::close_raw(sys::EXEC_SYNC_FD);
             if spec.tty {
                 // Only PID 1 holds the console socket now: if it dies early, strata sees EOF.
                 let _ = nix::unistd::close(sys::CONSOLE_FD);
@@ -242,21 +252,7 @@ fn container_main(spec: &Spec) -> Result<std::convert::Infallible, Fail> {
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or("/usr/bin:/bin")
         .to_string();
-    let program = if arg0.contains('/') {
-        PathBuf::from(arg0)
-    } else {
-        path_var
-            .split(':')
-            .map(|d| Path::new(if d.is_empty() { "." } else { d }).join(arg0))
-            .find(|p| {
-                p.metadata()
-                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            })
-            .ok_or_else(|| Fail {
-                code: EXIT_NOT_FOUND,
-                msg: format!("exec: \"{arg0}\": executable file not found in $PATH"),
-            })?
-    };
+    let program = look_path(arg0, &path_var)?;
     let cstr = |s: &str| CString::new(s).map_err(|_| fail(format!("NUL byte in {s:?}")));
     let argv: Vec<CString> = spec
         .args
@@ -266,16 +262,116 @@ fn container_main(spec: &Spec) -> Result<std::convert::Infallible, Fail> {
     let envp: Vec<CString> = env.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
     let prog = cstr(&program.to_string_lossy())?;
     let err = execve(&prog, &argv, &envp).unwrap_err();
-    let code = match err {
-        nix::errno::Errno::ENOENT => EXIT_NOT_FOUND,
-        _ => EXIT_CANNOT_EXECUTE,
-    };
     Err(Fail {
-        code,
+        code: exit_code(err),
         msg: format!(
             "exec: \"{}\": {}",
             program.display(),
             err.desc().to_lowercase()
         ),
     })
+}
+
+/// The program `arg0` names, found as runc finds it (Go's `exec.LookPath` in the container,
+/// as its user), failing with runc's words: `exec: "/x": stat /x: no such file or directory`,
+/// `exec: "/etc": is a directory: permission denied`, `exec: "x": executable file not found
+/// in $PATH`.
+fn look_path(arg0: &str, path_var: &str) -> Result<PathBuf, Fail> {
+    if arg0.contains('/') {
+        return executable(Path::new(arg0))
+            .map(|()| PathBuf::from(arg0))
+            .map_err(|(errno, why)| Fail {
+                code: exit_code(errno),
+                msg: format!("exec: \"{arg0}\": {why}"),
+            });
+    }
+    path_var
+        .split(':')
+        .map(|d| Path::new(if d.is_empty() { "." } else { d }).join(arg0))
+        .find(|p| executable(p).is_ok())
+        .ok_or_else(|| Fail {
+            code: EXIT_NOT_FOUND,
+            msg: format!("exec: \"{arg0}\": executable file not found in $PATH"),
+        })
+}
+
+/// Go's `findExecutable`: `p` exists, is not a directory, and the user may execute it.
+fn executable(p: &Path) -> Result<(), (nix::errno::Errno, String)> {
+    use nix::errno::Errno;
+    let text = |e: Errno| e.desc().to_lowercase();
+    let meta =
+        nix::sys::stat::stat(p).map_err(|e| (e, format!("stat {}: {}", p.display(), text(e))))?;
+    if meta.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR {
+        return Err((Errno::EISDIR, "is a directory: permission denied".into()));
+    }
+    nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).map_err(|e| (e, text(e)))
+}
+
+/// The exit code docker gives a container that could not start for `errno`: 127 when the
+/// program (or a directory on its path) is missing, 126 when it may not be executed, 125
+/// otherwise (moby's `translateContainerdStartErr`).
+fn exit_code(errno: nix::errno::Errno) -> i32 {
+    use nix::errno::Errno;
+    match errno {
+        Errno::ENOENT | Errno::ENOTDIR => EXIT_NOT_FOUND,
+        Errno::EACCES | Errno::EISDIR => EXIT_CANNOT_EXECUTE,
+        _ => EXIT_RUNTIME_ERROR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn programs_are_looked_up_with_runcs_words_and_dockers_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let prog = d.join("prog");
+        std::fs::write(&prog, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data = d.join("data");
+        std::fs::write(&data, "x").unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let path_var = d.display().to_string();
+        let found = look_path("prog", &path_var).map_err(|f| f.msg).unwrap();
+        assert_eq!(found, prog);
+        let failure = |arg: &str| {
+            let f = look_path(arg, &path_var).unwrap_err();
+            (f.code, f.msg)
+        };
+        let missing = d.join("nope").display().to_string();
+        assert_eq!(
+            failure(&missing),
+            (
+                EXIT_NOT_FOUND,
+                format!("exec: \"{missing}\": stat {missing}: no such file or directory")
+            )
+        );
+        let dir_arg = d.display().to_string();
+        assert_eq!(
+            failure(&dir_arg),
+            (
+                EXIT_CANNOT_EXECUTE,
+                format!("exec: \"{dir_arg}\": is a directory: permission denied")
+            )
+        );
+        assert_eq!(
+            failure("data"),
+            (
+                EXIT_NOT_FOUND,
+                "exec: \"data\": executable file not found in $PATH".to_string()
+            )
+        );
+        // Root may execute a file without any x bit only through its bits: access(2) refuses.
+        let data_arg = data.display().to_string();
+        assert_eq!(
+            failure(&data_arg),
+            (
+                EXIT_CANNOT_EXECUTE,
+                format!("exec: \"{data_arg}\": permission denied")
+            )
+        );
+    }
 }

@@ -137,6 +137,10 @@ pub struct Spec {
     /// The cgroups [`start_with`] created for this run (PID 1 joins them).
     #[serde(default)]
     pub cgroups: cgroup::Cgroups,
+    /// A line PID 1 prints after its error when the container cannot start (docker's
+    /// `Run 'docker run --help' for more information`, with a blank line before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_hint: Option<String>,
 }
 
 /// A started container: the helper process that supervises its PID 1.
@@ -144,12 +148,37 @@ pub struct Spec {
 pub struct Started {
     child: std::process::Child,
     cgroups: cgroup::Cgroups,
+    /// The reading end of the exec-sync pipe (see [`Started::start_failure`]).
+    exec_sync: Option<std::fs::File>,
 }
 
 impl Started {
     /// Process id of the helper (signals sent to it reach the container's PID 1).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits (at most `limit`) until PID 1 has exec'd the command or failed to: `Some(code)`
+    /// when the container could not start (PID 1 said so, with the exit code docker gives
+    /// such a container, 125/126/127), `None` once the command runs (or when PID 1 has not
+    /// got there within `limit`: the pipe is kept, so a later failure still finds a reader).
+    pub fn start_failure(&mut self, limit: std::time::Duration) -> Option<i32> {
+        use std::io::Read as _;
+        use std::os::fd::AsFd as _;
+        let pipe = self.exec_sync.as_mut()?;
+        let timeout =
+            nix::poll::PollTimeout::try_from(limit).unwrap_or(nix::poll::PollTimeout::MAX);
+        let mut fds = [nix::poll::PollFd::new(
+            pipe.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if !matches!(nix::poll::poll(&mut fds, timeout), Ok(n) if n > 0) {
+            return None;
+        }
+        let mut code = [0u8; 4];
+        let read = pipe.read_exact(&mut code);
+        self.exec_sync = None;
+        read.ok().map(|()| i32::from_le_bytes(code))
     }
 
     /// Waits for the container; returns its exit status (128+N for signal N; 125/126/127 when
@@ -206,9 +235,11 @@ pub fn start_with(
     if started.is_err() {
         cgroups.remove();
     }
+    let (child, exec_sync) = started?;
     Ok(Started {
-        child: started?,
+        child,
         cgroups,
+        exec_sync: Some(exec_sync),
     })
 }
 
@@ -218,7 +249,7 @@ fn spawn_helper(
     exe: &Path,
     init_arg: &str,
     stdio: Stdio,
-) -> Result<std::process::Child, RunError> {
+) -> Result<(std::process::Child, std::fs::File), RunError> {
     let spec_error = |source| RunError::Spec {
         path: path.to_path_buf(),
         source,
@@ -246,12 +277,22 @@ fn spawn_helper(
             console = Some(sock);
         }
     }
+    // The exec-sync pipe: its writing end becomes the helper's descriptor 4; ours closes
+    // after the spawn, so the pipe closes when PID 1 execs.
+    let (sync_read, sync_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RunError::Spawn(e.into()))?;
+    sys::pass_as(
+        &mut cmd,
+        std::os::fd::AsRawFd::as_raw_fd(&sync_write),
+        sys::EXEC_SYNC_FD,
+    );
     sys::unshare_before_exec(&mut cmd, spec.network == Network::None);
     // Its own process group: a terminal Ctrl-C reaches strata only, which forwards it once.
     cmd.process_group(0);
     let child = cmd.spawn().map_err(RunError::Spawn)?;
     drop(console);
-    Ok(child)
+    drop(sync_write);
+    Ok((child, std::fs::File::from(sync_read)))
 }
 
 /// Combines image config and command line like docker: `--entrypoint` replaces the image's

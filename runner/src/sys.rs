@@ -117,19 +117,60 @@ pub fn close_from(first: u32) {
 /// The descriptor number the console socket has in the helper and in PID 1.
 pub const CONSOLE_FD: i32 = 3;
 
+/// The descriptor number of the exec-sync pipe's writing end in the helper and in PID 1: PID 1
+/// writes its exit code there when the container cannot start; on a successful exec the pipe
+/// closes (close-on-exec) without a byte.
+pub const EXEC_SYNC_FD: i32 = 4;
+
 /// Makes descriptor `raw` descriptor 3 of the process `cmd` starts (the caller keeps `raw`
 /// open until the process is spawned, then closes its copy).
 pub fn pass_as_fd3(cmd: &mut Command, raw: i32) {
+    pass_as(cmd, raw, CONSOLE_FD);
+}
+
+/// Makes descriptor `raw` descriptor `target` of the process `cmd` starts (the caller keeps
+/// `raw` open until the process is spawned, then closes its copy).
+pub fn pass_as(cmd: &mut Command, raw: i32, target: i32) {
     // SAFETY: runs between fork and exec; dup2 is async-signal-safe and allocates nothing.
     // dup2 clears close-on-exec on the new descriptor, so it survives the exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(raw, CONSOLE_FD) < 0 {
+            if libc::dup2(raw, target) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
+}
+
+/// Closes descriptor `fd` if it is open (a descriptor number this process owns no object for).
+pub fn close_raw(fd: i32) {
+    // SAFETY: called only for the fixed descriptor numbers of the helper's protocol (3, 4),
+    // which no Rust object owns in the helper.
+    unsafe { libc::close(fd) };
+}
+
+/// Marks descriptor `fd` close-on-exec.
+pub fn set_cloexec(fd: i32) {
+    // SAFETY: fcntl(F_SETFD) only changes the descriptor's flags.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+}
+
+/// Writes `code` to the exec-sync pipe (PID 1, about to exit because the container could
+/// not start). Nothing happens when the pipe is not there.
+pub fn report_start_failure(code: i32) {
+    // A reader that went away must not turn the exit code into SIGPIPE's (PID 1 exits next).
+    // SAFETY: SIG_IGN installs no handler code; PID 1 is single-threaded and about to exit.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigIgn,
+        )
+    };
+    let bytes = code.to_le_bytes();
+    // SAFETY: writes 4 bytes from a live local buffer to a descriptor number; a bad
+    // descriptor only makes write fail.
+    unsafe { libc::write(EXEC_SYNC_FD, bytes.as_ptr().cast(), bytes.len()) };
 }
 
 /// Makes descriptor `target` (0, 1 or 2) a copy of `fd`.

@@ -10,7 +10,7 @@ use strata_oci::Reference;
 use strata_storage::store::ImageRecord;
 
 use crate::cmd::container::INIT_ARG;
-use crate::cmd::mount::find_or_pull_quietly;
+use crate::cmd::mount::{Shown, find_or_pull_shown};
 use crate::global::{GlobalArgs, runtime};
 
 /// Arguments of `build`.
@@ -52,8 +52,12 @@ struct Printer<'a> {
 
 impl Host for Printer<'_> {
     fn image(&mut self, name: &str, platform: &str) -> Result<ImageRecord, String> {
-        find_or_pull_quietly(self.ctx, self.rt, name, platform, self.quiet)
-            .map_err(|e| format!("{e:#}"))
+        let shown = if self.quiet {
+            Shown::Quiet
+        } else {
+            Shown::Build
+        };
+        find_or_pull_shown(self.ctx, self.rt, name, platform, shown).map_err(|e| format!("{e:#}"))
     }
 
     fn event(&mut self, event: Event<'_>) {

@@ -20,6 +20,10 @@ pub enum Streams {
     Tty,
 }
 
+/// How long PID 1 may take to get to its command's exec before the container is taken as
+/// running anyway (its root is read lazily, so a slow registry slows the start).
+const START_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Starts `spec`, records the container as running, forwards signals, waits, and records its
 /// exit. Returns the exit code.
 /// `root` is unmounted before the exit is recorded, so whoever waits for the record finds
@@ -44,7 +48,7 @@ pub fn execute(
             Stdio::Console(theirs)
         }
     };
-    let started = strata_runner::start_with(spec, &std::env::current_exe()?, INIT_ARG, stdio)?;
+    let mut started = strata_runner::start_with(spec, &std::env::current_exe()?, INIT_ARG, stdio)?;
     // No terminal arrives when the container fails before its command starts; its error is on
     // our stderr and its exit code tells the rest.
     let relay = console
@@ -63,6 +67,15 @@ pub fn execute(
                 strata_runner::pty::resize_from_stdin(master);
             }
         });
+    }
+    // Running once PID 1 has exec'd the command; a container whose command could not start
+    // stays created, with its exit code, as docker's does.
+    if let Some(code) = started.start_failure(START_LIMIT) {
+        drop(started.wait());
+        report_read_failure(&mut root, since);
+        drop(root);
+        record_start_failure(containers, record, code);
+        return Ok(code);
     }
     let pid = started.pid();
     record.state = State::Running;
@@ -84,15 +97,28 @@ pub fn execute(
     if let Some(r) = relay {
         r.finish();
     }
-    // A program that failed on EIO says only "i/o error": say which read of the image failed.
-    if code != 0
-        && let Some(why) = root.read_failure_since(since)
-    {
-        eprintln!("strata: reading the image failed: {why}");
+    if code != 0 {
+        report_read_failure(&mut root, since);
     }
     drop(root);
     record_exit(containers, record, code);
     Ok(code)
+}
+
+/// Records the exit code of a container whose command could not start (its state stays).
+fn record_start_failure(containers: &Containers, mut record: Container, code: i32) {
+    record.exit_code = Some(code);
+    if let Err(e) = containers.save(&record) {
+        eprintln!("strata: recording container {}: {e}", record.name);
+    }
+}
+
+/// A program that failed on EIO says only "i/o error": says which read of the image failed
+/// (since `since`), if one did.
+fn report_read_failure(root: &mut RootMount, since: i64) {
+    if let Some(why) = root.read_failure_since(since) {
+        eprintln!("strata: reading the image failed: {why}");
+    }
 }
 
 /// Records that the container exited with `code`. The container's own exit code is the

@@ -41,7 +41,7 @@ pub fn run_cp(a: CpArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let containers = Containers::new(&g.root());
     let c = containers
         .find(&key)
-        .with_context(|| format!("No such container: {key}"))?;
+        .ok_or_else(|| crate::cmd::daemon(format!("No such container: {key}")))?;
     let dir = containers.dir_of(&c.id);
     let running = crate::cmd::ps::effective(&c).state == State::Running;
     // A running container's root is mounted by its own strata process; else mount it here.
@@ -71,7 +71,7 @@ pub fn run_cp(a: CpArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
                 nix::unistd::getegid().as_raw(),
             ))
         };
-        copy_out(&root, &inner, Path::new(&a.dest), owner)
+        copy_out(&root, (&key, &inner), Path::new(&a.dest), owner)
     }?;
     Ok(0)
 }
@@ -96,10 +96,18 @@ fn inside(root: &Path, path: &str, create: bool) -> anyhow::Result<(PathBuf, boo
     Ok((base.join(name), contents))
 }
 
-fn copy_out(root: &Path, path: &str, dest: &Path, owner: Option<(u32, u32)>) -> anyhow::Result<()> {
+/// Copies `path` of the container `key` (its root at `root`) to `dest`.
+fn copy_out(
+    root: &Path,
+    (key, path): (&str, &str),
+    dest: &Path,
+    owner: Option<(u32, u32)>,
+) -> anyhow::Result<()> {
     let (src, contents) = inside(root, path, false)?;
     if std::fs::symlink_metadata(&src).is_err() {
-        bail!("Could not find the file {path} in container");
+        return Err(crate::cmd::daemon(format!(
+            "Could not find the file {path} in container {key}"
+        )));
     }
     place(&src, dest, contents, owner)
 }

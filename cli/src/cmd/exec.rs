@@ -9,7 +9,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use std::time::Duration;
 
 use nix::sched::{CloneFlags, setns};
@@ -69,11 +69,16 @@ pub fn run_exec(a: ExecArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let cs = Containers::new(&g.root());
     let c = cs
         .find(&a.container)
-        .with_context(|| format!("No such container: {}", a.container))?;
+        .ok_or_else(|| crate::cmd::daemon(format!("No such container: {}", a.container)))?;
     let c = crate::cmd::ps::effective(&c);
     let helper = match (c.state, c.pid) {
         (State::Running, Some(p)) => i32::try_from(p).unwrap_or(i32::MAX),
-        _ => bail!("container {} is not running", c.id),
+        _ => {
+            return Err(crate::cmd::daemon(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
     };
     let init = ready_init(helper).with_context(|| format!("container {} has no process", c.id))?;
     let spec: strata_runner::Spec = serde_json::from_slice(

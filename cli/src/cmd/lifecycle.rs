@@ -4,7 +4,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use strata_runner::state::{Container, Containers, State};
@@ -22,6 +22,9 @@ pub struct LogsArgs {
     /// Show timestamps.
     #[arg(short = 't', long)]
     pub timestamps: bool,
+    /// Follow the output until the container exits.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
     /// Container (name or id).
     pub container: String,
 }
@@ -71,14 +74,20 @@ pub fn run_logs(a: LogsArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     let log = cs.dir_of(&c.id).join("container.log");
     // docker: a negative or unreadable --tail means all lines.
     let tail = a.tail.parse::<i64>().ok().filter(|n| *n >= 0);
-    match crate::cmd::logs::print(
+    let printed = crate::cmd::logs::print(
         &log,
         tail.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         a.timestamps,
-    ) {
-        Ok(()) => Ok(0),
+    );
+    let running = || cs.find(&c.id).is_some_and(|c| running_pid(&c).is_some());
+    match printed {
+        Ok(offset) if a.follow => {
+            crate::cmd::logs::follow(&log, offset, a.timestamps, running)?;
+            Ok(0)
+        }
+        Ok(_) => Ok(0),
         Err(_) => bail!(
-            "container {} keeps no log (only detached containers do)",
+            "container {} keeps no log (one run with -t or by an older strata)",
             a.container
         ),
     }
@@ -120,9 +129,11 @@ pub fn stop_one(cs: &Containers, key: &str, grace: u64) -> anyhow::Result<Contai
     Ok(c)
 }
 
-fn parse_signal(s: &str) -> anyhow::Result<Signal> {
+/// A signal by number or name (`KILL`, `SIGKILL`); docker's daemon's words when it is none.
+fn parse_signal(s: &str) -> Result<Signal, String> {
+    let invalid = || format!("invalid signal: {s}");
     if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n).with_context(|| format!("invalid signal {s}"));
+        return Signal::try_from(n).map_err(|_| invalid());
     }
     let name = s.to_ascii_uppercase();
     let name = if name.starts_with("SIG") {
@@ -130,23 +141,24 @@ fn parse_signal(s: &str) -> anyhow::Result<Signal> {
     } else {
         format!("SIG{name}")
     };
-    name.parse::<Signal>()
-        .with_context(|| format!("invalid signal {s}"))
+    name.parse::<Signal>().map_err(|_| invalid())
 }
 
 pub fn run_kill(a: KillArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
-    let sig = parse_signal(&a.signal)?;
+    // docker's daemon checks the signal for each container it is asked to kill.
+    let sig = parse_signal(&a.signal);
     let cs = Containers::new(&g.root());
     // As docker: every container is tried; each failure is one line, and the exit is 1.
     let mut failed = false;
     for key in &a.containers {
         let why = match cs.find(key) {
             None => format!("No such container: {key}"),
-            Some(c) => match running_pid(&c) {
-                None => format!("container {} is not running", c.id),
-                Some(pid) => match kill(pid, sig) {
+            Some(c) => match (running_pid(&c), &sig) {
+                (_, Err(why)) => why.clone(),
+                (None, _) => format!("container {} is not running", c.id),
+                (Some(pid), Ok(sig)) => match kill(pid, *sig) {
                     Ok(()) => {
-                        if sig == Signal::SIGKILL {
+                        if *sig == Signal::SIGKILL {
                             wait_recorded_exit(&cs, &c.id);
                         }
                         println!("{key}");

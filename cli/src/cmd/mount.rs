@@ -50,25 +50,37 @@ pub fn find_or_pull(
     name: &str,
     platform: &str,
 ) -> anyhow::Result<ImageRecord> {
-    find_or_pull_quietly(ctx, rt, name, platform, false)
+    find_or_pull_shown(ctx, rt, name, platform, Shown::Run)
 }
 
-/// [`find_or_pull`], printing nothing when `quiet` (`build -q`'s base images, as docker's).
-pub fn find_or_pull_quietly(
+/// How the pull of a missing image is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    /// `run`'s: "Unable to find image '…' locally", then the progress.
+    Run,
+    /// The classic builder's (FROM, COPY --from): the progress alone.
+    Build,
+    /// Nothing (`build -q`).
+    Quiet,
+}
+
+/// [`find_or_pull`], showing the pull as `shown` says.
+pub fn find_or_pull_shown(
     ctx: &Images,
     rt: &tokio::runtime::Runtime,
     name: &str,
     platform: &str,
-    quiet: bool,
+    shown_as: Shown,
 ) -> anyhow::Result<ImageRecord> {
     if let Ok((img, _)) = ctx.catalog().resolve(name) {
         return Ok(img);
     }
     let r: Reference = crate::cmd::refs::parse(name)?;
     let shown = crate::cmd::pull::familiar(&r);
-    let display = match quiet {
-        true => Display::new(true),
-        false => {
+    let display = match shown_as {
+        Shown::Quiet => Display::new(true),
+        Shown::Build => Display::on_stderr(),
+        Shown::Run => {
             eprintln!("Unable to find image '{shown}' locally");
             Display::on_stderr()
         }

@@ -13,7 +13,7 @@ use crate::global::GlobalArgs;
 
 /// Arguments of `profile`: those of `run`, and where to store the result.
 #[derive(Debug, clap::Args)]
-#[command(trailing_var_arg = true)]
+#[command(trailing_var_arg = true, disable_help_flag = true)]
 pub struct ProfileArgs {
     /// Name for the profiled image (default: the image's own name).
     #[arg(long, conflicts_with = "publish")]

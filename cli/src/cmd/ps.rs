@@ -148,12 +148,13 @@ pub fn run_ps(a: PsArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         Missing::Field("*formatter.ContainerContext"),
         true,
     )?;
-    let filters = Filters::parse(&a.filter)?;
+    let mut filters = Filters::parse(&a.filter)?;
     let root = g.root();
     let containers = Containers::new(&root);
     let ctx = g.context().ok();
     let mut list = listed(&containers, ctx.as_ref());
     list.sort_by_key(|(c, x)| std::cmp::Reverse((c.created, x.created_nanos)));
+    filters.resolve_order(&list)?;
     let last = if a.latest { 1 } else { a.last };
     // docker: -n and -l take containers of every state; a status filter too.
     let all = a.all || last > 0 || filters.has("status");
@@ -294,7 +295,8 @@ pub fn run_rm(a: RmArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
     for key in &a.containers {
         let Some(c) = containers.find(key).map(|c| effective(&c)) else {
             eprintln!("Error response from daemon: No such container: {key}");
-            failed = true;
+            // docker's `rm -f` says so but exits 0 for a container that is not there.
+            failed |= !a.force;
             continue;
         };
         if c.state == State::Running {

@@ -149,6 +149,17 @@ fn changes_usage(
 #[derive(Debug, Default)]
 pub struct Filters {
     by_key: BTreeMap<String, Vec<String>>,
+    /// `before=`/`since=`: the named containers, resolved by [`Filters::resolve_order`].
+    order: Vec<(Order, String)>,
+    /// Their creation times (seconds, nanoseconds).
+    order_times: Vec<(Order, (i64, u32))>,
+}
+
+/// A `before=` or `since=` filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Before,
+    Since,
 }
 
 impl Filters {
@@ -181,6 +192,15 @@ impl Filters {
                         "invalid filter 'name={value}': error parsing regexp"
                     )));
                 }
+                "before" | "since" => {
+                    let o = if key == "before" {
+                        Order::Before
+                    } else {
+                        Order::Since
+                    };
+                    f.order.push((o, value));
+                    continue;
+                }
                 "status" | "exited" | "name" | "id" | "label" | "ancestor" => {}
                 _ => return Err(crate::cmd::daemon(format!("invalid filter '{key}'"))),
             }
@@ -194,9 +214,30 @@ impl Filters {
         self.by_key.contains_key(key)
     }
 
+    /// Finds the containers `before=`/`since=` name (a name or an id prefix) among `list`;
+    /// docker's "No such container" when one is missing.
+    pub fn resolve_order(&mut self, list: &[(Container, Extra)]) -> anyhow::Result<()> {
+        for (o, v) in &self.order {
+            let name = v.strip_prefix('/').unwrap_or(v);
+            let found = list
+                .iter()
+                .find(|(c, _)| c.name == name || c.id == *v)
+                .or_else(|| list.iter().find(|(c, _)| c.id.starts_with(v.as_str())))
+                .ok_or_else(|| crate::cmd::daemon(format!("No such container: {v}")))?;
+            self.order_times
+                .push((*o, (found.0.created, found.1.created_nanos)));
+        }
+        Ok(())
+    }
+
     /// Whether the container passes every filter.
     pub fn matches(&self, c: &Container, x: &Extra) -> bool {
-        self.by_key
+        let at = (c.created, x.created_nanos);
+        self.order_times.iter().all(|(o, t)| match o {
+            Order::Before => at < *t,
+            Order::Since => at > *t,
+        }) && self
+            .by_key
             .iter()
             .all(|(k, vs)| vs.iter().any(|v| one(k, v, c, x)))
     }

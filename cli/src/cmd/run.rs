@@ -17,8 +17,11 @@ use strata_overlay::root::mount_root_with;
 
 /// Arguments of `run`.
 #[derive(Debug, clap::Args)]
-#[command(trailing_var_arg = true)]
+#[command(trailing_var_arg = true, disable_help_flag = true)]
 pub struct Args {
+    /// Print help (`-h` is `--hostname`, as docker's).
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
     /// Remove the container when it exits.
     #[arg(long)]
     pub rm: bool,
@@ -44,7 +47,7 @@ pub struct Args {
     #[arg(long)]
     pub entrypoint: Option<String>,
     /// Container host name (default: the short container id).
-    #[arg(long)]
+    #[arg(short = 'h', long)]
     pub hostname: Option<String>,
     /// host (default) or none.
     #[arg(long, default_value = "host")]
@@ -280,6 +283,7 @@ pub fn run_recorded(
     fill_extra(&mut extra, &a, &cfg);
     extra.save(&dir)?;
     let streams = streams(&a);
+    let _tee = tee(&a, streams, &dir)?;
     let code = match execute(&rt, &containers, &spec, record, streams, root_mount) {
         Ok(code) => code,
         Err(e) => {
@@ -298,12 +302,37 @@ pub fn run_recorded(
     Ok((code, profile))
 }
 
-/// docker's init layer entries (/.dockerenv, /etc/mtab, ...) the image lacks, and a check that
-/// the spec's user exists in the mounted root.
+/// A container in the foreground keeps its output in its log too (`logs` shows it, as
+/// docker's), unless --rm takes the log away or a terminal carries the output.
+fn tee(
+    a: &Args,
+    streams: Streams,
+    dir: &Path,
+) -> anyhow::Result<Option<crate::cmd::logs::Capture>> {
+    Ok(match (&a.cid, a.rm, streams) {
+        (None, false, Streams::Output | Streams::Interactive) => {
+            Some(crate::cmd::logs::tee(&dir.join("container.log"))?)
+        }
+        _ => None,
+    })
+}
+
+/// docker's init layer entries (/.dockerenv, /etc/mtab, ...) the image lacks, and checks that
+/// the spec's user exists in the mounted root and its working directory is not a file.
 fn prepare_root(root: &strata_overlay::root::RootMount, spec: &Spec) -> anyhow::Result<()> {
     strata_runner::initlayer::write(&root.rootfs).map_err(|e| crate::cmd::daemon(e.to_string()))?;
     strata_runner::user::resolve(&spec.rootfs, &spec.user)
         .map_err(|e| crate::cmd::daemon(e.to_string()))?;
+    // docker's daemon makes the working directory when it creates the container and refuses
+    // one that is a file (`setupWorkingDirectory`).
+    if let Ok(p) = strata_runner::resolve_in(&spec.rootfs, Path::new(&spec.cwd), false)
+        && p.symlink_metadata().is_ok_and(|m| !m.is_dir())
+    {
+        return Err(crate::cmd::daemon(format!(
+            "Cannot mkdir: {} is not a directory",
+            spec.cwd
+        )));
+    }
     Ok(())
 }
 
@@ -373,6 +402,8 @@ impl Setup {
             tty: a.tty,
             security: self.security,
             resources: self.resources,
+            // Detached, the error goes to the log, and `run -d` shows it from there.
+            failure_hint: Some("Run 'strata run --help' for more information".to_string()),
             ..Spec::default()
         };
         container_spec(Some(cfg), process, host)
@@ -395,15 +426,39 @@ fn env_args(a: &Args) -> anyhow::Result<Vec<String>> {
     for f in &a.env_file {
         let text = std::fs::read_to_string(f)
             .map_err(|e| anyhow::anyhow!("open {}: {}", f.display(), crate::cmd::go_errno(&e)))?;
-        env_args.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_string),
-        );
+        for line in text.trim_start_matches('\u{feff}').lines() {
+            let line = line.trim_start();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            env_args.push(
+                env_file_line(line)
+                    .map_err(|why| anyhow::anyhow!("invalid env file ({}): {why}", f.display()))?,
+            );
+        }
     }
     env_args.extend(a.env.iter().cloned());
     Ok(env_args)
+}
+
+/// One `--env-file` line as docker/cli reads it (`opts.parseKeyValueFile`): the name may not
+/// hold blanks and the value is kept as is.
+fn env_file_line(line: &str) -> Result<String, String> {
+    let (name, value) = match line.split_once('=') {
+        Some((n, v)) => (n, Some(v)),
+        None => (line, None),
+    };
+    let name = name.trim_start_matches([' ', '\t']);
+    if name.contains([' ', '\t']) {
+        return Err(format!("variable '{name}' contains whitespaces"));
+    }
+    if name.is_empty() {
+        return Err(format!("no variable name on line '{line}'"));
+    }
+    Ok(match value {
+        Some(v) => format!("{name}={v}"),
+        None => name.to_string(),
+    })
 }
 
 /// The record of a container just created from `img`, `now` since the epoch.
@@ -461,9 +516,19 @@ fn detach(containers: &Containers, name: Option<&str>) -> anyhow::Result<i32> {
             return Ok(0);
         }
         if let Some(status) = child.try_wait()? {
-            if containers.find(&id).is_some() {
-                println!("{id}");
-                return Ok(0);
+            match containers.find(&id) {
+                // Its command could not start: the error is all its log holds. As docker's
+                // `run -d`: the id (the container stays, created), the error, its exit code.
+                Some(c) if c.state == State::Created => {
+                    println!("{id}");
+                    let _ = crate::cmd::logs::print(&log_path, None, false);
+                    return Ok(c.exit_code.unwrap_or(125));
+                }
+                Some(_) => {
+                    println!("{id}");
+                    return Ok(0);
+                }
+                None => {}
             }
             let last = crate::cmd::logs::last_line(&log_path);
             let _ = std::fs::remove_dir_all(&dir);
@@ -513,7 +578,22 @@ fn learned(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_bytes;
+    use super::{env_file_line, parse_bytes};
+
+    #[test]
+    fn env_file_lines_as_docker_reads_them() {
+        assert_eq!(env_file_line("A=1 ").unwrap(), "A=1 ");
+        assert_eq!(env_file_line("A").unwrap(), "A");
+        assert_eq!(env_file_line("A==b").unwrap(), "A==b");
+        assert_eq!(
+            env_file_line("export X=1").unwrap_err(),
+            "variable 'export X' contains whitespaces"
+        );
+        assert_eq!(
+            env_file_line("=x").unwrap_err(),
+            "no variable name on line '=x'"
+        );
+    }
 
     #[test]
     fn sizes_as_docker_reads_them() {

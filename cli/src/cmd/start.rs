@@ -49,6 +49,8 @@ pub fn run_start(a: StartArgs, g: &GlobalArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("image {} of container {}", c.image, a.container))?;
     let root_mount = mount_root(&ctx, rt.handle(), &img, &dir)?;
     spec.rootfs = root_mount.rootfs.clone();
+    // `run`'s hint is not `start`'s.
+    spec.failure_hint = None;
     let streams = if spec.tty {
         Streams::Tty
     } else {
@@ -79,7 +81,13 @@ fn start_in_background(
             return Ok(0);
         }
         if let Some(status) = child.try_wait()? {
-            bail!("container {name} did not start ({status}); see `strata logs {name}`");
+            // As docker's: why (the cause its container said last), then which.
+            let last = crate::cmd::logs::last_line(&dir.join("container.log"));
+            match last.strip_prefix("strata: ") {
+                Some(why) => eprintln!("{why}"),
+                None => eprintln!("container {name} did not start ({status})"),
+            }
+            bail!("Error: failed to start containers: {name}");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
