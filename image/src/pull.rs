@@ -236,7 +236,10 @@ impl Puller {
             .iter()
             .zip(layers)
             .map(|(desc, &d)| async move {
-                if let Some(existing) = self.store.layer(&d)? {
+                if let Some(mut existing) = self.store.layer(&d)? {
+                    if distrusted_ztoc(&existing, ztocs.get(&d)) {
+                        existing = self.stream_instead_of_ztoc(existing)?;
+                    }
                     if stream_plain && existing.toc.is_none() {
                         self.index_plain_layer(r, existing, progress).await?;
                     }
@@ -327,6 +330,28 @@ impl Puller {
         } else {
             Ok(rec)
         }
+    }
+
+    /// Turns the record of a gzip layer read through a SOCI ztoc into a plain one, streamed on
+    /// its next use and then read through the local index built from that stream (see
+    /// [`distrusted_ztoc`]).
+    fn stream_instead_of_ztoc(&self, rec: LayerRecord) -> Result<LayerRecord, ImageError> {
+        tracing::warn!(
+            layer = %rec.digest,
+            "images disagree on this layer's SOCI ztoc: it will be streamed once and checked \
+             against its digest instead"
+        );
+        let rec = LayerRecord {
+            format: LayerFormat::Plain {
+                compression: Compression::Gzip,
+            },
+            toc: None,
+            toc_uncompressed: 0,
+            toc_offset: 0,
+            ..rec
+        };
+        self.store.put_layer(&rec)?;
+        Ok(rec)
     }
 
     /// Streams a layer that has no TOC once: every chunk goes into the cache and its local TOC
@@ -563,4 +588,14 @@ impl Puller {
         }
         Ok(None)
     }
+}
+
+/// Whether a layer recorded as read through a SOCI ztoc must not be, for an image whose own
+/// index names `theirs` for it. A ztoc is not part of the layer's bytes: its checkpoints and
+/// offsets are trusted because the image names it, so one image's ztoc must not serve another
+/// image that names a different one, or none (a lying ztoc would otherwise poison every image
+/// sharing the layer). Two that disagree are both set aside: the layer is streamed and
+/// verified against its digest, and the local index built from that stream serves both.
+fn distrusted_ztoc(rec: &LayerRecord, theirs: Option<&ZtocRef>) -> bool {
+    rec.format == LayerFormat::Soci && theirs.map(|z| z.digest) != rec.toc
 }
