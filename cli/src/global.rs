@@ -38,7 +38,7 @@ pub struct GlobalArgs {
         global = true,
         env = strata_distribution::STALL_TIMEOUT_ENV,
         default_value_t = strata_distribution::DEFAULT_STALL_SECS,
-        value_parser = clap::value_parser!(u64).range(1..)
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
     )]
     pub stall_timeout: u64,
     /// Log level (error, warn, info, debug, trace); STRATA_LOG takes a full filter.

@@ -198,7 +198,7 @@ impl RegistryClient {
             registry: registry.to_string(),
             method: method.to_string(),
             url: url.to_string(),
-            limit: Duration::from_secs(self.opts.stall_timeout_secs.max(1)),
+            limit: Duration::from_secs(self.opts.stall_timeout_secs.clamp(1, 86_400)),
         }
     }
 

@@ -79,6 +79,9 @@ pub enum ImageCmd {
         /// Also the intermediate images the build cache keeps.
         #[arg(short = 'a', long)]
         all: bool,
+        /// Do not ask for confirmation (strata never asks; accepted as docker's).
+        #[arg(short = 'f', long)]
+        force: bool,
     },
 }
 
@@ -401,7 +404,7 @@ pub fn run_image(cmd: ImageCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
         ImageCmd::Tag(a) => crate::cmd::commit::run_tag(a, g),
         ImageCmd::Pull(a) => crate::cmd::pull::run(a, g),
         ImageCmd::Push(a) => crate::cmd::push::run_push(a, g),
-        ImageCmd::Prune { all } => prune(g, all),
+        ImageCmd::Prune { all, force: _ } => prune(g, all),
     }
 }
 
