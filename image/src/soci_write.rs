@@ -64,7 +64,7 @@ impl SociWriter {
         span_size: u64,
         progress: ProgressFn<'_>,
     ) -> Result<Indexed, ImageError> {
-        let (_, mdigest, mbytes, _) = resolve_manifest(&self.client, r, platform).await?;
+        let (_, mdigest, mbytes, prior) = resolve_manifest(&self.client, r, platform).await?;
         let mut manifest = Manifest::from_slice(&mbytes, &mdigest.to_string())?;
         let mut ztocs = Vec::new();
         for layer in &manifest.layers {
@@ -103,7 +103,12 @@ impl SociWriter {
                 MANIFEST_MEDIA_TYPE,
             )
             .await?;
-        let image_index = image_index(platform, new_manifest, mbytes.len(), index, &index_bytes);
+        let mut image_index =
+            image_index(platform, new_manifest, mbytes.len(), index, &index_bytes);
+        if let Some((_, bytes)) = &prior {
+            let prior = Index::from_slice(bytes, &r.to_string())?;
+            image_index = merged_index(prior, mdigest, image_index);
+        }
         let bytes =
             Bytes::from(
                 serde_json::to_vec(&image_index).map_err(|e| ImageError::Manifest {
@@ -247,4 +252,92 @@ fn image_index(
     let mut out = Index::new(vec![m, s]);
     out.media_type = Some(INDEX_MEDIA_TYPE.into());
     out
+}
+
+/// The tag's image index `prior` with its entry for manifest `old` (and any SOCI index of it)
+/// replaced by `fresh`'s two entries (the annotated manifest, then its SOCI index), each keeping
+/// the old entry's platform and the manifest its annotations: indexing one platform of a
+/// multi-platform tag keeps the others, and the index's own annotations, as they were.
+fn merged_index(mut prior: Index, old: Digest, fresh: Index) -> Index {
+    let at = prior.manifests.iter().position(|d| d.digest == old);
+    let replaced = at.map(|i| prior.manifests[i].clone());
+    let of_old = |d: &Descriptor| {
+        d.annotations
+            .as_ref()
+            .and_then(|a| a.get(IMAGE_MANIFEST_DIGEST))
+            .is_some_and(|m| *m == old.to_string())
+    };
+    prior.manifests.retain(|d| d.digest != old && !of_old(d));
+    let mut fresh = fresh.manifests;
+    if let Some(r) = replaced {
+        for d in &mut fresh {
+            if let Some(p) = r.extra.get("platform") {
+                d.extra.insert("platform".into(), p.clone());
+            }
+        }
+        if let (Some(m), Some(a)) = (fresh.first_mut(), r.annotations) {
+            m.annotations.get_or_insert_with(BTreeMap::new).extend(a);
+        }
+    }
+    let at = at.unwrap_or(0).min(prior.manifests.len());
+    prior.manifests.splice(at..at, fresh);
+    prior.media_type = Some(INDEX_MEDIA_TYPE.into());
+    prior
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(d: &[u8], arch: &str) -> Descriptor {
+        let mut x = Descriptor::new(MANIFEST_MEDIA_TYPE, Digest::of(d), 10);
+        x.extra.insert(
+            "platform".into(),
+            json!({"os": "linux", "architecture": arch}),
+        );
+        x
+    }
+
+    #[test]
+    fn indexing_one_platform_keeps_the_others_and_the_annotations() {
+        let mut prior = Index::new(vec![desc(b"amd64", "amd64"), desc(b"arm64", "arm64")]);
+        prior.extra.insert("annotations".into(), json!({"k": "v"}));
+        let fresh = image_index(
+            "linux/amd64",
+            Digest::of(b"new"),
+            20,
+            Digest::of(b"soci"),
+            b"{}",
+        );
+        let out = merged_index(prior, Digest::of(b"amd64"), fresh);
+        let digests: Vec<Digest> = out.manifests.iter().map(|d| d.digest).collect();
+        assert_eq!(
+            digests,
+            vec![
+                Digest::of(b"new"),
+                Digest::of(b"soci"),
+                Digest::of(b"arm64")
+            ]
+        );
+        assert_eq!(out.extra["annotations"], json!({"k": "v"}));
+        assert_eq!(out.manifests[2].extra["platform"]["architecture"], "arm64");
+        // Indexing it again replaces the SOCI index of the manifest it replaces.
+        let again = image_index(
+            "linux/amd64",
+            Digest::of(b"newer"),
+            20,
+            Digest::of(b"soci2"),
+            b"{}",
+        );
+        let out = merged_index(out, Digest::of(b"new"), again);
+        let digests: Vec<Digest> = out.manifests.iter().map(|d| d.digest).collect();
+        assert_eq!(
+            digests,
+            vec![
+                Digest::of(b"newer"),
+                Digest::of(b"soci2"),
+                Digest::of(b"arm64")
+            ]
+        );
+    }
 }
