@@ -401,12 +401,12 @@ impl ChunkFetcher {
         } else {
             self.fetch_ranges(layer, &mine, &claim).await
         };
-        claim.finish(
-            result
-                .as_ref()
-                .err()
-                .map(|e| Arc::from(strata_oci::causes::with_causes(e))),
-        );
+        // Waiters learn a real failure's cause; a chunk evicted or a fetch abandoned on the
+        // way is one they fetch again themselves.
+        claim.finish(match &result {
+            Err(FetchError::Evicted(_) | FetchError::Abandoned(_)) | Ok(()) => None,
+            Err(e) => Some(Arc::from(strata_oci::causes::with_causes(e))),
+        });
         if let Err(e) = &result {
             // The caller says it (a read as an error, a prefetch at debug level): a bad
             // speculative fetch must not print a line per chunk.
