@@ -298,46 +298,26 @@ mod tests {
         x
     }
 
+    /// Indexes `old` of `prior` as manifest `new` with SOCI index `soci`; the names of the
+    /// resulting entries, in order.
+    fn index_into(prior: Index, old: &[u8], new: &[u8], soci: &[u8]) -> (Index, Vec<Digest>) {
+        let fresh = image_index("linux/amd64", Digest::of(new), 20, Digest::of(soci), b"{}");
+        let out = merged_index(prior, Digest::of(old), fresh);
+        let digests = out.manifests.iter().map(|d| d.digest).collect();
+        (out, digests)
+    }
+
     #[test]
     fn indexing_one_platform_keeps_the_others_and_the_annotations() {
         let mut prior = Index::new(vec![desc(b"amd64", "amd64"), desc(b"arm64", "arm64")]);
         prior.extra.insert("annotations".into(), json!({"k": "v"}));
-        let fresh = image_index(
-            "linux/amd64",
-            Digest::of(b"new"),
-            20,
-            Digest::of(b"soci"),
-            b"{}",
-        );
-        let out = merged_index(prior, Digest::of(b"amd64"), fresh);
-        let digests: Vec<Digest> = out.manifests.iter().map(|d| d.digest).collect();
-        assert_eq!(
-            digests,
-            vec![
-                Digest::of(b"new"),
-                Digest::of(b"soci"),
-                Digest::of(b"arm64")
-            ]
-        );
+        let names = |n: [&[u8]; 3]| n.map(Digest::of).to_vec();
+        let (out, got) = index_into(prior, b"amd64", b"new", b"soci");
+        assert_eq!(got, names([b"new", b"soci", b"arm64"]));
         assert_eq!(out.extra["annotations"], json!({"k": "v"}));
         assert_eq!(out.manifests[2].extra["platform"]["architecture"], "arm64");
         // Indexing it again replaces the SOCI index of the manifest it replaces.
-        let again = image_index(
-            "linux/amd64",
-            Digest::of(b"newer"),
-            20,
-            Digest::of(b"soci2"),
-            b"{}",
-        );
-        let out = merged_index(out, Digest::of(b"new"), again);
-        let digests: Vec<Digest> = out.manifests.iter().map(|d| d.digest).collect();
-        assert_eq!(
-            digests,
-            vec![
-                Digest::of(b"newer"),
-                Digest::of(b"soci2"),
-                Digest::of(b"arm64")
-            ]
-        );
+        let (_, got) = index_into(out, b"new", b"newer", b"soci2");
+        assert_eq!(got, names([b"newer", b"soci2", b"arm64"]));
     }
 }

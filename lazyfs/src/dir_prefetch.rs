@@ -32,7 +32,7 @@ impl Seen {
 }
 
 /// Where a chunk's compressed bytes are in its blob, if they are fetched by range.
-fn blob_range(c: &Chunk) -> Option<(u64, u64)> {
+pub(crate) fn blob_range(c: &Chunk) -> Option<(u64, u64)> {
     match c.loc {
         ChunkLoc::Zstd { start, end }
         | ChunkLoc::Gzip { start, end, .. }
@@ -112,26 +112,11 @@ pub(crate) fn on_miss(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strata_formats::index::{Entry, LayerIndex};
+    use strata_formats::index::LayerIndex;
 
     use crate::tree::Tree;
 
-    /// A regular file whose one chunk is `start..start+len` of the blob.
-    fn reg(path: &str, start: u64, len: u64) -> Entry {
-        Entry {
-            size: len,
-            chunks: vec![Chunk {
-                file_offset: 0,
-                len,
-                digest: Some(strata_oci::digest::Digest::of(path.as_bytes())),
-                loc: ChunkLoc::Zstd {
-                    start,
-                    end: start + len,
-                },
-            }],
-            ..crate::tree::test_entry(path, Kind::Reg)
-        }
-    }
+    use crate::tree::test_file_at as reg;
 
     #[test]
     fn neighbours_are_small_files_of_the_same_directory_nearest_first_within_budget() {

@@ -15,10 +15,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use strata_formats::index::{Chunk, ChunkLoc, Kind};
+use strata_formats::index::{Chunk, Kind};
 use strata_storage::lazy::ChunkFetcher;
 use tracing::debug;
 
+use crate::dir_prefetch::blob_range;
 use crate::readahead::{
     DIR_PREFETCH_FILE_MAX, SUBTREE_PREFETCH_AFTER_DIRS, SUBTREE_PREFETCH_MAX,
     SUBTREE_PREFETCH_PIECE, SUBTREE_PREFETCH_PIECES, subtree_prefetch_bytes,
@@ -101,16 +102,6 @@ fn common_ancestor(tree: &Tree, dirs: &[u64]) -> Option<u64> {
     chain.first().copied()
 }
 
-/// Where a chunk's compressed bytes start in its blob, if it is fetched by range.
-fn blob_start(c: &Chunk) -> Option<(u64, u64)> {
-    match c.loc {
-        ChunkLoc::Zstd { start, end }
-        | ChunkLoc::Gzip { start, end, .. }
-        | ChunkLoc::Zran { start, end, .. } => Some((start, end)),
-        ChunkLoc::Zeros | ChunkLoc::Local => None,
-    }
-}
-
 /// The chunks of the small regular files of kind (`layer`, `ext`) under `top`, nearest blob
 /// offset `at` first, within `budget` compressed bytes; cut, in blob order, into pieces of about
 /// [`SUBTREE_PREFETCH_PIECE`] bytes (one request each), the pieces nearest `at` first.
@@ -140,7 +131,7 @@ fn subtree_pieces(
             {
                 continue;
             }
-            let ranges = c.chunks.iter().filter_map(blob_start);
+            let ranges = c.chunks.iter().filter_map(blob_range);
             let cost: u64 = ranges.clone().map(|(s, e)| e - s).sum();
             if let Some((start, _)) = ranges.min() {
                 files.push((start.abs_diff(at), cost, &c.chunks));
@@ -155,15 +146,15 @@ fn subtree_pieces(
             break;
         }
         spent += cost;
-        chunks.extend(file.iter().filter(|c| blob_start(c).is_some()).copied());
+        chunks.extend(file.iter().filter(|c| blob_range(c).is_some()).copied());
     }
-    chunks.sort_by_key(|c| blob_start(c).map_or(0, |r| r.0));
+    chunks.sort_by_key(|c| blob_range(c).map_or(0, |r| r.0));
     // A piece is one request from its first chunk's start to its last chunk's end, the bytes
     // between (the sources beside the compiled files) included: that span is what is bounded.
     let mut pieces: Vec<Vec<Chunk>> = Vec::new();
     let mut first = 0u64;
     for c in chunks {
-        let Some((start, end)) = blob_start(&c) else {
+        let Some((start, end)) = blob_range(&c) else {
             continue;
         };
         match pieces.last_mut() {
@@ -176,7 +167,7 @@ fn subtree_pieces(
     }
     pieces.sort_by_key(|p| {
         p.first()
-            .and_then(blob_start)
+            .and_then(blob_range)
             .map_or(0, |r| r.0.abs_diff(at))
     });
     pieces
@@ -213,7 +204,7 @@ pub(crate) fn on_miss(
     let at = content
         .chunks
         .iter()
-        .find_map(blob_start)
+        .find_map(blob_range)
         .map_or(0, |r| r.0);
     let (ready, fetcher, ext, layer) =
         (ready.clone(), fetcher.clone(), ext.to_vec(), content.layer);
@@ -250,22 +241,7 @@ mod tests {
     use super::*;
     use strata_formats::index::{Entry, LayerIndex};
 
-    /// A regular file whose one chunk is `start..start+len` of the blob.
-    fn reg(path: &str, start: u64, len: u64) -> Entry {
-        Entry {
-            size: len,
-            chunks: vec![Chunk {
-                file_offset: 0,
-                len,
-                digest: Some(strata_oci::digest::Digest::of(path.as_bytes())),
-                loc: ChunkLoc::Zstd {
-                    start,
-                    end: start + len,
-                },
-            }],
-            ..crate::tree::test_entry(path, Kind::Reg)
-        }
-    }
+    use crate::tree::test_file_at as reg;
 
     fn dir(path: &str) -> Entry {
         crate::tree::test_entry(path, Kind::Dir)
@@ -323,7 +299,7 @@ mod tests {
             subtree_pieces(&tree, top, (0, b"pyc"), at, budget)
                 .iter()
                 .flatten()
-                .filter_map(blob_start)
+                .filter_map(blob_range)
                 .map(|r| r.0)
                 .collect::<Vec<_>>()
         };

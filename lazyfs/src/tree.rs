@@ -389,6 +389,25 @@ impl Tree {
     }
 }
 
+/// A regular file whose one zstd chunk is `start..start+len` of the blob, for tests.
+#[cfg(test)]
+pub(crate) fn test_file_at(path: &str, start: u64, len: u64) -> Entry {
+    use strata_formats::index::{Chunk, ChunkLoc};
+    Entry {
+        size: len,
+        chunks: vec![Chunk {
+            file_offset: 0,
+            len,
+            digest: Some(strata_oci::digest::Digest::of(path.as_bytes())),
+            loc: ChunkLoc::Zstd {
+                start,
+                end: start + len,
+            },
+        }],
+        ..test_entry(path, Kind::Reg)
+    }
+}
+
 /// A bare index entry (mode 0644, owner root, no content), for tests.
 #[cfg(test)]
 pub(crate) fn test_entry(path: &str, kind: Kind) -> Entry {

@@ -18,12 +18,18 @@ pub fn bin() -> PathBuf {
 
 /// Runs `strata --root ROOT ARGS...`.
 pub fn run(root: &Path, args: &[&str]) -> Output {
+    run_env(root, args, &[])
+}
+
+/// [`run`] with `envs` (name, value) added to its environment.
+pub fn run_env(root: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Output {
     Command::new(bin())
         .arg("--root")
         .arg(root)
         .args(args)
         .env_remove("STRATA_LOG")
         .env("STRATA_LAYER_STORE_IDLE_SECS", store_idle_secs())
+        .envs(envs.iter().copied())
         .output()
         .unwrap()
 }

@@ -4,13 +4,12 @@
 #![allow(clippy::print_stderr, clippy::print_stdout)]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use strata_tests::layers::{Comp, Item, dir, file, noise};
 use strata_tests::require_root_fuse;
-use strata_tests::strata::{Mounted, bin};
+use strata_tests::strata::{Mounted, run_env};
 use strata_tests::world::World;
 
 /// Package directories under `lib/`.
@@ -54,14 +53,8 @@ fn misses_in_three_directories_bring_the_rest_of_their_kind() {
     let trace = w.state.path().join("trace.jsonl");
     let mnt = w.state.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let out = Command::new(bin())
-        .arg("--root")
-        .arg(&w.root)
-        .args(["mount", "--detach", &w.base, mnt.to_str().unwrap()])
-        .env_remove("STRATA_LOG")
-        .env("STRATA_TRACE", &trace)
-        .output()
-        .unwrap();
+    let args = ["mount", "--detach", &w.base, mnt.to_str().unwrap()];
+    let out = run_env(&w.root, &args, &[("STRATA_TRACE", &trace)]);
     assert!(
         out.status.success(),
         "{}",
