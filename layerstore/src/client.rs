@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use strata_storage::store::ImageRecord;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::protocol::{Reply, Request, Status};
 use crate::{StoreError, StorePaths};
@@ -32,6 +32,33 @@ static LAUNCHER: OnceLock<Launcher> = OnceLock::new();
 /// started and [`Lease::open`] fails unless one is running.
 pub fn set_launcher(l: Launcher) {
     let _ = LAUNCHER.set(l);
+}
+
+/// The settings a server started by this process serves with, as one line (see
+/// [`settings_of`]). Empty without a launcher.
+pub fn settings() -> String {
+    LAUNCHER
+        .get()
+        .map_or_else(String::new, |l| settings_of(&l.args))
+}
+
+/// The settings that global options `args` give a server, as one line: the options other
+/// than the log level and the state root (cache size, registry waits, insecure registries),
+/// and the read deadline from the environment.
+pub fn settings_of(args: &[OsString]) -> String {
+    let mut out = Vec::new();
+    let mut args = args.iter().map(|a| a.to_string_lossy());
+    while let Some(a) = args.next() {
+        if a == "--log-level" || a == "--root" {
+            args.next();
+        } else if !a.starts_with("__") {
+            out.push(a.into_owned());
+        }
+    }
+    if let Ok(v) = std::env::var("STRATA_READ_TIMEOUT_SECS") {
+        out.push(format!("STRATA_READ_TIMEOUT_SECS={v}"));
+    }
+    out.join(" ")
 }
 
 /// Whether this process may use the store: a launcher is set and `STRATA_LAYER_STORE` is
@@ -96,7 +123,15 @@ impl Lease {
         };
         // A round trip: once answered, the server counts this connection as a user (a server
         // deciding to stop holds the start lock, which the caller holds now).
-        lease.status()?;
+        let theirs = lease.status()?.settings;
+        let mine = settings();
+        if !theirs.is_empty() && theirs != mine {
+            warn!(
+                "the layer store of this root already runs with {theirs:?}; this command's \
+                 {mine:?} (cache size, read deadline, registry options) applies once it \
+                 restarts, after its last user"
+            );
+        }
         Ok(lease)
     }
 

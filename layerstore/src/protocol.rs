@@ -47,4 +47,7 @@ pub struct Status {
     /// The last read that failed: when (seconds since the epoch) and why.
     #[serde(default)]
     pub last_failure: Option<(i64, String)>,
+    /// The settings it serves with ([`crate::client::settings`] of the server's process).
+    #[serde(default)]
+    pub settings: String,
 }

@@ -31,6 +31,8 @@ pub struct ServeOptions {
     /// The FUSE connection a holder keeps (see [`strata_lazyfs::takeover`]); without one the
     /// server mounts the store itself, and nobody can take over if it dies.
     pub connection: Option<Connection>,
+    /// The settings it serves with, reported to users ([`crate::client::settings_of`]).
+    pub settings: String,
 }
 
 /// A FUSE connection, mounted on the store's mount point, handed to the server.
@@ -64,6 +66,7 @@ struct Server {
     prefetched: Mutex<HashSet<Digest>>,
     /// The last read that failed.
     last_failure: Arc<strata_lazyfs::LastFailure>,
+    settings: String,
 }
 
 /// Serves the store of state root `root` until it ends (see the crate's docs): mounts it,
@@ -119,6 +122,7 @@ pub fn serve(
         users: watch::channel(0).0,
         prefetched: Mutex::new(HashSet::new()),
         last_failure,
+        settings: opts.settings,
     });
     rt.block_on(server.clone().run(listener, opts.idle));
     if drains {
@@ -239,6 +243,7 @@ impl Server {
             layers: self.tree.layers(),
             inodes: self.tree.inodes(),
             last_failure: self.last_failure.last(),
+            settings: self.settings.clone(),
         }
     }
 

@@ -303,7 +303,7 @@ fn unchanged_steps_come_from_the_cache_and_a_changed_file_invalidates_from_its_s
     let listed = ok(root, &["images", "-q"]).lines().count();
     let all = ok(root, &["images", "-a", "-q"]).lines().count();
     assert!(all > listed + 5, "images {listed}, images -a {all}");
-    ok(root, &["image", "prune"]);
+    ok(root, &["image", "prune", "-f"]);
     let (okay, again, _) = build(root, &["-t", "c:5", c]);
     assert!(okay);
     assert_eq!(cached(&again), vec![true; 6], "{again}");

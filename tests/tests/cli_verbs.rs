@@ -339,6 +339,14 @@ fn restart_system_prune_and_help() {
     assert_eq!(ok(root, &["ps", "-aq"]).lines().count(), 2);
     let dangling = ok(root, &["images", "-q", "-f", "dangling=true"]);
     assert_eq!(dangling.lines().count(), 1, "{dangling}");
+    // `image prune` asks too, as docker's; a stdin at its end answers no.
+    let asked = ok(root, &["image", "prune"]);
+    assert!(
+        asked.contains("Are you sure you want to continue? [y/N]"),
+        "{asked}"
+    );
+    let still = ok(root, &["images", "-q", "-f", "dangling=true"]);
+    assert_eq!(still, dangling, "image prune removed without an answer");
     // system df says what pruning gives back.
     let reclaimable = |kind: &str| -> String {
         let df = ok(root, &["system", "df"]);

@@ -467,3 +467,43 @@ fn an_overlay_named_through_links_keeps_reading_after_the_store_idles_out() {
         got.map(|g| g.len())
     );
 }
+
+/// The store keeps the settings of the command that started it: a later command asking for
+/// another cache size is told so, in one warning, and still runs.
+#[test]
+fn a_command_with_other_settings_is_told_the_store_keeps_its_own() {
+    if !require_root_fuse("a_command_with_other_settings_is_told_the_store_keeps_its_own") {
+        return;
+    }
+    let w = World::start(&runnable_layers(), Comp::Native);
+    let mnt = w.state.path().join("mnt");
+    // A detached mount keeps the store (started with the default cache size) in use.
+    let m = strata_tests::strata::Mounted::new(&w.root, &w.base, &mnt);
+    let same =
+        strata_tests::strata::run(&w.root, &["run", "--rm", &w.base, "/bin/busybox", "true"]);
+    let err = String::from_utf8_lossy(&same.stderr);
+    assert!(same.status.success(), "{err}");
+    assert!(
+        !err.contains("already runs with"),
+        "same settings warned: {err}"
+    );
+    let other = strata_tests::strata::run(
+        &w.root,
+        &[
+            "--cache-mb",
+            "8",
+            "run",
+            "--rm",
+            &w.base,
+            "/bin/busybox",
+            "true",
+        ],
+    );
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(other.status.success(), "{err}");
+    assert!(
+        err.contains("already runs with") && err.contains("--cache-mb"),
+        "no warning: {err}"
+    );
+    drop(m);
+}

@@ -94,6 +94,7 @@ pub fn run(a: Args, g: &GlobalArgs) -> anyhow::Result<i32> {
                 fd,
                 resume: a.resume,
             }),
+            settings: strata_layerstore::client::settings_of(&global_args(g)),
         },
     )?;
     Ok(0)

@@ -79,7 +79,7 @@ pub enum ImageCmd {
         /// Also the intermediate images the build cache keeps.
         #[arg(short = 'a', long)]
         all: bool,
-        /// Do not ask for confirmation (strata never asks; accepted as docker's).
+        /// Do not ask for confirmation.
         #[arg(short = 'f', long)]
         force: bool,
     },
@@ -404,7 +404,12 @@ pub fn run_image(cmd: ImageCmd, g: &GlobalArgs) -> anyhow::Result<i32> {
         ImageCmd::Tag(a) => crate::cmd::commit::run_tag(a, g),
         ImageCmd::Pull(a) => crate::cmd::pull::run(a, g),
         ImageCmd::Push(a) => crate::cmd::push::run_push(a, g),
-        ImageCmd::Prune { all, force: _ } => prune(g, all),
+        ImageCmd::Prune { all, force } => {
+            if !force && !confirmed(all)? {
+                return Ok(0);
+            }
+            prune(g, all)
+        }
     }
 }
 
@@ -447,6 +452,22 @@ pub fn untag_unused(g: &GlobalArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// docker's question before `image prune` without `-f`; true for an answer of `y`. A stdin
+/// that is not a terminal (or at its end) answers no, as with docker.
+fn confirmed(all: bool) -> anyhow::Result<bool> {
+    use std::io::{BufRead as _, Write as _};
+    let what = if all {
+        "all images without at least one container associated to them"
+    } else {
+        "all dangling images"
+    };
+    print!("WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y"))
 }
 
 fn prune(g: &GlobalArgs, all: bool) -> anyhow::Result<i32> {
