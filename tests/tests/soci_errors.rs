@@ -38,7 +38,7 @@ impl Indexed {
             .enumerate()
             .map(|(i, f)| strata_tests::layers::file(&format!("data/f{i}"), f))
             .collect();
-        let blob = gzip(&tar_of(&layer));
+        let blob = Blob::gzip(&tar_of(&layer));
         let image = push_blobs(&reg.addr, "t/bad", "1", &[blob]);
         let manifest = get(&reg.addr, "t/bad", "manifests/1");
         let state = tempfile::tempdir().unwrap();
@@ -158,18 +158,6 @@ fn one_images_lying_ztoc_never_serves_another_image() {
             got == t.files[1],
             "{order}: t/bad:{honest} read another image's lie"
         );
-    }
-}
-
-fn gzip(tar: &[u8]) -> Blob {
-    use std::io::Write;
-    let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    w.write_all(tar).unwrap();
-    Blob {
-        data: w.finish().unwrap(),
-        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-        annotations: serde_json::json!({}),
-        diff_id: strata_tests::sha(tar),
     }
 }
 
