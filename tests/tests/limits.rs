@@ -95,7 +95,9 @@ fn a_gzip_layer_larger_than_the_cache_still_reads() {
         ],
     );
     let m = Mounted::adopt(&root, &mnt);
-    let got = std::fs::read(m.dir.join("big/data")).unwrap();
+    let got = std::fs::read(m.dir.join("big/data")).unwrap_or_else(|e| {
+        panic!("reading big/data: {e}\nlogs:\n{}", logs_of(&root));
+    });
     assert!(got == data, "the file read wrong");
     drop_caches();
     // A read in the middle, cold again.
@@ -233,4 +235,22 @@ fn a_pull_on_a_full_disk_fails_plainly_and_leaves_room() {
     );
     ok(&root, &["pull", "--all", &big]);
     drop(disk);
+}
+
+/// Every `*.log` under `root` (the layer store's and the mount servers'), for a failure report.
+fn logs_of(root: &std::path::Path) -> String {
+    let mut out = String::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.join("diff").exists() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                out.push_str(&format!("== {}\n{text}\n", p.display()));
+            }
+        }
+    }
+    out
 }
