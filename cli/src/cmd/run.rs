@@ -528,6 +528,11 @@ fn detach(containers: &Containers, name: Option<&str>) -> anyhow::Result<i32> {
                     println!("{id}");
                     return Ok(0);
                 }
+                // It ran, ended and was removed (`--rm`) between two looks: it started.
+                None if !dir.exists() => {
+                    println!("{id}");
+                    return Ok(0);
+                }
                 None => {}
             }
             let last = crate::cmd::logs::last_line(&log_path);
