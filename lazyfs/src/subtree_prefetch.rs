@@ -30,32 +30,52 @@ use crate::tree::{ROOT_INO, Tree};
 /// What the misses of one kind (layer index, extension) have shown so far.
 #[derive(Debug, Default)]
 struct Kindred {
-    /// The directories they came from, in order of first miss.
-    dirs: Vec<u64>,
+    /// The directories they came from.
+    dirs: HashSet<u64>,
+    /// The lowest directory holding all of them.
+    top: Option<u64>,
     /// The ancestors whose subtree has been prefetched.
     done: HashSet<u64>,
 }
 
-/// Small-file misses seen by this mount, by kind.
+/// Directories remembered per kind: past this, a kind's misses change nothing (its common
+/// ancestor is long settled), so a long-lived mount's memory stays bounded.
+const DIRS_KEPT: usize = 1024;
+
+/// Small-file misses seen by this mount, by kind, and the prefetches started.
 #[derive(Debug, Default)]
-pub(crate) struct Seen(Mutex<HashMap<(usize, Vec<u8>), Kindred>>);
+struct State {
+    kinds: HashMap<(usize, Vec<u8>), Kindred>,
+    started: usize,
+}
+
+/// Small-file misses seen by this mount.
+#[derive(Debug, Default)]
+pub(crate) struct Seen(Mutex<State>);
 
 impl Seen {
     /// Notes a miss of a file of kind `key` in `dir`; the ancestor to prefetch, when this miss
-    /// is the one that calls for it.
+    /// is the one that calls for it. Once the mount's prefetches are spent it does nothing.
     fn note(&self, tree: &Tree, key: (usize, Vec<u8>), dir: u64) -> Option<u64> {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let total: usize = m.values().map(|k| k.done.len()).sum();
-        let k = m.entry(key).or_default();
-        if k.dirs.contains(&dir) {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if s.started >= SUBTREE_PREFETCH_MAX {
             return None;
         }
-        k.dirs.push(dir);
-        if k.dirs.len() < SUBTREE_PREFETCH_AFTER_DIRS || total >= SUBTREE_PREFETCH_MAX {
+        let k = s.kinds.entry(key).or_default();
+        if k.dirs.len() >= DIRS_KEPT || !k.dirs.insert(dir) {
             return None;
         }
-        let top = common_ancestor(tree, &k.dirs)?;
-        k.done.insert(top).then_some(top)
+        k.top = match k.top {
+            None => Some(dir),
+            Some(top) => common_ancestor(tree, top, dir),
+        };
+        if k.dirs.len() < SUBTREE_PREFETCH_AFTER_DIRS {
+            return None;
+        }
+        let top = k.top?;
+        let fresh = k.done.insert(top);
+        s.started += usize::from(fresh);
+        fresh.then_some(top)
     }
 }
 
@@ -91,15 +111,10 @@ fn ancestors(tree: &Tree, mut ino: u64) -> Vec<u64> {
     out
 }
 
-/// The lowest directory holding every one of `dirs`.
-fn common_ancestor(tree: &Tree, dirs: &[u64]) -> Option<u64> {
-    let (first, rest) = dirs.split_first()?;
-    let mut chain = ancestors(tree, *first);
-    for d in rest {
-        let theirs: HashSet<u64> = ancestors(tree, *d).into_iter().collect();
-        chain.retain(|a| theirs.contains(a));
-    }
-    chain.first().copied()
+/// The lowest directory holding both `a` and `b`.
+fn common_ancestor(tree: &Tree, a: u64, b: u64) -> Option<u64> {
+    let theirs: HashSet<u64> = ancestors(tree, b).into_iter().collect();
+    ancestors(tree, a).into_iter().find(|x| theirs.contains(x))
 }
 
 /// The chunks of the small regular files of kind (`layer`, `ext`) under `top`, nearest blob
